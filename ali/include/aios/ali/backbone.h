@@ -1,0 +1,57 @@
+// aios/ali/backbone.h — the Latent API: a frozen backbone that takes and returns latent vectors.
+//
+// Shapes: B = batch, T = sequence length, D = hidden size, V = vocabulary size.
+// Every call validates its arguments and throws aios::Error (kInvalidArgument, naming the argument,
+// the expected and the actual value) before touching the model, so bad input never changes state.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "aios/backbone/config.h"
+
+namespace aios::ali {
+
+using backbone::ModelConfig;
+
+struct ForwardOptions {
+  // int64 [B,T] (or [T], shared by the batch), each in [0, max_positions). Default: 0..T-1 per row.
+  std::optional<at::Tensor> positions;
+  // Either a key-padding mask [B,T] (bool or integer; true/non-zero = a real token), combined with
+  // causal order and the model's sliding window, or a full mask [B,T,T] (bool; [b,t,s] true = query t
+  // may attend key s) used exactly as given instead of causal order. Default: causal.
+  std::optional<at::Tensor> mask;
+  // Residual-stream states to return, by index l in [0, num_layers]: the input of block l, and for
+  // l = num_layers the output of the last block before the final norm.
+  std::vector<int64_t> layers;
+  // NaN or Inf in the latents is an error unless this is set.
+  bool allow_non_finite = false;
+};
+
+struct ForwardOutput {
+  at::Tensor hidden;               // [B,T,D], after the final norm
+  std::vector<at::Tensor> layers;  // one [B,T,D] per ForwardOptions::layers entry, in that order
+};
+
+// The interface every backbone implements: in-process (LocalBackbone) and, later, hosted.
+class Backbone {
+ public:
+  virtual ~Backbone() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual c10::Device device() const = 0;
+  virtual c10::ScalarType dtype() const = 0;
+
+  // ids: int32 or int64 [B,T], each in [0, V), any device -> latents [B,T,D] on device(), in dtype().
+  virtual at::Tensor embed(const at::Tensor& ids) = 0;
+  // latents: [B,T,D] in dtype() on device(); 1 <= T <= max_positions.
+  virtual ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) = 0;
+  // hidden: [..., D] in dtype() on device() -> logits [..., V].
+  virtual at::Tensor classify(const at::Tensor& hidden) = 0;
+};
+
+}  // namespace aios::ali

@@ -1,0 +1,37 @@
+// aios/ali/local_backbone.h — the in-process Backbone over a checkpoint loaded with LibTorch.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "aios/ali/backbone.h"
+#include "aios/backbone/model.h"
+
+namespace aios::ali {
+
+using backbone::LoadOptions;
+
+class LocalBackbone final : public Backbone {
+ public:
+  // Loads a Hugging Face checkpoint folder (see backbone::load_model for the accepted layouts).
+  // Throws aios::Error; nothing is half-loaded.
+  static std::unique_ptr<LocalBackbone> load(const std::string& path, const LoadOptions& options = {});
+
+  ~LocalBackbone() override;
+
+  const ModelConfig& config() const override;
+  c10::Device device() const override;
+  c10::ScalarType dtype() const override;
+  int64_t parameter_count() const;
+
+  at::Tensor embed(const at::Tensor& ids) override;
+  ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) override;
+  at::Tensor classify(const at::Tensor& hidden) override;
+
+ private:
+  explicit LocalBackbone(std::unique_ptr<backbone::Model> model);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace aios::ali

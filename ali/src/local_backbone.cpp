@@ -1,0 +1,150 @@
+#include "aios/ali/local_backbone.h"
+
+#include <fmt/ranges.h>
+
+#include "aios/error.h"
+
+namespace aios::ali {
+
+namespace {
+
+std::string shape_of(const at::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ",")); }
+
+void require_defined(const at::Tensor& t, const char* name) {
+  if (!t.defined()) fail(ErrorCode::kInvalidArgument, name, "expected a tensor, got an undefined one");
+}
+
+// Integer tensor with values in [0, limit), returned as int64 on `device`.
+at::Tensor checked_index_tensor(const at::Tensor& t, const char* name, int64_t limit, const char* limit_name,
+                                c10::Device device) {
+  if (!c10::isIntegralType(t.scalar_type(), /*includeBool=*/false)) {
+    fail(ErrorCode::kInvalidArgument, name, "expected an integer dtype (int64 or int32), got {}",
+         c10::toString(t.scalar_type()));
+  }
+  at::Tensor out = t.to(device, at::kLong);
+  if (out.numel() > 0) {
+    const int64_t lo = out.min().item<int64_t>(), hi = out.max().item<int64_t>();
+    if (lo < 0 || hi >= limit) {
+      fail(ErrorCode::kInvalidArgument, name, "expected values in [0, {}) ({}), got values in [{}, {}]", limit,
+           limit_name, lo, hi);
+    }
+  }
+  return out;
+}
+
+at::Tensor checked_bool_tensor(const at::Tensor& t, const char* name, c10::Device device) {
+  if (t.scalar_type() != at::kBool && !c10::isIntegralType(t.scalar_type(), /*includeBool=*/false)) {
+    fail(ErrorCode::kInvalidArgument, name, "expected a bool (or integer 0/1) dtype, got {}",
+         c10::toString(t.scalar_type()));
+  }
+  return t.to(device).ne(0);
+}
+
+}  // namespace
+
+struct LocalBackbone::Impl {
+  std::unique_ptr<backbone::Model> model;
+
+  // latents or hidden: dtype, device and width of this model.
+  void check_states(const at::Tensor& t, const char* name) const {
+    require_defined(t, name);
+    const ModelConfig& c = model->config();
+    if (t.size(-1) != c.hidden_size) {
+      fail(ErrorCode::kInvalidArgument, name, "expected last dimension {} (hidden size), got shape {}", c.hidden_size,
+           shape_of(t));
+    }
+    if (t.scalar_type() != model->dtype()) {
+      fail(ErrorCode::kInvalidArgument, name, "expected dtype {} (the backbone's), got {}",
+           c10::toString(model->dtype()), c10::toString(t.scalar_type()));
+    }
+    if (t.device() != model->device()) {
+      fail(ErrorCode::kInvalidArgument, name, "expected device {} (the backbone's), got {}", model->device().str(),
+           t.device().str());
+    }
+  }
+};
+
+LocalBackbone::LocalBackbone(std::unique_ptr<backbone::Model> model) : impl_(std::make_unique<Impl>()) {
+  impl_->model = std::move(model);
+}
+LocalBackbone::~LocalBackbone() = default;
+
+std::unique_ptr<LocalBackbone> LocalBackbone::load(const std::string& path, const LoadOptions& options) {
+  return std::unique_ptr<LocalBackbone>(new LocalBackbone(backbone::load_model(path, options)));
+}
+
+const ModelConfig& LocalBackbone::config() const { return impl_->model->config(); }
+c10::Device LocalBackbone::device() const { return impl_->model->device(); }
+c10::ScalarType LocalBackbone::dtype() const { return impl_->model->dtype(); }
+int64_t LocalBackbone::parameter_count() const { return impl_->model->parameter_count(); }
+
+at::Tensor LocalBackbone::embed(const at::Tensor& ids) {
+  require_defined(ids, "ids");
+  if (ids.dim() != 2) fail(ErrorCode::kInvalidArgument, "ids", "expected rank 2 [B,T], got shape {}", shape_of(ids));
+  const at::Tensor checked = checked_index_tensor(ids, "ids", config().vocab_size, "vocab_size", device());
+  at::NoGradGuard no_grad;
+  return impl_->model->embed(checked);
+}
+
+ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ForwardOptions& options) {
+  const ModelConfig& c = config();
+  require_defined(latents, "latents");
+  if (latents.dim() != 3) {
+    fail(ErrorCode::kInvalidArgument, "latents", "expected rank 3 [B,T,D], got shape {}", shape_of(latents));
+  }
+  impl_->check_states(latents, "latents");
+  const int64_t B = latents.size(0), T = latents.size(1);
+  if (B < 1 || T < 1) fail(ErrorCode::kInvalidArgument, "latents", "expected B >= 1 and T >= 1, got shape {}", shape_of(latents));
+  if (T > c.max_positions) {
+    fail(ErrorCode::kInvalidArgument, "latents", "expected at most {} positions (max_positions), got T = {}",
+         c.max_positions, T);
+  }
+  if (!options.allow_non_finite && !at::isfinite(latents).all().item<bool>()) {
+    fail(ErrorCode::kInvalidArgument, "latents",
+         "expected finite values, got NaN or Inf (set allow_non_finite to pass them through)");
+  }
+
+  backbone::Attention attention;
+  if (options.positions && options.positions->defined()) {
+    const at::Tensor& p = *options.positions;
+    const bool shared = p.dim() == 1 && p.size(0) == T;
+    if (!shared && !(p.dim() == 2 && p.size(0) == B && p.size(1) == T)) {
+      fail(ErrorCode::kInvalidArgument, "positions", "expected shape [{},{}] or [{}], got {}", B, T, T, shape_of(p));
+    }
+    attention.positions = checked_index_tensor(p, "positions", c.max_positions, "max_positions", device());
+    attention.positions = attention.positions.expand({B, T});
+  } else {
+    attention.positions = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device())).expand({B, T});
+  }
+  if (options.mask && options.mask->defined()) {
+    const at::Tensor& m = *options.mask;
+    if (m.dim() == 2 && m.size(0) == B && m.size(1) == T) {
+      attention.key_padding = checked_bool_tensor(m, "mask", device());
+    } else if (m.dim() == 3 && m.size(0) == B && m.size(1) == T && m.size(2) == T) {
+      attention.full_mask = checked_bool_tensor(m, "mask", device());
+    } else {
+      fail(ErrorCode::kInvalidArgument, "mask", "expected shape [{},{}] (key padding) or [{},{},{}] (full), got {}", B,
+           T, B, T, T, shape_of(m));
+    }
+  }
+  for (int64_t l : options.layers) {
+    if (l < 0 || l > c.num_layers) {
+      fail(ErrorCode::kInvalidArgument, "layers", "expected indices in [0, {}] (num_layers), got {}", c.num_layers, l);
+    }
+  }
+
+  at::NoGradGuard no_grad;
+  ForwardOutput out;
+  out.hidden = impl_->model->forward(latents, attention, options.layers, &out.layers);
+  return out;
+}
+
+at::Tensor LocalBackbone::classify(const at::Tensor& hidden) {
+  require_defined(hidden, "hidden");
+  if (hidden.dim() < 1) fail(ErrorCode::kInvalidArgument, "hidden", "expected shape [..., D], got a scalar");
+  impl_->check_states(hidden, "hidden");
+  at::NoGradGuard no_grad;
+  return impl_->model->classify(hidden);
+}
+
+}  // namespace aios::ali

@@ -1,0 +1,61 @@
+// aios/backbone/config.h — the architecture description every backbone family is built from.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace aios::backbone {
+
+// The block structure a checkpoint's architecture maps onto.
+enum class Family {
+  kLlama,  // RMSNorm, rotary positions, grouped-query attention, gated MLP: Llama 2/3, SmolLM2, Qwen2, Mistral
+  kGpt2,   // LayerNorm, learned positions, fused qkv projection, GELU MLP
+};
+
+enum class Activation { kSilu, kGeluExact, kGeluTanh };
+
+// Rotary position embedding frequencies. kLlama3 rescales low frequencies as Llama 3.1 does.
+struct RopeConfig {
+  enum class Type { kDefault, kLinear, kLlama3 };
+  Type type = Type::kDefault;
+  double theta = 10000.0;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_positions = 8192;
+};
+
+struct ModelConfig {
+  std::string architecture;  // the checkpoint's own name, e.g. "LlamaForCausalLM"
+  Family family = Family::kLlama;
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;        // D
+  int64_t intermediate_size = 0;  // MLP width
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;     // query heads H
+  int64_t num_kv_heads = 0;  // key/value heads; H % num_kv_heads == 0
+  int64_t head_dim = 0;
+  int64_t max_positions = 0;  // positions must lie in [0, max_positions)
+  double norm_eps = 1e-5;
+  Activation activation = Activation::kSilu;
+  RopeConfig rope;             // kLlama only
+  bool qkv_bias = false;       // biases on the q, k, v projections
+  bool out_bias = false;       // bias on the attention output projection
+  bool mlp_bias = false;       // biases on the MLP projections
+  bool tie_word_embeddings = false;
+  // Per layer: a key may be attended only if query_index - key_index < window. Empty = no windows.
+  std::vector<std::optional<int64_t>> sliding_windows;
+  double attention_scale = 0.0;              // softmax scale; 1/sqrt(head_dim) unless the config says otherwise
+  bool scale_attn_by_inverse_layer_idx = false;  // GPT-2 option: scale layer i by 1/(i+1) as well
+};
+
+// Parses a Hugging Face config.json text. Throws Error(kInvalidArgument) for an unknown architecture
+// or an unsupported or inconsistent value, naming the field ("config.rope_scaling.rope_type", ...).
+ModelConfig parse_hf_config(const std::string& json_text, const std::string& source = "config.json");
+
+// "llama", "gpt2": the family's name for messages and the CLI.
+const char* family_name(Family family);
+
+}  // namespace aios::backbone

@@ -1,0 +1,80 @@
+// aios/backbone/model.h — frozen weights and the math of one decoder-only architecture.
+//
+// A Model does no argument checking: the Latent API (ali/) validates every input before it gets here.
+// Weights are created without requires_grad and are never written after loading.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "aios/backbone/config.h"
+
+namespace aios::backbone {
+
+struct LoadOptions {
+  c10::Device device = c10::kCPU;
+  c10::ScalarType dtype = c10::kFloat;  // kFloat, kBFloat16 or kHalf
+};
+
+// "float32" | "bfloat16" | "float16" (also "torch.float32", "float", "half") -> dtype. Throws
+// Error(kInvalidArgument) naming `field` for anything else.
+c10::ScalarType parse_dtype(const std::string& name, const std::string& field = "dtype");
+// The inverse: "float32", "bfloat16", "float16".
+std::string dtype_name(c10::ScalarType dtype);
+// "cpu" | "cuda" | "cuda:N" -> device. Throws Error(kInvalidArgument) naming `field`.
+c10::Device parse_device(const std::string& name, const std::string& field = "device");
+
+// Which keys each query may see. Built by the caller from positions and masks.
+struct Attention {
+  at::Tensor positions;    // int64 [B,T], each in [0, max_positions)
+  at::Tensor key_padding;  // bool [B,T] (true = real token) combined with causal order; or undefined
+  at::Tensor full_mask;    // bool [B,T,T] (true = query t sees key s), replaces causal order; or undefined
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+
+  const ModelConfig& config() const { return config_; }
+  c10::Device device() const { return device_; }
+  c10::ScalarType dtype() const { return dtype_; }
+  // Number of distinct weight elements (a tied head counts once).
+  int64_t parameter_count() const;
+
+  // ids int64 [B,T] on device() -> latents [B,T,D] in dtype().
+  at::Tensor embed(const at::Tensor& ids) const;
+  // latents [B,T,D] -> final hidden state [B,T,D] after the final norm. For each index l in `layers`
+  // (0 <= l <= num_layers) the residual stream entering block l (l = num_layers: leaving the last
+  // block, before the final norm) is appended to `layer_states`.
+  virtual at::Tensor forward(const at::Tensor& latents, const Attention& attention,
+                             const std::vector<int64_t>& layers,
+                             std::vector<at::Tensor>* layer_states) const = 0;
+  // hidden [..., D] -> logits [..., V].
+  at::Tensor classify(const at::Tensor& hidden) const;
+
+ protected:
+  Model(ModelConfig config, const LoadOptions& options);
+  // Remembers a loaded weight for parameter_count(); returns it.
+  const at::Tensor& own(const at::Tensor& weight);
+
+  ModelConfig config_;
+  c10::Device device_;
+  c10::ScalarType dtype_;
+  at::Tensor token_embedding_;  // [V,D]
+  at::Tensor output_head_;      // [V,D]; the same storage as token_embedding_ when tied
+
+ private:
+  std::vector<at::Tensor> weights_;
+};
+
+// Loads a Hugging Face checkpoint folder: config.json with model.safetensors, or with
+// model.safetensors.index.json and its shards. All or nothing: on any error no model is returned.
+// Throws Error: kNotFound (no folder, config or weights), kDataLoss (corrupt files, missing or
+// mis-shaped tensors), kInvalidArgument (unknown architecture, unsupported config value, bad options).
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
+
+}  // namespace aios::backbone

@@ -1,0 +1,20 @@
+// Internal: one factory per architecture family, each in its own file.
+#pragma once
+
+#include <memory>
+
+#include "aios/backbone/model.h"
+#include "weights.h"
+
+namespace aios::backbone {
+
+std::unique_ptr<Model> make_llama(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options);
+std::unique_ptr<Model> make_gpt2(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options);
+
+// Access for the factories to the protected parts of Model.
+class ModelBuilder : public Model {
+ protected:
+  using Model::Model;
+};
+
+}  // namespace aios::backbone

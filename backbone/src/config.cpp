@@ -1,0 +1,273 @@
+#include "aios/backbone/config.h"
+
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "aios/error.h"
+
+namespace aios::backbone {
+
+const char* family_name(Family family) {
+  switch (family) {
+    case Family::kLlama: return "llama";
+    case Family::kGpt2: return "gpt2";
+  }
+  return "?";
+}
+
+namespace {
+
+using nlohmann::json;
+
+// Typed access to config fields with errors that name "config.<key>".
+class Fields {
+ public:
+  Fields(const json& object, std::string prefix) : object_(object), prefix_(std::move(prefix)) {}
+
+  bool has(const char* key) const { return object_.contains(key) && !object_.at(key).is_null(); }
+  std::string name(const char* key) const { return prefix_ + "." + key; }
+
+  int64_t integer(const char* key, std::optional<int64_t> fallback = std::nullopt) const {
+    if (!has(key)) {
+      if (fallback) return *fallback;
+      fail(ErrorCode::kInvalidArgument, name(key), "required integer is missing");
+    }
+    const json& v = object_.at(key);
+    if (!v.is_number_integer()) fail(ErrorCode::kInvalidArgument, name(key), "expected an integer, got {}", v.dump());
+    return v.get<int64_t>();
+  }
+  int64_t positive(const char* key, int64_t limit, std::optional<int64_t> fallback = std::nullopt) const {
+    int64_t v = integer(key, fallback);
+    if (v <= 0 || v > limit) {
+      fail(ErrorCode::kInvalidArgument, name(key), "expected an integer in [1, {}], got {}", limit, v);
+    }
+    return v;
+  }
+  double number(const char* key, std::optional<double> fallback = std::nullopt) const {
+    if (!has(key)) {
+      if (fallback) return *fallback;
+      fail(ErrorCode::kInvalidArgument, name(key), "required number is missing");
+    }
+    const json& v = object_.at(key);
+    if (!v.is_number() || !std::isfinite(v.get<double>())) {
+      fail(ErrorCode::kInvalidArgument, name(key), "expected a finite number, got {}", v.dump());
+    }
+    return v.get<double>();
+  }
+  bool boolean(const char* key, bool fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = object_.at(key);
+    if (!v.is_boolean()) fail(ErrorCode::kInvalidArgument, name(key), "expected true or false, got {}", v.dump());
+    return v.get<bool>();
+  }
+  std::string string(const char* key, std::optional<std::string> fallback = std::nullopt) const {
+    if (!has(key)) {
+      if (fallback) return *fallback;
+      fail(ErrorCode::kInvalidArgument, name(key), "required string is missing");
+    }
+    const json& v = object_.at(key);
+    if (!v.is_string()) fail(ErrorCode::kInvalidArgument, name(key), "expected a string, got {}", v.dump());
+    return v.get<std::string>();
+  }
+  const json& at(const char* key) const { return object_.at(key); }
+
+ private:
+  const json& object_;
+  std::string prefix_;
+};
+
+// Generous bounds that still stop a config from asking for absurd allocations.
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxWidth = int64_t{1} << 18;
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxPositions = int64_t{1} << 24;
+
+Activation parse_activation(const Fields& f, const char* key, const char* fallback) {
+  const std::string act = f.string(key, std::string(fallback));
+  if (act == "silu" || act == "swish") return Activation::kSilu;
+  if (act == "gelu") return Activation::kGeluExact;
+  if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") return Activation::kGeluTanh;
+  fail(ErrorCode::kInvalidArgument, f.name(key),
+       "expected one of silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, got \"{}\"", act);
+}
+
+RopeConfig parse_rope(const Fields& f) {
+  RopeConfig rope;
+  // transformers 5 writes "rope_parameters" (theta included); older configs "rope_theta" + "rope_scaling".
+  const char* key = f.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
+  rope.theta = f.number("rope_theta", 10000.0);
+  if (!f.has(key)) return rope;
+  const json& params = f.at(key);
+  if (!params.is_object()) fail(ErrorCode::kInvalidArgument, f.name(key), "expected an object, got {}", params.dump());
+  Fields p(params, f.name(key));
+  rope.theta = p.number("rope_theta", rope.theta);
+  const std::string type = p.string(p.has("rope_type") ? "rope_type" : "type", std::string("default"));
+  if (type == "default") {
+    rope.type = RopeConfig::Type::kDefault;
+  } else if (type == "linear") {
+    rope.type = RopeConfig::Type::kLinear;
+    rope.factor = p.number("factor");
+  } else if (type == "llama3") {
+    rope.type = RopeConfig::Type::kLlama3;
+    rope.factor = p.number("factor");
+    rope.low_freq_factor = p.number("low_freq_factor");
+    rope.high_freq_factor = p.number("high_freq_factor");
+    rope.original_max_positions = p.positive("original_max_position_embeddings", kMaxPositions);
+    if (!(rope.high_freq_factor > rope.low_freq_factor)) {
+      fail(ErrorCode::kInvalidArgument, p.name("high_freq_factor"), "expected more than low_freq_factor {}, got {}",
+           rope.low_freq_factor, rope.high_freq_factor);
+    }
+  } else {
+    fail(ErrorCode::kInvalidArgument, p.name(p.has("rope_type") ? "rope_type" : "type"),
+         "expected one of default, linear, llama3, got \"{}\"", type);
+  }
+  if (!(rope.factor > 0)) fail(ErrorCode::kInvalidArgument, p.name("factor"), "expected > 0, got {}", rope.factor);
+  if (!(rope.theta > 0)) fail(ErrorCode::kInvalidArgument, p.name("rope_theta"), "expected > 0, got {}", rope.theta);
+  return rope;
+}
+
+// Which layers attend within a sliding window, from the family-specific fields.
+std::vector<std::optional<int64_t>> parse_windows(const Fields& f, const std::string& model_type, int64_t layers) {
+  std::vector<std::optional<int64_t>> windows;
+  if (!f.has("sliding_window")) return windows;
+  const int64_t window = f.positive("sliding_window", kMaxPositions);
+  if (f.has("layer_types")) {
+    const json& types = f.at("layer_types");
+    if (!types.is_array() || static_cast<int64_t>(types.size()) != layers) {
+      fail(ErrorCode::kInvalidArgument, f.name("layer_types"), "expected an array of {} entries", layers);
+    }
+    for (const json& t : types) {
+      if (t == "sliding_attention") {
+        windows.emplace_back(window);
+      } else if (t == "full_attention") {
+        windows.emplace_back(std::nullopt);
+      } else {
+        fail(ErrorCode::kInvalidArgument, f.name("layer_types"),
+             "expected entries full_attention or sliding_attention, got {}", t.dump());
+      }
+    }
+  } else if (model_type == "qwen2") {
+    if (!f.boolean("use_sliding_window", false)) return windows;
+    const int64_t first = f.integer("max_window_layers", layers);
+    for (int64_t i = 0; i < layers; ++i) windows.emplace_back(i >= first ? std::optional<int64_t>(window) : std::nullopt);
+  } else {
+    windows.assign(static_cast<std::size_t>(layers), window);
+  }
+  return windows;
+}
+
+void parse_llama_family(const Fields& f, const std::string& model_type, ModelConfig& c) {
+  c.family = Family::kLlama;
+  c.vocab_size = f.positive("vocab_size", kMaxVocab);
+  c.hidden_size = f.positive("hidden_size", kMaxWidth);
+  c.intermediate_size = f.positive("intermediate_size", kMaxWidth);
+  c.num_layers = f.positive("num_hidden_layers", kMaxLayers);
+  c.num_heads = f.positive("num_attention_heads", kMaxHeads);
+  c.num_kv_heads = f.positive("num_key_value_heads", kMaxHeads, c.num_heads);
+  if (c.num_heads % c.num_kv_heads != 0) {
+    fail(ErrorCode::kInvalidArgument, f.name("num_key_value_heads"), "expected a divisor of num_attention_heads {}, got {}",
+         c.num_heads, c.num_kv_heads);
+  }
+  if (!f.has("head_dim") && c.hidden_size % c.num_heads != 0) {
+    fail(ErrorCode::kInvalidArgument, f.name("hidden_size"), "expected a multiple of num_attention_heads {}, got {}",
+         c.num_heads, c.hidden_size);
+  }
+  c.head_dim = f.positive("head_dim", kMaxWidth, c.hidden_size / c.num_heads);
+  if (c.head_dim % 2 != 0) fail(ErrorCode::kInvalidArgument, f.name("head_dim"), "expected an even number, got {}", c.head_dim);
+  c.max_positions = f.positive("max_position_embeddings", kMaxPositions, 2048);
+  c.norm_eps = f.number("rms_norm_eps", 1e-6);
+  c.activation = parse_activation(f, "hidden_act", "silu");
+  c.rope = parse_rope(f);
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  if (model_type == "qwen2") {
+    c.qkv_bias = true;
+  } else if (model_type == "llama") {
+    c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
+    c.mlp_bias = f.boolean("mlp_bias", false);
+  }
+  c.sliding_windows = parse_windows(f, model_type, c.num_layers);
+  c.attention_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+}
+
+void parse_gpt2(const Fields& f, ModelConfig& c) {
+  c.family = Family::kGpt2;
+  c.vocab_size = f.positive("vocab_size", kMaxVocab);
+  c.hidden_size = f.positive("n_embd", kMaxWidth);
+  c.num_layers = f.positive("n_layer", kMaxLayers);
+  c.num_heads = c.num_kv_heads = f.positive("n_head", kMaxHeads);
+  if (c.hidden_size % c.num_heads != 0) {
+    fail(ErrorCode::kInvalidArgument, f.name("n_embd"), "expected a multiple of n_head {}, got {}", c.num_heads,
+         c.hidden_size);
+  }
+  c.head_dim = c.hidden_size / c.num_heads;
+  c.intermediate_size = f.positive("n_inner", kMaxWidth, 4 * c.hidden_size);
+  c.max_positions = f.positive("n_positions", kMaxPositions);
+  c.norm_eps = f.number("layer_norm_epsilon", 1e-5);
+  c.activation = parse_activation(f, "activation_function", "gelu_new");
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", true);
+  c.qkv_bias = c.out_bias = c.mlp_bias = true;
+  if (f.boolean("add_cross_attention", false)) {
+    fail(ErrorCode::kInvalidArgument, f.name("add_cross_attention"), "expected false (decoder-only), got true");
+  }
+  c.attention_scale = f.boolean("scale_attn_weights", true) ? 1.0 / std::sqrt(static_cast<double>(c.head_dim)) : 1.0;
+  c.scale_attn_by_inverse_layer_idx = f.boolean("scale_attn_by_inverse_layer_idx", false);
+}
+
+struct KnownArchitecture {
+  const char* architecture;
+  const char* model_type;
+};
+constexpr KnownArchitecture kArchitectures[] = {
+    {"LlamaForCausalLM", "llama"},
+    {"Qwen2ForCausalLM", "qwen2"},
+    {"MistralForCausalLM", "mistral"},
+    {"GPT2LMHeadModel", "gpt2"},
+};
+
+}  // namespace
+
+ModelConfig parse_hf_config(const std::string& json_text, const std::string& source) {
+  json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) fail(ErrorCode::kDataLoss, source, "expected a JSON object");
+  Fields f(root, "config");
+
+  std::string architecture;
+  if (f.has("architectures")) {
+    const json& list = f.at("architectures");
+    if (!list.is_array() || list.empty() || !list[0].is_string()) {
+      fail(ErrorCode::kInvalidArgument, "config.architectures", "expected a non-empty list of names, got {}", list.dump());
+    }
+    architecture = list[0].get<std::string>();
+  } else {
+    const std::string model_type = f.string("model_type");
+    for (const auto& known : kArchitectures) {
+      if (model_type == known.model_type) architecture = known.architecture;
+    }
+    if (architecture.empty()) {
+      fail(ErrorCode::kInvalidArgument, "config.model_type", "expected one of llama, qwen2, mistral, gpt2, got \"{}\"",
+           model_type);
+    }
+  }
+  const KnownArchitecture* known = nullptr;
+  for (const auto& k : kArchitectures) {
+    if (architecture == k.architecture) known = &k;
+  }
+  if (known == nullptr) {
+    fail(ErrorCode::kInvalidArgument, "config.architectures",
+         "expected one of LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, GPT2LMHeadModel, got \"{}\"",
+         architecture);
+  }
+
+  ModelConfig c;
+  c.architecture = architecture;
+  if (std::string(known->model_type) == "gpt2") {
+    parse_gpt2(f, c);
+  } else {
+    parse_llama_family(f, known->model_type, c);
+  }
+  return c;
+}
+
+}  // namespace aios::backbone

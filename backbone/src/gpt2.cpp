@@ -1,0 +1,100 @@
+// GPT-2: pre-LayerNorm blocks, learned absolute positions, fused qkv projection, GELU MLP.
+//
+// Checkpoints store projections as Conv1D weights [in, out]; they are transposed once at load time
+// into the [out, in] layout at::linear expects.
+#include <fmt/format.h>
+
+#include "architectures.h"
+#include "layers.h"
+
+namespace aios::backbone {
+
+namespace {
+
+struct Gpt2Layer {
+  at::Tensor ln1_weight, ln1_bias;    // [D]
+  at::Tensor qkv_weight, qkv_bias;    // [3D, D], [3D]
+  at::Tensor out_weight, out_bias;    // [D, D], [D]
+  at::Tensor ln2_weight, ln2_bias;    // [D]
+  at::Tensor fc_weight, fc_bias;      // [I, D], [I]
+  at::Tensor proj_weight, proj_bias;  // [D, I], [D]
+  double scale = 1.0;
+};
+
+class Gpt2Model final : public ModelBuilder {
+ public:
+  Gpt2Model(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
+      : ModelBuilder(config, options) {
+    const ModelConfig& c = config_;
+    const int64_t D = c.hidden_size, I = c.intermediate_size;
+    // save_pretrained writes "transformer."; original checkpoints have no prefix.
+    const std::string prefix = w.contains("transformer.wte.weight") ? "transformer." : "";
+    auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(prefix + name, shape, options); };
+    auto take_conv1d = [&](const std::string& name, int64_t in, int64_t out) {
+      return own(take(name, {in, out}).t().contiguous());
+    };
+    token_embedding_ = own(take("wte.weight", {c.vocab_size, D}));
+    output_head_ = c.tie_word_embeddings ? token_embedding_ : own(w.take("lm_head.weight", {c.vocab_size, D}, options));
+    position_embedding_ = own(take("wpe.weight", {c.max_positions, D}));
+    final_weight_ = own(take("ln_f.weight", {D}));
+    final_bias_ = own(take("ln_f.bias", {D}));
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = fmt::format("h.{}.", i);
+      Gpt2Layer l;
+      l.ln1_weight = own(take(p + "ln_1.weight", {D}));
+      l.ln1_bias = own(take(p + "ln_1.bias", {D}));
+      l.qkv_weight = take_conv1d(p + "attn.c_attn.weight", D, 3 * D);
+      l.qkv_bias = own(take(p + "attn.c_attn.bias", {3 * D}));
+      l.out_weight = take_conv1d(p + "attn.c_proj.weight", D, D);
+      l.out_bias = own(take(p + "attn.c_proj.bias", {D}));
+      l.ln2_weight = own(take(p + "ln_2.weight", {D}));
+      l.ln2_bias = own(take(p + "ln_2.bias", {D}));
+      l.fc_weight = take_conv1d(p + "mlp.c_fc.weight", D, I);
+      l.fc_bias = own(take(p + "mlp.c_fc.bias", {I}));
+      l.proj_weight = take_conv1d(p + "mlp.c_proj.weight", I, D);
+      l.proj_bias = own(take(p + "mlp.c_proj.bias", {D}));
+      l.scale = c.attention_scale / (c.scale_attn_by_inverse_layer_idx ? static_cast<double>(i + 1) : 1.0);
+      layers_.push_back(std::move(l));
+    }
+  }
+
+  at::Tensor forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
+                     std::vector<at::Tensor>* layer_states) const override {
+    const ModelConfig& c = config_;
+    const int64_t B = latents.size(0), T = latents.size(1), H = c.num_heads, hd = c.head_dim, D = c.hidden_size;
+    MaskCache masks(attention, T);
+    at::Tensor x = latents + at::embedding(position_embedding_, attention.positions);
+    auto record = [&](int64_t index) {
+      for (std::size_t j = 0; j < layers.size(); ++j) {
+        if (layers[j] == index) (*layer_states)[j] = x;
+      }
+    };
+    if (!layers.empty()) layer_states->assign(layers.size(), at::Tensor());
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      record(i);
+      const Gpt2Layer& l = layers_[static_cast<std::size_t>(i)];
+      at::Tensor h = at::layer_norm(x, {D}, l.ln1_weight, l.ln1_bias, c.norm_eps);
+      auto qkv = at::linear(h, l.qkv_weight, l.qkv_bias).split(D, -1);  // 3 × [B,T,D]
+      auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, hd}).transpose(1, 2); };
+      at::Tensor attn = attend(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), masks.get(std::nullopt), l.scale);
+      x = x + at::linear(attn, l.out_weight, l.out_bias);
+      h = at::layer_norm(x, {D}, l.ln2_weight, l.ln2_bias, c.norm_eps);
+      x = x + at::linear(activate(at::linear(h, l.fc_weight, l.fc_bias), c.activation), l.proj_weight, l.proj_bias);
+    }
+    record(c.num_layers);
+    return at::layer_norm(x, {D}, final_weight_, final_bias_, c.norm_eps);
+  }
+
+ private:
+  std::vector<Gpt2Layer> layers_;
+  at::Tensor position_embedding_;         // [max_positions, D]
+  at::Tensor final_weight_, final_bias_;  // [D]
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_gpt2(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options) {
+  return std::make_unique<Gpt2Model>(config, weights, options);
+}
+
+}  // namespace aios::backbone

@@ -1,0 +1,36 @@
+// Internal: building blocks shared by the architectures.
+#pragma once
+
+#include <optional>
+
+#include <ATen/ATen.h>
+
+#include "aios/backbone/config.h"
+#include "aios/backbone/model.h"
+
+namespace aios::backbone {
+
+// The boolean attention mask [B,1,T,T] for one layer (true = may attend), or an undefined tensor when
+// plain causal order applies and SDPA's is_causal path can be used. Rows left with no visible key
+// (padding queries) get their own key so softmax stays finite; their outputs carry no meaning.
+at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::optional<int64_t> window);
+
+// q [B,H,T,hd], k and v [B,Hkv,T,hd] -> [B,T,H*hd] via scaled-dot-product attention.
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                  double scale);
+
+at::Tensor activate(const at::Tensor& x, Activation activation);
+
+// Per-layer cache of masks: layers with the same window share one.
+class MaskCache {
+ public:
+  explicit MaskCache(const Attention& attention, int64_t seq_len) : attention_(attention), seq_len_(seq_len) {}
+  const at::Tensor& get(std::optional<int64_t> window);
+
+ private:
+  const Attention& attention_;
+  int64_t seq_len_;
+  std::vector<std::pair<std::optional<int64_t>, at::Tensor>> masks_;
+};
+
+}  // namespace aios::backbone

@@ -1,0 +1,154 @@
+// The Llama block family: Llama 2/3, SmolLM2, Qwen2 (qkv bias), Mistral (sliding window).
+//
+// Load-time fusion: q, k, v projections are concatenated into one [(H+2Hkv)*hd, D] matrix and gate
+// and up into one [2I, D] matrix, so each block runs four matrix products instead of seven.
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "architectures.h"
+#include "layers.h"
+
+namespace aios::backbone {
+
+namespace {
+
+struct LlamaLayer {
+  at::Tensor attn_norm;   // [D]
+  at::Tensor qkv_weight;  // [(H+2Hkv)*hd, D]
+  at::Tensor qkv_bias;    // [(H+2Hkv)*hd] or undefined
+  at::Tensor out_weight;  // [D, H*hd]
+  at::Tensor out_bias;    // [D] or undefined
+  at::Tensor mlp_norm;    // [D]
+  at::Tensor gate_up_weight;  // [2I, D]
+  at::Tensor gate_up_bias;    // [2I] or undefined
+  at::Tensor down_weight;     // [D, I]
+  at::Tensor down_bias;       // [D] or undefined
+  std::optional<int64_t> window;
+};
+
+// Inverse rotary frequencies [hd/2], float32, computed exactly as the reference implementation does.
+at::Tensor rope_inverse_frequencies(const ModelConfig& c, c10::Device device) {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor exponent = at::arange(0, c.head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
+                        static_cast<double>(c.head_dim);
+  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(c.rope.theta, f32), exponent);
+  const RopeConfig& r = c.rope;
+  if (r.type == RopeConfig::Type::kLinear) {
+    inv_freq = inv_freq / r.factor;
+  } else if (r.type == RopeConfig::Type::kLlama3) {
+    const double old_len = static_cast<double>(r.original_max_positions);
+    const double low_freq_wavelen = old_len / r.low_freq_factor;
+    const double high_freq_wavelen = old_len / r.high_freq_factor;
+    at::Tensor wavelen = 2 * M_PI / inv_freq;
+    at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / r.factor, inv_freq);
+    at::Tensor smooth = (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+    at::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
+    at::Tensor medium = (wavelen < high_freq_wavelen).logical_not().logical_and((wavelen > low_freq_wavelen).logical_not());
+    inv_freq = at::where(medium, smoothed, scaled);
+  }
+  return inv_freq.to(device);
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({x.slice(-1, half).neg(), x.slice(-1, 0, half)}, -1);
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (x.scalar_type() == at::kFloat) return at::rms_norm(x, {x.size(-1)}, weight, eps);
+  // Reduced precision: normalise in float32, then scale in the model dtype, as the reference does.
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+class LlamaModel final : public ModelBuilder {
+ public:
+  LlamaModel(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
+      : ModelBuilder(config, options) {
+    const ModelConfig& c = config_;
+    const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads, I = c.intermediate_size;
+    auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
+    token_embedding_ = own(take("model.embed_tokens.weight", {c.vocab_size, D}));
+    output_head_ = c.tie_word_embeddings ? token_embedding_ : own(take("lm_head.weight", {c.vocab_size, D}));
+    final_norm_ = own(take("model.norm.weight", {D}));
+    inv_freq_ = rope_inverse_frequencies(c, device_);
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = fmt::format("model.layers.{}.", i);
+      LlamaLayer l;
+      l.attn_norm = own(take(p + "input_layernorm.weight", {D}));
+      l.mlp_norm = own(take(p + "post_attention_layernorm.weight", {D}));
+      l.qkv_weight = own(at::cat({take(p + "self_attn.q_proj.weight", {H * hd, D}),
+                                  take(p + "self_attn.k_proj.weight", {K * hd, D}),
+                                  take(p + "self_attn.v_proj.weight", {K * hd, D})}));
+      if (c.qkv_bias) {
+        l.qkv_bias = own(at::cat({take(p + "self_attn.q_proj.bias", {H * hd}), take(p + "self_attn.k_proj.bias", {K * hd}),
+                                  take(p + "self_attn.v_proj.bias", {K * hd})}));
+      }
+      l.out_weight = own(take(p + "self_attn.o_proj.weight", {D, H * hd}));
+      if (c.out_bias) l.out_bias = own(take(p + "self_attn.o_proj.bias", {D}));
+      l.gate_up_weight = own(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
+      l.down_weight = own(take(p + "mlp.down_proj.weight", {D, I}));
+      if (c.mlp_bias) {
+        l.gate_up_bias = own(at::cat({take(p + "mlp.gate_proj.bias", {I}), take(p + "mlp.up_proj.bias", {I})}));
+        l.down_bias = own(take(p + "mlp.down_proj.bias", {D}));
+      }
+      if (!c.sliding_windows.empty()) l.window = c.sliding_windows[static_cast<std::size_t>(i)];
+      layers_.push_back(std::move(l));
+    }
+  }
+
+  at::Tensor forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
+                     std::vector<at::Tensor>* layer_states) const override {
+    const ModelConfig& c = config_;
+    const int64_t B = latents.size(0), T = latents.size(1);
+    const int64_t H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
+
+    // Rotary tables [B,1,T,hd], computed in float32 and cast to the model dtype.
+    at::Tensor freqs = attention.positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B,T,hd/2]
+    at::Tensor angles = at::cat({freqs, freqs}, -1).unsqueeze(1);
+    const at::Tensor cos = angles.cos().to(dtype_), sin = angles.sin().to(dtype_);
+
+    MaskCache masks(attention, T);
+    at::Tensor x = latents;
+    auto record = [&](int64_t index) {
+      for (std::size_t j = 0; j < layers.size(); ++j) {
+        if (layers[j] == index) (*layer_states)[j] = x;
+      }
+    };
+    if (!layers.empty()) layer_states->assign(layers.size(), at::Tensor());
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      record(i);
+      const LlamaLayer& l = layers_[static_cast<std::size_t>(i)];
+      at::Tensor h = rms_norm(x, l.attn_norm, c.norm_eps);
+      at::Tensor qkv = at::linear(h, l.qkv_weight, l.qkv_bias);  // [B,T,(H+2K)*hd]
+      auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
+      at::Tensor q = parts[0].view({B, T, H, hd}).transpose(1, 2);  // [B,H,T,hd]
+      at::Tensor k = parts[1].view({B, T, K, hd}).transpose(1, 2);  // [B,K,T,hd]
+      at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
+      q = q * cos + rotate_half(q) * sin;
+      k = k * cos + rotate_half(k) * sin;
+      at::Tensor attn = attend(q, k, v, masks.get(l.window), c.attention_scale);  // [B,T,H*hd]
+      x = x + at::linear(attn, l.out_weight, l.out_bias);
+      h = rms_norm(x, l.mlp_norm, c.norm_eps);
+      auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]
+      x = x + at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight, l.down_bias);
+    }
+    record(c.num_layers);
+    return rms_norm(x, final_norm_, c.norm_eps);
+  }
+
+ private:
+  std::vector<LlamaLayer> layers_;
+  at::Tensor final_norm_;  // [D]
+  at::Tensor inv_freq_;    // [hd/2], float32
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_llama(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options) {
+  return std::make_unique<LlamaModel>(config, weights, options);
+}
+
+}  // namespace aios::backbone

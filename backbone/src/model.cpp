@@ -1,0 +1,87 @@
+#include "aios/backbone/model.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "aios/error.h"
+#include "architectures.h"
+
+namespace aios::backbone {
+
+namespace fs = std::filesystem;
+
+c10::ScalarType parse_dtype(const std::string& text, const std::string& field) {
+  const std::string name = text.rfind("torch.", 0) == 0 ? text.substr(6) : text;
+  if (name == "float32" || name == "float") return c10::kFloat;
+  if (name == "bfloat16") return c10::kBFloat16;
+  if (name == "float16" || name == "half") return c10::kHalf;
+  fail(ErrorCode::kInvalidArgument, field, "expected float32, bfloat16 or float16, got \"{}\"", text);
+}
+
+std::string dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::kFloat: return "float32";
+    case c10::kBFloat16: return "bfloat16";
+    case c10::kHalf: return "float16";
+    default: return c10::toString(dtype);
+  }
+}
+
+c10::Device parse_device(const std::string& name, const std::string& field) {
+  try {
+    return c10::Device(name);
+  } catch (const c10::Error&) {
+    fail(ErrorCode::kInvalidArgument, field, "expected cpu, cuda or cuda:N, got \"{}\"", name);
+  }
+}
+
+Model::Model(ModelConfig config, const LoadOptions& options)
+    : config_(std::move(config)), device_(options.device), dtype_(options.dtype) {}
+
+const at::Tensor& Model::own(const at::Tensor& weight) {
+  weights_.push_back(weight);
+  return weights_.back();
+}
+
+int64_t Model::parameter_count() const {
+  std::set<const void*> seen;
+  int64_t total = 0;
+  for (const at::Tensor& w : weights_) {
+    if (seen.insert(w.data_ptr()).second) total += w.numel();
+  }
+  return total;
+}
+
+at::Tensor Model::embed(const at::Tensor& ids) const { return at::embedding(token_embedding_, ids); }
+
+at::Tensor Model::classify(const at::Tensor& hidden) const { return at::linear(hidden, output_head_); }
+
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
+  if (options.dtype != c10::kFloat && options.dtype != c10::kBFloat16 && options.dtype != c10::kHalf) {
+    fail(ErrorCode::kInvalidArgument, "dtype", "expected float32, bfloat16 or float16, got {}",
+         dtype_name(options.dtype));
+  }
+  if (options.device.is_cuda() && !at::hasCUDA()) {
+    fail(ErrorCode::kUnavailable, "device", "expected an available device, got {} but this build or machine has no CUDA",
+         options.device.str());
+  }
+  if (!fs::is_directory(path)) fail(ErrorCode::kNotFound, path, "expected a checkpoint folder");
+  const fs::path config_path = fs::path(path) / "config.json";
+  std::ifstream in(config_path, std::ios::binary);
+  if (!in) fail(ErrorCode::kNotFound, config_path.string(), "expected a config.json in the checkpoint folder");
+  std::ostringstream text;
+  text << in.rdbuf();
+  const ModelConfig config = parse_hf_config(text.str(), config_path.string());
+
+  const WeightSource weights(path);
+  at::NoGradGuard no_grad;
+  switch (config.family) {
+    case Family::kLlama: return make_llama(config, weights, options);
+    case Family::kGpt2: return make_gpt2(config, weights, options);
+  }
+  fail(ErrorCode::kInternal, "config.family", "unhandled family");
+}
+
+}  // namespace aios::backbone

@@ -1,0 +1,110 @@
+#include "weights.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "aios/error.h"
+
+namespace aios::backbone {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+c10::ScalarType to_scalar_type(io::DType dtype) {
+  switch (dtype) {
+    case io::DType::kF64: return c10::kDouble;
+    case io::DType::kF32: return c10::kFloat;
+    case io::DType::kF16: return c10::kHalf;
+    case io::DType::kBF16: return c10::kBFloat16;
+    case io::DType::kI64: return c10::kLong;
+    case io::DType::kI32: return c10::kInt;
+    case io::DType::kI16: return c10::kShort;
+    case io::DType::kI8: return c10::kChar;
+    case io::DType::kU8: return c10::kByte;
+    case io::DType::kBool: return c10::kBool;
+  }
+  return c10::kFloat;
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(ErrorCode::kNotFound, path.string(), "cannot open");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Shard names come from an untrusted index: plain file names inside the folder only.
+void check_shard_name(const std::string& index, const std::string& name) {
+  if (name.empty() || name.find('/') != std::string::npos || name.find('\\') != std::string::npos ||
+      name == "." || name == "..") {
+    fail(ErrorCode::kDataLoss, index, "weight_map: expected plain file names inside the folder, got \"{}\"", name);
+  }
+}
+
+}  // namespace
+
+WeightSource::WeightSource(const std::string& folder) {
+  const fs::path single = fs::path(folder) / "model.safetensors";
+  const fs::path index = fs::path(folder) / "model.safetensors.index.json";
+  std::vector<std::string> shard_names;
+  std::map<std::string, std::string> shard_of;  // tensor -> shard file, from the index
+  if (fs::exists(index)) {
+    nlohmann::json root = nlohmann::json::parse(read_text(index), nullptr, /*allow_exceptions=*/false);
+    if (root.is_discarded() || !root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object()) {
+      fail(ErrorCode::kDataLoss, index.string(), "expected a JSON object with a \"weight_map\" object");
+    }
+    for (auto& [tensor, shard] : root["weight_map"].items()) {
+      if (!shard.is_string()) fail(ErrorCode::kDataLoss, index.string(), "weight_map.{}: expected a file name", tensor);
+      const std::string name = shard.get<std::string>();
+      check_shard_name(index.string(), name);
+      shard_of[tensor] = name;
+      if (std::find(shard_names.begin(), shard_names.end(), name) == shard_names.end()) shard_names.push_back(name);
+    }
+  } else if (fs::exists(single)) {
+    shard_names.push_back("model.safetensors");
+  } else {
+    fail(ErrorCode::kNotFound, folder, "expected model.safetensors or model.safetensors.index.json in the folder");
+  }
+
+  files_.reserve(shard_names.size());
+  for (const std::string& name : shard_names) files_.push_back(io::SafetensorsFile::open((fs::path(folder) / name).string()));
+  for (std::size_t i = 0; i < files_.size(); ++i) {
+    for (const io::TensorView& view : files_[i].tensors()) {
+      auto listed = shard_of.find(view.name);
+      // With an index, a tensor counts only in the shard the index names for it.
+      if (!shard_of.empty() && (listed == shard_of.end() || listed->second != shard_names[i])) continue;
+      where_[view.name] = &view;
+    }
+  }
+  for (const auto& [tensor, shard] : shard_of) {
+    if (where_.count(tensor) == 0) {
+      fail(ErrorCode::kDataLoss, (fs::path(folder) / shard).string(), "tensor '{}' listed in the index is missing", tensor);
+    }
+  }
+}
+
+at::Tensor WeightSource::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) fail(ErrorCode::kDataLoss, name, "tensor missing from the checkpoint");
+  const io::TensorView& view = *it->second;
+  if (!std::equal(view.shape.begin(), view.shape.end(), shape.begin(), shape.end())) {
+    fail(ErrorCode::kDataLoss, name, "expected shape [{}], got [{}]", fmt::join(shape.begin(), shape.end(), ", "),
+         fmt::join(view.shape, ", "));
+  }
+  const c10::ScalarType stored = to_scalar_type(view.dtype);
+  if (!c10::isFloatingType(stored)) {
+    fail(ErrorCode::kDataLoss, name, "expected a floating-point tensor, got {}", io::dtype_name(view.dtype));
+  }
+  // The mapping is read-only and dies with this source: copy into memory the model owns.
+  at::Tensor mapped = at::from_blob(const_cast<std::byte*>(view.data), view.shape, at::TensorOptions().dtype(stored));
+  return mapped.to(options.device, options.dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+}
+
+}  // namespace aios::backbone

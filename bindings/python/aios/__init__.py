@@ -1,0 +1,19 @@
+"""aios: a frozen Transformer language model as the kernel of an AI OS.
+
+    import aios, torch
+    backbone = aios.Backbone.load("path/to/checkpoint", device="cpu", dtype="float32")
+    latents = backbone.embed(torch.tensor([[1, 2, 3]]))          # [B,T,D]
+    out = backbone.forward(latents, layers=[0, 4])                # out.hidden [B,T,D], out.layers
+    logits = backbone.classify(out.hidden)                        # [B,T,V]
+"""
+import torch  # noqa: F401  (loads LibTorch before the extension that links it)
+
+from ._aios import Backbone, Config, ForwardOutput
+from .errors import (DataLossError, Error, InternalError, InvalidArgumentError, NotFoundError,
+                     PermissionDeniedError, ResourceExhaustedError, UnavailableError)
+
+__all__ = [
+    "Backbone", "Config", "ForwardOutput",
+    "Error", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
+    "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError",
+]
