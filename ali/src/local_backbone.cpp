@@ -19,7 +19,7 @@ at::Tensor checked_index_tensor(const at::Tensor& t, const char* name, int64_t l
                                 c10::Device device) {
   if (!c10::isIntegralType(t.scalar_type(), /*includeBool=*/false)) {
     fail(ErrorCode::kInvalidArgument, name, "expected an integer dtype (int64 or int32), got {}",
-         c10::toString(t.scalar_type()));
+         backbone::dtype_name(t.scalar_type()));
   }
   at::Tensor out = t.to(device, at::kLong);
   if (out.numel() > 0) {
@@ -35,7 +35,7 @@ at::Tensor checked_index_tensor(const at::Tensor& t, const char* name, int64_t l
 at::Tensor checked_bool_tensor(const at::Tensor& t, const char* name, c10::Device device) {
   if (t.scalar_type() != at::kBool && !c10::isIntegralType(t.scalar_type(), /*includeBool=*/false)) {
     fail(ErrorCode::kInvalidArgument, name, "expected a bool (or integer 0/1) dtype, got {}",
-         c10::toString(t.scalar_type()));
+         backbone::dtype_name(t.scalar_type()));
   }
   return t.to(device).ne(0);
 }
@@ -55,7 +55,7 @@ struct LocalBackbone::Impl {
     }
     if (t.scalar_type() != model->dtype()) {
       fail(ErrorCode::kInvalidArgument, name, "expected dtype {} (the backbone's), got {}",
-           c10::toString(model->dtype()), c10::toString(t.scalar_type()));
+           backbone::dtype_name(model->dtype()), backbone::dtype_name(t.scalar_type()));
     }
     if (t.device() != model->device()) {
       fail(ErrorCode::kInvalidArgument, name, "expected device {} (the backbone's), got {}", model->device().str(),

@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny random checkpoints of every supported architecture, written by transformers.
+
+Each checkpoint is built once per test session with a fixed seed, saved with save_pretrained (some
+sharded), and returned with the transformers model that parity tests compare against.
+"""
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+REPO = Path(__file__).resolve().parents[2]
+VOCAB = 101
+MAX_POSITIONS = 64
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    path: Path
+    reference: transformers.PreTrainedModel  # float32, eager attention
+
+
+def _llama(**kw):
+    base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+                rms_norm_eps=1e-5, tie_word_embeddings=False)
+    base.update(kw)
+    return transformers.LlamaConfig(**base)
+
+
+def _configs():
+    return {
+        # grouped-query attention, untied head
+        "llama_gqa": (transformers.LlamaForCausalLM, _llama(), {}),
+        # Llama 3 rope scaling, attention and MLP biases, tied head, written as several shards
+        "llama3_bias_tied_sharded": (transformers.LlamaForCausalLM, _llama(
+            num_key_value_heads=1, attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
+            rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+            {"max_shard_size": "40KB"}),
+        # linear rope scaling, multi-head attention, explicit head_dim different from hidden/heads
+        "llama_linear_rope": (transformers.LlamaForCausalLM, _llama(
+            num_key_value_heads=4, head_dim=8, rope_scaling={"rope_type": "linear", "factor": 2.0}), {}),
+        # qkv bias, GQA, tied head
+        "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            tie_word_embeddings=True), {}),
+        # sliding window shorter than the test sequences, so the window matters
+        "mistral_window": (transformers.MistralForCausalLM, transformers.MistralConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            sliding_window=5, head_dim=16), {}),
+        "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=MAX_POSITIONS), {}),
+        # untied head, inverse-layer scaling, exact GELU, sharded
+        "gpt2_untied_sharded": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=MAX_POSITIONS,
+            tie_word_embeddings=False, scale_attn_by_inverse_layer_idx=True,
+            activation_function="gelu"), {"max_shard_size": "60KB"}),
+    }
+
+
+ARCHITECTURES = list(_configs())
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    built = {}
+    for i, (name, (cls, config, save_kw)) in enumerate(_configs().items()):
+        torch.manual_seed(1000 + i)
+        model = cls(config).eval()
+        # Random init leaves norms at 1 and biases at 0; perturb them so they are exercised.
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if p.dim() == 1:
+                    p.add_(torch.randn_like(p) * 0.1)
+        path = root / name
+        model.save_pretrained(path, **save_kw)
+        reference = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+        built[name] = Checkpoint(name, path, reference)
+    return built
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def checkpoint(request, checkpoints):
+    return checkpoints[request.param]
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The default model (SmolLM2-135M-Instruct) exported by the set-up; exported here if missing."""
+    path = os.environ.get("AIOS_DEFAULT_MODEL") or str(REPO / ".cache/models/smollm2-135m-instruct")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        subprocess.run([sys.executable, str(REPO / "scripts/default_model.py"), "export", path], check=True)
+    return Path(path)

@@ -1,0 +1,173 @@
+"""Parity with transformers (float32, eager attention): every layer's hidden state and the logits."""
+import pytest
+import torch
+
+import aios
+
+from conftest import MAX_POSITIONS, VOCAB
+
+TOL = 1e-4
+
+
+def reference_states(model, ids, **kw):
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True, **kw)
+    return out.hidden_states, out.logits
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+def test_every_layer_and_logits_match(checkpoint):
+    backbone = aios.Backbone.load(checkpoint.path)
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (2, 16))
+    ref_states, ref_logits = reference_states(checkpoint.reference, ids)
+    n = backbone.config.num_layers
+    out = backbone.forward(backbone.embed(ids), layers=list(range(n)))
+    for layer in range(n):
+        assert max_diff(out.layers[layer], ref_states[layer]) <= TOL, f"layer {layer}"
+    assert max_diff(out.hidden, ref_states[n]) <= TOL
+    assert max_diff(backbone.classify(out.hidden), ref_logits) <= TOL
+
+
+def test_config_matches_reference(checkpoint):
+    backbone = aios.Backbone.load(checkpoint.path)
+    ref = checkpoint.reference.config
+    c = backbone.config
+    assert c.architecture == ref.architectures[0]
+    assert c.vocab_size == ref.vocab_size
+    assert c.hidden_size == ref.hidden_size
+    assert c.num_layers == ref.num_hidden_layers
+    assert c.num_heads == ref.num_attention_heads
+    assert backbone.parameter_count == checkpoint.reference.num_parameters()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batch_matches_at_real_tokens(checkpoint, side):
+    backbone = aios.Backbone.load(checkpoint.path)
+    torch.manual_seed(1)
+    ids = torch.randint(0, VOCAB, (3, 12))
+    lengths = [12, 7, 3]
+    mask = torch.zeros(3, 12, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        if side == "right":
+            mask[b, :n] = 1
+        else:
+            mask[b, 12 - n:] = 1
+    # Explicit positions that count real tokens, as a caller with left padding passes them.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ref_states, ref_logits = reference_states(checkpoint.reference, ids, attention_mask=mask,
+                                              position_ids=positions)
+    out = backbone.forward(backbone.embed(ids), positions=positions, mask=mask.bool(), layers=[1])
+    real = mask.bool()
+    assert max_diff(out.hidden[real], ref_states[-1][real]) <= TOL
+    assert max_diff(out.layers[0][real], ref_states[1][real]) <= TOL
+    assert max_diff(backbone.classify(out.hidden)[real], ref_logits[real]) <= TOL
+    assert torch.isfinite(out.hidden).all(), "padding rows must stay finite"
+
+
+def test_explicit_positions_match(checkpoint):
+    backbone = aios.Backbone.load(checkpoint.path)
+    torch.manual_seed(2)
+    ids = torch.randint(0, VOCAB, (2, 10))
+    positions = torch.stack([torch.arange(10) + 7, torch.arange(10) * 3 + 1])  # gaps and offsets
+    ref_states, ref_logits = reference_states(checkpoint.reference, ids, position_ids=positions)
+    out = backbone.forward(backbone.embed(ids), positions=positions)
+    assert max_diff(out.hidden, ref_states[-1]) <= TOL
+    # Positions shared by the batch may be given as [T].
+    shared = backbone.forward(backbone.embed(ids), positions=positions[0])
+    ref_shared, _ = reference_states(checkpoint.reference, ids, position_ids=positions[0:1].expand(2, -1))
+    assert max_diff(shared.hidden, ref_shared[-1]) <= TOL
+
+
+def test_block_diagonal_mask_equals_separate_sequences(checkpoint):
+    """Two sequences packed in one row with a [B,T,T] mask give what each gives alone."""
+    backbone = aios.Backbone.load(checkpoint.path)
+    torch.manual_seed(3)
+    a, b = torch.randint(0, VOCAB, (1, 6)), torch.randint(0, VOCAB, (1, 9))
+    packed = torch.cat([a, b], dim=1)
+    mask = torch.zeros(1, 15, 15, dtype=torch.bool)
+    # A full mask is used as given, so a model's sliding window is part of what the caller writes.
+    window = getattr(checkpoint.reference.config, "sliding_window", None) or 15
+    for begin, n in ((0, 6), (6, 9)):
+        i = torch.arange(n)
+        mask[0, begin:begin + n, begin:begin + n] = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+    positions = torch.cat([torch.arange(6), torch.arange(9)]).unsqueeze(0)
+    out = backbone.forward(backbone.embed(packed), positions=positions, mask=mask).hidden
+    ref_a, _ = reference_states(checkpoint.reference, a)
+    ref_b, _ = reference_states(checkpoint.reference, b)
+    assert max_diff(out[:, :6], ref_a[-1]) <= TOL
+    assert max_diff(out[:, 6:], ref_b[-1]) <= TOL
+
+
+def test_full_mask_is_used_as_given(checkpoint):
+    """A full mask replaces causal order: a bidirectional mask lets early tokens see later ones."""
+    backbone = aios.Backbone.load(checkpoint.path)
+    torch.manual_seed(4)
+    ids = torch.randint(0, VOCAB, (1, 8))
+    latents = backbone.embed(ids)
+    causal = torch.ones(1, 8, 8).tril().bool()
+    default = backbone.forward(latents).hidden
+    if checkpoint.name != "mistral_window":  # the window trims the causal default there
+        assert max_diff(backbone.forward(latents, mask=causal).hidden, default) <= 1e-6
+    full = backbone.forward(latents, mask=torch.ones(1, 8, 8, dtype=torch.bool), layers=[1])
+    causal_out = backbone.forward(latents, mask=causal, layers=[1])
+    # After one block the last token has seen everything either way; the first one has not.
+    assert max_diff(full.layers[0][:, -1], causal_out.layers[0][:, -1]) <= 1e-5
+    assert max_diff(full.layers[0][:, 0], causal_out.layers[0][:, 0]) > 1e-3
+
+
+def test_integer_key_padding_mask_is_accepted(checkpoint):
+    backbone = aios.Backbone.load(checkpoint.path)
+    ids = torch.randint(0, VOCAB, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    latents = backbone.embed(ids)
+    assert torch.equal(backbone.forward(latents, mask=mask).hidden,
+                       backbone.forward(latents, mask=mask.bool()).hidden)
+
+
+def test_batched_equals_one_by_one(checkpoint):
+    backbone = aios.Backbone.load(checkpoint.path)
+    ids = torch.randint(0, VOCAB, (3, 9))
+    batched = backbone.forward(backbone.embed(ids)).hidden
+    for b in range(3):
+        single = backbone.forward(backbone.embed(ids[b:b + 1])).hidden
+        assert max_diff(batched[b:b + 1], single) <= 1e-5
+
+
+def test_longest_sequence_matches(checkpoint):
+    backbone = aios.Backbone.load(checkpoint.path)
+    ids = torch.randint(0, VOCAB, (1, MAX_POSITIONS))
+    ref_states, ref_logits = reference_states(checkpoint.reference, ids)
+    logits = backbone.classify(backbone.forward(backbone.embed(ids)).hidden)
+    assert max_diff(logits, ref_logits) <= TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_tracks_float32(checkpoints, dtype):
+    checkpoint = checkpoints["llama_gqa"]
+    full = aios.Backbone.load(checkpoint.path)
+    half = aios.Backbone.load(checkpoint.path, dtype=dtype)
+    assert half.dtype == str(dtype).removeprefix("torch.")
+    ids = torch.randint(0, VOCAB, (2, 12))
+    ref = full.classify(full.forward(full.embed(ids)).hidden)
+    got = half.classify(half.forward(half.embed(ids)).hidden)
+    assert got.dtype == dtype
+    # Relative to the logits' spread: reduced precision changes digits, not the prediction.
+    assert (got.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
+    with torch.no_grad():
+        hf = type(checkpoint.reference).from_pretrained(checkpoint.path, dtype=dtype,
+                                                        attn_implementation="eager").eval()
+        hf_logits = hf(ids).logits
+    assert (got.float() - hf_logits.float()).abs().max().item() <= 0.05 * ref.abs().max().item()
+
+
+def test_outputs_never_require_grad(checkpoint):
+    backbone = aios.Backbone.load(checkpoint.path)
+    latents = backbone.embed(torch.randint(0, VOCAB, (1, 4)))
+    assert not latents.requires_grad
+    out = backbone.forward(latents.clone().requires_grad_(True))
+    assert not out.hidden.requires_grad
+    assert not backbone.classify(out.hidden).requires_grad
