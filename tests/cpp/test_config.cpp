@@ -1,1 +1,165 @@
+#include <string>
+
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "aios/backbone/config.h"
+#include "aios/error.h"
+
+using aios::Error;
+using aios::ErrorCode;
+using aios::backbone::Activation;
+using aios::backbone::Family;
+using aios::backbone::parse_hf_config;
+using aios::backbone::RopeConfig;
+using nlohmann::json;
+
+namespace {
+
+json llama() {
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"vocab_size", 100},
+          {"hidden_size", 64},
+          {"intermediate_size", 96},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"max_position_embeddings", 128},
+          {"rms_norm_eps", 1e-5}};
+}
+
+void expect_invalid(const json& config, const std::string& field, const std::string& text) {
+  try {
+    parse_hf_config(config.dump());
+    FAIL("accepted: " << config.dump());
+  } catch (const Error& e) {
+    INFO(e.what());
+    CHECK(e.code() == ErrorCode::kInvalidArgument);
+    CHECK(e.field() == field);
+    CHECK(std::string(e.what()).find(text) != std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a Llama config with defaults") {
+  const auto c = parse_hf_config(llama().dump());
+  CHECK(c.family == Family::kLlama);
+  CHECK(c.head_dim == 16);
+  CHECK(c.num_kv_heads == 2);
+  CHECK(c.activation == Activation::kSilu);
+  CHECK(c.rope.type == RopeConfig::Type::kDefault);
+  CHECK(c.rope.theta == 10000.0);
+  CHECK_FALSE(c.tie_word_embeddings);
+  CHECK_FALSE(c.qkv_bias);
+  CHECK(c.sliding_windows.empty());
+  CHECK(c.attention_scale == Approx(0.25));
+}
+
+TEST_CASE("rope settings in both config generations") {
+  json v4 = llama();
+  v4["rope_theta"] = 500000.0;
+  v4["rope_scaling"] = {{"type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                        {"original_max_position_embeddings", 8192}};
+  auto c = parse_hf_config(v4.dump());
+  CHECK(c.rope.type == RopeConfig::Type::kLlama3);
+  CHECK(c.rope.theta == 500000.0);
+  CHECK(c.rope.original_max_positions == 8192);
+
+  json v5 = llama();
+  v5["rope_parameters"] = {{"rope_type", "linear"}, {"rope_theta", 1000.0}, {"factor", 2.0}};
+  c = parse_hf_config(v5.dump());
+  CHECK(c.rope.type == RopeConfig::Type::kLinear);
+  CHECK(c.rope.theta == 1000.0);
+  CHECK(c.rope.factor == 2.0);
+}
+
+TEST_CASE("family specifics: Qwen2 biases and windows, Mistral windows, Llama biases") {
+  json qwen = llama();
+  qwen["architectures"] = {"Qwen2ForCausalLM"};
+  qwen["sliding_window"] = 32;
+  qwen["use_sliding_window"] = true;
+  qwen["max_window_layers"] = 1;
+  auto c = parse_hf_config(qwen.dump());
+  CHECK(c.qkv_bias);
+  CHECK_FALSE(c.out_bias);
+  REQUIRE(c.sliding_windows.size() == 2);
+  CHECK_FALSE(c.sliding_windows[0].has_value());
+  CHECK(c.sliding_windows[1] == 32);
+
+  qwen["layer_types"] = {"sliding_attention", "full_attention"};
+  c = parse_hf_config(qwen.dump());
+  CHECK(c.sliding_windows[0] == 32);
+  CHECK_FALSE(c.sliding_windows[1].has_value());
+
+  json mistral = llama();
+  mistral["architectures"] = {"MistralForCausalLM"};
+  mistral["sliding_window"] = 16;
+  c = parse_hf_config(mistral.dump());
+  CHECK(c.sliding_windows == std::vector<std::optional<int64_t>>{16, 16});
+  mistral["sliding_window"] = nullptr;
+  CHECK(parse_hf_config(mistral.dump()).sliding_windows.empty());
+
+  json biased = llama();
+  biased["attention_bias"] = true;
+  biased["mlp_bias"] = true;
+  c = parse_hf_config(biased.dump());
+  CHECK((c.qkv_bias && c.out_bias && c.mlp_bias));
+}
+
+TEST_CASE("a GPT-2 config with defaults") {
+  const json gpt2 = {{"model_type", "gpt2"}, {"vocab_size", 100}, {"n_embd", 64},
+                     {"n_layer", 2},         {"n_head", 4},        {"n_positions", 32}};
+  const auto c = parse_hf_config(gpt2.dump());
+  CHECK(c.architecture == "GPT2LMHeadModel");
+  CHECK(c.family == Family::kGpt2);
+  CHECK(c.intermediate_size == 256);
+  CHECK(c.activation == Activation::kGeluTanh);
+  CHECK(c.tie_word_embeddings);
+  CHECK(c.max_positions == 32);
+}
+
+TEST_CASE("unknown architectures and unsupported values name their field") {
+  json c = llama();
+  c["architectures"] = {"FalconForCausalLM"};
+  expect_invalid(c, "config.architectures", "FalconForCausalLM");
+  c = llama();
+  c.erase("architectures");
+  c["model_type"] = "bert";
+  expect_invalid(c, "config.model_type", "bert");
+  c = llama();
+  c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  expect_invalid(c, "config.rope_scaling.rope_type", "yarn");
+  c = llama();
+  c["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
+  expect_invalid(c, "config.rope_parameters.low_freq_factor", "missing");
+  c = llama();
+  c["num_key_value_heads"] = 3;
+  expect_invalid(c, "config.num_key_value_heads", "divisor");
+  c = llama();
+  c["head_dim"] = 15;
+  expect_invalid(c, "config.head_dim", "even");
+  c = llama();
+  c["hidden_size"] = 66;
+  expect_invalid(c, "config.hidden_size", "multiple");
+  c = llama();
+  c["num_hidden_layers"] = -1;
+  expect_invalid(c, "config.num_hidden_layers", "-1");
+  c = llama();
+  c["vocab_size"] = 1.5;
+  expect_invalid(c, "config.vocab_size", "integer");
+  c = llama();
+  c["hidden_act"] = "relu";
+  expect_invalid(c, "config.hidden_act", "relu");
+  c = llama();
+  c["vocab_size"] = int64_t{1} << 40;
+  expect_invalid(c, "config.vocab_size", "[1, ");
+  c = llama();
+  c["layer_types"] = {"full_attention"};
+  c["sliding_window"] = 4;
+  expect_invalid(c, "config.layer_types", "2 entries");
+  json g = {{"model_type", "gpt2"}, {"vocab_size", 100}, {"n_embd", 64}, {"n_layer", 2},
+            {"n_head", 4},          {"n_positions", 32}, {"add_cross_attention", true}};
+  expect_invalid(g, "config.add_cross_attention", "true");
+  CHECK_THROWS_AS(parse_hf_config("not json"), Error);
+}
