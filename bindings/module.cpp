@@ -2,6 +2,7 @@
 // torch in the same process: they pass in and out without copies.
 #include <torch/csrc/utils/pybind.h>
 
+#include <fmt/format.h>
 #include <pybind11/stl.h>
 
 #include "aios/ali/local_backbone.h"

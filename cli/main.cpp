@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 
 #include "aios/ali/local_backbone.h"
-#include "aios/error.h"
+#include "aios/fail.h"
 
 namespace {
 

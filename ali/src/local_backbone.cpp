@@ -2,7 +2,7 @@
 
 #include <fmt/ranges.h>
 
-#include "aios/error.h"
+#include "aios/fail.h"
 
 namespace aios::ali {
 

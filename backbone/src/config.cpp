@@ -4,7 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aios/error.h"
+#include "aios/fail.h"
 
 namespace aios::backbone {
 

@@ -5,7 +5,7 @@
 #include <set>
 #include <sstream>
 
-#include "aios/error.h"
+#include "aios/fail.h"
 #include "architectures.h"
 
 namespace aios::backbone {

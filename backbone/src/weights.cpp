@@ -8,7 +8,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "aios/error.h"
+#include "aios/fail.h"
 
 namespace aios::backbone {
 

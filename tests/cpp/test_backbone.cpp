@@ -1,5 +1,7 @@
 // LocalBackbone on tiny random checkpoints written here: invariants of the forward pass, argument
 // errors, and loading failures that must leave nothing half-loaded.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <map>

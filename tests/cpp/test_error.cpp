@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "aios/error.h"
+#include "aios/fail.h"
 
 using aios::Error;
 using aios::ErrorCode;

@@ -9,8 +9,6 @@
 #include <string>
 #include <string_view>
 
-#include <fmt/format.h>
-
 namespace aios {
 
 enum class ErrorCode : int {
@@ -42,13 +40,5 @@ class Error : public std::runtime_error {
   std::string field_;
   std::string message_;
 };
-
-// Throws Error(code, field, fmt::format(...)). Named for the common case so call sites read as a sentence:
-//   fail(ErrorCode::kInvalidArgument, "latents", "expected rank 3 [B,T,D], got rank {}", x.dim());
-template <typename... Args>
-[[noreturn]] void fail(ErrorCode code, std::string field, fmt::format_string<Args...> format,
-                       Args&&... args) {
-  throw Error(code, std::move(field), fmt::format(format, std::forward<Args>(args)...));
-}
 
 }  // namespace aios

@@ -1,0 +1,22 @@
+"""find_package(aios) works for a C++ application outside the tree (slow: compiles one file)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import torch.utils
+
+HERE = Path(__file__).resolve().parent
+VENV = Path(sys.executable).parent.parent
+
+
+def test_installed_package_builds_and_runs_an_application(tmp_path, default_model):
+    build = tmp_path / "build"
+    prefix = f"{VENV};{torch.utils.cmake_prefix_path}"
+    cmake = str(VENV / "bin" / "cmake")
+    subprocess.run([cmake, "-S", str(HERE.parent / "cmake_consumer"), "-B", str(build), "-G", "Ninja",
+                    f"-DCMAKE_MAKE_PROGRAM={VENV / 'bin' / 'ninja'}", f"-DCMAKE_PREFIX_PATH={prefix}",
+                    "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True)
+    subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True)
+    result = subprocess.run([str(build / "consumer"), str(default_model)], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "logits [1, 3, 49152]"
