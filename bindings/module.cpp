@@ -1,12 +1,15 @@
 // aios._aios — Python bindings of the Latent API. Tensors are torch.Tensor objects of the Python
 // torch in the same process: they pass in and out without copies.
+#include <chrono>
+
 #include <torch/csrc/utils/pybind.h>
 
 #include <fmt/format.h>
 #include <pybind11/stl.h>
 
-#include "aios/ali/local_backbone.h"
-#include "aios/error.h"
+#include "aios/ali/masks.h"
+#include "aios/gradient_api/local_backbone.h"
+#include "aios/fail.h"
 
 namespace py = pybind11;
 
@@ -14,8 +17,10 @@ namespace {
 
 using aios::ali::Backbone;
 using aios::ali::ForwardOptions;
-using aios::ali::ForwardOutput;
-using aios::ali::LocalBackbone;
+using aios::gradient::Cotangents;
+using aios::gradient::FusedResult;
+using aios::gradient::Handle;
+using aios::gradient::LocalBackbone;
 using aios::backbone::ModelConfig;
 using aios::backbone::dtype_name;
 using aios::backbone::parse_device;
@@ -31,6 +36,34 @@ void raise_python_error(const aios::Error& e) {
   instance.attr("code_name") = std::string(aios::error_code_name(e.code()));
   instance.attr("field") = e.field();
   PyErr_SetObject(cls.ptr(), instance.ptr());
+}
+
+// ForwardOutput plus the handle of a kept pass (None unless keep=True).
+struct PyForwardOutput {
+  at::Tensor hidden;
+  std::vector<at::Tensor> layers;
+  std::optional<Handle> handle;
+};
+
+ForwardOptions forward_options(std::optional<at::Tensor> positions, std::optional<at::Tensor> mask,
+                               std::optional<std::vector<int64_t>> layers, bool allow_non_finite = false) {
+  ForwardOptions options;
+  options.positions = std::move(positions);
+  options.mask = std::move(mask);
+  if (layers) options.layers = *layers;
+  options.allow_non_finite = allow_non_finite;
+  return options;
+}
+
+Cotangents cotangents(std::optional<at::Tensor> hidden, std::optional<std::vector<std::optional<at::Tensor>>> layers,
+                      std::optional<at::Tensor> logits) {
+  Cotangents c;
+  if (hidden) c.hidden = *hidden;
+  if (layers) {
+    for (auto& t : *layers) c.layers.push_back(t ? *t : at::Tensor());
+  }
+  if (logits) c.logits = *logits;
+  return c;
 }
 
 }  // namespace
@@ -64,23 +97,48 @@ PYBIND11_MODULE(_aios, m) {
                            c.architecture, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.vocab_size);
       });
 
-  py::class_<ForwardOutput>(m, "ForwardOutput", "Result of Backbone.forward.")
-      .def_readonly("hidden", &ForwardOutput::hidden, "[B,T,D] final hidden state, after the final norm")
-      .def_readonly("layers", &ForwardOutput::layers, "list of [B,T,D], one per requested layer index");
+  py::class_<PyForwardOutput>(m, "ForwardOutput", "Result of Backbone.forward.")
+      .def_readonly("hidden", &PyForwardOutput::hidden, "[B,T,D] final hidden state, after the final norm")
+      .def_readonly("layers", &PyForwardOutput::layers, "list of [B,T,D], one per requested layer index")
+      .def_readonly("handle", &PyForwardOutput::handle, "handle of the kept pass (keep=True), else None");
+
+  py::class_<FusedResult>(m, "FusedResult", "Result of Backbone.forward_backward.")
+      .def_readonly("loss", &FusedResult::loss, "scalar float32: mean over weighted tokens")
+      .def_readonly("losses", &FusedResult::losses, "float32 [B]: the mean per sequence")
+      .def_readonly("grad_latents", &FusedResult::grad_latents, "[B,T,D]: d loss / d latents");
+
+  m.def(
+      "gist_mask",
+      [](int64_t seq_len, const py::object& begin, const py::object& end) {
+        auto as_tensor = [](const py::object& o) {
+          if (py::isinstance<py::int_>(o)) return at::tensor({o.cast<int64_t>()});
+          if (py::isinstance<py::list>(o) || py::isinstance<py::tuple>(o)) return at::tensor(o.cast<std::vector<int64_t>>());
+          return o.cast<at::Tensor>();
+        };
+        return aios::ali::gist_mask(seq_len, as_tensor(begin), as_tensor(end));
+      },
+      py::arg("seq_len"), py::arg("begin"), py::arg("end"),
+      "bool [B,T,T] gist mask for prompt [0,begin) | gist [begin,end) | rest [end,T); begin/end: int, list or int64 [B]");
 
   py::class_<LocalBackbone, std::shared_ptr<LocalBackbone>>(m, "Backbone", "A frozen backbone loaded in this process.")
       .def_static(
           "load",
-          [](const py::object& path, const py::object& device, const py::object& dtype) {
+          [](const py::object& path, const py::object& device, const py::object& dtype, std::optional<std::size_t> store_bytes,
+             std::optional<double> store_ttl) {
             const std::string p = py::str(py::module_::import("os").attr("fspath")(path));
             aios::ali::LoadOptions options;
             options.device = parse_device(py::str(device));
             options.dtype = parse_dtype(py::str(dtype));
+            aios::gradient::StoreOptions store;
+            if (store_bytes) store.max_bytes = *store_bytes;
+            if (store_ttl) store.ttl = std::chrono::milliseconds(static_cast<int64_t>(*store_ttl * 1000));
             py::gil_scoped_release release;
-            return std::shared_ptr<LocalBackbone>(LocalBackbone::load(p, options));
+            return std::shared_ptr<LocalBackbone>(LocalBackbone::load(p, options, store));
           },
-          py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32",
-          "Loads a Hugging Face checkpoint folder. dtype: float32, bfloat16 or float16 (or a torch.dtype).")
+          py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::kw_only(),
+          py::arg("store_bytes") = py::none(), py::arg("store_ttl") = py::none(),
+          "Loads a Hugging Face checkpoint folder. dtype: float32, bfloat16, float16 or float64 (or a torch.dtype). "
+          "store_bytes / store_ttl (seconds) bound the activations kept by forward(keep=True).")
       .def_property_readonly("config", &LocalBackbone::config, py::return_value_policy::reference_internal)
       .def_property_readonly("device", [](const LocalBackbone& b) { return b.device().str(); })
       .def_property_readonly("dtype", [](const LocalBackbone& b) { return dtype_name(b.dtype()); })
@@ -90,20 +148,90 @@ PYBIND11_MODULE(_aios, m) {
       .def(
           "forward",
           [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
-             std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers, bool allow_non_finite) {
-            ForwardOptions options;
-            options.positions = std::move(positions);
-            options.mask = std::move(mask);
-            if (layers) options.layers = *layers;
-            options.allow_non_finite = allow_non_finite;
-            return b.forward(latents, options);
+             std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers, bool allow_non_finite,
+             bool keep) {
+            const ForwardOptions options = forward_options(positions, mask, layers, allow_non_finite);
+            if (keep) {
+              auto kept = b.forward_keep(latents, options);
+              return PyForwardOutput{kept.output.hidden, kept.output.layers, kept.handle};
+            }
+            auto out = b.forward(latents, options);
+            return PyForwardOutput{out.hidden, out.layers, std::nullopt};
           },
           py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),
-          py::arg("layers") = py::none(), py::arg("allow_non_finite") = false,
+          py::arg("layers") = py::none(), py::arg("allow_non_finite") = false, py::arg("keep") = false,
           py::call_guard<py::gil_scoped_release>(),
-          "latents [B,T,D] -> ForwardOutput(hidden [B,T,D], layers). positions: int64 [B,T] or [T]; "
+          "latents [B,T,D] -> ForwardOutput(hidden [B,T,D], layers, handle). positions: int64 [B,T] or [T]; "
           "mask: [B,T] key padding (with causal order) or [B,T,T] full boolean mask; layers: indices in "
-          "[0, num_layers] of residual-stream states to return.")
+          "[0, num_layers] of residual-stream states to return; keep: keep the pass for vjp under .handle.")
+      .def(
+          "vjp",
+          [](LocalBackbone& b, Handle handle, std::optional<at::Tensor> grad_hidden,
+             std::optional<std::vector<std::optional<at::Tensor>>> grad_layers, std::optional<at::Tensor> grad_logits) {
+            return b.vjp(handle, cotangents(grad_hidden, grad_layers, grad_logits));
+          },
+          py::arg("handle"), py::kw_only(), py::arg("grad_hidden") = py::none(), py::arg("grad_layers") = py::none(),
+          py::arg("grad_logits") = py::none(), py::call_guard<py::gil_scoped_release>(),
+          "d latents [B,T,D] of a kept pass, given cotangents for the final hidden state [B,T,D], the kept layers "
+          "(list in the order requested, None = zero) and the logits [B,T,V]")
+      .def(
+          "vjp",
+          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
+             std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers,
+             std::optional<at::Tensor> grad_hidden, std::optional<std::vector<std::optional<at::Tensor>>> grad_layers,
+             std::optional<at::Tensor> grad_logits) {
+            return b.vjp(latents, forward_options(positions, mask, layers), cotangents(grad_hidden, grad_layers, grad_logits));
+          },
+          py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),
+          py::arg("layers") = py::none(), py::arg("grad_hidden") = py::none(), py::arg("grad_layers") = py::none(),
+          py::arg("grad_logits") = py::none(), py::call_guard<py::gil_scoped_release>(),
+          "stateless: recomputes the forward of latents and returns d latents [B,T,D]")
+      .def("release", &LocalBackbone::release, py::arg("handle"), py::call_guard<py::gil_scoped_release>(),
+           "frees a kept pass")
+      .def(
+          "forward_backward",
+          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> targets,
+             std::optional<at::Tensor> weights, std::optional<at::Tensor> teacher_logits,
+             std::optional<at::Tensor> teacher_probs, std::optional<at::Tensor> teacher_latents,
+             std::optional<at::Tensor> teacher_positions, std::optional<at::Tensor> teacher_mask,
+             std::optional<at::Tensor> teacher_index, double temperature, std::optional<at::Tensor> positions,
+             std::optional<at::Tensor> mask, int64_t chunk_tokens) {
+            aios::gradient::LossOptions loss;
+            loss.chunk_tokens = chunk_tokens;
+            const bool distill = teacher_logits || teacher_probs || teacher_latents;
+            if (targets.has_value() == distill) {
+              aios::fail(aios::ErrorCode::kInvalidArgument, "targets",
+                         "expected either targets (cross-entropy) or a teacher (distillation), not both or neither");
+            }
+            if (targets) {
+              loss.loss = aios::gradient::CrossEntropy{*targets, weights ? *weights : at::Tensor()};
+            } else {
+              aios::gradient::Distillation d;
+              if (teacher_logits) d.teacher_logits = *teacher_logits;
+              if (teacher_probs) d.teacher_probs = *teacher_probs;
+              if (teacher_latents) d.teacher_latents = *teacher_latents;
+              d.teacher_options = forward_options(teacher_positions, teacher_mask, std::nullopt);
+              if (teacher_index) d.teacher_index = *teacher_index;
+              if (weights) d.weights = *weights;
+              d.temperature = temperature;
+              loss.loss = d;
+            }
+            return b.forward_backward(latents, forward_options(positions, mask, std::nullopt), loss);
+          },
+          py::arg("latents"), py::kw_only(), py::arg("targets") = py::none(), py::arg("weights") = py::none(),
+          py::arg("teacher_logits") = py::none(), py::arg("teacher_probs") = py::none(),
+          py::arg("teacher_latents") = py::none(), py::arg("teacher_positions") = py::none(),
+          py::arg("teacher_mask") = py::none(), py::arg("teacher_index") = py::none(), py::arg("temperature") = 1.0,
+          py::arg("positions") = py::none(), py::arg("mask") = py::none(), py::arg("chunk_tokens") = 256,
+          py::call_guard<py::gil_scoped_release>(),
+          "Fused loss and d latents in one call. Cross-entropy: targets [B,T] (the id position t predicts, no "
+          "shift), weights [B,T] (0 = ignored). Distillation: teacher_logits or teacher_probs [B,T,V], or "
+          "teacher_latents [B,T',D] (+ teacher_positions/teacher_mask) with teacher_index [B,T] (-1 = none). "
+          "Returns FusedResult(loss, losses [B], grad_latents [B,T,D]).")
+      .def_property_readonly("store_bytes", [](const LocalBackbone& b) { return b.store().bytes(); },
+                             "estimated bytes of activations held by kept passes")
+      .def_property_readonly("store_size", [](const LocalBackbone& b) { return b.store().size(); },
+                             "number of kept passes")
       .def("classify", &LocalBackbone::classify, py::arg("hidden"), py::call_guard<py::gil_scoped_release>(),
            "hidden [..., D] -> logits [..., V]");
 }

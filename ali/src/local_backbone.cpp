@@ -79,6 +79,7 @@ const ModelConfig& LocalBackbone::config() const { return impl_->model->config()
 c10::Device LocalBackbone::device() const { return impl_->model->device(); }
 c10::ScalarType LocalBackbone::dtype() const { return impl_->model->dtype(); }
 int64_t LocalBackbone::parameter_count() const { return impl_->model->parameter_count(); }
+const backbone::Model& LocalBackbone::model() const { return *impl_->model; }
 
 at::Tensor LocalBackbone::embed(const at::Tensor& ids) {
   require_defined(ids, "ids");
@@ -88,7 +89,7 @@ at::Tensor LocalBackbone::embed(const at::Tensor& ids) {
   return impl_->model->embed(checked);
 }
 
-ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ForwardOptions& options) {
+backbone::Attention LocalBackbone::prepare(const at::Tensor& latents, const ForwardOptions& options) const {
   const ModelConfig& c = config();
   require_defined(latents, "latents");
   if (latents.dim() != 3) {
@@ -136,16 +137,25 @@ ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ForwardOpt
     }
   }
 
+  return attention;
+}
+
+ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ForwardOptions& options) {
+  const backbone::Attention attention = prepare(latents, options);
   at::NoGradGuard no_grad;
   ForwardOutput out;
   out.hidden = impl_->model->forward(latents, attention, options.layers, &out.layers);
   return out;
 }
 
+void LocalBackbone::check_hidden(const at::Tensor& hidden, const char* name) const {
+  require_defined(hidden, name);
+  if (hidden.dim() < 1) fail(ErrorCode::kInvalidArgument, name, "expected shape [..., D], got a scalar");
+  impl_->check_states(hidden, name);
+}
+
 at::Tensor LocalBackbone::classify(const at::Tensor& hidden) {
-  require_defined(hidden, "hidden");
-  if (hidden.dim() < 1) fail(ErrorCode::kInvalidArgument, "hidden", "expected shape [..., D], got a scalar");
-  impl_->check_states(hidden, "hidden");
+  check_hidden(hidden, "hidden");
   at::NoGradGuard no_grad;
   return impl_->model->classify(hidden);
 }

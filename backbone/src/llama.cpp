@@ -56,7 +56,7 @@ at::Tensor rotate_half(const at::Tensor& x) {
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  if (x.scalar_type() == at::kFloat) return at::rms_norm(x, {x.size(-1)}, weight, eps);
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return at::rms_norm(x, {x.size(-1)}, weight, eps);
   // Reduced precision: normalise in float32, then scale in the model dtype, as the reference does.
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);

@@ -17,7 +17,8 @@ c10::ScalarType parse_dtype(const std::string& text, const std::string& field) {
   if (name == "float32" || name == "float") return c10::kFloat;
   if (name == "bfloat16") return c10::kBFloat16;
   if (name == "float16" || name == "half") return c10::kHalf;
-  fail(ErrorCode::kInvalidArgument, field, "expected float32, bfloat16 or float16, got \"{}\"", text);
+  if (name == "float64" || name == "double") return c10::kDouble;
+  fail(ErrorCode::kInvalidArgument, field, "expected float32, bfloat16, float16 or float64, got \"{}\"", text);
 }
 
 std::string dtype_name(c10::ScalarType dtype) {
@@ -52,6 +53,8 @@ const at::Tensor& Model::own(const at::Tensor& weight) {
   return weights_.back();
 }
 
+const std::vector<at::Tensor>& Model::weights() const { return weights_; }
+
 int64_t Model::parameter_count() const {
   std::set<const void*> seen;
   int64_t total = 0;
@@ -66,8 +69,9 @@ at::Tensor Model::embed(const at::Tensor& ids) const { return at::embedding(toke
 at::Tensor Model::classify(const at::Tensor& hidden) const { return at::linear(hidden, output_head_); }
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
-  if (options.dtype != c10::kFloat && options.dtype != c10::kBFloat16 && options.dtype != c10::kHalf) {
-    fail(ErrorCode::kInvalidArgument, "dtype", "expected float32, bfloat16 or float16, got {}",
+  if (options.dtype != c10::kFloat && options.dtype != c10::kBFloat16 && options.dtype != c10::kHalf &&
+      options.dtype != c10::kDouble) {
+    fail(ErrorCode::kInvalidArgument, "dtype", "expected float32, bfloat16, float16 or float64, got {}",
          dtype_name(options.dtype));
   }
   if (options.device.is_cuda() && !at::hasCUDA()) {

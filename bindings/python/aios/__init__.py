@@ -5,15 +5,20 @@
     latents = backbone.embed(torch.tensor([[1, 2, 3]]))          # [B,T,D]
     out = backbone.forward(latents, layers=[0, 4])                # out.hidden [B,T,D], out.layers
     logits = backbone.classify(out.hidden)                        # [B,T,V]
-"""
-import torch  # noqa: F401  (loads LibTorch before the extension that links it)
 
-from ._aios import Backbone, Config, ForwardOutput
+    # Gradients through the frozen backbone to the latents:
+    hidden = aios.torch.forward(backbone, latents.requires_grad_())   # differentiable [B,T,D]
+    fused = backbone.forward_backward(latents, targets=targets)       # .loss, .losses, .grad_latents
+"""
+import torch as _torch  # noqa: F401  (loads LibTorch before the extension that links it)
+
+from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
+from ._aios import Backbone, Config, ForwardOutput, FusedResult, gist_mask
 from .errors import (DataLossError, Error, InternalError, InvalidArgumentError, NotFoundError,
                      PermissionDeniedError, ResourceExhaustedError, UnavailableError)
 
 __all__ = [
-    "Backbone", "Config", "ForwardOutput",
+    "Backbone", "Config", "ForwardOutput", "FusedResult", "gist_mask",
     "Error", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
     "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError",
 ]

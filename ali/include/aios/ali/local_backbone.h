@@ -28,6 +28,14 @@ class LocalBackbone final : public Backbone {
   ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) override;
   at::Tensor classify(const at::Tensor& hidden) override;
 
+  // For layers built on this one (the Gradient API): checks `latents` and `options` exactly as
+  // forward() does and returns what the model needs; throws aios::Error like forward().
+  backbone::Attention prepare(const at::Tensor& latents, const ForwardOptions& options) const;
+  // Checks a [..., D] state tensor (dtype, device, width) as classify() does; `name` goes into errors.
+  void check_hidden(const at::Tensor& hidden, const char* name) const;
+  // The frozen model itself (read-only).
+  const backbone::Model& model() const;
+
  private:
   explicit LocalBackbone(std::unique_ptr<backbone::Model> model);
   struct Impl;

@@ -17,10 +17,10 @@ namespace aios::backbone {
 
 struct LoadOptions {
   c10::Device device = c10::kCPU;
-  c10::ScalarType dtype = c10::kFloat;  // kFloat, kBFloat16 or kHalf
+  c10::ScalarType dtype = c10::kFloat;  // kFloat, kBFloat16 or kHalf; kDouble for gradient checks
 };
 
-// "float32" | "bfloat16" | "float16" (also "torch.float32", "float", "half") -> dtype. Throws
+// "float32" | "bfloat16" | "float16" | "float64" (also "torch.float32", "float", "half", "double") -> dtype. Throws
 // Error(kInvalidArgument) naming `field` for anything else.
 c10::ScalarType parse_dtype(const std::string& name, const std::string& field = "dtype");
 // The inverse: "float32", "bfloat16", "float16".
@@ -42,6 +42,8 @@ class Model {
   const ModelConfig& config() const { return config_; }
   c10::Device device() const { return device_; }
   c10::ScalarType dtype() const { return dtype_; }
+  // Every weight tensor (read-only; none requires grad).
+  const std::vector<at::Tensor>& weights() const;
   // Number of distinct weight elements (a tied head counts once).
   int64_t parameter_count() const;
 

@@ -1,0 +1,57 @@
+// aios/gradient_api/activation_store.h — the bounded store of kept forward passes.
+//
+// A forward pass kept for a later vjp holds its autograd graph (the activations backward needs)
+// under a handle. The store bounds what they hold: a byte budget (least recently used entries are
+// evicted to make room), a time-to-live since last use, and explicit release. A handle that was
+// released, evicted or expired is a kNotFound error; a handle of another store is kInvalidArgument.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+namespace aios::gradient {
+
+using Handle = std::uint64_t;
+
+struct StoreOptions {
+  std::size_t max_bytes = std::size_t{4} << 30;        // budget for all kept passes together
+  std::chrono::milliseconds ttl = std::chrono::minutes(10);  // since the entry's last use
+};
+
+// One kept forward pass: the leaf the graph starts from and the outputs it ends in.
+struct KeptPass {
+  at::Tensor leaf;                 // [B,T,D], requires grad; the latents
+  at::Tensor hidden;               // [B,T,D], the final hidden state (graph attached)
+  std::vector<at::Tensor> layers;  // requested intermediate states (graph attached)
+  std::size_t bytes = 0;           // estimate of the activations the graph holds
+};
+
+class ActivationStore {
+ public:
+  explicit ActivationStore(StoreOptions options = {});
+  ~ActivationStore();
+  ActivationStore(const ActivationStore&) = delete;
+  ActivationStore& operator=(const ActivationStore&) = delete;
+
+  // Stores `pass`, evicting expired then least recently used entries until it fits. Throws
+  // Error(kResourceExhausted) when the pass alone exceeds the budget.
+  Handle put(std::shared_ptr<const KeptPass> pass);
+  // The pass under `handle`; refreshes its recency and time-to-live.
+  std::shared_ptr<const KeptPass> get(Handle handle);
+  // Drops the pass under `handle` (its memory is freed once no call is using it).
+  void release(Handle handle);
+
+  std::size_t bytes() const;  // sum of the estimates of the live entries
+  std::size_t size() const;   // live entries
+  const StoreOptions& options() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace aios::gradient

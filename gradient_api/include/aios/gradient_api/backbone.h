@@ -1,0 +1,83 @@
+// aios/gradient_api/backbone.h — the Gradient API: gradients through the frozen backbone to the
+// caller's latents. No weight gradient is ever computed: weights do not require grad, so backward
+// runs the input-only half of the work.
+//
+// Two forms:
+//  * handle form: forward_keep() keeps the pass under a handle, vjp(handle, cotangents) returns
+//    d latents, release(handle) frees it (or the store evicts it; see activation_store.h). The
+//    stateless vjp(latents, options, cotangents) recomputes the forward instead.
+//  * fused form: forward_backward() computes a loss and d latents in one call, the loss over the
+//    vocabulary in chunks so the full [B,T,V] logits never exist at once.
+#pragma once
+
+#include <variant>
+#include <vector>
+
+#include "aios/ali/backbone.h"
+#include "aios/gradient_api/activation_store.h"
+
+namespace aios::gradient {
+
+using ali::ForwardOptions;
+using ali::ForwardOutput;
+
+// Gradients of the loss with respect to the outputs of a forward pass; undefined = zero.
+struct Cotangents {
+  at::Tensor hidden;               // [B,T,D] for the final hidden state
+  std::vector<at::Tensor> layers;  // [B,T,D] per ForwardOptions::layers entry, in that order (may be shorter)
+  at::Tensor logits;               // [B,T,V] for classify(hidden)
+};
+
+struct KeptForward {
+  ForwardOutput output;  // detached copies of what forward() returns
+  Handle handle;
+};
+
+// Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].
+// targets[b,t] is the id position t must predict (no implicit shift).
+struct CrossEntropy {
+  at::Tensor targets;  // int64/int32 [B,T]; in [0,V) wherever the weight is > 0 (anything, e.g. -100, elsewhere)
+  at::Tensor weights;  // float [B,T], >= 0; weight 0 = ignored. Undefined = all ones.
+};
+
+// Distillation: mean over weighted tokens of KL(teacher || student) at `temperature`, with the
+// teacher distribution given (logits or probabilities) or computed by this backbone from another
+// latent batch (the gist case: the teacher sees the whole prompt).
+struct Distillation {
+  at::Tensor teacher_logits;   // [B,T,V], or
+  at::Tensor teacher_probs;    // [B,T,V] (rows sum to 1), or
+  at::Tensor teacher_latents;  // [B,T',D] run through this backbone with teacher_options
+  ForwardOptions teacher_options;
+  // int64 [B,T]: which teacher position's prediction student position t must match; -1 = none.
+  // Undefined = the same position (requires T' == T).
+  at::Tensor teacher_index;
+  at::Tensor weights;  // float [B,T] >= 0; undefined = 1 where teacher_index >= 0
+  double temperature = 1.0;
+};
+
+struct LossOptions {
+  std::variant<CrossEntropy, Distillation> loss;
+  int64_t chunk_tokens = 256;  // tokens per vocabulary-sized logits chunk
+};
+
+struct FusedResult {
+  at::Tensor loss;          // scalar float32: the mean over all weighted tokens
+  at::Tensor losses;        // float32 [B]: the same mean per sequence (0 where a row has no weight)
+  at::Tensor grad_latents;  // [B,T,D], d loss / d latents
+};
+
+class Backbone : public ali::Backbone {
+ public:
+  using ali::Backbone::forward;
+
+  virtual KeptForward forward_keep(const at::Tensor& latents, const ForwardOptions& options = {}) = 0;
+  // d latents [B,T,D] for the kept pass; the handle stays valid until released.
+  virtual at::Tensor vjp(Handle handle, const Cotangents& cotangents) = 0;
+  virtual void release(Handle handle) = 0;
+  // Stateless: recomputes the forward of (latents, options) and returns d latents [B,T,D].
+  virtual at::Tensor vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) = 0;
+  virtual FusedResult forward_backward(const at::Tensor& latents, const ForwardOptions& options,
+                                       const LossOptions& loss) = 0;
+};
+
+}  // namespace aios::gradient

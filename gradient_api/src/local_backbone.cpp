@@ -1,0 +1,269 @@
+#include "aios/gradient_api/local_backbone.h"
+
+#include <cmath>
+
+#include <fmt/ranges.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "aios/fail.h"
+#include "losses.h"
+
+namespace aios::gradient {
+
+namespace {
+
+std::string shape_of(const at::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ",")); }
+
+void check_like(const at::Tensor& t, const char* name, at::IntArrayRef shape, const at::TensorOptions& like) {
+  if (t.sizes() != shape) {
+    fail(ErrorCode::kInvalidArgument, name, "expected shape [{}], got {}", fmt::join(shape, ","), shape_of(t));
+  }
+  if (t.scalar_type() != like.dtype().toScalarType()) {
+    fail(ErrorCode::kInvalidArgument, name, "expected dtype {}, got {}",
+         backbone::dtype_name(like.dtype().toScalarType()), backbone::dtype_name(t.scalar_type()));
+  }
+  if (t.device() != like.device()) {
+    fail(ErrorCode::kInvalidArgument, name, "expected device {}, got {}", like.device().str(), t.device().str());
+  }
+}
+
+// Per-token weights [B,T] -> float32 [N] on `device`: finite, >= 0, with a positive sum.
+at::Tensor checked_weights(const at::Tensor& w, const char* name, int64_t B, int64_t T, c10::Device device) {
+  if (w.sizes() != at::IntArrayRef{B, T}) {
+    fail(ErrorCode::kInvalidArgument, name, "expected shape [{},{}], got {}", B, T, shape_of(w));
+  }
+  if (!c10::isFloatingType(w.scalar_type()) && !c10::isIntegralType(w.scalar_type(), true)) {
+    fail(ErrorCode::kInvalidArgument, name, "expected a real dtype, got {}", backbone::dtype_name(w.scalar_type()));
+  }
+  const at::Tensor flat = w.to(device, at::kFloat).flatten();
+  const double low = flat.min().item<double>();
+  if (!std::isfinite(flat.abs().max().item<double>()) || low < 0) {
+    fail(ErrorCode::kInvalidArgument, name, "expected finite values >= 0, got a minimum of {}", low);
+  }
+  if (flat.sum().item<double>() <= 0) fail(ErrorCode::kInvalidArgument, name, "expected a positive total weight, got 0");
+  return flat;
+}
+
+// Activations autograd keeps per token and layer, in elements: block input and norm, q/k/v and
+// their rotated forms, attention output, MLP input, gate/up, activation and product.
+std::size_t estimate_bytes(const backbone::ModelConfig& c, int64_t B, int64_t T, c10::ScalarType dtype) {
+  const int64_t qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+  const int64_t per_layer = 6 * c.hidden_size + 3 * qkv + 2 * c.num_heads * c.head_dim + 4 * c.intermediate_size;
+  return static_cast<std::size_t>(B * T * (per_layer * c.num_layers + 2 * c.hidden_size)) * c10::elementSize(dtype);
+}
+
+}  // namespace
+
+struct LocalBackbone::Impl {
+  std::unique_ptr<ali::LocalBackbone> inner;
+  ActivationStore store;
+
+  Impl(std::unique_ptr<ali::LocalBackbone> b, const StoreOptions& s) : inner(std::move(b)), store(s) {}
+
+  const backbone::Model& model() const { return inner->model(); }
+
+  // The forward pass with its graph, starting from a fresh leaf that shares the latents' storage.
+  std::shared_ptr<KeptPass> run(const at::Tensor& latents, const ForwardOptions& options) const {
+    const backbone::Attention attention = inner->prepare(latents, options);
+    auto pass = std::make_shared<KeptPass>();
+    pass->leaf = latents.detach().requires_grad_(true);
+    at::AutoGradMode grad_mode(true);
+    pass->hidden = model().forward(pass->leaf, attention, options.layers, &pass->layers);
+    pass->bytes = estimate_bytes(model().config(), latents.size(0), latents.size(1), latents.scalar_type());
+    return pass;
+  }
+
+  at::Tensor backward(const KeptPass& pass, const Cotangents& c, bool retain_graph) const {
+    const auto like = pass.hidden.options();
+    std::vector<at::Tensor> outputs, grads;
+    if (c.hidden.defined()) {
+      check_like(c.hidden, "cotangents.hidden", pass.hidden.sizes(), like);
+      outputs.push_back(pass.hidden);
+      grads.push_back(c.hidden);
+    }
+    if (c.layers.size() > pass.layers.size()) {
+      fail(ErrorCode::kInvalidArgument, "cotangents.layers", "expected at most {} entries (the kept layers), got {}",
+           pass.layers.size(), c.layers.size());
+    }
+    for (std::size_t i = 0; i < c.layers.size(); ++i) {
+      if (!c.layers[i].defined()) continue;
+      check_like(c.layers[i], "cotangents.layers", pass.layers[i].sizes(), like);
+      outputs.push_back(pass.layers[i]);
+      grads.push_back(c.layers[i]);
+    }
+    at::AutoGradMode grad_mode(true);
+    if (c.logits.defined()) {
+      const auto& cfg = model().config();
+      check_like(c.logits, "cotangents.logits", {pass.hidden.size(0), pass.hidden.size(1), cfg.vocab_size}, like);
+      outputs.push_back(model().classify(pass.hidden));
+      grads.push_back(c.logits);
+    }
+    if (outputs.empty()) return at::zeros_like(pass.leaf);
+    at::Tensor grad = torch::autograd::grad(outputs, {pass.leaf}, grads, retain_graph, /*create_graph=*/false,
+                                            /*allow_unused=*/true)[0];
+    return grad.defined() ? grad : at::zeros_like(pass.leaf);
+  }
+};
+
+LocalBackbone::LocalBackbone(std::unique_ptr<ali::LocalBackbone> inner, const StoreOptions& store)
+    : impl_(std::make_unique<Impl>(std::move(inner), store)) {}
+LocalBackbone::~LocalBackbone() = default;
+
+std::unique_ptr<LocalBackbone> LocalBackbone::load(const std::string& path, const ali::LoadOptions& options,
+                                                   const StoreOptions& store) {
+  return std::unique_ptr<LocalBackbone>(new LocalBackbone(ali::LocalBackbone::load(path, options), store));
+}
+
+const ali::ModelConfig& LocalBackbone::config() const { return impl_->inner->config(); }
+c10::Device LocalBackbone::device() const { return impl_->inner->device(); }
+c10::ScalarType LocalBackbone::dtype() const { return impl_->inner->dtype(); }
+int64_t LocalBackbone::parameter_count() const { return impl_->inner->parameter_count(); }
+const backbone::Model& LocalBackbone::model() const { return impl_->model(); }
+const ActivationStore& LocalBackbone::store() const { return impl_->store; }
+
+at::Tensor LocalBackbone::embed(const at::Tensor& ids) { return impl_->inner->embed(ids); }
+ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ForwardOptions& options) {
+  return impl_->inner->forward(latents, options);
+}
+at::Tensor LocalBackbone::classify(const at::Tensor& hidden) { return impl_->inner->classify(hidden); }
+
+KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const ForwardOptions& options) {
+  std::shared_ptr<KeptPass> pass = impl_->run(latents, options);
+  KeptForward out;
+  out.output.hidden = pass->hidden.detach();
+  for (const at::Tensor& layer : pass->layers) out.output.layers.push_back(layer.detach());
+  out.handle = impl_->store.put(std::move(pass));
+  return out;
+}
+
+at::Tensor LocalBackbone::vjp(Handle handle, const Cotangents& cotangents) {
+  const std::shared_ptr<const KeptPass> pass = impl_->store.get(handle);
+  return impl_->backward(*pass, cotangents, /*retain_graph=*/true);
+}
+
+void LocalBackbone::release(Handle handle) { impl_->store.release(handle); }
+
+at::Tensor LocalBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) {
+  const std::shared_ptr<KeptPass> pass = impl_->run(latents, options);
+  return impl_->backward(*pass, cotangents, /*retain_graph=*/false);
+}
+
+FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const ForwardOptions& options,
+                                            const LossOptions& loss) {
+  const ali::ModelConfig& cfg = config();
+  if (loss.chunk_tokens < 1) {
+    fail(ErrorCode::kInvalidArgument, "chunk_tokens", "expected >= 1, got {}", loss.chunk_tokens);
+  }
+  // Argument checks come first, so that nothing runs for a call that will fail.
+  impl_->inner->prepare(latents, options);
+  const int64_t B = latents.size(0), T = latents.size(1), N = B * T;
+  const c10::Device device = latents.device();
+  at::Tensor weights;
+  TokenLoss token_loss;
+
+  if (const auto* ce = std::get_if<CrossEntropy>(&loss.loss)) {
+    if (!ce->targets.defined() || ce->targets.sizes() != at::IntArrayRef{B, T} ||
+        !c10::isIntegralType(ce->targets.scalar_type(), false)) {
+      fail(ErrorCode::kInvalidArgument, "targets", "expected an integer tensor [{},{}], got {}", B, T,
+           ce->targets.defined() ? shape_of(ce->targets) : "none");
+    }
+    weights = ce->weights.defined() ? checked_weights(ce->weights, "weights", B, T, device)
+                                    : at::ones({N}, at::TensorOptions().dtype(at::kFloat).device(device));
+    const at::Tensor targets = ce->targets.to(device, at::kLong).flatten();
+    const at::Tensor counted = targets.masked_select(weights.gt(0));
+    if (counted.numel() > 0 && (counted.min().item<int64_t>() < 0 || counted.max().item<int64_t>() >= cfg.vocab_size)) {
+      fail(ErrorCode::kInvalidArgument, "targets", "expected ids in [0, {}) wherever the weight is > 0, got values in [{}, {}]",
+           cfg.vocab_size, counted.min().item<int64_t>(), counted.max().item<int64_t>());
+    }
+    token_loss = [targets](const at::Tensor& rows, const at::Tensor& logits) {
+      return at::logsumexp(logits, -1) - logits.gather(1, targets.index_select(0, rows).unsqueeze(1)).squeeze(1);
+    };
+  } else {
+    const auto& d = std::get<Distillation>(loss.loss);
+    if (!(d.temperature > 0) || !std::isfinite(d.temperature)) {
+      fail(ErrorCode::kInvalidArgument, "temperature", "expected a finite value > 0, got {}", d.temperature);
+    }
+    const int given = d.teacher_logits.defined() + d.teacher_probs.defined() + d.teacher_latents.defined();
+    if (given != 1) {
+      fail(ErrorCode::kInvalidArgument, "teacher", "expected exactly one of teacher_logits, teacher_probs, "
+           "teacher_latents, got {}", given);
+    }
+    const double tau = d.temperature;
+    std::function<at::Tensor(const at::Tensor&)> teacher;  // rows -> float32 probabilities [n,V]
+    at::Tensor mapped = at::ones({N}, at::TensorOptions().dtype(at::kBool).device(device));
+    if (d.teacher_latents.defined()) {
+      const at::Tensor teacher_hidden = impl_->inner->forward(d.teacher_latents, d.teacher_options).hidden;
+      if (teacher_hidden.size(0) != B) {
+        fail(ErrorCode::kInvalidArgument, "teacher_latents", "expected batch size {}, got {}", B, teacher_hidden.size(0));
+      }
+      const int64_t Tt = teacher_hidden.size(1);
+      at::Tensor index;
+      if (d.teacher_index.defined()) {
+        if (d.teacher_index.sizes() != at::IntArrayRef{B, T} ||
+            !c10::isIntegralType(d.teacher_index.scalar_type(), false)) {
+          fail(ErrorCode::kInvalidArgument, "teacher_index", "expected an integer tensor [{},{}], got {}", B, T,
+               shape_of(d.teacher_index));
+        }
+        index = d.teacher_index.to(device, at::kLong);
+        if (index.min().item<int64_t>() < -1 || index.max().item<int64_t>() >= Tt) {
+          fail(ErrorCode::kInvalidArgument, "teacher_index", "expected values in [-1, {}), got values in [{}, {}]", Tt,
+               index.min().item<int64_t>(), index.max().item<int64_t>());
+        }
+      } else {
+        if (Tt != T) {
+          fail(ErrorCode::kInvalidArgument, "teacher_index", "required when the teacher's length {} differs from {}",
+               Tt, T);
+        }
+        index = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device)).expand({B, T});
+      }
+      mapped = index.ge(0).flatten();
+      const at::Tensor teacher_rows =
+          (at::arange(B, index.options()).unsqueeze(1) * Tt + index.clamp_min(0)).flatten();  // [N]
+      const at::Tensor teacher_flat = teacher_hidden.reshape({B * Tt, cfg.hidden_size});
+      const backbone::Model& model = impl_->model();
+      teacher = [&model, teacher_rows, teacher_flat, tau](const at::Tensor& rows) {
+        at::NoGradGuard no_grad;
+        const at::Tensor h = teacher_flat.index_select(0, teacher_rows.index_select(0, rows));
+        return at::softmax(model.classify(h).to(at::kFloat) / tau, -1);
+      };
+    } else {
+      const at::Tensor& given_tensor = d.teacher_logits.defined() ? d.teacher_logits : d.teacher_probs;
+      const char* name = d.teacher_logits.defined() ? "teacher_logits" : "teacher_probs";
+      if (given_tensor.sizes() != at::IntArrayRef{B, T, cfg.vocab_size} || !c10::isFloatingType(given_tensor.scalar_type())) {
+        fail(ErrorCode::kInvalidArgument, name, "expected a floating tensor [{},{},{}], got {}", B, T, cfg.vocab_size,
+             shape_of(given_tensor));
+      }
+      const at::Tensor flat = given_tensor.to(device).reshape({N, cfg.vocab_size});
+      if (d.teacher_logits.defined()) {
+        teacher = [flat, tau](const at::Tensor& rows) { return at::softmax(flat.index_select(0, rows).to(at::kFloat) / tau, -1); };
+      } else {
+        teacher = [flat](const at::Tensor& rows) { return flat.index_select(0, rows).to(at::kFloat); };
+      }
+    }
+    weights = d.weights.defined() ? checked_weights(d.weights, "weights", B, T, device) : mapped.to(at::kFloat);
+    if (weights.gt(0).logical_and(mapped.logical_not()).any().item<bool>()) {
+      fail(ErrorCode::kInvalidArgument, "weights", "expected 0 wherever teacher_index is -1");
+    }
+    if (weights.sum().item<double>() <= 0) fail(ErrorCode::kInvalidArgument, "weights", "expected a positive total weight");
+    token_loss = [teacher, tau](const at::Tensor& rows, const at::Tensor& logits) {
+      const at::Tensor p = teacher(rows);
+      return (at::xlogy(p, p) - p * at::log_softmax(logits / tau, -1)).sum(-1);
+    };
+  }
+
+  const std::shared_ptr<KeptPass> pass = impl_->run(latents, options);
+  const at::Tensor hidden = pass->hidden.detach().reshape({N, cfg.hidden_size});
+  const ChunkedLoss chunked = chunked_loss(impl_->model(), hidden, weights, loss.chunk_tokens, token_loss);
+
+  FusedResult result;
+  const at::Tensor weighted = (chunked.per_token * weights).view({B, T});
+  const at::Tensor row_weight = weights.view({B, T}).sum(1);
+  result.loss = weighted.sum() / weights.sum();
+  result.losses = at::where(row_weight.gt(0), weighted.sum(1) / row_weight.clamp_min(1e-30), at::zeros_like(row_weight));
+  at::AutoGradMode grad_mode(true);
+  result.grad_latents = torch::autograd::grad({pass->hidden}, {pass->leaf},
+                                              {chunked.grad_hidden.view({B, T, cfg.hidden_size})})[0];
+  return result;
+}
+
+}  // namespace aios::gradient
