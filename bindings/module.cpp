@@ -46,8 +46,10 @@ struct PyForwardOutput {
 };
 
 ForwardOptions forward_options(std::optional<at::Tensor> positions, std::optional<at::Tensor> mask,
-                               std::optional<std::vector<int64_t>> layers, bool allow_non_finite = false) {
+                               std::optional<std::vector<int64_t>> layers, bool allow_non_finite = false,
+                               bool recompute = false) {
   ForwardOptions options;
+  options.recompute = recompute;
   options.positions = std::move(positions);
   options.mask = std::move(mask);
   if (layers) options.layers = *layers;
@@ -149,8 +151,8 @@ PYBIND11_MODULE(_aios, m) {
           "forward",
           [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers, bool allow_non_finite,
-             bool keep) {
-            const ForwardOptions options = forward_options(positions, mask, layers, allow_non_finite);
+             bool keep, bool recompute) {
+            const ForwardOptions options = forward_options(positions, mask, layers, allow_non_finite, recompute);
             if (keep) {
               auto kept = b.forward_keep(latents, options);
               return PyForwardOutput{kept.output.hidden, kept.output.layers, kept.handle};
@@ -160,10 +162,11 @@ PYBIND11_MODULE(_aios, m) {
           },
           py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),
           py::arg("layers") = py::none(), py::arg("allow_non_finite") = false, py::arg("keep") = false,
-          py::call_guard<py::gil_scoped_release>(),
+          py::arg("recompute") = false, py::call_guard<py::gil_scoped_release>(),
           "latents [B,T,D] -> ForwardOutput(hidden [B,T,D], layers, handle). positions: int64 [B,T] or [T]; "
           "mask: [B,T] key padding (with causal order) or [B,T,T] full boolean mask; layers: indices in "
-          "[0, num_layers] of residual-stream states to return; keep: keep the pass for vjp under .handle.")
+          "[0, num_layers] of residual-stream states to return; keep: keep the pass for vjp under .handle; "
+          "recompute: keep only the states between blocks and recompute blocks in vjp.")
       .def(
           "vjp",
           [](LocalBackbone& b, Handle handle, std::optional<at::Tensor> grad_hidden,
@@ -179,12 +182,13 @@ PYBIND11_MODULE(_aios, m) {
           [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers,
              std::optional<at::Tensor> grad_hidden, std::optional<std::vector<std::optional<at::Tensor>>> grad_layers,
-             std::optional<at::Tensor> grad_logits) {
-            return b.vjp(latents, forward_options(positions, mask, layers), cotangents(grad_hidden, grad_layers, grad_logits));
+             std::optional<at::Tensor> grad_logits, bool recompute) {
+            return b.vjp(latents, forward_options(positions, mask, layers, false, recompute),
+                         cotangents(grad_hidden, grad_layers, grad_logits));
           },
           py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),
           py::arg("layers") = py::none(), py::arg("grad_hidden") = py::none(), py::arg("grad_layers") = py::none(),
-          py::arg("grad_logits") = py::none(), py::call_guard<py::gil_scoped_release>(),
+          py::arg("grad_logits") = py::none(), py::arg("recompute") = false, py::call_guard<py::gil_scoped_release>(),
           "stateless: recomputes the forward of latents and returns d latents [B,T,D]")
       .def("release", &LocalBackbone::release, py::arg("handle"), py::call_guard<py::gil_scoped_release>(),
            "frees a kept pass")
@@ -195,7 +199,7 @@ PYBIND11_MODULE(_aios, m) {
              std::optional<at::Tensor> teacher_probs, std::optional<at::Tensor> teacher_latents,
              std::optional<at::Tensor> teacher_positions, std::optional<at::Tensor> teacher_mask,
              std::optional<at::Tensor> teacher_index, double temperature, std::optional<at::Tensor> positions,
-             std::optional<at::Tensor> mask, int64_t chunk_tokens) {
+             std::optional<at::Tensor> mask, int64_t chunk_tokens, bool recompute) {
             aios::gradient::LossOptions loss;
             loss.chunk_tokens = chunk_tokens;
             const bool distill = teacher_logits || teacher_probs || teacher_latents;
@@ -216,14 +220,14 @@ PYBIND11_MODULE(_aios, m) {
               d.temperature = temperature;
               loss.loss = d;
             }
-            return b.forward_backward(latents, forward_options(positions, mask, std::nullopt), loss);
+            return b.forward_backward(latents, forward_options(positions, mask, std::nullopt, false, recompute), loss);
           },
           py::arg("latents"), py::kw_only(), py::arg("targets") = py::none(), py::arg("weights") = py::none(),
           py::arg("teacher_logits") = py::none(), py::arg("teacher_probs") = py::none(),
           py::arg("teacher_latents") = py::none(), py::arg("teacher_positions") = py::none(),
           py::arg("teacher_mask") = py::none(), py::arg("teacher_index") = py::none(), py::arg("temperature") = 1.0,
           py::arg("positions") = py::none(), py::arg("mask") = py::none(), py::arg("chunk_tokens") = 256,
-          py::call_guard<py::gil_scoped_release>(),
+          py::arg("recompute") = false, py::call_guard<py::gil_scoped_release>(),
           "Fused loss and d latents in one call. Cross-entropy: targets [B,T] (the id position t predicts, no "
           "shift), weights [B,T] (0 = ignored). Distillation: teacher_logits or teacher_probs [B,T,V], or "
           "teacher_latents [B,T',D] (+ teacher_positions/teacher_mask) with teacher_index [B,T] (-1 = none). "

@@ -58,31 +58,38 @@ class Gpt2Model final : public ModelBuilder {
     }
   }
 
-  at::Tensor forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
-                     std::vector<at::Tensor>* layer_states) const override {
+  struct Context final : BlockContext {
+    Context(const Attention& a, int64_t seq_len) : attention(a), masks(attention, seq_len) {}
+    Attention attention;
+    mutable MaskCache masks;
+  };
+
+  std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention) const override {
+    return std::make_unique<Context>(attention, latents.size(1));
+  }
+
+  at::Tensor input(const at::Tensor& latents, const BlockContext& base) const override {
+    const auto& ctx = static_cast<const Context&>(base);
+    return latents + at::embedding(position_embedding_, ctx.attention.positions);
+  }
+
+  at::Tensor block(int64_t index, const at::Tensor& x, const BlockContext& base) const override {
+    const auto& ctx = static_cast<const Context&>(base);
     const ModelConfig& c = config_;
-    const int64_t B = latents.size(0), T = latents.size(1), H = c.num_heads, hd = c.head_dim, D = c.hidden_size;
-    MaskCache masks(attention, T);
-    at::Tensor x = latents + at::embedding(position_embedding_, attention.positions);
-    auto record = [&](int64_t index) {
-      for (std::size_t j = 0; j < layers.size(); ++j) {
-        if (layers[j] == index) (*layer_states)[j] = x;
-      }
-    };
-    if (!layers.empty()) layer_states->assign(layers.size(), at::Tensor());
-    for (int64_t i = 0; i < c.num_layers; ++i) {
-      record(i);
-      const Gpt2Layer& l = layers_[static_cast<std::size_t>(i)];
-      at::Tensor h = at::layer_norm(x, {D}, l.ln1_weight, l.ln1_bias, c.norm_eps);
-      auto qkv = at::linear(h, l.qkv_weight, l.qkv_bias).split(D, -1);  // 3 × [B,T,D]
-      auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, hd}).transpose(1, 2); };
-      at::Tensor attn = attend(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), masks.get(std::nullopt), l.scale);
-      x = x + at::linear(attn, l.out_weight, l.out_bias);
-      h = at::layer_norm(x, {D}, l.ln2_weight, l.ln2_bias, c.norm_eps);
-      x = x + at::linear(activate(at::linear(h, l.fc_weight, l.fc_bias), c.activation), l.proj_weight, l.proj_bias);
-    }
-    record(c.num_layers);
-    return at::layer_norm(x, {D}, final_weight_, final_bias_, c.norm_eps);
+    const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, hd = c.head_dim, D = c.hidden_size;
+    const Gpt2Layer& l = layers_[static_cast<std::size_t>(index)];
+    at::Tensor h = at::layer_norm(x, {D}, l.ln1_weight, l.ln1_bias, c.norm_eps);
+    auto qkv = at::linear(h, l.qkv_weight, l.qkv_bias).split(D, -1);  // 3 × [B,T,D]
+    auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, hd}).transpose(1, 2); };
+    at::Tensor attn = attend(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), ctx.masks.get(std::nullopt), l.scale);
+    at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
+    h = at::layer_norm(out, {D}, l.ln2_weight, l.ln2_bias, c.norm_eps);
+    return out + at::linear(activate(at::linear(h, l.fc_weight, l.fc_bias), c.activation), l.proj_weight, l.proj_bias);
+  }
+
+  at::Tensor final_norm(const at::Tensor& x) const override {
+    const int64_t D = config_.hidden_size;
+    return at::layer_norm(x, {D}, final_weight_, final_bias_, config_.norm_eps);
   }
 
  private:

@@ -99,45 +99,46 @@ class LlamaModel final : public ModelBuilder {
     }
   }
 
-  at::Tensor forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
-                     std::vector<at::Tensor>* layer_states) const override {
-    const ModelConfig& c = config_;
-    const int64_t B = latents.size(0), T = latents.size(1);
-    const int64_t H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
+  struct Context final : BlockContext {
+    Context(const Attention& a, int64_t seq_len) : attention(a), masks(attention, seq_len) {}
+    Attention attention;
+    mutable MaskCache masks;  // layers with the same window share one mask
+    at::Tensor cos, sin;      // [B,1,T,hd] rotary tables in the model dtype
+  };
 
-    // Rotary tables [B,1,T,hd], computed in float32 and cast to the model dtype.
+  std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention) const override {
+    auto context = std::make_unique<Context>(attention, latents.size(1));
+    // Rotary tables, computed in float32 and cast to the model dtype.
     at::Tensor freqs = attention.positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B,T,hd/2]
     at::Tensor angles = at::cat({freqs, freqs}, -1).unsqueeze(1);
-    const at::Tensor cos = angles.cos().to(dtype_), sin = angles.sin().to(dtype_);
-
-    MaskCache masks(attention, T);
-    at::Tensor x = latents;
-    auto record = [&](int64_t index) {
-      for (std::size_t j = 0; j < layers.size(); ++j) {
-        if (layers[j] == index) (*layer_states)[j] = x;
-      }
-    };
-    if (!layers.empty()) layer_states->assign(layers.size(), at::Tensor());
-    for (int64_t i = 0; i < c.num_layers; ++i) {
-      record(i);
-      const LlamaLayer& l = layers_[static_cast<std::size_t>(i)];
-      at::Tensor h = rms_norm(x, l.attn_norm, c.norm_eps);
-      at::Tensor qkv = at::linear(h, l.qkv_weight, l.qkv_bias);  // [B,T,(H+2K)*hd]
-      auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
-      at::Tensor q = parts[0].view({B, T, H, hd}).transpose(1, 2);  // [B,H,T,hd]
-      at::Tensor k = parts[1].view({B, T, K, hd}).transpose(1, 2);  // [B,K,T,hd]
-      at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
-      q = q * cos + rotate_half(q) * sin;
-      k = k * cos + rotate_half(k) * sin;
-      at::Tensor attn = attend(q, k, v, masks.get(l.window), c.attention_scale);  // [B,T,H*hd]
-      x = x + at::linear(attn, l.out_weight, l.out_bias);
-      h = rms_norm(x, l.mlp_norm, c.norm_eps);
-      auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]
-      x = x + at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight, l.down_bias);
-    }
-    record(c.num_layers);
-    return rms_norm(x, final_norm_, c.norm_eps);
+    context->cos = angles.cos().to(dtype_);
+    context->sin = angles.sin().to(dtype_);
+    return context;
   }
+
+  at::Tensor input(const at::Tensor& latents, const BlockContext&) const override { return latents; }
+
+  at::Tensor block(int64_t index, const at::Tensor& x, const BlockContext& base) const override {
+    const auto& ctx = static_cast<const Context&>(base);
+    const ModelConfig& c = config_;
+    const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
+    const LlamaLayer& l = layers_[static_cast<std::size_t>(index)];
+    at::Tensor h = rms_norm(x, l.attn_norm, c.norm_eps);
+    at::Tensor qkv = at::linear(h, l.qkv_weight, l.qkv_bias);  // [B,T,(H+2K)*hd]
+    auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
+    at::Tensor q = parts[0].view({B, T, H, hd}).transpose(1, 2);  // [B,H,T,hd]
+    at::Tensor k = parts[1].view({B, T, K, hd}).transpose(1, 2);  // [B,K,T,hd]
+    at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
+    q = q * ctx.cos + rotate_half(q) * ctx.sin;
+    k = k * ctx.cos + rotate_half(k) * ctx.sin;
+    at::Tensor attn = attend(q, k, v, ctx.masks.get(l.window), c.attention_scale);  // [B,T,H*hd]
+    at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
+    h = rms_norm(out, l.mlp_norm, c.norm_eps);
+    auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]
+    return out + at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight, l.down_bias);
+  }
+
+  at::Tensor final_norm(const at::Tensor& x) const override { return rms_norm(x, final_norm_, config_.norm_eps); }
 
  private:
   std::vector<LlamaLayer> layers_;

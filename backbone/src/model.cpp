@@ -66,6 +66,24 @@ int64_t Model::parameter_count() const {
 
 at::Tensor Model::embed(const at::Tensor& ids) const { return at::embedding(token_embedding_, ids); }
 
+at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
+                          std::vector<at::Tensor>* layer_states) const {
+  const auto context = begin(latents, attention);
+  at::Tensor x = input(latents, *context);
+  if (!layers.empty()) layer_states->assign(layers.size(), at::Tensor());
+  auto record = [&](int64_t index) {
+    for (std::size_t j = 0; j < layers.size(); ++j) {
+      if (layers[j] == index) (*layer_states)[j] = x;
+    }
+  };
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    record(i);
+    x = block(i, x, *context);
+  }
+  record(config_.num_layers);
+  return final_norm(x);
+}
+
 at::Tensor Model::classify(const at::Tensor& hidden) const { return at::linear(hidden, output_head_); }
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {

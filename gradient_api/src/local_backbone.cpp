@@ -62,39 +62,69 @@ struct LocalBackbone::Impl {
 
   const backbone::Model& model() const { return inner->model(); }
 
-  // The forward pass with its graph, starting from a fresh leaf that shares the latents' storage.
+  // The forward pass, keeping its graph (starting from a fresh leaf that shares the latents'
+  // storage) or, with options.recompute, only the states between blocks.
   std::shared_ptr<KeptPass> run(const at::Tensor& latents, const ForwardOptions& options) const {
     const backbone::Attention attention = inner->prepare(latents, options);
+    const backbone::Model& m = model();
+    const auto& cfg = m.config();
     auto pass = std::make_shared<KeptPass>();
-    pass->leaf = latents.detach().requires_grad_(true);
-    at::AutoGradMode grad_mode(true);
-    pass->hidden = model().forward(pass->leaf, attention, options.layers, &pass->layers);
-    pass->bytes = estimate_bytes(model().config(), latents.size(0), latents.size(1), latents.scalar_type());
+    pass->layer_index = options.layers;
+    const int64_t B = latents.size(0), T = latents.size(1);
+    if (!options.recompute) {
+      pass->leaf = latents.detach().requires_grad_(true);
+      at::AutoGradMode grad_mode(true);
+      pass->hidden = m.forward(pass->leaf, attention, options.layers, &pass->layers);
+      pass->bytes = estimate_bytes(cfg, B, T, latents.scalar_type());
+      return pass;
+    }
+    at::NoGradGuard no_grad;
+    pass->leaf = latents.detach();
+    std::shared_ptr<backbone::Model::BlockContext> context = m.begin(latents, attention);
+    at::Tensor x = m.input(latents, *context);
+    pass->states.push_back(x);
+    for (int64_t i = 0; i < cfg.num_layers; ++i) pass->states.push_back(x = m.block(i, x, *context));
+    pass->hidden = m.final_norm(x);
+    for (int64_t l : options.layers) pass->layers.push_back(pass->states[static_cast<std::size_t>(l)]);
+    pass->context = context;
+    pass->bytes = pass->states.size() * static_cast<std::size_t>(x.nbytes());
     return pass;
   }
 
-  at::Tensor backward(const KeptPass& pass, const Cotangents& c, bool retain_graph) const {
+  void check(const KeptPass& pass, const Cotangents& c) const {
     const auto like = pass.hidden.options();
-    std::vector<at::Tensor> outputs, grads;
-    if (c.hidden.defined()) {
-      check_like(c.hidden, "cotangents.hidden", pass.hidden.sizes(), like);
-      outputs.push_back(pass.hidden);
-      grads.push_back(c.hidden);
-    }
+    if (c.hidden.defined()) check_like(c.hidden, "cotangents.hidden", pass.hidden.sizes(), like);
     if (c.layers.size() > pass.layers.size()) {
       fail(ErrorCode::kInvalidArgument, "cotangents.layers", "expected at most {} entries (the kept layers), got {}",
            pass.layers.size(), c.layers.size());
     }
     for (std::size_t i = 0; i < c.layers.size(); ++i) {
+      if (c.layers[i].defined()) check_like(c.layers[i], "cotangents.layers", pass.layers[i].sizes(), like);
+    }
+    if (c.logits.defined()) {
+      check_like(c.logits, "cotangents.logits",
+                 {pass.hidden.size(0), pass.hidden.size(1), model().config().vocab_size}, like);
+    }
+  }
+
+  at::Tensor backward(const KeptPass& pass, const Cotangents& c, bool retain_graph) const {
+    check(pass, c);
+    return pass.states.empty() ? backward_through_graph(pass, c, retain_graph) : backward_by_recompute(pass, c);
+  }
+
+  at::Tensor backward_through_graph(const KeptPass& pass, const Cotangents& c, bool retain_graph) const {
+    std::vector<at::Tensor> outputs, grads;
+    if (c.hidden.defined()) {
+      outputs.push_back(pass.hidden);
+      grads.push_back(c.hidden);
+    }
+    for (std::size_t i = 0; i < c.layers.size(); ++i) {
       if (!c.layers[i].defined()) continue;
-      check_like(c.layers[i], "cotangents.layers", pass.layers[i].sizes(), like);
       outputs.push_back(pass.layers[i]);
       grads.push_back(c.layers[i]);
     }
     at::AutoGradMode grad_mode(true);
     if (c.logits.defined()) {
-      const auto& cfg = model().config();
-      check_like(c.logits, "cotangents.logits", {pass.hidden.size(0), pass.hidden.size(1), cfg.vocab_size}, like);
       outputs.push_back(model().classify(pass.hidden));
       grads.push_back(c.logits);
     }
@@ -102,6 +132,41 @@ struct LocalBackbone::Impl {
     at::Tensor grad = torch::autograd::grad(outputs, {pass.leaf}, grads, retain_graph, /*create_graph=*/false,
                                             /*allow_unused=*/true)[0];
     return grad.defined() ? grad : at::zeros_like(pass.leaf);
+  }
+
+  // Walks the blocks backwards, recomputing each from its kept input with autograd on.
+  at::Tensor backward_by_recompute(const KeptPass& pass, const Cotangents& c) const {
+    const backbone::Model& m = model();
+    const int64_t L = m.config().num_layers;
+    const auto& context = *static_cast<const backbone::Model::BlockContext*>(pass.context.get());
+    at::AutoGradMode grad_mode(true);
+    at::Tensor grad = at::zeros_like(pass.hidden);  // d loss / d state, from the top down
+    auto add_layer_cotangents = [&](int64_t index) {
+      for (std::size_t j = 0; j < c.layers.size(); ++j) {
+        if (c.layers[j].defined() && pass.layer_index[j] == index) grad = grad + c.layers[j];
+      }
+    };
+    if (c.hidden.defined() || c.logits.defined()) {
+      const at::Tensor top = pass.states.back().detach().requires_grad_(true);
+      const at::Tensor hidden = m.final_norm(top);
+      std::vector<at::Tensor> outputs, grads;
+      if (c.hidden.defined()) {
+        outputs.push_back(hidden);
+        grads.push_back(c.hidden);
+      }
+      if (c.logits.defined()) {
+        outputs.push_back(m.classify(hidden));
+        grads.push_back(c.logits);
+      }
+      grad = torch::autograd::grad(outputs, {top}, grads)[0];
+    }
+    add_layer_cotangents(L);
+    for (int64_t i = L - 1; i >= 0; --i) {
+      const at::Tensor x = pass.states[static_cast<std::size_t>(i)].detach().requires_grad_(true);
+      grad = torch::autograd::grad({m.block(i, x, context)}, {x}, {grad})[0];
+      add_layer_cotangents(i);
+    }
+    return grad;  // the block input's Jacobian with respect to the latents is the identity
   }
 };
 
@@ -260,9 +325,9 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
   const at::Tensor row_weight = weights.view({B, T}).sum(1);
   result.loss = weighted.sum() / weights.sum();
   result.losses = at::where(row_weight.gt(0), weighted.sum(1) / row_weight.clamp_min(1e-30), at::zeros_like(row_weight));
-  at::AutoGradMode grad_mode(true);
-  result.grad_latents = torch::autograd::grad({pass->hidden}, {pass->leaf},
-                                              {chunked.grad_hidden.view({B, T, cfg.hidden_size})})[0];
+  Cotangents from_loss;
+  from_loss.hidden = chunked.grad_hidden.view({B, T, cfg.hidden_size});
+  result.grad_latents = impl_->backward(*pass, from_loss, /*retain_graph=*/false);
   return result;
 }
 

@@ -283,3 +283,28 @@ def test_bad_gradient_input_is_an_error_and_changes_nothing(backbones):
         assert text in str(info.value), str(info.value)
     assert torch.equal(backbone.vjp(kept.handle, grad_hidden=ones), before)
     backbone.release(kept.handle)
+
+
+def test_recompute_gives_the_same_gradients_for_less_memory(checkpoint, backbones):
+    backbone = backbones[checkpoint.name]
+    torch.manual_seed(11)
+    B, T, D = 2, 10, backbone.config.hidden_size
+    latents = backbone.embed(torch.randint(0, VOCAB, (B, T)))
+    mask, _ = masks("padding", B, T)
+    cot = dict(grad_hidden=torch.randn(B, T, D), grad_layers=[torch.randn(B, T, D), None, torch.randn(B, T, D)],
+               grad_logits=torch.randn(B, T, VOCAB))
+    layers = [0, 1, backbone.config.num_layers]
+    grads, sizes = {}, {}
+    for recompute in (False, True):
+        kept = backbone.forward(latents, mask=mask, layers=layers, keep=True, recompute=recompute)
+        sizes[recompute] = backbone.store_bytes
+        grads[recompute] = backbone.vjp(kept.handle, **cot)
+        backbone.release(kept.handle)
+    assert rel_err(grads[True], grads[False]) <= 1e-5
+    assert sizes[True] < sizes[False] / 3
+    targets = torch.randint(0, VOCAB, (B, T))
+    fused = [backbone.forward_backward(latents, targets=targets, mask=mask, recompute=r) for r in (False, True)]
+    assert fused[0].loss.item() == pytest.approx(fused[1].loss.item(), rel=1e-6)
+    assert rel_err(fused[1].grad_latents, fused[0].grad_latents) <= 1e-5
+    stateless = backbone.vjp(latents, mask=mask, layers=layers, recompute=True, **cot)
+    assert rel_err(stateless, grads[False]) <= 1e-5

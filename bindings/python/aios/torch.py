@@ -27,17 +27,18 @@ class _KeptPass:
 
 class _BackboneForward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, latents, backbone, positions, mask):
-        out = backbone.forward(latents.detach(), positions=positions, mask=mask, keep=True)
+    def forward(ctx, latents, backbone, positions, mask, recompute):
+        out = backbone.forward(latents.detach(), positions=positions, mask=mask, keep=True, recompute=recompute)
         ctx.kept = _KeptPass(backbone, out.handle)
         return out.hidden
 
     @staticmethod
     def backward(ctx, grad_hidden):
         kept = ctx.kept
-        return kept.backbone.vjp(kept.handle, grad_hidden=grad_hidden.contiguous()), None, None, None
+        return kept.backbone.vjp(kept.handle, grad_hidden=grad_hidden.contiguous()), None, None, None, None
 
 
-def forward(backbone, latents, positions=None, mask=None):
-    """The final hidden state [B,T,D] of `latents` [B,T,D], differentiable with respect to them."""
-    return _BackboneForward.apply(latents, backbone, positions, mask)
+def forward(backbone, latents, positions=None, mask=None, recompute=False):
+    """The final hidden state [B,T,D] of `latents` [B,T,D], differentiable with respect to them.
+    recompute=True keeps only the states between blocks and recomputes blocks during backward."""
+    return _BackboneForward.apply(latents, backbone, positions, mask, recompute)

@@ -30,6 +30,10 @@ struct ForwardOptions {
   std::vector<int64_t> layers;
   // NaN or Inf in the latents is an error unless this is set.
   bool allow_non_finite = false;
+  // Gradient API only (no effect on a plain forward): keep just the residual stream between blocks
+  // and recompute each block during backward, trading about one more forward for the memory of
+  // the activations inside the blocks.
+  bool recompute = false;
 };
 
 struct ForwardOutput {

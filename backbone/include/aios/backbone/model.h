@@ -51,10 +51,24 @@ class Model {
   at::Tensor embed(const at::Tensor& ids) const;
   // latents [B,T,D] -> final hidden state [B,T,D] after the final norm. For each index l in `layers`
   // (0 <= l <= num_layers) the residual stream entering block l (l = num_layers: leaving the last
-  // block, before the final norm) is appended to `layer_states`.
-  virtual at::Tensor forward(const at::Tensor& latents, const Attention& attention,
-                             const std::vector<int64_t>& layers,
-                             std::vector<at::Tensor>* layer_states) const = 0;
+  // block, before the final norm) is stored at the same position of `layer_states`.
+  at::Tensor forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
+                     std::vector<at::Tensor>* layer_states) const;
+
+  // The same pass one block at a time, for callers that recompute blocks during backward.
+  // What the blocks of one pass share (rotary tables, masks), made once per pass.
+  struct BlockContext {
+    virtual ~BlockContext() = default;
+  };
+  virtual std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention) const = 0;
+  // The residual stream entering block 0 [B,T,D] (GPT-2 adds position embeddings; its Jacobian
+  // with respect to the latents is the identity in every family).
+  virtual at::Tensor input(const at::Tensor& latents, const BlockContext& context) const = 0;
+  // Block `index` applied to the residual stream x [B,T,D].
+  virtual at::Tensor block(int64_t index, const at::Tensor& x, const BlockContext& context) const = 0;
+  // The final norm [B,T,D] -> [B,T,D].
+  virtual at::Tensor final_norm(const at::Tensor& x) const = 0;
+
   // hidden [..., D] -> logits [..., V].
   at::Tensor classify(const at::Tensor& hidden) const;
 

@@ -22,12 +22,16 @@ struct StoreOptions {
   std::chrono::milliseconds ttl = std::chrono::minutes(10);  // since the entry's last use
 };
 
-// One kept forward pass: the leaf the graph starts from and the outputs it ends in.
+// One kept forward pass: either its autograd graph (from leaf to hidden and layers) or, when kept
+// for recomputation, the residual stream between blocks and what the blocks share.
 struct KeptPass {
-  at::Tensor leaf;                 // [B,T,D], requires grad; the latents
-  at::Tensor hidden;               // [B,T,D], the final hidden state (graph attached)
-  std::vector<at::Tensor> layers;  // requested intermediate states (graph attached)
-  std::size_t bytes = 0;           // estimate of the activations the graph holds
+  at::Tensor leaf;                  // [B,T,D] the latents (requires grad when a graph is kept)
+  at::Tensor hidden;                // [B,T,D] the final hidden state
+  std::vector<at::Tensor> layers;   // requested intermediate states, in request order
+  std::vector<int64_t> layer_index;  // their indices
+  std::vector<at::Tensor> states;   // recompute only: num_layers + 1 states [B,T,D] between blocks
+  std::shared_ptr<const void> context;  // recompute only: the model's BlockContext of the pass
+  std::size_t bytes = 0;            // estimate of the memory the pass holds
 };
 
 class ActivationStore {
