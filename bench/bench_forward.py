@@ -13,41 +13,16 @@ The anchor is transformers with eager attention; its SDPA attention is shown as 
 """
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import transformers
 
 import aios
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL_DIR = REPO / ".cache/bench/smollm2-135m-random"
-
-
-def smollm2_shaped_config():
-    return transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
-
-
-def ensure_model():
-    if not (MODEL_DIR / "config.json").exists():
-        torch.manual_seed(0)
-        tmp = MODEL_DIR.with_suffix(".tmp")
-        transformers.LlamaForCausalLM(smollm2_shaped_config()).save_pretrained(tmp)
-        os.replace(tmp, MODEL_DIR)
-    return MODEL_DIR
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from common import VOCAB, ensure_model, machine_line, sync
 
 
 def timed(fn, device):
@@ -56,16 +31,6 @@ def timed(fn, device):
     fn()
     sync(device)
     return (time.perf_counter() - start) * 1e3
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main():
@@ -87,18 +52,14 @@ def main():
         .to(args.device).eval()
         for impl in ("eager", "sdpa")
     }
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; device {args.device}; dtype {args.dtype}; "
-          f"threads {torch.get_num_threads()}; torch {torch.__version__}; transformers "
-          f"{transformers.__version__}; commit {commit}")
+    print(machine_line(args.device, args.dtype))
     print(f"{'shape':>7} {'measure':>7} | {'aios ms':>16} | {'eager ms':>16} {'ratio':>6} | "
           f"{'sdpa ms':>16} {'ratio':>6} | max|diff|")
 
     for shape in args.shapes.split(","):
         B, T = (int(x) for x in shape.split("x"))
         torch.manual_seed(1)
-        ids = torch.randint(0, 49152, (B, T), device=args.device)
+        ids = torch.randint(0, VOCAB, (B, T), device=args.device)
         sides = {
             "hidden": {
                 "aios": lambda: backbone.forward(backbone.embed(ids)).hidden,
@@ -127,7 +88,7 @@ def main():
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         B, T = (int(x) for x in args.shapes.split(",")[0].split("x"))
-        ids = torch.randint(0, 49152, (B, T), device=args.device)
+        ids = torch.randint(0, VOCAB, (B, T), device=args.device)
         run = lambda: backbone.classify(backbone.forward(backbone.embed(ids)).hidden)
         run()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])

@@ -78,6 +78,8 @@ PYBIND11_MODULE(_aios, m) {
       if (p) std::rethrow_exception(p);
     } catch (const aios::Error& e) {
       raise_python_error(e);
+    } catch (const c10::OutOfMemoryError& e) {
+      raise_python_error(aios::Error(aios::ErrorCode::kResourceExhausted, "memory", e.what_without_backtrace()));
     }
   });
 
@@ -133,7 +135,12 @@ PYBIND11_MODULE(_aios, m) {
             options.dtype = parse_dtype(py::str(dtype));
             aios::gradient::StoreOptions store;
             if (store_bytes) store.max_bytes = *store_bytes;
-            if (store_ttl) store.ttl = std::chrono::milliseconds(static_cast<int64_t>(*store_ttl * 1000));
+            if (store_ttl) {
+              if (!(*store_ttl > 0) || *store_ttl > 1e9) {
+                aios::fail(aios::ErrorCode::kInvalidArgument, "store_ttl", "expected seconds in (0, 1e9], got {}", *store_ttl);
+              }
+              store.ttl = std::chrono::milliseconds(std::max<int64_t>(1, static_cast<int64_t>(*store_ttl * 1000)));
+            }
             py::gil_scoped_release release;
             return std::shared_ptr<LocalBackbone>(LocalBackbone::load(p, options, store));
           },
@@ -226,7 +233,7 @@ PYBIND11_MODULE(_aios, m) {
           py::arg("teacher_logits") = py::none(), py::arg("teacher_probs") = py::none(),
           py::arg("teacher_latents") = py::none(), py::arg("teacher_positions") = py::none(),
           py::arg("teacher_mask") = py::none(), py::arg("teacher_index") = py::none(), py::arg("temperature") = 1.0,
-          py::arg("positions") = py::none(), py::arg("mask") = py::none(), py::arg("chunk_tokens") = 256,
+          py::arg("positions") = py::none(), py::arg("mask") = py::none(), py::arg("chunk_tokens") = 64,
           py::arg("recompute") = false, py::call_guard<py::gil_scoped_release>(),
           "Fused loss and d latents in one call. Cross-entropy: targets [B,T] (the id position t predicts, no "
           "shift), weights [B,T] (0 = ignored). Distillation: teacher_logits or teacher_probs [B,T,V], or "

@@ -1,5 +1,6 @@
 #include "aios/ali/local_backbone.h"
 
+#include <ATen/core/grad_mode.h>
 #include <cmath>
 
 #include <fmt/ranges.h>

@@ -11,10 +11,4 @@ namespace aios::backbone {
 std::unique_ptr<Model> make_llama(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options);
 std::unique_ptr<Model> make_gpt2(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options);
 
-// Access for the factories to the protected parts of Model.
-class ModelBuilder : public Model {
- protected:
-  using Model::Model;
-};
-
 }  // namespace aios::backbone

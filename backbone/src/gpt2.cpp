@@ -21,10 +21,10 @@ struct Gpt2Layer {
   double scale = 1.0;
 };
 
-class Gpt2Model final : public ModelBuilder {
+class Gpt2Model final : public Model {
  public:
   Gpt2Model(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
-      : ModelBuilder(config, options) {
+      : Model(config, options) {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, I = c.intermediate_size;
     // save_pretrained writes "transformer."; original checkpoints have no prefix.
@@ -58,30 +58,24 @@ class Gpt2Model final : public ModelBuilder {
     }
   }
 
-  struct Context final : BlockContext {
-    Context(const Attention& a, int64_t seq_len) : attention(a), masks(attention, seq_len) {}
-    Attention attention;
-    mutable MaskCache masks;
-  };
-
   std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention) const override {
-    return std::make_unique<Context>(attention, latents.size(1));
+    return std::make_unique<AttentionContext>(attention, latents.size(1), config_.sliding_windows);
   }
 
   at::Tensor input(const at::Tensor& latents, const BlockContext& base) const override {
-    const auto& ctx = static_cast<const Context&>(base);
+    const auto& ctx = static_cast<const AttentionContext&>(base);
     return latents + at::embedding(position_embedding_, ctx.attention.positions);
   }
 
   at::Tensor block(int64_t index, const at::Tensor& x, const BlockContext& base) const override {
-    const auto& ctx = static_cast<const Context&>(base);
+    const auto& ctx = static_cast<const AttentionContext&>(base);
     const ModelConfig& c = config_;
     const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, hd = c.head_dim, D = c.hidden_size;
     const Gpt2Layer& l = layers_[static_cast<std::size_t>(index)];
     at::Tensor h = at::layer_norm(x, {D}, l.ln1_weight, l.ln1_bias, c.norm_eps);
     auto qkv = at::linear(h, l.qkv_weight, l.qkv_bias).split(D, -1);  // 3 × [B,T,D]
     auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, hd}).transpose(1, 2); };
-    at::Tensor attn = attend(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), ctx.masks.get(std::nullopt), l.scale);
+    at::Tensor attn = attend(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), ctx.mask(std::nullopt), l.scale);
     at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
     h = at::layer_norm(out, {D}, l.ln2_weight, l.ln2_bias, c.norm_eps);
     return out + at::linear(activate(at::linear(h, l.fc_weight, l.fc_bias), c.activation), l.proj_weight, l.proj_bias);

@@ -45,12 +45,24 @@ at::Tensor activate(const at::Tensor& x, Activation activation) {
   return x;
 }
 
-const at::Tensor& MaskCache::get(std::optional<int64_t> window) {
-  for (const auto& [w, mask] : masks_) {
-    if (w == window) return mask;
+AttentionContext::AttentionContext(const Attention& a, int64_t seq_len,
+                                   const std::vector<std::optional<int64_t>>& windows)
+    : attention(a) {
+  auto add = [&](std::optional<int64_t> window) {
+    for (const auto& entry : masks_) {
+      if (entry.first == window) return;
+    }
+    masks_.emplace_back(window, attention_mask(attention, seq_len, window));
+  };
+  if (windows.empty()) add(std::nullopt);
+  for (const auto& window : windows) add(window);
+}
+
+const at::Tensor& AttentionContext::mask(std::optional<int64_t> window) const {
+  for (const auto& [w, m] : masks_) {
+    if (w == window) return m;
   }
-  masks_.emplace_back(window, attention_mask(attention_, seq_len_, window));
-  return masks_.back().second;
+  return masks_.front().second;  // unreachable: every layer's window was added up front
 }
 
 }  // namespace aios::backbone

@@ -21,15 +21,17 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 at::Tensor activate(const at::Tensor& x, Activation activation);
 
-// Per-layer cache of masks: layers with the same window share one.
-class MaskCache {
- public:
-  explicit MaskCache(const Attention& attention, int64_t seq_len) : attention_(attention), seq_len_(seq_len) {}
-  const at::Tensor& get(std::optional<int64_t> window);
+// What the blocks of one pass share: the attention description and one mask per distinct window,
+// all built up front so that concurrent backward passes only read it.
+struct AttentionContext : Model::BlockContext {
+  // windows: the model's per-layer windows (empty = none).
+  AttentionContext(const Attention& attention, int64_t seq_len, const std::vector<std::optional<int64_t>>& windows);
+  // The mask for layers with `window` (see attention_mask()).
+  const at::Tensor& mask(std::optional<int64_t> window) const;
+
+  Attention attention;
 
  private:
-  const Attention& attention_;
-  int64_t seq_len_;
   std::vector<std::pair<std::optional<int64_t>, at::Tensor>> masks_;
 };
 

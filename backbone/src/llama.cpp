@@ -63,10 +63,10 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return weight * normed.to(x.scalar_type());
 }
 
-class LlamaModel final : public ModelBuilder {
+class LlamaModel final : public Model {
  public:
   LlamaModel(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
-      : ModelBuilder(config, options) {
+      : Model(config, options) {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads, I = c.intermediate_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
@@ -99,15 +99,13 @@ class LlamaModel final : public ModelBuilder {
     }
   }
 
-  struct Context final : BlockContext {
-    Context(const Attention& a, int64_t seq_len) : attention(a), masks(attention, seq_len) {}
-    Attention attention;
-    mutable MaskCache masks;  // layers with the same window share one mask
-    at::Tensor cos, sin;      // [B,1,T,hd] rotary tables in the model dtype
+  struct Context final : AttentionContext {
+    using AttentionContext::AttentionContext;
+    at::Tensor cos, sin;  // [B,1,T,hd] rotary tables in the model dtype
   };
 
   std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention) const override {
-    auto context = std::make_unique<Context>(attention, latents.size(1));
+    auto context = std::make_unique<Context>(attention, latents.size(1), config_.sliding_windows);
     // Rotary tables, computed in float32 and cast to the model dtype.
     at::Tensor freqs = attention.positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B,T,hd/2]
     at::Tensor angles = at::cat({freqs, freqs}, -1).unsqueeze(1);
@@ -131,7 +129,7 @@ class LlamaModel final : public ModelBuilder {
     at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
     q = q * ctx.cos + rotate_half(q) * ctx.sin;
     k = k * ctx.cos + rotate_half(k) * ctx.sin;
-    at::Tensor attn = attend(q, k, v, ctx.masks.get(l.window), c.attention_scale);  // [B,T,H*hd]
+    at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale);  // [B,T,H*hd]
     at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
     h = rms_norm(out, l.mlp_norm, c.norm_eps);
     auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]

@@ -1,5 +1,6 @@
 #include "aios/backbone/model.h"
 
+#include <ATen/core/grad_mode.h>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -39,18 +40,19 @@ std::string dtype_name(c10::ScalarType dtype) {
 
 c10::Device parse_device(const std::string& name, const std::string& field) {
   try {
-    return c10::Device(name);
+    const c10::Device device(name);
+    if (device.is_cpu() || device.is_cuda()) return device;
   } catch (const c10::Error&) {
-    fail(ErrorCode::kInvalidArgument, field, "expected cpu, cuda or cuda:N, got \"{}\"", name);
   }
+  fail(ErrorCode::kInvalidArgument, field, "expected cpu, cuda or cuda:N, got \"{}\"", name);
 }
 
 Model::Model(ModelConfig config, const LoadOptions& options)
     : config_(std::move(config)), device_(options.device), dtype_(options.dtype) {}
 
-const at::Tensor& Model::own(const at::Tensor& weight) {
+at::Tensor Model::own(at::Tensor weight) {
   weights_.push_back(weight);
-  return weights_.back();
+  return weight;
 }
 
 const std::vector<at::Tensor>& Model::weights() const { return weights_; }
@@ -92,8 +94,16 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     fail(ErrorCode::kInvalidArgument, "dtype", "expected float32, bfloat16, float16 or float64, got {}",
          dtype_name(options.dtype));
   }
+  if (!options.device.is_cpu() && !options.device.is_cuda()) {
+    fail(ErrorCode::kInvalidArgument, "device", "expected cpu or cuda, got {}", options.device.str());
+  }
   if (options.device.is_cuda() && !at::hasCUDA()) {
     fail(ErrorCode::kUnavailable, "device", "expected an available device, got {} but this build or machine has no CUDA",
+         options.device.str());
+  }
+  if (options.device.is_cuda() && options.device.has_index() &&
+      options.device.index() >= static_cast<int>(at::getNumGPUs())) {
+    fail(ErrorCode::kUnavailable, "device", "expected one of {} CUDA devices, got {}", at::getNumGPUs(),
          options.device.str());
   }
   if (!fs::is_directory(path)) fail(ErrorCode::kNotFound, path, "expected a checkpoint folder");

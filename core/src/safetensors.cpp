@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -257,9 +258,10 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  std::string tmp = path + ".tmp.XXXXXX";  // unique per call, beside the target (same file system)
+  int fd = ::mkstemp(tmp.data());
   if (fd < 0) fail(ErrorCode::kUnavailable, path, "cannot create {}: {}", tmp, std::strerror(errno));
+  ::fchmod(fd, 0644);
   std::size_t written = 0;
   while (written < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
@@ -272,10 +274,11 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
     }
     written += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
+  const int synced = ::fsync(fd) == 0 ? 0 : errno;
+  const int closed = ::close(fd) == 0 ? 0 : errno;
+  if (synced != 0 || closed != 0) {
     ::unlink(tmp.c_str());
-    fail(ErrorCode::kUnavailable, path, "flush failed: {}", std::strerror(err));
+    fail(ErrorCode::kUnavailable, path, "flush failed: {}", std::strerror(synced != 0 ? synced : closed));
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
@@ -294,7 +297,13 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
     if (t.name == "__metadata__" || !names.insert(t.name).second) {
       fail(ErrorCode::kInvalidArgument, t.name, "duplicate or reserved tensor name");
     }
-    const std::uint64_t expected = static_cast<std::uint64_t>(t.numel()) * dtype_size(t.dtype);
+    std::uint64_t expected = dtype_size(t.dtype);
+    for (int64_t d : t.shape) {
+      if (d < 0 || !checked_mul(expected, static_cast<std::uint64_t>(d), &expected)) {
+        fail(ErrorCode::kInvalidArgument, t.name, "expected non-negative dimensions that fit in memory");
+      }
+    }
+    if (t.data == nullptr && expected != 0) fail(ErrorCode::kInvalidArgument, t.name, "expected data, got none");
     if (expected != t.size_bytes) {
       fail(ErrorCode::kInvalidArgument, t.name, "expected {} bytes for its shape, got {}", expected, t.size_bytes);
     }

@@ -60,6 +60,9 @@ struct ActivationStore::Impl {
 };
 
 ActivationStore::ActivationStore(StoreOptions options) : impl_(std::make_unique<Impl>()) {
+  if (options.ttl.count() <= 0) {
+    fail(ErrorCode::kInvalidArgument, "store.ttl", "expected a positive time-to-live, got {} ms", options.ttl.count());
+  }
   impl_->options = options;
   impl_->tag = next_tag.fetch_add(1) & 0xffff;
 }

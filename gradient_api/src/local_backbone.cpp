@@ -1,5 +1,7 @@
 #include "aios/gradient_api/local_backbone.h"
 
+#include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 #include <cmath>
 
 #include <fmt/ranges.h>
@@ -64,8 +66,20 @@ struct LocalBackbone::Impl {
 
   // The forward pass, keeping its graph (starting from a fresh leaf that shares the latents'
   // storage) or, with options.recompute, only the states between blocks.
-  std::shared_ptr<KeptPass> run(const at::Tensor& latents, const ForwardOptions& options) const {
-    const backbone::Attention attention = inner->prepare(latents, options);
+  // Memory a pass of these latents will hold, known before running it.
+  std::size_t pass_bytes(const at::Tensor& latents, const ForwardOptions& options) const {
+    const auto& cfg = model().config();
+    if (!options.recompute) return estimate_bytes(cfg, latents.size(0), latents.size(1), latents.scalar_type());
+    return static_cast<std::size_t>(cfg.num_layers + 1) * static_cast<std::size_t>(latents.nbytes());
+  }
+
+  // `attention` comes from inner->prepare(latents, options).
+  std::shared_ptr<KeptPass> run(const at::Tensor& latents, const backbone::Attention& attention,
+                                const ForwardOptions& options) const {
+    if (c10::InferenceMode::is_enabled() || latents.is_inference()) {
+      fail(ErrorCode::kInvalidArgument, "latents",
+           "gradient calls need autograd: expected latents made outside torch.inference_mode(), and no such mode active");
+    }
     const backbone::Model& m = model();
     const auto& cfg = m.config();
     auto pass = std::make_shared<KeptPass>();
@@ -75,19 +89,20 @@ struct LocalBackbone::Impl {
       pass->leaf = latents.detach().requires_grad_(true);
       at::AutoGradMode grad_mode(true);
       pass->hidden = m.forward(pass->leaf, attention, options.layers, &pass->layers);
-      pass->bytes = estimate_bytes(cfg, B, T, latents.scalar_type());
+      pass->bytes = pass_bytes(latents, options);
       return pass;
     }
     at::NoGradGuard no_grad;
     pass->leaf = latents.detach();
     std::shared_ptr<backbone::Model::BlockContext> context = m.begin(latents, attention);
-    at::Tensor x = m.input(latents, *context);
+    // The caller may change its latents after this call: the kept state must not alias them.
+    at::Tensor x = m.input(latents, *context).clone();
     pass->states.push_back(x);
     for (int64_t i = 0; i < cfg.num_layers; ++i) pass->states.push_back(x = m.block(i, x, *context));
     pass->hidden = m.final_norm(x);
     for (int64_t l : options.layers) pass->layers.push_back(pass->states[static_cast<std::size_t>(l)]);
     pass->context = context;
-    pass->bytes = pass->states.size() * static_cast<std::size_t>(x.nbytes());
+    pass->bytes = pass_bytes(latents, options);
     return pass;
   }
 
@@ -138,7 +153,7 @@ struct LocalBackbone::Impl {
   at::Tensor backward_by_recompute(const KeptPass& pass, const Cotangents& c) const {
     const backbone::Model& m = model();
     const int64_t L = m.config().num_layers;
-    const auto& context = *static_cast<const backbone::Model::BlockContext*>(pass.context.get());
+    const backbone::Model::BlockContext& context = *pass.context;
     at::AutoGradMode grad_mode(true);
     at::Tensor grad = at::zeros_like(pass.hidden);  // d loss / d state, from the top down
     auto add_layer_cotangents = [&](int64_t index) {
@@ -193,7 +208,14 @@ ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ForwardOpt
 at::Tensor LocalBackbone::classify(const at::Tensor& hidden) { return impl_->inner->classify(hidden); }
 
 KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const ForwardOptions& options) {
-  std::shared_ptr<KeptPass> pass = impl_->run(latents, options);
+  const backbone::Attention attention = impl_->inner->prepare(latents, options);
+  const std::size_t bytes = impl_->pass_bytes(latents, options);
+  if (bytes > impl_->store.options().max_bytes) {
+    fail(ErrorCode::kResourceExhausted, "activation_store",
+         "this forward pass would keep about {} bytes of activations, more than the store's budget of {} bytes "
+         "(recompute=true keeps less)", bytes, impl_->store.options().max_bytes);
+  }
+  std::shared_ptr<KeptPass> pass = impl_->run(latents, attention, options);
   KeptForward out;
   out.output.hidden = pass->hidden.detach();
   for (const at::Tensor& layer : pass->layers) out.output.layers.push_back(layer.detach());
@@ -209,7 +231,7 @@ at::Tensor LocalBackbone::vjp(Handle handle, const Cotangents& cotangents) {
 void LocalBackbone::release(Handle handle) { impl_->store.release(handle); }
 
 at::Tensor LocalBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) {
-  const std::shared_ptr<KeptPass> pass = impl_->run(latents, options);
+  const std::shared_ptr<KeptPass> pass = impl_->run(latents, impl_->inner->prepare(latents, options), options);
   return impl_->backward(*pass, cotangents, /*retain_graph=*/false);
 }
 
@@ -220,7 +242,7 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
     fail(ErrorCode::kInvalidArgument, "chunk_tokens", "expected >= 1, got {}", loss.chunk_tokens);
   }
   // Argument checks come first, so that nothing runs for a call that will fail.
-  impl_->inner->prepare(latents, options);
+  const backbone::Attention attention = impl_->inner->prepare(latents, options);
   const int64_t B = latents.size(0), T = latents.size(1), N = B * T;
   const c10::Device device = latents.device();
   at::Tensor weights;
@@ -292,6 +314,10 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
         return at::softmax(model.classify(h).to(at::kFloat) / tau, -1);
       };
     } else {
+      if (d.teacher_index.defined()) {
+        fail(ErrorCode::kInvalidArgument, "teacher_index",
+             "applies to teacher_latents only; teacher_logits and teacher_probs are given per student position");
+      }
       const at::Tensor& given_tensor = d.teacher_logits.defined() ? d.teacher_logits : d.teacher_probs;
       const char* name = d.teacher_logits.defined() ? "teacher_logits" : "teacher_probs";
       if (given_tensor.sizes() != at::IntArrayRef{B, T, cfg.vocab_size} || !c10::isFloatingType(given_tensor.scalar_type())) {
@@ -316,7 +342,7 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
     };
   }
 
-  const std::shared_ptr<KeptPass> pass = impl_->run(latents, options);
+  const std::shared_ptr<KeptPass> pass = impl_->run(latents, attention, options);
   const at::Tensor hidden = pass->hidden.detach().reshape({N, cfg.hidden_size});
   const ChunkedLoss chunked = chunked_loss(impl_->model(), hidden, weights, loss.chunk_tokens, token_loss);
 

@@ -1,5 +1,6 @@
 #include "losses.h"
 
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 
 namespace aios::gradient {

@@ -100,6 +100,7 @@ def test_load_options_are_checked(checkpoints):
     path = checkpoints["llama_gqa"].path
     expect(aios.InvalidArgumentError, "dtype", lambda: aios.Backbone.load(path, dtype="int8"), "int8")
     expect(aios.InvalidArgumentError, "device", lambda: aios.Backbone.load(path, device="toaster"), "toaster")
+    expect(aios.InvalidArgumentError, "device", lambda: aios.Backbone.load(path, device="meta"), "meta")
     if not torch.cuda.is_available():
         expect(aios.UnavailableError, "device", lambda: aios.Backbone.load(path, device="cuda"), "CUDA")
 

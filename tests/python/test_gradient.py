@@ -250,7 +250,7 @@ def test_activation_store_budget_ttl_and_release(checkpoints):
     assert short.store_size == 0
 
 
-def test_bad_gradient_input_is_an_error_and_changes_nothing(backbones):
+def test_bad_gradient_input_is_an_error_and_changes_nothing(backbones, checkpoints):
     backbone = backbones["llama_gqa"]
     latents = backbone.embed(torch.randint(0, VOCAB, (2, 5)))
     kept = backbone.forward(latents, keep=True, layers=[1])
@@ -275,14 +275,23 @@ def test_bad_gradient_input_is_an_error_and_changes_nothing(backbones):
         ("chunk_tokens", lambda: backbone.forward_backward(latents, targets=targets, chunk_tokens=0), ">= 1"),
         ("targets", lambda: backbone.forward_backward(latents), "either"),
         ("handle", lambda: backbone.vjp(kept.handle + 12345, grad_hidden=ones), "unknown"),
+        ("teacher_index", lambda: backbone.forward_backward(latents, teacher_logits=torch.ones(2, 5, VOCAB),
+                                                            teacher_index=torch.zeros(2, 5, dtype=torch.long)),
+         "teacher_latents only"),
     ]
     for field, call, text in cases:
         with pytest.raises(aios.Error) as info:
             call()
         assert info.value.field == field, str(info.value)
         assert text in str(info.value), str(info.value)
+    with torch.inference_mode():
+        with pytest.raises(aios.InvalidArgumentError, match="inference_mode"):
+            backbone.forward(latents, keep=True)
+    with pytest.raises(aios.InvalidArgumentError, match="store_ttl"):
+        aios.Backbone.load(checkpoints["llama_gqa"].path, store_ttl=0)
     assert torch.equal(backbone.vjp(kept.handle, grad_hidden=ones), before)
     backbone.release(kept.handle)
+
 
 
 def test_recompute_gives_the_same_gradients_for_less_memory(checkpoint, backbones):

@@ -33,6 +33,7 @@ class _BackboneForward(torch.autograd.Function):
         return out.hidden
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hidden):
         kept = ctx.kept
         return kept.backbone.vjp(kept.handle, grad_hidden=grad_hidden.contiguous()), None, None, None, None

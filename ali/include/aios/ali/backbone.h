@@ -23,7 +23,8 @@ struct ForwardOptions {
   std::optional<at::Tensor> positions;
   // Either a key-padding mask [B,T] (bool or integer; true/non-zero = a real token), combined with
   // causal order and the model's sliding window, or a full mask [B,T,T] (bool; [b,t,s] true = query t
-  // may attend key s) used exactly as given instead of causal order. Default: causal.
+  // may attend key s) used exactly as given instead of causal order and sliding windows (a caller
+  // of a windowed model writes the window into the mask). Any device. Default: causal.
   std::optional<at::Tensor> mask;
   // Residual-stream states to return, by index l in [0, num_layers]: the input of block l, and for
   // l = num_layers the output of the last block before the final norm.
@@ -52,7 +53,8 @@ class Backbone {
 
   // ids: int32 or int64 [B,T], each in [0, V), any device -> latents [B,T,D] on device(), in dtype().
   virtual at::Tensor embed(const at::Tensor& ids) = 0;
-  // latents: [B,T,D] in dtype() on device(); 1 <= T <= max_positions.
+  // latents: [B,T,D] in dtype() on device(); 1 <= T <= max_positions. Outputs are in dtype() on
+  // device() and never require grad (the Gradient API is how gradients flow).
   virtual ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) = 0;
   // hidden: [..., D] in dtype() on device() -> logits [..., V].
   virtual at::Tensor classify(const at::Tensor& hidden) = 0;

@@ -9,7 +9,6 @@
 #include <vector>
 
 #include <ATen/ATen.h>
-#include <ATen/core/grad_mode.h>
 
 #include "aios/backbone/config.h"
 
@@ -74,8 +73,8 @@ class Model {
 
  protected:
   Model(ModelConfig config, const LoadOptions& options);
-  // Remembers a loaded weight for parameter_count(); returns it.
-  const at::Tensor& own(const at::Tensor& weight);
+  // Remembers a loaded weight for weights() and parameter_count(); returns it.
+  at::Tensor own(at::Tensor weight);
 
   ModelConfig config_;
   c10::Device device_;

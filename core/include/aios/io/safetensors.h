@@ -43,8 +43,10 @@ struct SafetensorsLimits {
 
 class SafetensorsFile {
  public:
-  // Maps and validates `path`. Throws Error: kNotFound (no such file), kDataLoss (truncated or
-  // corrupt: the message names the offending entry and field), kResourceExhausted (over `limits`).
+  // Maps and validates `path`. Throws Error: kNotFound (no such file), kUnavailable (cannot be read or
+  // mapped), kInvalidArgument (not a regular file), kDataLoss (truncated or corrupt, including a
+  // header over max_header_bytes or a rank over max_rank: the message names the entry and field),
+  // kResourceExhausted (more than max_tensors entries).
   static SafetensorsFile open(const std::string& path, const SafetensorsLimits& limits = {});
 
   SafetensorsFile(SafetensorsFile&&) noexcept;

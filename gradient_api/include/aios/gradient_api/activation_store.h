@@ -13,6 +13,8 @@
 
 #include <ATen/ATen.h>
 
+#include "aios/backbone/model.h"
+
 namespace aios::gradient {
 
 using Handle = std::uint64_t;
@@ -30,7 +32,7 @@ struct KeptPass {
   std::vector<at::Tensor> layers;   // requested intermediate states, in request order
   std::vector<int64_t> layer_index;  // their indices
   std::vector<at::Tensor> states;   // recompute only: num_layers + 1 states [B,T,D] between blocks
-  std::shared_ptr<const void> context;  // recompute only: the model's BlockContext of the pass
+  std::shared_ptr<const backbone::Model::BlockContext> context;  // recompute only: what the blocks share
   std::size_t bytes = 0;            // estimate of the memory the pass holds
 };
 

@@ -1,0 +1,81 @@
+"""Shared pieces of the benchmarks: the SmolLM2-135M-shaped model, timing, memory, machine line."""
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / ".cache/bench/smollm2-135m-random"
+VOCAB = 49152
+
+
+def ensure_model():
+    """SmolLM2-135M's shape (30 layers, D=576, 9/3 heads, vocabulary 49152) with random weights."""
+    if not (MODEL_DIR / "config.json").exists():
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+            rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+        tmp = MODEL_DIR.with_suffix(".tmp")
+        transformers.LlamaForCausalLM(config).save_pretrained(tmp)
+        os.replace(tmp, MODEL_DIR)
+    return MODEL_DIR
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def exact_cpu_peaks():
+    """Re-executes the process, once, with glibc returning every large block to the system on free,
+    so that the resident-set high-water mark measures a call's peak instead of reused heap."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = "0"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+def _status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(fn, device):
+    """(milliseconds, peak bytes above the memory in use before the call) of one call of fn."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:  # resets the resident-set high-water mark
+            f.write("5")
+        base = _status("VmRSS")
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    ms = (time.perf_counter() - start) * 1e3
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _status("VmHWM")
+    return ms, peak - base
+
+
+def machine_line(device, dtype):
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    gpu = f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""
+    return (f"machine: {cpu}, {os.cpu_count()} cores; device {device}{gpu}; dtype {dtype}; "
+            f"threads {torch.get_num_threads()}; torch {torch.__version__}; transformers "
+            f"{transformers.__version__}; commit {commit}")
