@@ -233,7 +233,7 @@ PYBIND11_MODULE(_aios, m) {
           py::arg("teacher_logits") = py::none(), py::arg("teacher_probs") = py::none(),
           py::arg("teacher_latents") = py::none(), py::arg("teacher_positions") = py::none(),
           py::arg("teacher_mask") = py::none(), py::arg("teacher_index") = py::none(), py::arg("temperature") = 1.0,
-          py::arg("positions") = py::none(), py::arg("mask") = py::none(), py::arg("chunk_tokens") = 64,
+          py::arg("positions") = py::none(), py::arg("mask") = py::none(), py::arg("chunk_tokens") = 32,
           py::arg("recompute") = false, py::call_guard<py::gil_scoped_release>(),
           "Fused loss and d latents in one call. Cross-entropy: targets [B,T] (the id position t predicts, no "
           "shift), weights [B,T] (0 = ignored). Distillation: teacher_logits or teacher_probs [B,T,V], or "

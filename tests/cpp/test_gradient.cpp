@@ -42,6 +42,15 @@ TEST_CASE("a projection trains through the backbone and no weight gets a gradien
     CHECK(backbone->store().size() == 0);
     CHECK(backbone->store().bytes() == 0);
 
+    // Release frees the kept activations themselves, not just the store's account of them.
+    auto kept = backbone->forward_keep(projection->forward(features).detach());
+    // The returned hidden state shares its storage with the kept graph's output.
+    const c10::weak_intrusive_ptr<c10::StorageImpl> graph_output = kept.output.hidden.storage().getWeakStorageImpl();
+    kept.output = {};
+    CHECK_FALSE(graph_output.expired());
+    backbone->release(kept.handle);
+    CHECK(graph_output.expired());
+
     LossOptions loss;
     loss.loss = CrossEntropy{torch::randint(aios_test::kVocab, {2, 6}), {}};
     const auto fused = backbone->forward_backward(projection->forward(features).detach(), {}, loss);

@@ -57,7 +57,7 @@ struct Distillation {
 
 struct LossOptions {
   std::variant<CrossEntropy, Distillation> loss;
-  int64_t chunk_tokens = 64;  // tokens per vocabulary-sized logits chunk ([64,V] float32 logits at a time)
+  int64_t chunk_tokens = 32;  // tokens per vocabulary-sized logits chunk ([32,V] float32 logits at a time)
 };
 
 struct FusedResult {
