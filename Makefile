@@ -76,6 +76,7 @@ test-python: build $(DEFAULT_MODEL)/config.json
 
 bench: build
 	$(PY) bench/bench_forward.py
+	$(PY) bench/bench_gradient.py
 
 clean:
 	rm -rf $(BUILD)
