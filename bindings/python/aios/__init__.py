@@ -13,12 +13,12 @@
 import torch as _torch  # noqa: F401  (loads LibTorch before the extension that links it)
 
 from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
-from ._aios import Backbone, Config, ForwardOutput, FusedResult, gist_mask
+from ._aios import Backbone, Config, ForwardOutput, FusedResult, Tokenizer, gist_mask
 from .errors import (DataLossError, Error, InternalError, InvalidArgumentError, NotFoundError,
                      PermissionDeniedError, ResourceExhaustedError, UnavailableError)
 
 __all__ = [
-    "Backbone", "Config", "ForwardOutput", "FusedResult", "gist_mask",
+    "Backbone", "Config", "ForwardOutput", "FusedResult", "Tokenizer", "gist_mask",
     "Error", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
     "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError",
 ]
