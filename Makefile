@@ -74,9 +74,10 @@ test-cpp: build
 test-python: build $(DEFAULT_MODEL)/config.json
 	AIOS_DEFAULT_MODEL=$(abspath $(DEFAULT_MODEL)) $(PY) -m pytest -q tests/python
 
-bench: build
+bench: build $(DEFAULT_MODEL)/config.json
 	$(PY) bench/bench_forward.py
 	$(PY) bench/bench_gradient.py
+	$(PY) bench/bench_tokenizer.py
 
 clean:
 	rm -rf $(BUILD)
