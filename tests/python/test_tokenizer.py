@@ -96,3 +96,11 @@ def test_unsupported_components_are_named(tmp_path, default_model):
     with pytest.raises(aios.InvalidArgumentError) as info:
         aios.Tokenizer.load(path)
     assert info.value.field == "normalizer" and "NFKC" in str(info.value)
+
+
+def test_long_single_piece_is_linear_and_identical(default_model):
+    """A 200 kB word is one pre-tokenized piece: merging must not be quadratic in it."""
+    path = default_model / "tokenizer.json"
+    ours, ref = aios.Tokenizer.load(path), Reference.from_file(str(path))
+    text = "ab" * 100_000
+    assert ours.encode(text) == ref.encode(text).ids

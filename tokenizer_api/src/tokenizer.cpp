@@ -9,6 +9,7 @@
 #include <tuple>
 #include <fstream>
 #include <mutex>
+#include <queue>
 #include <sstream>
 #include <unordered_map>
 
@@ -225,8 +226,14 @@ struct Tokenizer::Impl {
   bool add_prefix_space = false;
   std::vector<int32_t> prefix_ids, suffix_ids;  // template tokens around a single sequence
   int32_t byte_id[256];
+  // Pieces recur (words), so their ids are cached; looked up by string_view without a copy.
+  struct ViewHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+  };
+  static constexpr std::size_t kCacheEntries = 1 << 17;
   mutable std::mutex cache_mutex;
-  mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, ViewHash, std::equal_to<>> cache;
 
   static uint64_t key(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
 
@@ -234,46 +241,65 @@ struct Tokenizer::Impl {
   void bpe(std::string_view piece, std::vector<int32_t>& out) const {
     {
       std::lock_guard<std::mutex> lock(cache_mutex);
-      auto it = cache.find(std::string(piece));
+      auto it = cache.find(piece);
       if (it != cache.end()) {
         out.insert(out.end(), it->second.begin(), it->second.end());
         return;
       }
     }
-    std::vector<int32_t> symbols;
+    std::vector<int32_t> ids = merge(piece);
+    out.insert(out.end(), ids.begin(), ids.end());
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    if (cache.size() < kCacheEntries) cache.emplace(std::string(piece), std::move(ids));
+  }
+
+  // Merges the lowest-ranked adjacent pair first (leftmost among equals) until none applies, in
+  // O(n log n): a doubly linked list of symbols and a heap of candidate pairs, stale entries skipped.
+  std::vector<int32_t> merge(std::string_view piece) const {
+    struct Symbol {
+      int32_t id;
+      int32_t prev, next;  // -1 at the ends
+    };
+    std::vector<Symbol> symbols;
     symbols.reserve(piece.size());
     for (unsigned char b : piece) {
-      if (byte_id[b] >= 0) symbols.push_back(byte_id[b]);
+      if (byte_id[b] < 0) continue;
+      const auto n = static_cast<int32_t>(symbols.size());
+      symbols.push_back({byte_id[b], n - 1, -1});
+      if (n > 0) symbols[static_cast<std::size_t>(n - 1)].next = n;
     }
-    // Repeatedly merge the lowest-ranked adjacent pair, leftmost first.
-    while (symbols.size() > 1) {
-      int32_t best_rank = INT32_MAX, best_id = -1;
-      std::size_t best_pos = 0;
-      for (std::size_t i = 0; i + 1 < symbols.size(); ++i) {
-        auto it = merges.find(key(symbols[i], symbols[i + 1]));
-        if (it != merges.end() && it->second.first < best_rank) {
-          best_rank = it->second.first;
-          best_id = it->second.second;
-          best_pos = i;
-        }
-      }
-      if (best_id < 0) break;
-      const int32_t left = symbols[best_pos], right = symbols[best_pos + 1];
-      std::vector<int32_t> next;
-      next.reserve(symbols.size());
-      for (std::size_t i = 0; i < symbols.size(); ++i) {
-        if (i + 1 < symbols.size() && symbols[i] == left && symbols[i + 1] == right && i >= best_pos) {
-          next.push_back(best_id);
-          ++i;
-        } else {
-          next.push_back(symbols[i]);
-        }
-      }
-      symbols.swap(next);
+    struct Candidate {
+      int32_t rank, pos, left, right;  // pos: index of the left symbol; left/right: ids when pushed
+      bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+    auto push = [&](int32_t pos) {
+      const int32_t next = symbols[static_cast<std::size_t>(pos)].next;
+      if (next < 0) return;
+      const int32_t l = symbols[static_cast<std::size_t>(pos)].id, r = symbols[static_cast<std::size_t>(next)].id;
+      auto it = merges.find(key(l, r));
+      if (it != merges.end()) heap.push({it->second.first, pos, l, r});
+    };
+    for (int32_t i = 0; i < static_cast<int32_t>(symbols.size()); ++i) push(i);
+    while (!heap.empty()) {
+      const Candidate c = heap.top();
+      heap.pop();
+      Symbol& left = symbols[static_cast<std::size_t>(c.pos)];
+      if (left.id != c.left || left.next < 0) continue;  // merged away or changed since pushed
+      Symbol& right = symbols[static_cast<std::size_t>(left.next)];
+      if (right.id != c.right) continue;
+      left.id = merges.at(key(c.left, c.right)).second;
+      left.next = right.next;
+      if (right.next >= 0) symbols[static_cast<std::size_t>(right.next)].prev = c.pos;
+      right.id = -1;  // gone
+      if (left.prev >= 0) push(left.prev);
+      push(c.pos);
     }
-    out.insert(out.end(), symbols.begin(), symbols.end());
-    std::lock_guard<std::mutex> lock(cache_mutex);
-    if (cache.size() < 100000) cache.emplace(std::string(piece), std::move(symbols));
+    std::vector<int32_t> ids;
+    for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<std::size_t>(i)].next) {
+      ids.push_back(symbols[static_cast<std::size_t>(i)].id);
+    }
+    return ids;
   }
 
   void encode_text(std::string_view text, std::vector<int32_t>& out) const {
