@@ -106,7 +106,8 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     fail(ErrorCode::kUnavailable, "device", "expected one of {} CUDA devices, got {}", at::getNumGPUs(),
          options.device.str());
   }
-  if (!fs::is_directory(path)) fail(ErrorCode::kNotFound, path, "expected a checkpoint folder");
+  std::error_code error;  // the non-throwing overloads: a permission problem is an aios::Error too
+  if (!fs::is_directory(path, error)) fail(ErrorCode::kNotFound, path, "expected a checkpoint folder");
   const fs::path config_path = fs::path(path) / "config.json";
   std::ifstream in(config_path, std::ios::binary);
   if (!in) fail(ErrorCode::kNotFound, config_path.string(), "expected a config.json in the checkpoint folder");

@@ -55,7 +55,8 @@ WeightSource::WeightSource(const std::string& folder) {
   const fs::path index = fs::path(folder) / "model.safetensors.index.json";
   std::vector<std::string> shard_names;
   std::map<std::string, std::string> shard_of;  // tensor -> shard file, from the index
-  if (fs::exists(index)) {
+  std::error_code error;  // the non-throwing overloads: a permission problem is an aios::Error too
+  if (fs::exists(index, error)) {
     nlohmann::json root = nlohmann::json::parse(read_text(index), nullptr, /*allow_exceptions=*/false);
     if (root.is_discarded() || !root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object()) {
       fail(ErrorCode::kDataLoss, index.string(), "expected a JSON object with a \"weight_map\" object");
@@ -67,7 +68,7 @@ WeightSource::WeightSource(const std::string& folder) {
       shard_of[tensor] = name;
       if (std::find(shard_names.begin(), shard_names.end(), name) == shard_names.end()) shard_names.push_back(name);
     }
-  } else if (fs::exists(single)) {
+  } else if (fs::exists(single, error)) {
     shard_names.push_back("model.safetensors");
   } else {
     fail(ErrorCode::kNotFound, folder, "expected model.safetensors or model.safetensors.index.json in the folder");

@@ -279,10 +279,11 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
     std::function<at::Tensor(const at::Tensor&)> teacher;  // rows -> float32 probabilities [n,V]
     at::Tensor mapped = at::ones({N}, at::TensorOptions().dtype(at::kBool).device(device));
     if (d.teacher_latents.defined()) {
-      const at::Tensor teacher_hidden = impl_->inner->forward(d.teacher_latents, d.teacher_options).hidden;
-      if (teacher_hidden.size(0) != B) {
-        fail(ErrorCode::kInvalidArgument, "teacher_latents", "expected batch size {}, got {}", B, teacher_hidden.size(0));
+      if (d.teacher_latents.dim() != 3 || d.teacher_latents.size(0) != B) {
+        fail(ErrorCode::kInvalidArgument, "teacher_latents", "expected [{},T',{}], got {}", B, cfg.hidden_size,
+             shape_of(d.teacher_latents));
       }
+      const at::Tensor teacher_hidden = impl_->inner->forward(d.teacher_latents, d.teacher_options).hidden;
       const int64_t Tt = teacher_hidden.size(1);
       at::Tensor index;
       if (d.teacher_index.defined()) {
@@ -325,6 +326,15 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
              shape_of(given_tensor));
       }
       const at::Tensor flat = given_tensor.to(device).reshape({N, cfg.vocab_size});
+      // Probabilities: rows sum to 1, or are all zero where a position has no teacher.
+      const at::Tensor row_sums = flat.sum(-1);
+      if (!std::isfinite(flat.abs().max().item<double>()) ||
+          (d.teacher_probs.defined() &&
+           (flat.min().item<double>() < 0 ||
+            ((row_sums - 1).abs().gt(1e-3).logical_and(row_sums.ne(0))).any().item<bool>()))) {
+        fail(ErrorCode::kInvalidArgument, name, "expected finite values{}",
+             d.teacher_probs.defined() ? ", >= 0, each row summing to 1 (or 0 where unused)" : "");
+      }
       if (d.teacher_logits.defined()) {
         teacher = [flat, tau](const at::Tensor& rows) { return at::softmax(flat.index_select(0, rows).to(at::kFloat) / tau, -1); };
       } else {

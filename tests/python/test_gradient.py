@@ -317,3 +317,16 @@ def test_recompute_gives_the_same_gradients_for_less_memory(checkpoint, backbone
     assert rel_err(fused[1].grad_latents, fused[0].grad_latents) <= 1e-5
     stateless = backbone.vjp(latents, mask=mask, layers=layers, recompute=True, **cot)
     assert rel_err(stateless, grads[False]) <= 1e-5
+
+
+def test_teachers_are_checked_before_any_work(backbones):
+    backbone = backbones["llama_gqa"]
+    latents = backbone.embed(torch.randint(0, VOCAB, (2, 5)))
+    bad_probs = torch.full((2, 5, VOCAB), 0.5)
+    with pytest.raises(aios.InvalidArgumentError, match="summing to 1"):
+        backbone.forward_backward(latents, teacher_probs=bad_probs)
+    with pytest.raises(aios.InvalidArgumentError, match="finite"):
+        backbone.forward_backward(latents, teacher_logits=torch.full((2, 5, VOCAB), float("nan")))
+    with pytest.raises(aios.InvalidArgumentError) as info:
+        backbone.forward_backward(latents, teacher_latents=latents[:1])
+    assert info.value.field == "teacher_latents"

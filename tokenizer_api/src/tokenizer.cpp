@@ -221,6 +221,7 @@ struct Tokenizer::Impl {
   // (left id, right id) -> (rank, merged id)
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
   std::vector<AddedToken> added;  // longest content first
+  bool starts_added[256] = {};    // first bytes of added tokens: most positions are skipped at once
   std::vector<bool> special;
   std::vector<Step> steps;
   bool add_prefix_space = false;
@@ -364,6 +365,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
     size = std::max(size, a.id + 1);
     impl->added.push_back(a);
   }
+  for (const AddedToken& a : impl->added) impl->starts_added[static_cast<unsigned char>(a.content[0])] = true;
   std::sort(impl->added.begin(), impl->added.end(),
             [](const AddedToken& x, const AddedToken& y) { return x.content.size() > y.content.size(); });
   impl->id_to_token.assign(static_cast<std::size_t>(size), "");
@@ -474,6 +476,10 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
   // Added tokens first: the leftmost match, the longest at that position.
   std::size_t start = 0, i = 0;
   while (i < text.size()) {
+    if (!s.starts_added[static_cast<unsigned char>(text[i])]) {
+      ++i;
+      continue;
+    }
     const AddedToken* hit = nullptr;
     for (const AddedToken& a : s.added) {
       if (text.compare(i, a.content.size(), a.content) == 0) {

@@ -3,6 +3,7 @@
 // Shapes: B = batch, T = sequence length, D = hidden size, V = vocabulary size.
 // Every call validates its arguments and throws aios::Error (kInvalidArgument, naming the argument,
 // the expected and the actual value) before touching the model, so bad input never changes state.
+// The weights are read-only after loading: every call may run concurrently from several threads.
 #pragma once
 
 #include <memory>
