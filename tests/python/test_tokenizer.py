@@ -47,6 +47,11 @@ def families(tmp_path, default_model):
                                                       behavior="isolated"),
                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
         post=processors.TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)]))
+    yield "split then prefix space", trained(
+        tmp_path, "split_prefix",
+        pre_tokenizers.Sequence([pre_tokenizers.Split(pattern=__import__("tokenizers").Regex(r"\p{P}"),
+                                                      behavior="isolated"),
+                                 pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)]))
     yield "qwen2-style digits", trained(
         tmp_path, "digits",
         pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <deque>
 #include <functional>
 #include <tuple>
 #include <fstream>
@@ -148,7 +149,8 @@ struct Step {
   Kind kind = Kind::kSplit;
   Behavior behavior = Behavior::kIsolated;
   bool invert = false;
-  std::shared_ptr<Regex> regex;
+  bool prefix_space = false;    // ByteLevel(add_prefix_space): a space before each piece lacking one
+  std::shared_ptr<Regex> regex;  // null: no split
 };
 
 std::string regex_escape(const std::string& s) {
@@ -224,7 +226,6 @@ struct Tokenizer::Impl {
   bool starts_added[256] = {};    // first bytes of added tokens: most positions are skipped at once
   std::vector<bool> special;
   std::vector<Step> steps;
-  bool add_prefix_space = false;
   std::vector<int32_t> prefix_ids, suffix_ids;  // template tokens around a single sequence
   int32_t byte_id[256];
   // Pieces recur (words), so their ids are cached; looked up by string_view without a copy.
@@ -305,15 +306,15 @@ struct Tokenizer::Impl {
 
   void encode_text(std::string_view text, std::vector<int32_t>& out) const {
     if (text.empty()) return;
-    std::string prefixed;
-    if (add_prefix_space && text.front() != ' ') {
-      prefixed = " " + std::string(text);
-      text = prefixed;
-    }
+    std::deque<std::string> prefixed;  // owns pieces that gained a space; stable addresses
     std::vector<std::string_view> pieces{text}, next;
     for (const Step& step : steps) {
       next.clear();
-      for (std::string_view p : pieces) apply_split(step, p, next);
+      for (std::string_view p : pieces) {
+        if (step.prefix_space && !p.empty() && p.front() != ' ') p = prefixed.emplace_back(" " + std::string(p));
+        if (step.regex) apply_split(step, p, next);
+        else next.push_back(p);
+      }
       pieces.swap(next);
     }
     for (std::string_view p : pieces) bpe(p, out);
@@ -415,9 +416,8 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
       return;
     }
     if (type == "ByteLevel") {
-      impl->add_prefix_space = p.value("add_prefix_space", false);
-      if (!p.value("use_regex", true)) return;
-      step.regex = std::make_shared<Regex>(kByteLevelPattern, field);
+      step.prefix_space = p.value("add_prefix_space", false);
+      if (p.value("use_regex", true)) step.regex = std::make_shared<Regex>(kByteLevelPattern, field);
     } else if (type == "Split") {
       const json& pattern = p.value("pattern", json());
       std::string expr;
