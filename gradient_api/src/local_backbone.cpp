@@ -64,8 +64,6 @@ struct LocalBackbone::Impl {
 
   const backbone::Model& model() const { return inner->model(); }
 
-  // The forward pass, keeping its graph (starting from a fresh leaf that shares the latents'
-  // storage) or, with options.recompute, only the states between blocks.
   // Memory a pass of these latents will hold, known before running it.
   std::size_t pass_bytes(const at::Tensor& latents, const ForwardOptions& options) const {
     const auto& cfg = model().config();
@@ -73,7 +71,9 @@ struct LocalBackbone::Impl {
     return static_cast<std::size_t>(cfg.num_layers + 1) * static_cast<std::size_t>(latents.nbytes());
   }
 
-  // `attention` comes from inner->prepare(latents, options).
+  // The forward pass, keeping its graph (starting from a fresh leaf that shares the latents'
+  // storage) or, with options.recompute, only the states between blocks. `attention` comes from
+  // inner->prepare(latents, options).
   std::shared_ptr<KeptPass> run(const at::Tensor& latents, const backbone::Attention& attention,
                                 const ForwardOptions& options) const {
     if (c10::InferenceMode::is_enabled() || latents.is_inference()) {
@@ -84,7 +84,6 @@ struct LocalBackbone::Impl {
     const auto& cfg = m.config();
     auto pass = std::make_shared<KeptPass>();
     pass->layer_index = options.layers;
-    const int64_t B = latents.size(0), T = latents.size(1);
     if (!options.recompute) {
       pass->leaf = latents.detach().requires_grad_(true);
       at::AutoGradMode grad_mode(true);

@@ -311,7 +311,11 @@ struct Tokenizer::Impl {
     for (const Step& step : steps) {
       next.clear();
       for (std::string_view p : pieces) {
-        if (step.prefix_space && !p.empty() && p.front() != ' ') p = prefixed.emplace_back(" " + std::string(p));
+        if (step.prefix_space && !p.empty() && p.front() != ' ') {
+          std::string& owned = prefixed.emplace_back(1, ' ');
+          owned.append(p);
+          p = owned;
+        }
         if (step.regex) apply_split(step, p, next);
         else next.push_back(p);
       }
