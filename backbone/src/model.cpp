@@ -2,9 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "aios/fail.h"
 #include "architectures.h"
@@ -109,11 +107,7 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   std::error_code error;  // the non-throwing overloads: a permission problem is an aios::Error too
   if (!fs::is_directory(path, error)) fail(ErrorCode::kNotFound, path, "expected a checkpoint folder");
   const fs::path config_path = fs::path(path) / "config.json";
-  std::ifstream in(config_path, std::ios::binary);
-  if (!in) fail(ErrorCode::kNotFound, config_path.string(), "expected a config.json in the checkpoint folder");
-  std::ostringstream text;
-  text << in.rdbuf();
-  const ModelConfig config = parse_hf_config(text.str(), config_path.string());
+  const ModelConfig config = parse_hf_config(read_text(config_path), config_path.string());
 
   const WeightSource weights(path);
   at::NoGradGuard no_grad;

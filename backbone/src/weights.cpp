@@ -32,6 +32,8 @@ c10::ScalarType to_scalar_type(io::DType dtype) {
   return c10::kFloat;
 }
 
+}  // namespace
+
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(ErrorCode::kNotFound, path.string(), "cannot open");
@@ -39,6 +41,8 @@ std::string read_text(const fs::path& path) {
   text << in.rdbuf();
   return text.str();
 }
+
+namespace {
 
 // Shard names come from an untrusted index: plain file names inside the folder only.
 void check_shard_name(const std::string& index, const std::string& name) {

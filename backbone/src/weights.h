@@ -1,6 +1,7 @@
 // Internal: the tensors of a checkpoint folder, looked up by name across shards and converted on demand.
 #pragma once
 
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -11,6 +12,9 @@
 #include "aios/io/safetensors.h"
 
 namespace aios::backbone {
+
+// The whole file as text. Throws Error(kNotFound) naming the path when it cannot be opened.
+std::string read_text(const std::filesystem::path& path);
 
 class WeightSource {
  public:

@@ -46,8 +46,9 @@ void append_utf8(std::string& out, uint32_t cp) {
   }
 }
 
-// Length of the valid UTF-8 sequence at s[i], or 0 when the bytes there are not one.
-std::size_t utf8_length(std::string_view s, std::size_t i) {
+// Length of the valid UTF-8 sequence at s[i], or 0 when the bytes there are not one; its code
+// point goes to *code_point when given.
+std::size_t utf8_length(std::string_view s, std::size_t i, uint32_t* code_point = nullptr) {
   const auto b = static_cast<unsigned char>(s[i]);
   std::size_t n = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
   if (n == 0 || i + n > s.size()) return 0;
@@ -59,6 +60,7 @@ std::size_t utf8_length(std::string_view s, std::size_t i) {
   }
   const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
   if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  if (code_point != nullptr) *code_point = cp;
   return n;
 }
 
@@ -533,19 +535,12 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
     const std::string& token = s.id_to_token[static_cast<std::size_t>(id)];
     std::string mapped;
     bool all_mapped = true;
-    for (std::size_t i = 0; i < token.size() && all_mapped;) {
-      const std::size_t n = utf8_length(token, i);
-      if (n == 0) {
-        all_mapped = false;
-        break;
-      }
-      const auto b = static_cast<unsigned char>(token[i]);
-      uint32_t cp = n == 1 ? b : n == 2 ? (b & 0x1F) : n == 3 ? (b & 0x0F) : (b & 0x07);
-      for (std::size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(token[i + k]) & 0x3F);
-      auto it = alphabet.to_byte.find(cp);
-      if (it == alphabet.to_byte.end()) all_mapped = false;
-      else mapped.push_back(static_cast<char>(it->second));
-      i += n;
+    for (std::size_t i = 0, n = 0; i < token.size() && all_mapped; i += n) {
+      uint32_t cp = 0;
+      n = utf8_length(token, i, &cp);
+      auto it = n == 0 ? alphabet.to_byte.end() : alphabet.to_byte.find(cp);
+      all_mapped = it != alphabet.to_byte.end();
+      if (all_mapped) mapped.push_back(static_cast<char>(it->second));
     }
     bytes += all_mapped ? mapped : token;
   }
