@@ -14,11 +14,11 @@ import torch as _torch  # noqa: F401  (loads LibTorch before the extension that 
 
 from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
 from ._aios import Backbone, Config, ForwardOutput, FusedResult, Tokenizer, gist_mask
-from .errors import (DataLossError, Error, InternalError, InvalidArgumentError, NotFoundError,
+from .errors import (AlreadyExistsError, DataLossError, Error, InternalError, InvalidArgumentError, NotFoundError,
                      PermissionDeniedError, ResourceExhaustedError, UnavailableError)
 
 __all__ = [
     "Backbone", "Config", "ForwardOutput", "FusedResult", "Tokenizer", "gist_mask",
-    "Error", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
+    "Error", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
     "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError",
 ]

@@ -19,6 +19,10 @@ class NotFoundError(Error, LookupError):
     code, code_name = 5, "not_found"
 
 
+class AlreadyExistsError(Error):
+    code, code_name = 6, "already_exists"
+
+
 class PermissionDeniedError(Error, PermissionError):
     code, code_name = 7, "permission_denied"
 
@@ -39,7 +43,7 @@ class DataLossError(Error):
     code, code_name = 15, "data_loss"
 
 
-_BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, NotFoundError, PermissionDeniedError,
+_BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, NotFoundError, AlreadyExistsError, PermissionDeniedError,
                                       ResourceExhaustedError, InternalError, UnavailableError, DataLossError)}
 
 

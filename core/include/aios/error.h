@@ -14,6 +14,7 @@ namespace aios {
 enum class ErrorCode : int {
   kInvalidArgument = 3,    // the caller passed something malformed (shape, dtype, range, config value)
   kNotFound = 5,           // a file, tensor or handle that does not exist
+  kAlreadyExists = 6,      // something the caller would create exists already (a token, a name)
   kPermissionDenied = 7,   // the caller may not use this object
   kResourceExhausted = 8,  // a size or quota limit was exceeded
   kInternal = 13,          // a bug in aios or an unexpected failure of a library below it
