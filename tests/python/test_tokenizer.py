@@ -246,6 +246,42 @@ def test_normalized_added_tokens_match_the_normalized_text(tmp_path):
             assert ours.decode(want, skip_special_tokens=skip) == ref.decode(want, skip_special_tokens=skip), text
 
 
+def test_component_variants(tmp_path):
+    """Options the families above leave at their defaults, on a Metaspace file: regex anchors (per
+    line, as in the reference's Oniguruma), a normalizer that removes the start of the text before
+    prepend_scheme "first", added-token lstrip/rstrip/single_word, Split behaviors with runs of
+    delimiters, and no decoder at all."""
+    base = sentencepiece_like(tmp_path, "variants_base",
+                              pre_tokenizer=pre_tokenizers.Metaspace(prepend_scheme="first", split=False),
+                              decoder=decoders.Metaspace(prepend_scheme="first"))
+    variants = {
+        "anchors": lambda r: setattr(r, "normalizer", normalizers.Replace(Regex("^ +| +$"), "")),
+        "strip then first": lambda r: setattr(r, "normalizer", normalizers.Strip()),
+        "added token options": lambda r: r.add_tokens([
+            AddedToken("<m>", lstrip=True, rstrip=True), AddedToken("word", single_word=True),
+            AddedToken("--", normalized=False, single_word=True, lstrip=True)]),
+        "merged with next": lambda r: setattr(r, "pre_tokenizer", pre_tokenizers.Sequence([
+            pre_tokenizers.Split(" ", "merged_with_next"), pre_tokenizers.Metaspace(prepend_scheme="first")])),
+        "merged with previous": lambda r: setattr(r, "pre_tokenizer", pre_tokenizers.Sequence([
+            pre_tokenizers.Split(" ", "merged_with_previous"), pre_tokenizers.Metaspace(prepend_scheme="never")])),
+        "no decoder, nfd lowercase": lambda r: (setattr(r, "decoder", None), setattr(
+            r, "normalizer", normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()]))),
+    }
+    texts = CORPUS + ["a\n  b  \n c", "  x  ", "x <m>  y<m>z", "sword word words -- a--b", "a  b   c", "\u03a3 \u0130"]
+    for name, change in variants.items():
+        ref = Reference.from_file(str(base))
+        change(ref)
+        path = tmp_path / "variant.json"
+        ref.save(str(path))
+        ours = aios.Tokenizer.load(path)
+        for text in texts:
+            want = ref.encode(text).ids
+            assert ours.encode(text) == want, (name, text)
+            for skip in (True, False):
+                assert ours.decode(want, skip_special_tokens=skip) == ref.decode(want, skip_special_tokens=skip), \
+                    (name, text)
+
+
 def test_with_special_tokens(tmp_path, default_model):
     for path in (default_model / "tokenizer.json", llama2_legacy(tmp_path)):
         base, ref = aios.Tokenizer.load(path), Reference.from_file(str(path))

@@ -196,13 +196,14 @@ const ByteAlphabet& byte_alphabet() {
 }
 
 // A compiled PCRE2 pattern (UTF, Unicode properties, invalid UTF-8 tolerated, JIT when available).
+// Multiline: the reference's patterns are Oniguruma's Ruby syntax, where ^ and $ anchor at lines.
 class Regex {
  public:
   Regex(const std::string& pattern, const std::string& field) {
     int error = 0;
     PCRE2_SIZE offset = 0;
     code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                          PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &offset, nullptr);
+                          PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF | PCRE2_MULTILINE, &error, &offset, nullptr);
     if (code_ == nullptr) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(error, message, sizeof(message));
