@@ -124,6 +124,20 @@ uint32_t code_point_before(std::string_view s, std::size_t end, std::size_t* sta
   return cp;
 }
 
+// End of the run of white space that starts at s[i].
+std::size_t white_space_end(std::string_view s, std::size_t i) {
+  uint32_t cp = 0;
+  for (std::size_t n = 0; i < s.size() && (n = utf8_length(s, i, &cp)) != 0 && is_white_space(cp);) i += n;
+  return i;
+}
+
+// Start of the run of white space that ends at s[end], not before `floor`.
+std::size_t white_space_start(std::string_view s, std::size_t end, std::size_t floor) {
+  std::size_t at = 0;
+  while (end > floor && is_white_space(code_point_before(s, end, &at))) end = at;
+  return std::max(end, floor);
+}
+
 // Unicode normalization (NFC, NFD, NFKC, NFKD) of the valid UTF-8 runs of `s`; other bytes pass
 // through unchanged.
 std::string unicode_normalize(const icu::Normalizer2& form, std::string_view s) {
@@ -524,13 +538,8 @@ class AddedMatcher {
         i = end;  // not a word of its own; the search goes on after it, as the reference's does
         continue;
       }
-      if (hit->lstrip) {
-        while (begin > start && is_white_space(code_point_before(text, begin, &at))) begin = at;
-      }
-      if (hit->rstrip) {
-        uint32_t cp = 0;
-        for (std::size_t n = 0; end < text.size() && (n = utf8_length(text, end, &cp)) != 0 && is_white_space(cp);) end += n;
-      }
+      if (hit->lstrip) begin = white_space_start(text, begin, start);
+      if (hit->rstrip) end = white_space_end(text, end);
       if (begin > start) on_text(start, begin);
       on_token(hit->id);
       start = i = end;
@@ -658,10 +667,8 @@ struct Tokenizer::Impl {
           s = lowercase(s);
           break;
         case K::kStrip: {
-          std::size_t begin = 0, end = s.size(), at = 0;
-          uint32_t cp = 0;
-          for (std::size_t k = 0; n.left && begin < end && (k = utf8_length(s, begin, &cp)) != 0 && is_white_space(cp);) begin += k;
-          while (n.right && end > begin && is_white_space(code_point_before(s, end, &at))) end = at;
+          const std::size_t begin = n.left ? white_space_end(s, 0) : 0;
+          const std::size_t end = n.right ? white_space_start(s, s.size(), begin) : s.size();
           if (begin > 0) at_origin = false;
           s = s.substr(begin, end - begin);
           break;
