@@ -5,6 +5,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <pybind11/stl.h>
 
 #include "aios/ali/masks.h"
@@ -17,9 +18,11 @@ namespace py = pybind11;
 namespace {
 
 using aios::ali::Backbone;
+using aios::ali::Extension;
 using aios::ali::ForwardOptions;
 using aios::gradient::Cotangents;
 using aios::gradient::FusedResult;
+using aios::gradient::Gradients;
 using aios::gradient::Handle;
 using aios::gradient::LocalBackbone;
 using aios::backbone::ModelConfig;
@@ -48,8 +51,11 @@ struct PyForwardOutput {
 
 ForwardOptions forward_options(std::optional<at::Tensor> positions, std::optional<at::Tensor> mask,
                                std::optional<std::vector<int64_t>> layers, bool allow_non_finite = false,
-                               bool recompute = false) {
+                               bool recompute = false, std::shared_ptr<Extension> extension = nullptr,
+                               std::optional<at::Tensor> ids = std::nullopt) {
   ForwardOptions options;
+  options.extension = std::move(extension);
+  options.ids = std::move(ids);
   options.recompute = recompute;
   options.positions = std::move(positions);
   options.mask = std::move(mask);
@@ -67,6 +73,31 @@ Cotangents cotangents(std::optional<at::Tensor> hidden, std::optional<std::vecto
   }
   if (logits) c.logits = *logits;
   return c;
+}
+
+// A vjp without an extension returns d latents; with one, all of Gradients. `compute` runs
+// without the GIL.
+template <typename F>
+py::object vjp_result(F compute) {
+  Gradients g;
+  {
+    py::gil_scoped_release release;
+    g = compute();
+  }
+  if (!g.classifier_rows.defined()) return py::cast(g.latents);
+  return py::cast(std::move(g));
+}
+
+// Extension rows require grad in Python, so that torch.optim accepts them; aios never records a
+// graph through them (it reads them detached).
+std::shared_ptr<Extension> trainable(std::shared_ptr<Extension> extension) {
+  extension->embedding_rows().requires_grad_(true);
+  extension->classifier_rows().requires_grad_(true);
+  return extension;
+}
+
+std::optional<at::Tensor> optional_tensor(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
 }  // namespace
@@ -143,7 +174,61 @@ PYBIND11_MODULE(_aios, m) {
   py::class_<FusedResult>(m, "FusedResult", "Result of Backbone.forward_backward.")
       .def_readonly("loss", &FusedResult::loss, "scalar float32: mean over weighted tokens")
       .def_readonly("losses", &FusedResult::losses, "float32 [B]: the mean per sequence")
-      .def_readonly("grad_latents", &FusedResult::grad_latents, "[B,T,D]: d loss / d latents");
+      .def_property_readonly("grad_latents", [](const FusedResult& r) { return r.grad.latents; },
+                             "[B,T,D]: d loss / d latents")
+      .def_property_readonly("grad_embedding_rows", [](const FusedResult& r) { return optional_tensor(r.grad.embedding_rows); },
+                             "[K,D]: d loss / d the extension's embedding rows (needs extension and ids), else None")
+      .def_property_readonly("grad_classifier_rows", [](const FusedResult& r) { return optional_tensor(r.grad.classifier_rows); },
+                             "[K,D]: d loss / d the extension's classifier rows (needs extension), else None");
+
+  py::class_<Gradients>(m, "Gradients", "Result of Backbone.vjp for a pass that named an extension.")
+      .def_readonly("latents", &Gradients::latents, "[B,T,D]: d loss / d latents")
+      .def_property_readonly("embedding_rows", [](const Gradients& g) { return optional_tensor(g.embedding_rows); },
+                             "[K,D]: d loss / d the extension's embedding rows (when ids were given), else None")
+      .def_property_readonly("classifier_rows", [](const Gradients& g) { return optional_tensor(g.classifier_rows); },
+                             "[K,D]: d loss / d the extension's classifier rows");
+
+  py::class_<Extension, std::shared_ptr<Extension>>(
+      m, "Extension",
+      "New tokens with their own embedding and classifier rows over a frozen backbone (Backbone.extend). "
+      "embedding_rows and classifier_rows are the live [K,D] rows: optimise them in place, e.g. with "
+      "torch.optim over extension.parameters().")
+      .def_static(
+          "load",
+          [](LocalBackbone& backbone, const py::object& path) {
+            const std::string p = py::str(py::module_::import("os").attr("fspath")(path));
+            py::gil_scoped_release release;
+            return trainable(Extension::load(backbone, p));
+          },
+          py::arg("backbone"), py::arg("path"), "reads a folder written by save() onto backbone")
+      .def(
+          "save",
+          [](const Extension& e, const py::object& path) {
+            const std::string p = py::str(py::module_::import("os").attr("fspath")(path));
+            py::gil_scoped_release release;
+            e.save(p);
+          },
+          py::arg("path"), "writes extension.json and the rows into the folder path, atomically")
+      .def_property_readonly("tokens", &Extension::tokens)
+      .def_property_readonly("first_id", &Extension::first_id, "the id of tokens[0] (the base vocabulary size)")
+      .def_property_readonly("ids", [](const Extension& e) {
+        std::vector<int64_t> ids;
+        for (int64_t k = 0; k < e.size(); ++k) ids.push_back(e.first_id() + k);
+        return ids;
+      })
+      .def("__len__", &Extension::size)
+      .def("token_to_id", &Extension::token_to_id, py::arg("token"))
+      .def_property_readonly("embedding_rows", &Extension::embedding_rows, "[K,D], the rows embed() uses for the new ids")
+      .def_property_readonly("classifier_rows", &Extension::classifier_rows, "[K,D], the rows classify() appends")
+      .def("parameters", [](const Extension& e) { return std::vector<at::Tensor>{e.embedding_rows(), e.classifier_rows()}; },
+           "[embedding_rows, classifier_rows], for torch.optim")
+      .def_property_readonly(
+          "tokenizer",
+          [](const Extension& e) { return std::const_pointer_cast<aios::tokenizer::Tokenizer>(e.tokenizer()); },
+          "the backbone's tokenizer with these tokens as atomic special tokens")
+      .def("__repr__", [](const Extension& e) {
+        return fmt::format("Extension(tokens=[{}], first_id={})", fmt::join(e.tokens(), ", "), e.first_id());
+      });
 
   m.def(
       "gist_mask",
@@ -186,14 +271,49 @@ PYBIND11_MODULE(_aios, m) {
       .def_property_readonly("device", [](const LocalBackbone& b) { return b.device().str(); })
       .def_property_readonly("dtype", [](const LocalBackbone& b) { return dtype_name(b.dtype()); })
       .def_property_readonly("parameter_count", &LocalBackbone::parameter_count)
-      .def("embed", &LocalBackbone::embed, py::arg("ids"), py::call_guard<py::gil_scoped_release>(),
-           "ids: int64/int32 [B,T] -> latents [B,T,D]")
+      .def(
+          "embed",
+          [](LocalBackbone& b, const at::Tensor& ids, const std::shared_ptr<Extension>& extension) {
+            return b.embed(ids, extension.get());
+          },
+          py::arg("ids"), py::kw_only(), py::arg("extension") = nullptr, py::call_guard<py::gil_scoped_release>(),
+          "ids: int64/int32 [B,T] -> latents [B,T,D]; ids of an extension's tokens take its rows")
+      .def(
+          "extend",
+          [](LocalBackbone& b, const std::vector<std::string>& tokens, const py::object& init) {
+            aios::ali::ExtendOptions options;
+            if (py::isinstance<py::str>(init)) {
+              if (init.cast<std::string>() != "mean") {
+                aios::fail(aios::ErrorCode::kInvalidArgument, "init",
+                           "expected \"mean\", a base token id, or (embedding_rows, classifier_rows), got \"{}\"",
+                           init.cast<std::string>());
+              }
+            } else if (py::isinstance<py::int_>(init)) {
+              options.init = aios::ali::ExtendOptions::Init::kToken;
+              options.token = init.cast<int64_t>();
+            } else {
+              const auto rows = init.cast<std::pair<at::Tensor, at::Tensor>>();
+              options.init = aios::ali::ExtendOptions::Init::kTensors;
+              options.embedding_rows = rows.first;
+              options.classifier_rows = rows.second;
+            }
+            py::gil_scoped_release release;
+            return trainable(b.extend(tokens, options));
+          },
+          py::arg("tokens"), py::kw_only(), py::arg("init") = "mean",
+          "New tokens with ids V, V+1, ... and their own embedding and classifier rows. init: \"mean\" (of the "
+          "base rows), a base token id (copies its rows), or (embedding_rows, classifier_rows) tensors [K,D].")
+      .def_property_readonly(
+          "tokenizer",
+          [](LocalBackbone& b) { return std::const_pointer_cast<aios::tokenizer::Tokenizer>(b.tokenizer()); },
+          "the tokenizer.json that came with the checkpoint, or None")
       .def(
           "forward",
           [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers, bool allow_non_finite,
-             bool keep, bool recompute) {
-            const ForwardOptions options = forward_options(positions, mask, layers, allow_non_finite, recompute);
+             bool keep, bool recompute, std::shared_ptr<Extension> extension, std::optional<at::Tensor> ids) {
+            const ForwardOptions options =
+                forward_options(positions, mask, layers, allow_non_finite, recompute, std::move(extension), ids);
             if (keep) {
               auto kept = b.forward_keep(latents, options);
               return PyForwardOutput{kept.output.hidden, kept.output.layers, kept.handle};
@@ -203,34 +323,42 @@ PYBIND11_MODULE(_aios, m) {
           },
           py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),
           py::arg("layers") = py::none(), py::arg("allow_non_finite") = false, py::arg("keep") = false,
-          py::arg("recompute") = false, py::call_guard<py::gil_scoped_release>(),
+          py::arg("recompute") = false, py::arg("extension") = nullptr, py::arg("ids") = py::none(),
+          py::call_guard<py::gil_scoped_release>(),
           "latents [B,T,D] -> ForwardOutput(hidden [B,T,D], layers, handle). positions: int64 [B,T] or [T]; "
           "mask: [B,T] key padding (with causal order) or [B,T,T] full boolean mask; layers: indices in "
           "[0, num_layers] of residual-stream states to return; keep: keep the pass for vjp under .handle; "
-          "recompute: keep only the states between blocks and recompute blocks in vjp.")
+          "recompute: keep only the states between blocks and recompute blocks in vjp; extension (with keep): "
+          "logits cotangents span its tokens too and vjp returns its row gradients (embedding rows from ids "
+          "[B,T], the id each latent was embedded from).")
       .def(
           "vjp",
           [](LocalBackbone& b, Handle handle, std::optional<at::Tensor> grad_hidden,
              std::optional<std::vector<std::optional<at::Tensor>>> grad_layers, std::optional<at::Tensor> grad_logits) {
-            return b.vjp(handle, cotangents(grad_hidden, grad_layers, grad_logits));
+            return vjp_result([&] { return b.vjp(handle, cotangents(grad_hidden, grad_layers, grad_logits)); });
           },
           py::arg("handle"), py::kw_only(), py::arg("grad_hidden") = py::none(), py::arg("grad_layers") = py::none(),
-          py::arg("grad_logits") = py::none(), py::call_guard<py::gil_scoped_release>(),
+          py::arg("grad_logits") = py::none(),
           "d latents [B,T,D] of a kept pass, given cotangents for the final hidden state [B,T,D], the kept layers "
-          "(list in the order requested, None = zero) and the logits [B,T,V]")
+          "(list in the order requested, None = zero) and the logits [B,T,V]. For a pass that named an "
+          "extension: Gradients(latents, embedding_rows, classifier_rows), logits [B,T,V+K].")
       .def(
           "vjp",
           [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers,
              std::optional<at::Tensor> grad_hidden, std::optional<std::vector<std::optional<at::Tensor>>> grad_layers,
-             std::optional<at::Tensor> grad_logits, bool recompute) {
-            return b.vjp(latents, forward_options(positions, mask, layers, false, recompute),
-                         cotangents(grad_hidden, grad_layers, grad_logits));
+             std::optional<at::Tensor> grad_logits, bool recompute, std::shared_ptr<Extension> extension,
+             std::optional<at::Tensor> ids) {
+            return vjp_result([&] {
+              return b.vjp(latents, forward_options(positions, mask, layers, false, recompute, extension, ids),
+                           cotangents(grad_hidden, grad_layers, grad_logits));
+            });
           },
           py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),
           py::arg("layers") = py::none(), py::arg("grad_hidden") = py::none(), py::arg("grad_layers") = py::none(),
-          py::arg("grad_logits") = py::none(), py::arg("recompute") = false, py::call_guard<py::gil_scoped_release>(),
-          "stateless: recomputes the forward of latents and returns d latents [B,T,D]")
+          py::arg("grad_logits") = py::none(), py::arg("recompute") = false, py::arg("extension") = nullptr,
+          py::arg("ids") = py::none(),
+          "stateless: recomputes the forward of latents and returns d latents [B,T,D] (Gradients with an extension)")
       .def("release", &LocalBackbone::release, py::arg("handle"), py::call_guard<py::gil_scoped_release>(),
            "frees a kept pass")
       .def(
@@ -240,7 +368,8 @@ PYBIND11_MODULE(_aios, m) {
              std::optional<at::Tensor> teacher_probs, std::optional<at::Tensor> teacher_latents,
              std::optional<at::Tensor> teacher_positions, std::optional<at::Tensor> teacher_mask,
              std::optional<at::Tensor> teacher_index, double temperature, std::optional<at::Tensor> positions,
-             std::optional<at::Tensor> mask, int64_t chunk_tokens, bool recompute) {
+             std::optional<at::Tensor> mask, int64_t chunk_tokens, bool recompute, std::shared_ptr<Extension> extension,
+             std::optional<at::Tensor> ids) {
             aios::gradient::LossOptions loss;
             loss.chunk_tokens = chunk_tokens;
             const bool distill = teacher_logits || teacher_probs || teacher_latents;
@@ -261,22 +390,31 @@ PYBIND11_MODULE(_aios, m) {
               d.temperature = temperature;
               loss.loss = d;
             }
-            return b.forward_backward(latents, forward_options(positions, mask, std::nullopt, false, recompute), loss);
+            return b.forward_backward(
+                latents, forward_options(positions, mask, std::nullopt, false, recompute, std::move(extension), ids), loss);
           },
           py::arg("latents"), py::kw_only(), py::arg("targets") = py::none(), py::arg("weights") = py::none(),
           py::arg("teacher_logits") = py::none(), py::arg("teacher_probs") = py::none(),
           py::arg("teacher_latents") = py::none(), py::arg("teacher_positions") = py::none(),
           py::arg("teacher_mask") = py::none(), py::arg("teacher_index") = py::none(), py::arg("temperature") = 1.0,
           py::arg("positions") = py::none(), py::arg("mask") = py::none(), py::arg("chunk_tokens") = 32,
-          py::arg("recompute") = false, py::call_guard<py::gil_scoped_release>(),
+          py::arg("recompute") = false, py::arg("extension") = nullptr, py::arg("ids") = py::none(),
+          py::call_guard<py::gil_scoped_release>(),
           "Fused loss and d latents in one call. Cross-entropy: targets [B,T] (the id position t predicts, no "
           "shift), weights [B,T] (0 = ignored). Distillation: teacher_logits or teacher_probs [B,T,V], or "
           "teacher_latents [B,T',D] (+ teacher_positions/teacher_mask) with teacher_index [B,T] (-1 = none). "
-          "Returns FusedResult(loss, losses [B], grad_latents [B,T,D]).")
+          "With an extension, targets and teacher distributions span V+K ids and the result also holds "
+          "grad_classifier_rows and (given ids [B,T]) grad_embedding_rows [K,D]. "
+          "Returns FusedResult(loss, losses [B], grad_latents [B,T,D], ...).")
       .def_property_readonly("store_bytes", [](const LocalBackbone& b) { return b.store().bytes(); },
                              "estimated bytes of activations held by kept passes")
       .def_property_readonly("store_size", [](const LocalBackbone& b) { return b.store().size(); },
                              "number of kept passes")
-      .def("classify", &LocalBackbone::classify, py::arg("hidden"), py::call_guard<py::gil_scoped_release>(),
-           "hidden [..., D] -> logits [..., V]");
+      .def(
+          "classify",
+          [](LocalBackbone& b, const at::Tensor& hidden, const std::shared_ptr<Extension>& extension) {
+            return b.classify(hidden, extension.get());
+          },
+          py::arg("hidden"), py::kw_only(), py::arg("extension") = nullptr, py::call_guard<py::gil_scoped_release>(),
+          "hidden [..., D] -> logits [..., V], or [..., V+K] with an extension of K tokens");
 }

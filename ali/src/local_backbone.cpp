@@ -2,10 +2,13 @@
 
 #include <ATen/core/grad_mode.h>
 #include <cmath>
+#include <filesystem>
+#include <mutex>
 
 #include <fmt/ranges.h>
 
 #include "aios/fail.h"
+#include "aios/tokenizer_api/tokenizer.h"
 
 namespace aios::ali {
 
@@ -47,6 +50,9 @@ at::Tensor checked_bool_tensor(const at::Tensor& t, const char* name, c10::Devic
 
 struct LocalBackbone::Impl {
   std::unique_ptr<backbone::Model> model;
+  std::string path;  // the checkpoint folder
+  std::once_flag tokenizer_once;
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
 
   // latents or hidden: dtype, device and width of this model.
   void check_states(const at::Tensor& t, const char* name) const {
@@ -67,13 +73,15 @@ struct LocalBackbone::Impl {
   }
 };
 
-LocalBackbone::LocalBackbone(std::unique_ptr<backbone::Model> model) : impl_(std::make_unique<Impl>()) {
+LocalBackbone::LocalBackbone(std::unique_ptr<backbone::Model> model, std::string path)
+    : impl_(std::make_unique<Impl>()) {
   impl_->model = std::move(model);
+  impl_->path = std::move(path);
 }
 LocalBackbone::~LocalBackbone() = default;
 
 std::unique_ptr<LocalBackbone> LocalBackbone::load(const std::string& path, const LoadOptions& options) {
-  return std::unique_ptr<LocalBackbone>(new LocalBackbone(backbone::load_model(path, options)));
+  return std::unique_ptr<LocalBackbone>(new LocalBackbone(backbone::load_model(path, options), path));
 }
 
 const ModelConfig& LocalBackbone::config() const { return impl_->model->config(); }
@@ -82,12 +90,15 @@ c10::ScalarType LocalBackbone::dtype() const { return impl_->model->dtype(); }
 int64_t LocalBackbone::parameter_count() const { return impl_->model->parameter_count(); }
 const backbone::Model& LocalBackbone::model() const { return *impl_->model; }
 
-at::Tensor LocalBackbone::embed(const at::Tensor& ids) {
+at::Tensor LocalBackbone::embed(const at::Tensor& ids, const Extension* extension) {
   require_defined(ids, "ids");
   if (ids.dim() != 2) fail(ErrorCode::kInvalidArgument, "ids", "expected rank 2 [B,T], got shape {}", shape_of(ids));
-  const at::Tensor checked = checked_index_tensor(ids, "ids", config().vocab_size, "vocab_size", device());
+  if (extension != nullptr) extension->check_fits(*this, "extension");
+  const int64_t limit = config().vocab_size + (extension != nullptr ? extension->size() : 0);
+  const at::Tensor checked = checked_index_tensor(
+      ids, "ids", limit, extension != nullptr ? "vocab_size + extension size" : "vocab_size", device());
   at::NoGradGuard no_grad;
-  return impl_->model->embed(checked);
+  return impl_->model->embed(checked, extension != nullptr ? extension->embedding_rows().detach() : at::Tensor());
 }
 
 backbone::Attention LocalBackbone::prepare(const at::Tensor& latents, const ForwardOptions& options) const {
@@ -155,10 +166,60 @@ void LocalBackbone::check_hidden(const at::Tensor& hidden, const char* name) con
   impl_->check_states(hidden, name);
 }
 
-at::Tensor LocalBackbone::classify(const at::Tensor& hidden) {
+at::Tensor LocalBackbone::classify(const at::Tensor& hidden, const Extension* extension) {
   check_hidden(hidden, "hidden");
+  if (extension != nullptr) extension->check_fits(*this, "extension");
   at::NoGradGuard no_grad;
-  return impl_->model->classify(hidden);
+  return impl_->model->classify(hidden, extension != nullptr ? extension->classifier_rows().detach() : at::Tensor());
+}
+
+std::shared_ptr<Extension> LocalBackbone::extend(const std::vector<std::string>& tokens, const ExtendOptions& options) {
+  const backbone::Model& m = *impl_->model;
+  const auto K = static_cast<int64_t>(tokens.size()), D = config().hidden_size, V = config().vocab_size;
+  at::NoGradGuard no_grad;
+  Extension::Parts parts;
+  switch (options.init) {
+    case ExtendOptions::Init::kMean:
+      // Accumulated in float32 at least: a bfloat16 sum over tens of thousands of rows loses digits.
+      parts.embedding_rows = m.token_embedding().to(at::kFloat).mean(0).to(dtype()).expand({K, D}).clone();
+      parts.classifier_rows = m.output_head().to(at::kFloat).mean(0).to(dtype()).expand({K, D}).clone();
+      break;
+    case ExtendOptions::Init::kToken:
+      if (options.token < 0 || options.token >= V) {
+        fail(ErrorCode::kInvalidArgument, "init.token", "expected a base id in [0, {}), got {}", V, options.token);
+      }
+      parts.embedding_rows = m.token_embedding()[options.token].expand({K, D}).clone();
+      parts.classifier_rows = m.output_head()[options.token].expand({K, D}).clone();
+      break;
+    case ExtendOptions::Init::kTensors:
+      for (const auto& [rows, name] : {std::pair{&options.embedding_rows, "init.embedding_rows"},
+                                       std::pair{&options.classifier_rows, "init.classifier_rows"}}) {
+        if (!rows->defined() || rows->sizes() != at::IntArrayRef{K, D} || !c10::isFloatingType(rows->scalar_type())) {
+          fail(ErrorCode::kInvalidArgument, name, "expected a floating tensor [{},{}] (tokens, hidden size), got {}", K,
+               D, rows->defined() ? shape_of(*rows) : "none");
+        }
+      }
+      parts.embedding_rows = options.embedding_rows.detach().to(device(), dtype(), false, /*copy=*/true);
+      parts.classifier_rows = options.classifier_rows.detach().to(device(), dtype(), false, /*copy=*/true);
+      break;
+  }
+  parts.tokens = tokens;
+  parts.first_id = V;
+  parts.base = BaseIdentity::of(*this);
+  parts.base_tokenizer = tokenizer();
+  parts.owner = this;
+  return std::make_shared<Extension>(std::move(parts));
+}
+
+std::shared_ptr<const tokenizer::Tokenizer> LocalBackbone::tokenizer() {
+  std::call_once(impl_->tokenizer_once, [this] {
+    const std::filesystem::path file = std::filesystem::path(impl_->path) / "tokenizer.json";
+    std::error_code error;
+    if (std::filesystem::exists(file, error)) {
+      impl_->tokenizer = std::make_shared<const tokenizer::Tokenizer>(tokenizer::Tokenizer::load(file.string()));
+    }
+  });
+  return impl_->tokenizer;
 }
 
 }  // namespace aios::ali

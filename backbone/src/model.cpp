@@ -64,7 +64,13 @@ int64_t Model::parameter_count() const {
   return total;
 }
 
-at::Tensor Model::embed(const at::Tensor& ids) const { return at::embedding(token_embedding_, ids); }
+at::Tensor Model::embed(const at::Tensor& ids, const at::Tensor& extra_rows) const {
+  if (!extra_rows.defined()) return at::embedding(token_embedding_, ids);
+  const int64_t V = config_.vocab_size;
+  const at::Tensor extended = ids.ge(V).unsqueeze(-1);  // [B,T,1]
+  return at::where(extended, at::embedding(extra_rows, (ids - V).clamp_min(0)),
+                   at::embedding(token_embedding_, ids.clamp_max(V - 1)));
+}
 
 at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
                           std::vector<at::Tensor>* layer_states) const {
@@ -84,7 +90,11 @@ at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention,
   return final_norm(x);
 }
 
-at::Tensor Model::classify(const at::Tensor& hidden) const { return at::linear(hidden, output_head_); }
+at::Tensor Model::classify(const at::Tensor& hidden, const at::Tensor& extra_rows) const {
+  at::Tensor logits = at::linear(hidden, output_head_);
+  if (!extra_rows.defined()) return logits;
+  return at::cat({logits, at::linear(hidden, extra_rows)}, -1);
+}
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
   if (options.dtype != c10::kFloat && options.dtype != c10::kBFloat16 && options.dtype != c10::kHalf &&
@@ -107,7 +117,7 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   std::error_code error;  // the non-throwing overloads: a permission problem is an aios::Error too
   if (!fs::is_directory(path, error)) fail(ErrorCode::kNotFound, path, "expected a checkpoint folder");
   const fs::path config_path = fs::path(path) / "config.json";
-  const ModelConfig config = parse_hf_config(read_text(config_path), config_path.string());
+  const ModelConfig config = parse_hf_config(io::read_file(config_path.string()), config_path.string());
 
   const WeightSource weights(path);
   at::NoGradGuard no_grad;

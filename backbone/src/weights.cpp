@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
@@ -34,14 +32,6 @@ c10::ScalarType to_scalar_type(io::DType dtype) {
 
 }  // namespace
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(ErrorCode::kNotFound, path.string(), "cannot open");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 namespace {
 
 // Shard names come from an untrusted index: plain file names inside the folder only.
@@ -61,7 +51,7 @@ WeightSource::WeightSource(const std::string& folder) {
   std::map<std::string, std::string> shard_of;  // tensor -> shard file, from the index
   std::error_code error;  // the non-throwing overloads: a permission problem is an aios::Error too
   if (fs::exists(index, error)) {
-    nlohmann::json root = nlohmann::json::parse(read_text(index), nullptr, /*allow_exceptions=*/false);
+    nlohmann::json root = nlohmann::json::parse(io::read_file(index.string()), nullptr, /*allow_exceptions=*/false);
     if (root.is_discarded() || !root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object()) {
       fail(ErrorCode::kDataLoss, index.string(), "expected a JSON object with a \"weight_map\" object");
     }

@@ -13,9 +13,6 @@
 
 namespace aios::backbone {
 
-// The whole file as text. Throws Error(kNotFound) naming the path when it cannot be opened.
-std::string read_text(const std::filesystem::path& path);
-
 class WeightSource {
  public:
   // Opens model.safetensors, or the shards listed by model.safetensors.index.json, in `folder`.

@@ -9,8 +9,10 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -257,6 +259,14 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
   return SafetensorsFile(std::move(impl));
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(ErrorCode::kNotFound, path, "cannot open");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 void write_file_atomically(const std::string& path, const std::string& bytes) {
   std::string tmp = path + ".tmp.XXXXXX";  // unique per call, beside the target (same file system)
   int fd = ::mkstemp(tmp.data());
@@ -284,6 +294,15 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
     int err = errno;
     ::unlink(tmp.c_str());
     fail(ErrorCode::kUnavailable, path, "rename failed: {}", std::strerror(err));
+  }
+  // The rename is durable once the folder's entry is: sync the folder too (best effort; some file
+  // systems refuse to open or sync a directory, and the data itself is already on disk).
+  const std::string::size_type slash = path.rfind('/');
+  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
   }
 }
 

@@ -84,6 +84,8 @@ struct LocalBackbone::Impl {
     const auto& cfg = m.config();
     auto pass = std::make_shared<KeptPass>();
     pass->layer_index = options.layers;
+    pass->extension = options.extension;
+    if (options.ids) pass->ids = options.ids->to(latents.device(), at::kLong);
     if (!options.recompute) {
       pass->leaf = latents.detach().requires_grad_(true);
       at::AutoGradMode grad_mode(true);
@@ -116,71 +118,133 @@ struct LocalBackbone::Impl {
       if (c.layers[i].defined()) check_like(c.layers[i], "cotangents.layers", pass.layers[i].sizes(), like);
     }
     if (c.logits.defined()) {
-      check_like(c.logits, "cotangents.logits",
-                 {pass.hidden.size(0), pass.hidden.size(1), model().config().vocab_size}, like);
+      check_like(c.logits, "cotangents.logits", {pass.hidden.size(0), pass.hidden.size(1), vocabulary(pass.extension.get())},
+                 like);
     }
   }
 
-  at::Tensor backward(const KeptPass& pass, const Cotangents& c, bool retain_graph) const {
-    check(pass, c);
-    return pass.states.empty() ? backward_through_graph(pass, c, retain_graph) : backward_by_recompute(pass, c);
+  // Logits over the base vocabulary and the extension's tokens.
+  int64_t vocabulary(const ali::Extension* extension) const {
+    return model().config().vocab_size + (extension != nullptr ? extension->size() : 0);
   }
 
-  at::Tensor backward_through_graph(const KeptPass& pass, const Cotangents& c, bool retain_graph) const {
-    std::vector<at::Tensor> outputs, grads;
+  // Checks ForwardOptions::extension and ::ids against this backbone and latents [B,T,D].
+  void check_extension(const ForwardOptions& options, int64_t B, int64_t T) const {
+    if (options.extension) options.extension->check_fits(*inner, "extension");
+    if (!options.ids) return;
+    if (!options.extension) {
+      fail(ErrorCode::kInvalidArgument, "ids", "apply only with an extension (they locate its embedding rows)");
+    }
+    const at::Tensor& ids = *options.ids;
+    if (!ids.defined() || ids.sizes() != at::IntArrayRef{B, T} || !c10::isIntegralType(ids.scalar_type(), false)) {
+      fail(ErrorCode::kInvalidArgument, "ids", "expected an integer tensor [{},{}], got {}", B, T,
+           ids.defined() ? shape_of(ids) : "none");
+    }
+  }
+
+  // d loss / d embedding rows [K,D]: d latents summed over the positions holding each new id.
+  static at::Tensor embedding_rows_grad(const KeptPass& pass, const at::Tensor& grad_latents) {
+    const ali::Extension& e = *pass.extension;
+    const at::Tensor rows = pass.ids.flatten() - e.first_id();  // [N]
+    const at::Tensor selected = rows.ge(0).logical_and(rows.lt(e.size())).nonzero().flatten();
+    const at::Tensor flat = grad_latents.reshape({-1, grad_latents.size(-1)});
+    return at::zeros_like(e.embedding_rows())
+        .index_add_(0, rows.index_select(0, selected), flat.index_select(0, selected));
+  }
+
+  Gradients backward(const KeptPass& pass, const Cotangents& c, bool retain_graph) const {
+    check(pass, c);
+    // With logits cotangents and an extension, its classifier rows join the graph as a fresh leaf.
+    const at::Tensor rows = pass.extension && c.logits.defined()
+                                ? pass.extension->classifier_rows().detach().requires_grad_(true)
+                                : at::Tensor();
+    Gradients out = pass.states.empty() ? backward_through_graph(pass, c, rows, retain_graph)
+                                        : backward_by_recompute(pass, c, rows);
+    if (pass.extension) {
+      if (!out.classifier_rows.defined()) out.classifier_rows = at::zeros_like(pass.extension->classifier_rows());
+      if (pass.ids.defined()) out.embedding_rows = embedding_rows_grad(pass, out.latents);
+    }
+    return out;
+  }
+
+  // The final hidden state's contribution to the outputs whose cotangents are given: the hidden
+  // state itself and the logits (over the extension too when `rows` is defined).
+  void add_top_outputs(const at::Tensor& hidden, const Cotangents& c, const at::Tensor& rows,
+                       std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& grads) const {
     if (c.hidden.defined()) {
-      outputs.push_back(pass.hidden);
+      outputs.push_back(hidden);
       grads.push_back(c.hidden);
     }
+    if (c.logits.defined()) {
+      outputs.push_back(model().classify(hidden, rows));
+      grads.push_back(c.logits);
+    }
+  }
+
+  // d outputs / d (inputs...), zeros for an input the outputs do not reach.
+  static std::vector<at::Tensor> grad(const std::vector<at::Tensor>& outputs, const std::vector<at::Tensor>& inputs,
+                                      const std::vector<at::Tensor>& grads, bool retain_graph) {
+    std::vector<at::Tensor> out = torch::autograd::grad(outputs, inputs, grads, retain_graph,
+                                                        /*create_graph=*/false, /*allow_unused=*/true);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      if (!out[i].defined()) out[i] = at::zeros_like(inputs[i]);
+    }
+    return out;
+  }
+
+  Gradients backward_through_graph(const KeptPass& pass, const Cotangents& c, const at::Tensor& rows,
+                                   bool retain_graph) const {
+    at::AutoGradMode grad_mode(true);
+    std::vector<at::Tensor> outputs, grads;
+    add_top_outputs(pass.hidden, c, rows, outputs, grads);
     for (std::size_t i = 0; i < c.layers.size(); ++i) {
       if (!c.layers[i].defined()) continue;
       outputs.push_back(pass.layers[i]);
       grads.push_back(c.layers[i]);
     }
-    at::AutoGradMode grad_mode(true);
-    if (c.logits.defined()) {
-      outputs.push_back(model().classify(pass.hidden));
-      grads.push_back(c.logits);
+    Gradients out;
+    if (outputs.empty()) {
+      out.latents = at::zeros_like(pass.leaf);
+      return out;
     }
-    if (outputs.empty()) return at::zeros_like(pass.leaf);
-    at::Tensor grad = torch::autograd::grad(outputs, {pass.leaf}, grads, retain_graph, /*create_graph=*/false,
-                                            /*allow_unused=*/true)[0];
-    return grad.defined() ? grad : at::zeros_like(pass.leaf);
+    std::vector<at::Tensor> inputs{pass.leaf};
+    if (rows.defined()) inputs.push_back(rows);
+    std::vector<at::Tensor> g = grad(outputs, inputs, grads, retain_graph);
+    out.latents = g[0];
+    if (rows.defined()) out.classifier_rows = g[1];
+    return out;
   }
 
   // Walks the blocks backwards, recomputing each from its kept input with autograd on.
-  at::Tensor backward_by_recompute(const KeptPass& pass, const Cotangents& c) const {
+  Gradients backward_by_recompute(const KeptPass& pass, const Cotangents& c, const at::Tensor& rows) const {
     const backbone::Model& m = model();
     const int64_t L = m.config().num_layers;
     const backbone::Model::BlockContext& context = *pass.context;
     at::AutoGradMode grad_mode(true);
-    at::Tensor grad = at::zeros_like(pass.hidden);  // d loss / d state, from the top down
+    Gradients out;
+    at::Tensor state_grad = at::zeros_like(pass.hidden);  // d loss / d state, from the top down
     auto add_layer_cotangents = [&](int64_t index) {
       for (std::size_t j = 0; j < c.layers.size(); ++j) {
-        if (c.layers[j].defined() && pass.layer_index[j] == index) grad = grad + c.layers[j];
+        if (c.layers[j].defined() && pass.layer_index[j] == index) state_grad = state_grad + c.layers[j];
       }
     };
     if (c.hidden.defined() || c.logits.defined()) {
       const at::Tensor top = pass.states.back().detach().requires_grad_(true);
-      const at::Tensor hidden = m.final_norm(top);
-      std::vector<at::Tensor> outputs, grads;
-      if (c.hidden.defined()) {
-        outputs.push_back(hidden);
-        grads.push_back(c.hidden);
-      }
-      if (c.logits.defined()) {
-        outputs.push_back(m.classify(hidden));
-        grads.push_back(c.logits);
-      }
-      grad = torch::autograd::grad(outputs, {top}, grads)[0];
+      std::vector<at::Tensor> outputs, grads, inputs{top};
+      add_top_outputs(m.final_norm(top), c, rows, outputs, grads);
+      if (rows.defined()) inputs.push_back(rows);
+      std::vector<at::Tensor> g = grad(outputs, inputs, grads, /*retain_graph=*/false);
+      state_grad = g[0];
+      if (rows.defined()) out.classifier_rows = g[1];
     }
     add_layer_cotangents(L);
     for (int64_t i = L - 1; i >= 0; --i) {
       const at::Tensor x = pass.states[static_cast<std::size_t>(i)].detach().requires_grad_(true);
-      grad = torch::autograd::grad({m.block(i, x, context)}, {x}, {grad})[0];
+      state_grad = torch::autograd::grad({m.block(i, x, context)}, {x}, {state_grad})[0];
       add_layer_cotangents(i);
     }
-    return grad;  // the block input's Jacobian with respect to the latents is the identity
+    out.latents = state_grad;  // the block input's Jacobian with respect to the latents is the identity
+    return out;
   }
 };
 
@@ -200,14 +264,24 @@ int64_t LocalBackbone::parameter_count() const { return impl_->inner->parameter_
 const backbone::Model& LocalBackbone::model() const { return impl_->model(); }
 const ActivationStore& LocalBackbone::store() const { return impl_->store; }
 
-at::Tensor LocalBackbone::embed(const at::Tensor& ids) { return impl_->inner->embed(ids); }
+at::Tensor LocalBackbone::embed(const at::Tensor& ids, const ali::Extension* extension) {
+  return impl_->inner->embed(ids, extension);
+}
 ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ForwardOptions& options) {
   return impl_->inner->forward(latents, options);
 }
-at::Tensor LocalBackbone::classify(const at::Tensor& hidden) { return impl_->inner->classify(hidden); }
+at::Tensor LocalBackbone::classify(const at::Tensor& hidden, const ali::Extension* extension) {
+  return impl_->inner->classify(hidden, extension);
+}
+std::shared_ptr<ali::Extension> LocalBackbone::extend(const std::vector<std::string>& tokens,
+                                                      const ali::ExtendOptions& options) {
+  return impl_->inner->extend(tokens, options);
+}
+std::shared_ptr<const tokenizer::Tokenizer> LocalBackbone::tokenizer() { return impl_->inner->tokenizer(); }
 
 KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const ForwardOptions& options) {
   const backbone::Attention attention = impl_->inner->prepare(latents, options);
+  impl_->check_extension(options, latents.size(0), latents.size(1));
   const std::size_t bytes = impl_->pass_bytes(latents, options);
   if (bytes > impl_->store.options().max_bytes) {
     fail(ErrorCode::kResourceExhausted, "activation_store",
@@ -222,15 +296,17 @@ KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const Forward
   return out;
 }
 
-at::Tensor LocalBackbone::vjp(Handle handle, const Cotangents& cotangents) {
+Gradients LocalBackbone::vjp(Handle handle, const Cotangents& cotangents) {
   const std::shared_ptr<const KeptPass> pass = impl_->store.get(handle);
   return impl_->backward(*pass, cotangents, /*retain_graph=*/true);
 }
 
 void LocalBackbone::release(Handle handle) { impl_->store.release(handle); }
 
-at::Tensor LocalBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) {
-  const std::shared_ptr<KeptPass> pass = impl_->run(latents, impl_->inner->prepare(latents, options), options);
+Gradients LocalBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) {
+  const backbone::Attention attention = impl_->inner->prepare(latents, options);
+  impl_->check_extension(options, latents.size(0), latents.size(1));
+  const std::shared_ptr<KeptPass> pass = impl_->run(latents, attention, options);
   return impl_->backward(*pass, cotangents, /*retain_graph=*/false);
 }
 
@@ -243,6 +319,11 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
   // Argument checks come first, so that nothing runs for a call that will fail.
   const backbone::Attention attention = impl_->inner->prepare(latents, options);
   const int64_t B = latents.size(0), T = latents.size(1), N = B * T;
+  impl_->check_extension(options, B, T);
+  const ali::Extension* extension = options.extension.get();
+  const int64_t V = impl_->vocabulary(extension);  // base vocabulary plus the extension's tokens
+  // The extension's classifier rows as one leaf for the whole loss: its gradient sums over chunks.
+  const at::Tensor rows = extension != nullptr ? extension->classifier_rows().detach() : at::Tensor();
   const c10::Device device = latents.device();
   at::Tensor weights;
   TokenLoss token_loss;
@@ -257,9 +338,9 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
                                     : at::ones({N}, at::TensorOptions().dtype(at::kFloat).device(device));
     const at::Tensor targets = ce->targets.to(device, at::kLong).flatten();
     const at::Tensor counted = targets.masked_select(weights.gt(0));
-    if (counted.numel() > 0 && (counted.min().item<int64_t>() < 0 || counted.max().item<int64_t>() >= cfg.vocab_size)) {
+    if (counted.numel() > 0 && (counted.min().item<int64_t>() < 0 || counted.max().item<int64_t>() >= V)) {
       fail(ErrorCode::kInvalidArgument, "targets", "expected ids in [0, {}) wherever the weight is > 0, got values in [{}, {}]",
-           cfg.vocab_size, counted.min().item<int64_t>(), counted.max().item<int64_t>());
+           V, counted.min().item<int64_t>(), counted.max().item<int64_t>());
     }
     token_loss = [targets](const at::Tensor& rows, const at::Tensor& logits) {
       return at::logsumexp(logits, -1) - logits.gather(1, targets.index_select(0, rows).unsqueeze(1)).squeeze(1);
@@ -308,10 +389,10 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
           (at::arange(B, index.options()).unsqueeze(1) * Tt + index.clamp_min(0)).flatten();  // [N]
       const at::Tensor teacher_flat = teacher_hidden.reshape({B * Tt, cfg.hidden_size});
       const backbone::Model& model = impl_->model();
-      teacher = [&model, teacher_rows, teacher_flat, tau](const at::Tensor& rows) {
+      teacher = [&model, teacher_rows, teacher_flat, tau, rows](const at::Tensor& chunk) {
         at::NoGradGuard no_grad;
-        const at::Tensor h = teacher_flat.index_select(0, teacher_rows.index_select(0, rows));
-        return at::softmax(model.classify(h).to(at::kFloat) / tau, -1);
+        const at::Tensor h = teacher_flat.index_select(0, teacher_rows.index_select(0, chunk));
+        return at::softmax(model.classify(h, rows).to(at::kFloat) / tau, -1);
       };
     } else {
       if (d.teacher_index.defined()) {
@@ -320,11 +401,11 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
       }
       const at::Tensor& given_tensor = d.teacher_logits.defined() ? d.teacher_logits : d.teacher_probs;
       const char* name = d.teacher_logits.defined() ? "teacher_logits" : "teacher_probs";
-      if (given_tensor.sizes() != at::IntArrayRef{B, T, cfg.vocab_size} || !c10::isFloatingType(given_tensor.scalar_type())) {
-        fail(ErrorCode::kInvalidArgument, name, "expected a floating tensor [{},{},{}], got {}", B, T, cfg.vocab_size,
+      if (given_tensor.sizes() != at::IntArrayRef{B, T, V} || !c10::isFloatingType(given_tensor.scalar_type())) {
+        fail(ErrorCode::kInvalidArgument, name, "expected a floating tensor [{},{},{}], got {}", B, T, V,
              shape_of(given_tensor));
       }
-      const at::Tensor flat = given_tensor.to(device).reshape({N, cfg.vocab_size});
+      const at::Tensor flat = given_tensor.to(device).reshape({N, V});
       // Probabilities: rows sum to 1, or are all zero where a position has no teacher.
       const at::Tensor row_sums = flat.sum(-1);
       if (!std::isfinite(flat.abs().max().item<double>()) ||
@@ -353,7 +434,7 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
 
   const std::shared_ptr<KeptPass> pass = impl_->run(latents, attention, options);
   const at::Tensor hidden = pass->hidden.detach().reshape({N, cfg.hidden_size});
-  const ChunkedLoss chunked = chunked_loss(impl_->model(), hidden, weights, loss.chunk_tokens, token_loss);
+  const ChunkedLoss chunked = chunked_loss(impl_->model(), hidden, rows, weights, loss.chunk_tokens, token_loss);
 
   FusedResult result;
   const at::Tensor weighted = (chunked.per_token * weights).view({B, T});
@@ -362,7 +443,8 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
   result.losses = at::where(row_weight.gt(0), weighted.sum(1) / row_weight.clamp_min(1e-30), at::zeros_like(row_weight));
   Cotangents from_loss;
   from_loss.hidden = chunked.grad_hidden.view({B, T, cfg.hidden_size});
-  result.grad_latents = impl_->backward(*pass, from_loss, /*retain_graph=*/false);
+  result.grad = impl_->backward(*pass, from_loss, /*retain_graph=*/false);
+  if (extension != nullptr) result.grad.classifier_rows = chunked.grad_rows;
   return result;
 }
 

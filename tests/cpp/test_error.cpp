@@ -9,6 +9,7 @@ TEST_CASE("error codes are the gRPC status numbers") {
   CHECK(static_cast<int>(ErrorCode::kInvalidArgument) == 3);
   CHECK(static_cast<int>(ErrorCode::kNotFound) == 5);
   CHECK(static_cast<int>(ErrorCode::kAlreadyExists) == 6);
+  CHECK(static_cast<int>(ErrorCode::kFailedPrecondition) == 9);
   CHECK(static_cast<int>(ErrorCode::kPermissionDenied) == 7);
   CHECK(static_cast<int>(ErrorCode::kResourceExhausted) == 8);
   CHECK(static_cast<int>(ErrorCode::kInternal) == 13);

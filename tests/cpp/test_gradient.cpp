@@ -29,7 +29,7 @@ TEST_CASE("a projection trains through the backbone and no weight gets a gradien
       const at::Tensor diff = kept.output.hidden - goal;
       Cotangents cotangents;
       cotangents.hidden = 2 * diff / diff.numel();  // d mean((h - goal)^2) / d h
-      const at::Tensor grad = backbone->vjp(kept.handle, cotangents);
+      const at::Tensor grad = backbone->vjp(kept.handle, cotangents).latents;
       backbone->release(kept.handle);
       latents.backward(grad);
       optimizer.step();
@@ -55,7 +55,7 @@ TEST_CASE("a projection trains through the backbone and no weight gets a gradien
     loss.loss = CrossEntropy{torch::randint(aios_test::kVocab, {2, 6}), {}};
     const auto fused = backbone->forward_backward(projection->forward(features).detach(), {}, loss);
     CHECK(fused.loss.dim() == 0);
-    CHECK((fused.grad_latents.sizes() == at::IntArrayRef{2, 6, aios_test::kD}));
+    CHECK((fused.grad.latents.sizes() == at::IntArrayRef{2, 6, aios_test::kD}));
     for (const at::Tensor& w : backbone->model().weights()) {
       CHECK_FALSE(w.requires_grad());
       CHECK_FALSE(w.grad().defined());

@@ -101,3 +101,7 @@ def default_model():
     if not os.path.exists(os.path.join(path, "config.json")):
         subprocess.run([sys.executable, str(REPO / "scripts/default_model.py"), "export", path], check=True)
     return Path(path)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (still runs in make test)")

@@ -90,6 +90,7 @@ def test_non_finite_latents_are_an_error_unless_allowed(backbone, ids):
 def test_error_classes_map_to_codes():
     assert issubclass(aios.InvalidArgumentError, ValueError)
     codes = {aios.InvalidArgumentError: 3, aios.NotFoundError: 5, aios.AlreadyExistsError: 6, aios.PermissionDeniedError: 7,
+             aios.FailedPreconditionError: 9,
              aios.ResourceExhaustedError: 8, aios.InternalError: 13, aios.UnavailableError: 14,
              aios.DataLossError: 15}
     for cls, code in codes.items():

@@ -9,16 +9,23 @@
     # Gradients through the frozen backbone to the latents:
     hidden = aios.torch.forward(backbone, latents.requires_grad_())   # differentiable [B,T,D]
     fused = backbone.forward_backward(latents, targets=targets)       # .loss, .losses, .grad_latents
+
+    # New tokens with their own trainable rows; the base tables stay frozen:
+    ext = backbone.extend(["<sox>", "<eox>"])                         # ids V, V+1
+    fused = backbone.forward_backward(latents, targets=targets, extension=ext, ids=ids)
+    # fused.grad_embedding_rows, fused.grad_classifier_rows: [2,D]
 """
 import torch as _torch  # noqa: F401  (loads LibTorch before the extension that links it)
 
 from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
-from ._aios import Backbone, Config, ForwardOutput, FusedResult, Tokenizer, gist_mask
-from .errors import (AlreadyExistsError, DataLossError, Error, InternalError, InvalidArgumentError, NotFoundError,
-                     PermissionDeniedError, ResourceExhaustedError, UnavailableError)
+from ._aios import Backbone, Config, Extension, ForwardOutput, FusedResult, Gradients, Tokenizer, gist_mask
+from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,
+                     InvalidArgumentError, NotFoundError, PermissionDeniedError, ResourceExhaustedError,
+                     UnavailableError)
 
 __all__ = [
-    "Backbone", "Config", "ForwardOutput", "FusedResult", "Tokenizer", "gist_mask",
+    "Backbone", "Config", "Extension", "ForwardOutput", "FusedResult", "Gradients", "Tokenizer", "gist_mask",
     "Error", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
+    "FailedPreconditionError",
     "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError",
 ]

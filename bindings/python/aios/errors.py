@@ -31,6 +31,10 @@ class ResourceExhaustedError(Error):
     code, code_name = 8, "resource_exhausted"
 
 
+class FailedPreconditionError(Error):
+    code, code_name = 9, "failed_precondition"
+
+
 class InternalError(Error):
     code, code_name = 13, "internal"
 
@@ -44,7 +48,8 @@ class DataLossError(Error):
 
 
 _BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, NotFoundError, AlreadyExistsError, PermissionDeniedError,
-                                      ResourceExhaustedError, InternalError, UnavailableError, DataLossError)}
+                                      ResourceExhaustedError, FailedPreconditionError, InternalError, UnavailableError,
+                                      DataLossError)}
 
 
 def class_for_code(code: int) -> type:

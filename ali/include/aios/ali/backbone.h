@@ -13,6 +13,7 @@
 
 #include <ATen/ATen.h>
 
+#include "aios/ali/extension.h"
 #include "aios/backbone/config.h"
 
 namespace aios::ali {
@@ -36,6 +37,13 @@ struct ForwardOptions {
   // and recompute each block during backward, trading about one more forward for the memory of
   // the activations inside the blocks.
   bool recompute = false;
+  // Gradient API only: the vocabulary extension whose classifier rows extend the logits that
+  // cotangents and losses refer to (V+K of them), and whose row gradients the call returns.
+  std::shared_ptr<const Extension> extension;
+  // Gradient API only, with an extension: int64/int32 [B,T], the token id each latent was embedded
+  // from (any value outside [V, V+K) where it is not an extension token's embedding). The gradient
+  // of the extension's embedding rows is gathered from d latents at those positions.
+  std::optional<at::Tensor> ids;
 };
 
 struct ForwardOutput {
@@ -52,13 +60,21 @@ class Backbone {
   virtual c10::Device device() const = 0;
   virtual c10::ScalarType dtype() const = 0;
 
-  // ids: int32 or int64 [B,T], each in [0, V), any device -> latents [B,T,D] on device(), in dtype().
-  virtual at::Tensor embed(const at::Tensor& ids) = 0;
+  // ids: int32 or int64 [B,T], each in [0, V) (or [0, V+K) with an extension of K tokens), any
+  // device -> latents [B,T,D] on device(), in dtype().
+  virtual at::Tensor embed(const at::Tensor& ids, const Extension* extension = nullptr) = 0;
   // latents: [B,T,D] in dtype() on device(); 1 <= T <= max_positions. Outputs are in dtype() on
   // device() and never require grad (the Gradient API is how gradients flow).
   virtual ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) = 0;
-  // hidden: [..., D] in dtype() on device() -> logits [..., V].
-  virtual at::Tensor classify(const at::Tensor& hidden) = 0;
+  // hidden: [..., D] in dtype() on device() -> logits [..., V], or [..., V+K] with an extension.
+  virtual at::Tensor classify(const at::Tensor& hidden, const Extension* extension = nullptr) = 0;
+
+  // A vocabulary extension of `tokens` (ids V, V+1, ...) over this backbone; see extension.h.
+  virtual std::shared_ptr<Extension> extend(const std::vector<std::string>& tokens,
+                                            const ExtendOptions& options = {}) = 0;
+  // The tokenizer that came with the model (tokenizer.json beside the weights), or null when
+  // there is none. Throws aios::Error when the file exists but cannot be read.
+  virtual std::shared_ptr<const tokenizer::Tokenizer> tokenizer() = 0;
 };
 
 }  // namespace aios::ali

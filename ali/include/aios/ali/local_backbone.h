@@ -24,9 +24,11 @@ class LocalBackbone final : public Backbone {
   c10::ScalarType dtype() const override;
   int64_t parameter_count() const;
 
-  at::Tensor embed(const at::Tensor& ids) override;
+  at::Tensor embed(const at::Tensor& ids, const Extension* extension = nullptr) override;
   ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) override;
-  at::Tensor classify(const at::Tensor& hidden) override;
+  at::Tensor classify(const at::Tensor& hidden, const Extension* extension = nullptr) override;
+  std::shared_ptr<Extension> extend(const std::vector<std::string>& tokens, const ExtendOptions& options = {}) override;
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer() override;
 
   // For layers built on this one (the Gradient API): checks `latents` and `options` exactly as
   // forward() does and returns what the model needs; throws aios::Error like forward().
@@ -37,7 +39,7 @@ class LocalBackbone final : public Backbone {
   const backbone::Model& model() const;
 
  private:
-  explicit LocalBackbone(std::unique_ptr<backbone::Model> model);
+  LocalBackbone(std::unique_ptr<backbone::Model> model, std::string path);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -46,8 +46,9 @@ class Model {
   // Number of distinct weight elements (a tied head counts once).
   int64_t parameter_count() const;
 
-  // ids int64 [B,T] on device() -> latents [B,T,D] in dtype().
-  at::Tensor embed(const at::Tensor& ids) const;
+  // ids int64 [B,T] on device() -> latents [B,T,D] in dtype(). With `extra_rows` [K,D] (a
+  // vocabulary extension's embedding rows), ids V..V+K-1 take those rows; the table is not copied.
+  at::Tensor embed(const at::Tensor& ids, const at::Tensor& extra_rows = {}) const;
   // latents [B,T,D] -> final hidden state [B,T,D] after the final norm. For each index l in `layers`
   // (0 <= l <= num_layers) the residual stream entering block l (l = num_layers: leaving the last
   // block, before the final norm) is stored at the same position of `layer_states`.
@@ -68,8 +69,12 @@ class Model {
   // The final norm [B,T,D] -> [B,T,D].
   virtual at::Tensor final_norm(const at::Tensor& x) const = 0;
 
-  // hidden [..., D] -> logits [..., V].
-  at::Tensor classify(const at::Tensor& hidden) const;
+  // hidden [..., D] -> logits [..., V], or [..., V+K] with `extra_rows` [K,D] (a vocabulary
+  // extension's classifier rows, whose logits follow the base vocabulary's).
+  at::Tensor classify(const at::Tensor& hidden, const at::Tensor& extra_rows = {}) const;
+  // The frozen tables that vocabulary extensions are initialised from: [V,D] each.
+  const at::Tensor& token_embedding() const { return token_embedding_; }
+  const at::Tensor& output_head() const { return output_head_; }
 
  protected:
   Model(ModelConfig config, const LoadOptions& options);

@@ -73,7 +73,10 @@ class SafetensorsFile {
 void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-// Writes `bytes` to `path` atomically (temporary file, flush, fsync, rename).
+// Writes `bytes` to `path` atomically (temporary file, flush, fsync, rename, fsync of the folder).
 void write_file_atomically(const std::string& path, const std::string& bytes);
+
+// The whole content of `path`. Throws Error(kNotFound) when it cannot be opened.
+std::string read_file(const std::string& path);
 
 }  // namespace aios::io

@@ -13,6 +13,7 @@
 
 #include <ATen/ATen.h>
 
+#include "aios/ali/extension.h"
 #include "aios/backbone/model.h"
 
 namespace aios::gradient {
@@ -34,6 +35,8 @@ struct KeptPass {
   std::vector<at::Tensor> states;   // recompute only: num_layers + 1 states [B,T,D] between blocks
   std::shared_ptr<const backbone::Model::BlockContext> context;  // recompute only: what the blocks share
   std::size_t bytes = 0;            // estimate of the memory the pass holds
+  std::shared_ptr<const ali::Extension> extension;  // the vocabulary the pass's logits span, or null
+  at::Tensor ids;                   // int64 [B,T]: ForwardOptions::ids when given with an extension
 };
 
 class ActivationStore {

@@ -8,6 +8,9 @@
 //    stateless vjp(latents, options, cotangents) recomputes the forward instead.
 //  * fused form: forward_backward() computes a loss and d latents in one call, the loss over the
 //    vocabulary in chunks so the full [B,T,V] logits never exist at once.
+// With a vocabulary extension (ForwardOptions::extension) logits, their cotangents and the losses
+// span V+K ids, and both forms also return the gradients of the extension's rows, so that a
+// caller can train just those rows.
 #pragma once
 
 #include <variant>
@@ -25,7 +28,16 @@ using ali::ForwardOutput;
 struct Cotangents {
   at::Tensor hidden;               // [B,T,D] for the final hidden state
   std::vector<at::Tensor> layers;  // [B,T,D] per ForwardOptions::layers entry, in that order (may be shorter)
-  at::Tensor logits;               // [B,T,V] for classify(hidden)
+  at::Tensor logits;               // [B,T,V] (or [B,T,V+K] with an extension) for classify(hidden)
+};
+
+// What a gradient call returns, each in the backbone's dtype on its device.
+struct Gradients {
+  at::Tensor latents;  // [B,T,D]: d loss / d latents
+  // With an extension of K tokens: d loss / d its rows, [K,D]. embedding_rows needs
+  // ForwardOptions::ids (it is undefined without them); classifier_rows comes from the logits.
+  at::Tensor embedding_rows;
+  at::Tensor classifier_rows;
 };
 
 struct KeptForward {
@@ -36,7 +48,8 @@ struct KeptForward {
 // Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].
 // targets[b,t] is the id position t must predict (no implicit shift).
 struct CrossEntropy {
-  at::Tensor targets;  // int64/int32 [B,T]; in [0,V) wherever the weight is > 0 (anything, e.g. -100, elsewhere)
+  // int64/int32 [B,T]; in [0,V) (or [0,V+K)) wherever the weight is > 0 (anything, e.g. -100, elsewhere)
+  at::Tensor targets;
   at::Tensor weights;  // float [B,T], >= 0; weight 0 = ignored. Undefined = all ones.
 };
 
@@ -44,8 +57,8 @@ struct CrossEntropy {
 // teacher distribution given (logits or probabilities) or computed by this backbone from another
 // latent batch (the gist case: the teacher sees the whole prompt).
 struct Distillation {
-  at::Tensor teacher_logits;   // [B,T,V], or
-  at::Tensor teacher_probs;    // [B,T,V] (rows sum to 1), or
+  at::Tensor teacher_logits;   // [B,T,V] (or [B,T,V+K] with an extension), or
+  at::Tensor teacher_probs;    // the same shape (rows sum to 1), or
   at::Tensor teacher_latents;  // [B,T',D] run through this backbone with teacher_options
   ForwardOptions teacher_options;
   // int64 [B,T]: which teacher position's prediction student position t must match; -1 = none.
@@ -61,9 +74,9 @@ struct LossOptions {
 };
 
 struct FusedResult {
-  at::Tensor loss;          // scalar float32: the mean over all weighted tokens
-  at::Tensor losses;        // float32 [B]: the same mean per sequence (0 where a row has no weight)
-  at::Tensor grad_latents;  // [B,T,D], d loss / d latents
+  at::Tensor loss;    // scalar float32: the mean over all weighted tokens
+  at::Tensor losses;  // float32 [B]: the same mean per sequence (0 where a row has no weight)
+  Gradients grad;     // of `loss`
 };
 
 class Backbone : public ali::Backbone {
@@ -71,11 +84,12 @@ class Backbone : public ali::Backbone {
   using ali::Backbone::forward;
 
   virtual KeptForward forward_keep(const at::Tensor& latents, const ForwardOptions& options = {}) = 0;
-  // d latents [B,T,D] for the kept pass; the handle stays valid until released.
-  virtual at::Tensor vjp(Handle handle, const Cotangents& cotangents) = 0;
+  // The gradients for the kept pass (with the extension's rows as they are now); the handle stays
+  // valid until released.
+  virtual Gradients vjp(Handle handle, const Cotangents& cotangents) = 0;
   virtual void release(Handle handle) = 0;
-  // Stateless: recomputes the forward of (latents, options) and returns d latents [B,T,D].
-  virtual at::Tensor vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) = 0;
+  // Stateless: recomputes the forward of (latents, options), then as above.
+  virtual Gradients vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) = 0;
   virtual FusedResult forward_backward(const at::Tensor& latents, const ForwardOptions& options,
                                        const LossOptions& loss) = 0;
 };

@@ -22,14 +22,17 @@ class LocalBackbone final : public Backbone {
   const backbone::Model& model() const;
   const ActivationStore& store() const;
 
-  at::Tensor embed(const at::Tensor& ids) override;
+  at::Tensor embed(const at::Tensor& ids, const ali::Extension* extension = nullptr) override;
   ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) override;
-  at::Tensor classify(const at::Tensor& hidden) override;
+  at::Tensor classify(const at::Tensor& hidden, const ali::Extension* extension = nullptr) override;
+  std::shared_ptr<ali::Extension> extend(const std::vector<std::string>& tokens,
+                                         const ali::ExtendOptions& options = {}) override;
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer() override;
 
   KeptForward forward_keep(const at::Tensor& latents, const ForwardOptions& options = {}) override;
-  at::Tensor vjp(Handle handle, const Cotangents& cotangents) override;
+  Gradients vjp(Handle handle, const Cotangents& cotangents) override;
   void release(Handle handle) override;
-  at::Tensor vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) override;
+  Gradients vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) override;
   FusedResult forward_backward(const at::Tensor& latents, const ForwardOptions& options,
                                const LossOptions& loss) override;
 
