@@ -20,6 +20,11 @@ namespace {
 using aios::ali::Backbone;
 using aios::ali::Extension;
 using aios::ali::ForwardOptions;
+using aios::ali::GenerateOptions;
+using aios::ali::Generation;
+using aios::ali::GenerationResult;
+using aios::ali::GenerationStep;
+using aios::ali::Session;
 using aios::gradient::Cotangents;
 using aios::gradient::FusedResult;
 using aios::gradient::Gradients;
@@ -99,6 +104,31 @@ std::shared_ptr<Extension> trainable(std::shared_ptr<Extension> extension) {
 std::optional<at::Tensor> optional_tensor(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
+
+GenerateOptions generate_options(std::optional<at::Tensor> positions, std::optional<at::Tensor> mask,
+                                 int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
+                                 std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
+                                 std::shared_ptr<Extension> extension, std::shared_ptr<Session> session) {
+  GenerateOptions o;
+  o.positions = std::move(positions);
+  o.mask = std::move(mask);
+  o.max_new_tokens = max_new_tokens;
+  o.sampling.temperature = temperature;
+  o.sampling.top_k = top_k;
+  o.sampling.top_p = top_p;
+  o.sampling.seed = seed;
+  if (stop_ids) o.stop_ids = *stop_ids;
+  o.extension = std::move(extension);
+  o.session = std::move(session);
+  return o;
+}
+
+// The keyword arguments generate() and stream() share.
+#define AIOS_GENERATE_ARGS                                                                                       \
+  py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),            \
+      py::arg("max_new_tokens") = 64, py::arg("temperature") = 0.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0, \
+      py::arg("seed") = py::none(), py::arg("stop_ids") = py::none(), py::arg("extension") = nullptr,            \
+      py::arg("session") = nullptr
 
 }  // namespace
 
@@ -187,6 +217,35 @@ PYBIND11_MODULE(_aios, m) {
                              "[K,D]: d loss / d the extension's embedding rows (when ids were given), else None")
       .def_property_readonly("classifier_rows", [](const Gradients& g) { return optional_tensor(g.classifier_rows); },
                              "[K,D]: d loss / d the extension's classifier rows");
+
+  py::class_<GenerationStep>(m, "GenerationStep", "One step of a generation (Backbone.stream).")
+      .def_readonly("index", &GenerationStep::index, "0 for the first generated token")
+      .def_readonly("ids", &GenerationStep::ids, "int64 [B]: each row's token, -1 for a row that had finished")
+      .def_readonly("hidden", &GenerationStep::hidden, "[B,D]: the final hidden state each token was read from")
+      .def_readonly("finished", &GenerationStep::finished, "bool [B]: rows done after this step");
+
+  py::class_<GenerationResult>(m, "GenerationResult", "Result of Backbone.generate.")
+      .def_readonly("ids", &GenerationResult::ids, "int64 [B,N], -1 after a row finished")
+      .def_readonly("hidden", &GenerationResult::hidden, "[B,N,D]: the hidden state of every step")
+      .def_readonly("lengths", &GenerationResult::lengths, "int64 [B]: tokens per row (stop token included)");
+
+  py::class_<Session, std::shared_ptr<Session>>(m, "Session", "A KV cache kept between generations (Backbone.new_session).")
+      .def_property_readonly("batch_size", &Session::batch_size)
+      .def_property_readonly("length", &Session::length, "cached slots per row")
+      .def_property_readonly("next_positions", &Session::next_positions, "int64 [B]: where each row continues")
+      .def_property_readonly("bytes", &Session::bytes);
+
+  py::class_<Generation>(m, "Generation", "A generation in progress: iterate for GenerationStep objects.")
+      .def("__iter__", [](Generation& g) -> Generation& { return g; })
+      .def("__next__", [](Generation& g) {
+        std::optional<GenerationStep> step;
+        {
+          py::gil_scoped_release release;
+          step = g.next();
+        }
+        if (!step) throw py::stop_iteration();
+        return std::move(*step);
+      });
 
   py::class_<Extension, std::shared_ptr<Extension>>(
       m, "Extension",
@@ -303,6 +362,33 @@ PYBIND11_MODULE(_aios, m) {
           py::arg("tokens"), py::kw_only(), py::arg("init") = "mean",
           "New tokens with ids V, V+1, ... and their own embedding and classifier rows. init: \"mean\" (of the "
           "base rows), a base token id (copies its rows), or (embedding_rows, classifier_rows) tensors [K,D].")
+      .def(
+          "generate",
+          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
+             std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
+             std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
+             std::shared_ptr<Extension> extension, std::shared_ptr<Session> session) {
+            return b.generate(latents, generate_options(positions, mask, max_new_tokens, temperature, top_k, top_p,
+                                                        seed, stop_ids, std::move(extension), std::move(session)));
+          },
+          AIOS_GENERATE_ARGS, py::call_guard<py::gil_scoped_release>(),
+          "Generates from latents [B,T,D] with a KV cache -> GenerationResult(ids [B,N], hidden [B,N,D], lengths). "
+          "mask: key padding [B,T] for prompts of different lengths; temperature 0 = greedy; top_k, top_p, seed; "
+          "stop_ids end a row; extension: its tokens can be generated; session: continue its cache.")
+      .def(
+          "stream",
+          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
+             std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
+             std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
+             std::shared_ptr<Extension> extension, std::shared_ptr<Session> session) {
+            py::gil_scoped_release release;
+            return b.start_generation(latents, generate_options(positions, mask, max_new_tokens, temperature, top_k,
+                                                                top_p, seed, stop_ids, std::move(extension),
+                                                                std::move(session)));
+          },
+          AIOS_GENERATE_ARGS, py::keep_alive<0, 1>(),
+          "Like generate, as an iterator of GenerationStep (one per generated position), computed as it is read.")
+      .def("new_session", &LocalBackbone::new_session, "an empty Session to pass to generate/stream")
       .def_property_readonly(
           "tokenizer",
           [](LocalBackbone& b) { return std::const_pointer_cast<aios::tokenizer::Tokenizer>(b.tokenizer()); },

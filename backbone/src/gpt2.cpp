@@ -58,8 +58,9 @@ class Gpt2Model final : public Model {
     }
   }
 
-  std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention) const override {
-    return std::make_unique<AttentionContext>(attention, latents.size(1), config_.sliding_windows);
+  std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention,
+                                      KVCache* cache) const override {
+    return std::make_unique<AttentionContext>(attention, latents.size(1), config_.sliding_windows, cache);
   }
 
   at::Tensor input(const at::Tensor& latents, const BlockContext& base) const override {
@@ -75,7 +76,8 @@ class Gpt2Model final : public Model {
     at::Tensor h = at::layer_norm(x, {D}, l.ln1_weight, l.ln1_bias, c.norm_eps);
     auto qkv = at::linear(h, l.qkv_weight, l.qkv_bias).split(D, -1);  // 3 × [B,T,D]
     auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, hd}).transpose(1, 2); };
-    at::Tensor attn = attend(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), ctx.mask(std::nullopt), l.scale);
+    const auto [k, v] = ctx.keys_values(index, heads(qkv[1]), heads(qkv[2]));  // with a cache: every slot's
+    at::Tensor attn = attend(heads(qkv[0]), k, v, ctx.mask(std::nullopt), l.scale);
     at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
     h = at::layer_norm(out, {D}, l.ln2_weight, l.ln2_bias, c.norm_eps);
     return out + at::linear(activate(at::linear(h, l.fc_weight, l.fc_bias), c.activation), l.proj_weight, l.proj_bias);

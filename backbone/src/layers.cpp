@@ -1,5 +1,7 @@
 #include "layers.h"
 
+#include <cmath>
+
 namespace aios::backbone {
 
 at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::optional<int64_t> window) {
@@ -23,9 +25,37 @@ at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::opti
   return mask.unsqueeze(1);
 }
 
+at::Tensor cached_attention_mask(const KVCache& cache, std::optional<int64_t> window) {
+  const int64_t S = cache.length(), begin = cache.pass_begin(), T = S - begin;
+  const at::Tensor valid = cache.valid(), positions = cache.positions();  // [B,S]
+  const auto device = valid.device();
+  const at::Tensor query_slot = at::arange(begin, S, at::TensorOptions().dtype(at::kLong).device(device));
+  const at::Tensor key_slot = at::arange(S, at::TensorOptions().dtype(at::kLong).device(device));
+  at::Tensor mask = key_slot.unsqueeze(0).le(query_slot.unsqueeze(1)).unsqueeze(0);  // [1,T,S] slot order
+  mask = mask.logical_and(valid.unsqueeze(1));                                          // [B,T,S]
+  if (window.has_value()) {
+    const at::Tensor distance = positions.narrow(1, begin, T).unsqueeze(2) - positions.unsqueeze(1);  // [B,T,S]
+    mask = mask.logical_and(distance.lt(*window));
+  }
+  // A query with nothing to see (a padding slot) sees itself, so that softmax stays finite.
+  const at::Tensor self = key_slot.unsqueeze(0).eq(query_slot.unsqueeze(1)).unsqueeze(0);  // [1,T,S]
+  mask = mask.logical_or(self.logical_and(mask.any(-1, /*keepdim=*/true).logical_not()));
+  return mask.unsqueeze(1);
+}
+
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                   double scale) {
-  const bool gqa = q.size(1) != k.size(1);
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), K = k.size(1);
+  if (T == 1 && mask.defined()) {
+    // One query (a decoding step): two small matrix products beat the fused kernel's set-up by far.
+    // Query heads are grouped by the key/value head they share: head h uses k/v head h / (H/K).
+    const at::Tensor grouped = q.reshape({B, K, H / K, hd});                                   // [B,K,G,hd]
+    at::Tensor scores = at::matmul(grouped, k.transpose(-1, -2)).to(at::kFloat).mul_(scale);  // [B,K,G,S]
+    scores.masked_fill_(mask.logical_not(), -INFINITY);                                         // mask [B,1,1,S]
+    const at::Tensor out = at::matmul(scores.softmax(-1).to(v.scalar_type()), v);              // [B,K,G,hd]
+    return out.reshape({B, 1, H * hd});
+  }
+  const bool gqa = H != K;
   at::Tensor out;
   if (mask.defined()) {
     out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, scale, gqa);
@@ -33,7 +63,7 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale, gqa);
   }
   // [B,H,T,hd] -> [B,T,H*hd]
-  return out.transpose(1, 2).reshape({q.size(0), q.size(2), q.size(1) * q.size(3)});
+  return out.transpose(1, 2).reshape({B, T, H * hd});
 }
 
 at::Tensor activate(const at::Tensor& x, Activation activation) {
@@ -46,16 +76,23 @@ at::Tensor activate(const at::Tensor& x, Activation activation) {
 }
 
 AttentionContext::AttentionContext(const Attention& a, int64_t seq_len,
-                                   const std::vector<std::optional<int64_t>>& windows)
-    : attention(a) {
+                                   const std::vector<std::optional<int64_t>>& windows, KVCache* kv_cache)
+    : attention(a), cache(kv_cache) {
   auto add = [&](std::optional<int64_t> window) {
     for (const auto& entry : masks_) {
       if (entry.first == window) return;
     }
-    masks_.emplace_back(window, attention_mask(attention, seq_len, window));
+    masks_.emplace_back(window, cache != nullptr ? cached_attention_mask(*cache, window)
+                                                 : attention_mask(attention, seq_len, window));
   };
   if (windows.empty()) add(std::nullopt);
   for (const auto& window : windows) add(window);
+}
+
+std::pair<at::Tensor, at::Tensor> AttentionContext::keys_values(int64_t layer, const at::Tensor& k,
+                                                                const at::Tensor& v) const {
+  if (cache == nullptr) return {k, v};
+  return cache->store(layer, k, v);
 }
 
 const at::Tensor& AttentionContext::mask(std::optional<int64_t> window) const {

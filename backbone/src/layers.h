@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "aios/backbone/config.h"
+#include "aios/backbone/kv_cache.h"
 #include "aios/backbone/model.h"
 
 namespace aios::backbone {
@@ -21,15 +22,25 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 at::Tensor activate(const at::Tensor& x, Activation activation);
 
+// The mask [B,1,T,S] of a cached pass whose T slots were appended last to `cache` (S slots in all):
+// each new slot sees the valid slots up to itself, within `window` positions when given.
+at::Tensor cached_attention_mask(const KVCache& cache, std::optional<int64_t> window);
+
 // What the blocks of one pass share: the attention description and one mask per distinct window,
 // all built up front so that concurrent backward passes only read it.
 struct AttentionContext : Model::BlockContext {
-  // windows: the model's per-layer windows (empty = none).
-  AttentionContext(const Attention& attention, int64_t seq_len, const std::vector<std::optional<int64_t>>& windows);
+  // windows: the model's per-layer windows (empty = none). With a cache, the pass's slots were
+  // appended to it already and attention spans the cached slots too.
+  AttentionContext(const Attention& attention, int64_t seq_len, const std::vector<std::optional<int64_t>>& windows,
+                   KVCache* cache = nullptr);
   // The mask for layers with `window` (see attention_mask()).
   const at::Tensor& mask(std::optional<int64_t> window) const;
+  // The keys and values layer `layer` attends to: k and v themselves ([B,Hkv,T,hd]), or with a
+  // cache, every cached slot's after storing these.
+  std::pair<at::Tensor, at::Tensor> keys_values(int64_t layer, const at::Tensor& k, const at::Tensor& v) const;
 
   Attention attention;
+  KVCache* cache = nullptr;
 
  private:
   std::vector<std::pair<std::optional<int64_t>, at::Tensor>> masks_;

@@ -3,6 +3,7 @@
 // Load-time fusion: q, k, v projections are concatenated into one [(H+2Hkv)*hd, D] matrix and gate
 // and up into one [2I, D] matrix, so each block runs four matrix products instead of seven.
 #include <cmath>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -104,8 +105,9 @@ class LlamaModel final : public Model {
     at::Tensor cos, sin;  // [B,1,T,hd] rotary tables in the model dtype
   };
 
-  std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention) const override {
-    auto context = std::make_unique<Context>(attention, latents.size(1), config_.sliding_windows);
+  std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention,
+                                      KVCache* cache) const override {
+    auto context = std::make_unique<Context>(attention, latents.size(1), config_.sliding_windows, cache);
     // Rotary tables, computed in float32 and cast to the model dtype.
     at::Tensor freqs = attention.positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B,T,hd/2]
     at::Tensor angles = at::cat({freqs, freqs}, -1).unsqueeze(1);
@@ -129,6 +131,7 @@ class LlamaModel final : public Model {
     at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
     q = q * ctx.cos + rotate_half(q) * ctx.sin;
     k = k * ctx.cos + rotate_half(k) * ctx.sin;
+    std::tie(k, v) = ctx.keys_values(index, k, v);  // with a cache: [B,K,S,hd], every cached slot
     at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale);  // [B,T,H*hd]
     at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
     h = rms_norm(out, l.mlp_norm, c.norm_eps);

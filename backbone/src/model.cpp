@@ -73,8 +73,12 @@ at::Tensor Model::embed(const at::Tensor& ids, const at::Tensor& extra_rows) con
 }
 
 at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
-                          std::vector<at::Tensor>* layer_states) const {
-  const auto context = begin(latents, attention);
+                          std::vector<at::Tensor>* layer_states, KVCache* cache) const {
+  if (cache != nullptr) {
+    const at::Tensor valid = attention.key_padding.defined() ? attention.key_padding : attention.positions.ge(0);
+    cache->append_slots(valid, attention.positions, config_.num_layers);
+  }
+  const auto context = begin(latents, attention, cache);
   at::Tensor x = input(latents, *context);
   if (!layers.empty()) layer_states->assign(layers.size(), at::Tensor());
   auto record = [&](int64_t index) {

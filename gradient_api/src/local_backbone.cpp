@@ -278,6 +278,11 @@ std::shared_ptr<ali::Extension> LocalBackbone::extend(const std::vector<std::str
   return impl_->inner->extend(tokens, options);
 }
 std::shared_ptr<const tokenizer::Tokenizer> LocalBackbone::tokenizer() { return impl_->inner->tokenizer(); }
+std::unique_ptr<ali::Generation> LocalBackbone::start_generation(const at::Tensor& latents,
+                                                                 const ali::GenerateOptions& options) {
+  return impl_->inner->start_generation(latents, options);
+}
+std::shared_ptr<ali::Session> LocalBackbone::new_session() { return impl_->inner->new_session(); }
 
 KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const ForwardOptions& options) {
   const backbone::Attention attention = impl_->inner->prepare(latents, options);

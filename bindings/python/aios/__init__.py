@@ -18,13 +18,15 @@
 import torch as _torch  # noqa: F401  (loads LibTorch before the extension that links it)
 
 from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
-from ._aios import Backbone, Config, Extension, ForwardOutput, FusedResult, Gradients, Tokenizer, gist_mask
+from ._aios import (Backbone, Config, Extension, ForwardOutput, FusedResult, Generation, GenerationResult,
+                    GenerationStep, Gradients, Session, Tokenizer, gist_mask)
 from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,
                      InvalidArgumentError, NotFoundError, PermissionDeniedError, ResourceExhaustedError,
                      UnavailableError)
 
 __all__ = [
-    "Backbone", "Config", "Extension", "ForwardOutput", "FusedResult", "Gradients", "Tokenizer", "gist_mask",
+    "Backbone", "Config", "Extension", "ForwardOutput", "FusedResult", "Generation", "GenerationResult",
+    "GenerationStep", "Gradients", "Session", "Tokenizer", "gist_mask",
     "Error", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
     "FailedPreconditionError",
     "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError",

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include "aios/ali/extension.h"
+#include "aios/ali/generation.h"
 #include "aios/backbone/config.h"
 
 namespace aios::ali {
@@ -75,6 +76,18 @@ class Backbone {
   // The tokenizer that came with the model (tokenizer.json beside the weights), or null when
   // there is none. Throws aios::Error when the file exists but cannot be read.
   virtual std::shared_ptr<const tokenizer::Tokenizer> tokenizer() = 0;
+
+  // Generation from latents [B,T,D] (see generation.h): checks the arguments (Error
+  // kInvalidArgument naming them) and runs the prompt; each Generation::next() runs one step. The
+  // generation reads the backbone: it must not outlive it.
+  virtual std::unique_ptr<Generation> start_generation(const at::Tensor& latents,
+                                                       const GenerateOptions& options = {}) = 0;
+  virtual std::shared_ptr<Session> new_session() = 0;
+  // start_generation run to the end; see run_generation.
+  GenerationResult generate(const at::Tensor& latents, const GenerateOptions& options = {},
+                            const std::function<bool(const GenerationStep&)>& on_step = {}) {
+    return run_generation(*start_generation(latents, options), on_step);
+  }
 };
 
 }  // namespace aios::ali

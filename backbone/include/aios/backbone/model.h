@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include "aios/backbone/config.h"
+#include "aios/backbone/kv_cache.h"
 
 namespace aios::backbone {
 
@@ -51,16 +52,20 @@ class Model {
   at::Tensor embed(const at::Tensor& ids, const at::Tensor& extra_rows = {}) const;
   // latents [B,T,D] -> final hidden state [B,T,D] after the final norm. For each index l in `layers`
   // (0 <= l <= num_layers) the residual stream entering block l (l = num_layers: leaving the last
-  // block, before the final norm) is stored at the same position of `layer_states`.
+  // block, before the final norm) is stored at the same position of `layer_states`. With a cache,
+  // the T positions are appended to it (attention.key_padding marks padding; no full_mask) and
+  // attend to the cached ones as well.
   at::Tensor forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
-                     std::vector<at::Tensor>* layer_states) const;
+                     std::vector<at::Tensor>* layer_states, KVCache* cache = nullptr) const;
 
   // The same pass one block at a time, for callers that recompute blocks during backward.
   // What the blocks of one pass share (rotary tables, masks), made once per pass.
   struct BlockContext {
     virtual ~BlockContext() = default;
   };
-  virtual std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention) const = 0;
+  // With a cache, the pass's slots are in it already (KVCache::append_slots).
+  virtual std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention,
+                                              KVCache* cache = nullptr) const = 0;
   // The residual stream entering block 0 [B,T,D] (GPT-2 adds position embeddings; its Jacobian
   // with respect to the latents is the identity in every family).
   virtual at::Tensor input(const at::Tensor& latents, const BlockContext& context) const = 0;
