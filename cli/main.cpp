@@ -1,6 +1,8 @@
 // aios — command-line entry point.
 //
 //   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
+//   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
+//                              [--seed S] [--device ...] [--dtype ...]
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -10,13 +12,19 @@
 
 #include "aios/ali/local_backbone.h"
 #include "aios/fail.h"
+#include "aios/tokenizer_api/chat.h"
+#include "aios/tokenizer_api/tokenizer.h"
 
 namespace {
 
 constexpr const char* kUsage =
     "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
+    "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
+    "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
     "\n"
-    "  info   load a checkpoint folder (config.json + safetensors) and print what it holds\n";
+    "  info       load a checkpoint and print what it holds\n"
+    "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
+    "             formatted with the model's chat template); greedy unless --temperature > 0\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -48,6 +56,45 @@ int info(const std::string& path, const aios::ali::LoadOptions& options) {
   return 0;
 }
 
+// Streams the continuation of `prompt` to stdout as its tokens arrive.
+int generate(const std::string& path, const aios::ali::LoadOptions& options, const std::string& prompt, bool chat,
+             const aios::ali::GenerateOptions& generate_options) {
+  auto backbone = aios::ali::LocalBackbone::load(path, options);
+  const std::shared_ptr<const aios::tokenizer::Tokenizer> tokenizer = backbone->tokenizer();
+  if (!tokenizer) aios::fail(aios::ErrorCode::kNotFound, path, "expected a tokenizer with the model");
+  std::string text = prompt;
+  if (chat) {
+    const std::optional<std::string> chat_template = backbone->chat_template();
+    if (!chat_template) aios::fail(aios::ErrorCode::kNotFound, "--chat", "the model has no chat template");
+    text = aios::tokenizer::render_chat(*chat_template, {{"user", prompt}});
+  }
+  const std::vector<int32_t> prompt_ids = tokenizer->encode(text, /*add_special_tokens=*/!chat);
+  if (prompt_ids.empty()) aios::fail(aios::ErrorCode::kInvalidArgument, "PROMPT", "expected a non-empty prompt");
+  const at::Tensor ids = at::tensor(std::vector<int64_t>(prompt_ids.begin(), prompt_ids.end())).unsqueeze(0);
+  aios::ali::GenerateOptions o = generate_options;
+  for (int32_t id : aios::tokenizer::end_of_turn_ids(*tokenizer)) o.stop_ids.push_back(id);
+
+  // Text is printed as it becomes whole: a token may end inside a multi-byte character.
+  std::vector<int32_t> generated;
+  std::size_t printed = 0;
+  backbone->generate(backbone->embed(ids), o, [&](const aios::ali::GenerationStep& step) {
+    const auto id = static_cast<int32_t>(step.ids[0].item<int64_t>());
+    if (id >= 0 && !tokenizer->is_special(id)) generated.push_back(id);
+    const std::string so_far = tokenizer->decode(generated);
+    const bool partial = std::string_view(so_far).ends_with("\xEF\xBF\xBD");  // U+FFFD: a character in progress
+    if (so_far.size() > printed && !partial) {
+      std::fputs(so_far.c_str() + printed, stdout);
+      std::fflush(stdout);
+      printed = so_far.size();
+    }
+    return true;
+  });
+  const std::string all = tokenizer->decode(generated);
+  if (all.size() > printed) std::fputs(all.c_str() + printed, stdout);
+  std::fputs("\n", stdout);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,24 +104,53 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, args.empty() ? stderr : stdout);
       return args.empty() ? 2 : 0;
     }
-    if (args[0] != "info") {
-      aios::fail(aios::ErrorCode::kInvalidArgument, "command", "expected info, got \"{}\"", args[0]);
+    const std::string command = args[0];
+    if (command != "info" && command != "generate") {
+      aios::fail(aios::ErrorCode::kInvalidArgument, "command", "expected info or generate, got \"{}\"", command);
     }
     aios::ali::LoadOptions options;
-    std::string model;
+    aios::ali::GenerateOptions generation;
+    generation.max_new_tokens = 128;
+    bool chat = false;
+    std::vector<std::string> positional;
+    auto number = [&](std::size_t i) {
+      try {
+        std::size_t used = 0;
+        const double value = std::stod(args[i + 1], &used);
+        if (used == args[i + 1].size()) return value;
+      } catch (const std::exception&) {
+      }
+      aios::fail(aios::ErrorCode::kInvalidArgument, args[i], "expected a number, got \"{}\"", args[i + 1]);
+    };
     for (std::size_t i = 1; i < args.size(); ++i) {
-      if ((args[i] == "--device" || args[i] == "--dtype") && i + 1 < args.size()) {
-        if (args[i] == "--device") options.device = aios::backbone::parse_device(args[i + 1], "--device");
-        else options.dtype = aios::backbone::parse_dtype(args[i + 1], "--dtype");
-        ++i;
-      } else if (model.empty() && args[i].rfind("--", 0) != 0) {
-        model = args[i];
+      const std::string& a = args[i];
+      const bool has_value = i + 1 < args.size();
+      if (a == "--device" && has_value) {
+        options.device = aios::backbone::parse_device(args[++i], "--device");
+      } else if (a == "--dtype" && has_value) {
+        options.dtype = aios::backbone::parse_dtype(args[++i], "--dtype");
+      } else if (command == "generate" && a == "--chat") {
+        chat = true;
+      } else if (command == "generate" && a == "--max-new-tokens" && has_value) {
+        generation.max_new_tokens = static_cast<int64_t>(number(i++));
+      } else if (command == "generate" && a == "--temperature" && has_value) {
+        generation.sampling.temperature = number(i++);
+      } else if (command == "generate" && a == "--top-k" && has_value) {
+        generation.sampling.top_k = static_cast<int64_t>(number(i++));
+      } else if (command == "generate" && a == "--top-p" && has_value) {
+        generation.sampling.top_p = number(i++);
+      } else if (command == "generate" && a == "--seed" && has_value) {
+        generation.sampling.seed = static_cast<uint64_t>(number(i++));
+      } else if (a.rfind("--", 0) != 0 && positional.size() < (command == "info" ? 1u : 2u)) {
+        positional.push_back(a);
       } else {
-        aios::fail(aios::ErrorCode::kInvalidArgument, "arguments", "unexpected \"{}\"", args[i]);
+        aios::fail(aios::ErrorCode::kInvalidArgument, "arguments", "unexpected \"{}\"", a);
       }
     }
-    if (model.empty()) aios::fail(aios::ErrorCode::kInvalidArgument, "MODEL", "expected a checkpoint folder");
-    return info(model, options);
+    if (positional.empty()) aios::fail(aios::ErrorCode::kInvalidArgument, "MODEL", "expected a checkpoint");
+    if (command == "info") return info(positional[0], options);
+    if (positional.size() < 2) aios::fail(aios::ErrorCode::kInvalidArgument, "PROMPT", "expected a prompt");
+    return generate(positional[0], options, positional[1], chat, generation);
   } catch (const aios::Error& e) {
     fmt::print(stderr, "aios: {}\n", e.what());
     return 1;

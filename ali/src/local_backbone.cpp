@@ -7,7 +7,10 @@
 
 #include <fmt/ranges.h>
 
+#include <nlohmann/json.hpp>
+
 #include "aios/fail.h"
+#include "aios/io/safetensors.h"
 #include "aios/tokenizer_api/tokenizer.h"
 
 namespace aios::ali {
@@ -209,6 +212,23 @@ std::shared_ptr<Extension> LocalBackbone::extend(const std::vector<std::string>&
   parts.base_tokenizer = tokenizer();
   parts.owner = this;
   return std::make_shared<Extension>(std::move(parts));
+}
+
+std::optional<std::string> LocalBackbone::chat_template() {
+  // transformers writes it to chat_template.jinja, or (older versions) into tokenizer_config.json.
+  const std::filesystem::path folder(impl_->path);
+  std::error_code error;
+  if (std::filesystem::exists(folder / "chat_template.jinja", error)) {
+    return io::read_file((folder / "chat_template.jinja").string());
+  }
+  if (std::filesystem::exists(folder / "tokenizer_config.json", error)) {
+    const nlohmann::json config =
+        nlohmann::json::parse(io::read_file((folder / "tokenizer_config.json").string()), nullptr, false);
+    if (config.is_object() && config.contains("chat_template") && config["chat_template"].is_string()) {
+      return config["chat_template"].get<std::string>();
+    }
+  }
+  return std::nullopt;
 }
 
 std::shared_ptr<const tokenizer::Tokenizer> LocalBackbone::tokenizer() {

@@ -283,6 +283,7 @@ std::unique_ptr<ali::Generation> LocalBackbone::start_generation(const at::Tenso
   return impl_->inner->start_generation(latents, options);
 }
 std::shared_ptr<ali::Session> LocalBackbone::new_session() { return impl_->inner->new_session(); }
+std::optional<std::string> LocalBackbone::chat_template() { return impl_->inner->chat_template(); }
 
 KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const ForwardOptions& options) {
   const backbone::Attention attention = impl_->inner->prepare(latents, options);

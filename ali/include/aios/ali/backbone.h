@@ -76,6 +76,8 @@ class Backbone {
   // The tokenizer that came with the model (tokenizer.json beside the weights), or null when
   // there is none. Throws aios::Error when the file exists but cannot be read.
   virtual std::shared_ptr<const tokenizer::Tokenizer> tokenizer() = 0;
+  // The chat template (Jinja text) stored with the model, or nothing (see tokenizer_api/chat.h).
+  virtual std::optional<std::string> chat_template() = 0;
 
   // Generation from latents [B,T,D] (see generation.h): checks the arguments (Error
   // kInvalidArgument naming them) and runs the prompt; each Generation::next() runs one step. The

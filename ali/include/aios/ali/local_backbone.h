@@ -29,6 +29,7 @@ class LocalBackbone final : public Backbone {
   at::Tensor classify(const at::Tensor& hidden, const Extension* extension = nullptr) override;
   std::shared_ptr<Extension> extend(const std::vector<std::string>& tokens, const ExtendOptions& options = {}) override;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer() override;
+  std::optional<std::string> chat_template() override;
   std::unique_ptr<Generation> start_generation(const at::Tensor& latents, const GenerateOptions& options = {}) override;
   std::shared_ptr<Session> new_session() override;
 

@@ -28,6 +28,7 @@ class LocalBackbone final : public Backbone {
   std::shared_ptr<ali::Extension> extend(const std::vector<std::string>& tokens,
                                          const ali::ExtendOptions& options = {}) override;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer() override;
+  std::optional<std::string> chat_template() override;
   std::unique_ptr<ali::Generation> start_generation(const at::Tensor& latents,
                                                     const ali::GenerateOptions& options = {}) override;
   std::shared_ptr<ali::Session> new_session() override;
