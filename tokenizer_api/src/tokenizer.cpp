@@ -8,6 +8,7 @@
 #include <unicode/ustring.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -27,9 +28,10 @@ namespace {
 
 using nlohmann::json;
 
-// The GPT-2 split pattern that ByteLevel(use_regex=true) applies.
+// The GPT-2 split pattern that ByteLevel(use_regex=true) applies, the contractions' apostrophe
+// written once: the same matches (leftmost alternative first) in fewer steps.
 constexpr const char* kByteLevelPattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+    R"('(?:s|t|re|ve|m|ll|d)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // The reference caches the pieces of fewer bytes than this; longer ones are rare and large.
 constexpr std::size_t kCachedPieceBytes = 256;
@@ -562,21 +564,68 @@ class AddedMatcher {
   bool starts_[256] = {};
 };
 
-// Ids of whole pieces already tokenized: pieces recur (words). A copy starts empty.
-struct PieceCache {
-  struct ViewHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+// Ids of whole pieces already tokenized: pieces recur (words). Shared by threads, and lookups take
+// no lock: an open-addressing table, at most half full, whose entries are published once (release
+// and acquire) and neither changed nor removed until the cache goes. Inserts take a lock. A copy
+// starts empty.
+class PieceCache {
+ public:
+  static constexpr std::size_t kEntries = std::size_t{1} << 17;  // then pieces are no longer added
+
+  PieceCache() : slots_(new std::atomic<const Entry*>[kSlots]()) {}
+  PieceCache(const PieceCache&) : PieceCache() {}
+  PieceCache& operator=(const PieceCache&) = delete;
+  ~PieceCache() {
+    for (std::size_t i = 0; i < kSlots; ++i) delete slots_[i].load(std::memory_order_relaxed);
+  }
+
+  // The ids of `piece`, or null when not cached.
+  const std::vector<int32_t>* find(std::string_view piece) const {
+    for (std::size_t i = slot(piece);; i = (i + 1) % kSlots) {
+      const Entry* e = slots_[i].load(std::memory_order_acquire);
+      if (e == nullptr) return nullptr;
+      if (e->piece == piece) return &e->ids;
+    }
+  }
+
+  void insert(std::string_view piece, std::vector<int32_t> ids) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (size_ == kEntries) return;
+    std::size_t i = slot(piece);
+    for (const Entry* e; (e = slots_[i].load(std::memory_order_relaxed)) != nullptr; i = (i + 1) % kSlots) {
+      if (e->piece == piece) return;  // another thread was first
+    }
+    slots_[i].store(new Entry{std::string(piece), std::move(ids)}, std::memory_order_release);
+    ++size_;
+  }
+
+ private:
+  struct Entry {
+    std::string piece;
+    std::vector<int32_t> ids;
   };
-  static constexpr std::size_t kEntries = 1 << 17;
-  PieceCache() = default;
-  PieceCache(const PieceCache&) {}
-  PieceCache& operator=(const PieceCache&) { return *this; }
-  mutable std::mutex mutex;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, ViewHash, std::equal_to<>> map;
+  static constexpr int kSlotBits = 18;
+  static constexpr std::size_t kSlots = std::size_t{1} << kSlotBits;  // twice kEntries
+  static_assert(kSlots >= 2 * kEntries);
+
+  // FNV-1a, cheap on short pieces, then Fibonacci hashing: the top bits of a multiply mix all.
+  static std::size_t slot(std::string_view piece) {
+    uint64_t h = 14695981039346656037ull;
+    for (unsigned char c : piece) h = (h ^ c) * 1099511628211ull;
+    return static_cast<std::size_t>((h * 0x9E3779B97F4A7C15ull) >> (64 - kSlotBits));
+  }
+
+  std::unique_ptr<std::atomic<const Entry*>[]> slots_;
+  mutable std::mutex mutex_;  // inserts
+  mutable std::size_t size_ = 0;
 };
 
-using Vocab = std::unordered_map<std::string, int32_t, PieceCache::ViewHash, std::equal_to<>>;
+struct ViewHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+};
+
+using Vocab = std::unordered_map<std::string, int32_t, ViewHash, std::equal_to<>>;
 
 }  // namespace
 
@@ -739,20 +788,18 @@ struct Tokenizer::Impl {
 
   // BPE of one pre-tokenized piece, appended to `out`.
   void bpe(std::string_view piece, std::vector<int32_t>& out) const {
+    if (byte_level && piece.size() == 1 && byte_id[static_cast<unsigned char>(piece[0])] >= 0) {
+      out.push_back(byte_id[static_cast<unsigned char>(piece[0])]);  // one symbol: nothing to merge
+      return;
+    }
     const bool cached = piece.size() < kCachedPieceBytes;
-    if (cached) {
-      std::lock_guard<std::mutex> lock(cache.mutex);
-      auto it = cache.map.find(piece);
-      if (it != cache.map.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        return;
-      }
+    if (const std::vector<int32_t>* ids = cached ? cache.find(piece) : nullptr) {
+      out.insert(out.end(), ids->begin(), ids->end());
+      return;
     }
     std::vector<int32_t> ids = model(piece);
     out.insert(out.end(), ids.begin(), ids.end());
-    if (!cached) return;
-    std::lock_guard<std::mutex> lock(cache.mutex);
-    if (cache.map.size() < PieceCache::kEntries) cache.map.emplace(std::string(piece), std::move(ids));
+    if (cached) cache.insert(piece, std::move(ids));
   }
 
   std::vector<int32_t> model(std::string_view piece) const {
