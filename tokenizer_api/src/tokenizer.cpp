@@ -233,18 +233,15 @@ class Regex {
   // Calls f(begin, end) for each match in `text`, in order. f may run regexes itself.
   template <typename F>
   void for_each_match(std::string_view text, F&& f) const {
-    // One match-data block per thread, reused: only the whole match's offsets are read, and they
-    // are copied out before f runs.
-    thread_local const std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> data(
-        pcre2_match_data_create(1, nullptr), pcre2_match_data_free);
+    pcre2_match_data* data = match_data();
     const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     std::size_t start = 0;
     while (start <= text.size()) {
       // JIT-compiled: pcre2_jit_match skips pcre2_match's per-call checks.
-      const int rc = jit_ ? pcre2_jit_match(code_, subject, text.size(), start, 0, data.get(), nullptr)
-                          : pcre2_match(code_, subject, text.size(), start, 0, data.get(), nullptr);
+      const int rc = jit_ ? pcre2_jit_match(code_, subject, text.size(), start, 0, data, nullptr)
+                          : pcre2_match(code_, subject, text.size(), start, 0, data, nullptr);
       if (rc < 0) break;  // 0 (more groups than the block holds) is still a match
-      const PCRE2_SIZE* v = pcre2_get_ovector_pointer(data.get());
+      const PCRE2_SIZE* v = pcre2_get_ovector_pointer(data);
       const std::size_t begin = v[0], end = v[1];
       if (end == begin) {  // empty match: step over one character (or one invalid byte)
         start = begin + (begin < text.size() ? std::max<std::size_t>(1, utf8_length(text, begin)) : 1);
@@ -263,6 +260,14 @@ class Regex {
   }
 
  private:
+  // One match-data block per thread, shared by all patterns: only the whole match's offsets are
+  // read, and for_each_match copies them out before f runs.
+  static pcre2_match_data* match_data() {
+    thread_local const std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> data(
+        pcre2_match_data_create(1, nullptr), pcre2_match_data_free);
+    return data.get();
+  }
+
   pcre2_code* code_ = nullptr;
   bool jit_ = false;
 };
