@@ -156,10 +156,19 @@ PYBIND11_MODULE(_aios, m) {
       .def(
           "encode",
           [](const Tokenizer& t, const py::str& text, bool add_special_tokens) {
+            // The UTF-8 that Python keeps with the str, read in place (it lives as long as `text`).
             // Lone surrogates, which UTF-8 cannot hold, are passed as their surrogatepass bytes.
-            const std::string bytes = py::bytes(text.attr("encode")("utf-8", "surrogatepass"));
+            Py_ssize_t size = 0;
+            const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &size);
+            py::bytes surrogates;
+            if (data == nullptr) {
+              PyErr_Clear();
+              surrogates = text.attr("encode")("utf-8", "surrogatepass");
+              data = PyBytes_AS_STRING(surrogates.ptr());
+              size = PyBytes_GET_SIZE(surrogates.ptr());
+            }
             py::gil_scoped_release release;
-            return t.encode(bytes, add_special_tokens);
+            return t.encode(std::string_view(data, static_cast<std::size_t>(size)), add_special_tokens);
           },
           py::arg("text"), py::arg("add_special_tokens") = true, "text -> list of ids")
       .def("encode_batch", &Tokenizer::encode_batch, py::arg("texts"), py::arg("add_special_tokens") = true,

@@ -250,7 +250,7 @@ def test_component_variants(tmp_path):
     """Options the families above leave at their defaults, on a Metaspace file: regex anchors (per
     line, as in the reference's Oniguruma), a normalizer that removes the start of the text before
     prepend_scheme "first", added-token lstrip/rstrip/single_word, Split behaviors with runs of
-    delimiters, and no decoder at all."""
+    delimiters (each behavior, inverted or not, on a regex), and no decoder at all."""
     base = sentencepiece_like(tmp_path, "variants_base",
                               pre_tokenizer=pre_tokenizers.Metaspace(prepend_scheme="first", split=False),
                               decoder=decoders.Metaspace(prepend_scheme="first"))
@@ -267,7 +267,14 @@ def test_component_variants(tmp_path):
         "no decoder, nfd lowercase": lambda r: (setattr(r, "decoder", None), setattr(
             r, "normalizer", normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()]))),
     }
-    texts = CORPUS + ["a\n  b  \n c", "  x  ", "x <m>  y<m>z", "sword word words -- a--b", "a  b   c", "\u03a3 \u0130"]
+    for behavior in ("isolated", "removed", "contiguous", "merged_with_previous", "merged_with_next"):
+        for invert in (False, True):
+            variants[f"split {behavior}, invert {invert}"] = lambda r, b=behavior, i=invert: setattr(
+                r, "pre_tokenizer", pre_tokenizers.Sequence([
+                    pre_tokenizers.Split(Regex(r"\s+|[.,!?]|\p{N}"), b, invert=i),
+                    pre_tokenizers.Metaspace(prepend_scheme="first")]))
+    texts = CORPUS + ["a\n  b  \n c", "  x  ", "x <m>  y<m>z", "sword word words -- a--b", "a  b   c", "\u03a3 \u0130",
+                      "1,2..3!? 45 a. b,,c 6", ".x.", "7"]
     for name, change in variants.items():
         ref = Reference.from_file(str(base))
         change(ref)

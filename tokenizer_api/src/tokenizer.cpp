@@ -8,7 +8,7 @@
 #include <unicode/ustring.h>
 
 #include <algorithm>
-#include <deque>
+#include <atomic>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -28,9 +28,10 @@ namespace {
 
 using nlohmann::json;
 
-// The GPT-2 split pattern that ByteLevel(use_regex=true) applies.
+// The GPT-2 split pattern that ByteLevel(use_regex=true) applies, the contractions' apostrophe
+// written once: the same matches (leftmost alternative first) in fewer steps.
 constexpr const char* kByteLevelPattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+    R"('(?:s|t|re|ve|m|ll|d)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // The reference caches the pieces of fewer bytes than this; longer ones are rare and large.
 constexpr std::size_t kCachedPieceBytes = 256;
@@ -224,34 +225,51 @@ class Regex {
       fail(ErrorCode::kInvalidArgument, field, "pattern does not compile at offset {}: {}", offset,
            reinterpret_cast<const char*>(message));
     }
-    pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // falls back to the interpreter on failure
+    jit_ = pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE) == 0;  // else the interpreter runs it
   }
   Regex(const Regex&) = delete;
   ~Regex() { pcre2_code_free(code_); }
 
+  // Calls f(begin, end) for each match in `text`, in order. f may run regexes itself.
+  template <typename F>
+  void for_each_match(std::string_view text, F&& f) const {
+    pcre2_match_data* data = match_data();
+    const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      // JIT-compiled: pcre2_jit_match skips pcre2_match's per-call checks.
+      const int rc = jit_ ? pcre2_jit_match(code_, subject, text.size(), start, 0, data, nullptr)
+                          : pcre2_match(code_, subject, text.size(), start, 0, data, nullptr);
+      if (rc < 0) break;  // 0 (more groups than the block holds) is still a match
+      const PCRE2_SIZE* v = pcre2_get_ovector_pointer(data);
+      const std::size_t begin = v[0], end = v[1];
+      if (end == begin) {  // empty match: step over one character (or one invalid byte)
+        start = begin + (begin < text.size() ? std::max<std::size_t>(1, utf8_length(text, begin)) : 1);
+        continue;
+      }
+      f(begin, end);
+      start = end;
+    }
+  }
+
   // [begin, end) of each match in `text`, in order.
   std::vector<std::pair<std::size_t, std::size_t>> find_all(std::string_view text) const {
     std::vector<std::pair<std::size_t, std::size_t>> out;
-    pcre2_match_data* data = pcre2_match_data_create_from_pattern(code_, nullptr);
-    std::size_t start = 0;
-    while (start <= text.size()) {
-      const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start, 0, data, nullptr);
-      if (rc < 0) break;
-      const PCRE2_SIZE* v = pcre2_get_ovector_pointer(data);
-      if (v[1] == v[0]) {  // empty match: step over one character (or one invalid byte)
-        const std::size_t n = v[0] < text.size() ? std::max<std::size_t>(1, utf8_length(text, v[0])) : 1;
-        start = v[0] + n;
-        continue;
-      }
-      out.emplace_back(v[0], v[1]);
-      start = v[1];
-    }
-    pcre2_match_data_free(data);
+    for_each_match(text, [&](std::size_t b, std::size_t e) { out.emplace_back(b, e); });
     return out;
   }
 
  private:
+  // One match-data block per thread, shared by all patterns: only the whole match's offsets are
+  // read, and for_each_match copies them out before f runs.
+  static pcre2_match_data* match_data() {
+    thread_local const std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> data(
+        pcre2_match_data_create(1, nullptr), pcre2_match_data_free);
+    return data.get();
+  }
+
   pcre2_code* code_ = nullptr;
+  bool jit_ = false;
 };
 
 enum class Behavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWithNext, kContiguous };
@@ -263,77 +281,71 @@ struct Piece {
   bool at_origin = false;
 };
 
-// Splits `piece` at `matches` ([begin, end) in order) per `behavior`, as the reference's
-// NormalizedString::split does; empty results are dropped.
-void split_at(Piece piece, const std::vector<std::pair<std::size_t, std::size_t>>& matches, Behavior behavior,
-              bool invert, std::vector<Piece>& out) {
-  // (begin, end, is_match) spans covering the piece
-  std::vector<std::tuple<std::size_t, std::size_t, bool>> spans;
-  std::size_t cursor = 0;
-  for (auto [b, e] : matches) {
-    if (b > cursor) spans.emplace_back(cursor, b, invert);
-    spans.emplace_back(b, e, !invert);
-    cursor = e;
-  }
-  if (cursor < piece.text.size()) spans.emplace_back(cursor, piece.text.size(), invert);
-  std::vector<std::pair<std::size_t, std::size_t>> result;
+// Splits `piece` at the matches that for_each_match(f) reports (f(begin, end), in order) per
+// `behavior`, as the reference's NormalizedString::split does, and calls emit(piece) for each
+// result in order (empty ones are dropped). Streams: no list of matches or results is built.
+template <typename ForEachMatch, typename Emit>
+void split_at(Piece piece, ForEachMatch&& for_each_match, Behavior behavior, bool invert, Emit&& emit) {
+  std::size_t begin = 0, end = 0;  // the result being built; none while empty
   bool previous_match = false;
-  switch (behavior) {
-    case Behavior::kIsolated:
-      for (auto [b, e, m] : spans) result.emplace_back(b, e);
-      break;
-    case Behavior::kRemoved:
-      for (auto [b, e, m] : spans) {
-        if (!m) result.emplace_back(b, e);
-      }
-      break;
-    case Behavior::kContiguous:
-      for (auto [b, e, m] : spans) {
-        if (m == previous_match && !result.empty()) result.back().second = e;
-        else result.emplace_back(b, e);
-        previous_match = m;
-      }
-      break;
-    case Behavior::kMergedWithPrevious:  // a delimiter joins the piece before it
-      for (auto [b, e, m] : spans) {
-        if (m && !previous_match && !result.empty()) result.back().second = e;
-        else result.emplace_back(b, e);
-        previous_match = m;
-      }
-      break;
-    case Behavior::kMergedWithNext:  // a delimiter joins the piece after it: the same, backwards
-      for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
-        auto [b, e, m] = *it;
-        if (m && !previous_match && !result.empty()) result.back().first = b;
-        else result.emplace_back(b, e);
-        previous_match = m;
-      }
-      std::reverse(result.begin(), result.end());
-      break;
-  }
-  for (auto [b, e] : result) {
-    if (e > b) out.push_back({piece.text.substr(b, e - b), piece.at_origin && b == 0});
-  }
+  auto flush = [&] {
+    if (end > begin) emit(Piece{piece.text.substr(begin, end - begin), piece.at_origin && begin == 0});
+  };
+  // Spans (matches and the text between them, never empty) in order; a gap never follows a gap.
+  auto span = [&](std::size_t b, std::size_t e, bool is_match) {
+    bool joins = false;  // whether the span extends the result being built
+    switch (behavior) {
+      case Behavior::kIsolated:
+        break;
+      case Behavior::kRemoved:
+        if (is_match) return;
+        break;
+      case Behavior::kContiguous:
+        joins = is_match == previous_match;
+        break;
+      case Behavior::kMergedWithPrevious:  // a delimiter joins the piece before it
+        joins = is_match && !previous_match;
+        break;
+      case Behavior::kMergedWithNext:  // a delimiter joins the piece after it
+        joins = !is_match && previous_match;
+        break;
+    }
+    previous_match = is_match;
+    if (joins && end > begin) {
+      end = e;
+      return;
+    }
+    flush();
+    begin = b;
+    end = e;
+  };
+  std::size_t cursor = 0;
+  for_each_match([&](std::size_t b, std::size_t e) {
+    if (b > cursor) span(cursor, b, invert);
+    span(b, e, !invert);
+    cursor = e;
+  });
+  if (cursor < piece.text.size()) span(cursor, piece.text.size(), invert);
+  flush();
 }
 
-// [begin, end) of each occurrence of `needle` in `text`.
-std::vector<std::pair<std::size_t, std::size_t>> find_literal(std::string_view text, std::string_view needle) {
-  std::vector<std::pair<std::size_t, std::size_t>> out;
+// Calls f(begin, end) for each occurrence of `needle` in `text`, in order.
+template <typename F>
+void for_each_literal(std::string_view text, std::string_view needle, F&& f) {
   for (std::size_t at = text.find(needle); at != std::string_view::npos; at = text.find(needle, at + needle.size())) {
-    out.emplace_back(at, at + needle.size());
+    f(at, at + needle.size());
   }
-  return out;
 }
 
 // `text` with every match of `regex` replaced by `content` (taken literally).
 std::string replace_all(const Regex& regex, std::string_view text, std::string_view content) {
   std::string out;
   std::size_t cursor = 0;
-  for (auto [b, e] : regex.find_all(text)) {
+  regex.for_each_match(text, [&](std::size_t b, std::size_t e) {
     out.append(text.substr(cursor, b - cursor));
     out.append(content);
     cursor = e;
-  }
+  });
   out.append(text.substr(cursor));
   return out;
 }
@@ -457,11 +469,11 @@ void apply_decoder(const DecodeStep& step, std::vector<std::string>& tokens) {
       for (std::size_t i = 0; i < tokens.size(); ++i) {
         std::string out;
         std::size_t cursor = 0;
-        for (auto [b, e] : find_literal(tokens[i], step.content)) {
+        for_each_literal(tokens[i], step.content, [&](std::size_t b, std::size_t e) {
           out.append(tokens[i], cursor, b - cursor);
           if (i != 0 || step.prepend_never) out.push_back(' ');
           cursor = e;
-        }
+        });
         out.append(tokens[i], cursor);
         tokens[i] = std::move(out);
       }
@@ -557,21 +569,68 @@ class AddedMatcher {
   bool starts_[256] = {};
 };
 
-// Ids of whole pieces already tokenized: pieces recur (words). A copy starts empty.
-struct PieceCache {
-  struct ViewHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+// Ids of whole pieces already tokenized: pieces recur (words). Shared by threads, and lookups take
+// no lock: an open-addressing table, at most half full, whose entries are published once (release
+// and acquire) and neither changed nor removed until the cache goes. Inserts take a lock. A copy
+// starts empty.
+class PieceCache {
+ public:
+  static constexpr std::size_t kEntries = std::size_t{1} << 17;  // then pieces are no longer added
+
+  PieceCache() : slots_(new std::atomic<const Entry*>[kSlots]()) {}
+  PieceCache(const PieceCache&) : PieceCache() {}
+  PieceCache& operator=(const PieceCache&) = delete;
+  ~PieceCache() {
+    for (std::size_t i = 0; i < kSlots; ++i) delete slots_[i].load(std::memory_order_relaxed);
+  }
+
+  // The ids of `piece`, or null when not cached.
+  const std::vector<int32_t>* find(std::string_view piece) const {
+    for (std::size_t i = slot(piece);; i = (i + 1) % kSlots) {
+      const Entry* e = slots_[i].load(std::memory_order_acquire);
+      if (e == nullptr) return nullptr;
+      if (e->piece == piece) return &e->ids;
+    }
+  }
+
+  void insert(std::string_view piece, std::vector<int32_t> ids) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (size_ == kEntries) return;
+    std::size_t i = slot(piece);
+    for (const Entry* e; (e = slots_[i].load(std::memory_order_relaxed)) != nullptr; i = (i + 1) % kSlots) {
+      if (e->piece == piece) return;  // another thread was first
+    }
+    slots_[i].store(new Entry{std::string(piece), std::move(ids)}, std::memory_order_release);
+    ++size_;
+  }
+
+ private:
+  struct Entry {
+    std::string piece;
+    std::vector<int32_t> ids;
   };
-  static constexpr std::size_t kEntries = 1 << 17;
-  PieceCache() = default;
-  PieceCache(const PieceCache&) {}
-  PieceCache& operator=(const PieceCache&) { return *this; }
-  mutable std::mutex mutex;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, ViewHash, std::equal_to<>> map;
+  static constexpr int kSlotBits = 18;
+  static constexpr std::size_t kSlots = std::size_t{1} << kSlotBits;  // twice kEntries
+  static_assert(kSlots >= 2 * kEntries);
+
+  // FNV-1a, cheap on short pieces, then Fibonacci hashing: the top bits of a multiply mix all.
+  static std::size_t slot(std::string_view piece) {
+    uint64_t h = 14695981039346656037ull;
+    for (unsigned char c : piece) h = (h ^ c) * 1099511628211ull;
+    return static_cast<std::size_t>((h * 0x9E3779B97F4A7C15ull) >> (64 - kSlotBits));
+  }
+
+  std::unique_ptr<std::atomic<const Entry*>[]> slots_;
+  mutable std::mutex mutex_;  // inserts
+  mutable std::size_t size_ = 0;
 };
 
-using Vocab = std::unordered_map<std::string, int32_t, PieceCache::ViewHash, std::equal_to<>>;
+struct ViewHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+};
+
+using Vocab = std::unordered_map<std::string, int32_t, ViewHash, std::equal_to<>>;
 
 }  // namespace
 
@@ -696,56 +755,56 @@ struct Tokenizer::Impl {
   }
 
   void encode_text(Piece text, std::vector<int32_t>& out) const {
-    if (text.text.empty()) return;
-    std::deque<std::string> owned;  // pieces rewritten by a step; stable addresses
-    std::vector<Piece> pieces{text}, next;
-    for (const Step& step : steps) {
-      next.clear();
-      for (Piece p : pieces) {
-        if (step.kind == Step::Kind::kMetaspace) {
-          std::string& s = owned.emplace_back();
-          for (char c : p.text) {
-            if (c == ' ') s += step.replacement;
-            else s.push_back(c);
-          }
-          const bool starts = s.compare(0, step.replacement.size(), step.replacement) == 0;
-          if (!starts && (step.prepend == Prepend::kAlways || (step.prepend == Prepend::kFirst && p.at_origin))) {
-            s.insert(0, step.replacement);
-          }
-          p.text = s;
-          if (step.split) split_at(p, find_literal(p.text, step.replacement), Behavior::kMergedWithNext, false, next);
-          else next.push_back(p);
-          continue;
-        }
-        if (step.prefix_space && !p.text.empty() && p.text.front() != ' ') {
-          std::string& s = owned.emplace_back(1, ' ');
-          s.append(p.text);
-          p.text = s;
-        }
-        if (step.regex) split_at(p, step.regex->find_all(p.text), step.behavior, step.invert, next);
-        else next.push_back(p);
-      }
-      pieces.swap(next);
+    if (!text.text.empty()) pre_tokenize(0, text, out);
+  }
+
+  // Pre-tokenization step `i` on `p`, the later steps on each resulting piece, then BPE: depth
+  // first, so no list of pieces is built.
+  void pre_tokenize(std::size_t i, Piece p, std::vector<int32_t>& out) const {
+    if (i == steps.size()) {
+      bpe(p.text, out);
+      return;
     }
-    for (const Piece& p : pieces) bpe(p.text, out);
+    const Step& step = steps[i];
+    auto next = [&](Piece q) { pre_tokenize(i + 1, q, out); };
+    std::string rewritten;  // the piece as this step rewrites it, if it does
+    if (step.kind == Step::Kind::kMetaspace) {
+      for (char c : p.text) {
+        if (c == ' ') rewritten += step.replacement;
+        else rewritten.push_back(c);
+      }
+      const bool starts = rewritten.compare(0, step.replacement.size(), step.replacement) == 0;
+      if (!starts && (step.prepend == Prepend::kAlways || (step.prepend == Prepend::kFirst && p.at_origin))) {
+        rewritten.insert(0, step.replacement);
+      }
+      p.text = rewritten;
+      if (!step.split) return next(p);
+      auto matches = [&](auto&& f) { for_each_literal(p.text, step.replacement, f); };
+      return split_at(p, matches, Behavior::kMergedWithNext, false, next);
+    }
+    if (step.prefix_space && !p.text.empty() && p.text.front() != ' ') {
+      rewritten.reserve(p.text.size() + 1);
+      rewritten.append(1, ' ').append(p.text);
+      p.text = rewritten;
+    }
+    if (!step.regex) return next(p);
+    split_at(p, [&](auto&& f) { step.regex->for_each_match(p.text, f); }, step.behavior, step.invert, next);
   }
 
   // BPE of one pre-tokenized piece, appended to `out`.
   void bpe(std::string_view piece, std::vector<int32_t>& out) const {
+    if (byte_level && piece.size() == 1 && byte_id[static_cast<unsigned char>(piece[0])] >= 0) {
+      out.push_back(byte_id[static_cast<unsigned char>(piece[0])]);  // one symbol: nothing to merge
+      return;
+    }
     const bool cached = piece.size() < kCachedPieceBytes;
-    if (cached) {
-      std::lock_guard<std::mutex> lock(cache.mutex);
-      auto it = cache.map.find(piece);
-      if (it != cache.map.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        return;
-      }
+    if (const std::vector<int32_t>* ids = cached ? cache.find(piece) : nullptr) {
+      out.insert(out.end(), ids->begin(), ids->end());
+      return;
     }
     std::vector<int32_t> ids = model(piece);
     out.insert(out.end(), ids.begin(), ids.end());
-    if (!cached) return;
-    std::lock_guard<std::mutex> lock(cache.mutex);
-    if (cache.map.size() < PieceCache::kEntries) cache.map.emplace(std::string(piece), std::move(ids));
+    if (cached) cache.insert(piece, std::move(ids));
   }
 
   std::vector<int32_t> model(std::string_view piece) const {
