@@ -65,6 +65,9 @@ demo: build $(DEFAULT_MODEL)/config.json
 	@echo
 	@echo "== latent round trip: text -> ids -> embed -> forward -> classify =="
 	$(PY) examples/latent_round_trip.py $(DEFAULT_MODEL)
+	@echo
+	@echo "== streamed generation with a KV cache (chat template of the model) =="
+	$(VENV)/bin/aios generate $(DEFAULT_MODEL) "In one sentence, what is a language model?" --chat --max-new-tokens 60
 
 test: test-cpp test-python
 

@@ -398,6 +398,8 @@ PYBIND11_MODULE(_aios, m) {
           AIOS_GENERATE_ARGS, py::keep_alive<0, 1>(),
           "Like generate, as an iterator of GenerationStep (one per generated position), computed as it is read.")
       .def("new_session", &LocalBackbone::new_session, "an empty Session to pass to generate/stream")
+      .def_property_readonly("chat_template", &LocalBackbone::chat_template,
+                             "the chat template (Jinja text) stored with the model, or None")
       .def_property_readonly(
           "tokenizer",
           [](LocalBackbone& b) { return std::const_pointer_cast<aios::tokenizer::Tokenizer>(b.tokenizer()); },

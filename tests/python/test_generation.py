@@ -150,3 +150,26 @@ def test_bad_arguments(smollm, checkpoints):
     with pytest.raises(aios.InvalidArgumentError) as e:
         smollm.generate(torch.cat([latents, latents]), session=session)
     assert e.value.field == "session"
+
+
+def test_text_in_and_out_and_the_cli(smollm, default_model):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    template = smollm.chat_template
+    assert "<|im_start|>" in template
+    rendered = aios.apply_chat_template(template, [{"role": "user", "content": "Hi"}])
+    assert rendered == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                        "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    reply = smollm.generate_text("What is the capital of France?", chat=True, max_new_tokens=24)
+    assert "Paris" in reply
+    pieces = list(smollm.stream_text("The capital of France is", max_new_tokens=8))
+    assert len(pieces) > 1 and "".join(pieces) == smollm.generate_text("The capital of France is", max_new_tokens=8)
+    # The command line streams the same greedy reply (its C++ chat formatting agrees with Jinja's).
+    cli = Path(sys.executable).parent / "aios"
+    out = subprocess.run([str(cli), "generate", str(default_model), "What is the capital of France?", "--chat",
+                          "--max-new-tokens", "24"], capture_output=True, text=True, check=True).stdout
+    assert out == reply + "\n"
+    bad = subprocess.run([str(cli), "generate", str(default_model), "x", "--top-p", "2"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "top_p" in bad.stderr

@@ -18,13 +18,20 @@
 import torch as _torch  # noqa: F401  (loads LibTorch before the extension that links it)
 
 from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
+from . import text
 from ._aios import (Backbone, Config, Extension, ForwardOutput, FusedResult, Generation, GenerationResult,
                     GenerationStep, Gradients, Session, Tokenizer, gist_mask)
 from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,
                      InvalidArgumentError, NotFoundError, PermissionDeniedError, ResourceExhaustedError,
                      UnavailableError)
 
+# Text in and out, as methods: backbone.generate_text(...), backbone.stream_text(...).
+Backbone.generate_text = text.generate_text
+Backbone.stream_text = text.stream_text
+apply_chat_template = text.apply_chat_template
+
 __all__ = [
+    "apply_chat_template",
     "Backbone", "Config", "Extension", "ForwardOutput", "FusedResult", "Generation", "GenerationResult",
     "GenerationStep", "Gradients", "Session", "Tokenizer", "gist_mask",
     "Error", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
