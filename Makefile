@@ -81,6 +81,7 @@ bench: build $(DEFAULT_MODEL)/config.json
 	$(PY) bench/bench_forward.py
 	$(PY) bench/bench_gradient.py
 	$(PY) bench/bench_tokenizer.py
+	$(PY) bench/bench_generate.py
 
 clean:
 	rm -rf $(BUILD)

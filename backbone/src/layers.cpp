@@ -28,12 +28,14 @@ at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::opti
 at::Tensor cached_attention_mask(const KVCache& cache, std::optional<int64_t> window) {
   const int64_t S = cache.length(), begin = cache.pass_begin(), T = S - begin;
   const at::Tensor valid = cache.valid(), positions = cache.positions();  // [B,S]
+  const bool windowed = window.has_value() && *window < S;
+  if (begin == 0 && !windowed && valid.all().item<bool>()) return {};  // a fresh unpadded prompt: plain causal
   const auto device = valid.device();
   const at::Tensor query_slot = at::arange(begin, S, at::TensorOptions().dtype(at::kLong).device(device));
   const at::Tensor key_slot = at::arange(S, at::TensorOptions().dtype(at::kLong).device(device));
   at::Tensor mask = key_slot.unsqueeze(0).le(query_slot.unsqueeze(1)).unsqueeze(0);  // [1,T,S] slot order
   mask = mask.logical_and(valid.unsqueeze(1));                                          // [B,T,S]
-  if (window.has_value()) {
+  if (windowed) {
     const at::Tensor distance = positions.narrow(1, begin, T).unsqueeze(2) - positions.unsqueeze(1);  // [B,T,S]
     mask = mask.logical_and(distance.lt(*window));
   }

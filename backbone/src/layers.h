@@ -23,7 +23,8 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 at::Tensor activate(const at::Tensor& x, Activation activation);
 
 // The mask [B,1,T,S] of a cached pass whose T slots were appended last to `cache` (S slots in all):
-// each new slot sees the valid slots up to itself, within `window` positions when given.
+// each new slot sees the valid slots up to itself, within `window` positions when given. Undefined
+// (plain causal order) for the first pass into an empty cache without padding or a window.
 at::Tensor cached_attention_mask(const KVCache& cache, std::optional<int64_t> window);
 
 // What the blocks of one pass share: the attention description and one mask per distinct window,
