@@ -363,14 +363,6 @@ GgufFile GgufFile::open(const std::string& path, const GgufLimits& limits) {
   }
   const std::uint64_t tensor_count = in.uint(8, "tensor_count");
   const std::uint64_t metadata_count = in.uint(8, "metadata_kv_count");
-  if (tensor_count > limits.max_tensors) {
-    fail(ErrorCode::kResourceExhausted, in.field("tensor_count"), "{} tensors exceed the limit of {}", tensor_count,
-         limits.max_tensors);
-  }
-  if (metadata_count > limits.max_metadata) {
-    fail(ErrorCode::kResourceExhausted, in.field("metadata_kv_count"), "{} key-values exceed the limit of {}",
-         metadata_count, limits.max_metadata);
-  }
   // The smallest key-value (empty key, type, one byte) takes 13 bytes, the smallest tensor info
   // (empty name, rank, type, offset) 24: counts the file cannot hold are caught here.
   if (metadata_count > in.left() / 13) {
@@ -381,7 +373,14 @@ GgufFile GgufFile::open(const std::string& path, const GgufLimits& limits) {
     fail(ErrorCode::kDataLoss, in.field("tensor_count"), "{} tensors cannot fit the {} bytes left", tensor_count,
          in.left());
   }
-
+  if (tensor_count > limits.max_tensors) {
+    fail(ErrorCode::kResourceExhausted, in.field("tensor_count"), "{} tensors exceed the limit of {}", tensor_count,
+         limits.max_tensors);
+  }
+  if (metadata_count > limits.max_metadata) {
+    fail(ErrorCode::kResourceExhausted, in.field("metadata_kv_count"), "{} key-values exceed the limit of {}",
+         metadata_count, limits.max_metadata);
+  }
   for (std::uint64_t i = 0; i < metadata_count; ++i) {
     const std::string key = in.string(limits, fmt::format("metadata key #{}", i));
     const GgufType type = read_value_type(in, key);
