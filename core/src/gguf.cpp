@@ -45,12 +45,6 @@ const TypeLayout* layout_of(std::uint32_t type) {
   return nullptr;
 }
 
-bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t* out) {
-  if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return false;
-  *out = a * b;
-  return true;
-}
-
 const char* value_type_name(GgufType type) {
   static const char* const kNames[] = {"u8",  "i8",     "u16",   "i16", "u32", "i32", "f32",
                                        "bool", "string", "array", "u64", "i64", "f64"};

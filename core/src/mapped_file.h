@@ -1,7 +1,10 @@
-// Internal to core: a read-only private mapping of a whole file, shared by the file-format readers.
+// Internal to core: what the file-format readers share — a read-only private mapping of a whole
+// file, and overflow-checked size arithmetic.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <string>
 
 namespace aios::io {
@@ -22,5 +25,12 @@ class MappedFile {
   const std::byte* data_ = nullptr;
   std::size_t size_ = 0;
 };
+
+// a * b into *out; false (and *out untouched) on overflow.
+inline bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t* out) {
+  if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return false;
+  *out = a * b;
+  return true;
+}
 
 }  // namespace aios::io

@@ -68,13 +68,6 @@ std::uint64_t read_le_u64(const std::byte* p) {
   return v;
 }
 
-// Multiplies with an overflow check; false on overflow.
-bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t* out) {
-  if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return false;
-  *out = a * b;
-  return true;
-}
-
 }  // namespace
 
 int64_t TensorView::numel() const {

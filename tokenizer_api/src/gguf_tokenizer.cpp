@@ -80,7 +80,7 @@ bool spelled_in_byte_alphabet(const std::string& token) {
     std::size_t n;
     if (c < 0x80) {
       cp = c, n = 1;
-    } else if ((c & 0xE0) == 0xC0 && i + 1 < token.size()) {
+    } else if ((c & 0xE0) == 0xC0 && i + 1 < token.size() && (static_cast<std::uint8_t>(token[i + 1]) & 0xC0) == 0x80) {
       cp = ((c & 0x1Fu) << 6) | (static_cast<std::uint8_t>(token[i + 1]) & 0x3Fu), n = 2;
     } else {
       return false;  // three-byte and longer code points are all outside the alphabet
