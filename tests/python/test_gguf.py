@@ -234,3 +234,20 @@ def test_gguf_tokenizer_options_match_transformers(tmp_path):
     for text in CORPUS + ["<think>a thought</think> é x", "x = 12345678 + 3"]:
         assert ours.encode(text) == reference.encode(text), text
         assert ours.encode(text, add_special_tokens=False) == reference.encode(text, add_special_tokens=False), text
+
+
+def test_gguf_tokenizer_errors_name_the_key(tmp_path):
+    config = dict(max_position_embeddings=64, hidden_size=64, num_hidden_layers=1, intermediate_size=32,
+                  num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
+    S, A, U32 = gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32
+    base = {"tokenizer.ggml.tokens": (["a", "b"], A, S)}
+    cases = [({"tokenizer.ggml.model": ("llama", S)}, aios.InvalidArgumentError, "tokenizer.ggml.model"),
+             ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.bos_token_id": (7, U32)}, aios.DataLossError,
+              "bos_token_id"),
+             ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.token_type": ([1], A, U32)}, aios.DataLossError,
+              "token_type"),
+             ({}, aios.DataLossError, "tokenizer.ggml.model")]
+    for i, (extra, error, key) in enumerate(cases):
+        path = write_gguf(tmp_path / f"t{i}.gguf", "llama", config, {}, extra={**base, **extra})
+        with pytest.raises(error, match=key):
+            aios.Tokenizer.load(path)
