@@ -1,5 +1,6 @@
 """GGUF files through aios: the dequantisers against the gguf package, backbones against transformers
 and against the same weights as a Hugging Face folder, the tokenizer against transformers' GGUF one."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ from gguf import GGMLQuantizationType as Q
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import aios
-from test_tokenizer import CORPUS, trained
+from tokenizers import pre_tokenizers
+
+from test_tokenizer import CORPUS, sentencepiece_like, trained
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -209,8 +212,7 @@ def test_default_gguf_tokenizer_matches_transformers(default_gguf):
 def test_gguf_tokenizer_options_match_transformers(tmp_path):
     """A small byte-level BPE written as GGUF metadata: the llama-bpe split pattern, BOS added, a
     user-defined token, control tokens, a token spelled outside the byte alphabet."""
-    import json
-    spec = json.loads(trained(tmp_path, "bpe", __import__("tokenizers").pre_tokenizers.ByteLevel()).read_text())
+    spec = json.loads(trained(tmp_path, "bpe", pre_tokenizers.ByteLevel()).read_text())
     vocab = spec["model"]["vocab"]
     tokens = [None] * len(vocab)
     for token, i in vocab.items():
@@ -236,12 +238,46 @@ def test_gguf_tokenizer_options_match_transformers(tmp_path):
         assert ours.encode(text, add_special_tokens=False) == reference.encode(text, add_special_tokens=False), text
 
 
+@pytest.mark.parametrize("with_merges", [True, False], ids=["merges", "scores"])
+def test_sentencepiece_gguf_tokenizer_matches_transformers(tmp_path, with_merges):
+    """A Llama-2-style vocabulary (characters, byte fallback) as `llama` tokenizer metadata: with its
+    merges, or with scores only, from which both sides recover the merges."""
+    spec = json.loads(sentencepiece_like(tmp_path, "sp", pre_tokenizer=pre_tokenizers.Metaspace()).read_text())
+    vocab = spec["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for token, i in vocab.items():
+        tokens[i] = token
+    # llama.cpp's types: 2 unknown, 3 control, 4 user-defined, 6 byte, 1 the rest
+    types = [2 if t == "<unk>" else 3 if t in ("<s>", "</s>") else 4 if t.startswith("<|") else
+             6 if t.startswith("<0x") else 1 for t in tokens]
+    V = gguf.GGUFValueType
+    extra = {"tokenizer.ggml.model": ("llama", V.STRING), "tokenizer.ggml.tokens": (tokens, V.ARRAY, V.STRING),
+             "tokenizer.ggml.scores": ([-float(i) for i in range(len(tokens))], V.ARRAY, V.FLOAT32),
+             "tokenizer.ggml.token_type": (types, V.ARRAY, V.INT32), "tokenizer.ggml.bos_token_id": (1, V.UINT32),
+             "tokenizer.ggml.eos_token_id": (2, V.UINT32), "tokenizer.ggml.unknown_token_id": (0, V.UINT32)}
+    if with_merges:
+        merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+        extra["tokenizer.ggml.merges"] = (merges, V.ARRAY, V.STRING)
+    config = dict(max_position_embeddings=64, hidden_size=64, num_hidden_layers=1, intermediate_size=32,
+                  num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
+    write_gguf(tmp_path / "sp.gguf", "llama", config, {"token_embd.weight": np.zeros((len(tokens), 64), np.float32)},
+               extra=extra)
+    ours = aios.Tokenizer.load(tmp_path / "sp.gguf")
+    reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")
+    for text in CORPUS:
+        ids = reference.encode(text)
+        assert ours.encode(text) == ids, text
+        assert ours.encode(text, add_special_tokens=False) == reference.encode(text, add_special_tokens=False), text
+        assert ours.decode(ids) == reference.decode(ids), text
+
+
 def test_gguf_tokenizer_errors_name_the_key(tmp_path):
     config = dict(max_position_embeddings=64, hidden_size=64, num_hidden_layers=1, intermediate_size=32,
                   num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
     S, A, U32 = gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32
     base = {"tokenizer.ggml.tokens": (["a", "b"], A, S)}
-    cases = [({"tokenizer.ggml.model": ("llama", S)}, aios.InvalidArgumentError, "tokenizer.ggml.model"),
+    cases = [({"tokenizer.ggml.model": ("t5", S)}, aios.InvalidArgumentError, "tokenizer.ggml.model"),
+             ({"tokenizer.ggml.model": ("llama", S)}, aios.DataLossError, "tokenizer.ggml.scores"),
              ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.bos_token_id": (7, U32)}, aios.DataLossError,
               "bos_token_id"),
              ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.token_type": ([1], A, U32)}, aios.DataLossError,

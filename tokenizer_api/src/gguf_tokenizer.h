@@ -8,7 +8,7 @@
 namespace aios::tokenizer {
 
 // Built as transformers builds a tokenizer from the same file (AutoTokenizer with gguf_file), so
-// that ids agree. Throws Error: kInvalidArgument (a tokenizer.ggml.model other than gpt2),
+// that ids agree. Throws Error: kInvalidArgument (a tokenizer.ggml.model other than gpt2 or llama),
 // kDataLoss (missing or inconsistent tokenizer.ggml.* keys, naming the key).
 std::string gguf_tokenizer_json(const io::GgufFile& file);
 

@@ -46,9 +46,11 @@ class Tokenizer {
   static Tokenizer load(const std::string& path);
   static Tokenizer from_json(const std::string& json_text, const std::string& source = "tokenizer.json");
   // The tokenizer stored in a GGUF file's metadata (tokenizer.ggml.*), built as transformers builds
-  // it from the same file: model gpt2 (byte-level BPE) with the split pattern named by
-  // tokenizer.ggml.pre, control tokens and the bos/eos/unknown/padding tokens as special added
-  // tokens, user-defined tokens as added tokens, BOS/EOS added as add_bos_token/add_eos_token say.
+  // it from the same file: model gpt2 (byte-level BPE, with the split pattern named by
+  // tokenizer.ggml.pre) or llama (SentencePiece BPE over characters with byte fallback; merges
+  // recovered from the scores when the file lists none); control tokens and the
+  // bos/eos/unknown/padding tokens as special added tokens, user-defined tokens as added tokens,
+  // BOS/EOS added as add_bos_token/add_eos_token say (llama: BOS unless the file says otherwise).
   // Throws Error: kNotFound, kDataLoss (corrupt file or tokenizer keys, naming the key),
   // kInvalidArgument (another tokenizer model).
   static Tokenizer from_gguf(const std::string& path);
