@@ -117,7 +117,9 @@ GgufType read_value_type(Cursor& in, const std::string& what) {
   return static_cast<GgufType>(t);
 }
 
-GgufValue read_value(Cursor& in, GgufType type, const GgufLimits& limits, std::size_t depth, const std::string& what) {
+// `values`: array elements read so far, over all keys, against limits.max_metadata_values.
+GgufValue read_value(Cursor& in, GgufType type, const GgufLimits& limits, std::size_t depth, std::uint64_t& values,
+                     const std::string& what) {
   GgufValue v;
   v.type = type;
   switch (type) {
@@ -173,8 +175,15 @@ GgufValue read_value(Cursor& in, GgufType type, const GgufLimits& limits, std::s
         fail(ErrorCode::kDataLoss, in.field(what), "array of {} {} elements does not fit the {} bytes left", count,
              value_type_name(v.element_type), in.left());
       }
+      if (count > limits.max_metadata_values - values) {
+        fail(ErrorCode::kResourceExhausted, in.field(what), "{} more array elements exceed the limit of {} in all",
+             count, limits.max_metadata_values);
+      }
+      values += count;
       v.elements.reserve(static_cast<std::size_t>(count));
-      for (std::uint64_t i = 0; i < count; ++i) v.elements.push_back(read_value(in, v.element_type, limits, depth + 1, what));
+      for (std::uint64_t i = 0; i < count; ++i) {
+        v.elements.push_back(read_value(in, v.element_type, limits, depth + 1, values, what));
+      }
       break;
     }
   }
@@ -375,10 +384,11 @@ GgufFile GgufFile::open(const std::string& path, const GgufLimits& limits) {
     fail(ErrorCode::kResourceExhausted, in.field("metadata_kv_count"), "{} key-values exceed the limit of {}",
          metadata_count, limits.max_metadata);
   }
+  std::uint64_t values = 0;
   for (std::uint64_t i = 0; i < metadata_count; ++i) {
     const std::string key = in.string(limits, fmt::format("metadata key #{}", i));
     const GgufType type = read_value_type(in, key);
-    GgufValue value = read_value(in, type, limits, 0, key);
+    GgufValue value = read_value(in, type, limits, 0, values, key);
     if (!impl->metadata.emplace(key, std::move(value)).second) {
       fail(ErrorCode::kDataLoss, in.field(key), "metadata key appears twice");
     }

@@ -11,6 +11,7 @@
 
 #include "aios/error.h"
 #include "aios/io/gguf.h"
+#include "gguf_bytes.h"
 
 namespace fs = std::filesystem;
 using aios::Error;
@@ -18,6 +19,7 @@ using aios::ErrorCode;
 using aios::io::GgmlType;
 using aios::io::GgufFile;
 using aios::io::GgufType;
+using aios_test::Bytes;
 
 namespace {
 
@@ -26,25 +28,6 @@ fs::path scratch_dir() {
   fs::create_directories(dir);
   return dir;
 }
-
-// Little-endian GGUF bytes, appended piece by piece.
-struct Bytes {
-  std::string s;
-  Bytes& u(std::uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-    return *this;
-  }
-  Bytes& str(const std::string& text, std::uint64_t claimed = ~0ull) {
-    u(claimed == ~0ull ? text.size() : claimed, 8);
-    s += text;
-    return *this;
-  }
-  Bytes& f32(float f) {
-    std::uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    return u(bits, 4);
-  }
-};
 
 struct TensorSpec {
   std::string name;
@@ -124,6 +107,16 @@ TEST_CASE("gguf: a well-formed file gives its metadata and tensors") {
   CHECK(b->size_bytes == 34);
   CHECK(static_cast<int>(b->data[0]) == 32);  // the data section's 33rd byte
   CHECK(file.find("c") == nullptr);
+  // More array elements than the limit allows in all: resource_exhausted, before they are read.
+  aios::io::GgufLimits limits;
+  limits.max_metadata_values = 1;
+  try {
+    GgufFile::open(file.path(), limits);
+    FAIL("read past the limit");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::kResourceExhausted);
+    CHECK(e.field().find("tokenizer.ggml.tokens") != std::string::npos);
+  }
   // A value of another type is data_loss naming the key.
   try {
     (void)file.integer("general.name");

@@ -70,6 +70,9 @@ struct GgufLimits {
   std::uint64_t max_metadata = 1u << 20;        // key-value pairs
   std::uint64_t max_string_bytes = 1ull << 28;  // one key or string value
   std::uint64_t max_array_elements = 1ull << 28;
+  // Array elements of all keys together: each takes a GgufValue in memory, far more than its bytes
+  // in the file. Real files hold a few hundred thousand (tokens, scores, merges).
+  std::uint64_t max_metadata_values = 1ull << 22;
   std::size_t max_nesting = 4;  // arrays of arrays
   std::size_t max_rank = 4;     // ggml's GGML_MAX_DIMS
 };
@@ -80,7 +83,7 @@ class GgufFile {
   // or mapped), kInvalidArgument (not a regular file, a version other than 2 or 3, a tensor type
   // ggml does not define), kDataLoss (bad magic, truncated or corrupt: lying counts, lengths or
   // offsets, misaligned or overlapping tensors, repeated names; the message names the key or
-  // tensor), kResourceExhausted (more than a limit allows).
+  // tensor), kResourceExhausted (more tensors, key-values or metadata values than a limit allows).
   static GgufFile open(const std::string& path, const GgufLimits& limits = {});
 
   GgufFile(GgufFile&&) noexcept;
