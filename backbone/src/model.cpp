@@ -6,6 +6,7 @@
 
 #include "aios/fail.h"
 #include "architectures.h"
+#include "gguf_checkpoint.h"
 
 namespace aios::backbone {
 
@@ -100,6 +101,19 @@ at::Tensor Model::classify(const at::Tensor& hidden, const at::Tensor& extra_row
   return at::cat({logits, at::linear(hidden, extra_rows)}, -1);
 }
 
+namespace {
+
+std::unique_ptr<Model> build(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options) {
+  at::NoGradGuard no_grad;
+  switch (config.family) {
+    case Family::kLlama: return make_llama(config, weights, options);
+    case Family::kGpt2: return make_gpt2(config, weights, options);
+  }
+  fail(ErrorCode::kInternal, "config.family", "unhandled family");
+}
+
+}  // namespace
+
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
   if (options.dtype != c10::kFloat && options.dtype != c10::kBFloat16 && options.dtype != c10::kHalf &&
       options.dtype != c10::kDouble) {
@@ -119,17 +133,18 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
          options.device.str());
   }
   std::error_code error;  // the non-throwing overloads: a permission problem is an aios::Error too
-  if (!fs::is_directory(path, error)) fail(ErrorCode::kNotFound, path, "expected a checkpoint folder");
-  const fs::path config_path = fs::path(path) / "config.json";
-  const ModelConfig config = parse_hf_config(io::read_file(config_path.string()), config_path.string());
-
-  const WeightSource weights(path);
-  at::NoGradGuard no_grad;
-  switch (config.family) {
-    case Family::kLlama: return make_llama(config, weights, options);
-    case Family::kGpt2: return make_gpt2(config, weights, options);
+  if (fs::is_directory(path, error)) {
+    const fs::path config_path = fs::path(path) / "config.json";
+    const ModelConfig config = parse_hf_config(io::read_file(config_path.string()), config_path.string());
+    return build(config, SafetensorsWeights(path), options);
   }
-  fail(ErrorCode::kInternal, "config.family", "unhandled family");
+  if (fs::is_regular_file(path, error) && fs::path(path).extension() == ".gguf") {
+    const io::GgufFile file = io::GgufFile::open(path);
+    const ModelConfig config = gguf_model_config(file);
+    return build(config, GgufWeights(file, config), options);
+  }
+  fail(fs::exists(path, error) ? ErrorCode::kInvalidArgument : ErrorCode::kNotFound, path,
+       "expected a checkpoint folder or a .gguf file");
 }
 
 }  // namespace aios::backbone

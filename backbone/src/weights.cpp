@@ -44,7 +44,7 @@ void check_shard_name(const std::string& index, const std::string& name) {
 
 }  // namespace
 
-WeightSource::WeightSource(const std::string& folder) {
+SafetensorsWeights::SafetensorsWeights(const std::string& folder) {
   const fs::path single = fs::path(folder) / "model.safetensors";
   const fs::path index = fs::path(folder) / "model.safetensors.index.json";
   std::vector<std::string> shard_names;
@@ -85,14 +85,18 @@ WeightSource::WeightSource(const std::string& folder) {
   }
 }
 
-at::Tensor WeightSource::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+void check_shape(const std::string& name, at::IntArrayRef expected, at::IntArrayRef actual) {
+  if (!std::equal(actual.begin(), actual.end(), expected.begin(), expected.end())) {
+    fail(ErrorCode::kDataLoss, name, "expected shape [{}], got [{}]", fmt::join(expected.begin(), expected.end(), ", "),
+         fmt::join(actual.begin(), actual.end(), ", "));
+  }
+}
+
+at::Tensor SafetensorsWeights::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
   auto it = where_.find(name);
   if (it == where_.end()) fail(ErrorCode::kDataLoss, name, "tensor missing from the checkpoint");
   const io::TensorView& view = *it->second;
-  if (!std::equal(view.shape.begin(), view.shape.end(), shape.begin(), shape.end())) {
-    fail(ErrorCode::kDataLoss, name, "expected shape [{}], got [{}]", fmt::join(shape.begin(), shape.end(), ", "),
-         fmt::join(view.shape, ", "));
-  }
+  check_shape(name, shape, view.shape);
   const c10::ScalarType stored = to_scalar_type(view.dtype);
   if (!c10::isFloatingType(stored)) {
     fail(ErrorCode::kDataLoss, name, "expected a floating-point tensor, got {}", io::dtype_name(view.dtype));

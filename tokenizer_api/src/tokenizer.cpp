@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -21,6 +22,8 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
+#include "aios/io/gguf.h"
+#include "gguf_tokenizer.h"
 
 namespace aios::tokenizer {
 
@@ -665,6 +668,7 @@ struct Tokenizer::Impl {
   std::vector<int32_t> prefix_ids, suffix_ids;  // template tokens around a single sequence
   bool has_decoder = false;
   std::vector<DecodeStep> decoders;
+  std::string chat_template;  // Jinja text, from a GGUF file
 
   PieceCache cache;
 
@@ -926,12 +930,22 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::load(const std::string& path) {
+  if (std::filesystem::path(path).extension() == ".gguf") return from_gguf(path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(ErrorCode::kNotFound, path, "cannot open");
   std::ostringstream text;
   text << in.rdbuf();
   return from_json(text.str(), path);
 }
+
+Tokenizer Tokenizer::from_gguf(const std::string& path) {
+  const io::GgufFile file = io::GgufFile::open(path);
+  Tokenizer t = from_json(gguf_tokenizer_json(file), path);
+  t.impl_->chat_template = file.string("tokenizer.chat_template").value_or("");
+  return t;
+}
+
+const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
 
 namespace {
 

@@ -96,10 +96,13 @@ class Model {
   std::vector<at::Tensor> weights_;
 };
 
-// Loads a Hugging Face checkpoint folder: config.json with model.safetensors, or with
-// model.safetensors.index.json and its shards. All or nothing: on any error no model is returned.
-// Throws Error: kNotFound (no folder, config or weights), kDataLoss (corrupt files, missing or
-// mis-shaped tensors), kInvalidArgument (unknown architecture, unsupported config value, bad options).
+// Loads a Hugging Face checkpoint folder (config.json with model.safetensors, or with
+// model.safetensors.index.json and its shards), or a .gguf file (architectures llama and qwen2;
+// tensors F32, F16, BF16 or quantised Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, dequantised
+// to float32 and then converted to options.dtype). All or nothing: on any error no model is returned.
+// Throws Error: kNotFound (no folder, file, config or weights), kDataLoss (corrupt files, missing or
+// mis-shaped tensors), kInvalidArgument (unknown architecture or tensor type, unsupported config
+// value, bad options).
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
 
 }  // namespace aios::backbone

@@ -41,10 +41,19 @@ namespace aios::tokenizer {
 
 class Tokenizer {
  public:
-  // Reads tokenizer.json. Throws Error: kNotFound, kDataLoss (not JSON), kInvalidArgument
-  // (unsupported component, naming it).
+  // Reads tokenizer.json, or a .gguf file's tokenizer (by the extension, see from_gguf). Throws
+  // Error: kNotFound, kDataLoss (not JSON), kInvalidArgument (unsupported component, naming it).
   static Tokenizer load(const std::string& path);
   static Tokenizer from_json(const std::string& json_text, const std::string& source = "tokenizer.json");
+  // The tokenizer stored in a GGUF file's metadata (tokenizer.ggml.*), built as transformers builds
+  // it from the same file: model gpt2 (byte-level BPE, with the split pattern named by
+  // tokenizer.ggml.pre) or llama (SentencePiece BPE over characters with byte fallback; merges
+  // recovered from the scores when the file lists none); control tokens and the
+  // bos/eos/unknown/padding tokens as special added tokens, user-defined tokens as added tokens,
+  // BOS/EOS added as add_bos_token/add_eos_token say (llama: BOS unless the file says otherwise).
+  // Throws Error: kNotFound, kDataLoss (corrupt file or tokenizer keys, naming the key),
+  // kInvalidArgument (another tokenizer model).
+  static Tokenizer from_gguf(const std::string& path);
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -64,6 +73,9 @@ class Tokenizer {
   // Throws Error(kInvalidArgument) for an id outside [0, vocab_size()) or one without a token.
   std::string id_to_token(int32_t id) const;
   bool is_special(int32_t id) const;
+  // The chat template stored with the tokenizer (GGUF: tokenizer.chat_template), as Jinja text;
+  // empty when there is none. Applying it is left to the caller.
+  const std::string& chat_template() const;
 
   // A new, independent tokenizer: this one plus `tokens` as special added tokens (matched in text
   // like the others, before normalization; skipped by skip_special_tokens) with ids first_id,

@@ -1,0 +1,160 @@
+// The one place that knows llama.cpp's names: metadata keys (`<arch>.embedding_length`, ...) and
+// tensor names (`blk.N.attn_q.weight`, ...) against their Hugging Face counterparts.
+#include "gguf_checkpoint.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "aios/fail.h"
+#include "dequantize.h"
+
+namespace aios::backbone {
+
+namespace {
+
+struct Architecture {
+  const char* gguf;  // general.architecture
+  const char* hf;    // config.json "architectures"
+  bool permuted_qk;  // llama.cpp's converter permuted q/k rows for rotary embedding
+};
+constexpr Architecture kArchitectures[] = {
+    {"llama", "LlamaForCausalLM", true},
+    {"qwen2", "Qwen2ForCausalLM", false},
+};
+
+const Architecture& architecture_of(const io::GgufFile& file) {
+  const auto name = file.string("general.architecture");
+  if (!name) fail(ErrorCode::kDataLoss, file.path() + ": general.architecture", "required string is missing");
+  for (const Architecture& a : kArchitectures) {
+    if (*name == a.gguf) return a;
+  }
+  fail(ErrorCode::kInvalidArgument, file.path() + ": general.architecture", "expected llama or qwen2, got \"{}\"", *name);
+}
+
+// config.json keys and the GGUF keys (after "<arch>.") they come from.
+struct Key {
+  const char* hf;
+  const char* gguf;
+  bool integer;
+};
+constexpr Key kKeys[] = {
+    {"max_position_embeddings", "context_length", true},
+    {"hidden_size", "embedding_length", true},
+    {"num_hidden_layers", "block_count", true},
+    {"intermediate_size", "feed_forward_length", true},
+    {"num_attention_heads", "attention.head_count", true},
+    {"num_key_value_heads", "attention.head_count_kv", true},
+    {"head_dim", "attention.key_length", true},
+    {"rope_theta", "rope.freq_base", false},
+    {"rms_norm_eps", "attention.layer_norm_rms_epsilon", false},
+};
+
+// "model.layers.N.<hf>" -> "blk.N.<gguf>", the weight or bias suffix kept.
+struct LayerName {
+  const char* hf;
+  const char* gguf;
+};
+constexpr LayerName kLayerNames[] = {
+    {"input_layernorm.", "attn_norm."},   {"post_attention_layernorm.", "ffn_norm."},
+    {"self_attn.q_proj.", "attn_q."},     {"self_attn.k_proj.", "attn_k."},
+    {"self_attn.v_proj.", "attn_v."},     {"self_attn.o_proj.", "attn_output."},
+    {"mlp.gate_proj.", "ffn_gate."},      {"mlp.up_proj.", "ffn_up."},
+    {"mlp.down_proj.", "ffn_down."},
+};
+
+std::optional<std::string> gguf_name(const std::string& hf) {
+  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
+  if (hf == "model.norm.weight") return "output_norm.weight";
+  if (hf == "lm_head.weight") return "output.weight";
+  const std::string prefix = "model.layers.";
+  if (hf.rfind(prefix, 0) != 0) return std::nullopt;
+  const std::size_t dot = hf.find('.', prefix.size());
+  if (dot == std::string::npos) return std::nullopt;
+  const std::string layer = hf.substr(prefix.size(), dot - prefix.size());
+  const std::string rest = hf.substr(dot + 1);
+  for (const LayerName& n : kLayerNames) {
+    const std::string from = n.hf;
+    if (rest.rfind(from, 0) == 0) return "blk." + layer + "." + n.gguf + rest.substr(from.size());
+  }
+  return std::nullopt;
+}
+
+// llama.cpp stores rows of each head as [2, hd/2] halves interleaved into [hd/2, 2]; swap back.
+at::Tensor unpermute(const at::Tensor& w, int64_t heads) {
+  std::vector<int64_t> view = {heads, w.size(0) / heads / 2, 2};
+  for (int64_t d = 1; d < w.dim(); ++d) view.push_back(w.size(d));
+  return w.reshape(view).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+
+}  // namespace
+
+ModelConfig gguf_model_config(const io::GgufFile& file) {
+  const Architecture& arch = architecture_of(file);
+  const std::string a = std::string(arch.gguf) + ".";
+  nlohmann::json config = {{"architectures", {arch.hf}}};
+  std::map<std::string, std::string> source;  // "config.<hf key>" -> GGUF key, for error messages
+  for (const Key& k : kKeys) {
+    const std::string key = a + k.gguf;
+    source[std::string("config.") + k.hf] = key;
+    if (k.integer) {
+      if (auto v = file.integer(key)) config[k.hf] = *v;
+    } else if (auto v = file.number(key)) {
+      config[k.hf] = *v;
+    }
+  }
+  if (auto type = file.string(a + "rope.scaling.type"); type && *type != "none") {
+    source["config.rope_scaling.rope_type"] = a + "rope.scaling.type";
+    source["config.rope_scaling.factor"] = a + "rope.scaling.factor";
+    config["rope_scaling"] = {{"rope_type", *type}};
+    if (auto factor = file.number(a + "rope.scaling.factor")) config["rope_scaling"]["factor"] = *factor;
+  }
+  if (file.find("rope_freqs.weight") != nullptr) {
+    fail(ErrorCode::kInvalidArgument, file.path() + ": rope_freqs.weight",
+         "per-frequency rope factors (Llama 3.1 style scaling stored as a tensor) are not supported");
+  }
+  const io::GgufTensor* embedding = file.find("token_embd.weight");
+  if (embedding == nullptr || embedding->shape.size() != 2) {
+    fail(ErrorCode::kDataLoss, file.path() + ": token_embd.weight", "expected a [vocab, hidden] token embedding");
+  }
+  config["vocab_size"] = embedding->shape[0];
+  source["config.vocab_size"] = "token_embd.weight";
+  config["tie_word_embeddings"] = file.find("output.weight") == nullptr;
+
+  ModelConfig c;
+  try {
+    c = parse_hf_config(config.dump(), file.path());
+  } catch (const Error& e) {
+    auto it = source.find(e.field());
+    throw Error(e.code(), file.path() + ": " + (it != source.end() ? it->second : e.field()), e.message());
+  }
+  if (auto rotary = file.integer(a + "rope.dimension_count"); rotary && *rotary != c.head_dim) {
+    fail(ErrorCode::kInvalidArgument, file.path() + ": " + a + "rope.dimension_count",
+         "expected the head size {} (partial rotary embeddings are not supported), got {}", c.head_dim, *rotary);
+  }
+  return c;
+}
+
+GgufWeights::GgufWeights(const io::GgufFile& file, const ModelConfig& config)
+    : file_(file),
+      permuted_qk_(architecture_of(file).permuted_qk),
+      num_heads_(config.num_heads),
+      num_kv_heads_(config.num_kv_heads) {}
+
+bool GgufWeights::contains(const std::string& name) const {
+  const auto g = gguf_name(name);
+  return g && file_.find(*g) != nullptr;
+}
+
+at::Tensor GgufWeights::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+  const auto g = gguf_name(name);
+  const io::GgufTensor* t = g ? file_.find(*g) : nullptr;
+  const std::string field = fmt::format("{}: tensor '{}' ({})", file_.path(), g.value_or("?"), name);
+  if (t == nullptr) fail(ErrorCode::kDataLoss, field, "tensor missing from the checkpoint");
+  check_shape(field, shape, t->shape);
+  at::Tensor w = dequantize(*t, field);
+  if (permuted_qk_ && g->find(".attn_q.") != std::string::npos) w = unpermute(w, num_heads_);
+  if (permuted_qk_ && g->find(".attn_k.") != std::string::npos) w = unpermute(w, num_kv_heads_);
+  return w.to(options.device, options.dtype).contiguous();
+}
+
+}  // namespace aios::backbone

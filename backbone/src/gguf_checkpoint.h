@@ -1,0 +1,33 @@
+// Internal: a GGUF file read as a checkpoint — its metadata mapped onto the ModelConfig that the
+// Hugging Face config.json of the same model gives, its tensors served under Hugging Face names.
+#pragma once
+
+#include "aios/backbone/config.h"
+#include "aios/io/gguf.h"
+#include "weights.h"
+
+namespace aios::backbone {
+
+// Architectures `llama` (Llama 2/3, SmolLM2, ...) and `qwen2`. Throws Error: kInvalidArgument (another
+// architecture, an unsupported value, naming the GGUF key), kDataLoss (a required key or tensor
+// missing or of the wrong type).
+ModelConfig gguf_model_config(const io::GgufFile& file);
+
+// The file's tensors, dequantised to float32 and then converted to the requested dtype. For
+// `llama`, the q and k projections are un-permuted back to the Hugging Face row order (llama.cpp's
+// converter interleaves the two rotary halves of each head). Keeps a reference to `file`.
+class GgufWeights final : public WeightSource {
+ public:
+  GgufWeights(const io::GgufFile& file, const ModelConfig& config);
+
+  bool contains(const std::string& name) const override;
+  at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
+
+ private:
+  const io::GgufFile& file_;
+  bool permuted_qk_;
+  int64_t num_heads_;
+  int64_t num_kv_heads_;
+};
+
+}  // namespace aios::backbone

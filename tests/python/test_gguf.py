@@ -1,0 +1,289 @@
+"""GGUF files through aios: the dequantisers against the gguf package, backbones against transformers
+and against the same weights as a Hugging Face folder, the tokenizer against transformers' GGUF one."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import transformers
+from gguf import GGMLQuantizationType as Q
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import aios
+from tokenizers import pre_tokenizers
+
+from test_tokenizer import CORPUS, sentencepiece_like, trained
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Quantised by the gguf package itself; the K types it cannot quantise get random blocks with valid
+# fp16 scales (the byte offsets of the scales in each block).
+QUANTISED = [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
+RANDOM_BLOCKS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+
+
+def blocks_of(qtype, rows, cols, rng):
+    """A [rows, cols] tensor of `qtype` as the bytes a GGUF file stores."""
+    if qtype == Q.F32:
+        return rng.standard_normal((rows, cols), dtype=np.float32)
+    if qtype in QUANTISED:
+        return gguf.quants.quantize(rng.standard_normal((rows, cols), dtype=np.float32), qtype)
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, (rows * cols // block, size), dtype=np.uint8)
+    for offset in RANDOM_BLOCKS[qtype]:
+        raw[:, offset:offset + 2] = rng.uniform(-0.1, 0.1, (raw.shape[0], 1)).astype(np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def write_gguf(path, arch, config, tensors, raw_types=None, extra=None):
+    """A GGUF file of `arch` with the Hugging Face `config` values llama.cpp's converter writes."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_rope_freq_base(config["rope_theta"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    for key, value in (extra or {}).items():
+        writer.add_key_value(key, *value)
+    for name, array in tensors.items():
+        writer.add_tensor(name, array, raw_dtype=(raw_types or {}).get(name))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def permute(w, heads):
+    """llama.cpp's converter: interleave the two rotary halves of each head's rows."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def hf_to_gguf_tensors(model, arch):
+    """The state dict of a transformers model under GGUF names, as llama.cpp's converter writes it."""
+    c = model.config
+    out = {}
+    for name, value in model.state_dict().items():
+        w = value.detach().float().numpy()
+        if name == "model.embed_tokens.weight":
+            out["token_embd.weight"] = w
+        elif name == "model.norm.weight":
+            out["output_norm.weight"] = w
+        elif name == "lm_head.weight":
+            if not c.tie_word_embeddings:
+                out["output.weight"] = w
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            if arch == "llama" and module == "self_attn.q_proj":
+                w = permute(w, c.num_attention_heads)
+            if arch == "llama" and module == "self_attn.k_proj":
+                w = permute(w, c.num_key_value_heads)
+            out[f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"] = w
+    return out
+
+
+def run(backbone, ids):
+    out = backbone.forward(backbone.embed(ids))
+    return out.hidden, backbone.classify(out.hidden)
+
+
+@pytest.mark.parametrize("qtype", [Q.F32] + QUANTISED + list(RANDOM_BLOCKS), ids=lambda q: q.name)
+def test_dequantisers_match_the_gguf_package(tmp_path, qtype):
+    # A one-block model whose token embedding has the type: embed() returns its rows as loaded.
+    rng = np.random.default_rng(int(qtype))
+    D, V, I = 256, 8, 32
+    config = dict(max_position_embeddings=64, hidden_size=D, num_hidden_layers=1, intermediate_size=I,
+                  num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
+    tensors = {"token_embd.weight": blocks_of(qtype, V, D, rng), "output_norm.weight": np.ones(D, np.float32),
+               "blk.0.attn_norm.weight": np.ones(D, np.float32), "blk.0.ffn_norm.weight": np.ones(D, np.float32)}
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        tensors[f"blk.0.{name}.weight"] = rng.standard_normal((D, D), dtype=np.float32)
+    tensors["blk.0.ffn_gate.weight"] = rng.standard_normal((I, D), dtype=np.float32)
+    tensors["blk.0.ffn_up.weight"] = rng.standard_normal((I, D), dtype=np.float32)
+    tensors["blk.0.ffn_down.weight"] = rng.standard_normal((D, I), dtype=np.float32)
+    path = write_gguf(tmp_path / "tiny.gguf", "llama", config, tensors,
+                      raw_types={"token_embd.weight": qtype} if qtype != Q.F32 else None)
+    backbone = aios.Backbone.load(path)
+    assert backbone.config.vocab_size == V and backbone.config.tie_word_embeddings
+    got = backbone.embed(torch.arange(V)[None])[0]
+    want = torch.from_numpy(gguf.quants.dequantize(tensors["token_embd.weight"], qtype).reshape(V, D).copy())
+    assert torch.isfinite(want).all()
+    assert torch.equal(got, want)
+
+
+def test_unsupported_tensor_types_are_named(tmp_path):
+    rng = np.random.default_rng(0)
+    config = dict(max_position_embeddings=64, hidden_size=256, num_hidden_layers=1, intermediate_size=32,
+                  num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
+    raw = rng.integers(0, 256, (8, gguf.GGML_QUANT_SIZES[Q.Q2_K][1]), dtype=np.uint8)
+    path = write_gguf(tmp_path / "q2k.gguf", "llama", config, {"token_embd.weight": raw},
+                      raw_types={"token_embd.weight": Q.Q2_K})
+    with pytest.raises(aios.InvalidArgumentError, match="token_embd.weight.*Q2_K"):
+        aios.Backbone.load(path)
+
+
+def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
+    with pytest.raises(aios.NotFoundError):
+        aios.Backbone.load(tmp_path / "missing.gguf")
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 8 + b"\x00" * 8)  # 2^64-1 tensors
+    with pytest.raises(aios.DataLossError, match="tensor_count"):
+        aios.Backbone.load(tmp_path / "bad.gguf")
+    with pytest.raises(aios.DataLossError, match="tensor_count"):
+        aios.Tokenizer.load(tmp_path / "bad.gguf")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_gguf_equals_the_hf_folder(tmp_path, arch):
+    """Random transformers models written as F32 GGUF files the way llama.cpp's converter writes
+    them (llama: permuted q/k rows; qwen2: qkv biases, tied head) load equal to their HF folders."""
+    torch.manual_seed(7)
+    common = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=5000.0)
+    if arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, tie_word_embeddings=False))
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "hf")
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch, common, hf_to_gguf_tensors(model, arch))
+    ours, reference = aios.Backbone.load(path), aios.Backbone.load(tmp_path / "hf")
+    assert ours.config.tie_word_embeddings == (arch == "qwen2")
+    ids = torch.randint(0, 101, (2, 12))
+    for got, want in zip(run(ours, ids), run(reference, ids)):
+        assert torch.equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def default_gguf():
+    """The default model's .gguf file, located by the script that also names the package to install."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts/default_model.py"), "gguf"], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        pytest.fail(result.stderr.strip())
+    return Path(result.stdout.strip())
+
+
+@pytest.mark.slow
+def test_default_gguf_matches_transformers_and_the_hf_folder(default_gguf, default_model):
+    backbone = aios.Backbone.load(default_gguf)
+    assert backbone.config.architecture == "LlamaForCausalLM"
+    reference = AutoModelForCausalLM.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name,
+                                                     dtype=torch.float32, attn_implementation="eager").eval()
+    torch.manual_seed(0)
+    ids = torch.randint(0, backbone.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        ref = reference(ids, output_hidden_states=True)
+    hidden, logits = run(backbone, ids)
+    assert (hidden - ref.hidden_states[-1]).abs().max().item() <= 1e-4
+    assert (logits - ref.logits).abs().max().item() <= 1e-4
+    # The exported folder holds transformers' dequantisation of the same file: the same numbers.
+    folder_hidden, folder_logits = run(aios.Backbone.load(default_model), ids)
+    assert torch.equal(hidden, folder_hidden) and torch.equal(logits, folder_logits)
+
+
+@pytest.mark.slow
+def test_default_gguf_tokenizer_matches_transformers(default_gguf):
+    ours = aios.Tokenizer.load(default_gguf)
+    reference = AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)
+    assert ours.vocab_size == len(reference)
+    for text in CORPUS:
+        ids = reference.encode(text)
+        assert ours.encode(text) == ids, text
+        assert ours.decode(ids) == reference.decode(ids), text
+    assert ours.chat_template == reference.chat_template and "<|im_start|>" in ours.chat_template
+
+
+def test_gguf_tokenizer_options_match_transformers(tmp_path):
+    """A small byte-level BPE written as GGUF metadata: the llama-bpe split pattern, BOS added, a
+    user-defined token, control tokens, a token spelled outside the byte alphabet."""
+    spec = json.loads(trained(tmp_path, "bpe", pre_tokenizers.ByteLevel()).read_text())
+    vocab = spec["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for token, i in vocab.items():
+        tokens[i] = token
+    tokens += ["<think>", "é x"]  # user-defined; a plain token in the file's own spelling
+    types = [3 if t.startswith("<|") else 1 for t in tokens[:-2]] + [4, 1]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    config = dict(max_position_embeddings=64, hidden_size=64, num_hidden_layers=1, intermediate_size=32,
+                  num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
+    S, I32, B, A = gguf.GGUFValueType.STRING, gguf.GGUFValueType.INT32, gguf.GGUFValueType.BOOL, gguf.GGUFValueType.ARRAY
+    extra = {"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.pre": ("llama-bpe", S),
+             "tokenizer.ggml.tokens": (tokens, A, S), "tokenizer.ggml.token_type": (types, A, I32),
+             "tokenizer.ggml.merges": (merges, A, S), "tokenizer.ggml.bos_token_id": (1, gguf.GGUFValueType.UINT32),
+             "tokenizer.ggml.eos_token_id": (2, gguf.GGUFValueType.UINT32), "tokenizer.ggml.add_bos_token": (True, B),
+             "tokenizer.chat_template": ("{{ messages }}", S)}
+    path = write_gguf(tmp_path / "tok.gguf", "llama", config,
+                      {"token_embd.weight": np.zeros((len(tokens), 64), np.float32)}, extra=extra)
+    ours = aios.Tokenizer.load(path)
+    reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file="tok.gguf")
+    assert ours.chat_template == "{{ messages }}"
+    for text in CORPUS + ["<think>a thought</think> é x", "x = 12345678 + 3"]:
+        assert ours.encode(text) == reference.encode(text), text
+        assert ours.encode(text, add_special_tokens=False) == reference.encode(text, add_special_tokens=False), text
+
+
+@pytest.mark.parametrize("with_merges", [True, False], ids=["merges", "scores"])
+def test_sentencepiece_gguf_tokenizer_matches_transformers(tmp_path, with_merges):
+    """A Llama-2-style vocabulary (characters, byte fallback) as `llama` tokenizer metadata: with its
+    merges, or with scores only, from which both sides recover the merges."""
+    spec = json.loads(sentencepiece_like(tmp_path, "sp", pre_tokenizer=pre_tokenizers.Metaspace()).read_text())
+    vocab = spec["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for token, i in vocab.items():
+        tokens[i] = token
+    # llama.cpp's types: 2 unknown, 3 control, 4 user-defined, 6 byte, 1 the rest
+    types = [2 if t == "<unk>" else 3 if t in ("<s>", "</s>") else 4 if t.startswith("<|") else
+             6 if t.startswith("<0x") else 1 for t in tokens]
+    V = gguf.GGUFValueType
+    extra = {"tokenizer.ggml.model": ("llama", V.STRING), "tokenizer.ggml.tokens": (tokens, V.ARRAY, V.STRING),
+             "tokenizer.ggml.scores": ([-float(i) for i in range(len(tokens))], V.ARRAY, V.FLOAT32),
+             "tokenizer.ggml.token_type": (types, V.ARRAY, V.INT32), "tokenizer.ggml.bos_token_id": (1, V.UINT32),
+             "tokenizer.ggml.eos_token_id": (2, V.UINT32), "tokenizer.ggml.unknown_token_id": (0, V.UINT32)}
+    if with_merges:
+        merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+        extra["tokenizer.ggml.merges"] = (merges, V.ARRAY, V.STRING)
+    config = dict(max_position_embeddings=64, hidden_size=64, num_hidden_layers=1, intermediate_size=32,
+                  num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
+    write_gguf(tmp_path / "sp.gguf", "llama", config, {"token_embd.weight": np.zeros((len(tokens), 64), np.float32)},
+               extra=extra)
+    ours = aios.Tokenizer.load(tmp_path / "sp.gguf")
+    reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")
+    for text in CORPUS:
+        ids = reference.encode(text)
+        assert ours.encode(text) == ids, text
+        assert ours.encode(text, add_special_tokens=False) == reference.encode(text, add_special_tokens=False), text
+        assert ours.decode(ids) == reference.decode(ids), text
+
+
+def test_gguf_tokenizer_errors_name_the_key(tmp_path):
+    config = dict(max_position_embeddings=64, hidden_size=64, num_hidden_layers=1, intermediate_size=32,
+                  num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
+    S, A, U32 = gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32
+    base = {"tokenizer.ggml.tokens": (["a", "b"], A, S)}
+    cases = [({"tokenizer.ggml.model": ("t5", S)}, aios.InvalidArgumentError, "tokenizer.ggml.model"),
+             ({"tokenizer.ggml.model": ("llama", S)}, aios.DataLossError, "tokenizer.ggml.scores"),
+             ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.bos_token_id": (7, U32)}, aios.DataLossError,
+              "bos_token_id"),
+             ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.token_type": ([1], A, U32)}, aios.DataLossError,
+              "token_type"),
+             ({}, aios.DataLossError, "tokenizer.ggml.model")]
+    for i, (extra, error, key) in enumerate(cases):
+        path = write_gguf(tmp_path / f"t{i}.gguf", "llama", config, {}, extra={**base, **extra})
+        with pytest.raises(error, match=key):
+            aios.Tokenizer.load(path)
