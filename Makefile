@@ -59,15 +59,15 @@ build: $(BUILD)/build.ninja
 $(DEFAULT_MODEL)/config.json: $(STAMPS)/venv scripts/default_model.py
 	$(PY) scripts/default_model.py export $(DEFAULT_MODEL)
 
-demo: build $(DEFAULT_MODEL)/config.json
-	@echo "== aios info (the default model: SmolLM2-135M-Instruct) =="
-	$(VENV)/bin/aios info $(DEFAULT_MODEL)
-	@echo
-	@echo "== latent round trip: text -> ids -> embed -> forward -> classify =="
-	$(PY) examples/latent_round_trip.py $(DEFAULT_MODEL)
-	@echo
-	@echo "== streamed generation with a KV cache (chat template of the model) =="
-	$(VENV)/bin/aios generate $(DEFAULT_MODEL) "In one sentence, what is a language model?" --chat --max-new-tokens 60
+# The demo loads the default model's GGUF file itself (Q4_1, dequantised on load).
+demo: build
+	@gguf=$$($(PY) scripts/default_model.py gguf); \
+	echo "== aios info (the default model: SmolLM2-135M-Instruct, from its GGUF file) =="; \
+	$(VENV)/bin/aios info "$$gguf"; \
+	echo; echo "== latent round trip: text -> ids -> embed -> forward -> classify -> generate =="; \
+	$(PY) examples/latent_round_trip.py "$$gguf"; \
+	echo; echo "== streamed generation with a KV cache (the model's chat template) =="; \
+	$(VENV)/bin/aios generate "$$gguf" "In one sentence, what is a language model?" --chat --max-new-tokens 60
 
 test: test-cpp test-python
 

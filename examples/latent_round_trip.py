@@ -1,15 +1,14 @@
-"""A latent round trip on a real checkpoint: text -> ids -> embed -> forward -> classify.
+"""A latent round trip on a real model: text -> ids -> embed -> forward -> classify, then generation.
 
-    python examples/latent_round_trip.py MODEL_FOLDER [PROMPT]
+    python examples/latent_round_trip.py MODEL [PROMPT]
 
-Text is turned into ids with the checkpoint's own tokenizer.json (the `tokenizers` package, until
-aios's tokenizer lands); everything between ids and logits goes through the aios Latent API.
+MODEL is a GGUF file or a Hugging Face checkpoint folder; its own tokenizer turns text into ids and
+back. Everything between ids and logits goes through the aios Latent API.
 """
 import sys
 import time
 
 import torch
-from tokenizers import Tokenizer
 
 import aios
 
@@ -17,12 +16,12 @@ import aios
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    folder = sys.argv[1]
+    model = sys.argv[1]
     prompt = sys.argv[2] if len(sys.argv) > 2 else "The capital of France is"
-    backbone = aios.Backbone.load(folder)
-    tokenizer = Tokenizer.from_file(f"{folder}/tokenizer.json")
+    backbone = aios.Backbone.load(model)
+    tokenizer = backbone.tokenizer
 
-    ids = torch.tensor([tokenizer.encode(prompt).ids])                  # [1,T]
+    ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])  # [1,T]
     start = time.perf_counter()
     latents = backbone.embed(ids)                                        # [1,T,D]
     middle = backbone.config.num_layers // 2
@@ -39,12 +38,12 @@ def main() -> None:
     print("next token      " + ", ".join(
         f"{tokenizer.decode([i])!r} {p:.2f}" for p, i in zip(top.values.tolist(), top.indices.tolist())))
 
-    # Continue greedily, feeding each chosen token's latent back in (no KV cache yet: full re-run).
-    for _ in range(8):
-        next_id = backbone.classify(backbone.forward(latents).hidden[:, -1:]).argmax(-1)  # [1,1]
-        latents = torch.cat([latents, backbone.embed(next_id)], dim=1)
-        ids = torch.cat([ids, next_id], dim=1)
-    print(f"greedy          {tokenizer.decode(ids[0].tolist())!r}")
+    # Generation from the same latents with a KV cache; each step also returns its hidden state.
+    start = time.perf_counter()
+    result = backbone.generate(latents, max_new_tokens=12)
+    elapsed = time.perf_counter() - start
+    print(f"greedy          {prompt + tokenizer.decode(result.ids[0].tolist())!r}  "
+          f"({result.ids.shape[1] / elapsed:.1f} tokens/s, hidden {list(result.hidden.shape)})")
 
 
 if __name__ == "__main__":

@@ -215,9 +215,14 @@ std::shared_ptr<Extension> LocalBackbone::extend(const std::vector<std::string>&
 }
 
 std::optional<std::string> LocalBackbone::chat_template() {
+  std::error_code error;
+  if (std::filesystem::is_regular_file(impl_->path, error)) {  // a GGUF file: the tokenizer's metadata
+    const std::shared_ptr<const tokenizer::Tokenizer> t = tokenizer();
+    if (t && !t->chat_template().empty()) return t->chat_template();
+    return std::nullopt;
+  }
   // transformers writes it to chat_template.jinja, or (older versions) into tokenizer_config.json.
   const std::filesystem::path folder(impl_->path);
-  std::error_code error;
   if (std::filesystem::exists(folder / "chat_template.jinja", error)) {
     return io::read_file((folder / "chat_template.jinja").string());
   }
@@ -233,8 +238,11 @@ std::optional<std::string> LocalBackbone::chat_template() {
 
 std::shared_ptr<const tokenizer::Tokenizer> LocalBackbone::tokenizer() {
   std::call_once(impl_->tokenizer_once, [this] {
-    const std::filesystem::path file = std::filesystem::path(impl_->path) / "tokenizer.json";
     std::error_code error;
+    // A GGUF file carries its tokenizer; a checkpoint folder may hold tokenizer.json.
+    const bool single_file = std::filesystem::is_regular_file(impl_->path, error);
+    const std::filesystem::path file =
+        single_file ? std::filesystem::path(impl_->path) : std::filesystem::path(impl_->path) / "tokenizer.json";
     if (std::filesystem::exists(file, error)) {
       impl_->tokenizer = std::make_shared<const tokenizer::Tokenizer>(tokenizer::Tokenizer::load(file.string()));
     }

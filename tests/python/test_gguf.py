@@ -287,3 +287,15 @@ def test_gguf_tokenizer_errors_name_the_key(tmp_path):
         path = write_gguf(tmp_path / f"t{i}.gguf", "llama", config, {}, extra={**base, **extra})
         with pytest.raises(error, match=key):
             aios.Tokenizer.load(path)
+
+
+def test_a_gguf_backbone_brings_its_tokenizer_chat_template_and_extensions(default_gguf, default_model):
+    backbone = aios.Backbone.load(default_gguf)
+    assert backbone.tokenizer is not None and "<|im_start|>" in backbone.chat_template
+    folder = aios.Backbone.load(default_model)
+    assert backbone.generate_text("What is the capital of France?", chat=True, max_new_tokens=12) == \
+        folder.generate_text("What is the capital of France?", chat=True, max_new_tokens=12)
+    ext = backbone.extend(["<sox>"])
+    assert ext.tokenizer.encode("a<sox>", add_special_tokens=False)[-1] == backbone.config.vocab_size
+    with pytest.raises(aios.AlreadyExistsError):
+        backbone.extend(["<|im_end|>"])

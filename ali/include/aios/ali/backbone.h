@@ -73,7 +73,7 @@ class Backbone {
   // A vocabulary extension of `tokens` (ids V, V+1, ...) over this backbone; see extension.h.
   virtual std::shared_ptr<Extension> extend(const std::vector<std::string>& tokens,
                                             const ExtendOptions& options = {}) = 0;
-  // The tokenizer that came with the model (tokenizer.json beside the weights), or null when
+  // The tokenizer that came with the model (tokenizer.json beside the weights, or a GGUF file's), or null when
   // there is none. Throws aios::Error when the file exists but cannot be read.
   virtual std::shared_ptr<const tokenizer::Tokenizer> tokenizer() = 0;
   // The chat template (Jinja text) stored with the model, or nothing (see tokenizer_api/chat.h).
