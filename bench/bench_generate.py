@@ -8,12 +8,14 @@ Greedy decoding of --new tokens from a --prompt-token prompt; no stop tokens, so
 same number of steps (their tokens are compared). Measures, medians of --reps alternating runs:
   prefill   prompt tokens/s of the first step (the prompt through the model, one token out)
   decode    generated tokens/s over the steps after the first (batch × steps / time)
-  load      seconds to load the model (aios from the folder; transformers from_pretrained)
+  load      seconds to load the model: the exported folder (safetensors), and the GGUF file it came
+            from (Q4_1, dequantised on load by both sides)
 Ratios are aios / transformers (above 1 = aios is faster). transformers runs with eager attention.
 """
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -49,7 +51,18 @@ def main():
 
     print(machine_line("cpu", args.dtype))
     print(f"model {args.model}, {args.dtype}, {args.threads} threads, prompt {args.prompt}, {args.new} new tokens")
-    print(f"load: aios {aios_load:.2f} s, transformers {hf_load:.2f} s ({hf_load / aios_load:.2f}x)")
+    print(f"load (folder): aios {aios_load:.2f} s, transformers {hf_load:.2f} s ({hf_load / aios_load:.2f}x)")
+    gguf = subprocess.run([sys.executable, str(REPO / "scripts/default_model.py"), "gguf"], capture_output=True,
+                          text=True).stdout.strip()
+    if gguf and args.model == parser.get_default("model"):
+        start = time.perf_counter()
+        aios.Backbone.load(gguf, dtype=args.dtype)
+        aios_gguf = time.perf_counter() - start
+        start = time.perf_counter()
+        transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                                          dtype=dtype)
+        hf_gguf = time.perf_counter() - start
+        print(f"load (GGUF):   aios {aios_gguf:.2f} s, transformers {hf_gguf:.2f} s ({hf_gguf / aios_gguf:.2f}x)")
     print("| batch | aios prefill tok/s | hf prefill tok/s | ratio | aios decode tok/s | hf decode tok/s | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     V = backbone.config.vocab_size
