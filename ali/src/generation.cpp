@@ -2,7 +2,10 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <cmath>
+#include <limits>
 #include <random>
+
+#include <fmt/ranges.h>
 
 #include "aios/ali/local_backbone.h"
 #include "aios/backbone/kv_cache.h"
@@ -50,7 +53,10 @@ class LocalGeneration final : public Generation {
         latents_(std::move(latents)),
         attention_(std::move(attention)),
         options_(options),
-        stop_(at::tensor(options.stop_ids.empty() ? std::vector<int64_t>{-2} : options.stop_ids, at::kLong)) {
+        stop_(at::tensor(options.stop_ids.empty() ? std::vector<int64_t>{std::numeric_limits<int64_t>::min()}
+                                                  : options.stop_ids,
+                         at::kLong)),
+        vocabulary_(model.config().vocab_size + (options.extension ? options.extension->size() : 0)) {
     if (options.extension) {
       embedding_rows_ = options.extension->embedding_rows().detach();
       classifier_rows_ = options.extension->classifier_rows().detach();
@@ -77,8 +83,20 @@ class LocalGeneration final : public Generation {
     finished_ = finished_.logical_or(session_->next_positions_.cpu().ge(max_positions));
     at::Tensor ids = pick(model_.classify(hidden_, classifier_rows_).to(at::kFloat).cpu());  // [B]
     const at::Tensor emitting = finished_.logical_not();
-    ids = at::where(emitting, ids, at::full_like(ids, -1));
+    ids = at::where(emitting, ids, at::full_like(ids, GenerationStep::kFinished)).contiguous();
     GenerationStep step;
+    step.routes = at::full_like(ids, -1);
+    step.outputs.resize(static_cast<std::size_t>(ids.size(0)));
+    // [B,D] latents the decoders feed, where `from_decoder` is set; undefined when none does.
+    at::Tensor decoder_latents, from_decoder;
+    if (!options_.routes.empty()) {
+      try {
+        route(ids, emitting, step, decoder_latents, from_decoder);
+      } catch (...) {
+        finished_.fill_(true);  // a decoder failed mid-step: the generation ends here, with its error
+        throw;
+      }
+    }
     step.index = index_++;
     step.ids = ids;
     step.hidden = hidden_;
@@ -86,8 +104,8 @@ class LocalGeneration final : public Generation {
         at::full_like(finished_, index_ >= options_.max_new_tokens));
     step.finished = finished_.clone();
 
-    // Run the new tokens against the cache: the next step reads their hidden states, and a session
-    // keeps them for the next call.
+    // Run the new tokens (and latents) against the cache: the next step reads their hidden states,
+    // and a session keeps them for the next call.
     if (!finished_.all().item<bool>() || options_.session) {
       const c10::Device device = model_.device();
       const at::Tensor valid = emitting.to(device).unsqueeze(1);                        // [B,1]
@@ -95,7 +113,10 @@ class LocalGeneration final : public Generation {
       backbone::Attention attention;
       attention.positions = session_->next_positions_.unsqueeze(1);
       attention.key_padding = valid;
-      const at::Tensor latents = model_.embed(feed, embedding_rows_);                    // [B,1,D]
+      at::Tensor latents = model_.embed(feed, embedding_rows_);                          // [B,1,D]
+      if (decoder_latents.defined()) {
+        latents = at::where(from_decoder.to(device).view({-1, 1, 1}), decoder_latents.unsqueeze(1), latents);
+      }
       hidden_ = model_.forward(latents, attention, {}, nullptr, &cache).select(1, 0);   // [B,D]
       session_->next_positions_ = session_->next_positions_ + valid.squeeze(1).to(at::kLong);
     }
@@ -103,6 +124,72 @@ class LocalGeneration final : public Generation {
   }
 
  private:
+  // Hands the routed rows to their decoders and enters the rows that emitted a start token.
+  // ids: int64 [B] on CPU, the classifier's picks; rewritten for routed rows.
+  void route(at::Tensor& ids, const at::Tensor& emitting, GenerationStep& step, at::Tensor& decoder_latents,
+             at::Tensor& from_decoder) {
+    const int64_t B = ids.size(0), D = hidden_.size(1);
+    int64_t* id = ids.data_ptr<int64_t>();
+    int64_t* routes = step.routes.data_ptr<int64_t>();
+    const at::Tensor emit = emitting.contiguous();
+    const bool* emits = emit.data_ptr<bool>();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t& active = active_[static_cast<std::size_t>(b)];
+      if (!emits[b]) {
+        active = -1;
+        continue;
+      }
+      if (active < 0) {  // the classifier picked: a start token opens its route from the next step on
+        for (std::size_t r = 0; r < options_.routes.size(); ++r) {
+          if (options_.routes[r].start_id == id[b]) {
+            active = static_cast<int64_t>(r);
+            begun_[static_cast<std::size_t>(b)] = false;
+          }
+        }
+        continue;
+      }
+      const Route& route = options_.routes[static_cast<std::size_t>(active)];
+      const std::string field = fmt::format("routes[{}].decoder", active);
+      if (!begun_[static_cast<std::size_t>(b)]) {
+        route.decoder->begin(b);
+        begun_[static_cast<std::size_t>(b)] = true;
+      }
+      DecoderStep out = route.decoder->step(b, hidden_.select(0, b));
+      routes[b] = active;
+      step.outputs[static_cast<std::size_t>(b)] = out.output;
+      if (out.done) {
+        if (out.latent.defined() || out.token >= 0) {
+          fail(ErrorCode::kInvalidArgument, field, "expected no latent or token with done (the end token {} is fed)",
+               route.end_id);
+        }
+        id[b] = route.end_id;
+        active = -1;
+      } else if (out.latent.defined()) {
+        const at::Tensor& latent = out.latent;
+        if (!(latent.sizes() == at::IntArrayRef{D} || latent.sizes() == at::IntArrayRef{1, D}) ||
+            !at::isFloatingType(latent.scalar_type())) {
+          fail(ErrorCode::kInvalidArgument, field, "expected a floating latent [{}] for row {}, got {} [{}]", D, b,
+               c10::toString(latent.scalar_type()), fmt::join(latent.sizes(), ","));
+        }
+        if (!latent.isfinite().all().item<bool>()) {
+          fail(ErrorCode::kInvalidArgument, field, "expected a finite latent for row {}", b);
+        }
+        if (!decoder_latents.defined()) {
+          decoder_latents = at::zeros({B, D}, hidden_.options());
+          from_decoder = at::zeros({B}, at::kBool);
+        }
+        decoder_latents.select(0, b).copy_(latent.reshape({D}));
+        from_decoder.data_ptr<bool>()[b] = true;
+        id[b] = GenerationStep::kLatent;
+      } else if (out.token >= 0 && out.token < vocabulary_) {
+        id[b] = out.token;
+      } else {
+        fail(ErrorCode::kInvalidArgument, field, "expected a latent, a token in [0, {}) or done for row {}, got token {}",
+             vocabulary_, b, out.token);
+      }
+    }
+  }
+
   // Runs the prompt into the cache; each row continues from its last real position.
   void prefill() {
     const at::Tensor valid = attention_.key_padding.defined() ? attention_.key_padding
@@ -115,6 +202,8 @@ class LocalGeneration final : public Generation {
     session_->next_positions_ = at::where(valid, attention_.positions, at::full_like(attention_.positions, -1))
                                     .amax(1) + 1;
     finished_ = at::zeros({latents_.size(0)}, at::kBool);
+    active_.assign(static_cast<std::size_t>(latents_.size(0)), -1);
+    begun_.assign(static_cast<std::size_t>(latents_.size(0)), false);
     latents_ = at::Tensor();  // not needed any more
   }
 
@@ -136,17 +225,21 @@ class LocalGeneration final : public Generation {
   at::Tensor hidden_;    // [B,D]: what the next token is read from
   at::Tensor finished_;  // bool [B] on CPU
   int64_t index_ = 0;
+  int64_t vocabulary_;                // V+K
+  std::vector<int64_t> active_;       // per row: the index of the route it is in, -1 for the classifier
+  std::vector<bool> begun_;           // per row: Decoder::begin was called for the span in progress
 };
 
 }  // namespace
 
 GenerationResult run_generation(Generation& generation, const std::function<bool(const GenerationStep&)>& on_step) {
-  std::vector<at::Tensor> ids, hidden;
+  std::vector<at::Tensor> ids, hidden, routes;
   at::Tensor lengths;
   while (std::optional<GenerationStep> step = generation.next()) {
     ids.push_back(step->ids);
     hidden.push_back(step->hidden);
-    const at::Tensor emitted = step->ids.ge(0).to(at::kLong);
+    routes.push_back(step->routes);
+    const at::Tensor emitted = step->ids.ne(GenerationStep::kFinished).to(at::kLong);
     lengths = lengths.defined() ? lengths + emitted : emitted;
     if (on_step && !on_step(*step)) break;
   }
@@ -155,6 +248,7 @@ GenerationResult run_generation(Generation& generation, const std::function<bool
   result.ids = at::stack(ids, 1);
   result.hidden = at::stack(hidden, 1);
   result.lengths = lengths;
+  result.routes = at::stack(routes, 1);
   return result;
 }
 
@@ -183,6 +277,27 @@ std::unique_ptr<Generation> LocalBackbone::start_generation(const at::Tensor& la
   const int64_t vocabulary = c.vocab_size + (options.extension ? options.extension->size() : 0);
   for (int64_t id : options.stop_ids) {
     if (id < 0 || id >= vocabulary) fail(ErrorCode::kInvalidArgument, "stop_ids", "expected ids in [0, {}), got {}", vocabulary, id);
+  }
+  for (std::size_t r = 0; r < options.routes.size(); ++r) {
+    const Route& route = options.routes[r];
+    for (auto [id, name] : {std::pair{route.start_id, "start_id"}, std::pair{route.end_id, "end_id"}}) {
+      if (id < 0 || id >= vocabulary) {
+        fail(ErrorCode::kInvalidArgument, fmt::format("routes[{}].{}", r, name),
+             "expected an id in [0, {}) (the base vocabulary{}), got {}", vocabulary,
+             options.extension ? " and the extension's tokens" : "", id);
+      }
+    }
+    if (route.start_id == route.end_id) {
+      fail(ErrorCode::kInvalidArgument, fmt::format("routes[{}].end_id", r), "expected an id other than start_id {}",
+           route.start_id);
+    }
+    if (!route.decoder) fail(ErrorCode::kInvalidArgument, fmt::format("routes[{}].decoder", r), "expected a decoder, got none");
+    for (std::size_t q = 0; q < r; ++q) {
+      if (options.routes[q].start_id == route.start_id) {
+        fail(ErrorCode::kInvalidArgument, fmt::format("routes[{}].start_id", r),
+             "expected a start id no other route has, got {} (as routes[{}])", route.start_id, q);
+      }
+    }
   }
 
   ForwardOptions forward;

@@ -13,6 +13,14 @@
 // A Session keeps the cache between calls: a generation given a session appends its prompt and
 // its tokens to the session's cache, so the next call continues the same context (the context
 // window as the system's memory) instead of running it again.
+//
+// Routed generation: GenerateOptions::routes registers a Decoder for a pair of start/end tokens
+// (such as an extension's <sox>/<eox>). After the classifier emits a route's start token in a row,
+// that row's following positions go to the decoder instead of the classifier: at each step the
+// decoder gets the row's final hidden state and returns what to feed at the next position (a
+// latent or a token) and an output that the step reports. When the decoder says the span is done,
+// the end token is fed and the row returns to the classifier. Other rows go on sampling in the
+// same batched step.
 #pragma once
 
 #include <functional>
@@ -35,6 +43,42 @@ struct SamplingOptions {
 
 class Session;
 
+// What a decoder returns for one routed position of one row.
+struct DecoderStep {
+  // What the step reports for this row (GenerationStep::outputs): anything the decoder made of the
+  // position (a value, a patch, a frame), any shape, dtype and device; may stay undefined.
+  at::Tensor output;
+  // What to feed at the row's next position unless `done`: a latent [D] (or [1,D]; any floating
+  // dtype and device, converted to the backbone's; finite) or, when no latent is given, a token id
+  // in [0, V+K) (embedded; it never starts a route).
+  at::Tensor latent;
+  int64_t token = -1;
+  // The span ends here: the route's end token is fed next (latent and token must stay unset) and
+  // the row returns to the classifier.
+  bool done = false;
+};
+
+// A downstream module that takes over a row between a route's start and end tokens. One decoder
+// may serve several rows of a batch (by `row`) and several routes. Calls come from the thread
+// that runs the generation, one at a time, in row order within a step.
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  // A row enters the route: called before its first step() of the span, so that per-row state can
+  // be reset (a span cut short by max_new_tokens or a stop gets no other notice).
+  virtual void begin(int64_t /*row*/) {}
+  // One routed position: `hidden` is the row's final hidden state [D] (the backbone's dtype and
+  // device; read it, do not write it). An exception thrown here ends the generation: next() throws it,
+  // and later calls return nothing.
+  virtual DecoderStep step(int64_t row, const at::Tensor& hidden) = 0;
+};
+
+struct Route {
+  int64_t start_id = -1;  // a token in [0, V+K) that the classifier may emit; unique among routes
+  int64_t end_id = -1;    // a token in [0, V+K), not start_id; fed when the decoder is done
+  std::shared_ptr<Decoder> decoder;
+};
+
 struct GenerateOptions {
   // Prompt positions, int64 [B,T] or [T]. Default: 0..T-1, or continuing the session's rows.
   std::optional<at::Tensor> positions;
@@ -48,20 +92,37 @@ struct GenerateOptions {
   // Tokens of this extension can be generated (logits over V+K) and are embedded by its rows.
   std::shared_ptr<const Extension> extension;
   // Continue this session (its batch size must equal B) and leave it holding prompt and tokens.
+  // A span in progress when a generation ends is not resumed by the next call.
   std::shared_ptr<Session> session;
+  // Decoders for spans between start and end tokens (see the top of this file). A routed position
+  // counts towards max_new_tokens like a token; stop_ids apply to tokens fed by the decoder and to
+  // the end token.
+  std::vector<Route> routes;
 };
 
 struct GenerationStep {
+  static constexpr int64_t kFinished = -1;  // ids of a row that had finished before the step
+  static constexpr int64_t kLatent = -2;    // ids of a routed row whose decoder fed a latent
+
   int64_t index = 0;    // 0 for the first generated token
-  at::Tensor ids;       // int64 [B] on CPU: each row's token, -1 for a row that had finished before
+  // int64 [B] on CPU: each row's token, i.e. what its next position is fed: the classifier's pick,
+  // or in a routed row the decoder's token, the route's end token once the decoder is done, or
+  // kLatent when it fed a latent; kFinished for a row that had finished before.
+  at::Tensor ids;
   at::Tensor hidden;    // [B,D] on the backbone's device: the final hidden state each token was read from
   at::Tensor finished;  // bool [B] on CPU: rows that are done after this step
+  // int64 [B] on CPU: the index in GenerateOptions::routes of the route whose decoder took this
+  // position, -1 where the classifier did (the step that emits a start token included).
+  at::Tensor routes;
+  // B entries: DecoderStep::output of each routed row, undefined for the other rows.
+  std::vector<at::Tensor> outputs;
 };
 
 struct GenerationResult {
-  at::Tensor ids;      // int64 [B,N] on CPU (N steps run), -1 after a row finished
+  at::Tensor ids;      // int64 [B,N] on CPU (N steps run), -1 after a row finished, -2 where a latent was fed
   at::Tensor hidden;   // [B,N,D]: GenerationStep::hidden of every step (the downstream latents)
-  at::Tensor lengths;  // int64 [B] on CPU: tokens generated per row (a stop token included)
+  at::Tensor lengths;  // int64 [B] on CPU: positions generated per row (a stop token and routed positions included)
+  at::Tensor routes;   // int64 [B,N] on CPU: GenerationStep::routes of every step
 };
 
 // A KV cache kept between generations. Made by Backbone::new_session(); used by one call at a time.
