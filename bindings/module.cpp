@@ -18,12 +18,15 @@ namespace py = pybind11;
 namespace {
 
 using aios::ali::Backbone;
+using aios::ali::Decoder;
+using aios::ali::DecoderStep;
 using aios::ali::Extension;
 using aios::ali::ForwardOptions;
 using aios::ali::GenerateOptions;
 using aios::ali::Generation;
 using aios::ali::GenerationResult;
 using aios::ali::GenerationStep;
+using aios::ali::Route;
 using aios::ali::Session;
 using aios::gradient::Cotangents;
 using aios::gradient::FusedResult;
@@ -105,11 +108,52 @@ std::optional<at::Tensor> optional_tensor(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
+// aios.Decoder subclassed in Python. Generation runs without the GIL; each call takes it.
+class PyDecoder : public Decoder {
+ public:
+  using Decoder::Decoder;
+  void begin(int64_t row) override {
+    py::gil_scoped_acquire gil;
+    PYBIND11_OVERRIDE(void, Decoder, begin, row);
+  }
+  DecoderStep step(int64_t row, const at::Tensor& hidden) override {
+    py::gil_scoped_acquire gil;
+    PYBIND11_OVERRIDE_PURE(DecoderStep, Decoder, step, row, hidden);
+  }
+};
+
+// routes=[(start_id, end_id, decoder), ...] -> Route list. Each decoder holds a reference to its
+// Python object, so that a subclass instance stays alive (its overrides with it) as long as the
+// generation does, even when the caller dropped it; the reference is released under the GIL.
+std::vector<Route> to_routes(const std::optional<std::vector<std::tuple<int64_t, int64_t, py::object>>>& routes) {
+  std::vector<Route> out;
+  if (!routes) return out;
+  for (const auto& [start, end, decoder] : *routes) {
+    Route r{start, end, nullptr};
+    if (!decoder.is_none() && !py::isinstance<Decoder>(decoder)) {
+      aios::fail(aios::ErrorCode::kInvalidArgument, fmt::format("routes[{}].decoder", out.size()),
+                 "expected an aios.Decoder, got {}", std::string(py::str(py::type::of(decoder).attr("__name__"))));
+    }
+    if (!decoder.is_none()) {
+      auto* raw = decoder.cast<Decoder*>();
+      auto* ref = new py::object(decoder);
+      r.decoder = std::shared_ptr<Decoder>(raw, [ref](Decoder*) {
+        py::gil_scoped_acquire gil;
+        delete ref;
+      });
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 GenerateOptions generate_options(std::optional<at::Tensor> positions, std::optional<at::Tensor> mask,
                                  int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
                                  std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
-                                 std::shared_ptr<Extension> extension, std::shared_ptr<Session> session) {
+                                 std::shared_ptr<Extension> extension, std::shared_ptr<Session> session,
+                                 std::vector<Route> routes = {}) {
   GenerateOptions o;
+  o.routes = std::move(routes);
   o.positions = std::move(positions);
   o.mask = std::move(mask);
   o.max_new_tokens = max_new_tokens;
@@ -128,7 +172,9 @@ GenerateOptions generate_options(std::optional<at::Tensor> positions, std::optio
   py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),            \
       py::arg("max_new_tokens") = 64, py::arg("temperature") = 0.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0, \
       py::arg("seed") = py::none(), py::arg("stop_ids") = py::none(), py::arg("extension") = nullptr,            \
-      py::arg("session") = nullptr
+      py::arg("session") = nullptr, py::arg("routes") = py::none()
+
+using PyRoutes = std::optional<std::vector<std::tuple<int64_t, int64_t, py::object>>>;
 
 }  // namespace
 
@@ -233,12 +279,49 @@ PYBIND11_MODULE(_aios, m) {
       .def_readonly("index", &GenerationStep::index, "0 for the first generated token")
       .def_readonly("ids", &GenerationStep::ids, "int64 [B]: each row's token, -1 for a row that had finished")
       .def_readonly("hidden", &GenerationStep::hidden, "[B,D]: the final hidden state each token was read from")
-      .def_readonly("finished", &GenerationStep::finished, "bool [B]: rows done after this step");
+      .def_readonly("finished", &GenerationStep::finished, "bool [B]: rows done after this step")
+      .def_readonly("routes", &GenerationStep::routes,
+                    "int64 [B]: index in routes of the decoder that took this position, -1 for the classifier")
+      .def_property_readonly(
+          "outputs",
+          [](const GenerationStep& s) {
+            std::vector<std::optional<at::Tensor>> out;
+            for (const at::Tensor& t : s.outputs) out.push_back(optional_tensor(t));
+            return out;
+          },
+          "list of B: the decoder's output for each routed row, None elsewhere");
 
   py::class_<GenerationResult>(m, "GenerationResult", "Result of Backbone.generate.")
       .def_readonly("ids", &GenerationResult::ids, "int64 [B,N], -1 after a row finished")
       .def_readonly("hidden", &GenerationResult::hidden, "[B,N,D]: the hidden state of every step")
-      .def_readonly("lengths", &GenerationResult::lengths, "int64 [B]: tokens per row (stop token included)");
+      .def_readonly("lengths", &GenerationResult::lengths, "int64 [B]: tokens per row (stop token included)")
+      .def_readonly("routes", &GenerationResult::routes, "int64 [B,N]: GenerationStep.routes of every step");
+
+  py::class_<DecoderStep>(m, "DecoderStep", "What a Decoder returns for one routed position of one row.")
+      .def(py::init([](std::optional<at::Tensor> output, std::optional<at::Tensor> latent, int64_t token, bool done) {
+             DecoderStep s;
+             if (output) s.output = *output;
+             if (latent) s.latent = *latent;
+             s.token = token;
+             s.done = done;
+             return s;
+           }),
+           py::kw_only(), py::arg("output") = py::none(), py::arg("latent") = py::none(), py::arg("token") = -1,
+           py::arg("done") = false,
+           "output: reported in the step; latent [D] or token: fed at the next position; done: the span ends "
+           "(the end token is fed)")
+      .def_property_readonly("output", [](const DecoderStep& s) { return optional_tensor(s.output); })
+      .def_property_readonly("latent", [](const DecoderStep& s) { return optional_tensor(s.latent); })
+      .def_readonly("token", &DecoderStep::token)
+      .def_readonly("done", &DecoderStep::done);
+
+  py::class_<Decoder, PyDecoder, std::shared_ptr<Decoder>>(
+      m, "Decoder",
+      "Takes over a row between a route's start and end tokens (generate/stream routes=[(start, end, decoder)]). "
+      "Subclass it: step(row, hidden [D]) -> DecoderStep; begin(row) when a row enters a span.")
+      .def(py::init<>())
+      .def("begin", &Decoder::begin, py::arg("row"))
+      .def("step", &Decoder::step, py::arg("row"), py::arg("hidden"));
 
   py::class_<Session, std::shared_ptr<Session>>(m, "Session", "A KV cache kept between generations (Backbone.new_session).")
       .def_property_readonly("batch_size", &Session::batch_size)
@@ -378,24 +461,27 @@ PYBIND11_MODULE(_aios, m) {
           [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
              std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
-             std::shared_ptr<Extension> extension, std::shared_ptr<Session> session) {
-            return b.generate(latents, generate_options(positions, mask, max_new_tokens, temperature, top_k, top_p,
-                                                        seed, stop_ids, std::move(extension), std::move(session)));
+             std::shared_ptr<Extension> extension, std::shared_ptr<Session> session, const PyRoutes& routes) {
+            GenerateOptions o = generate_options(positions, mask, max_new_tokens, temperature, top_k, top_p, seed,
+                                                 stop_ids, std::move(extension), std::move(session), to_routes(routes));
+            py::gil_scoped_release release;
+            return b.generate(latents, o);
           },
-          AIOS_GENERATE_ARGS, py::call_guard<py::gil_scoped_release>(),
+          AIOS_GENERATE_ARGS,
           "Generates from latents [B,T,D] with a KV cache -> GenerationResult(ids [B,N], hidden [B,N,D], lengths). "
           "mask: key padding [B,T] for prompts of different lengths; temperature 0 = greedy; top_k, top_p, seed; "
-          "stop_ids end a row; extension: its tokens can be generated; session: continue its cache.")
+          "stop_ids end a row; extension: its tokens can be generated; session: continue its cache; routes: "
+          "[(start_id, end_id, Decoder)], a decoder takes a row from after start_id until it ends the span.")
       .def(
           "stream",
           [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
              std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
-             std::shared_ptr<Extension> extension, std::shared_ptr<Session> session) {
+             std::shared_ptr<Extension> extension, std::shared_ptr<Session> session, const PyRoutes& routes) {
+            GenerateOptions o = generate_options(positions, mask, max_new_tokens, temperature, top_k, top_p, seed,
+                                                 stop_ids, std::move(extension), std::move(session), to_routes(routes));
             py::gil_scoped_release release;
-            return b.start_generation(latents, generate_options(positions, mask, max_new_tokens, temperature, top_k,
-                                                                top_p, seed, stop_ids, std::move(extension),
-                                                                std::move(session)));
+            return b.start_generation(latents, o);
           },
           AIOS_GENERATE_ARGS, py::keep_alive<0, 1>(),
           "Like generate, as an iterator of GenerationStep (one per generated position), computed as it is read.")

@@ -24,6 +24,7 @@ from ._aios import (Backbone, Config, Extension, ForwardOutput, FusedResult, Gen
 from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,
                      InvalidArgumentError, NotFoundError, PermissionDeniedError, ResourceExhaustedError,
                      UnavailableError)
+from ._aios import Decoder, DecoderStep  # routed generation: generate/stream(routes=[(start, end, decoder)])
 
 # Text in and out, as methods: backbone.generate_text(...), backbone.stream_text(...).
 Backbone.generate_text = text.generate_text
@@ -38,3 +39,4 @@ __all__ = [
     "FailedPreconditionError",
     "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError",
 ]
+__all__ += ["Decoder", "DecoderStep"]
