@@ -125,16 +125,18 @@ class PyDecoder : public Decoder {
 // routes=[(start_id, end_id, decoder), ...] -> Route list. Each decoder holds a reference to its
 // Python object, so that a subclass instance stays alive (its overrides with it) as long as the
 // generation does, even when the caller dropped it; the reference is released under the GIL.
-std::vector<Route> to_routes(const std::optional<std::vector<std::tuple<int64_t, int64_t, py::object>>>& routes) {
+// A missing decoder stays null for start_generation to report.
+using PyRoutes = std::optional<std::vector<std::tuple<int64_t, int64_t, py::object>>>;
+std::vector<Route> to_routes(const PyRoutes& routes) {
   std::vector<Route> out;
   if (!routes) return out;
   for (const auto& [start, end, decoder] : *routes) {
     Route r{start, end, nullptr};
-    if (!decoder.is_none() && !py::isinstance<Decoder>(decoder)) {
-      aios::fail(aios::ErrorCode::kInvalidArgument, fmt::format("routes[{}].decoder", out.size()),
-                 "expected an aios.Decoder, got {}", std::string(py::str(py::type::of(decoder).attr("__name__"))));
-    }
     if (!decoder.is_none()) {
+      if (!py::isinstance<Decoder>(decoder)) {
+        aios::fail(aios::ErrorCode::kInvalidArgument, fmt::format("routes[{}].decoder", out.size()),
+                   "expected an aios.Decoder, got {}", std::string(py::str(py::type::of(decoder).attr("__name__"))));
+      }
       auto* raw = decoder.cast<Decoder*>();
       auto* ref = new py::object(decoder);
       r.decoder = std::shared_ptr<Decoder>(raw, [ref](Decoder*) {
@@ -173,8 +175,6 @@ GenerateOptions generate_options(std::optional<at::Tensor> positions, std::optio
       py::arg("max_new_tokens") = 64, py::arg("temperature") = 0.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0, \
       py::arg("seed") = py::none(), py::arg("stop_ids") = py::none(), py::arg("extension") = nullptr,            \
       py::arg("session") = nullptr, py::arg("routes") = py::none()
-
-using PyRoutes = std::optional<std::vector<std::tuple<int64_t, int64_t, py::object>>>;
 
 }  // namespace
 
