@@ -193,3 +193,28 @@ def test_bad_routes_and_failing_decoders(setup):
     assert e.value.field == "routes[0].decoder"
     with pytest.raises(RuntimeError, match="pure virtual"):
         backbone.generate(latents, max_new_tokens=8, extension=ext, routes=[(V, V + 1, Abstract())])
+
+
+def test_a_decoder_may_feed_tokens(setup):
+    backbone, ext, script = setup
+    V = backbone.config.vocab_size
+
+    class Tokens(aios.Decoder):
+        def __init__(self):
+            super().__init__()
+            self.k = 0
+
+        def begin(self, row):
+            self.k = 0
+
+        def step(self, row, hidden):
+            self.k += 1
+            return aios.DecoderStep(done=True) if self.k == 3 else aios.DecoderStep(token=40 + self.k)
+
+    latents = backbone.embed(torch.tensor([PROMPT]))
+    got = backbone.generate(latents, max_new_tokens=8, extension=ext, routes=[(V, V + 1, Tokens())])
+    assert got.ids[0, 2:6].tolist() == [V, 41, 42, V + 1]
+    # Back at the classifier: the token that follows the whole sequence, as if it had been a prompt.
+    whole = torch.tensor([PROMPT + got.ids[0, :6].tolist()])
+    after = backbone.generate(backbone.embed(whole, extension=ext), max_new_tokens=1, extension=ext)
+    assert got.ids[0, 6].item() == after.ids[0, 0].item() and got.routes[0, 6].item() == -1
