@@ -358,3 +358,33 @@ TEST_CASE("the registry loads encoder kinds that callers register") {
   REQUIRE(loaded);
   CHECK(at::equal(loaded->scale, scale.scale));
 }
+
+namespace {
+
+// The values of the shared encoder fixtures: parameter p = arange(numel) * 0.01 - 0.3, in its shape.
+void fill_fixture_values(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.named_parameters()) {
+    p.value().copy_((torch::arange(p.value().numel(), torch::kFloat) * 0.01 - 0.3).view(p.value().sizes()));
+  }
+}
+
+}  // namespace
+
+// Run by hand (aios_tests "[.generate]") to rewrite tests/data/encoders/cpp_mlp.
+TEST_CASE("write the C++ encoder fixture", "[.generate]") {
+  MlpProjection mlp(3, 4, 5);
+  fill_fixture_values(*mlp);
+  save_encoder(mlp, std::string(AIOS_TEST_DATA_DIR) + "/encoders/cpp_mlp");
+}
+
+TEST_CASE("encoder folders written by Python and by C++ load in C++") {
+  for (const char* name : {"python_mlp", "cpp_mlp"}) {
+    INFO(name);
+    auto loaded = std::dynamic_pointer_cast<MlpProjectionImpl>(load_encoder(std::string(AIOS_TEST_DATA_DIR) + "/encoders/" + name));
+    REQUIRE(loaded);
+    MlpProjection want(3, 4, 5);
+    fill_fixture_values(*want);
+    for (const auto& p : want->named_parameters()) CHECK(at::equal(p.value(), loaded->named_parameters()[p.key()]));
+  }
+}

@@ -267,3 +267,24 @@ def test_registry_loads_kinds_callers_register(tmp_path):
         module.scale.mul_(torch.arange(4.0))
     save_encoder(module, tmp_path / "scale", kind="test_scale", sizes={"n": 4})
     assert torch.equal(load_encoder(tmp_path / "scale").scale, module.scale)
+
+
+ENCODERS = Path(__file__).resolve().parents[1] / "data" / "encoders"
+
+
+def _fixture_mlp():
+    """The shared fixture's values: parameter p = arange(numel) * 0.01 - 0.3, in its shape."""
+    mlp = MlpProjection(3, 4, 5)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.copy_((torch.arange(p.numel(), dtype=torch.float32) * 0.01 - 0.3).view(p.shape))
+    return mlp
+
+
+@pytest.mark.parametrize("name", ["python_mlp", "cpp_mlp"])
+def test_encoder_folders_written_by_either_language_load_in_python(name):
+    # python_mlp is written by save_encoder(_fixture_mlp(), ENCODERS / "python_mlp"); cpp_mlp by the
+    # C++ test tagged [.generate]. The C++ tests load both as well.
+    loaded, want = load_encoder(ENCODERS / name), _fixture_mlp()
+    for key, value in want.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
