@@ -18,7 +18,7 @@
 import torch as _torch  # noqa: F401  (loads LibTorch before the extension that links it)
 
 from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
-from . import text
+from . import adapters, text  # noqa: F401  (aios.adapters: encoders and the sequence builder)
 from ._aios import (Backbone, Config, Extension, ForwardOutput, FusedResult, Generation, GenerationResult,
                     GenerationStep, Gradients, Session, Tokenizer, gist_mask)
 from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,

@@ -1,0 +1,451 @@
+"""Encoders upstream of the backbone and the sequence builder, in plain PyTorch.
+
+    import aios, torch
+    from aios.adapters import LinearProjection, MlpProjection, GistLatents, Gist, build_batch
+
+    projection = MlpProjection(768, backbone.config.hidden_size)     # LLaVA-1.5: Linear, GELU, Linear
+    projection.check_fits(backbone)
+    gist = GistLatents(4, backbone.config.hidden_size)               # 4 trainable soft-prompt vectors
+    batch = build_batch(backbone, [
+        [ids_a, projection(image_a), ids_b],                          # text, latents [L,D], text
+        [ids_c, Gist(), ids_d],                                       # gist slots filled from `gist`
+    ], gist=gist, padding="left")
+    hidden = aios.torch.forward(backbone, batch.latents, positions=batch.positions, mask=batch.mask)
+    hidden[...].sum().backward()      # gradients reach projection and gist through the frozen backbone
+
+The modules are ordinary torch.nn.Modules (train them with torch.optim). The layout rules, the
+parameter names and the storage format are those of the C++ library (aios/adapters/*.h), and the
+builder is tested against the same hand-checked cases, so both sides agree.
+
+Layout of row b, for R = its real length and T = max R over the batch:
+  padding="right": real tokens at [0, R), padding at [R, T); "left": padding at [0, T-R)
+  positions[b,t]: 0, 1, ... over the real tokens; 0 at padding
+  ids[b,t]: the token id at text positions; -1 at latents, gist slots and padding
+  latents[b,t]: 0 at padding
+  mask: without gist slots (and full_mask=False), bool [B,T] key padding (true = real); otherwise
+    bool [B,T,T], [b,t,s] true = query t may attend key s: s real and s <= t, and, in a row with
+    gist slots [g0,g1), not (t >= g1 and s < g0); a padding query attends only itself. A full mask
+    replaces the backbone's sliding windows: for windowed models add them yourself.
+"""
+import json
+import os
+import secrets
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _aios
+from .errors import AlreadyExistsError, DataLossError, InvalidArgumentError, NotFoundError
+
+__all__ = ["LinearProjection", "MlpProjection", "GistLatents", "Text", "Latents", "Gist", "Batch", "SequenceBuilder",
+           "build_batch", "save_encoder", "load_encoder", "read_encoder_manifest", "register_encoder"]
+
+
+def _fail(cls, field_name, message):
+    error = cls(f"{cls.code_name}: {field_name}: {message}")
+    error.field = field_name
+    raise error
+
+
+def _positive(value, name):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        _fail(InvalidArgumentError, name, f"expected a size >= 1, got {value!r}")
+
+
+def _fits(width, backbone, name):
+    D = backbone.config.hidden_size
+    if width != D:
+        _fail(InvalidArgumentError, name, f"expected the backbone's hidden size {D}, got {width}")
+
+
+def _check_input(x, in_features):
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point() or x.shape[-1] != in_features:
+        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        _fail(InvalidArgumentError, "x", f"expected a floating tensor [..., {in_features}] (in_features), got {got}")
+
+
+class LinearProjection(nn.Module):
+    """MiniGPT-4's projection, y = x W^T + b: x [..., in_features] -> [..., out_features]."""
+
+    kind = "linear_projection"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        _positive(in_features, "in_features")
+        _positive(out_features, "out_features")
+        self.in_features, self.out_features, self.bias = in_features, out_features, bool(bias)
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+
+    def forward(self, x):
+        _check_input(x, self.in_features)
+        return self.linear(x)
+
+    def check_fits(self, backbone):
+        """InvalidArgumentError (field out_features) unless the output width is the backbone's D."""
+        _fits(self.out_features, backbone, "out_features")
+
+    def sizes(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": int(self.bias)}
+
+    @classmethod
+    def from_sizes(cls, sizes):
+        return cls(sizes["in_features"], sizes["out_features"], bias=bool(sizes["bias"]))
+
+
+class MlpProjection(nn.Module):
+    """LLaVA-1.5's projection: Linear(in, hidden) -> GELU (exact) -> Linear(hidden, out); hidden defaults to out."""
+
+    kind = "mlp_projection"
+
+    def __init__(self, in_features: int, out_features: int, hidden_features: Optional[int] = None):
+        super().__init__()
+        hidden_features = out_features if hidden_features in (None, 0) else hidden_features
+        _positive(in_features, "in_features")
+        _positive(out_features, "out_features")
+        _positive(hidden_features, "hidden_features")
+        self.in_features, self.out_features, self.hidden_features = in_features, out_features, hidden_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, x):
+        _check_input(x, self.in_features)
+        return self.fc2(F.gelu(self.fc1(x)))
+
+    def check_fits(self, backbone):
+        _fits(self.out_features, backbone, "out_features")
+
+    def sizes(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "hidden_features": self.hidden_features}
+
+    @classmethod
+    def from_sizes(cls, sizes):
+        return cls(sizes["in_features"], sizes["out_features"], sizes["hidden_features"])
+
+
+class GistLatents(nn.Module):
+    """n trainable vectors (gist tokens, soft prompt): forward(batch) -> [batch, n, D].
+
+    init: [n,D] starting values (e.g. the embeddings of a prompt), else normal(0, init_std)."""
+
+    kind = "gist_latents"
+
+    def __init__(self, count: int, dim: int, init: Optional[torch.Tensor] = None, init_std: float = 0.02):
+        super().__init__()
+        if not isinstance(count, int) or count < 1:
+            _fail(InvalidArgumentError, "count", f"expected a gist count >= 1, got {count!r}")
+        _positive(dim, "dim")
+        self.count, self.dim = count, dim
+        if init is not None:
+            if not isinstance(init, torch.Tensor) or tuple(init.shape) != (count, dim) or not init.is_floating_point():
+                got = list(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
+                _fail(InvalidArgumentError, "init", f"expected a floating tensor [{count},{dim}] (count, dim), got {got}")
+            value = init.detach().to(torch.float32, copy=True).cpu()
+        else:
+            value = torch.randn(count, dim) * init_std
+        self.latents = nn.Parameter(value)
+
+    def forward(self, batch: int = 1):
+        if batch < 1:
+            _fail(InvalidArgumentError, "batch", f"expected >= 1, got {batch}")
+        return self.latents.unsqueeze(0).expand(batch, self.count, self.dim)
+
+    def check_fits(self, backbone):
+        _fits(self.dim, backbone, "dim")
+
+    def sizes(self):
+        return {"count": self.count, "dim": self.dim}
+
+    @classmethod
+    def from_sizes(cls, sizes):
+        return cls(sizes["count"], sizes["dim"], init_std=0.0)
+
+
+# ---- the sequence builder -------------------------------------------------------------------
+
+@dataclass
+class Text:
+    ids: object  # int tensor [L] or a list of ints
+
+
+@dataclass
+class Latents:
+    latents: torch.Tensor  # floating [L,D]
+
+
+@dataclass
+class Gist:
+    latents: Optional[torch.Tensor] = None  # floating [n,D]; None = the builder's GistLatents
+
+
+def _segment(s):
+    """Shorthands: a list of ints or an integer tensor [L] is text, a floating tensor [L,D] latents,
+    "gist" a Gist()."""
+    if isinstance(s, (Text, Latents, Gist)):
+        return s
+    if isinstance(s, str) and s == "gist":
+        return Gist()
+    if isinstance(s, torch.Tensor):
+        return Latents(s) if s.is_floating_point() else Text(s)
+    if isinstance(s, (list, tuple)):
+        return Text(s)
+    _fail(InvalidArgumentError, "rows", f"expected Text, Latents, Gist, an id list or a tensor, got {type(s).__name__}")
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor    # [B,T,D] in the backbone's dtype, on its device (differentiable)
+    positions: torch.Tensor  # int64 [B,T]
+    mask: torch.Tensor       # bool [B,T] or [B,T,T]
+    ids: torch.Tensor        # int64 [B,T], -1 where no token was embedded
+    segments: List[List[Tuple[str, int, int]]]  # [b][j] = (kind, begin, end): "text", "latents" or "gist"
+    extension: object = None
+
+    def forward_options(self, with_extension: bool = True) -> Dict[str, object]:
+        """positions and mask, and with an extension, the extension and ids (for its row gradients):
+        keyword arguments for Backbone.forward / vjp / forward_backward (aios.torch.forward takes
+        with_extension=False)."""
+        out = {"positions": self.positions, "mask": self.mask}
+        if with_extension and self.extension is not None:
+            out.update(extension=self.extension, ids=self.ids)
+        return out
+
+
+def _rows_tensor(t, D, name):
+    if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != D or not t.is_floating_point():
+        got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        _fail(InvalidArgumentError, name, f"expected a floating tensor [L,{D}] (D = the backbone's hidden size), got {got}")
+
+
+def build_batch(backbone, rows, padding: str = "right", extension=None, gist: Optional[GistLatents] = None,
+                full_mask: bool = False) -> Batch:
+    """Assembles `rows` (each a list of segments: Text, Latents, Gist or their shorthands) into one
+    batch for `backbone`; see the module docstring for the layout. InvalidArgumentError names the
+    malformed segment ("rows[b][j].latents", ...)."""
+    if padding not in ("right", "left"):
+        _fail(InvalidArgumentError, "padding", f"expected 'right' or 'left', got {padding!r}")
+    rows = [[_segment(s) for s in row] for row in rows]
+    if not rows:
+        _fail(InvalidArgumentError, "rows", "expected at least one row, got none")
+    D, V = backbone.config.hidden_size, backbone.config.vocab_size
+    limit = V + (len(extension) if extension is not None else 0)
+    if gist is not None:
+        try:
+            gist.check_fits(backbone)
+        except InvalidArgumentError as e:
+            _fail(InvalidArgumentError, "gist." + e.field, str(e).split(": ", 2)[-1])
+
+    B = len(rows)
+    lengths, gist_spans, text_ids = [0] * B, [(0, 0)] * B, []
+    for b, row in enumerate(rows):
+        has_gist = False
+        for j, s in enumerate(row):
+            name = f"rows[{b}][{j}]"
+            if isinstance(s, Text):
+                ids = s.ids if isinstance(s.ids, torch.Tensor) else torch.tensor(list(s.ids), dtype=torch.long)
+                if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
+                    _fail(InvalidArgumentError, name + ".ids", f"expected an integer tensor [L], got {ids.dtype} {list(ids.shape)}")
+                ids = ids.to(torch.long).cpu()
+                if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= limit):
+                    what = "vocab_size + extension size" if extension is not None else "vocab_size"
+                    _fail(InvalidArgumentError, name + ".ids",
+                          f"expected ids in [0, {limit}) ({what}), got [{int(ids.min())}, {int(ids.max())}]")
+                text_ids.append(ids)
+                L = ids.numel()
+            elif isinstance(s, Latents):
+                _rows_tensor(s.latents, D, name + ".latents")
+                L = s.latents.shape[0]
+            else:
+                if has_gist:
+                    _fail(InvalidArgumentError, name, "expected at most one gist segment per row, got a second one")
+                has_gist = True
+                if s.latents is not None:
+                    _rows_tensor(s.latents, D, name + ".latents")
+                    L = s.latents.shape[0]
+                elif gist is not None:
+                    L = gist.count
+                else:
+                    _fail(InvalidArgumentError, "gist", f"expected a GistLatents module (gist=) to fill {name}, got none")
+                gist_spans[b] = (lengths[b], lengths[b] + L)
+            lengths[b] += L
+        if lengths[b] == 0:
+            _fail(InvalidArgumentError, f"rows[{b}]", "expected at least one position, got none")
+    T = max(lengths)
+
+    device, dtype = torch.device(backbone.device), getattr(torch, backbone.dtype)
+    embedded = None
+    if text_ids and sum(t.numel() for t in text_ids) > 0:
+        embedded = backbone.embed(torch.cat(text_ids).unsqueeze(0), extension=extension)[0]
+
+    positions = torch.zeros(B, T, dtype=torch.long)
+    ids_out = torch.full((B, T), -1, dtype=torch.long)
+    valid = torch.zeros(B, T, dtype=torch.bool)
+    latent_rows, segments, begins, ends = [], [], [], []
+    text_offset, text_index = 0, 0
+    for b, row in enumerate(rows):
+        pad = T - lengths[b]
+        start = pad if padding == "left" else 0
+        pieces = [torch.zeros(pad, D, dtype=dtype, device=device)] if padding == "left" and pad else []
+        positions[b, start:start + lengths[b]] = torch.arange(lengths[b])
+        valid[b, start:start + lengths[b]] = True
+        at, ranges = start, []
+        for s in row:
+            if isinstance(s, Text):
+                t = text_ids[text_index]
+                text_index += 1
+                piece = embedded[text_offset:text_offset + t.numel()] if embedded is not None else \
+                    torch.zeros(0, D, dtype=dtype, device=device)
+                text_offset += t.numel()
+                ids_out[b, at:at + t.numel()] = t
+                kind = "text"
+            elif isinstance(s, Latents):
+                piece, kind = s.latents, "latents"
+            else:
+                piece, kind = (s.latents if s.latents is not None else gist.latents), "gist"
+            piece = piece.to(device=device, dtype=dtype)  # differentiable back to the caller's dtype and device
+            ranges.append((kind, at, at + piece.shape[0]))
+            at += piece.shape[0]
+            pieces.append(piece)
+        if padding == "right" and pad:
+            pieces.append(torch.zeros(pad, D, dtype=dtype, device=device))
+        latent_rows.append(torch.cat(pieces))
+        segments.append(ranges)
+        shift = pad if padding == "left" else 0
+        begins.append(gist_spans[b][0] + shift)
+        ends.append(gist_spans[b][1] + shift)
+
+    any_gist = any(kind == "gist" for ranges in segments for kind, _, _ in ranges)
+    if any_gist or full_mask:
+        g = _aios.gist_mask(T, begins, ends)
+        real = valid.unsqueeze(1) & valid.unsqueeze(2)
+        own = torch.eye(T, dtype=torch.bool).unsqueeze(0) & ~valid.unsqueeze(2)
+        mask = (g & real) | own
+    else:
+        mask = valid
+    return Batch(torch.stack(latent_rows), positions.to(device), mask.to(device), ids_out.to(device), segments, extension)
+
+
+class SequenceBuilder:
+    """build_batch with fixed settings: SequenceBuilder(backbone, gist=g, padding="left")(rows)."""
+
+    def __init__(self, backbone, padding: str = "right", extension=None, gist: Optional[GistLatents] = None,
+                 full_mask: bool = False):
+        self.backbone, self.padding, self.extension, self.gist, self.full_mask = backbone, padding, extension, gist, full_mask
+
+    def __call__(self, rows) -> Batch:
+        return build_batch(self.backbone, rows, padding=self.padding, extension=self.extension, gist=self.gist,
+                           full_mask=self.full_mask)
+
+
+# ---- storage ----------------------------------------------------------------------------------
+
+_MANIFEST, _FORMAT = "encoder.json", "aios.encoder"
+_REGISTRY: Dict[str, Callable[[Dict[str, int]], nn.Module]] = {
+    cls.kind: cls.from_sizes for cls in (LinearProjection, MlpProjection, GistLatents)}
+
+
+def register_encoder(kind: str, factory: Callable[[Dict[str, int]], nn.Module]):
+    """Registers a kind for load_encoder: factory(sizes) -> a freshly initialised module.
+    AlreadyExistsError when the kind is taken."""
+    if not kind:
+        _fail(InvalidArgumentError, "kind", "expected a name, got an empty string")
+    if kind in _REGISTRY:
+        _fail(AlreadyExistsError, "kind", f"an encoder kind named {kind} is registered already")
+    _REGISTRY[kind] = factory
+
+
+def _write_atomically(path, data: bytes):
+    tmp = f"{path}.tmp.{secrets.token_hex(4)}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_encoder(module: nn.Module, path, kind: Optional[str] = None, sizes: Optional[Dict[str, int]] = None):
+    """Writes `module` to the folder `path` (encoder.json + weights-*.safetensors, the format of the
+    C++ save_encoder), atomically. Built-in encoders know their kind and sizes; others pass them."""
+    from safetensors.torch import save as safetensors_bytes
+
+    kind = kind or getattr(module, "kind", None)
+    sizes = sizes if sizes is not None else module.sizes()
+    if not kind:
+        _fail(InvalidArgumentError, "kind", "expected the encoder's kind, got none")
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
+    data = safetensors_bytes(tensors, metadata={"kind": kind})
+    weights = f"weights-{secrets.token_hex(8)}.safetensors"
+    _write_atomically(os.path.join(path, weights), data)
+    manifest = {"format": _FORMAT, "version": 1, "kind": kind, "sizes": {k: int(v) for k, v in sizes.items()},
+                "weights": weights, "crc32": zlib.crc32(data)}
+    _write_atomically(os.path.join(path, _MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
+    for name in os.listdir(path):
+        if name != weights and name.startswith("weights-") and name.endswith(".safetensors"):
+            try:
+                os.remove(os.path.join(path, name))
+            except OSError:
+                pass
+
+
+def _parse_manifest(path):
+    file = os.path.join(os.fspath(path), _MANIFEST)
+    if not os.path.isfile(file):
+        _fail(NotFoundError, file, "no encoder manifest here")
+    try:
+        with open(file, "rb") as f:
+            m = json.loads(f.read())
+        if m["format"] != _FORMAT or m["version"] != 1:
+            raise ValueError(f"format {m['format']!r} version {m['version']!r}")
+        kind, sizes, weights, crc = str(m["kind"]), {str(k): int(v) for k, v in m["sizes"].items()}, m["weights"], int(m["crc32"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        _fail(DataLossError, file, f"not a valid encoder manifest: {e}")
+    if not isinstance(weights, str) or not weights or "/" in weights or weights.startswith("."):
+        _fail(DataLossError, file, f"expected a file name in weights, got {weights!r}")
+    return kind, sizes, weights, crc
+
+
+def read_encoder_manifest(path) -> Tuple[str, Dict[str, int]]:
+    """(kind, sizes) of the encoder saved in the folder `path`."""
+    kind, sizes, _, _ = _parse_manifest(path)
+    return kind, sizes
+
+
+def load_encoder(path) -> nn.Module:
+    """The encoder saved in the folder `path` (by either language), built through the registry and
+    loaded bit-exactly. NotFoundError: no folder, manifest or weights; an unregistered kind.
+    DataLossError: corrupt files, a CRC mismatch, sizes the kind rejects, tensors missing or extra."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
+
+    kind, sizes, weights, crc = _parse_manifest(path)
+    if kind not in _REGISTRY:
+        _fail(NotFoundError, "kind", f"no encoder kind named {kind} is registered (register_encoder)")
+    try:
+        module = _REGISTRY[kind](sizes)
+    except (InvalidArgumentError, KeyError) as e:
+        _fail(DataLossError, os.path.join(os.fspath(path), _MANIFEST), f"sizes the {kind} encoder cannot take: {e}")
+    file = os.path.join(os.fspath(path), weights)
+    if not os.path.isfile(file):
+        _fail(NotFoundError, file, "the weights file the manifest names is missing")
+    with open(file, "rb") as f:
+        data = f.read()
+    if zlib.crc32(data) != crc:
+        _fail(DataLossError, file, f"expected CRC-32 {crc} (from the manifest), got {zlib.crc32(data)}: the file is corrupt")
+    try:
+        tensors = safetensors_load(data)
+    except (SafetensorError, ValueError) as e:
+        _fail(DataLossError, file, f"not a valid safetensors file: {e}")
+    state = module.state_dict()
+    if set(tensors) != set(state):
+        _fail(DataLossError, file, f"expected tensors {sorted(state)}, got {sorted(tensors)}")
+    for name, value in tensors.items():
+        if value.shape != state[name].shape:
+            _fail(DataLossError, f"{file}:{name}", f"expected shape {list(state[name].shape)}, got {list(value.shape)}")
+    module.load_state_dict(tensors)
+    return module
