@@ -10,6 +10,7 @@
 
 #include "aios/ali/masks.h"
 #include "aios/gradient_api/local_backbone.h"
+#include "aios/tokenizer_api/chat.h"
 #include "aios/tokenizer_api/tokenizer.h"
 #include "aios/fail.h"
 
@@ -234,6 +235,8 @@ PYBIND11_MODULE(_aios, m) {
           },
           py::arg("tokens"), py::arg("first_id"),
           "A new tokenizer: this one plus `tokens` as atomic special tokens with ids first_id, first_id+1, ...");
+  m.def("end_of_turn_ids", &aios::tokenizer::end_of_turn_ids, py::arg("tokenizer"),
+        "the tokenizer's special tokens that end a turn or a text: where a reply stops");
 
   py::class_<ModelConfig>(m, "Config", "Architecture of a loaded backbone (read-only).")
       .def_readonly("architecture", &ModelConfig::architecture)

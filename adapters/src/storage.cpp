@@ -4,7 +4,6 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
-#include <random>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -151,8 +150,7 @@ void save_encoder(const torch::nn::Module& encoder, const EncoderManifest& manif
     views.push_back({name, to_io(t.scalar_type(), name), t.sizes().vec(), static_cast<const std::byte*>(t.data_ptr()),
                      static_cast<std::size_t>(t.nbytes())});
   }
-  std::random_device random;
-  const std::string weights = fmt::format("weights-{:08x}{:08x}.safetensors", random(), random());
+  const std::string weights = io::unique_file_name("weights-", ".safetensors");
   const fs::path folder(path);
   io::write_safetensors((folder / weights).string(), views, {{"kind", manifest.kind}});
 
@@ -160,11 +158,7 @@ void save_encoder(const torch::nn::Module& encoder, const EncoderManifest& manif
             {"weights", weights}, {"crc32", crc32(io::read_file((folder / weights).string()))}};
   io::write_file_atomically((folder / kManifest).string(), m.dump(2) + "\n");
 
-  // Older weight files are unreachable now; failing to remove one is harmless.
-  for (const auto& entry : fs::directory_iterator(folder, error)) {
-    const std::string name = entry.path().filename().string();
-    if (name != weights && name.starts_with("weights-") && name.ends_with(".safetensors")) fs::remove(entry.path(), error);
-  }
+  io::remove_superseded(path, "weights-", weights);  // older weight files are unreachable now
 }
 
 namespace {

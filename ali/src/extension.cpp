@@ -1,9 +1,7 @@
 #include "aios/ali/extension.h"
 
 #include <ATen/core/grad_mode.h>
-#include <chrono>
 #include <filesystem>
-#include <random>
 #include <set>
 
 #include <fmt/ranges.h>
@@ -61,7 +59,7 @@ at::Tensor read_rows(const io::SafetensorsFile& file, const char* name, int64_t 
   return out;
 }
 
-// Row files that manifests name, and the temporaries of interrupted writes of those.
+// The row files manifests name.
 bool is_rows_file(const std::string& name) {
   return name.rfind("rows-", 0) == 0 && name.find(".safetensors") != std::string::npos;
 }
@@ -72,13 +70,6 @@ const json& member(const json& object, const char* key) {
   if (!object.is_object()) return null;
   const auto it = object.find(key);
   return it == object.end() ? null : *it;
-}
-
-std::string unique_rows_name() {
-  const auto now = std::chrono::system_clock::now().time_since_epoch();
-  std::random_device entropy;
-  return fmt::format("rows-{:x}-{:08x}.safetensors",
-                     std::chrono::duration_cast<std::chrono::nanoseconds>(now).count(), entropy());
 }
 
 }  // namespace
@@ -181,7 +172,7 @@ void Extension::save(const std::string& path) const {
     return io::TensorView{name, to_io(t.scalar_type()), t.sizes().vec(), static_cast<const std::byte*>(t.data_ptr()),
                           t.nbytes()};
   };
-  const std::string rows_name = unique_rows_name();
+  const std::string rows_name = io::unique_file_name("rows-", ".safetensors");
   io::write_safetensors((fs::path(path) / rows_name).string(),
                         {view("embedding", embedding), view("classifier", classifier), view("base_probe", probe)});
 
@@ -201,11 +192,7 @@ void Extension::save(const std::string& path) const {
   // The commit point: until this rename the previous manifest, and the rows it names, stand.
   io::write_file_atomically((fs::path(path) / kManifest).string(), manifest.dump(2) + "\n");
 
-  for (const auto& entry : fs::directory_iterator(path, error)) {
-    const std::string name = entry.path().filename().string();
-    const bool stale_manifest = name.rfind(std::string(kManifest) + ".tmp.", 0) == 0;
-    if ((is_rows_file(name) && name != rows_name) || stale_manifest) fs::remove(entry.path(), error);
-  }
+  io::remove_superseded(path, "rows-", rows_name);
 }
 
 std::shared_ptr<Extension> Extension::load(Backbone& backbone, const std::string& path) {

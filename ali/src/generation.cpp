@@ -53,9 +53,7 @@ class LocalGeneration final : public Generation {
         latents_(std::move(latents)),
         attention_(std::move(attention)),
         options_(options),
-        stop_(at::tensor(options.stop_ids.empty() ? std::vector<int64_t>{std::numeric_limits<int64_t>::min()}
-                                                  : options.stop_ids,
-                         at::kLong)),
+        stop_(at::tensor(options.stop_ids, at::kLong)),
         vocabulary_(model.config().vocab_size + (options.extension ? options.extension->size() : 0)) {
     if (options.extension) {
       embedding_rows_ = options.extension->embedding_rows().detach();

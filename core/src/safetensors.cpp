@@ -6,10 +6,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <set>
 #include <sstream>
 
@@ -210,6 +213,22 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
   }
   for (std::size_t i = 0; i < impl->tensors.size(); ++i) impl->index[impl->tensors[i].name] = i;
   return SafetensorsFile(std::move(impl));
+}
+
+std::string unique_file_name(const std::string& prefix, const std::string& suffix) {
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  std::random_device entropy;
+  return fmt::format("{}{:x}-{:08x}{}", prefix, std::chrono::duration_cast<std::chrono::nanoseconds>(now).count(),
+                     entropy(), suffix);
+}
+
+void remove_superseded(const std::string& folder, const std::string& prefix, const std::string& keep) {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(folder, error)) {
+    const std::string name = entry.path().filename().string();
+    const bool superseded = name.starts_with(prefix) && name != keep;
+    if (superseded || name.find(".tmp.") != std::string::npos) std::filesystem::remove(entry.path(), error);
+  }
 }
 
 std::string read_file(const std::string& path) {

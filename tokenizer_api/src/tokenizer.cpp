@@ -10,11 +10,9 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <mutex>
 #include <queue>
-#include <sstream>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -23,6 +21,7 @@
 
 #include "aios/fail.h"
 #include "aios/io/gguf.h"
+#include "aios/io/safetensors.h"
 #include "gguf_tokenizer.h"
 
 namespace aios::tokenizer {
@@ -931,11 +930,7 @@ Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::load(const std::string& path) {
   if (std::filesystem::path(path).extension() == ".gguf") return from_gguf(path);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(ErrorCode::kNotFound, path, "cannot open");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return from_json(text.str(), path);
+  return from_json(io::read_file(path), path);
 }
 
 Tokenizer Tokenizer::from_gguf(const std::string& path) {

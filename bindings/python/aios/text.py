@@ -9,7 +9,7 @@ the sampling arguments of Backbone.generate (temperature, top_k, top_p, seed, ma
 """
 import torch
 
-END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>", "<|end_of_text|>")
+from ._aios import end_of_turn_ids
 
 
 def apply_chat_template(template, messages, add_generation_prompt=True):
@@ -43,7 +43,7 @@ def stream_text(backbone, prompt, *, chat=False, max_new_tokens=128, **sampling)
     """Yields the reply to `prompt` (a string, or with chat=True a list of {role, content}
     messages) piece by piece; a piece is only given out once its characters are complete."""
     tokenizer, ids = _prompt_ids(backbone, prompt, chat)
-    stop = [i for i in (tokenizer.token_to_id(t) for t in END_OF_TURN) if i is not None and tokenizer.is_special(i)]
+    stop = end_of_turn_ids(tokenizer)
     latents = backbone.embed(torch.tensor([ids]))
     generated, printed = [], 0
     for step in backbone.stream(latents, max_new_tokens=max_new_tokens, stop_ids=stop, **sampling):

@@ -76,6 +76,16 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
 // Writes `bytes` to `path` atomically (temporary file, flush, fsync, rename, fsync of the folder).
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
+// Folders committed by their manifest (vocabulary extensions, encoders): data goes to a file under
+// a fresh name, then the manifest naming it is written atomically, which is the commit; afterwards
+// the data files no manifest names are removed.
+//
+// "<prefix><unique part><suffix>": a name no earlier save in the folder used.
+std::string unique_file_name(const std::string& prefix, const std::string& suffix);
+// In `folder`, removes the files named `prefix`... other than `keep`, and the temporaries that
+// interrupted atomic writes left (names with ".tmp."). Best effort: what cannot be removed stays.
+void remove_superseded(const std::string& folder, const std::string& prefix, const std::string& keep);
+
 // The whole content of `path`. Throws Error(kNotFound) when it cannot be opened.
 std::string read_file(const std::string& path);
 
