@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,6 +222,10 @@ def test_load_rejects_other_models_and_corrupt_manifests(checkpoints, tmp_path):
     for other in ("llama_linear_rope", "qwen2", "gpt2"):
         with pytest.raises(aios.FailedPreconditionError, match="another base model"):
             aios.Extension.load(aios.Backbone.load(checkpoints[other].path), tmp_path / "ext")
+    # A model of hidden size 16 (the valid GGUF fixture) against rows of 64: the message says both.
+    small = aios.Backbone.load(Path(__file__).resolve().parents[1] / "data/gguf/valid.gguf")
+    with pytest.raises(aios.FailedPreconditionError, match="hidden size 64.*hidden size 16"):
+        aios.Extension.load(small, tmp_path / "ext")
     manifest = tmp_path / "ext" / "extension.json"
     good = json.loads(manifest.read_text())
 

@@ -145,6 +145,25 @@ def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
         aios.Tokenizer.load(tmp_path / "bad.gguf")
 
 
+FIXTURES = REPO / "tests/data/gguf"
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_corrupt_fixture_files_are_clear_errors(name):
+    """The committed fixtures (tests/data/gguf/make_fixtures.py): one valid file, the others broken
+    in one way each, every one an error with its code and the offending field, never a crash."""
+    path = FIXTURES / name
+    if EXPECTED[name] is None:
+        backbone = aios.Backbone.load(path)
+        hidden, logits = run(backbone, torch.tensor([[1, 2, 3]]))
+        assert hidden.shape == (1, 3, 16) and logits.shape == (1, 3, 8) and torch.isfinite(logits).all()
+        return
+    error = getattr(aios, EXPECTED[name]["error"])
+    with pytest.raises(error, match=EXPECTED[name]["match"]):
+        aios.Backbone.load(path)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_tiny_gguf_equals_the_hf_folder(tmp_path, arch):
     """Random transformers models written as F32 GGUF files the way llama.cpp's converter writes
@@ -299,3 +318,13 @@ def test_a_gguf_backbone_brings_its_tokenizer_chat_template_and_extensions(defau
     assert ext.tokenizer.encode("a<sox>", add_special_tokens=False)[-1] == backbone.config.vocab_size
     with pytest.raises(aios.AlreadyExistsError):
         backbone.extend(["<|im_end|>"])
+
+
+def test_the_cli_runs_on_the_gguf_file(default_gguf, default_model):
+    cli = Path(sys.executable).parent / "aios"
+    info = subprocess.run([str(cli), "info", str(default_gguf)], capture_output=True, text=True, check=True).stdout
+    assert "LlamaForCausalLM" in info and "134,515,008" in info
+    prompt = ["What is the capital of France?", "--chat", "--max-new-tokens", "12"]
+    replies = [subprocess.run([str(cli), "generate", str(model)] + prompt, capture_output=True, text=True,
+                              check=True).stdout for model in (default_gguf, default_model)]
+    assert "Paris" in replies[0] and replies[0] == replies[1]
