@@ -19,8 +19,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr const char* kManifest = "encoder.json";
-constexpr const char* kFormat = "aios.encoder";
 
 // CRC-32 as zlib computes it (reflected polynomial 0xEDB88320), so Python's zlib.crc32 agrees.
 std::uint32_t crc32(const std::string& bytes) {
@@ -77,66 +75,69 @@ std::map<std::string, at::Tensor> tensors_of(const torch::nn::Module& module) {
 
 struct Registry {
   std::mutex mutex;
-  std::map<std::string, EncoderFactory> factories;
+  std::map<std::string, AdapterFactory> factories;
 };
 
-int64_t size_of(const EncoderSizes& sizes, const std::string& name) {
+// What differs between the two kinds of adapters: the manifest's name and format, the registry.
+struct Role {
+  const char* noun;      // "encoder" or "decoder", for messages
+  const char* manifest;  // the manifest file in the folder
+  const char* format;    // its "format" value
+  Registry& registry;
+};
+
+int64_t size_of(const AdapterSizes& sizes, const std::string& name) {
   auto it = sizes.find(name);
   if (it == sizes.end()) fail(ErrorCode::kInvalidArgument, "sizes." + name, "expected an entry, got none");
   return it->second;
 }
 
-Registry& registry() {
+const Role& encoders() {
   static Registry* r = [] {
     auto* r = new Registry;
-    r->factories["linear_projection"] = [](const EncoderSizes& s) -> std::shared_ptr<torch::nn::Module> {
+    r->factories["linear_projection"] = [](const AdapterSizes& s) -> std::shared_ptr<torch::nn::Module> {
       LinearProjectionOptions o(size_of(s, "in_features"), size_of(s, "out_features"));
       o.bias = size_of(s, "bias") != 0;
       return std::make_shared<LinearProjectionImpl>(o);
     };
-    r->factories["mlp_projection"] = [](const EncoderSizes& s) -> std::shared_ptr<torch::nn::Module> {
+    r->factories["mlp_projection"] = [](const AdapterSizes& s) -> std::shared_ptr<torch::nn::Module> {
       return std::make_shared<MlpProjectionImpl>(
           MlpProjectionOptions(size_of(s, "in_features"), size_of(s, "out_features"), size_of(s, "hidden_features")));
     };
-    r->factories["gist_latents"] = [](const EncoderSizes& s) -> std::shared_ptr<torch::nn::Module> {
+    r->factories["gist_latents"] = [](const AdapterSizes& s) -> std::shared_ptr<torch::nn::Module> {
       GistLatentsOptions o(size_of(s, "count"), size_of(s, "dim"));
       o.init_std = 0;  // the file's values replace them: skip drawing random numbers
       return std::make_shared<GistLatentsImpl>(o);
     };
     return r;
   }();
-  return *r;
+  static const Role role{"encoder", "encoder.json", "aios.encoder", *r};
+  return role;
 }
 
-}  // namespace
+const Role& decoders() {
+  static Registry* r = [] {
+    auto* r = new Registry;
+    r->factories["linear_decoder"] = [](const AdapterSizes& s) -> std::shared_ptr<torch::nn::Module> {
+      return std::make_shared<LinearDecoderImpl>(
+          LinearDecoderOptions(size_of(s, "dim"), size_of(s, "out_features"), size_of(s, "span")));
+    };
+    return r;
+  }();
+  static const Role role{"decoder", "decoder.json", "aios.decoder", *r};
+  return role;
+}
 
-void register_encoder(const std::string& kind, EncoderFactory factory) {
+void register_kind(const Role& role, const std::string& kind, AdapterFactory factory) {
   if (kind.empty()) fail(ErrorCode::kInvalidArgument, "kind", "expected a name, got an empty string");
   if (!factory) fail(ErrorCode::kInvalidArgument, "factory", "expected a function, got none");
-  Registry& r = registry();
-  std::lock_guard lock(r.mutex);
-  if (!r.factories.emplace(kind, std::move(factory)).second) {
-    fail(ErrorCode::kAlreadyExists, "kind", "an encoder kind named {} is registered already", kind);
+  std::lock_guard lock(role.registry.mutex);
+  if (!role.registry.factories.emplace(kind, std::move(factory)).second) {
+    fail(ErrorCode::kAlreadyExists, "kind", "an {} kind named {} is registered already", role.noun, kind);
   }
 }
 
-EncoderManifest manifest_of(const LinearProjectionImpl& e) {
-  return {"linear_projection",
-          {{"in_features", e.options.in_features}, {"out_features", e.options.out_features}, {"bias", e.options.bias ? 1 : 0}}};
-}
-
-EncoderManifest manifest_of(const MlpProjectionImpl& e) {
-  return {"mlp_projection",
-          {{"in_features", e.options.in_features},
-           {"out_features", e.options.out_features},
-           {"hidden_features", e.options.hidden_features}}};
-}
-
-EncoderManifest manifest_of(const GistLatentsImpl& e) {
-  return {"gist_latents", {{"count", e.options.count}, {"dim", e.options.dim}}};
-}
-
-void save_encoder(const torch::nn::Module& encoder, const EncoderManifest& manifest, const std::string& path) {
+void save_module(const Role& role, const torch::nn::Module& module, const AdapterManifest& manifest, const std::string& path) {
   if (manifest.kind.empty()) fail(ErrorCode::kInvalidArgument, "manifest.kind", "expected a name, got an empty string");
   std::error_code error;
   fs::create_directories(path, error);
@@ -144,7 +145,7 @@ void save_encoder(const torch::nn::Module& encoder, const EncoderManifest& manif
 
   std::vector<at::Tensor> keep;  // owns the CPU copies the views point into
   std::vector<io::TensorView> views;
-  for (const auto& [name, tensor] : tensors_of(encoder)) {
+  for (const auto& [name, tensor] : tensors_of(module)) {
     const at::Tensor t = tensor.detach().cpu().contiguous();
     keep.push_back(t);
     views.push_back({name, to_io(t.scalar_type(), name), t.sizes().vec(), static_cast<const std::byte*>(t.data_ptr()),
@@ -154,41 +155,39 @@ void save_encoder(const torch::nn::Module& encoder, const EncoderManifest& manif
   const fs::path folder(path);
   io::write_safetensors((folder / weights).string(), views, {{"kind", manifest.kind}});
 
-  json m = {{"format", kFormat}, {"version", 1}, {"kind", manifest.kind}, {"sizes", manifest.sizes},
+  json m = {{"format", role.format}, {"version", 1}, {"kind", manifest.kind}, {"sizes", manifest.sizes},
             {"weights", weights}, {"crc32", crc32(io::read_file((folder / weights).string()))}};
-  io::write_file_atomically((folder / kManifest).string(), m.dump(2) + "\n");
+  io::write_file_atomically((folder / role.manifest).string(), m.dump(2) + "\n");
 
   io::remove_superseded(path, "weights-", weights);  // older weight files are unreachable now
 }
 
-namespace {
-
 struct ParsedManifest {
-  EncoderManifest manifest;
+  AdapterManifest manifest;
   std::string weights;
   std::uint32_t crc = 0;
 };
 
-ParsedManifest parse_manifest(const std::string& path) {
-  const fs::path file = fs::path(path) / kManifest;
+ParsedManifest parse_manifest(const Role& role, const std::string& path) {
+  const fs::path file = fs::path(path) / role.manifest;
   std::error_code error;
-  if (!fs::is_regular_file(file, error)) fail(ErrorCode::kNotFound, file.string(), "no encoder manifest here");
+  if (!fs::is_regular_file(file, error)) fail(ErrorCode::kNotFound, file.string(), "no {} manifest here", role.noun);
   const std::string text = io::read_file(file.string());
   ParsedManifest p;
   try {
     const json m = json::parse(text);
-    if (m.at("format").get<std::string>() != kFormat) {
-      fail(ErrorCode::kDataLoss, file.string(), "expected format {}, got {}", kFormat, m.at("format").dump());
+    if (m.at("format").get<std::string>() != role.format) {
+      fail(ErrorCode::kDataLoss, file.string(), "expected format {}, got {}", role.format, m.at("format").dump());
     }
     if (m.at("version").get<int64_t>() != 1) {
       fail(ErrorCode::kDataLoss, file.string(), "expected version 1, got {}", m.at("version").dump());
     }
     p.manifest.kind = m.at("kind").get<std::string>();
-    p.manifest.sizes = m.at("sizes").get<EncoderSizes>();
+    p.manifest.sizes = m.at("sizes").get<AdapterSizes>();
     p.weights = m.at("weights").get<std::string>();
     p.crc = m.at("crc32").get<std::uint32_t>();
   } catch (const json::exception& e) {
-    fail(ErrorCode::kDataLoss, file.string(), "not a valid encoder manifest: {}", e.what());
+    fail(ErrorCode::kDataLoss, file.string(), "not a valid {} manifest: {}", role.noun, e.what());
   }
   // The weights must lie in the folder itself: a manifest cannot point elsewhere.
   if (p.weights.empty() || p.weights.find('/') != std::string::npos || p.weights.starts_with(".")) {
@@ -197,19 +196,16 @@ ParsedManifest parse_manifest(const std::string& path) {
   return p;
 }
 
-}  // namespace
 
-EncoderManifest read_encoder_manifest(const std::string& path) { return parse_manifest(path).manifest; }
-
-std::shared_ptr<torch::nn::Module> load_encoder(const std::string& path) {
-  const ParsedManifest p = parse_manifest(path);
-  EncoderFactory factory;
+std::shared_ptr<torch::nn::Module> load_module(const Role& role, const std::string& path) {
+  const ParsedManifest p = parse_manifest(role, path);
+  AdapterFactory factory;
   {
-    Registry& r = registry();
+    Registry& r = role.registry;
     std::lock_guard lock(r.mutex);
     auto it = r.factories.find(p.manifest.kind);
     if (it == r.factories.end()) {
-      fail(ErrorCode::kNotFound, "kind", "no encoder kind named {} is registered (register_encoder)", p.manifest.kind);
+      fail(ErrorCode::kNotFound, "kind", "no {0} kind named {1} is registered (register_{0})", role.noun, p.manifest.kind);
     }
     factory = it->second;
   }
@@ -218,8 +214,8 @@ std::shared_ptr<torch::nn::Module> load_encoder(const std::string& path) {
     module = factory(p.manifest.sizes);
   } catch (const Error& e) {
     if (e.code() != ErrorCode::kInvalidArgument) throw;
-    fail(ErrorCode::kDataLoss, (fs::path(path) / kManifest).string(), "sizes the {} encoder cannot take: {}",
-         p.manifest.kind, e.what());
+    fail(ErrorCode::kDataLoss, (fs::path(path) / role.manifest).string(), "sizes the {} {} cannot take: {}",
+         p.manifest.kind, role.noun, e.what());
   }
 
   const std::string weights = (fs::path(path) / p.weights).string();
@@ -232,8 +228,8 @@ std::shared_ptr<torch::nn::Module> load_encoder(const std::string& path) {
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights);
   std::map<std::string, at::Tensor> targets = tensors_of(*module);
   if (file.tensors().size() != targets.size()) {
-    fail(ErrorCode::kDataLoss, weights, "expected {} tensors for a {} encoder, got {}", targets.size(), p.manifest.kind,
-         file.tensors().size());
+    fail(ErrorCode::kDataLoss, weights, "expected {} tensors for a {} {}, got {}", targets.size(), p.manifest.kind,
+         role.noun, file.tensors().size());
   }
   at::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
@@ -249,6 +245,57 @@ std::shared_ptr<torch::nn::Module> load_encoder(const std::string& path) {
     target.copy_(value);
   }
   return module;
+}
+
+}  // namespace
+
+AdapterManifest manifest_of(const LinearProjectionImpl& e) {
+  return {"linear_projection",
+          {{"in_features", e.options.in_features}, {"out_features", e.options.out_features}, {"bias", e.options.bias ? 1 : 0}}};
+}
+
+AdapterManifest manifest_of(const MlpProjectionImpl& e) {
+  return {"mlp_projection",
+          {{"in_features", e.options.in_features},
+           {"out_features", e.options.out_features},
+           {"hidden_features", e.options.hidden_features}}};
+}
+
+AdapterManifest manifest_of(const GistLatentsImpl& e) {
+  return {"gist_latents", {{"count", e.options.count}, {"dim", e.options.dim}}};
+}
+
+AdapterManifest manifest_of(const LinearDecoderImpl& d) {
+  return {"linear_decoder", {{"dim", d.options.dim}, {"out_features", d.options.out_features}, {"span", d.options.span}}};
+}
+
+void register_encoder(const std::string& kind, AdapterFactory factory) { register_kind(encoders(), kind, std::move(factory)); }
+
+void register_decoder(const std::string& kind, AdapterFactory factory) { register_kind(decoders(), kind, std::move(factory)); }
+
+void save_encoder(const torch::nn::Module& encoder, const AdapterManifest& manifest, const std::string& path) {
+  save_module(encoders(), encoder, manifest, path);
+}
+
+void save_decoder(const torch::nn::Module& decoder, const AdapterManifest& manifest, const std::string& path) {
+  save_module(decoders(), decoder, manifest, path);
+}
+
+AdapterManifest read_encoder_manifest(const std::string& path) { return parse_manifest(encoders(), path).manifest; }
+
+AdapterManifest read_decoder_manifest(const std::string& path) { return parse_manifest(decoders(), path).manifest; }
+
+std::shared_ptr<torch::nn::Module> load_encoder(const std::string& path) { return load_module(encoders(), path); }
+
+LoadedDecoder load_decoder(const std::string& path) {
+  LoadedDecoder loaded;
+  loaded.module = load_module(decoders(), path);
+  loaded.decoder = std::dynamic_pointer_cast<ali::Decoder>(loaded.module);
+  if (!loaded.decoder) {
+    fail(ErrorCode::kDataLoss, "kind", "the decoder kind {} builds a module that is not an ali::Decoder",
+         read_decoder_manifest(path).kind);
+  }
+  return loaded;
 }
 
 }  // namespace aios::adapters

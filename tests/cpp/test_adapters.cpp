@@ -342,10 +342,10 @@ TEST_CASE("the registry loads encoder kinds that callers register") {
     explicit ScaleImpl(int64_t n) { scale = register_parameter("scale", torch::ones({n})); }
     at::Tensor scale;
   };
-  register_encoder("test_scale", [](const EncoderSizes& s) { return std::make_shared<ScaleImpl>(s.at("n")); });
-  CHECK(code_of([] { register_encoder("test_scale", [](const EncoderSizes&) { return nullptr; }); }) ==
+  register_encoder("test_scale", [](const AdapterSizes& s) { return std::make_shared<ScaleImpl>(s.at("n")); });
+  CHECK(code_of([] { register_encoder("test_scale", [](const AdapterSizes&) { return nullptr; }); }) ==
         ErrorCode::kAlreadyExists);
-  CHECK(code_of([] { register_encoder("linear_projection", [](const EncoderSizes&) { return nullptr; }); }) ==
+  CHECK(code_of([] { register_encoder("linear_projection", [](const AdapterSizes&) { return nullptr; }); }) ==
         ErrorCode::kAlreadyExists);
   ScaleImpl scale(4);
   {
@@ -371,11 +371,15 @@ void fill_fixture_values(torch::nn::Module& module) {
 
 }  // namespace
 
-// Run by hand (aios_tests "[.generate]") to rewrite tests/data/encoders/cpp_mlp.
-TEST_CASE("write the C++ encoder fixture", "[.generate]") {
+// Run by hand (aios_tests "[.generate]") to rewrite tests/data/encoders/cpp_mlp and
+// tests/data/decoders/cpp_linear.
+TEST_CASE("write the C++ adapter fixtures", "[.generate]") {
   MlpProjection mlp(3, 4, 5);
   fill_fixture_values(*mlp);
   save_encoder(mlp, std::string(AIOS_TEST_DATA_DIR) + "/encoders/cpp_mlp");
+  LinearDecoder decoder(4, 3, 2);
+  fill_fixture_values(*decoder);
+  save_decoder(decoder, std::string(AIOS_TEST_DATA_DIR) + "/decoders/cpp_linear");
 }
 
 TEST_CASE("encoder folders written by Python and by C++ load in C++") {
@@ -387,4 +391,79 @@ TEST_CASE("encoder folders written by Python and by C++ load in C++") {
     fill_fixture_values(*want);
     for (const auto& p : want->named_parameters()) CHECK(at::equal(p.value(), loaded->named_parameters()[p.key()]));
   }
+}
+
+TEST_CASE("decoder folders written by Python and by C++ load in C++") {
+  for (const char* name : {"python_linear", "cpp_linear"}) {
+    INFO(name);
+    const LoadedDecoder loaded = load_decoder(std::string(AIOS_TEST_DATA_DIR) + "/decoders/" + name);
+    auto module = std::dynamic_pointer_cast<LinearDecoderImpl>(loaded.module);
+    REQUIRE(module);
+    CHECK(module->options.span == 2);
+    LinearDecoder want(4, 3, 2);
+    fill_fixture_values(*want);
+    for (const auto& p : want->named_parameters()) CHECK(at::equal(p.value(), module->named_parameters()[p.key()]));
+  }
+}
+
+TEST_CASE("a linear decoder matches plain torch and takes its span in routed generation") {
+  torch::manual_seed(3);
+  LinearDecoder decoder(kD, 4, /*span=*/2);
+  const at::Tensor h = torch::randn({3, kD}, torch::requires_grad());
+  const at::Tensor out = decoder->forward(h);
+  const at::Tensor want = torch::matmul(h, decoder->head->weight.t()) + decoder->head->bias;
+  CHECK(at::allclose(out, want, 1e-6, 1e-6));
+  out.sum().backward();
+  CHECK(at::allclose(h.grad(), decoder->head->weight.sum(0).expand({3, kD}), 1e-6, 1e-6));
+  CHECK(at::allclose(decoder->feedback(out.detach()), torch::matmul(out.detach(), decoder->back->weight.t()) + decoder->back->bias,
+                     1e-6, 1e-6));
+
+  std::string field;
+  CHECK(code_of([] { LinearDecoder(kD, 4, 0); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == "span");
+  CHECK(code_of([] { LinearDecoder(kD + 1, 4)->check_fits(*tiny_backbone()); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == "dim");
+
+  // Saved and loaded through the registry, it serves a route: the classifier's first pick opens
+  // the span, the decoder takes two positions (a latent fed, then done: the end token fed).
+  const fs::path folder = temp_folder("linear_decoder");
+  save_decoder(decoder, folder.string());
+  CHECK(read_decoder_manifest(folder.string()).kind == "linear_decoder");
+  const LoadedDecoder loaded = load_decoder(folder.string());
+  auto module = std::dynamic_pointer_cast<LinearDecoderImpl>(loaded.module);
+  REQUIRE(module);
+  REQUIRE(loaded.decoder.get() == static_cast<aios::ali::Decoder*>(module.get()));
+  for (const auto& p : decoder->named_parameters()) CHECK(at::equal(p.value(), module->named_parameters()[p.key()]));
+
+  auto backbone = tiny_backbone();
+  const at::Tensor latents = backbone->embed(torch::tensor({{3, 14, 15, 9}}));
+  aios::ali::GenerateOptions options;
+  options.max_new_tokens = 4;
+  const int64_t start = backbone->generate(latents, options).ids[0][0].item<int64_t>();
+  const int64_t end = (start + 1) % kVocab;
+  options.routes = {{start, end, loaded.decoder}};
+  std::vector<at::Tensor> outputs;
+  const auto r = backbone->generate(latents, options, [&](const aios::ali::GenerationStep& s) {
+    outputs.push_back(s.outputs.empty() ? at::Tensor() : s.outputs[0]);
+    return true;
+  });
+  CHECK(r.ids[0][0].item<int64_t>() == start);
+  CHECK(r.ids[0][1].item<int64_t>() == aios::ali::GenerationStep::kLatent);
+  CHECK(r.ids[0][2].item<int64_t>() == end);
+  CHECK(r.ids[0][3].item<int64_t>() != aios::ali::GenerationStep::kLatent);  // back to the classifier
+  for (int k : {1, 2}) {
+    REQUIRE(outputs[k].defined());
+    CHECK(at::allclose(outputs[k], decoder->forward(r.hidden[0][k]).detach(), 1e-5, 1e-5));
+  }
+  CHECK(!outputs[0].defined());
+
+  // A decoder kind whose factory builds something that is not a decoder.
+  register_decoder("test_not_a_decoder", [](const AdapterSizes&) { return std::make_shared<LinearProjectionImpl>(2, kD); });
+  CHECK(code_of([] { register_decoder("linear_decoder", [](const AdapterSizes&) { return nullptr; }); }) ==
+        ErrorCode::kAlreadyExists);
+  const fs::path impostor = temp_folder("impostor");
+  save_decoder(*LinearProjection(2, kD), {"test_not_a_decoder", {}}, impostor.string());
+  CHECK(code_of([&] { load_decoder(impostor.string()); }, &field) == ErrorCode::kDataLoss);
+  CHECK(field == "kind");
+  CHECK(code_of([&] { load_encoder(folder.string()); }) == ErrorCode::kNotFound);  // a decoder folder has no encoder.json
 }

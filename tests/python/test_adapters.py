@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import aios
-from aios.adapters import (Gist, GistLatents, LinearProjection, MlpProjection, SequenceBuilder, Text, build_batch,
-                           load_encoder, read_encoder_manifest, register_encoder, save_encoder)
+from aios.adapters import (Gist, GistLatents, LinearDecoder, LinearProjection, MlpProjection, SequenceBuilder, Text,
+                           build_batch, load_decoder, load_encoder, read_decoder_manifest, read_encoder_manifest,
+                           register_decoder, register_encoder, save_decoder, save_encoder)
 
 LAYOUTS = Path(__file__).resolve().parents[1] / "data" / "sequence_layouts.json"
 
@@ -272,13 +273,19 @@ def test_registry_loads_kinds_callers_register(tmp_path):
 ENCODERS = Path(__file__).resolve().parents[1] / "data" / "encoders"
 
 
-def _fixture_mlp():
-    """The shared fixture's values: parameter p = arange(numel) * 0.01 - 0.3, in its shape."""
-    mlp = MlpProjection(3, 4, 5)
+DECODERS = Path(__file__).resolve().parents[1] / "data" / "decoders"
+
+
+def _fixture_values(module):
+    """The shared fixtures' values: parameter p = arange(numel) * 0.01 - 0.3, in its shape."""
     with torch.no_grad():
-        for p in mlp.parameters():
+        for p in module.parameters():
             p.copy_((torch.arange(p.numel(), dtype=torch.float32) * 0.01 - 0.3).view(p.shape))
-    return mlp
+    return module
+
+
+def _fixture_mlp():
+    return _fixture_values(MlpProjection(3, 4, 5))
 
 
 @pytest.mark.parametrize("name", ["python_mlp", "cpp_mlp"])
@@ -288,3 +295,64 @@ def test_encoder_folders_written_by_either_language_load_in_python(name):
     loaded, want = load_encoder(ENCODERS / name), _fixture_mlp()
     for key, value in want.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("name", ["python_linear", "cpp_linear"])
+def test_decoder_folders_written_by_either_language_load_in_python(name):
+    # python_linear: save_decoder(_fixture_values(LinearDecoder(4, 3, 2)), DECODERS / "python_linear");
+    # cpp_linear: the C++ test tagged [.generate]. The C++ tests load both as well.
+    loaded, want = load_decoder(DECODERS / name), _fixture_values(LinearDecoder(4, 3, 2))
+    assert isinstance(loaded, aios.Decoder) and loaded.sizes() == want.sizes()
+    for key, value in want.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_linear_decoder_matches_plain_pytorch_and_takes_its_span(tiny, tmp_path):
+    backbone, _ = tiny
+    D = backbone.config.hidden_size
+    torch.manual_seed(3)
+    decoder = LinearDecoder(D, 4, span=2)
+    decoder.check_fits(backbone)
+    h = torch.randn(3, D, requires_grad=True)
+    out = decoder(h)
+    assert torch.allclose(out, F.linear(h, decoder.head.weight, decoder.head.bias))
+    out.sum().backward()
+    assert torch.allclose(h.grad, decoder.head.weight.sum(0).expand(3, D))
+    with pytest.raises(aios.InvalidArgumentError) as info:
+        LinearDecoder(D + 1, 4).check_fits(backbone)
+    assert info.value.field == "dim"
+    with pytest.raises(aios.InvalidArgumentError):
+        LinearDecoder(D, 4, span=0)
+
+    save_decoder(decoder, tmp_path / "dec")
+    assert read_decoder_manifest(tmp_path / "dec") == ("linear_decoder", {"dim": D, "out_features": 4, "span": 2})
+    loaded = load_decoder(tmp_path / "dec")
+    for key, value in decoder.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+    # The classifier's first pick opens the span; the decoder feeds a latent (ids -2), then is done
+    # (the end token is fed) and the row returns to the classifier.
+    latents = backbone.embed(torch.tensor([[3, 14, 15, 9]]))
+    start = int(backbone.generate(latents, max_new_tokens=1).ids[0, 0])
+    end = (start + 1) % backbone.config.vocab_size
+    steps = list(backbone.stream(latents, max_new_tokens=4, routes=[(start, end, loaded)]))
+    assert [int(s.ids[0]) for s in steps[:3]] == [start, -2, end] and int(steps[3].ids[0]) != -2
+    assert [int(s.routes[0]) for s in steps] == [-1, 0, 0, -1]
+    for s in steps[1:3]:
+        assert torch.allclose(s.outputs[0], decoder(s.hidden[0]).detach(), atol=1e-5)
+    assert steps[0].outputs[0] is None
+
+
+def test_decoder_registry_and_errors(tmp_path):
+    with pytest.raises(aios.AlreadyExistsError):
+        register_decoder("linear_decoder", LinearDecoder.from_sizes)
+    register_decoder("test_not_a_decoder", lambda sizes: LinearProjection(2, 3))
+    save_decoder(LinearProjection(2, 3), tmp_path / "impostor", kind="test_not_a_decoder", sizes={})
+    with pytest.raises(aios.DataLossError) as info:
+        load_decoder(tmp_path / "impostor")
+    assert info.value.field == "kind"
+    save_decoder(LinearDecoder(4, 3), tmp_path / "dec")
+    with pytest.raises(aios.NotFoundError):
+        load_encoder(tmp_path / "dec")  # a decoder folder has no encoder.json
+    with pytest.raises(aios.NotFoundError):
+        load_decoder(tmp_path / "nowhere")

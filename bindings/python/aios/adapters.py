@@ -41,8 +41,9 @@ from torch import nn
 from . import _aios
 from .errors import AlreadyExistsError, DataLossError, InvalidArgumentError, NotFoundError
 
-__all__ = ["LinearProjection", "MlpProjection", "GistLatents", "Text", "Latents", "Gist", "Batch", "SequenceBuilder",
-           "build_batch", "save_encoder", "load_encoder", "read_encoder_manifest", "register_encoder"]
+__all__ = ["LinearProjection", "MlpProjection", "GistLatents", "LinearDecoder", "Text", "Latents", "Gist", "Batch",
+           "SequenceBuilder", "build_batch", "save_encoder", "load_encoder", "read_encoder_manifest", "register_encoder",
+           "save_decoder", "load_decoder", "read_decoder_manifest", "register_decoder"]
 
 
 def _fail(cls, field_name, message):
@@ -166,6 +167,58 @@ class GistLatents(nn.Module):
 
 
 # ---- the sequence builder -------------------------------------------------------------------
+
+class LinearDecoder(_aios.Decoder, nn.Module):
+    """A decoder for routed generation (Backbone.generate/stream routes=[(start, end, decoder)])
+    that reads a fixed-length span with a linear head: at each routed position the output is
+    head(hidden) [out_features], the next position is fed back(output) [D], and after `span`
+    positions the span ends (the route's end token is fed). Also an nn.Module: train the head on
+    hidden states (forward is differentiable) with torch.optim; save_decoder / load_decoder."""
+
+    kind = "linear_decoder"
+
+    def __init__(self, dim: int, out_features: int, span: int = 1):
+        _aios.Decoder.__init__(self)
+        nn.Module.__init__(self)
+        _positive(dim, "dim")
+        _positive(out_features, "out_features")
+        _positive(span, "span")
+        self.dim, self.out_features, self.span = dim, out_features, span
+        self.head = nn.Linear(dim, out_features)
+        self.back = nn.Linear(out_features, dim)
+        self._taken = {}
+
+    def forward(self, hidden):
+        """hidden [..., D] -> outputs [..., out_features] (differentiable)."""
+        _check_input(hidden, self.dim)
+        return self.head(hidden)
+
+    def feedback(self, output):
+        """output [..., out_features] -> the latent [..., D] fed after it."""
+        _check_input(output, self.out_features)
+        return self.back(output)
+
+    def check_fits(self, backbone):
+        _fits(self.dim, backbone, "dim")
+
+    def begin(self, row):
+        self._taken[row] = 0
+
+    def step(self, row, hidden):
+        with torch.no_grad():
+            output = self.forward(hidden.to(self.head.weight))
+            self._taken[row] = self._taken.get(row, 0) + 1
+            if self._taken[row] >= self.span:
+                return _aios.DecoderStep(output=output.float().cpu(), done=True)
+            return _aios.DecoderStep(output=output.float().cpu(), latent=self.feedback(output))
+
+    def sizes(self):
+        return {"dim": self.dim, "out_features": self.out_features, "span": self.span}
+
+    @classmethod
+    def from_sizes(cls, sizes):
+        return cls(sizes["dim"], sizes["out_features"], sizes["span"])
+
 
 @dataclass
 class Text:
@@ -343,19 +396,38 @@ class SequenceBuilder:
 
 # ---- storage ----------------------------------------------------------------------------------
 
-_MANIFEST, _FORMAT = "encoder.json", "aios.encoder"
-_REGISTRY: Dict[str, Callable[[Dict[str, int]], nn.Module]] = {
-    cls.kind: cls.from_sizes for cls in (LinearProjection, MlpProjection, GistLatents)}
+@dataclass
+class _Role:
+    """What differs between encoder and decoder folders: the manifest and the registry."""
+    noun: str
+    manifest: str
+    format: str
+    registry: Dict[str, Callable[[Dict[str, int]], nn.Module]]
+
+
+_ENCODERS = _Role("encoder", "encoder.json", "aios.encoder",
+                  {cls.kind: cls.from_sizes for cls in (LinearProjection, MlpProjection, GistLatents)})
+_DECODERS = _Role("decoder", "decoder.json", "aios.decoder", {LinearDecoder.kind: LinearDecoder.from_sizes})
+
+
+def _register(role, kind, factory):
+    if not kind:
+        _fail(InvalidArgumentError, "kind", "expected a name, got an empty string")
+    if kind in role.registry:
+        _fail(AlreadyExistsError, "kind", f"an {role.noun} kind named {kind} is registered already")
+    role.registry[kind] = factory
 
 
 def register_encoder(kind: str, factory: Callable[[Dict[str, int]], nn.Module]):
     """Registers a kind for load_encoder: factory(sizes) -> a freshly initialised module.
     AlreadyExistsError when the kind is taken."""
-    if not kind:
-        _fail(InvalidArgumentError, "kind", "expected a name, got an empty string")
-    if kind in _REGISTRY:
-        _fail(AlreadyExistsError, "kind", f"an encoder kind named {kind} is registered already")
-    _REGISTRY[kind] = factory
+    _register(_ENCODERS, kind, factory)
+
+
+def register_decoder(kind: str, factory: Callable[[Dict[str, int]], nn.Module]):
+    """Registers a kind for load_decoder: factory(sizes) -> a freshly initialised module that is
+    also an aios.Decoder. AlreadyExistsError when the kind is taken."""
+    _register(_DECODERS, kind, factory)
 
 
 def _write_atomically(path, data: bytes):
@@ -367,24 +439,22 @@ def _write_atomically(path, data: bytes):
     os.replace(tmp, path)
 
 
-def save_encoder(module: nn.Module, path, kind: Optional[str] = None, sizes: Optional[Dict[str, int]] = None):
-    """Writes `module` to the folder `path` (encoder.json + weights-*.safetensors, the format of the
-    C++ save_encoder), atomically. Built-in encoders know their kind and sizes; others pass them."""
+def _save(role, module, path, kind, sizes):
     from safetensors.torch import save as safetensors_bytes
 
     kind = kind or getattr(module, "kind", None)
     sizes = sizes if sizes is not None else module.sizes()
     if not kind:
-        _fail(InvalidArgumentError, "kind", "expected the encoder's kind, got none")
+        _fail(InvalidArgumentError, "kind", f"expected the {role.noun}'s kind, got none")
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
     data = safetensors_bytes(tensors, metadata={"kind": kind})
     weights = f"weights-{secrets.token_hex(8)}.safetensors"
     _write_atomically(os.path.join(path, weights), data)
-    manifest = {"format": _FORMAT, "version": 1, "kind": kind, "sizes": {k: int(v) for k, v in sizes.items()},
+    manifest = {"format": role.format, "version": 1, "kind": kind, "sizes": {k: int(v) for k, v in sizes.items()},
                 "weights": weights, "crc32": zlib.crc32(data)}
-    _write_atomically(os.path.join(path, _MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
+    _write_atomically(os.path.join(path, role.manifest), (json.dumps(manifest, indent=2) + "\n").encode())
     for name in os.listdir(path):
         if name != weights and name.startswith("weights-") and name.endswith(".safetensors"):
             try:
@@ -393,18 +463,29 @@ def save_encoder(module: nn.Module, path, kind: Optional[str] = None, sizes: Opt
                 pass
 
 
-def _parse_manifest(path):
-    file = os.path.join(os.fspath(path), _MANIFEST)
+def save_encoder(module: nn.Module, path, kind: Optional[str] = None, sizes: Optional[Dict[str, int]] = None):
+    """Writes `module` to the folder `path` (encoder.json + weights-*.safetensors, the format of the
+    C++ save_encoder), atomically. Built-in encoders know their kind and sizes; others pass them."""
+    _save(_ENCODERS, module, path, kind, sizes)
+
+
+def save_decoder(module: nn.Module, path, kind: Optional[str] = None, sizes: Optional[Dict[str, int]] = None):
+    """As save_encoder, with decoder.json (the format of the C++ save_decoder)."""
+    _save(_DECODERS, module, path, kind, sizes)
+
+
+def _parse_manifest(role, path):
+    file = os.path.join(os.fspath(path), role.manifest)
     if not os.path.isfile(file):
-        _fail(NotFoundError, file, "no encoder manifest here")
+        _fail(NotFoundError, file, f"no {role.noun} manifest here")
     try:
         with open(file, "rb") as f:
             m = json.loads(f.read())
-        if m["format"] != _FORMAT or m["version"] != 1:
+        if m["format"] != role.format or m["version"] != 1:
             raise ValueError(f"format {m['format']!r} version {m['version']!r}")
         kind, sizes, weights, crc = str(m["kind"]), {str(k): int(v) for k, v in m["sizes"].items()}, m["weights"], int(m["crc32"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        _fail(DataLossError, file, f"not a valid encoder manifest: {e}")
+        _fail(DataLossError, file, f"not a valid {role.noun} manifest: {e}")
     if not isinstance(weights, str) or not weights or "/" in weights or weights.startswith("."):
         _fail(DataLossError, file, f"expected a file name in weights, got {weights!r}")
     return kind, sizes, weights, crc
@@ -412,24 +493,28 @@ def _parse_manifest(path):
 
 def read_encoder_manifest(path) -> Tuple[str, Dict[str, int]]:
     """(kind, sizes) of the encoder saved in the folder `path`."""
-    kind, sizes, _, _ = _parse_manifest(path)
+    kind, sizes, _, _ = _parse_manifest(_ENCODERS, path)
     return kind, sizes
 
 
-def load_encoder(path) -> nn.Module:
-    """The encoder saved in the folder `path` (by either language), built through the registry and
-    loaded bit-exactly. NotFoundError: no folder, manifest or weights; an unregistered kind.
-    DataLossError: corrupt files, a CRC mismatch, sizes the kind rejects, tensors missing or extra."""
+def read_decoder_manifest(path) -> Tuple[str, Dict[str, int]]:
+    """(kind, sizes) of the decoder saved in the folder `path`."""
+    kind, sizes, _, _ = _parse_manifest(_DECODERS, path)
+    return kind, sizes
+
+
+def _load(role, path):
     from safetensors import SafetensorError
     from safetensors.torch import load as safetensors_load
 
-    kind, sizes, weights, crc = _parse_manifest(path)
-    if kind not in _REGISTRY:
-        _fail(NotFoundError, "kind", f"no encoder kind named {kind} is registered (register_encoder)")
+    kind, sizes, weights, crc = _parse_manifest(role, path)
+    if kind not in role.registry:
+        _fail(NotFoundError, "kind", f"no {role.noun} kind named {kind} is registered (register_{role.noun})")
     try:
-        module = _REGISTRY[kind](sizes)
+        module = role.registry[kind](sizes)
     except (InvalidArgumentError, KeyError) as e:
-        _fail(DataLossError, os.path.join(os.fspath(path), _MANIFEST), f"sizes the {kind} encoder cannot take: {e}")
+        _fail(DataLossError, os.path.join(os.fspath(path), role.manifest),
+              f"sizes the {kind} {role.noun} cannot take: {e}")
     file = os.path.join(os.fspath(path), weights)
     if not os.path.isfile(file):
         _fail(NotFoundError, file, "the weights file the manifest names is missing")
@@ -448,4 +533,22 @@ def load_encoder(path) -> nn.Module:
         if value.shape != state[name].shape:
             _fail(DataLossError, f"{file}:{name}", f"expected shape {list(state[name].shape)}, got {list(value.shape)}")
     module.load_state_dict(tensors)
+    return module
+
+
+def load_encoder(path) -> nn.Module:
+    """The encoder saved in the folder `path` (by either language), built through the registry and
+    loaded bit-exactly. NotFoundError: no folder, manifest or weights; an unregistered kind.
+    DataLossError: corrupt files, a CRC mismatch, sizes the kind rejects, tensors missing or extra."""
+    return _load(_ENCODERS, path)
+
+
+def load_decoder(path) -> nn.Module:
+    """The decoder saved in the folder `path` (by either language): an nn.Module that is also an
+    aios.Decoder, ready for routes=[(start, end, decoder)]. Errors as load_encoder, and
+    DataLossError (field kind) when the kind's module is not an aios.Decoder."""
+    module = _load(_DECODERS, path)
+    if not isinstance(module, _aios.Decoder):
+        _fail(DataLossError, "kind", f"the decoder kind {read_decoder_manifest(path)[0]} builds a module that is "
+              "not an aios.Decoder")
     return module

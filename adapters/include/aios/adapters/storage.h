@@ -1,9 +1,11 @@
-// aios/adapters/storage.h — saving and loading encoders, and the registry of encoder kinds.
+// aios/adapters/storage.h — saving and loading encoders and decoders, and the registries of their
+// kinds (by which a host or a command line builds what a folder holds).
 //
 // An encoder saves to a folder:
 //   encoder.json              the manifest: {"format": "aios.encoder", "version": 1, "kind": "...",
 //                             "sizes": {"in_features": ..., ...}, "weights": "<file>", "crc32": <n>}
 //   weights-<random>.safetensors   every parameter and buffer by its torch::nn name, in its dtype
+// A decoder the same way, with decoder.json and the format "aios.decoder". One folder per adapter.
 // The weights go to a new file first, then the manifest that names it replaces the old one by
 // rename (both atomically), so a save interrupted at any point leaves the previous one loadable;
 // weight files no manifest names are removed afterwards. The CRC-32 (zlib's) of the weights file
@@ -18,33 +20,36 @@
 
 #include <torch/nn/module.h>
 
+#include "aios/adapters/decoders.h"
 #include "aios/adapters/encoders.h"
+#include "aios/ali/generation.h"
 
 namespace aios::adapters {
 
-using EncoderSizes = std::map<std::string, int64_t>;
-// Builds a freshly initialised encoder of one kind from the manifest's sizes; throws
-// Error(kInvalidArgument) for sizes it cannot take.
-using EncoderFactory = std::function<std::shared_ptr<torch::nn::Module>(const EncoderSizes& sizes)>;
+using AdapterSizes = std::map<std::string, int64_t>;
+// Builds a freshly initialised module of one kind from the manifest's sizes; throws
+// Error(kInvalidArgument) for sizes it cannot take. A decoder kind's module also derives from
+// ali::Decoder.
+using AdapterFactory = std::function<std::shared_ptr<torch::nn::Module>(const AdapterSizes& sizes)>;
 
-struct EncoderManifest {
+struct AdapterManifest {
   std::string kind;
-  EncoderSizes sizes;
+  AdapterSizes sizes;
 };
 
 // Registers a kind for load_encoder. Built in: "linear_projection", "mlp_projection", "gist_latents".
 // Throws Error(kAlreadyExists, "kind") when the kind is taken, Error(kInvalidArgument) for an empty
 // kind or factory. Thread-safe.
-void register_encoder(const std::string& kind, EncoderFactory factory);
+void register_encoder(const std::string& kind, AdapterFactory factory);
 
 // The kind and sizes of a built-in encoder.
-EncoderManifest manifest_of(const LinearProjectionImpl& encoder);
-EncoderManifest manifest_of(const MlpProjectionImpl& encoder);
-EncoderManifest manifest_of(const GistLatentsImpl& encoder);
+AdapterManifest manifest_of(const LinearProjectionImpl& encoder);
+AdapterManifest manifest_of(const MlpProjectionImpl& encoder);
+AdapterManifest manifest_of(const GistLatentsImpl& encoder);
 
 // Writes `encoder` (its parameters and buffers, copied to the CPU) to the folder `path`, created
 // if missing. Throws Error(kUnavailable) when the file system refuses.
-void save_encoder(const torch::nn::Module& encoder, const EncoderManifest& manifest, const std::string& path);
+void save_encoder(const torch::nn::Module& encoder, const AdapterManifest& manifest, const std::string& path);
 template <typename M>
 void save_encoder(const torch::nn::ModuleHolder<M>& encoder, const std::string& path) {
   save_encoder(*encoder, manifest_of(*encoder), path);
@@ -52,7 +57,7 @@ void save_encoder(const torch::nn::ModuleHolder<M>& encoder, const std::string& 
 
 // The manifest of the folder `path`. Throws Error: kNotFound (no folder or encoder.json),
 // kDataLoss (not a valid manifest).
-EncoderManifest read_encoder_manifest(const std::string& path);
+AdapterManifest read_encoder_manifest(const std::string& path);
 
 // Builds the encoder the manifest names (through the registry) and loads its tensors bit-exactly
 // (converted to the new module's dtype if a factory made another). Cast the result to the kind's
@@ -61,5 +66,25 @@ EncoderManifest read_encoder_manifest(const std::string& path);
 // kDataLoss (corrupt or truncated files, a CRC mismatch, sizes the factory rejects, tensors missing,
 // extra or of the wrong shape).
 std::shared_ptr<torch::nn::Module> load_encoder(const std::string& path);
+
+// Decoders: the same, with their own registry (built in: "linear_decoder") and decoder.json.
+void register_decoder(const std::string& kind, AdapterFactory factory);
+AdapterManifest manifest_of(const LinearDecoderImpl& decoder);
+void save_decoder(const torch::nn::Module& decoder, const AdapterManifest& manifest, const std::string& path);
+template <typename M>
+void save_decoder(const torch::nn::ModuleHolder<M>& decoder, const std::string& path) {
+  save_decoder(*decoder, manifest_of(*decoder), path);
+}
+AdapterManifest read_decoder_manifest(const std::string& path);
+
+// A loaded decoder: `decoder` (for GenerateOptions::routes) and `module` (its parameters, to train
+// further or save) are the same object.
+struct LoadedDecoder {
+  std::shared_ptr<torch::nn::Module> module;
+  std::shared_ptr<ali::Decoder> decoder;
+};
+// As load_encoder; also Error(kDataLoss, "kind") when the registered kind builds a module that is
+// not an ali::Decoder.
+LoadedDecoder load_decoder(const std::string& path);
 
 }  // namespace aios::adapters
