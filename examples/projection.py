@@ -122,7 +122,7 @@ class Task:
 
 
 def main():
-    args = common.arguments("projection", __doc__.splitlines()[0], steps=150, fast_steps=6,
+    args = common.arguments("projection", __doc__.splitlines()[0], steps=300, fast_steps=6,
                             batch=(16, 4, "sentences per step"), eval=(128, 8, "held-out sentences"))
     started = time.perf_counter()
     backbone = aios.Backbone.load(args.model)
