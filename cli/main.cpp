@@ -3,7 +3,10 @@
 //   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
+//   aios serve MODEL [--listen HOST:PORT] [--device ...] [--dtype ...]
 #include <chrono>
+#include <csignal>
+#include <pthread.h>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -12,6 +15,8 @@
 
 #include "aios/ali/local_backbone.h"
 #include "aios/fail.h"
+#include "aios/gradient_api/local_backbone.h"
+#include "aios/server/host.h"
 #include "aios/tokenizer_api/chat.h"
 #include "aios/tokenizer_api/tokenizer.h"
 
@@ -21,10 +26,13 @@ constexpr const char* kUsage =
     "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
+    "       aios serve MODEL [--listen HOST:PORT] [--device ...] [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
-    "             formatted with the model's chat template); greedy unless --temperature > 0\n";
+    "             formatted with the model's chat template); greedy unless --temperature > 0\n"
+    "  serve      host the model's Latent and Gradient APIs over gRPC (default 127.0.0.1:50051,\n"
+    "             loopback only; port 0 picks a free one) until interrupted\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -95,6 +103,26 @@ int generate(const std::string& path, const aios::ali::LoadOptions& options, con
   return 0;
 }
 
+// Serves until SIGINT or SIGTERM, then drains the calls in flight.
+int serve(const std::string& path, const aios::ali::LoadOptions& options, const aios::server::HostOptions& host_options) {
+  // Blocked here, before any thread starts, so that every thread inherits the mask and the
+  // signals wait for sigwait below instead of interrupting a call.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::shared_ptr<aios::gradient::LocalBackbone> backbone = aios::gradient::LocalBackbone::load(path, options);
+  aios::server::Host host(backbone, host_options);
+  const std::string address = host_options.listen.substr(0, host_options.listen.rfind(':'));
+  fmt::print("serving {} on {}:{}\n", path, address, host.port());
+  std::fflush(stdout);
+  int received = 0;
+  sigwait(&signals, &received);
+  host.shutdown();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -105,9 +133,10 @@ int main(int argc, char** argv) {
       return args.empty() ? 2 : 0;
     }
     const std::string command = args[0];
-    if (command != "info" && command != "generate") {
-      aios::fail(aios::ErrorCode::kInvalidArgument, "command", "expected info or generate, got \"{}\"", command);
+    if (command != "info" && command != "generate" && command != "serve") {
+      aios::fail(aios::ErrorCode::kInvalidArgument, "command", "expected info, generate or serve, got \"{}\"", command);
     }
+    aios::server::HostOptions host_options;
     aios::ali::LoadOptions options;
     aios::ali::GenerateOptions generation;
     generation.max_new_tokens = 128;
@@ -129,6 +158,8 @@ int main(int argc, char** argv) {
         options.device = aios::backbone::parse_device(args[++i], "--device");
       } else if (a == "--dtype" && has_value) {
         options.dtype = aios::backbone::parse_dtype(args[++i], "--dtype");
+      } else if (command == "serve" && a == "--listen" && has_value) {
+        host_options.listen = args[++i];
       } else if (command == "generate" && a == "--chat") {
         chat = true;
       } else if (command == "generate" && a == "--max-new-tokens" && has_value) {
@@ -141,7 +172,7 @@ int main(int argc, char** argv) {
         generation.sampling.top_p = number(i++);
       } else if (command == "generate" && a == "--seed" && has_value) {
         generation.sampling.seed = static_cast<uint64_t>(number(i++));
-      } else if (a.rfind("--", 0) != 0 && positional.size() < (command == "info" ? 1u : 2u)) {
+      } else if (a.rfind("--", 0) != 0 && positional.size() < (command == "generate" ? 2u : 1u)) {
         positional.push_back(a);
       } else {
         aios::fail(aios::ErrorCode::kInvalidArgument, "arguments", "unexpected \"{}\"", a);
@@ -149,6 +180,7 @@ int main(int argc, char** argv) {
     }
     if (positional.empty()) aios::fail(aios::ErrorCode::kInvalidArgument, "MODEL", "expected a checkpoint");
     if (command == "info") return info(positional[0], options);
+    if (command == "serve") return serve(positional[0], options, host_options);
     if (positional.size() < 2) aios::fail(aios::ErrorCode::kInvalidArgument, "PROMPT", "expected a prompt");
     return generate(positional[0], options, positional[1], chat, generation);
   } catch (const aios::Error& e) {

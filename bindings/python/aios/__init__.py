@@ -23,7 +23,7 @@ from ._aios import (Backbone, Config, Extension, ForwardOutput, FusedResult, Gen
                     GenerationStep, Gradients, Session, Tokenizer, gist_mask)
 from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,
                      InvalidArgumentError, NotFoundError, PermissionDeniedError, ResourceExhaustedError,
-                     UnavailableError)
+                     UnavailableError, UnimplementedError)
 from ._aios import Decoder, DecoderStep  # routed generation: generate/stream(routes=[(start, end, decoder)])
 
 # Text in and out, as methods: backbone.generate_text(...), backbone.stream_text(...).
@@ -37,6 +37,6 @@ __all__ = [
     "GenerationStep", "Gradients", "Session", "Tokenizer", "gist_mask",
     "Error", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
     "FailedPreconditionError",
-    "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError",
+    "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError", "UnimplementedError",
 ]
 __all__ += ["Decoder", "DecoderStep"]

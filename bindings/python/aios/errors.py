@@ -35,6 +35,10 @@ class FailedPreconditionError(Error):
     code, code_name = 9, "failed_precondition"
 
 
+class UnimplementedError(Error, NotImplementedError):
+    code, code_name = 12, "unimplemented"
+
+
 class InternalError(Error):
     code, code_name = 13, "internal"
 
@@ -48,8 +52,8 @@ class DataLossError(Error):
 
 
 _BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, NotFoundError, AlreadyExistsError, PermissionDeniedError,
-                                      ResourceExhaustedError, FailedPreconditionError, InternalError, UnavailableError,
-                                      DataLossError)}
+                                      ResourceExhaustedError, FailedPreconditionError, UnimplementedError, InternalError,
+                                      UnavailableError, DataLossError)}
 
 
 def class_for_code(code: int) -> type:

@@ -18,6 +18,7 @@ enum class ErrorCode : int {
   kPermissionDenied = 7,   // the caller may not use this object
   kResourceExhausted = 8,  // a size or quota limit was exceeded
   kFailedPrecondition = 9,  // well-formed, but made for another state (an extension of another base model)
+  kUnimplemented = 12,     // a call this backbone does not offer (a hosted one, for now, generation)
   kInternal = 13,          // a bug in aios or an unexpected failure of a library below it
   kUnavailable = 14,       // a device or service that cannot be reached now
   kDataLoss = 15,          // a file that is truncated, corrupt or inconsistent with itself

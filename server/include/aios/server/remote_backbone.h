@@ -1,0 +1,65 @@
+// aios/server/remote_backbone.h — a backbone hosted by `aios serve`, behind the same C++ interface
+// as the in-process one (gradient::Backbone): code written against the interface changes only the
+// address it starts from.
+//
+// Tensors go to the host as they are (float32, bfloat16 or float16 latents; the host converts to
+// its dtype) and come back on the CPU in the host's dtype, so device() is the CPU. The host's
+// errors arrive as the same aios::Error (code, field, message); a host that cannot be reached is
+// Error(kUnavailable). Not offered over the wire yet: vocabulary extensions and generation
+// (Error(kUnimplemented)); tokenizer() is null and chat_template() empty.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "aios/gradient_api/backbone.h"
+
+namespace aios::server {
+
+using backbone::ModelConfig;
+using gradient::ForwardOptions;
+using gradient::ForwardOutput;
+
+struct ConnectOptions {
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // deadline of each call
+  int64_t max_message_bytes = int64_t{1} << 31;               // largest response accepted
+};
+
+class RemoteBackbone final : public gradient::Backbone {
+ public:
+  // Connects to host:port and reads the backbone's description (one call). Throws
+  // Error(kUnavailable) when the host does not answer within the timeout.
+  static std::shared_ptr<RemoteBackbone> connect(const std::string& address, const ConnectOptions& options = {});
+  ~RemoteBackbone() override;
+
+  const ModelConfig& config() const override;
+  c10::Device device() const override;  // the CPU: results arrive there
+  c10::ScalarType dtype() const override;  // the host's
+
+  at::Tensor embed(const at::Tensor& ids, const ali::Extension* extension = nullptr) override;
+  ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) override;
+  at::Tensor classify(const at::Tensor& hidden, const ali::Extension* extension = nullptr) override;
+  std::shared_ptr<ali::Extension> extend(const std::vector<std::string>& tokens,
+                                         const ali::ExtendOptions& options = {}) override;
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer() override;
+  std::optional<std::string> chat_template() override;
+  std::unique_ptr<ali::Generation> start_generation(const at::Tensor& latents,
+                                                    const ali::GenerateOptions& options = {}) override;
+  std::shared_ptr<ali::Session> new_session() override;
+
+  gradient::KeptForward forward_keep(const at::Tensor& latents, const ForwardOptions& options = {}) override;
+  gradient::Gradients vjp(gradient::Handle handle, const gradient::Cotangents& cotangents) override;
+  void release(gradient::Handle handle) override;
+  gradient::Gradients vjp(const at::Tensor& latents, const ForwardOptions& options,
+                          const gradient::Cotangents& cotangents) override;
+  gradient::FusedResult forward_backward(const at::Tensor& latents, const ForwardOptions& options,
+                                         const gradient::LossOptions& loss) override;
+
+ private:
+  struct Impl;
+  explicit RemoteBackbone(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace aios::server

@@ -1,0 +1,56 @@
+// aios/server/wire.h — tensors and errors on the wire (server/proto/aios/v1/aios.proto); no LibTorch.
+//
+// A Tensor message is checked before anything is allocated for it: a known dtype, a rank and
+// dimensions within limits, and prod(shape) x itemsize equal to the byte length (and within the
+// byte limit). Errors travel as gRPC statuses whose code is the ErrorCode value, whose message is
+// the error's message, and whose trailing metadata "aios-field" names the field; the client builds
+// the same aios::Error again.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/status.h>
+
+#include "aios/error.h"
+#include "aios/v1/aios.pb.h"
+
+namespace aios::server {
+
+struct WireLimits {
+  int64_t max_rank = 4;                 // [B,T,T] masks are the highest rank the API takes
+  int64_t max_dim = int64_t{1} << 24;   // any one dimension (vocabularies fit)
+  int64_t max_bytes = int64_t{1} << 30;  // one tensor
+};
+
+// A checked view of a Tensor message; the bytes stay in the message.
+struct WireTensor {
+  v1::DType dtype = v1::DTYPE_UNSPECIFIED;
+  std::vector<int64_t> shape;
+  const std::byte* data = nullptr;
+  std::size_t size_bytes = 0;
+};
+
+// Bytes per element; 0 for DTYPE_UNSPECIFIED and values this build does not know.
+std::size_t itemsize(v1::DType dtype);
+// "float32", "int64", ...
+const char* dtype_name(v1::DType dtype);
+
+// Checks `t`, named `field` in errors. Throws Error(kInvalidArgument) for an unknown dtype, a
+// negative dimension or a byte length that disagrees with the shape; Error(kResourceExhausted)
+// beyond `limits`.
+WireTensor check_tensor(const v1::Tensor& t, const std::string& field, const WireLimits& limits = {});
+
+constexpr const char* kFieldMetadata = "aios-field";
+
+// Server side: the status for `e`, with its field added to the call's trailing metadata.
+grpc::Status to_status(const Error& e, grpc::ServerContext* context);
+// Client side: the aios::Error a failed call carries (transport failures: kUnavailable; a missed
+// deadline: kUnavailable naming "deadline").
+Error to_error(const grpc::Status& status, const grpc::ClientContext& context);
+
+}  // namespace aios::server

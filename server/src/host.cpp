@@ -1,0 +1,267 @@
+#include "aios/server/host.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "aios/fail.h"
+#include "aios/v1/aios.grpc.pb.h"
+#include "tensors.h"
+
+namespace aios::server {
+namespace {
+
+using gradient::Cotangents;
+using gradient::ForwardOptions;
+
+// Runs `body`, turning aios errors (and anything else) into the call's status.
+template <typename F>
+grpc::Status guarded(grpc::ServerContext* context, F&& body) {
+  try {
+    body();
+    return grpc::Status::OK;
+  } catch (const Error& e) {
+    return to_status(e, context);
+  } catch (const std::exception& e) {
+    return to_status(Error(ErrorCode::kInternal, "", e.what()), context);
+  }
+}
+
+// What both services share: the backbone and the checks of what requests carry.
+class Requests {
+ public:
+  Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
+      : backbone_(std::move(backbone)), options_(options) {}
+
+  gradient::Backbone& backbone() { return *backbone_; }
+
+  at::Tensor tensor(const v1::Tensor& t, const std::string& field) { return to_torch(t, field, options_.limits); }
+
+  // [B,T,D] floating latents within the batch and token limits, in the backbone's dtype and device.
+  at::Tensor latents(const v1::Tensor& t, const std::string& field) {
+    at::Tensor x = tensor(t, field);
+    if (x.dim() != 3 || !at::isFloatingType(x.scalar_type())) {
+      fail(ErrorCode::kInvalidArgument, field, "expected a floating tensor [B,T,D], got {} of rank {}",
+           c10::toString(x.scalar_type()), x.dim());
+    }
+    check_batch(x.size(0), x.size(1), field);
+    return x.to(backbone_->device(), backbone_->dtype());
+  }
+
+  // A cotangent or hidden state: floating, moved to the backbone's dtype and device.
+  at::Tensor floating(const v1::Tensor& t, const std::string& field) {
+    at::Tensor x = tensor(t, field);
+    if (!at::isFloatingType(x.scalar_type())) {
+      fail(ErrorCode::kInvalidArgument, field, "expected a floating tensor, got {}", c10::toString(x.scalar_type()));
+    }
+    return x.to(backbone_->device(), backbone_->dtype());
+  }
+
+  void check_batch(int64_t B, int64_t T, const std::string& field) const {
+    if (B > options_.max_batch) {
+      fail(ErrorCode::kResourceExhausted, field, "batch {} exceeds the host's limit of {}", B, options_.max_batch);
+    }
+    if (B * T > options_.max_tokens) {
+      fail(ErrorCode::kResourceExhausted, field, "{} tokens exceed the host's limit of {} per request", B * T,
+           options_.max_tokens);
+    }
+  }
+
+  ForwardOptions forward_options(const v1::ForwardOptions& o, const std::string& field) {
+    ForwardOptions out;
+    if (o.has_positions()) out.positions = tensor(o.positions(), field + ".positions");
+    if (o.has_mask()) out.mask = tensor(o.mask(), field + ".mask");
+    out.layers.assign(o.layers().begin(), o.layers().end());
+    out.allow_non_finite = o.allow_non_finite();
+    out.recompute = o.recompute();
+    return out;
+  }
+
+  Cotangents cotangents(const v1::Cotangents& c) {
+    Cotangents out;
+    if (c.has_hidden()) out.hidden = floating(c.hidden(), "cotangents.hidden");
+    for (int i = 0; i < c.layers_size(); ++i) {
+      const v1::Tensor& layer = c.layers(i);
+      // A layer cotangent sent as an empty message stands for zero.
+      out.layers.push_back(layer.dtype() == v1::DTYPE_UNSPECIFIED && layer.shape_size() == 0
+                               ? at::Tensor()
+                               : floating(layer, fmt::format("cotangents.layers[{}]", i)));
+    }
+    if (c.has_logits()) out.logits = floating(c.logits(), "cotangents.logits");
+    return out;
+  }
+
+ private:
+  std::shared_ptr<gradient::Backbone> backbone_;
+  HostOptions options_;
+};
+
+class LatentService final : public v1::Latent::Service {
+ public:
+  explicit LatentService(Requests& requests, const HostOptions& options) : r_(requests), options_(options) {}
+
+  grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::ModelInfo* out) override {
+    return guarded(context, [&] {
+      const auto& c = r_.backbone().config();
+      out->set_architecture(c.architecture);
+      out->set_vocab_size(c.vocab_size);
+      out->set_hidden_size(c.hidden_size);
+      out->set_num_layers(c.num_layers);
+      out->set_num_heads(c.num_heads);
+      out->set_num_kv_heads(c.num_kv_heads);
+      out->set_head_dim(c.head_dim);
+      out->set_intermediate_size(c.intermediate_size);
+      out->set_max_positions(c.max_positions);
+      out->set_tie_word_embeddings(c.tie_word_embeddings);
+      out->set_dtype(wire_dtype(r_.backbone().dtype()));
+      out->set_device(r_.backbone().device().str());
+      out->set_max_batch(options_.max_batch);
+      out->set_max_request_bytes(options_.limits.max_bytes);
+    });
+  }
+
+  grpc::Status Embed(grpc::ServerContext* context, const v1::EmbedRequest* request, v1::Tensor* out) override {
+    return guarded(context, [&] {
+      const at::Tensor ids = r_.tensor(request->ids(), "ids");
+      if (ids.dim() == 2) r_.check_batch(ids.size(0), ids.size(1), "ids");
+      to_wire(r_.backbone().embed(ids), out);
+    });
+  }
+
+  grpc::Status Forward(grpc::ServerContext* context, const v1::ForwardRequest* request,
+                       v1::ForwardResponse* out) override {
+    return guarded(context, [&] {
+      const auto result = r_.backbone().forward(r_.latents(request->latents(), "latents"),
+                                                r_.forward_options(request->options(), "options"));
+      to_wire(result.hidden, out->mutable_hidden());
+      for (const auto& layer : result.layers) to_wire(layer, out->add_layers());
+    });
+  }
+
+  grpc::Status Classify(grpc::ServerContext* context, const v1::ClassifyRequest* request, v1::Tensor* out) override {
+    return guarded(context, [&] {
+      const at::Tensor hidden = r_.floating(request->hidden(), "hidden");
+      const int64_t rows = hidden.dim() > 0 ? hidden.numel() / std::max<int64_t>(1, hidden.size(-1)) : 0;
+      r_.check_batch(1, rows, "hidden");
+      to_wire(r_.backbone().classify(hidden), out);
+    });
+  }
+
+ private:
+  Requests& r_;
+  HostOptions options_;
+};
+
+void write_gradients(const gradient::Gradients& g, v1::Gradients* out) { to_wire(g.latents, out->mutable_latents()); }
+
+class GradientService final : public v1::Gradient::Service {
+ public:
+  explicit GradientService(Requests& requests) : r_(requests) {}
+
+  grpc::Status ForwardKeep(grpc::ServerContext* context, const v1::ForwardRequest* request,
+                           v1::ForwardResponse* out) override {
+    return guarded(context, [&] {
+      const auto kept = r_.backbone().forward_keep(r_.latents(request->latents(), "latents"),
+                                                   r_.forward_options(request->options(), "options"));
+      to_wire(kept.output.hidden, out->mutable_hidden());
+      for (const auto& layer : kept.output.layers) to_wire(layer, out->add_layers());
+      out->set_handle(kept.handle);
+    });
+  }
+
+  grpc::Status Vjp(grpc::ServerContext* context, const v1::VjpRequest* request, v1::Gradients* out) override {
+    return guarded(context, [&] {
+      write_gradients(r_.backbone().vjp(request->handle(), r_.cotangents(request->cotangents())), out);
+    });
+  }
+
+  grpc::Status Release(grpc::ServerContext* context, const v1::ReleaseRequest* request, v1::Empty*) override {
+    return guarded(context, [&] { r_.backbone().release(request->handle()); });
+  }
+
+  grpc::Status VjpStateless(grpc::ServerContext* context, const v1::VjpStatelessRequest* request,
+                            v1::Gradients* out) override {
+    return guarded(context, [&] {
+      write_gradients(r_.backbone().vjp(r_.latents(request->latents(), "latents"),
+                                        r_.forward_options(request->options(), "options"),
+                                        r_.cotangents(request->cotangents())),
+                      out);
+    });
+  }
+
+  grpc::Status ForwardBackward(grpc::ServerContext* context, const v1::ForwardBackwardRequest* request,
+                               v1::FusedResult* out) override {
+    return guarded(context, [&] {
+      gradient::LossOptions loss;
+      if (request->chunk_tokens() != 0) loss.chunk_tokens = request->chunk_tokens();
+      if (request->has_cross_entropy()) {
+        const auto& ce = request->cross_entropy();
+        loss.loss = gradient::CrossEntropy{r_.tensor(ce.targets(), "cross_entropy.targets"),
+                                           ce.has_weights() ? r_.tensor(ce.weights(), "cross_entropy.weights") : at::Tensor()};
+      } else if (request->has_distillation()) {
+        const auto& d = request->distillation();
+        gradient::Distillation out_loss;
+        if (d.has_teacher_logits()) out_loss.teacher_logits = r_.floating(d.teacher_logits(), "distillation.teacher_logits");
+        if (d.has_teacher_probs()) out_loss.teacher_probs = r_.floating(d.teacher_probs(), "distillation.teacher_probs");
+        if (d.has_teacher_latents()) {
+          out_loss.teacher_latents = r_.latents(d.teacher_latents(), "distillation.teacher_latents");
+          out_loss.teacher_options = r_.forward_options(d.teacher_options(), "distillation.teacher_options");
+        }
+        if (d.has_teacher_index()) out_loss.teacher_index = r_.tensor(d.teacher_index(), "distillation.teacher_index");
+        if (d.has_weights()) out_loss.weights = r_.tensor(d.weights(), "distillation.weights");
+        if (d.temperature() != 0) out_loss.temperature = d.temperature();
+        loss.loss = out_loss;
+      } else {
+        fail(ErrorCode::kInvalidArgument, "loss", "expected cross_entropy or distillation, got neither");
+      }
+      const auto result = r_.backbone().forward_backward(r_.latents(request->latents(), "latents"),
+                                                         r_.forward_options(request->options(), "options"), loss);
+      to_wire(result.loss, out->mutable_loss());
+      to_wire(result.losses, out->mutable_losses());
+      write_gradients(result.grad, out->mutable_grad());
+    });
+  }
+
+ private:
+  Requests& r_;
+};
+
+}  // namespace
+
+struct Host::Impl {
+  Impl(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
+      : requests(std::move(backbone), options), latent(requests, options), gradient(requests) {}
+  Requests requests;
+  LatentService latent;
+  GradientService gradient;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+};
+
+Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
+    : impl_(std::make_unique<Impl>(std::move(backbone), options)) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl_->port);
+  // The tensor limit bounds a request; the message limit leaves room for several tensors in one.
+  const int64_t message_limit = std::min<int64_t>(std::numeric_limits<int>::max(), 4 * options.limits.max_bytes);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(message_limit));
+  builder.SetMaxSendMessageSize(static_cast<int>(message_limit));
+  builder.RegisterService(&impl_->latent);
+  builder.RegisterService(&impl_->gradient);
+  impl_->server = builder.BuildAndStart();
+  if (!impl_->server || impl_->port == 0) {
+    fail(ErrorCode::kUnavailable, "listen", "cannot listen on {}", options.listen);
+  }
+}
+
+Host::~Host() { shutdown(std::chrono::seconds(1)); }
+
+int Host::port() const { return impl_->port; }
+
+void Host::wait() { impl_->server->Wait(); }
+
+void Host::shutdown(std::chrono::milliseconds grace) {
+  impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
+}
+
+}  // namespace aios::server

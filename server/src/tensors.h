@@ -1,0 +1,22 @@
+// Tensor messages <-> at::Tensor (internal to aios_server).
+#pragma once
+
+#include <string>
+
+#include <ATen/ATen.h>
+
+#include "aios/server/wire.h"
+
+namespace aios::server {
+
+// The torch dtype of a wire dtype (a known one: check_tensor or itemsize() first) and back; a torch
+// dtype with no wire form is Error(kInternal).
+at::ScalarType torch_dtype(v1::DType dtype);
+v1::DType wire_dtype(at::ScalarType dtype);
+
+// A checked Tensor message as a new CPU tensor that owns its bytes (the message may go away).
+at::Tensor to_torch(const v1::Tensor& t, const std::string& field, const WireLimits& limits);
+// Writes `t` (any device; float64 travels as float32) into `out`.
+void to_wire(const at::Tensor& t, v1::Tensor* out);
+
+}  // namespace aios::server

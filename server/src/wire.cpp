@@ -1,0 +1,94 @@
+#include "aios/server/wire.h"
+
+#include <limits>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "aios/fail.h"
+
+namespace aios::server {
+
+std::size_t itemsize(v1::DType dtype) {
+  switch (dtype) {
+    case v1::FLOAT32: return 4;
+    case v1::BFLOAT16: return 2;
+    case v1::FLOAT16: return 2;
+    case v1::INT32: return 4;
+    case v1::INT64: return 8;
+    case v1::BOOL: return 1;
+    default: return 0;
+  }
+}
+
+const char* dtype_name(v1::DType dtype) {
+  switch (dtype) {
+    case v1::FLOAT32: return "float32";
+    case v1::BFLOAT16: return "bfloat16";
+    case v1::FLOAT16: return "float16";
+    case v1::INT32: return "int32";
+    case v1::INT64: return "int64";
+    case v1::BOOL: return "bool";
+    default: return "unspecified";
+  }
+}
+
+WireTensor check_tensor(const v1::Tensor& t, const std::string& field, const WireLimits& limits) {
+  WireTensor out;
+  out.dtype = t.dtype();
+  const std::size_t size = itemsize(t.dtype());
+  if (size == 0) fail(ErrorCode::kInvalidArgument, field + ".dtype", "expected a known dtype, got {}", static_cast<int>(t.dtype()));
+  if (t.shape_size() > limits.max_rank) {
+    fail(ErrorCode::kResourceExhausted, field + ".shape", "rank {} exceeds the limit {}", t.shape_size(), limits.max_rank);
+  }
+  // Every product below stays under 2^63: each dimension is at most max_dim, and the running byte
+  // count is compared with max_bytes after each factor.
+  uint64_t bytes = size;
+  for (int64_t d : t.shape()) {
+    if (d < 0) fail(ErrorCode::kInvalidArgument, field + ".shape", "expected dimensions >= 0, got [{}]", fmt::join(t.shape(), ","));
+    if (d > limits.max_dim) {
+      fail(ErrorCode::kResourceExhausted, field + ".shape", "dimension {} exceeds the limit {}", d, limits.max_dim);
+    }
+    bytes *= static_cast<uint64_t>(d);
+    if (bytes > static_cast<uint64_t>(limits.max_bytes)) {
+      fail(ErrorCode::kResourceExhausted, field, "shape [{}] of {} exceeds the limit of {} bytes", fmt::join(t.shape(), ","),
+           dtype_name(t.dtype()), limits.max_bytes);
+    }
+    out.shape.push_back(d);
+  }
+  if (t.data().size() != bytes) {
+    fail(ErrorCode::kInvalidArgument, field + ".data", "expected {} bytes for shape [{}] of {}, got {}", bytes,
+         fmt::join(t.shape(), ","), dtype_name(t.dtype()), t.data().size());
+  }
+  out.data = reinterpret_cast<const std::byte*>(t.data().data());
+  out.size_bytes = bytes;
+  return out;
+}
+
+grpc::Status to_status(const Error& e, grpc::ServerContext* context) {
+  if (context != nullptr && !e.field().empty()) context->AddTrailingMetadata(kFieldMetadata, e.field());
+  return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(e.code())), e.message());
+}
+
+Error to_error(const grpc::Status& status, const grpc::ClientContext& context) {
+  std::string field;
+  const auto& trailing = context.GetServerTrailingMetadata();
+  if (auto it = trailing.find(kFieldMetadata); it != trailing.end()) field.assign(it->second.data(), it->second.size());
+  switch (status.error_code()) {
+    case grpc::StatusCode::INVALID_ARGUMENT: return Error(ErrorCode::kInvalidArgument, field, status.error_message());
+    case grpc::StatusCode::NOT_FOUND: return Error(ErrorCode::kNotFound, field, status.error_message());
+    case grpc::StatusCode::ALREADY_EXISTS: return Error(ErrorCode::kAlreadyExists, field, status.error_message());
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::UNAUTHENTICATED: return Error(ErrorCode::kPermissionDenied, field, status.error_message());
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return Error(ErrorCode::kResourceExhausted, field, status.error_message());
+    case grpc::StatusCode::FAILED_PRECONDITION: return Error(ErrorCode::kFailedPrecondition, field, status.error_message());
+    case grpc::StatusCode::UNIMPLEMENTED: return Error(ErrorCode::kUnimplemented, field, status.error_message());
+    case grpc::StatusCode::DATA_LOSS: return Error(ErrorCode::kDataLoss, field, status.error_message());
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return Error(ErrorCode::kUnavailable, "deadline", status.error_message());
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::CANCELLED: return Error(ErrorCode::kUnavailable, field, status.error_message());
+    default: return Error(ErrorCode::kInternal, field, status.error_message());
+  }
+}
+
+}  // namespace aios::server

@@ -1,0 +1,188 @@
+// The hosted backbone on loopback: RemoteBackbone gives what the LocalBackbone it wraps gives, and
+// malformed requests get their status codes while the host keeps serving.
+#include <grpcpp/grpcpp.h>
+#include <torch/torch.h>
+
+#include "aios/error.h"
+#include "aios/gradient_api/local_backbone.h"
+#include "aios/server/host.h"
+#include "aios/server/remote_backbone.h"
+#include "aios/v1/aios.grpc.pb.h"
+#include "catch_torch.h"
+#include "tiny_checkpoint.h"
+
+using aios::Error;
+using aios::ErrorCode;
+using aios::gradient::LocalBackbone;
+using aios_test::kD;
+using aios_test::kVocab;
+using aios_test::TinyCheckpoint;
+namespace v1 = aios::v1;
+
+namespace {
+
+struct Loopback {
+  std::shared_ptr<LocalBackbone> local;
+  std::unique_ptr<aios::server::Host> host;
+  std::shared_ptr<aios::server::RemoteBackbone> remote;
+  std::string address;
+
+  static Loopback& get() {
+    static Loopback* l = [] {
+      auto* l = new Loopback;
+      l->local = LocalBackbone::load(TinyCheckpoint::llama("server").write());
+      aios::server::HostOptions options;
+      options.listen = "127.0.0.1:0";
+      options.max_batch = 16;
+      options.max_tokens = 512;
+      l->host = std::make_unique<aios::server::Host>(l->local, options);
+      l->address = "127.0.0.1:" + std::to_string(l->host->port());
+      l->remote = aios::server::RemoteBackbone::connect(l->address);
+      return l;
+    }();
+    return *l;
+  }
+};
+
+ErrorCode code_of(const std::function<void()>& call, std::string* field = nullptr) {
+  try {
+    call();
+  } catch (const Error& e) {
+    if (field != nullptr) *field = e.field();
+    return e.code();
+  }
+  FAIL("expected an aios::Error");
+  return ErrorCode::kInternal;
+}
+
+v1::Tensor raw(v1::DType dtype, std::vector<int64_t> shape, std::size_t bytes) {
+  v1::Tensor t;
+  t.set_dtype(dtype);
+  for (int64_t d : shape) t.add_shape(d);
+  t.set_data(std::string(bytes, '\0'));
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("a remote backbone gives what the local one gives", "[server]") {
+  auto& l = Loopback::get();
+  auto& local = *l.local;
+  auto& remote = *l.remote;
+  CHECK(remote.config().vocab_size == kVocab);
+  CHECK(remote.config().hidden_size == kD);
+  CHECK(remote.dtype() == at::kFloat);
+
+  torch::manual_seed(0);
+  const at::Tensor ids = torch::randint(kVocab, {2, 6}, torch::kLong);
+  CHECK(at::equal(remote.embed(ids), local.embed(ids)));
+  const at::Tensor latents = local.embed(ids) + 0.01 * torch::randn({2, 6, kD});
+  aios::gradient::ForwardOptions options;
+  options.layers = {0, 2};
+  options.mask = torch::tensor({{true, true, true, true, true, true}, {false, false, true, true, true, true}});
+  const auto want = local.forward(latents, options);
+  const auto got = remote.forward(latents, options);
+  CHECK(at::equal(got.hidden, want.hidden));
+  REQUIRE(got.layers.size() == 2);
+  CHECK(at::equal(got.layers[1], want.layers[1]));
+  CHECK(at::equal(remote.classify(got.hidden), local.classify(want.hidden)));
+
+  // Handle form, stateless vjp and the fused losses.
+  aios::gradient::Cotangents cot;
+  cot.hidden = torch::randn({2, 6, kD});
+  cot.logits = torch::randn({2, 6, kVocab});
+  const auto kept = remote.forward_keep(latents, options);
+  CHECK(at::equal(kept.output.hidden, want.hidden));
+  const at::Tensor grad = remote.vjp(kept.handle, cot).latents;
+  CHECK(at::allclose(grad, local.vjp(latents, options, cot).latents, 1e-6, 1e-6));
+  CHECK(at::allclose(remote.vjp(latents, options, cot).latents, grad, 1e-6, 1e-6));
+  remote.release(kept.handle);
+  CHECK(code_of([&] { remote.vjp(kept.handle, cot); }) == ErrorCode::kNotFound);
+
+  aios::gradient::LossOptions ce;
+  ce.loss = aios::gradient::CrossEntropy{torch::randint(kVocab, {2, 6}, torch::kLong), torch::rand({2, 6})};
+  const auto fused = remote.forward_backward(latents, options, ce);
+  const auto fused_local = local.forward_backward(latents, options, ce);
+  CHECK(fused.loss.item<double>() == Approx(fused_local.loss.item<double>()).epsilon(1e-6));
+  CHECK(at::allclose(fused.grad.latents, fused_local.grad.latents, 1e-6, 1e-6));
+
+  aios::gradient::LossOptions distill;
+  aios::gradient::Distillation d;
+  d.teacher_latents = local.embed(torch::randint(kVocab, {2, 8}, torch::kLong));
+  d.teacher_index = torch::tensor({{-1, 2, 3, 4, 5, 6}, {-1, -1, 2, 3, 4, 7}});
+  d.temperature = 2.0;
+  distill.loss = d;
+  const auto gist = remote.forward_backward(latents, {}, distill);
+  const auto gist_local = local.forward_backward(latents, {}, distill);
+  CHECK(gist.loss.item<double>() == Approx(gist_local.loss.item<double>()).epsilon(1e-6));
+  CHECK(at::allclose(gist.grad.latents, gist_local.grad.latents, 1e-6, 1e-6));
+}
+
+TEST_CASE("errors cross the wire with their code and field", "[server]") {
+  auto& l = Loopback::get();
+  std::string field;
+  // The local backbone's own checks, reported through the host.
+  CHECK(code_of([&] { l.remote->embed(torch::full({1, 2}, kVocab, torch::kLong)); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == "ids");
+  aios::gradient::ForwardOptions bad_layers;
+  bad_layers.layers = {7};
+  CHECK(code_of([&] { l.remote->forward(torch::zeros({1, 2, kD}), bad_layers); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(code_of([&] { l.remote->forward(torch::full({1, 2, kD}, NAN)); }) == ErrorCode::kInvalidArgument);
+  // The host's limits.
+  CHECK(code_of([&] { l.remote->forward(torch::zeros({17, 2, kD})); }, &field) == ErrorCode::kResourceExhausted);
+  CHECK(field == "latents");
+  CHECK(code_of([&] { l.remote->extend({"<x>"}); }) == ErrorCode::kUnimplemented);
+  // An address nobody serves.
+  aios::server::ConnectOptions quick;
+  quick.timeout = std::chrono::milliseconds(300);
+  CHECK(code_of([&] { aios::server::RemoteBackbone::connect("127.0.0.1:1", quick); }) == ErrorCode::kUnavailable);
+}
+
+TEST_CASE("malformed requests get their status and the host keeps serving", "[server]") {
+  auto& l = Loopback::get();
+  auto channel = grpc::CreateChannel(l.address, grpc::InsecureChannelCredentials());
+  auto stub = v1::Latent::NewStub(channel);
+  auto forward = [&](const v1::Tensor& latents, std::string* field = nullptr) {
+    grpc::ClientContext context;
+    v1::ForwardRequest request;
+    *request.mutable_latents() = latents;
+    v1::ForwardResponse response;
+    const grpc::Status status = stub->Forward(&context, request, &response);
+    if (field != nullptr) {
+      const auto& trailing = context.GetServerTrailingMetadata();
+      auto it = trailing.find(aios::server::kFieldMetadata);
+      *field = it == trailing.end() ? "" : std::string(it->second.data(), it->second.size());
+    }
+    return status.error_code();
+  };
+  std::string field;
+  // Shape and byte length disagree.
+  CHECK(forward(raw(v1::FLOAT32, {1, 2, kD}, 4 * 2 * kD - 1), &field) == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(field == "latents.data");
+  // No dtype, negative and giant dimensions (checked before any allocation), too high a rank.
+  CHECK(forward(raw(v1::DTYPE_UNSPECIFIED, {1, 2, kD}, 0), &field) == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(field == "latents.dtype");
+  CHECK(forward(raw(v1::FLOAT32, {1, -2, kD}, 0)) == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(forward(raw(v1::FLOAT32, {1 << 20, 1 << 20, kD}, 16)) == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  CHECK(forward(raw(v1::FLOAT32, {1, 1, 1, 1, 1}, 4)) == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // Latents of an integer dtype, or of the wrong width.
+  CHECK(forward(raw(v1::INT64, {1, 2, kD}, 8 * 2 * kD), &field) == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(field == "latents");
+  CHECK(forward(raw(v1::FLOAT32, {1, 2, kD + 1}, 4 * 2 * (kD + 1))) == grpc::StatusCode::INVALID_ARGUMENT);
+  // A released handle, and one no store of this host made.
+  const auto kept = l.remote->forward_keep(torch::zeros({1, 2, kD}));
+  l.remote->release(kept.handle);
+  for (const auto& [handle, code] : {std::pair{kept.handle, grpc::StatusCode::NOT_FOUND},
+                                     std::pair{uint64_t{123456789}, grpc::StatusCode::INVALID_ARGUMENT}}) {
+    auto gradient = v1::Gradient::NewStub(channel);
+    grpc::ClientContext context;
+    v1::VjpRequest request;
+    request.set_handle(handle);
+    *request.mutable_cotangents()->mutable_hidden() = raw(v1::FLOAT32, {1, 2, kD}, 4 * 2 * kD);
+    v1::Gradients response;
+    CHECK(gradient->Vjp(&context, request, &response).error_code() == code);
+  }
+  // Well-formed requests are still answered.
+  CHECK(forward(raw(v1::FLOAT32, {1, 2, kD}, 4 * 2 * kD)) == grpc::StatusCode::OK);
+  CHECK(at::equal(l.remote->embed(torch::tensor({{1, 2}})), l.local->embed(torch::tensor({{1, 2}}))));
+}
