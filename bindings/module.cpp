@@ -10,6 +10,7 @@
 
 #include "aios/ali/masks.h"
 #include "aios/gradient_api/local_backbone.h"
+#include "aios/server/remote_backbone.h"
 #include "aios/tokenizer_api/chat.h"
 #include "aios/tokenizer_api/tokenizer.h"
 #include "aios/fail.h"
@@ -34,6 +35,8 @@ using aios::gradient::FusedResult;
 using aios::gradient::Gradients;
 using aios::gradient::Handle;
 using aios::gradient::LocalBackbone;
+using aios::server::RemoteBackbone;
+using Interface = aios::gradient::Backbone;  // what both the local and the remote backbone implement
 using aios::backbone::ModelConfig;
 using aios::backbone::dtype_name;
 using aios::backbone::parse_device;
@@ -351,7 +354,7 @@ PYBIND11_MODULE(_aios, m) {
       "torch.optim over extension.parameters().")
       .def_static(
           "load",
-          [](LocalBackbone& backbone, const py::object& path) {
+          [](Interface& backbone, const py::object& path) {
             const std::string p = py::str(py::module_::import("os").attr("fspath")(path));
             py::gil_scoped_release release;
             return trainable(Extension::load(backbone, p));
@@ -399,7 +402,9 @@ PYBIND11_MODULE(_aios, m) {
       py::arg("seq_len"), py::arg("begin"), py::arg("end"),
       "bool [B,T,T] gist mask for prompt [0,begin) | gist [begin,end) | rest [end,T); begin/end: int, list or int64 [B]");
 
-  py::class_<LocalBackbone, std::shared_ptr<LocalBackbone>>(m, "Backbone", "A frozen backbone loaded in this process.")
+  py::class_<Interface, std::shared_ptr<Interface>>(
+      m, "Backbone",
+      "A frozen backbone, in this process (Backbone.load) or hosted (aios.connect): the same calls either way.")
       .def_static(
           "load",
           [](const py::object& path, const py::object& device, const py::object& dtype, std::optional<std::size_t> store_bytes,
@@ -423,20 +428,19 @@ PYBIND11_MODULE(_aios, m) {
           py::arg("store_bytes") = py::none(), py::arg("store_ttl") = py::none(),
           "Loads a Hugging Face checkpoint folder. dtype: float32, bfloat16, float16 or float64 (or a torch.dtype). "
           "store_bytes / store_ttl (seconds) bound the activations kept by forward(keep=True).")
-      .def_property_readonly("config", &LocalBackbone::config, py::return_value_policy::reference_internal)
-      .def_property_readonly("device", [](const LocalBackbone& b) { return b.device().str(); })
-      .def_property_readonly("dtype", [](const LocalBackbone& b) { return dtype_name(b.dtype()); })
-      .def_property_readonly("parameter_count", &LocalBackbone::parameter_count)
+      .def_property_readonly("config", &Interface::config, py::return_value_policy::reference_internal)
+      .def_property_readonly("device", [](const Interface& b) { return b.device().str(); })
+      .def_property_readonly("dtype", [](const Interface& b) { return dtype_name(b.dtype()); })
       .def(
           "embed",
-          [](LocalBackbone& b, const at::Tensor& ids, const std::shared_ptr<Extension>& extension) {
+          [](Interface& b, const at::Tensor& ids, const std::shared_ptr<Extension>& extension) {
             return b.embed(ids, extension.get());
           },
           py::arg("ids"), py::kw_only(), py::arg("extension") = nullptr, py::call_guard<py::gil_scoped_release>(),
           "ids: int64/int32 [B,T] -> latents [B,T,D]; ids of an extension's tokens take its rows")
       .def(
           "extend",
-          [](LocalBackbone& b, const std::vector<std::string>& tokens, const py::object& init) {
+          [](Interface& b, const std::vector<std::string>& tokens, const py::object& init) {
             aios::ali::ExtendOptions options;
             if (py::isinstance<py::str>(init)) {
               if (init.cast<std::string>() != "mean") {
@@ -461,7 +465,7 @@ PYBIND11_MODULE(_aios, m) {
           "base rows), a base token id (copies its rows), or (embedding_rows, classifier_rows) tensors [K,D].")
       .def(
           "generate",
-          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
+          [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
              std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
              std::shared_ptr<Extension> extension, std::shared_ptr<Session> session, const PyRoutes& routes) {
@@ -477,7 +481,7 @@ PYBIND11_MODULE(_aios, m) {
           "[(start_id, end_id, Decoder)], a decoder takes a row from after start_id until it ends the span.")
       .def(
           "stream",
-          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
+          [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
              std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
              std::shared_ptr<Extension> extension, std::shared_ptr<Session> session, const PyRoutes& routes) {
@@ -488,16 +492,16 @@ PYBIND11_MODULE(_aios, m) {
           },
           AIOS_GENERATE_ARGS, py::keep_alive<0, 1>(),
           "Like generate, as an iterator of GenerationStep (one per generated position), computed as it is read.")
-      .def("new_session", &LocalBackbone::new_session, "an empty Session to pass to generate/stream")
-      .def_property_readonly("chat_template", &LocalBackbone::chat_template,
+      .def("new_session", &Interface::new_session, "an empty Session to pass to generate/stream")
+      .def_property_readonly("chat_template", &Interface::chat_template,
                              "the chat template (Jinja text) stored with the model, or None")
       .def_property_readonly(
           "tokenizer",
-          [](LocalBackbone& b) { return std::const_pointer_cast<aios::tokenizer::Tokenizer>(b.tokenizer()); },
+          [](Interface& b) { return std::const_pointer_cast<aios::tokenizer::Tokenizer>(b.tokenizer()); },
           "the tokenizer.json that came with the checkpoint, or None")
       .def(
           "forward",
-          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
+          [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers, bool allow_non_finite,
              bool keep, bool recompute, std::shared_ptr<Extension> extension, std::optional<at::Tensor> ids) {
             const ForwardOptions options =
@@ -521,7 +525,7 @@ PYBIND11_MODULE(_aios, m) {
           "[B,T], the id each latent was embedded from).")
       .def(
           "vjp",
-          [](LocalBackbone& b, Handle handle, std::optional<at::Tensor> grad_hidden,
+          [](Interface& b, Handle handle, std::optional<at::Tensor> grad_hidden,
              std::optional<std::vector<std::optional<at::Tensor>>> grad_layers, std::optional<at::Tensor> grad_logits) {
             return vjp_result([&] { return b.vjp(handle, cotangents(grad_hidden, grad_layers, grad_logits)); });
           },
@@ -532,7 +536,7 @@ PYBIND11_MODULE(_aios, m) {
           "extension: Gradients(latents, embedding_rows, classifier_rows), logits [B,T,V+K].")
       .def(
           "vjp",
-          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
+          [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers,
              std::optional<at::Tensor> grad_hidden, std::optional<std::vector<std::optional<at::Tensor>>> grad_layers,
              std::optional<at::Tensor> grad_logits, bool recompute, std::shared_ptr<Extension> extension,
@@ -547,11 +551,11 @@ PYBIND11_MODULE(_aios, m) {
           py::arg("grad_logits") = py::none(), py::arg("recompute") = false, py::arg("extension") = nullptr,
           py::arg("ids") = py::none(),
           "stateless: recomputes the forward of latents and returns d latents [B,T,D] (Gradients with an extension)")
-      .def("release", &LocalBackbone::release, py::arg("handle"), py::call_guard<py::gil_scoped_release>(),
+      .def("release", &Interface::release, py::arg("handle"), py::call_guard<py::gil_scoped_release>(),
            "frees a kept pass")
       .def(
           "forward_backward",
-          [](LocalBackbone& b, const at::Tensor& latents, std::optional<at::Tensor> targets,
+          [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> targets,
              std::optional<at::Tensor> weights, std::optional<at::Tensor> teacher_logits,
              std::optional<at::Tensor> teacher_probs, std::optional<at::Tensor> teacher_latents,
              std::optional<at::Tensor> teacher_positions, std::optional<at::Tensor> teacher_mask,
@@ -594,15 +598,36 @@ PYBIND11_MODULE(_aios, m) {
           "With an extension, targets and teacher distributions span V+K ids and the result also holds "
           "grad_classifier_rows and (given ids [B,T]) grad_embedding_rows [K,D]. "
           "Returns FusedResult(loss, losses [B], grad_latents [B,T,D], ...).")
-      .def_property_readonly("store_bytes", [](const LocalBackbone& b) { return b.store().bytes(); },
-                             "estimated bytes of activations held by kept passes")
-      .def_property_readonly("store_size", [](const LocalBackbone& b) { return b.store().size(); },
-                             "number of kept passes")
       .def(
           "classify",
-          [](LocalBackbone& b, const at::Tensor& hidden, const std::shared_ptr<Extension>& extension) {
+          [](Interface& b, const at::Tensor& hidden, const std::shared_ptr<Extension>& extension) {
             return b.classify(hidden, extension.get());
           },
           py::arg("hidden"), py::kw_only(), py::arg("extension") = nullptr, py::call_guard<py::gil_scoped_release>(),
           "hidden [..., D] -> logits [..., V], or [..., V+K] with an extension of K tokens");
+
+  py::class_<LocalBackbone, Interface, std::shared_ptr<LocalBackbone>>(m, "LocalBackbone",
+                                                                     "A backbone in this process (Backbone.load).")
+      .def_property_readonly("parameter_count", &LocalBackbone::parameter_count)
+      .def_property_readonly("store_bytes", [](const LocalBackbone& b) { return b.store().bytes(); },
+                             "estimated bytes of activations held by kept passes")
+      .def_property_readonly("store_size", [](const LocalBackbone& b) { return b.store().size(); },
+                             "number of kept passes");
+
+  py::class_<RemoteBackbone, Interface, std::shared_ptr<RemoteBackbone>>(
+      m, "RemoteBackbone", "A backbone hosted by `aios serve` (aios.connect); results arrive on the CPU.");
+  m.def(
+      "connect",
+      [](const std::string& address, double timeout) {
+        if (!(timeout > 0) || timeout > 1e7) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, "timeout", "expected seconds in (0, 1e7], got {}", timeout);
+        }
+        aios::server::ConnectOptions options;
+        options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000));
+        py::gil_scoped_release release;
+        return RemoteBackbone::connect(address, options);
+      },
+      py::arg("address"), py::kw_only(), py::arg("timeout") = 300.0,
+      "A backbone hosted at host:port by `aios serve`, used like Backbone.load(...)'s (Latent and Gradient "
+      "APIs; extensions and generation are not offered over the wire yet). timeout: seconds per call.");
 }

@@ -10,6 +10,9 @@
     hidden = aios.torch.forward(backbone, latents.requires_grad_())   # differentiable [B,T,D]
     fused = backbone.forward_backward(latents, targets=targets)       # .loss, .losses, .grad_latents
 
+    # The same calls on a backbone hosted by `aios serve` (Latent and Gradient APIs):
+    remote = aios.connect("127.0.0.1:50051")
+
     # New tokens with their own trainable rows; the base tables stay frozen:
     ext = backbone.extend(["<sox>", "<eox>"])                         # ids V, V+1
     fused = backbone.forward_backward(latents, targets=targets, extension=ext, ids=ids)
@@ -20,7 +23,7 @@ import torch as _torch  # noqa: F401  (loads LibTorch before the extension that 
 from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
 from . import adapters, text  # noqa: F401  (aios.adapters: encoders and the sequence builder)
 from ._aios import (Backbone, Config, Extension, ForwardOutput, FusedResult, Generation, GenerationResult,
-                    GenerationStep, Gradients, Session, Tokenizer, gist_mask)
+                    GenerationStep, Gradients, LocalBackbone, RemoteBackbone, Session, Tokenizer, connect, gist_mask)
 from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,
                      InvalidArgumentError, NotFoundError, PermissionDeniedError, ResourceExhaustedError,
                      UnavailableError, UnimplementedError)
@@ -33,7 +36,8 @@ apply_chat_template = text.apply_chat_template
 
 __all__ = [
     "apply_chat_template",
-    "Backbone", "Config", "Extension", "ForwardOutput", "FusedResult", "Generation", "GenerationResult",
+    "Backbone", "LocalBackbone", "RemoteBackbone", "connect",
+    "Config", "Extension", "ForwardOutput", "FusedResult", "Generation", "GenerationResult",
     "GenerationStep", "Gradients", "Session", "Tokenizer", "gist_mask",
     "Error", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
     "FailedPreconditionError",

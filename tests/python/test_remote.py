@@ -1,0 +1,101 @@
+"""The same Latent and Gradient calls against a backbone hosted by `aios serve` on loopback and
+against the same checkpoint in-process: equal results (the host computes in float32 and sends
+its bytes as they are), the torch bridge included, and the host's errors as the same exceptions."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import aios
+
+AIOS = Path(sys.executable).parent / "aios"
+
+
+@pytest.fixture(scope="module")
+def pair(checkpoints):
+    path = checkpoints["llama_gqa"].path
+    host = subprocess.Popen([str(AIOS), "serve", str(path), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = host.stdout.readline()
+    match = re.fullmatch(r"serving .* on (127\.0\.0\.1:\d+)\n", line)
+    assert match, line + host.stderr.read()
+    try:
+        yield aios.Backbone.load(path), aios.connect(match.group(1), timeout=60)
+    finally:
+        host.terminate()
+        host.wait(timeout=30)
+
+
+def test_both_are_backbones_with_the_same_description(pair):
+    local, remote = pair
+    assert isinstance(remote, aios.Backbone) and isinstance(remote, aios.RemoteBackbone)
+    assert isinstance(local, aios.LocalBackbone)
+    for name in ("architecture", "vocab_size", "hidden_size", "num_layers", "max_positions"):
+        assert getattr(remote.config, name) == getattr(local.config, name), name
+    assert remote.dtype == "float32" and remote.device == "cpu"
+
+
+def test_latent_and_gradient_calls_agree(pair):
+    local, remote = pair
+    torch.manual_seed(0)
+    V, D = local.config.vocab_size, local.config.hidden_size
+    ids = torch.randint(0, V, (2, 7))
+    assert torch.equal(remote.embed(ids), local.embed(ids))
+    latents = local.embed(ids) + 0.01 * torch.randn(2, 7, D)
+    mask = torch.tensor([[1] * 7, [0, 0] + [1] * 5], dtype=torch.bool)
+    want, got = local.forward(latents, mask=mask, layers=[1]), remote.forward(latents, mask=mask, layers=[1])
+    assert torch.equal(got.hidden, want.hidden) and torch.equal(got.layers[0], want.layers[0])
+    assert torch.equal(remote.classify(got.hidden), local.classify(want.hidden))
+
+    g = torch.randn(2, 7, D)
+    kept = remote.forward(latents, mask=mask, keep=True)
+    grad = remote.vjp(kept.handle, grad_hidden=g)
+    assert torch.allclose(grad, local.vjp(latents, mask=mask, grad_hidden=g), atol=1e-6)
+    remote.release(kept.handle)
+    with pytest.raises(aios.NotFoundError):
+        remote.vjp(kept.handle, grad_hidden=g)
+
+    targets = torch.randint(0, V, (2, 7))
+    a = remote.forward_backward(latents, targets=targets, mask=mask)
+    b = local.forward_backward(latents, targets=targets, mask=mask)
+    assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-6)
+    assert torch.allclose(a.grad_latents, b.grad_latents, atol=1e-6)
+
+
+def test_a_projection_trains_the_same_through_the_torch_bridge(pair):
+    local, remote = pair
+    D = local.config.hidden_size
+    curves = []
+    for backbone in (local, remote):
+        torch.manual_seed(1)
+        projection = torch.nn.Linear(8, D)
+        optimizer = torch.optim.SGD(projection.parameters(), lr=0.1)
+        features, target = torch.randn(2, 5, 8), torch.randn(2, 5, D)
+        losses = []
+        for _ in range(4):
+            hidden = aios.torch.forward(backbone, projection(features))
+            loss = (hidden - target).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        curves.append(losses)
+    assert curves[1] == pytest.approx(curves[0], rel=1e-5)
+    assert curves[0][-1] < curves[0][0]
+
+
+def test_the_hosts_errors_arrive_as_the_same_exceptions(pair):
+    local, remote = pair
+    V, D = local.config.vocab_size, local.config.hidden_size
+    with pytest.raises(aios.InvalidArgumentError) as info:
+        remote.embed(torch.tensor([[V]]))
+    assert info.value.field == "ids"
+    with pytest.raises(aios.InvalidArgumentError):
+        remote.forward(torch.full((1, 2, D), float("nan")))
+    with pytest.raises(aios.UnimplementedError):
+        remote.extend(["<x>"])
+    with pytest.raises(aios.UnavailableError):
+        aios.connect("127.0.0.1:1", timeout=0.3)
