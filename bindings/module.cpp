@@ -618,16 +618,18 @@ PYBIND11_MODULE(_aios, m) {
       m, "RemoteBackbone", "A backbone hosted by `aios serve` (aios.connect); results arrive on the CPU.");
   m.def(
       "connect",
-      [](const std::string& address, double timeout) {
+      [](const std::string& address, const std::string& api_key, double timeout) {
         if (!(timeout > 0) || timeout > 1e7) {
           aios::fail(aios::ErrorCode::kInvalidArgument, "timeout", "expected seconds in (0, 1e7], got {}", timeout);
         }
         aios::server::ConnectOptions options;
+        options.api_key = api_key;
         options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000));
         py::gil_scoped_release release;
         return RemoteBackbone::connect(address, options);
       },
-      py::arg("address"), py::kw_only(), py::arg("timeout") = 300.0,
+      py::arg("address"), py::kw_only(), py::arg("api_key") = "", py::arg("timeout") = 300.0,
       "A backbone hosted at host:port by `aios serve`, used like Backbone.load(...)'s (Latent and Gradient "
-      "APIs; extensions and generation are not offered over the wire yet). timeout: seconds per call.");
+      "APIs; extensions and generation are not offered over the wire yet). api_key: for a host started with "
+      "--keys. timeout: seconds per call.");
 }

@@ -1,5 +1,11 @@
 #include "aios/server/host.h"
 
+#include <atomic>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -13,13 +19,94 @@ namespace {
 using gradient::Cotangents;
 using gradient::ForwardOptions;
 
-// Runs `body`, turning aios errors (and anything else) into the call's status.
+// Who is calling: the tenant their API key names.
+class Tenants {
+ public:
+  explicit Tenants(const HostOptions& options) : keys_(options.api_keys), limit_(options.max_concurrent_per_tenant) {
+    for (const auto& [key, tenant] : keys_) in_flight_[tenant] = 0;
+    in_flight_[""];  // the one tenant of a host without keys
+  }
+
+  // The caller's tenant; throws Error(kPermissionDenied) for a missing or unknown key.
+  const std::string& authenticate(const grpc::ServerContext& context) const {
+    if (keys_.empty()) return anonymous_;
+    const auto& metadata = context.client_metadata();
+    auto it = metadata.find("authorization");
+    constexpr std::string_view kBearer = "Bearer ";
+    if (it != metadata.end()) {
+      const std::string_view value(it->second.data(), it->second.size());
+      if (value.starts_with(kBearer)) {
+        auto key = keys_.find(std::string(value.substr(kBearer.size())));
+        if (key != keys_.end()) return key->second;
+      }
+    }
+    // The message never repeats what was sent: keys stay out of logs and replies.
+    fail(ErrorCode::kPermissionDenied, "api_key", "expected a valid API key in \"authorization: Bearer KEY\"");
+  }
+
+  // Counts a call in flight for `tenant` while it lives; throws Error(kResourceExhausted) past the limit.
+  class Call {
+   public:
+    Call(std::atomic<int64_t>& counter, int64_t limit) : counter_(counter) {
+      if (counter_.fetch_add(1) >= limit) {
+        counter_.fetch_sub(1);
+        fail(ErrorCode::kResourceExhausted, "tenant", "more than {} calls in flight", limit);
+      }
+    }
+    ~Call() { counter_.fetch_sub(1); }
+    Call(const Call&) = delete;
+    Call& operator=(const Call&) = delete;
+
+   private:
+    std::atomic<int64_t>& counter_;
+  };
+  std::atomic<int64_t>& in_flight(const std::string& tenant) { return in_flight_.at(tenant); }
+  int64_t limit() const { return limit_; }
+
+ private:
+  std::map<std::string, std::string> keys_;
+  int64_t limit_;
+  std::map<std::string, std::atomic<int64_t>> in_flight_;  // keys fixed at construction: safe to read concurrently
+  const std::string anonymous_;
+};
+
+// Which tenant kept which pass: a handle of another tenant is reported as unknown.
+class HandleOwners {
+ public:
+  void add(gradient::Handle handle, const std::string& tenant) {
+    std::lock_guard lock(mutex_);
+    owners_[handle] = tenant;
+  }
+  void check(gradient::Handle handle, const std::string& tenant) {
+    std::lock_guard lock(mutex_);
+    auto it = owners_.find(handle);
+    if (it == owners_.end() || it->second != tenant) {
+      fail(ErrorCode::kNotFound, "handle", "handle {} is unknown, released, expired or evicted", handle);
+    }
+  }
+  void remove(gradient::Handle handle) {
+    std::lock_guard lock(mutex_);
+    owners_.erase(handle);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<gradient::Handle, std::string> owners_;
+};
+
+// Runs `body(tenant)` for an authenticated caller within its tenant's limits, turning aios errors
+// (and anything else) into the call's status.
 template <typename F>
-grpc::Status guarded(grpc::ServerContext* context, F&& body) {
+grpc::Status guarded(Tenants& tenants, grpc::ServerContext* context, F&& body) {
   try {
-    body();
+    const std::string& tenant = tenants.authenticate(*context);
+    Tenants::Call call(tenants.in_flight(tenant), tenants.limit());
+    body(tenant);
     return grpc::Status::OK;
   } catch (const Error& e) {
+    if (e.code() == ErrorCode::kPermissionDenied && e.field() == "api_key") {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, e.message());
+    }
     return to_status(e, context);
   } catch (const std::exception& e) {
     return to_status(Error(ErrorCode::kInternal, "", e.what()), context);
@@ -30,7 +117,7 @@ grpc::Status guarded(grpc::ServerContext* context, F&& body) {
 class Requests {
  public:
   Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-      : backbone_(std::move(backbone)), options_(options) {}
+      : backbone_(std::move(backbone)), options_(options), tenants(options) {}
 
   gradient::Backbone& backbone() { return *backbone_; }
 
@@ -93,6 +180,10 @@ class Requests {
  private:
   std::shared_ptr<gradient::Backbone> backbone_;
   HostOptions options_;
+
+ public:
+  Tenants tenants;
+  HandleOwners owners;
 };
 
 class LatentService final : public v1::Latent::Service {
@@ -100,7 +191,7 @@ class LatentService final : public v1::Latent::Service {
   explicit LatentService(Requests& requests, const HostOptions& options) : r_(requests), options_(options) {}
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::ModelInfo* out) override {
-    return guarded(context, [&] {
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
       const auto& c = r_.backbone().config();
       out->set_architecture(c.architecture);
       out->set_vocab_size(c.vocab_size);
@@ -120,7 +211,7 @@ class LatentService final : public v1::Latent::Service {
   }
 
   grpc::Status Embed(grpc::ServerContext* context, const v1::EmbedRequest* request, v1::Tensor* out) override {
-    return guarded(context, [&] {
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
       const at::Tensor ids = r_.tensor(request->ids(), "ids");
       if (ids.dim() == 2) r_.check_batch(ids.size(0), ids.size(1), "ids");
       to_wire(r_.backbone().embed(ids), out);
@@ -129,7 +220,7 @@ class LatentService final : public v1::Latent::Service {
 
   grpc::Status Forward(grpc::ServerContext* context, const v1::ForwardRequest* request,
                        v1::ForwardResponse* out) override {
-    return guarded(context, [&] {
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
       const auto result = r_.backbone().forward(r_.latents(request->latents(), "latents"),
                                                 r_.forward_options(request->options(), "options"));
       to_wire(result.hidden, out->mutable_hidden());
@@ -138,7 +229,7 @@ class LatentService final : public v1::Latent::Service {
   }
 
   grpc::Status Classify(grpc::ServerContext* context, const v1::ClassifyRequest* request, v1::Tensor* out) override {
-    return guarded(context, [&] {
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
       const at::Tensor hidden = r_.floating(request->hidden(), "hidden");
       const int64_t rows = hidden.dim() > 0 ? hidden.numel() / std::max<int64_t>(1, hidden.size(-1)) : 0;
       r_.check_batch(1, rows, "hidden");
@@ -159,28 +250,39 @@ class GradientService final : public v1::Gradient::Service {
 
   grpc::Status ForwardKeep(grpc::ServerContext* context, const v1::ForwardRequest* request,
                            v1::ForwardResponse* out) override {
-    return guarded(context, [&] {
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
       const auto kept = r_.backbone().forward_keep(r_.latents(request->latents(), "latents"),
                                                    r_.forward_options(request->options(), "options"));
       to_wire(kept.output.hidden, out->mutable_hidden());
       for (const auto& layer : kept.output.layers) to_wire(layer, out->add_layers());
+      r_.owners.add(kept.handle, tenant);
       out->set_handle(kept.handle);
     });
   }
 
   grpc::Status Vjp(grpc::ServerContext* context, const v1::VjpRequest* request, v1::Gradients* out) override {
-    return guarded(context, [&] {
-      write_gradients(r_.backbone().vjp(request->handle(), r_.cotangents(request->cotangents())), out);
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
+      r_.owners.check(request->handle(), tenant);
+      try {
+        write_gradients(r_.backbone().vjp(request->handle(), r_.cotangents(request->cotangents())), out);
+      } catch (const Error& e) {
+        if (e.code() == ErrorCode::kNotFound) r_.owners.remove(request->handle());  // evicted or expired
+        throw;
+      }
     });
   }
 
   grpc::Status Release(grpc::ServerContext* context, const v1::ReleaseRequest* request, v1::Empty*) override {
-    return guarded(context, [&] { r_.backbone().release(request->handle()); });
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
+      r_.owners.check(request->handle(), tenant);
+      r_.owners.remove(request->handle());
+      r_.backbone().release(request->handle());
+    });
   }
 
   grpc::Status VjpStateless(grpc::ServerContext* context, const v1::VjpStatelessRequest* request,
                             v1::Gradients* out) override {
-    return guarded(context, [&] {
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
       write_gradients(r_.backbone().vjp(r_.latents(request->latents(), "latents"),
                                         r_.forward_options(request->options(), "options"),
                                         r_.cotangents(request->cotangents())),
@@ -190,7 +292,7 @@ class GradientService final : public v1::Gradient::Service {
 
   grpc::Status ForwardBackward(grpc::ServerContext* context, const v1::ForwardBackwardRequest* request,
                                v1::FusedResult* out) override {
-    return guarded(context, [&] {
+    return guarded(r_.tenants, context, [&](const std::string& tenant) {
       gradient::LossOptions loss;
       if (request->chunk_tokens() != 0) loss.chunk_tokens = request->chunk_tokens();
       if (request->has_cross_entropy()) {
@@ -226,6 +328,25 @@ class GradientService final : public v1::Gradient::Service {
 };
 
 }  // namespace
+
+std::map<std::string, std::string> read_key_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail(ErrorCode::kNotFound, path, "cannot open the key file");
+  std::map<std::string, std::string> keys;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    std::istringstream fields(line);
+    std::string tenant, key, extra;
+    if (!(fields >> tenant) || tenant.starts_with("#")) continue;
+    if (!(fields >> key) || (fields >> extra)) {
+      fail(ErrorCode::kInvalidArgument, fmt::format("{}:{}", path, number), "expected \"TENANT KEY\"");
+    }
+    if (!keys.emplace(key, tenant).second) {
+      fail(ErrorCode::kInvalidArgument, fmt::format("{}:{}", path, number), "this key was given to another tenant already");
+    }
+  }
+  return keys;
+}
 
 struct Host::Impl {
   Impl(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)

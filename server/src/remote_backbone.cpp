@@ -61,6 +61,7 @@ struct RemoteBackbone::Impl {
   void call(Call&& rpc) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + options.timeout);
+    if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
     const grpc::Status status = rpc(&context);
     if (!status.ok()) throw to_error(status, context);
   }

@@ -1,5 +1,10 @@
 // The hosted backbone on loopback: RemoteBackbone gives what the LocalBackbone it wraps gives, and
 // malformed requests get their status codes while the host keeps serving.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
 #include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
 
@@ -169,20 +174,65 @@ TEST_CASE("malformed requests get their status and the host keeps serving", "[se
   CHECK(forward(raw(v1::INT64, {1, 2, kD}, 8 * 2 * kD), &field) == grpc::StatusCode::INVALID_ARGUMENT);
   CHECK(field == "latents");
   CHECK(forward(raw(v1::FLOAT32, {1, 2, kD + 1}, 4 * 2 * (kD + 1))) == grpc::StatusCode::INVALID_ARGUMENT);
-  // A released handle, and one no store of this host made.
+  // A released handle, and one this host never gave out.
   const auto kept = l.remote->forward_keep(torch::zeros({1, 2, kD}));
   l.remote->release(kept.handle);
-  for (const auto& [handle, code] : {std::pair{kept.handle, grpc::StatusCode::NOT_FOUND},
-                                     std::pair{uint64_t{123456789}, grpc::StatusCode::INVALID_ARGUMENT}}) {
+  for (const uint64_t handle : {kept.handle, uint64_t{123456789}}) {
     auto gradient = v1::Gradient::NewStub(channel);
     grpc::ClientContext context;
     v1::VjpRequest request;
     request.set_handle(handle);
     *request.mutable_cotangents()->mutable_hidden() = raw(v1::FLOAT32, {1, 2, kD}, 4 * 2 * kD);
     v1::Gradients response;
-    CHECK(gradient->Vjp(&context, request, &response).error_code() == code);
+    CHECK(gradient->Vjp(&context, request, &response).error_code() == grpc::StatusCode::NOT_FOUND);
   }
   // Well-formed requests are still answered.
   CHECK(forward(raw(v1::FLOAT32, {1, 2, kD}, 4 * 2 * kD)) == grpc::StatusCode::OK);
   CHECK(at::equal(l.remote->embed(torch::tensor({{1, 2}})), l.local->embed(torch::tensor({{1, 2}}))));
+}
+
+TEST_CASE("tenants: keys are required, handles stay with their tenant", "[server]") {
+  auto& l = Loopback::get();
+  const std::filesystem::path keys = std::filesystem::temp_directory_path() / ("aios_test_keys_" + std::to_string(::getpid()));
+  std::ofstream(keys) << "# tenant key\nalice key-a\n\nbob key-b\n";
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.api_keys = aios::server::read_key_file(keys.string());
+  CHECK(options.api_keys.size() == 2);
+  aios::server::Host host(l.local, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+
+  std::string field;
+  CHECK(code_of([&] { aios::server::RemoteBackbone::connect(address); }, &field) == ErrorCode::kPermissionDenied);
+  aios::server::ConnectOptions wrong;
+  wrong.api_key = "key-c";
+  CHECK(code_of([&] { aios::server::RemoteBackbone::connect(address, wrong); }) == ErrorCode::kPermissionDenied);
+
+  aios::server::ConnectOptions a, b;
+  a.api_key = "key-a";
+  b.api_key = "key-b";
+  auto alice = aios::server::RemoteBackbone::connect(address, a);
+  auto bob = aios::server::RemoteBackbone::connect(address, b);
+  const at::Tensor latents = torch::randn({1, 3, kD});
+  aios::gradient::Cotangents cot;
+  cot.hidden = torch::randn({1, 3, kD});
+  const auto kept = alice->forward_keep(latents);
+  CHECK(code_of([&] { bob->vjp(kept.handle, cot); }, &field) == ErrorCode::kNotFound);
+  CHECK(field == "handle");
+  CHECK(code_of([&] { bob->release(kept.handle); }) == ErrorCode::kNotFound);
+  CHECK(at::allclose(alice->vjp(kept.handle, cot).latents, l.local->vjp(latents, {}, cot).latents, 1e-6, 1e-6));
+  alice->release(kept.handle);
+
+  // Malformed key files name the line, never the key.
+  std::ofstream(keys) << "alice key-a\nbob\n";
+  CHECK(code_of([&] { aios::server::read_key_file(keys.string()); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == keys.string() + ":2");
+  std::ofstream(keys) << "alice key-a\nbob key-a\n";
+  try {
+    aios::server::read_key_file(keys.string());
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("key-a") == std::string::npos);
+  }
+  std::filesystem::remove(keys);
 }

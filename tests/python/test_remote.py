@@ -99,3 +99,22 @@ def test_the_hosts_errors_arrive_as_the_same_exceptions(pair):
         remote.extend(["<x>"])
     with pytest.raises(aios.UnavailableError):
         aios.connect("127.0.0.1:1", timeout=0.3)
+
+
+def test_a_host_with_keys_needs_one(checkpoints, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("alice secret-a\n")
+    host = subprocess.Popen([str(AIOS), "serve", str(checkpoints["llama_gqa"].path), "--listen", "127.0.0.1:0",
+                             "--keys", str(keys)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        address = re.fullmatch(r"serving .* on (127\.0\.0\.1:\d+)\n", host.stdout.readline()).group(1)
+        with pytest.raises(aios.PermissionDeniedError):
+            aios.connect(address, timeout=30)
+        with pytest.raises(aios.PermissionDeniedError):
+            aios.connect(address, api_key="secret-b", timeout=30)
+        backbone = aios.connect(address, api_key="secret-a", timeout=30)
+        assert backbone.embed(torch.tensor([[1, 2]])).shape == (1, 2, backbone.config.hidden_size)
+    finally:
+        host.terminate()
+        host.wait(timeout=30)
+    assert "secret" not in host.stderr.read()

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -22,7 +23,17 @@ struct HostOptions {
   WireLimits limits;
   int64_t max_batch = 256;      // B of one request
   int64_t max_tokens = 1 << 16;  // B x T of one request
+  // API key -> tenant name. Callers send "authorization: Bearer KEY"; a missing or unknown key is
+  // PERMISSION_DENIED (UNAUTHENTICATED on the wire). Empty: no key is needed and every caller is
+  // one tenant (for loopback use). A tenant's handles are invisible to the others (NOT_FOUND).
+  std::map<std::string, std::string> api_keys;
+  int64_t max_concurrent_per_tenant = 16;  // calls in flight per tenant; more are RESOURCE_EXHAUSTED
 };
+
+// Reads a key file: one "TENANT KEY" pair per line; blank lines and lines starting with # are
+// skipped. Throws Error(kNotFound) for a missing file, Error(kInvalidArgument) naming the line
+// number (never the key) for a malformed line or a key given twice.
+std::map<std::string, std::string> read_key_file(const std::string& path);
 
 class Host {
  public:

@@ -22,6 +22,7 @@ using gradient::ForwardOptions;
 using gradient::ForwardOutput;
 
 struct ConnectOptions {
+  std::string api_key;  // sent as "authorization: Bearer KEY"; empty for a host without keys
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // deadline of each call
   int64_t max_message_bytes = int64_t{1} << 31;               // largest response accepted
 };
