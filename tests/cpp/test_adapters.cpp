@@ -13,10 +13,12 @@
 #include "aios/error.h"
 #include "aios/gradient_api/local_backbone.h"
 #include "catch_torch.h"
+#include "error_code.h"
 #include "tiny_checkpoint.h"
 
 using aios::Error;
 using aios::ErrorCode;
+using aios_test::code_of;
 using aios::gradient::LocalBackbone;
 using aios_test::kD;
 using aios_test::kVocab;
@@ -25,17 +27,6 @@ using namespace aios::adapters;
 namespace fs = std::filesystem;
 
 namespace {
-
-ErrorCode code_of(const std::function<void()>& call, std::string* field = nullptr) {
-  try {
-    call();
-  } catch (const Error& e) {
-    if (field != nullptr) *field = e.field();
-    return e.code();
-  }
-  FAIL("expected an aios::Error");
-  return ErrorCode::kInternal;
-}
 
 std::shared_ptr<LocalBackbone> tiny_backbone() {
   static std::shared_ptr<LocalBackbone> backbone = LocalBackbone::load(TinyCheckpoint::llama("adapters").write());

@@ -6,10 +6,12 @@
 #include "aios/error.h"
 #include "aios/gradient_api/local_backbone.h"
 #include "catch_torch.h"
+#include "error_code.h"
 #include "tiny_checkpoint.h"
 
 using aios::Error;
 using aios::ErrorCode;
+using aios_test::code_of;
 using aios::ali::ExtendOptions;
 using aios::ali::Extension;
 using aios::gradient::CrossEntropy;
@@ -19,20 +21,6 @@ using aios::gradient::LossOptions;
 using aios_test::kD;
 using aios_test::kVocab;
 using aios_test::TinyCheckpoint;
-
-namespace {
-
-ErrorCode code_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  FAIL("expected an aios::Error");
-  return ErrorCode::kInternal;
-}
-
-}  // namespace
 
 TEST_CASE("extension rows train on their own and the base does not move") {
   auto backbone = LocalBackbone::load(TinyCheckpoint::llama("ext_train").write());

@@ -14,10 +14,12 @@
 #include "aios/server/remote_backbone.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "catch_torch.h"
+#include "error_code.h"
 #include "tiny_checkpoint.h"
 
 using aios::Error;
 using aios::ErrorCode;
+using aios_test::code_of;
 using aios::gradient::LocalBackbone;
 using aios_test::kD;
 using aios_test::kVocab;
@@ -48,17 +50,6 @@ struct Loopback {
     return *l;
   }
 };
-
-ErrorCode code_of(const std::function<void()>& call, std::string* field = nullptr) {
-  try {
-    call();
-  } catch (const Error& e) {
-    if (field != nullptr) *field = e.field();
-    return e.code();
-  }
-  FAIL("expected an aios::Error");
-  return ErrorCode::kInternal;
-}
 
 v1::Tensor raw(v1::DType dtype, std::vector<int64_t> shape, std::size_t bytes) {
   v1::Tensor t;
