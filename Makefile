@@ -85,6 +85,7 @@ bench: build $(DEFAULT_MODEL)/config.json
 	$(PY) bench/bench_gradient.py
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_generate.py
+	$(PY) bench/bench_remote.py
 
 clean:
 	rm -rf $(BUILD)
