@@ -5,6 +5,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include <future>
+
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
 
@@ -226,4 +229,21 @@ TEST_CASE("tenants: keys are required, handles stay with their tenant", "[server
     CHECK(std::string(e.what()).find("key-a") == std::string::npos);
   }
   std::filesystem::remove(keys);
+}
+
+TEST_CASE("the standard gRPC health service says the host is serving", "[server]") {
+  auto& l = Loopback::get();
+  grpc::GenericStub stub(grpc::CreateChannel(l.address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  const grpc::Slice empty{std::string()};
+  grpc::ByteBuffer request(&empty, 1), response;  // an empty HealthCheckRequest: the whole server
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status status) { done.set_value(status); });
+  REQUIRE(done.get_future().get().ok());
+  std::vector<grpc::Slice> slices;
+  REQUIRE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  CHECK(bytes == std::string("\x08\x01"));  // HealthCheckResponse{status: SERVING}
 }
