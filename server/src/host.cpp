@@ -253,6 +253,11 @@ class GradientService final : public v1::Gradient::Service {
     return guarded(r_.tenants, context, [&](const std::string& tenant) {
       const auto kept = r_.backbone().forward_keep(r_.latents(request->latents(), "latents"),
                                                    r_.forward_options(request->options(), "options"));
+      if (context->IsCancelled()) {
+        // The caller left (disconnected or out of time) and will never learn the handle: free the pass now.
+        r_.backbone().release(kept.handle);
+        fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
+      }
       to_wire(kept.output.hidden, out->mutable_hidden());
       for (const auto& layer : kept.output.layers) to_wire(layer, out->add_layers());
       r_.owners.add(kept.handle, tenant);

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include <future>
+#include <thread>
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -246,4 +247,27 @@ TEST_CASE("the standard gRPC health service says the host is serving", "[server]
   std::string bytes;
   for (const auto& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
   CHECK(bytes == std::string("\x08\x01"));  // HealthCheckResponse{status: SERVING}
+}
+
+TEST_CASE("a caller that leaves during forward_keep leaves no kept pass behind", "[server]") {
+  auto& l = Loopback::get();
+  const std::size_t before = l.local->store().size();
+  auto& remote = l.remote;
+  for (int i = 0; i < 5; ++i) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::microseconds(200));
+    auto stub = v1::Gradient::NewStub(grpc::CreateChannel(l.address, grpc::InsecureChannelCredentials()));
+    v1::ForwardRequest request;
+    at::Tensor latents = torch::randn({16, 32, kD});
+    v1::Tensor* t = request.mutable_latents();
+    t->set_dtype(v1::FLOAT32);
+    for (int64_t d : latents.sizes()) t->add_shape(d);
+    t->set_data(latents.data_ptr(), latents.nbytes());
+    v1::ForwardResponse response;
+    const grpc::Status status = stub->ForwardKeep(&context, request, &response);
+    if (status.ok()) remote->release(response.handle());  // it made it in time: ours to release
+  }
+  // The host finishes a pass it already started; wait for it to notice the cancellation.
+  for (int i = 0; i < 100 && l.local->store().size() != before; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(l.local->store().size() == before);
 }
