@@ -1,7 +1,8 @@
-"""Encoders upstream of the backbone and the sequence builder, in plain PyTorch.
+"""Encoders upstream of the backbone, the sequence builder, and decoders for routed generation, in
+plain PyTorch.
 
     import aios, torch
-    from aios.adapters import LinearProjection, MlpProjection, GistLatents, Gist, build_batch
+    from aios.adapters import LinearProjection, MlpProjection, GistLatents, Gist, LinearDecoder, build_batch
 
     projection = MlpProjection(768, backbone.config.hidden_size)     # LLaVA-1.5: Linear, GELU, Linear
     projection.check_fits(backbone)
@@ -12,6 +13,10 @@
     ], gist=gist, padding="left")
     hidden = aios.torch.forward(backbone, batch.latents, positions=batch.positions, mask=batch.mask)
     hidden[...].sum().backward()      # gradients reach projection and gist through the frozen backbone
+
+    decoder = LinearDecoder(backbone.config.hidden_size, 4, span=1)  # a [4] output per routed position
+    backbone.generate(latents, extension=ext, routes=[(sox, eox, decoder)])
+    save_decoder(decoder, "boxes"); decoder = load_decoder("boxes")
 
 The modules are ordinary torch.nn.Modules (train them with torch.optim). The layout rules, the
 parameter names and the storage format are those of the C++ library (aios/adapters/*.h), and the
