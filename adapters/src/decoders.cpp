@@ -28,18 +28,15 @@ at::Tensor LinearDecoderImpl::feedback(const at::Tensor& output) {
 
 void LinearDecoderImpl::check_fits(const ali::Backbone& backbone) const { require_width(options.dim, backbone, "dim"); }
 
-void LinearDecoderImpl::begin(int64_t row) {
-  std::lock_guard lock(mutex_);
-  taken_[row] = 0;
-}
+void LinearDecoderImpl::begin(int64_t row) { taken_[row] = 0; }
 
 ali::DecoderStep LinearDecoderImpl::step(int64_t row, const at::Tensor& hidden) {
   at::NoGradGuard no_grad;
+  require_input(hidden, options.dim);  // before the conversion, which would accept integers
   const at::Tensor& weight = head->weight;
   const at::Tensor output = forward(hidden.to(weight.device(), weight.scalar_type()));  // [out]
   ali::DecoderStep s;
   s.output = output.to(at::kCPU, at::kFloat);
-  std::lock_guard lock(mutex_);
   if (++taken_[row] >= options.span) {
     s.done = true;  // the end token is fed
   } else {

@@ -83,6 +83,7 @@ struct Role {
   const char* noun;      // "encoder" or "decoder", for messages
   const char* manifest;  // the manifest file in the folder
   const char* format;    // its "format" value
+  const char* weights;   // prefix of its weight files: saving removes the older ones of its kind only
   Registry& registry;
 };
 
@@ -111,7 +112,7 @@ const Role& encoders() {
     };
     return r;
   }();
-  static const Role role{"encoder", "encoder.json", "aios.encoder", *r};
+  static const Role role{"encoder", "encoder.json", "aios.encoder", "weights-", *r};
   return role;
 }
 
@@ -124,7 +125,7 @@ const Role& decoders() {
     };
     return r;
   }();
-  static const Role role{"decoder", "decoder.json", "aios.decoder", *r};
+  static const Role role{"decoder", "decoder.json", "aios.decoder", "decoder-weights-", *r};
   return role;
 }
 
@@ -151,7 +152,7 @@ void save_module(const Role& role, const torch::nn::Module& module, const Adapte
     views.push_back({name, to_io(t.scalar_type(), name), t.sizes().vec(), static_cast<const std::byte*>(t.data_ptr()),
                      static_cast<std::size_t>(t.nbytes())});
   }
-  const std::string weights = io::unique_file_name("weights-", ".safetensors");
+  const std::string weights = io::unique_file_name(role.weights, ".safetensors");
   const fs::path folder(path);
   io::write_safetensors((folder / weights).string(), views, {{"kind", manifest.kind}});
 
@@ -159,7 +160,7 @@ void save_module(const Role& role, const torch::nn::Module& module, const Adapte
             {"weights", weights}, {"crc32", crc32(io::read_file((folder / weights).string()))}};
   io::write_file_atomically((folder / role.manifest).string(), m.dump(2) + "\n");
 
-  io::remove_superseded(path, "weights-", weights);  // older weight files are unreachable now
+  io::remove_superseded(path, role.weights, weights);  // older weight files are unreachable now
 }
 
 struct ParsedManifest {

@@ -1,6 +1,7 @@
 #include "aios/server/host.h"
 
 #include <atomic>
+#include <new>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -108,8 +109,14 @@ grpc::Status guarded(Tenants& tenants, grpc::ServerContext* context, F&& body) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, e.message());
     }
     return to_status(e, context);
+  } catch (const c10::OutOfMemoryError&) {
+    return to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of device memory"), context);
+  } catch (const std::bad_alloc&) {
+    return to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of memory"), context);
   } catch (const std::exception& e) {
-    return to_status(Error(ErrorCode::kInternal, "", e.what()), context);
+    // The details (paths, library internals) stay in the host's log, not in the reply.
+    fmt::print(stderr, "aios serve: internal error: {}\n", e.what());
+    return to_status(Error(ErrorCode::kInternal, "", "internal error in the host (see its log)"), context);
   }
 }
 
@@ -120,6 +127,7 @@ class Requests {
       : backbone_(std::move(backbone)), options_(options), tenants(options) {}
 
   gradient::Backbone& backbone() { return *backbone_; }
+  const HostOptions& options() const { return options_; }
 
   at::Tensor tensor(const v1::Tensor& t, const std::string& field) { return to_torch(t, field, options_.limits); }
 
@@ -157,6 +165,11 @@ class Requests {
     ForwardOptions out;
     if (o.has_positions()) out.positions = tensor(o.positions(), field + ".positions");
     if (o.has_mask()) out.mask = tensor(o.mask(), field + ".mask");
+    // Each requested layer is one more [B,T,D] in the reply: at most one per layer index.
+    if (o.layers_size() > backbone_->config().num_layers + 1) {
+      fail(ErrorCode::kInvalidArgument, field + ".layers", "expected at most {} layers, got {}",
+           backbone_->config().num_layers + 1, o.layers_size());
+    }
     out.layers.assign(o.layers().begin(), o.layers().end());
     out.allow_non_finite = o.allow_non_finite();
     out.recompute = o.recompute();
@@ -186,9 +199,14 @@ class Requests {
   HandleOwners owners;
 };
 
+void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out) {
+  to_wire(output.hidden, out->mutable_hidden());
+  for (const auto& layer : output.layers) to_wire(layer, out->add_layers());
+}
+
 class LatentService final : public v1::Latent::Service {
  public:
-  explicit LatentService(Requests& requests, const HostOptions& options) : r_(requests), options_(options) {}
+  explicit LatentService(Requests& requests) : r_(requests) {}
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::ModelInfo* out) override {
     return guarded(r_.tenants, context, [&](const std::string& tenant) {
@@ -205,8 +223,8 @@ class LatentService final : public v1::Latent::Service {
       out->set_tie_word_embeddings(c.tie_word_embeddings);
       out->set_dtype(wire_dtype(r_.backbone().dtype()));
       out->set_device(r_.backbone().device().str());
-      out->set_max_batch(options_.max_batch);
-      out->set_max_request_bytes(options_.limits.max_bytes);
+      out->set_max_batch(r_.options().max_batch);
+      out->set_max_request_bytes(r_.options().limits.max_bytes);
     });
   }
 
@@ -221,10 +239,9 @@ class LatentService final : public v1::Latent::Service {
   grpc::Status Forward(grpc::ServerContext* context, const v1::ForwardRequest* request,
                        v1::ForwardResponse* out) override {
     return guarded(r_.tenants, context, [&](const std::string& tenant) {
-      const auto result = r_.backbone().forward(r_.latents(request->latents(), "latents"),
-                                                r_.forward_options(request->options(), "options"));
-      to_wire(result.hidden, out->mutable_hidden());
-      for (const auto& layer : result.layers) to_wire(layer, out->add_layers());
+      write_output(r_.backbone().forward(r_.latents(request->latents(), "latents"),
+                                         r_.forward_options(request->options(), "options")),
+                   out);
     });
   }
 
@@ -233,13 +250,18 @@ class LatentService final : public v1::Latent::Service {
       const at::Tensor hidden = r_.floating(request->hidden(), "hidden");
       const int64_t rows = hidden.dim() > 0 ? hidden.numel() / std::max<int64_t>(1, hidden.size(-1)) : 0;
       r_.check_batch(1, rows, "hidden");
+      // The reply holds rows x V logits: refuse before computing what could not be sent.
+      const int64_t reply = rows * r_.backbone().config().vocab_size * static_cast<int64_t>(hidden.element_size());
+      if (reply > r_.options().limits.max_bytes) {
+        fail(ErrorCode::kResourceExhausted, "hidden", "{} rows of logits ({} bytes) exceed the host's limit of {} bytes",
+             rows, reply, r_.options().limits.max_bytes);
+      }
       to_wire(r_.backbone().classify(hidden), out);
     });
   }
 
  private:
   Requests& r_;
-  HostOptions options_;
 };
 
 void write_gradients(const gradient::Gradients& g, v1::Gradients* out) { to_wire(g.latents, out->mutable_latents()); }
@@ -253,13 +275,14 @@ class GradientService final : public v1::Gradient::Service {
     return guarded(r_.tenants, context, [&](const std::string& tenant) {
       const auto kept = r_.backbone().forward_keep(r_.latents(request->latents(), "latents"),
                                                    r_.forward_options(request->options(), "options"));
-      if (context->IsCancelled()) {
-        // The caller left (disconnected or out of time) and will never learn the handle: free the pass now.
+      try {
+        // A caller that left (disconnected or out of time) never learns the handle: free the pass now.
+        if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
+        write_output(kept.output, out);
+      } catch (...) {
         r_.backbone().release(kept.handle);
-        fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
+        throw;
       }
-      to_wire(kept.output.hidden, out->mutable_hidden());
-      for (const auto& layer : kept.output.layers) to_wire(layer, out->add_layers());
       r_.owners.add(kept.handle, tenant);
       out->set_handle(kept.handle);
     });
@@ -299,7 +322,14 @@ class GradientService final : public v1::Gradient::Service {
                                v1::FusedResult* out) override {
     return guarded(r_.tenants, context, [&](const std::string& tenant) {
       gradient::LossOptions loss;
-      if (request->chunk_tokens() != 0) loss.chunk_tokens = request->chunk_tokens();
+      if (request->has_chunk_tokens()) {
+        // One chunk of logits is chunk_tokens x V floats: bounded like a request's tokens.
+        if (request->chunk_tokens() > r_.options().max_tokens) {
+          fail(ErrorCode::kResourceExhausted, "chunk_tokens", "{} exceeds the host's limit of {}", request->chunk_tokens(),
+               r_.options().max_tokens);
+        }
+        loss.chunk_tokens = request->chunk_tokens();
+      }
       if (request->has_cross_entropy()) {
         const auto& ce = request->cross_entropy();
         loss.loss = gradient::CrossEntropy{r_.tensor(ce.targets(), "cross_entropy.targets"),
@@ -315,7 +345,7 @@ class GradientService final : public v1::Gradient::Service {
         }
         if (d.has_teacher_index()) out_loss.teacher_index = r_.tensor(d.teacher_index(), "distillation.teacher_index");
         if (d.has_weights()) out_loss.weights = r_.tensor(d.weights(), "distillation.weights");
-        if (d.temperature() != 0) out_loss.temperature = d.temperature();
+        if (d.has_temperature()) out_loss.temperature = d.temperature();
         loss.loss = out_loss;
       } else {
         fail(ErrorCode::kInvalidArgument, "loss", "expected cross_entropy or distillation, got neither");
@@ -350,12 +380,13 @@ std::map<std::string, std::string> read_key_file(const std::string& path) {
       fail(ErrorCode::kInvalidArgument, fmt::format("{}:{}", path, number), "this key was given to another tenant already");
     }
   }
+  if (keys.empty()) fail(ErrorCode::kInvalidArgument, path, "expected at least one \"TENANT KEY\" line, got none");
   return keys;
 }
 
 struct Host::Impl {
   Impl(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-      : requests(std::move(backbone), options), latent(requests, options), gradient(requests) {}
+      : requests(std::move(backbone), options), latent(requests), gradient(requests) {}
   Requests requests;
   LatentService latent;
   GradientService gradient;

@@ -12,7 +12,21 @@ namespace {
 // Responses are as trusted as the host, but still checked: a tensor must agree with its shape.
 const WireLimits kResponseLimits{/*max_rank=*/4, /*max_dim=*/int64_t{1} << 40, /*max_bytes=*/int64_t{1} << 40};
 
-at::Tensor from_wire(const v1::Tensor& t, const char* field) { return to_torch(t, field, kResponseLimits); }
+// A reply that does not parse is the host's fault, not the caller's: kDataLoss.
+at::Tensor from_wire(const v1::Tensor& t, const char* field) {
+  try {
+    return to_torch(t, field, kResponseLimits);
+  } catch (const Error& e) {
+    fail(ErrorCode::kDataLoss, e.field(), "malformed reply from the host: {}", e.message());
+  }
+}
+
+ForwardOutput read_output(const v1::ForwardResponse& r) {
+  ForwardOutput out;
+  out.hidden = from_wire(r.hidden(), "hidden");
+  for (const auto& layer : r.layers()) out.layers.push_back(from_wire(layer, "layers"));
+  return out;
+}
 
 [[noreturn]] void unsupported(const char* what) {
   fail(ErrorCode::kUnimplemented, what, "not offered by a hosted backbone yet (it runs in-process only)");
@@ -119,10 +133,7 @@ ForwardOutput RemoteBackbone::forward(const at::Tensor& latents, const ForwardOp
   write_options(options, request.mutable_options());
   v1::ForwardResponse out;
   impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Forward(c, request, &out); });
-  ForwardOutput result;
-  result.hidden = from_wire(out.hidden(), "hidden");
-  for (const auto& layer : out.layers()) result.layers.push_back(from_wire(layer, "layers"));
-  return result;
+  return read_output(out);
 }
 
 at::Tensor RemoteBackbone::classify(const at::Tensor& hidden, const ali::Extension* extension) {
@@ -150,11 +161,7 @@ gradient::KeptForward RemoteBackbone::forward_keep(const at::Tensor& latents, co
   write_options(options, request.mutable_options());
   v1::ForwardResponse out;
   impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardKeep(c, request, &out); });
-  gradient::KeptForward kept;
-  kept.output.hidden = from_wire(out.hidden(), "hidden");
-  for (const auto& layer : out.layers()) kept.output.layers.push_back(from_wire(layer, "layers"));
-  kept.handle = out.handle();
-  return kept;
+  return gradient::KeptForward{read_output(out), out.handle()};
 }
 
 gradient::Gradients RemoteBackbone::vjp(gradient::Handle handle, const gradient::Cotangents& cotangents) {

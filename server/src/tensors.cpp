@@ -26,7 +26,7 @@ v1::DType wire_dtype(at::ScalarType dtype) {
     case at::kInt: return v1::INT32;
     case at::kLong: return v1::INT64;
     case at::kBool: return v1::BOOL;
-    default: fail(ErrorCode::kInternal, "tensor", "no wire dtype for {}", c10::toString(dtype));
+    default: fail(ErrorCode::kInvalidArgument, "tensor", "no wire form for dtype {}", c10::toString(dtype));
   }
 }
 
@@ -43,6 +43,8 @@ at::Tensor to_torch(const v1::Tensor& t, const std::string& field, const WireLim
 void to_wire(const at::Tensor& t, v1::Tensor* out) {
   at::Tensor cpu = t.detach().to(at::kCPU);
   if (cpu.scalar_type() == at::kDouble) cpu = cpu.to(at::kFloat);
+  // Other integer dtypes (uint8 or int16 masks, ...) travel as int64: the same values.
+  if (c10::isIntegralType(cpu.scalar_type(), /*includeBool=*/false) && cpu.scalar_type() != at::kInt) cpu = cpu.to(at::kLong);
   cpu = cpu.contiguous();
   out->set_dtype(wire_dtype(cpu.scalar_type()));
   out->clear_shape();

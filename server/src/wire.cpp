@@ -41,19 +41,18 @@ WireTensor check_tensor(const v1::Tensor& t, const std::string& field, const Wir
   if (t.shape_size() > limits.max_rank) {
     fail(ErrorCode::kResourceExhausted, field + ".shape", "rank {} exceeds the limit {}", t.shape_size(), limits.max_rank);
   }
-  // Every product below stays under 2^63: each dimension is at most max_dim, and the running byte
-  // count is compared with max_bytes after each factor.
   uint64_t bytes = size;
   for (int64_t d : t.shape()) {
     if (d < 0) fail(ErrorCode::kInvalidArgument, field + ".shape", "expected dimensions >= 0, got [{}]", fmt::join(t.shape(), ","));
     if (d > limits.max_dim) {
       fail(ErrorCode::kResourceExhausted, field + ".shape", "dimension {} exceeds the limit {}", d, limits.max_dim);
     }
-    bytes *= static_cast<uint64_t>(d);
-    if (bytes > static_cast<uint64_t>(limits.max_bytes)) {
+    // Checked by division first, so that no product can wrap around whatever the limits.
+    if (d != 0 && bytes > static_cast<uint64_t>(limits.max_bytes) / static_cast<uint64_t>(d)) {
       fail(ErrorCode::kResourceExhausted, field, "shape [{}] of {} exceeds the limit of {} bytes", fmt::join(t.shape(), ","),
            dtype_name(t.dtype()), limits.max_bytes);
     }
+    bytes *= static_cast<uint64_t>(d);
     out.shape.push_back(d);
   }
   if (t.data().size() != bytes) {

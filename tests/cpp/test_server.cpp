@@ -6,7 +6,6 @@
 #include <fstream>
 
 #include <future>
-#include <thread>
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -132,6 +131,25 @@ TEST_CASE("errors cross the wire with their code and field", "[server]") {
   CHECK(code_of([&] { l.remote->forward(torch::zeros({17, 2, kD})); }, &field) == ErrorCode::kResourceExhausted);
   CHECK(field == "latents");
   CHECK(code_of([&] { l.remote->extend({"<x>"}); }) == ErrorCode::kUnimplemented);
+  // Requests whose reply or working memory would be out of proportion.
+  aios::gradient::ForwardOptions many_layers;
+  many_layers.layers = std::vector<int64_t>(200, 0);
+  CHECK(code_of([&] { l.remote->forward(torch::zeros({1, 2, kD}), many_layers); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == "options.layers");
+  aios::gradient::LossOptions huge_chunks;
+  huge_chunks.chunk_tokens = 1 << 20;
+  huge_chunks.loss = aios::gradient::CrossEntropy{torch::zeros({1, 2}, torch::kLong), {}};
+  CHECK(code_of([&] { l.remote->forward_backward(torch::zeros({1, 2, kD}), {}, huge_chunks); }, &field) ==
+        ErrorCode::kResourceExhausted);
+  CHECK(field == "chunk_tokens");
+  huge_chunks.chunk_tokens = 0;  // as the in-process backbone says
+  CHECK(code_of([&] { l.remote->forward_backward(torch::zeros({1, 2, kD}), {}, huge_chunks); }) ==
+        code_of([&] { l.local->forward_backward(torch::zeros({1, 2, kD}), {}, huge_chunks); }));
+  // A uint8 mask travels (as int64) and means what it means locally.
+  aios::gradient::ForwardOptions byte_mask;
+  byte_mask.mask = torch::tensor({{0, 1, 1}}, torch::kUInt8);
+  CHECK(at::equal(l.remote->forward(torch::ones({1, 3, kD}), byte_mask).hidden,
+                  l.local->forward(torch::ones({1, 3, kD}), byte_mask).hidden));
   // An address nobody serves.
   aios::server::ConnectOptions quick;
   quick.timeout = std::chrono::milliseconds(300);
@@ -222,6 +240,8 @@ TEST_CASE("tenants: keys are required, handles stay with their tenant", "[server
   std::ofstream(keys) << "alice key-a\nbob\n";
   CHECK(code_of([&] { aios::server::read_key_file(keys.string()); }, &field) == ErrorCode::kInvalidArgument);
   CHECK(field == keys.string() + ":2");
+  std::ofstream(keys) << "# nobody\n";
+  CHECK(code_of([&] { aios::server::read_key_file(keys.string()); }) == ErrorCode::kInvalidArgument);
   std::ofstream(keys) << "alice key-a\nbob key-a\n";
   try {
     aios::server::read_key_file(keys.string());
@@ -252,22 +272,25 @@ TEST_CASE("the standard gRPC health service says the host is serving", "[server]
 TEST_CASE("a caller that leaves during forward_keep leaves no kept pass behind", "[server]") {
   auto& l = Loopback::get();
   const std::size_t before = l.local->store().size();
-  auto& remote = l.remote;
-  for (int i = 0; i < 5; ++i) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::microseconds(200));
-    auto stub = v1::Gradient::NewStub(grpc::CreateChannel(l.address, grpc::InsecureChannelCredentials()));
+  {
+    // A host of its own: its destruction waits for the passes still being computed.
+    aios::server::HostOptions options;
+    options.listen = "127.0.0.1:0";
+    aios::server::Host host(l.local, options);
+    auto stub = v1::Gradient::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(host.port()), grpc::InsecureChannelCredentials()));
+    const at::Tensor latents = torch::randn({16, 32, kD});
     v1::ForwardRequest request;
-    at::Tensor latents = torch::randn({16, 32, kD});
     v1::Tensor* t = request.mutable_latents();
     t->set_dtype(v1::FLOAT32);
     for (int64_t d : latents.sizes()) t->add_shape(d);
     t->set_data(latents.data_ptr(), latents.nbytes());
-    v1::ForwardResponse response;
-    const grpc::Status status = stub->ForwardKeep(&context, request, &response);
-    if (status.ok()) remote->release(response.handle());  // it made it in time: ours to release
+    for (int i = 0; i < 5; ++i) {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::microseconds(200));
+      v1::ForwardResponse response;
+      if (stub->ForwardKeep(&context, request, &response).ok()) l.local->release(response.handle());  // in time: ours
+    }
   }
-  // The host finishes a pass it already started; wait for it to notice the cancellation.
-  for (int i = 0; i < 100 && l.local->store().size() != before; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   CHECK(l.local->store().size() == before);
 }

@@ -354,5 +354,10 @@ def test_decoder_registry_and_errors(tmp_path):
     save_decoder(LinearDecoder(4, 3), tmp_path / "dec")
     with pytest.raises(aios.NotFoundError):
         load_encoder(tmp_path / "dec")  # a decoder folder has no encoder.json
+    # An encoder saved beside it: each save removes only older weights of its own kind.
+    save_encoder(LinearProjection(2, 3), tmp_path / "dec")
+    save_decoder(LinearDecoder(4, 3), tmp_path / "dec")
+    assert isinstance(load_encoder(tmp_path / "dec"), LinearProjection)
+    assert isinstance(load_decoder(tmp_path / "dec"), LinearDecoder)
     with pytest.raises(aios.NotFoundError):
         load_decoder(tmp_path / "nowhere")

@@ -178,7 +178,8 @@ class LinearDecoder(_aios.Decoder, nn.Module):
     that reads a fixed-length span with a linear head: at each routed position the output is
     head(hidden) [out_features], the next position is fed back(output) [D], and after `span`
     positions the span ends (the route's end token is fed). Also an nn.Module: train the head on
-    hidden states (forward is differentiable) with torch.optim; save_decoder / load_decoder."""
+    hidden states (forward is differentiable) with torch.optim; save_decoder / load_decoder. It
+    counts each row's positions: serve one generation at a time with one decoder object."""
 
     kind = "linear_decoder"
 
@@ -210,6 +211,7 @@ class LinearDecoder(_aios.Decoder, nn.Module):
         self._taken[row] = 0
 
     def step(self, row, hidden):
+        _check_input(hidden, self.dim)  # before the conversion, which would accept integers
         with torch.no_grad():
             output = self.forward(hidden.to(self.head.weight))
             self._taken[row] = self._taken.get(row, 0) + 1
@@ -407,12 +409,14 @@ class _Role:
     noun: str
     manifest: str
     format: str
+    weights: str  # prefix of its weight files: saving removes the older ones of its kind only
     registry: Dict[str, Callable[[Dict[str, int]], nn.Module]]
 
 
-_ENCODERS = _Role("encoder", "encoder.json", "aios.encoder",
+_ENCODERS = _Role("encoder", "encoder.json", "aios.encoder", "weights-",
                   {cls.kind: cls.from_sizes for cls in (LinearProjection, MlpProjection, GistLatents)})
-_DECODERS = _Role("decoder", "decoder.json", "aios.decoder", {LinearDecoder.kind: LinearDecoder.from_sizes})
+_DECODERS = _Role("decoder", "decoder.json", "aios.decoder", "decoder-weights-",
+                  {LinearDecoder.kind: LinearDecoder.from_sizes})
 
 
 def _register(role, kind, factory):
@@ -455,13 +459,13 @@ def _save(role, module, path, kind, sizes):
     os.makedirs(path, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
     data = safetensors_bytes(tensors, metadata={"kind": kind})
-    weights = f"weights-{secrets.token_hex(8)}.safetensors"
+    weights = f"{role.weights}{secrets.token_hex(8)}.safetensors"
     _write_atomically(os.path.join(path, weights), data)
     manifest = {"format": role.format, "version": 1, "kind": kind, "sizes": {k: int(v) for k, v in sizes.items()},
                 "weights": weights, "crc32": zlib.crc32(data)}
     _write_atomically(os.path.join(path, role.manifest), (json.dumps(manifest, indent=2) + "\n").encode())
     for name in os.listdir(path):
-        if name != weights and name.startswith("weights-") and name.endswith(".safetensors"):
+        if name != weights and name.startswith(role.weights) and name.endswith(".safetensors"):
             try:
                 os.remove(os.path.join(path, name))
             except OSError:

@@ -9,7 +9,6 @@
 #pragma once
 
 #include <map>
-#include <mutex>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
@@ -46,7 +45,8 @@ class LinearDecoderImpl : public torch::nn::Module, public ali::Decoder {
   void check_fits(const ali::Backbone& backbone) const;
 
   // ali::Decoder. step() runs without gradients, in the module's dtype and on its device; the
-  // output is float32 [out_features] on the CPU, the latent [D] in the module's dtype.
+  // output is float32 [out_features] on the CPU, the latent [D] in the module's dtype. The decoder
+  // counts each row's positions: serve one generation at a time with one decoder object.
   void begin(int64_t row) override;
   ali::DecoderStep step(int64_t row, const at::Tensor& hidden) override;
 
@@ -55,7 +55,6 @@ class LinearDecoderImpl : public torch::nn::Module, public ali::Decoder {
   torch::nn::Linear back{nullptr};  // "back.weight" [D,out], "back.bias" [D]
 
  private:
-  std::mutex mutex_;
   std::map<int64_t, int64_t> taken_;  // row -> positions taken in its current span
 };
 TORCH_MODULE(LinearDecoder);

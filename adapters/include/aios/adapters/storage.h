@@ -5,7 +5,8 @@
 //   encoder.json              the manifest: {"format": "aios.encoder", "version": 1, "kind": "...",
 //                             "sizes": {"in_features": ..., ...}, "weights": "<file>", "crc32": <n>}
 //   weights-<random>.safetensors   every parameter and buffer by its torch::nn name, in its dtype
-// A decoder the same way, with decoder.json and the format "aios.decoder". One folder per adapter.
+// A decoder the same way, with decoder.json, the format "aios.decoder" and
+// decoder-weights-<random>.safetensors (so an encoder and a decoder may share a folder).
 // The weights go to a new file first, then the manifest that names it replaces the old one by
 // rename (both atomically), so a save interrupted at any point leaves the previous one loadable;
 // weight files no manifest names are removed afterwards. The CRC-32 (zlib's) of the weights file

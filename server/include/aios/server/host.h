@@ -32,7 +32,8 @@ struct HostOptions {
 
 // Reads a key file: one "TENANT KEY" pair per line; blank lines and lines starting with # are
 // skipped. Throws Error(kNotFound) for a missing file, Error(kInvalidArgument) naming the line
-// number (never the key) for a malformed line or a key given twice.
+// number (never the key) for a malformed line or a key given twice, and for a file without keys
+// (which would leave the host open to everyone).
 std::map<std::string, std::string> read_key_file(const std::string& path);
 
 class Host {
