@@ -62,11 +62,14 @@ build: $(BUILD)/build.ninja
 $(DEFAULT_MODEL)/config.json: $(STAMPS)/venv scripts/default_model.py
 	$(PY) scripts/default_model.py export $(DEFAULT_MODEL)
 
-# The demo loads the default model's GGUF file itself (Q4_1, dequantised on load).
+# The demo loads the default model's GGUF file itself (Q4_1, dequantised on load), hosts it on
+# loopback and trains a projection against the host, then shows the Latent API and generation.
 demo: build
 	@gguf=$$($(PY) scripts/default_model.py gguf); \
 	echo "== aios info (the default model: SmolLM2-135M-Instruct, from its GGUF file) =="; \
 	$(VENV)/bin/aios info "$$gguf"; \
+	echo; echo "== training a projection against the model hosted by aios serve on loopback (the host computes the gradients) =="; \
+	$(PY) examples/hosted_training.py --model "$$gguf"; \
 	echo; echo "== latent round trip: text -> ids -> embed -> forward -> classify -> generate =="; \
 	$(PY) examples/latent_round_trip.py "$$gguf"; \
 	echo; echo "== streamed generation with a KV cache (the model's chat template) =="; \

@@ -118,3 +118,16 @@ def test_a_host_with_keys_needs_one(checkpoints, tmp_path):
         host.terminate()
         host.wait(timeout=30)
     assert "secret" not in host.stderr.read()
+
+
+def test_the_hosted_training_example_follows_the_local_loss_curve():
+    example = Path(__file__).resolve().parents[2] / "examples" / "hosted_training.py"
+    curves = []
+    for flag in ([], ["--local"]):
+        out = subprocess.run([sys.executable, str(example), "--steps", "8", "--print-losses"] + flag,
+                             capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        curves.append([float(x) for x in out.stdout.split("losses ")[1].split()])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-4)
+    assert curves[0][-1] < 0.7 * curves[0][0]
