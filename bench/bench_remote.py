@@ -12,27 +12,13 @@ The host and this process share the machine's cores; while one computes the othe
 """
 import argparse
 import os
-import re
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 
 import aios
 from common import REPO, machine_line
-
-
-def start_host(model, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    host = subprocess.Popen([str(REPO / ".venv/bin/aios"), "serve", model, "--listen", "127.0.0.1:0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    match = re.fullmatch(r"serving .* on (127\.0\.0\.1:\d+)\n", host.stdout.readline())
-    if not match:
-        host.kill()
-        sys.exit("the host did not start: " + host.stderr.read())
-    return host, match.group(1)
 
 
 def timed(fn, reps):
@@ -61,7 +47,9 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line("cpu", "float32"))
-    host, address = start_host(args.model, args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the host's threads, as this process's
+    host = aios.serve(args.model)
+    address = host.address
     try:
         local, remote = aios.Backbone.load(args.model), aios.connect(address)
         D = local.config.hidden_size
@@ -100,8 +88,7 @@ def main():
         print(f"| forward 8x512 ({moved:.1f} MB over the wire) | {t_local * 1e3:.1f} ms | {t_remote * 1e3:.1f} ms | "
               f"{t_remote / t_local:.3f}x ({moved / transfer:.0f} MB/s beyond compute) |")
     finally:
-        host.terminate()
-        host.wait(timeout=30)
+        host.stop()
 
 
 if __name__ == "__main__":

@@ -12,11 +12,7 @@ with the colour's name. Each step is one fused forward-backward call on the host
 Prints the accuracy before and after, and the time spent.
 """
 import argparse
-import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -26,17 +22,6 @@ from aios.adapters import LinearProjection, build_batch
 import common
 
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange"]
-
-
-def start_host(model):
-    aios_cli = Path(sys.executable).parent / "aios"
-    host = subprocess.Popen([str(aios_cli), "serve", model, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    match = re.fullmatch(r"serving .* on (127\.0\.0\.1:\d+)\n", host.stdout.readline())
-    if not match:
-        host.kill()
-        sys.exit("the host did not start: " + host.stderr.read())
-    return host, match.group(1)
 
 
 def main():
@@ -50,7 +35,8 @@ def main():
     model = args.model or common.default_model()
     torch.manual_seed(0)
     started = time.perf_counter()
-    host, address = (None, args.host) if args.host or args.local else start_host(model)
+    host = None if args.host or args.local else aios.serve(model)
+    address = args.host or (host.address if host else None)
     try:
         backbone = aios.Backbone.load(model) if args.local else aios.connect(address)
         where = "this process" if args.local else f"host {address}"
@@ -99,8 +85,7 @@ def main():
             print("losses " + " ".join(f"{x:.6f}" for x in losses))
     finally:
         if host is not None:
-            host.terminate()
-            host.wait(timeout=30)
+            host.stop()
 
 
 if __name__ == "__main__":

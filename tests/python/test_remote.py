@@ -1,7 +1,6 @@
 """The same Latent and Gradient calls against a backbone hosted by `aios serve` on loopback and
 against the same checkpoint in-process: equal results (the host computes in float32 and sends
 its bytes as they are), the torch bridge included, and the host's errors as the same exceptions."""
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,22 +10,12 @@ import torch
 
 import aios
 
-AIOS = Path(sys.executable).parent / "aios"
-
 
 @pytest.fixture(scope="module")
 def pair(checkpoints):
     path = checkpoints["llama_gqa"].path
-    host = subprocess.Popen([str(AIOS), "serve", str(path), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    line = host.stdout.readline()
-    match = re.fullmatch(r"serving .* on (127\.0\.0\.1:\d+)\n", line)
-    assert match, line + host.stderr.read()
-    try:
-        yield aios.Backbone.load(path), aios.connect(match.group(1), timeout=60)
-    finally:
-        host.terminate()
-        host.wait(timeout=30)
+    with aios.serve(path) as host:
+        yield aios.Backbone.load(path), aios.connect(host.address, timeout=60)
 
 
 def test_both_are_backbones_with_the_same_description(pair):
@@ -104,10 +93,9 @@ def test_the_hosts_errors_arrive_as_the_same_exceptions(pair):
 def test_a_host_with_keys_needs_one(checkpoints, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("alice secret-a\n")
-    host = subprocess.Popen([str(AIOS), "serve", str(checkpoints["llama_gqa"].path), "--listen", "127.0.0.1:0",
-                             "--keys", str(keys)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    host = aios.serve(checkpoints["llama_gqa"].path, keys=keys)
     try:
-        address = re.fullmatch(r"serving .* on (127\.0\.0\.1:\d+)\n", host.stdout.readline()).group(1)
+        address = host.address
         with pytest.raises(aios.PermissionDeniedError):
             aios.connect(address, timeout=30)
         with pytest.raises(aios.PermissionDeniedError):
@@ -115,9 +103,8 @@ def test_a_host_with_keys_needs_one(checkpoints, tmp_path):
         backbone = aios.connect(address, api_key="secret-a", timeout=30)
         assert backbone.embed(torch.tensor([[1, 2]])).shape == (1, 2, backbone.config.hidden_size)
     finally:
-        host.terminate()
-        host.wait(timeout=30)
-    assert "secret" not in host.stderr.read()
+        log = host.stop()
+    assert "secret" not in log
 
 
 def test_the_hosted_training_example_follows_the_local_loss_curve():

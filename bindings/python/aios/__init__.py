@@ -11,7 +11,7 @@
     fused = backbone.forward_backward(latents, targets=targets)       # .loss, .losses, .grad_latents
 
     # The same calls on a backbone hosted by `aios serve` (Latent and Gradient APIs):
-    remote = aios.connect("127.0.0.1:50051")
+    remote = aios.connect("127.0.0.1:50051")    # or: with aios.serve(path) as host: aios.connect(host.address)
 
     # New tokens with their own trainable rows; the base tables stay frozen:
     ext = backbone.extend(["<sox>", "<eox>"])                         # ids V, V+1
@@ -21,7 +21,8 @@
 import torch as _torch  # noqa: F401  (loads LibTorch before the extension that links it)
 
 from . import torch  # noqa: F401  (aios.torch: the autograd bridge)
-from . import adapters, text  # noqa: F401  (aios.adapters: encoders and the sequence builder)
+from . import adapters, text  # noqa: F401  (aios.adapters: encoders, decoders and the sequence builder)
+from .host import HostProcess, serve  # `aios serve` as a child process
 from ._aios import (Backbone, Config, Extension, ForwardOutput, FusedResult, Generation, GenerationResult,
                     GenerationStep, Gradients, LocalBackbone, RemoteBackbone, Session, Tokenizer, connect, gist_mask)
 from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,
@@ -36,7 +37,7 @@ apply_chat_template = text.apply_chat_template
 
 __all__ = [
     "apply_chat_template",
-    "Backbone", "LocalBackbone", "RemoteBackbone", "connect",
+    "Backbone", "LocalBackbone", "RemoteBackbone", "connect", "serve", "HostProcess",
     "Config", "Extension", "ForwardOutput", "FusedResult", "Generation", "GenerationResult",
     "GenerationStep", "Gradients", "Session", "Tokenizer", "gist_mask",
     "Error", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",

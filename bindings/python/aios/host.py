@@ -1,0 +1,56 @@
+"""Hosting a backbone from Python: `aios serve` run as a child process.
+
+    with aios.serve("model.gguf") as host:          # loopback, a free port
+        backbone = aios.connect(host.address)
+
+The host runs in its own process (its own threads and memory, as it would on another machine);
+leaving the block stops it with SIGTERM, which lets the calls in flight finish.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import UnavailableError
+
+
+class HostProcess:
+    """A running `aios serve`; `address` is its HOST:PORT."""
+
+    def __init__(self, model, listen="127.0.0.1:0", keys=None):
+        command = [str(Path(sys.executable).parent / "aios"), "serve", os.fspath(model), "--listen", listen]
+        if keys is not None:
+            command += ["--keys", os.fspath(keys)]
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self._process.stdout.readline()
+        match = re.fullmatch(r"serving .* on (\S+:\d+)\n", line)
+        if not match:
+            self._process.kill()
+            error = UnavailableError(f"unavailable: listen: aios serve did not start: {line}{self._process.stderr.read()}")
+            error.field = "listen"
+            raise error
+        self.address = match.group(1)
+
+    def stop(self, timeout=30):
+        """Stops the host (SIGTERM: calls in flight finish first); returns its stderr."""
+        if self._process.poll() is None:
+            self._process.terminate()
+        try:
+            _, err = self._process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            _, err = self._process.communicate()
+        return err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve(model, listen="127.0.0.1:0", keys=None) -> HostProcess:
+    """Starts `aios serve model` (listen: HOST:PORT, port 0 = a free one; keys: a key file) and
+    returns once it listens. UnavailableError when it does not start."""
+    return HostProcess(model, listen, keys)
