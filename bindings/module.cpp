@@ -615,21 +615,39 @@ PYBIND11_MODULE(_aios, m) {
                              "number of kept passes");
 
   py::class_<RemoteBackbone, Interface, std::shared_ptr<RemoteBackbone>>(
-      m, "RemoteBackbone", "A backbone hosted by `aios serve` (aios.connect); results arrive on the CPU.");
+      m, "RemoteBackbone", "A backbone hosted by `aios serve` (aios.connect); results arrive on the CPU.")
+      .def(
+          "register_decoder",
+          [](RemoteBackbone& b, const std::string& name, const py::object& path) {
+            const std::string folder = py::str(py::module_::import("os").attr("fspath")(path));
+            py::gil_scoped_release release;
+            return b.register_decoder(name, folder);
+          },
+          py::arg("name"), py::arg("path"),
+          "Sends a decoder folder (aios.adapters.save_decoder) to the host as this tenant's decoder `name`; the "
+          "result goes in routes=[(start, end, decoder)] of this backbone's generations, which run it on the host.");
   m.def(
       "connect",
-      [](const std::string& address, const std::string& api_key, double timeout) {
+      [](const std::string& address, const std::string& api_key, double timeout, bool tls,
+         const py::object& root_certificates) {
         if (!(timeout > 0) || timeout > 1e7) {
           aios::fail(aios::ErrorCode::kInvalidArgument, "timeout", "expected seconds in (0, 1e7], got {}", timeout);
         }
         aios::server::ConnectOptions options;
         options.api_key = api_key;
+        options.tls = tls || !root_certificates.is_none();
+        if (!root_certificates.is_none()) {
+          options.tls_root_certificates = py::str(py::module_::import("os").attr("fspath")(root_certificates));
+        }
         options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000));
         py::gil_scoped_release release;
         return RemoteBackbone::connect(address, options);
       },
-      py::arg("address"), py::kw_only(), py::arg("api_key") = "", py::arg("timeout") = 300.0,
-      "A backbone hosted at host:port by `aios serve`, used like Backbone.load(...)'s (Latent and Gradient "
-      "APIs; extensions and generation are not offered over the wire yet). api_key: for a host started with "
-      "--keys. timeout: seconds per call.");
+      py::arg("address"), py::kw_only(), py::arg("api_key") = "", py::arg("timeout") = 300.0, py::arg("tls") = false,
+      py::arg("root_certificates") = py::none(),
+      "A backbone hosted at host:port by `aios serve`, used like Backbone.load(...)'s: Latent, Gradient and "
+      "Tokenizer APIs, extensions (trained here, their rows sent with the next call after an update) and "
+      "generation on the host (routes to decoders registered with register_decoder; no sessions). api_key: for "
+      "a host started with --keys. timeout: seconds per call. tls: the host serves TLS; root_certificates: a PEM "
+      "file of the certificates to trust (implies tls; default: the system's).");
 }

@@ -3,7 +3,7 @@
 //   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
-//   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--device ...] [--dtype ...]
+//   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM] [--device ...] [--dtype ...]
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
@@ -26,14 +26,18 @@ constexpr const char* kUsage =
     "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
-    "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--device ...] [--dtype ...]\n"
+    "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
+    "                        [--device ...] [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
     "             formatted with the model's chat template); greedy unless --temperature > 0\n"
-    "  serve      host the model's Latent and Gradient APIs over gRPC (default 127.0.0.1:50051,\n"
-    "             loopback only; port 0 picks a free one) until interrupted; --keys: a file of\n"
-    "             \"TENANT KEY\" lines, each caller then needs a key and sees only its tenant's handles\n";
+    "  serve      host the model's Latent, Gradient, Tokenizer and Generation APIs over gRPC\n"
+    "             (default 127.0.0.1:50051, loopback only; port 0 picks a free one) until\n"
+    "             interrupted; --keys: a file of \"TENANT KEY [max_tokens=N ...]\" lines, each caller\n"
+    "             then needs a key and sees only its tenant's handles, extensions and decoders;\n"
+    "             --state: a folder for saved extensions and registered decoders; --tls-cert and\n"
+    "             --tls-key: serve over TLS with this certificate and private key\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -162,7 +166,15 @@ int main(int argc, char** argv) {
       } else if (command == "serve" && a == "--listen" && has_value) {
         host_options.listen = args[++i];
       } else if (command == "serve" && a == "--keys" && has_value) {
-        host_options.api_keys = aios::server::read_key_file(args[++i]);
+        aios::server::KeyFile keys = aios::server::read_key_file(args[++i], host_options.quota);
+        host_options.api_keys = std::move(keys.api_keys);
+        host_options.quotas = std::move(keys.quotas);
+      } else if (command == "serve" && a == "--state" && has_value) {
+        host_options.state_dir = args[++i];
+      } else if (command == "serve" && a == "--tls-cert" && has_value) {
+        host_options.tls_certificate = args[++i];
+      } else if (command == "serve" && a == "--tls-key" && has_value) {
+        host_options.tls_private_key = args[++i];
       } else if (command == "generate" && a == "--chat") {
         chat = true;
       } else if (command == "generate" && a == "--max-new-tokens" && has_value) {

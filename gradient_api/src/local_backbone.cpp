@@ -298,6 +298,7 @@ KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const Forward
   KeptForward out;
   out.output.hidden = pass->hidden.detach();
   for (const at::Tensor& layer : pass->layers) out.output.layers.push_back(layer.detach());
+  out.bytes = pass->bytes;
   out.handle = impl_->store.put(std::move(pass));
   return out;
 }

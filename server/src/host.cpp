@@ -1,203 +1,22 @@
 #include "aios/server/host.h"
 
-#include <atomic>
-#include <new>
-#include <fstream>
 #include <mutex>
-#include <sstream>
-#include <unordered_map>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "aios/fail.h"
+#include "aios/io/safetensors.h"  // io::read_file
 #include "aios/v1/aios.grpc.pb.h"
-#include "tensors.h"
+#include "requests.h"
+#include "services.h"
 
 namespace aios::server {
 namespace {
 
 using gradient::Cotangents;
 using gradient::ForwardOptions;
-
-// Who is calling: the tenant their API key names.
-class Tenants {
- public:
-  explicit Tenants(const HostOptions& options) : keys_(options.api_keys), limit_(options.max_concurrent_per_tenant) {
-    for (const auto& [key, tenant] : keys_) in_flight_[tenant] = 0;
-    in_flight_[""];  // the one tenant of a host without keys
-  }
-
-  // The caller's tenant; throws Error(kPermissionDenied) for a missing or unknown key.
-  const std::string& authenticate(const grpc::ServerContext& context) const {
-    if (keys_.empty()) return anonymous_;
-    const auto& metadata = context.client_metadata();
-    auto it = metadata.find("authorization");
-    constexpr std::string_view kBearer = "Bearer ";
-    if (it != metadata.end()) {
-      const std::string_view value(it->second.data(), it->second.size());
-      if (value.starts_with(kBearer)) {
-        auto key = keys_.find(std::string(value.substr(kBearer.size())));
-        if (key != keys_.end()) return key->second;
-      }
-    }
-    // The message never repeats what was sent: keys stay out of logs and replies.
-    fail(ErrorCode::kPermissionDenied, "api_key", "expected a valid API key in \"authorization: Bearer KEY\"");
-  }
-
-  // Counts a call in flight for `tenant` while it lives; throws Error(kResourceExhausted) past the limit.
-  class Call {
-   public:
-    Call(std::atomic<int64_t>& counter, int64_t limit) : counter_(counter) {
-      if (counter_.fetch_add(1) >= limit) {
-        counter_.fetch_sub(1);
-        fail(ErrorCode::kResourceExhausted, "tenant", "more than {} calls in flight", limit);
-      }
-    }
-    ~Call() { counter_.fetch_sub(1); }
-    Call(const Call&) = delete;
-    Call& operator=(const Call&) = delete;
-
-   private:
-    std::atomic<int64_t>& counter_;
-  };
-  std::atomic<int64_t>& in_flight(const std::string& tenant) { return in_flight_.at(tenant); }
-  int64_t limit() const { return limit_; }
-
- private:
-  std::map<std::string, std::string> keys_;
-  int64_t limit_;
-  std::map<std::string, std::atomic<int64_t>> in_flight_;  // keys fixed at construction: safe to read concurrently
-  const std::string anonymous_;
-};
-
-// Which tenant kept which pass: a handle of another tenant is reported as unknown.
-class HandleOwners {
- public:
-  void add(gradient::Handle handle, const std::string& tenant) {
-    std::lock_guard lock(mutex_);
-    owners_[handle] = tenant;
-  }
-  void check(gradient::Handle handle, const std::string& tenant) {
-    std::lock_guard lock(mutex_);
-    auto it = owners_.find(handle);
-    if (it == owners_.end() || it->second != tenant) {
-      fail(ErrorCode::kNotFound, "handle", "handle {} is unknown, released, expired or evicted", handle);
-    }
-  }
-  void remove(gradient::Handle handle) {
-    std::lock_guard lock(mutex_);
-    owners_.erase(handle);
-  }
-
- private:
-  std::mutex mutex_;
-  std::unordered_map<gradient::Handle, std::string> owners_;
-};
-
-// Runs `body(tenant)` for an authenticated caller within its tenant's limits, turning aios errors
-// (and anything else) into the call's status.
-template <typename F>
-grpc::Status guarded(Tenants& tenants, grpc::ServerContext* context, F&& body) {
-  try {
-    const std::string& tenant = tenants.authenticate(*context);
-    Tenants::Call call(tenants.in_flight(tenant), tenants.limit());
-    body(tenant);
-    return grpc::Status::OK;
-  } catch (const Error& e) {
-    if (e.code() == ErrorCode::kPermissionDenied && e.field() == "api_key") {
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, e.message());
-    }
-    return to_status(e, context);
-  } catch (const c10::OutOfMemoryError&) {
-    return to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of device memory"), context);
-  } catch (const std::bad_alloc&) {
-    return to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of memory"), context);
-  } catch (const std::exception& e) {
-    // The details (paths, library internals) stay in the host's log, not in the reply.
-    fmt::print(stderr, "aios serve: internal error: {}\n", e.what());
-    return to_status(Error(ErrorCode::kInternal, "", "internal error in the host (see its log)"), context);
-  }
-}
-
-// What both services share: the backbone and the checks of what requests carry.
-class Requests {
- public:
-  Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-      : backbone_(std::move(backbone)), options_(options), tenants(options) {}
-
-  gradient::Backbone& backbone() { return *backbone_; }
-  const HostOptions& options() const { return options_; }
-
-  at::Tensor tensor(const v1::Tensor& t, const std::string& field) { return to_torch(t, field, options_.limits); }
-
-  // [B,T,D] floating latents within the batch and token limits, in the backbone's dtype and device.
-  at::Tensor latents(const v1::Tensor& t, const std::string& field) {
-    at::Tensor x = tensor(t, field);
-    if (x.dim() != 3 || !at::isFloatingType(x.scalar_type())) {
-      fail(ErrorCode::kInvalidArgument, field, "expected a floating tensor [B,T,D], got {} of rank {}",
-           c10::toString(x.scalar_type()), x.dim());
-    }
-    check_batch(x.size(0), x.size(1), field);
-    return x.to(backbone_->device(), backbone_->dtype());
-  }
-
-  // A cotangent or hidden state: floating, moved to the backbone's dtype and device.
-  at::Tensor floating(const v1::Tensor& t, const std::string& field) {
-    at::Tensor x = tensor(t, field);
-    if (!at::isFloatingType(x.scalar_type())) {
-      fail(ErrorCode::kInvalidArgument, field, "expected a floating tensor, got {}", c10::toString(x.scalar_type()));
-    }
-    return x.to(backbone_->device(), backbone_->dtype());
-  }
-
-  void check_batch(int64_t B, int64_t T, const std::string& field) const {
-    if (B > options_.max_batch) {
-      fail(ErrorCode::kResourceExhausted, field, "batch {} exceeds the host's limit of {}", B, options_.max_batch);
-    }
-    if (B * T > options_.max_tokens) {
-      fail(ErrorCode::kResourceExhausted, field, "{} tokens exceed the host's limit of {} per request", B * T,
-           options_.max_tokens);
-    }
-  }
-
-  ForwardOptions forward_options(const v1::ForwardOptions& o, const std::string& field) {
-    ForwardOptions out;
-    if (o.has_positions()) out.positions = tensor(o.positions(), field + ".positions");
-    if (o.has_mask()) out.mask = tensor(o.mask(), field + ".mask");
-    // Each requested layer is one more [B,T,D] in the reply: at most one per layer index.
-    if (o.layers_size() > backbone_->config().num_layers + 1) {
-      fail(ErrorCode::kInvalidArgument, field + ".layers", "expected at most {} layers, got {}",
-           backbone_->config().num_layers + 1, o.layers_size());
-    }
-    out.layers.assign(o.layers().begin(), o.layers().end());
-    out.allow_non_finite = o.allow_non_finite();
-    out.recompute = o.recompute();
-    return out;
-  }
-
-  Cotangents cotangents(const v1::Cotangents& c) {
-    Cotangents out;
-    if (c.has_hidden()) out.hidden = floating(c.hidden(), "cotangents.hidden");
-    for (int i = 0; i < c.layers_size(); ++i) {
-      const v1::Tensor& layer = c.layers(i);
-      // A layer cotangent sent as an empty message stands for zero.
-      out.layers.push_back(layer.dtype() == v1::DTYPE_UNSPECIFIED && layer.shape_size() == 0
-                               ? at::Tensor()
-                               : floating(layer, fmt::format("cotangents.layers[{}]", i)));
-    }
-    if (c.has_logits()) out.logits = floating(c.logits(), "cotangents.logits");
-    return out;
-  }
-
- private:
-  std::shared_ptr<gradient::Backbone> backbone_;
-  HostOptions options_;
-
- public:
-  Tenants tenants;
-  HandleOwners owners;
-};
+using Clock = std::chrono::steady_clock;
 
 void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out) {
   to_wire(output.hidden, out->mutable_hidden());
@@ -209,7 +28,7 @@ class LatentService final : public v1::Latent::Service {
   explicit LatentService(Requests& requests) : r_(requests) {}
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::ModelInfo* out) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
+    return guarded(r_, context, [&](Caller& caller) {
       const auto& c = r_.backbone().config();
       out->set_architecture(c.architecture);
       out->set_vocab_size(c.vocab_size);
@@ -229,34 +48,39 @@ class LatentService final : public v1::Latent::Service {
   }
 
   grpc::Status Embed(grpc::ServerContext* context, const v1::EmbedRequest* request, v1::Tensor* out) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
+    return guarded(r_, context, [&](Caller& caller) {
       const at::Tensor ids = r_.tensor(request->ids(), "ids");
-      if (ids.dim() == 2) r_.check_batch(ids.size(0), ids.size(1), "ids");
-      to_wire(r_.backbone().embed(ids), out);
+      if (ids.dim() == 2) r_.check_tokens(caller, ids.size(0), ids.numel(), "ids");
+      const auto extension =
+          request->has_extension() ? r_.extension(caller, request->extension(), "extension") : nullptr;
+      to_wire(r_.backbone().embed(ids, extension.get()), out);
     });
   }
 
   grpc::Status Forward(grpc::ServerContext* context, const v1::ForwardRequest* request,
                        v1::ForwardResponse* out) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
-      write_output(r_.backbone().forward(r_.latents(request->latents(), "latents"),
-                                         r_.forward_options(request->options(), "options")),
+    return guarded(r_, context, [&](Caller& caller) {
+      write_output(r_.backbone().forward(r_.latents(caller, request->latents(), "latents"),
+                                         r_.forward_options(caller, request->options(), "options")),
                    out);
     });
   }
 
   grpc::Status Classify(grpc::ServerContext* context, const v1::ClassifyRequest* request, v1::Tensor* out) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
+    return guarded(r_, context, [&](Caller& caller) {
       const at::Tensor hidden = r_.floating(request->hidden(), "hidden");
       const int64_t rows = hidden.dim() > 0 ? hidden.numel() / std::max<int64_t>(1, hidden.size(-1)) : 0;
-      r_.check_batch(1, rows, "hidden");
-      // The reply holds rows x V logits: refuse before computing what could not be sent.
-      const int64_t reply = rows * r_.backbone().config().vocab_size * static_cast<int64_t>(hidden.element_size());
+      r_.check_tokens(caller, 1, rows, "hidden");
+      const auto extension =
+          request->has_extension() ? r_.extension(caller, request->extension(), "extension") : nullptr;
+      // The reply holds rows x (V+K) logits: refuse before computing what could not be sent.
+      const int64_t columns = r_.backbone().config().vocab_size + (extension ? extension->size() : 0);
+      const int64_t reply = rows * columns * static_cast<int64_t>(hidden.element_size());
       if (reply > r_.options().limits.max_bytes) {
         fail(ErrorCode::kResourceExhausted, "hidden", "{} rows of logits ({} bytes) exceed the host's limit of {} bytes",
              rows, reply, r_.options().limits.max_bytes);
       }
-      to_wire(r_.backbone().classify(hidden), out);
+      to_wire(r_.backbone().classify(hidden, extension.get()), out);
     });
   }
 
@@ -264,7 +88,62 @@ class LatentService final : public v1::Latent::Service {
   Requests& r_;
 };
 
-void write_gradients(const gradient::Gradients& g, v1::Gradients* out) { to_wire(g.latents, out->mutable_latents()); }
+void write_gradients(const gradient::Gradients& g, v1::Gradients* out) {
+  to_wire(g.latents, out->mutable_latents());
+  if (g.embedding_rows.defined()) to_wire(g.embedding_rows, out->mutable_embedding_rows());
+  if (g.classifier_rows.defined()) to_wire(g.classifier_rows, out->mutable_classifier_rows());
+}
+
+// The caller's kept passes, counted against its store quota. A handle of another tenant is not in
+// the caller's table: NOT_FOUND, as an unknown one.
+class KeptPasses {
+ public:
+  KeptPasses(Caller& caller, std::chrono::milliseconds ttl) : tenant_(caller.state()), ttl_(ttl) {}
+
+  // Room for `bytes` more under the quota, after forgetting passes the store has expired too.
+  void reserve(std::size_t bytes) {
+    std::lock_guard lock(tenant_.mutex);
+    const auto now = Clock::now();
+    for (auto it = tenant_.handles.begin(); it != tenant_.handles.end();) {
+      if (now - it->second.last_use > ttl_) {
+        tenant_.kept_bytes -= it->second.bytes;
+        it = tenant_.handles.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (tenant_.kept_bytes + bytes > tenant_.quota.max_store_bytes) {
+      fail(ErrorCode::kResourceExhausted, "activation_store",
+           "keeping this pass ({} bytes) would exceed the tenant's quota of {} bytes ({} held; release handles "
+           "or use recompute)",
+           bytes, tenant_.quota.max_store_bytes, tenant_.kept_bytes);
+    }
+  }
+  void add(gradient::Handle handle, std::size_t bytes) {
+    std::lock_guard lock(tenant_.mutex);
+    tenant_.handles[handle] = {bytes, Clock::now()};
+    tenant_.kept_bytes += bytes;
+  }
+  void use(gradient::Handle handle) {
+    std::lock_guard lock(tenant_.mutex);
+    auto it = tenant_.handles.find(handle);
+    if (it == tenant_.handles.end()) {
+      fail(ErrorCode::kNotFound, "handle", "handle {} is unknown, released, expired or evicted", handle);
+    }
+    it->second.last_use = Clock::now();
+  }
+  void remove(gradient::Handle handle) {
+    std::lock_guard lock(tenant_.mutex);
+    auto it = tenant_.handles.find(handle);
+    if (it == tenant_.handles.end()) return;
+    tenant_.kept_bytes -= it->second.bytes;
+    tenant_.handles.erase(it);
+  }
+
+ private:
+  TenantState& tenant_;
+  std::chrono::milliseconds ttl_;
+};
 
 class GradientService final : public v1::Gradient::Service {
  public:
@@ -272,10 +151,13 @@ class GradientService final : public v1::Gradient::Service {
 
   grpc::Status ForwardKeep(grpc::ServerContext* context, const v1::ForwardRequest* request,
                            v1::ForwardResponse* out) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
-      const auto kept = r_.backbone().forward_keep(r_.latents(request->latents(), "latents"),
-                                                   r_.forward_options(request->options(), "options"));
+    return guarded(r_, context, [&](Caller& caller) {
+      KeptPasses passes(caller, r_.options().handle_ttl);
+      passes.reserve(0);  // a tenant at its quota is refused before the forward
+      const auto kept = r_.backbone().forward_keep(r_.latents(caller, request->latents(), "latents"),
+                                                   r_.forward_options(caller, request->options(), "options"));
       try {
+        passes.reserve(kept.bytes);
         // A caller that left (disconnected or out of time) never learns the handle: free the pass now.
         if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
         write_output(kept.output, out);
@@ -283,36 +165,38 @@ class GradientService final : public v1::Gradient::Service {
         r_.backbone().release(kept.handle);
         throw;
       }
-      r_.owners.add(kept.handle, tenant);
+      passes.add(kept.handle, kept.bytes);
       out->set_handle(kept.handle);
     });
   }
 
   grpc::Status Vjp(grpc::ServerContext* context, const v1::VjpRequest* request, v1::Gradients* out) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
-      r_.owners.check(request->handle(), tenant);
+    return guarded(r_, context, [&](Caller& caller) {
+      KeptPasses passes(caller, r_.options().handle_ttl);
+      passes.use(request->handle());
       try {
         write_gradients(r_.backbone().vjp(request->handle(), r_.cotangents(request->cotangents())), out);
       } catch (const Error& e) {
-        if (e.code() == ErrorCode::kNotFound) r_.owners.remove(request->handle());  // evicted or expired
+        if (e.code() == ErrorCode::kNotFound) passes.remove(request->handle());  // evicted or expired
         throw;
       }
     });
   }
 
   grpc::Status Release(grpc::ServerContext* context, const v1::ReleaseRequest* request, v1::Empty*) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
-      r_.owners.check(request->handle(), tenant);
-      r_.owners.remove(request->handle());
+    return guarded(r_, context, [&](Caller& caller) {
+      KeptPasses passes(caller, r_.options().handle_ttl);
+      passes.use(request->handle());
+      passes.remove(request->handle());
       r_.backbone().release(request->handle());
     });
   }
 
   grpc::Status VjpStateless(grpc::ServerContext* context, const v1::VjpStatelessRequest* request,
                             v1::Gradients* out) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
-      write_gradients(r_.backbone().vjp(r_.latents(request->latents(), "latents"),
-                                        r_.forward_options(request->options(), "options"),
+    return guarded(r_, context, [&](Caller& caller) {
+      write_gradients(r_.backbone().vjp(r_.latents(caller, request->latents(), "latents"),
+                                        r_.forward_options(caller, request->options(), "options"),
                                         r_.cotangents(request->cotangents())),
                       out);
     });
@@ -320,14 +204,11 @@ class GradientService final : public v1::Gradient::Service {
 
   grpc::Status ForwardBackward(grpc::ServerContext* context, const v1::ForwardBackwardRequest* request,
                                v1::FusedResult* out) override {
-    return guarded(r_.tenants, context, [&](const std::string& tenant) {
+    return guarded(r_, context, [&](Caller& caller) {
       gradient::LossOptions loss;
       if (request->has_chunk_tokens()) {
         // One chunk of logits is chunk_tokens x V floats: bounded like a request's tokens.
-        if (request->chunk_tokens() > r_.options().max_tokens) {
-          fail(ErrorCode::kResourceExhausted, "chunk_tokens", "{} exceeds the host's limit of {}", request->chunk_tokens(),
-               r_.options().max_tokens);
-        }
+        r_.check_tokens(caller, 1, request->chunk_tokens(), "chunk_tokens");
         loss.chunk_tokens = request->chunk_tokens();
       }
       if (request->has_cross_entropy()) {
@@ -340,8 +221,8 @@ class GradientService final : public v1::Gradient::Service {
         if (d.has_teacher_logits()) out_loss.teacher_logits = r_.floating(d.teacher_logits(), "distillation.teacher_logits");
         if (d.has_teacher_probs()) out_loss.teacher_probs = r_.floating(d.teacher_probs(), "distillation.teacher_probs");
         if (d.has_teacher_latents()) {
-          out_loss.teacher_latents = r_.latents(d.teacher_latents(), "distillation.teacher_latents");
-          out_loss.teacher_options = r_.forward_options(d.teacher_options(), "distillation.teacher_options");
+          out_loss.teacher_latents = r_.latents(caller, d.teacher_latents(), "distillation.teacher_latents");
+          out_loss.teacher_options = r_.forward_options(caller, d.teacher_options(), "distillation.teacher_options");
         }
         if (d.has_teacher_index()) out_loss.teacher_index = r_.tensor(d.teacher_index(), "distillation.teacher_index");
         if (d.has_weights()) out_loss.weights = r_.tensor(d.weights(), "distillation.weights");
@@ -350,8 +231,8 @@ class GradientService final : public v1::Gradient::Service {
       } else {
         fail(ErrorCode::kInvalidArgument, "loss", "expected cross_entropy or distillation, got neither");
       }
-      const auto result = r_.backbone().forward_backward(r_.latents(request->latents(), "latents"),
-                                                         r_.forward_options(request->options(), "options"), loss);
+      const auto result = r_.backbone().forward_backward(r_.latents(caller, request->latents(), "latents"),
+                                                         r_.forward_options(caller, request->options(), "options"), loss);
       to_wire(result.loss, out->mutable_loss());
       to_wire(result.losses, out->mutable_losses());
       write_gradients(result.grad, out->mutable_grad());
@@ -364,32 +245,18 @@ class GradientService final : public v1::Gradient::Service {
 
 }  // namespace
 
-std::map<std::string, std::string> read_key_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail(ErrorCode::kNotFound, path, "cannot open the key file");
-  std::map<std::string, std::string> keys;
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    std::istringstream fields(line);
-    std::string tenant, key, extra;
-    if (!(fields >> tenant) || tenant.starts_with("#")) continue;
-    if (!(fields >> key) || (fields >> extra)) {
-      fail(ErrorCode::kInvalidArgument, fmt::format("{}:{}", path, number), "expected \"TENANT KEY\"");
-    }
-    if (!keys.emplace(key, tenant).second) {
-      fail(ErrorCode::kInvalidArgument, fmt::format("{}:{}", path, number), "this key was given to another tenant already");
-    }
-  }
-  if (keys.empty()) fail(ErrorCode::kInvalidArgument, path, "expected at least one \"TENANT KEY\" line, got none");
-  return keys;
-}
-
 struct Host::Impl {
   Impl(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-      : requests(std::move(backbone), options), latent(requests), gradient(requests) {}
+      : requests(std::move(backbone), options),
+        latent(requests),
+        gradient(requests),
+        tokenizer(make_tokenizer_service(requests)),
+        generation(make_generation_service(requests)) {}
   Requests requests;
   LatentService latent;
   GradientService gradient;
+  std::unique_ptr<grpc::Service> tokenizer;
+  std::unique_ptr<grpc::Service> generation;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
 };
@@ -398,13 +265,21 @@ Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& opti
     : impl_(std::make_unique<Impl>(std::move(backbone), options)) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl_->port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_certificate.empty() || !options.tls_private_key.empty()) {
+    grpc::SslServerCredentialsOptions tls;
+    tls.pem_key_cert_pairs.push_back({io::read_file(options.tls_private_key), io::read_file(options.tls_certificate)});
+    credentials = grpc::SslServerCredentials(tls);
+  }
+  builder.AddListeningPort(options.listen, credentials, &impl_->port);
   // The tensor limit bounds a request; the message limit leaves room for several tensors in one.
   const int64_t message_limit = std::min<int64_t>(std::numeric_limits<int>::max(), 4 * options.limits.max_bytes);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_limit));
   builder.SetMaxSendMessageSize(static_cast<int>(message_limit));
   builder.RegisterService(&impl_->latent);
   builder.RegisterService(&impl_->gradient);
+  builder.RegisterService(impl_->tokenizer.get());
+  builder.RegisterService(impl_->generation.get());
   impl_->server = builder.BuildAndStart();
   if (!impl_->server || impl_->port == 0) {
     fail(ErrorCode::kUnavailable, "listen", "cannot listen on {}", options.listen);

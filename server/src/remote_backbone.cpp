@@ -1,8 +1,15 @@
 #include "aios/server/remote_backbone.h"
 
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <unordered_map>
+
 #include <grpcpp/grpcpp.h>
 
 #include "aios/fail.h"
+#include "aios/io/safetensors.h"  // io::read_file
+#include "aios/tokenizer_api/tokenizer.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "tensors.h"
 
@@ -28,21 +35,8 @@ ForwardOutput read_output(const v1::ForwardResponse& r) {
   return out;
 }
 
-[[noreturn]] void unsupported(const char* what) {
-  fail(ErrorCode::kUnimplemented, what, "not offered by a hosted backbone yet (it runs in-process only)");
-}
-
-void no_extension(const ali::Extension* extension) {
-  if (extension != nullptr) unsupported("extension");
-}
-
-void write_options(const ForwardOptions& o, v1::ForwardOptions* out) {
-  if (o.positions) to_wire(*o.positions, out->mutable_positions());
-  if (o.mask) to_wire(*o.mask, out->mutable_mask());
-  for (int64_t l : o.layers) out->add_layers(l);
-  out->set_allow_non_finite(o.allow_non_finite);
-  out->set_recompute(o.recompute);
-  if (o.extension) unsupported("extension");
+[[noreturn]] void unsupported(const char* what, const char* how) {
+  fail(ErrorCode::kUnimplemented, what, "not offered by a hosted backbone: {}", how);
 }
 
 void write_cotangents(const gradient::Cotangents& c, v1::Cotangents* out) {
@@ -57,8 +51,26 @@ void write_cotangents(const gradient::Cotangents& c, v1::Cotangents* out) {
 gradient::Gradients read_gradients(const v1::Gradients& g) {
   gradient::Gradients out;
   out.latents = from_wire(g.latents(), "latents");
+  if (g.has_embedding_rows()) out.embedding_rows = from_wire(g.embedding_rows(), "embedding_rows");
+  if (g.has_classifier_rows()) out.classifier_rows = from_wire(g.classifier_rows(), "classifier_rows");
   return out;
 }
+
+// Stands for a decoder registered on the host, in the routes of that host's generations.
+class HostedDecoder final : public ali::Decoder {
+ public:
+  HostedDecoder(std::string name, const void* host) : name_(std::move(name)), host_(host) {}
+  ali::DecoderStep step(int64_t, const at::Tensor&) override {
+    fail(ErrorCode::kFailedPrecondition, "decoder",
+         "decoder \"{}\" runs on the host: route a generation of the backbone that registered it there", name_);
+  }
+  const std::string& name() const { return name_; }
+  const void* host() const { return host_; }
+
+ private:
+  std::string name_;
+  const void* host_;
+};
 
 }  // namespace
 
@@ -66,32 +78,194 @@ struct RemoteBackbone::Impl {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Latent::Stub> latent;
   std::unique_ptr<v1::Gradient::Stub> gradient;
+  std::unique_ptr<v1::Tokenizer::Stub> tokenizer;
+  std::unique_ptr<v1::Generation::Stub> generation;
   ConnectOptions options;
   ModelConfig config;
   c10::ScalarType dtype = at::kFloat;
 
+  std::once_flag definition_once;
+  std::shared_ptr<const tokenizer::Tokenizer> base_tokenizer;
+  std::optional<std::string> chat_template;
+
+  // The host's copy of each extension this backbone made, and the versions of the local rows it
+  // last received (tensor version counters move with every in-place update).
+  struct Mirror {
+    std::string id;
+    int64_t embedding_version = -1;
+    int64_t classifier_version = -1;
+  };
+  std::mutex mutex;
+  std::unordered_map<const ali::Extension*, Mirror> mirrors;
+
+  // Rows sent with a request: the mirror is brought up to date once the host has taken them.
+  struct Sent {
+    const ali::Extension* extension;
+    int64_t embedding_version, classifier_version;
+  };
+  using SentRows = std::vector<Sent>;
+
+  void set_up(grpc::ClientContext& context, std::chrono::milliseconds timeout) const {
+    context.set_deadline(std::chrono::system_clock::now() + timeout);
+    if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
+  }
+
   // One call with the configured deadline; a failed status becomes the aios::Error it carries.
   template <typename Call>
-  void call(Call&& rpc) {
+  void call(Call&& rpc, const SentRows& sent = {}) {
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + options.timeout);
-    if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
+    set_up(context, options.timeout);
     const grpc::Status status = rpc(&context);
     if (!status.ok()) throw to_error(status, context);
+    taken(sent);
+  }
+
+  void taken(const SentRows& sent) {
+    std::lock_guard lock(mutex);
+    for (const Sent& s : sent) {
+      auto it = mirrors.find(s.extension);
+      if (it == mirrors.end()) continue;
+      it->second.embedding_version = s.embedding_version;
+      it->second.classifier_version = s.classifier_version;
+    }
+  }
+
+  // Names `extension` (checked to be this backbone's) in a request, with its rows when they changed
+  // since the host last took them.
+  void ref(const RemoteBackbone& self, const ali::Extension& extension, const char* field, v1::ExtensionRef* out,
+           SentRows& sent) {
+    extension.check_fits(self, field);
+    std::lock_guard lock(mutex);
+    const Mirror& mirror = mirrors.at(&extension);  // every extension this backbone owns has one
+    out->set_id(mirror.id);
+    const int64_t e = extension.embedding_rows()._version(), c = extension.classifier_rows()._version();
+    if (e != mirror.embedding_version || c != mirror.classifier_version) {
+      to_wire(extension.embedding_rows(), out->mutable_rows()->mutable_embedding_rows());
+      to_wire(extension.classifier_rows(), out->mutable_rows()->mutable_classifier_rows());
+      sent.push_back({&extension, e, c});
+    }
+  }
+
+  void write_options(const RemoteBackbone& self, const ForwardOptions& o, v1::ForwardOptions* out, SentRows& sent) {
+    if (o.positions) to_wire(*o.positions, out->mutable_positions());
+    if (o.mask) to_wire(*o.mask, out->mutable_mask());
+    for (int64_t l : o.layers) out->add_layers(l);
+    out->set_allow_non_finite(o.allow_non_finite);
+    out->set_recompute(o.recompute);
+    if (o.extension) ref(self, *o.extension, "extension", out->mutable_extension(), sent);
+    if (o.ids) to_wire(*o.ids, out->mutable_ids());
+  }
+
+  // The host's copy goes with the local one (a host that cannot be reached drops it with the
+  // tenant's other state when it stops).
+  void forget(const ali::Extension* extension) {
+    std::string id;
+    {
+      std::lock_guard lock(mutex);
+      auto it = mirrors.find(extension);
+      if (it == mirrors.end()) return;
+      id = it->second.id;
+      mirrors.erase(it);
+    }
+    delete_on_host(id);
+  }
+
+  void delete_on_host(const std::string& id) {
+    grpc::ClientContext context;
+    set_up(context, std::min<std::chrono::milliseconds>(options.timeout, std::chrono::seconds(2)));
+    v1::DeleteExtensionRequest request;
+    request.set_id(id);
+    v1::Empty out;
+    tokenizer->DeleteExtension(&context, request, &out);  // best effort: a destructor has no one to tell
+  }
+
+  void read_definition() {
+    std::call_once(definition_once, [&] {
+      v1::TokenizerDefinition definition;
+      try {
+        call([&](grpc::ClientContext* c) { return tokenizer->Definition(c, v1::DefinitionRequest(), &definition); });
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::kNotFound) throw;
+        return;  // the model has no tokenizer
+      }
+      base_tokenizer = std::make_shared<const tokenizer::Tokenizer>(
+          tokenizer::Tokenizer::from_json(definition.json(), "the host's tokenizer"));
+      if (!definition.chat_template().empty()) chat_template = definition.chat_template();
+    });
   }
 };
 
-RemoteBackbone::RemoteBackbone(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+namespace {
+
+// A generation on the host, read step by step from its stream.
+class RemoteGeneration final : public ali::Generation {
+ public:
+  // `channel_owner` keeps the stub's channel alive as long as the stream.
+  // `started` runs once the host has answered with a first step.
+  RemoteGeneration(std::shared_ptr<const void> channel_owner, v1::Generation::Stub& stub,
+                   const std::function<void(grpc::ClientContext&)>& set_up, const v1::GenerateRequest& request,
+                   std::function<void()> started)
+      : channel_owner_(std::move(channel_owner)), started_(std::move(started)) {
+    set_up(context_);
+    reader_ = stub.Generate(&context_, request);
+  }
+  ~RemoteGeneration() override {
+    if (done_) return;
+    context_.TryCancel();  // the host stops at its next step
+    reader_->Finish();
+  }
+
+  std::optional<ali::GenerationStep> next() override {
+    if (done_) return std::nullopt;
+    v1::GenerateStep m;
+    if (!reader_->Read(&m)) {
+      done_ = true;
+      const grpc::Status status = reader_->Finish();
+      if (!status.ok()) throw to_error(status, context_);
+      return std::nullopt;
+    }
+    if (started_) std::exchange(started_, nullptr)();
+    ali::GenerationStep step;
+    step.index = m.index();
+    step.ids = from_wire(m.ids(), "ids");
+    step.finished = from_wire(m.finished(), "finished");
+    step.routes = from_wire(m.routes(), "routes");
+    step.hidden = from_wire(m.hidden(), "hidden");
+    for (const v1::Tensor& output : m.outputs()) {
+      step.outputs.push_back(output.dtype() == v1::DTYPE_UNSPECIFIED ? at::Tensor() : from_wire(output, "outputs"));
+    }
+    return step;
+  }
+
+ private:
+  std::shared_ptr<const void> channel_owner_;
+  std::function<void()> started_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateStep>> reader_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+RemoteBackbone::RemoteBackbone(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 RemoteBackbone::~RemoteBackbone() = default;
 
 std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(const std::string& address, const ConnectOptions& options) {
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_shared<Impl>();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(options.max_message_bytes, std::numeric_limits<int>::max())));
   args.SetMaxSendMessageSize(-1);
-  impl->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options.tls) {
+    grpc::SslCredentialsOptions tls;
+    if (!options.tls_root_certificates.empty()) tls.pem_root_certs = io::read_file(options.tls_root_certificates);
+    credentials = grpc::SslCredentials(tls);
+  }
+  impl->channel = grpc::CreateCustomChannel(address, credentials, args);
   impl->latent = v1::Latent::NewStub(impl->channel);
   impl->gradient = v1::Gradient::NewStub(impl->channel);
+  impl->tokenizer = v1::Tokenizer::NewStub(impl->channel);
+  impl->generation = v1::Generation::NewStub(impl->channel);
   impl->options = options;
 
   v1::ModelInfo info;
@@ -119,48 +293,161 @@ c10::Device RemoteBackbone::device() const { return at::kCPU; }
 c10::ScalarType RemoteBackbone::dtype() const { return impl_->dtype; }
 
 at::Tensor RemoteBackbone::embed(const at::Tensor& ids, const ali::Extension* extension) {
-  no_extension(extension);
   v1::EmbedRequest request;
   to_wire(ids, request.mutable_ids());
+  Impl::SentRows sent;
+  if (extension != nullptr) impl_->ref(*this, *extension, "extension", request.mutable_extension(), sent);
   v1::Tensor out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Embed(c, request, &out); });
+  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Embed(c, request, &out); }, sent);
   return from_wire(out, "latents");
 }
 
 ForwardOutput RemoteBackbone::forward(const at::Tensor& latents, const ForwardOptions& options) {
   v1::ForwardRequest request;
   to_wire(latents, request.mutable_latents());
-  write_options(options, request.mutable_options());
+  Impl::SentRows sent;
+  impl_->write_options(*this, options, request.mutable_options(), sent);
   v1::ForwardResponse out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Forward(c, request, &out); });
+  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Forward(c, request, &out); }, sent);
   return read_output(out);
 }
 
 at::Tensor RemoteBackbone::classify(const at::Tensor& hidden, const ali::Extension* extension) {
-  no_extension(extension);
   v1::ClassifyRequest request;
   to_wire(hidden, request.mutable_hidden());
+  Impl::SentRows sent;
+  if (extension != nullptr) impl_->ref(*this, *extension, "extension", request.mutable_extension(), sent);
   v1::Tensor out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Classify(c, request, &out); });
+  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Classify(c, request, &out); }, sent);
   return from_wire(out, "logits");
 }
 
-std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::string>&, const ali::ExtendOptions&) {
-  unsupported("extend");
+std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::string>& tokens,
+                                                       const ali::ExtendOptions& options) {
+  v1::CreateExtensionRequest request;
+  for (const std::string& token : tokens) request.add_tokens(token);
+  switch (options.init) {
+    case ali::ExtendOptions::Init::kMean: request.set_init(v1::CreateExtensionRequest::MEAN); break;
+    case ali::ExtendOptions::Init::kToken:
+      request.set_init(v1::CreateExtensionRequest::TOKEN);
+      request.set_token(options.token);
+      break;
+    case ali::ExtendOptions::Init::kTensors:
+      request.set_init(v1::CreateExtensionRequest::TENSORS);
+      for (const auto& [rows, name] : {std::pair{&options.embedding_rows, "init.embedding_rows"},
+                                       std::pair{&options.classifier_rows, "init.classifier_rows"}}) {
+        if (!rows->defined()) fail(ErrorCode::kInvalidArgument, name, "expected a floating tensor [K,D], got none");
+      }
+      to_wire(options.embedding_rows, request.mutable_rows()->mutable_embedding_rows());
+      to_wire(options.classifier_rows, request.mutable_rows()->mutable_classifier_rows());
+      break;
+  }
+  v1::ExtensionInfo info;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->tokenizer->CreateExtension(c, request, &info); });
+
+  ali::Extension::Parts parts;
+  parts.tokens.assign(info.tokens().begin(), info.tokens().end());
+  parts.first_id = info.first_id();
+  parts.embedding_rows = from_wire(info.rows().embedding_rows(), "rows.embedding_rows");
+  parts.classifier_rows = from_wire(info.rows().classifier_rows(), "rows.classifier_rows");
+  parts.base_tokenizer = tokenizer();
+  parts.owner = this;
+  std::unique_ptr<ali::Extension> made;
+  try {
+    parts.base = ali::BaseIdentity::of(*this);
+    made = std::make_unique<ali::Extension>(std::move(parts));
+  } catch (...) {
+    impl_->delete_on_host(info.id());
+    throw;
+  }
+  const ali::Extension* key = made.get();
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->mirrors[key] = {info.id(), made->embedding_rows()._version(), made->classifier_rows()._version()};
+  }
+  std::weak_ptr<Impl> owner = impl_;
+  return std::shared_ptr<ali::Extension>(made.release(), [owner](ali::Extension* extension) {
+    if (const auto impl = owner.lock()) impl->forget(extension);
+    delete extension;
+  });
 }
-std::shared_ptr<const tokenizer::Tokenizer> RemoteBackbone::tokenizer() { return nullptr; }
-std::optional<std::string> RemoteBackbone::chat_template() { return std::nullopt; }
-std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tensor&, const ali::GenerateOptions&) {
-  unsupported("generate");
+
+std::shared_ptr<const tokenizer::Tokenizer> RemoteBackbone::tokenizer() {
+  impl_->read_definition();
+  return impl_->base_tokenizer;
 }
-std::shared_ptr<ali::Session> RemoteBackbone::new_session() { unsupported("new_session"); }
+
+std::optional<std::string> RemoteBackbone::chat_template() {
+  impl_->read_definition();
+  return impl_->chat_template;
+}
+
+std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tensor& latents,
+                                                                  const ali::GenerateOptions& options) {
+  if (options.session) unsupported("session", "generations on the host start from their prompt");
+  v1::GenerateRequest request;
+  to_wire(latents, request.mutable_latents());
+  if (options.positions) to_wire(*options.positions, request.mutable_positions());
+  if (options.mask) to_wire(*options.mask, request.mutable_mask());
+  request.set_max_new_tokens(options.max_new_tokens);
+  v1::Sampling* s = request.mutable_sampling();
+  s->set_temperature(options.sampling.temperature);
+  s->set_top_k(options.sampling.top_k);
+  s->set_top_p(options.sampling.top_p);
+  if (options.sampling.seed) s->set_seed(*options.sampling.seed);
+  for (int64_t id : options.stop_ids) request.add_stop_ids(id);
+  Impl::SentRows sent;
+  if (options.extension) impl_->ref(*this, *options.extension, "extension", request.mutable_extension(), sent);
+  for (const ali::Route& route : options.routes) {
+    const auto* hosted = dynamic_cast<const HostedDecoder*>(route.decoder.get());
+    if (hosted == nullptr || hosted->host() != impl_.get()) {
+      unsupported("routes.decoder",
+                  "a decoder of this process cannot run on the host; register its saved folder with register_decoder");
+    }
+    v1::Route* r = request.add_routes();
+    r->set_start_id(route.start_id);
+    r->set_end_id(route.end_id);
+    r->set_decoder(hosted->name());
+  }
+  request.set_return_hidden(true);
+  Impl* impl = impl_.get();
+  // The host writes the rows that went with the request before its first step.
+  return std::make_unique<RemoteGeneration>(
+      impl_, *impl_->generation, [impl](grpc::ClientContext& c) { impl->set_up(c, impl->options.timeout); }, request,
+      [impl, sent] { impl->taken(sent); });
+}
+
+std::shared_ptr<ali::Session> RemoteBackbone::new_session() {
+  unsupported("new_session", "generations on the host start from their prompt");
+}
+
+std::shared_ptr<ali::Decoder> RemoteBackbone::register_decoder(const std::string& name, const std::string& path) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(fs::path(path) / "decoder.json")) fail(ErrorCode::kNotFound, path, "no decoder.json in the folder");
+  v1::RegisterDecoderRequest request;
+  request.set_name(name);
+  // decoder.json and the weights files next to it (an encoder may share the folder).
+  for (const auto& entry : fs::directory_iterator(path)) {
+    const std::string file = entry.path().filename().string();
+    if (!entry.is_regular_file() || !file.starts_with("decoder")) continue;
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto* f = request.add_files();
+    f->set_name(file);
+    f->set_data(std::move(data));
+  }
+  v1::Empty out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->generation->RegisterDecoder(c, request, &out); });
+  return std::make_shared<HostedDecoder>(name, impl_.get());
+}
 
 gradient::KeptForward RemoteBackbone::forward_keep(const at::Tensor& latents, const ForwardOptions& options) {
   v1::ForwardRequest request;
   to_wire(latents, request.mutable_latents());
-  write_options(options, request.mutable_options());
+  Impl::SentRows sent;
+  impl_->write_options(*this, options, request.mutable_options(), sent);
   v1::ForwardResponse out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardKeep(c, request, &out); });
+  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardKeep(c, request, &out); }, sent);
   return gradient::KeptForward{read_output(out), out.handle()};
 }
 
@@ -184,10 +471,11 @@ gradient::Gradients RemoteBackbone::vjp(const at::Tensor& latents, const Forward
                                         const gradient::Cotangents& cotangents) {
   v1::VjpStatelessRequest request;
   to_wire(latents, request.mutable_latents());
-  write_options(options, request.mutable_options());
+  Impl::SentRows sent;
+  impl_->write_options(*this, options, request.mutable_options(), sent);
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->VjpStateless(c, request, &out); });
+  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->VjpStateless(c, request, &out); }, sent);
   return read_gradients(out);
 }
 
@@ -195,7 +483,8 @@ gradient::FusedResult RemoteBackbone::forward_backward(const at::Tensor& latents
                                                        const gradient::LossOptions& loss) {
   v1::ForwardBackwardRequest request;
   to_wire(latents, request.mutable_latents());
-  write_options(options, request.mutable_options());
+  Impl::SentRows sent;
+  impl_->write_options(*this, options, request.mutable_options(), sent);
   request.set_chunk_tokens(loss.chunk_tokens);
   if (const auto* ce = std::get_if<gradient::CrossEntropy>(&loss.loss)) {
     auto* out = request.mutable_cross_entropy();
@@ -208,14 +497,14 @@ gradient::FusedResult RemoteBackbone::forward_backward(const at::Tensor& latents
     if (d.teacher_logits.defined()) to_wire(d.teacher_logits, out->mutable_teacher_logits());
     if (d.teacher_latents.defined()) {
       to_wire(d.teacher_latents, out->mutable_teacher_latents());
-      write_options(d.teacher_options, out->mutable_teacher_options());
+      impl_->write_options(*this, d.teacher_options, out->mutable_teacher_options(), sent);
     }
     if (d.teacher_index.defined()) to_wire(d.teacher_index, out->mutable_teacher_index());
     if (d.weights.defined()) to_wire(d.weights, out->mutable_weights());
     out->set_temperature(d.temperature);
   }
   v1::FusedResult out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardBackward(c, request, &out); });
+  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardBackward(c, request, &out); }, sent);
   gradient::FusedResult result;
   result.loss = from_wire(out.loss(), "loss").squeeze();
   result.losses = from_wire(out.losses(), "losses");

@@ -7,10 +7,13 @@
 
 #include <future>
 
+#include <fmt/format.h>
+
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
 
+#include "aios/adapters/storage.h"
 #include "aios/error.h"
 #include "aios/gradient_api/local_backbone.h"
 #include "aios/server/host.h"
@@ -44,7 +47,7 @@ struct Loopback {
       aios::server::HostOptions options;
       options.listen = "127.0.0.1:0";
       options.max_batch = 16;
-      options.max_tokens = 512;
+      options.quota.max_tokens = 512;
       l->host = std::make_unique<aios::server::Host>(l->local, options);
       l->address = "127.0.0.1:" + std::to_string(l->host->port());
       l->remote = aios::server::RemoteBackbone::connect(l->address);
@@ -130,7 +133,7 @@ TEST_CASE("errors cross the wire with their code and field", "[server]") {
   // The host's limits.
   CHECK(code_of([&] { l.remote->forward(torch::zeros({17, 2, kD})); }, &field) == ErrorCode::kResourceExhausted);
   CHECK(field == "latents");
-  CHECK(code_of([&] { l.remote->extend({"<x>"}); }) == ErrorCode::kUnimplemented);
+  CHECK(code_of([&] { l.remote->new_session(); }) == ErrorCode::kUnimplemented);
   // Requests whose reply or working memory would be out of proportion.
   aios::gradient::ForwardOptions many_layers;
   many_layers.layers = std::vector<int64_t>(200, 0);
@@ -210,7 +213,7 @@ TEST_CASE("tenants: keys are required, handles stay with their tenant", "[server
   std::ofstream(keys) << "# tenant key\nalice key-a\n\nbob key-b\n";
   aios::server::HostOptions options;
   options.listen = "127.0.0.1:0";
-  options.api_keys = aios::server::read_key_file(keys.string());
+  options.api_keys = aios::server::read_key_file(keys.string()).api_keys;
   CHECK(options.api_keys.size() == 2);
   aios::server::Host host(l.local, options);
   const std::string address = "127.0.0.1:" + std::to_string(host.port());
@@ -250,6 +253,253 @@ TEST_CASE("tenants: keys are required, handles stay with their tenant", "[server
     CHECK(std::string(e.what()).find("key-a") == std::string::npos);
   }
   std::filesystem::remove(keys);
+}
+
+TEST_CASE("quotas hold per tenant: tokens, kept bytes, extensions; extensions stay with their tenant", "[server]") {
+  auto& l = Loopback::get();
+  const at::Tensor latents = torch::randn({1, 4, kD});
+  const auto probe = l.local->forward_keep(latents);
+  l.local->release(probe.handle);
+  REQUIRE(probe.bytes > 0);
+
+  const std::filesystem::path keys = std::filesystem::temp_directory_path() / ("aios_test_quota_" + std::to_string(::getpid()));
+  std::ofstream(keys) << fmt::format("alice key-a max_tokens=8 max_store_bytes={} max_extensions=1\nbob key-b\n",
+                                     probe.bytes + probe.bytes / 2);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  auto file = aios::server::read_key_file(keys.string());
+  options.api_keys = file.api_keys;
+  options.quotas = file.quotas;
+  CHECK(file.quotas.size() == 1);
+  CHECK(file.quotas.at("alice").max_tokens == 8);
+  CHECK(file.quotas.at("alice").max_concurrent == options.quota.max_concurrent);
+  aios::server::Host host(l.local, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+  aios::server::ConnectOptions a, b;
+  a.api_key = "key-a";
+  b.api_key = "key-b";
+  auto alice = aios::server::RemoteBackbone::connect(address, a);
+  auto bob = aios::server::RemoteBackbone::connect(address, b);
+
+  // Tokens per request.
+  std::string field;
+  CHECK(code_of([&] { alice->forward(torch::randn({3, 3, kD})); }, &field) == ErrorCode::kResourceExhausted);
+  CHECK(field == "latents");
+  CHECK(bob->forward(torch::randn({3, 3, kD})).hidden.size(0) == 3);
+
+  // Bytes kept under handles: one pass fits, two do not, until one is released.
+  const auto first = alice->forward_keep(latents);
+  CHECK(code_of([&] { alice->forward_keep(latents); }, &field) == ErrorCode::kResourceExhausted);
+  CHECK(field == "activation_store");
+  const auto other = bob->forward_keep(latents);  // bob's quota is his own
+  alice->release(first.handle);
+  const auto second = alice->forward_keep(latents);
+  alice->release(second.handle);
+  bob->release(other.handle);
+
+  // Live extensions: dropping the last reference deletes the host's copy.
+  auto ext = alice->extend({"<x>"});
+  CHECK(code_of([&] { alice->extend({"<y>"}); }, &field) == ErrorCode::kResourceExhausted);
+  ext.reset();
+  ext = alice->extend({"<y>"});
+
+  // Another tenant cannot name it: raw calls with each key.
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto tokenizer = v1::Tokenizer::NewStub(channel);
+  auto latent = v1::Latent::NewStub(channel);
+  auto with_key = [](grpc::ClientContext& c, const char* key) { c.AddMetadata("authorization", std::string("Bearer ") + key); };
+  v1::ExtensionList list;
+  {
+    grpc::ClientContext c;
+    with_key(c, "key-a");
+    REQUIRE(tokenizer->ListExtensions(&c, v1::ListExtensionsRequest(), &list).ok());
+  }
+  REQUIRE(list.live_size() == 1);
+  CHECK(list.live(0).tokens(0) == "<y>");
+  CHECK(list.live(0).first_id() == kVocab);
+  v1::EmbedRequest embed;
+  embed.mutable_ids()->CopyFrom(raw(v1::INT64, {1, 1}, 8));
+  embed.mutable_extension()->set_id(list.live(0).id());
+  v1::Tensor out;
+  for (const auto& [key, code] : {std::pair{"key-a", grpc::StatusCode::OK}, std::pair{"key-b", grpc::StatusCode::NOT_FOUND}}) {
+    grpc::ClientContext c;
+    with_key(c, key);
+    CHECK(latent->Embed(&c, embed, &out).error_code() == code);
+    grpc::ClientContext r;
+    with_key(r, key);
+    v1::ExtensionId id;
+    id.set_id(list.live(0).id());
+    v1::ExtensionRows rows;
+    CHECK(tokenizer->ReadRows(&r, id, &rows).error_code() == code);
+  }
+  {
+    grpc::ClientContext c;
+    with_key(c, "key-b");
+    v1::ExtensionList empty;
+    REQUIRE(tokenizer->ListExtensions(&c, v1::ListExtensionsRequest(), &empty).ok());
+    CHECK(empty.live_size() == 0);
+  }
+  // Saving needs a state folder.
+  {
+    grpc::ClientContext c;
+    with_key(c, "key-a");
+    v1::SaveExtensionRequest save;
+    save.set_id(list.live(0).id());
+    save.set_name("mine");
+    v1::Empty done;
+    CHECK(tokenizer->SaveExtension(&c, save, &done).error_code() ==
+          static_cast<grpc::StatusCode>(ErrorCode::kFailedPrecondition));
+  }
+
+  // Quota fields in key files are checked.
+  for (const char* line : {"alice key-a max_tokens=-1\n", "alice key-a max_tokns=5\n", "alice key-a max_tokens\n",
+                           "../x key-a\n"}) {
+    std::ofstream(keys) << line;
+    CHECK(code_of([&] { aios::server::read_key_file(keys.string()); }, &field) == ErrorCode::kInvalidArgument);
+    CHECK(field == keys.string() + ":1");
+  }
+  std::filesystem::remove(keys);
+}
+
+TEST_CASE("extensions over the wire: rows and their gradients as in-process", "[server]") {
+  auto& l = Loopback::get();
+  auto& local = *l.local;
+  auto& remote = *l.remote;
+  torch::manual_seed(3);
+  aios::ali::ExtendOptions init;
+  init.init = aios::ali::ExtendOptions::Init::kTensors;
+  init.embedding_rows = torch::randn({2, kD});
+  init.classifier_rows = torch::randn({2, kD});
+  auto ext_local = local.extend({"<sox>", "<eox>"}, init);
+  auto ext_remote = remote.extend({"<sox>", "<eox>"}, init);
+  CHECK(ext_remote->first_id() == kVocab);
+  CHECK(at::equal(ext_remote->embedding_rows(), ext_local->embedding_rows()));
+  // An extension belongs to the backbone that made it.
+  CHECK(code_of([&] { local.embed(torch::tensor({{1}}), ext_remote.get()); }) == ErrorCode::kInvalidArgument);
+
+  constexpr int64_t sox = kVocab, eox = kVocab + 1;
+  const at::Tensor ids = torch::tensor({{int64_t{1}, sox, int64_t{3}, eox}, {eox, int64_t{2}, sox, int64_t{4}}});
+  for (int round = 0; round < 2; ++round) {
+    aios::gradient::ForwardOptions lo, ro;
+    lo.extension = ext_local;
+    ro.extension = ext_remote;
+    lo.ids = ro.ids = ids;
+    aios::gradient::LossOptions ce;
+    ce.loss = aios::gradient::CrossEntropy{
+        torch::tensor({{sox, int64_t{3}, eox, int64_t{0}}, {int64_t{2}, sox, int64_t{4}, eox}}), {}};
+    const auto want = local.forward_backward(local.embed(ids, ext_local.get()), lo, ce);
+    const auto got = remote.forward_backward(remote.embed(ids, ext_remote.get()), ro, ce);
+    CHECK(got.loss.item<double>() == Approx(want.loss.item<double>()).epsilon(1e-6));
+    CHECK(at::allclose(got.grad.latents, want.grad.latents, 1e-6, 1e-6));
+    REQUIRE(got.grad.embedding_rows.defined());
+    CHECK(at::allclose(got.grad.embedding_rows, want.grad.embedding_rows, 1e-6, 1e-6));
+    CHECK(at::allclose(got.grad.classifier_rows, want.grad.classifier_rows, 1e-6, 1e-6));
+    // A training step on both: the remote rows reach the host with the next call.
+    torch::NoGradGuard no_grad;
+    ext_local->embedding_rows().sub_(want.grad.embedding_rows);
+    ext_local->classifier_rows().sub_(want.grad.classifier_rows);
+    ext_remote->embedding_rows().sub_(got.grad.embedding_rows);
+    ext_remote->classifier_rows().sub_(got.grad.classifier_rows);
+  }
+  const at::Tensor hidden = local.forward(local.embed(ids, ext_local.get())).hidden;
+  CHECK(at::allclose(remote.classify(hidden, ext_remote.get()), local.classify(hidden, ext_local.get()), 1e-5, 1e-5));
+}
+
+TEST_CASE("generation streams from the host and stops when the caller leaves", "[server]") {
+  auto& l = Loopback::get();
+  const at::Tensor latents = l.local->embed(torch::tensor({{1, 2, 3}, {4, 5, 6}}));
+  aios::ali::GenerateOptions options;
+  options.max_new_tokens = 6;
+  const auto want = l.local->generate(latents, options);
+  const auto got = l.remote->generate(latents, options);
+  CHECK(at::equal(got.ids, want.ids));
+  CHECK(at::allclose(got.hidden, want.hidden, 1e-5, 1e-5));
+  // A generation dropped after one step is cancelled on the host, which goes on serving.
+  options.max_new_tokens = 60;
+  {
+    auto generation = l.remote->start_generation(latents, options);
+    CHECK(generation->next().has_value());
+  }
+  CHECK(at::equal(l.remote->embed(torch::tensor({{1, 2}})), l.local->embed(torch::tensor({{1, 2}}))));
+  options.max_new_tokens = 0;
+  CHECK(code_of([&] { l.remote->generate(latents, options); }) == ErrorCode::kInvalidArgument);
+}
+
+TEST_CASE("a host with a state folder keeps saved extensions and decoders across restarts", "[server]") {
+  auto& l = Loopback::get();
+  const std::filesystem::path root = std::filesystem::temp_directory_path() / ("aios_test_state_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(root);
+  aios::adapters::save_decoder(aios::adapters::LinearDecoder(kD, 2), (root / "made_here").string());
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.state_dir = (root / "state").string();
+  const at::Tensor rows = torch::randn({1, kD});
+  v1::Empty done;
+  {
+    aios::server::Host host(l.local, options);
+    auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(host.port()), grpc::InsecureChannelCredentials());
+    auto tokenizer = v1::Tokenizer::NewStub(channel);
+    auto generation = v1::Generation::NewStub(channel);
+    v1::CreateExtensionRequest create;
+    create.add_tokens("<s>");
+    v1::ExtensionInfo info;
+    grpc::ClientContext c1, c2, c3, c4, c5;
+    REQUIRE(tokenizer->CreateExtension(&c1, create, &info).ok());
+    v1::WriteRowsRequest write;
+    write.set_id(info.id());
+    for (v1::Tensor* t : {write.mutable_rows()->mutable_embedding_rows(), write.mutable_rows()->mutable_classifier_rows()}) {
+      t->set_dtype(v1::FLOAT32);
+      t->add_shape(1);
+      t->add_shape(kD);
+      t->set_data(rows.data_ptr(), rows.nbytes());
+    }
+    REQUIRE(tokenizer->WriteRows(&c2, write, &done).ok());
+    v1::SaveExtensionRequest save;
+    save.set_id(info.id());
+    save.set_name("../mine");
+    CHECK(tokenizer->SaveExtension(&c3, save, &done).error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    save.set_name("mine");
+    REQUIRE(tokenizer->SaveExtension(&c4, save, &done).ok());
+    v1::RegisterDecoderRequest decoder;
+    decoder.set_name("pair");
+    for (const auto& entry : std::filesystem::directory_iterator(root / "made_here")) {
+      auto* file = decoder.add_files();
+      file->set_name(entry.path().filename().string());
+      std::ifstream in(entry.path(), std::ios::binary);
+      file->set_data(std::string(std::istreambuf_iterator<char>(in), {}));
+    }
+    REQUIRE(generation->RegisterDecoder(&c5, decoder, &done).ok());
+  }
+  aios::server::Host host(l.local, options);
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(host.port()), grpc::InsecureChannelCredentials());
+  auto tokenizer = v1::Tokenizer::NewStub(channel);
+  auto generation = v1::Generation::NewStub(channel);
+  grpc::ClientContext c1, c2, c3, c4, c5, c6;
+  v1::ExtensionList list;
+  REQUIRE(tokenizer->ListExtensions(&c1, v1::ListExtensionsRequest(), &list).ok());
+  CHECK(list.live_size() == 0);
+  REQUIRE(list.saved_size() == 1);
+  CHECK(list.saved(0) == "mine");
+  v1::LoadExtensionRequest load;
+  load.set_name("mine");
+  v1::ExtensionInfo info;
+  REQUIRE(tokenizer->LoadExtension(&c2, load, &info).ok());
+  CHECK(info.tokens(0) == "<s>");
+  const at::Tensor loaded = torch::from_blob(const_cast<char*>(info.rows().embedding_rows().data().data()), {1, kD});
+  CHECK(at::equal(loaded, rows));
+  v1::DecoderList decoders;
+  REQUIRE(generation->ListDecoders(&c3, v1::ListDecodersRequest(), &decoders).ok());
+  REQUIRE(decoders.names_size() == 1);
+  CHECK(decoders.names(0) == "pair");
+  v1::DeleteExtensionRequest remove;
+  remove.set_name("mine");
+  REQUIRE(tokenizer->DeleteExtension(&c4, remove, &done).ok());
+  CHECK(tokenizer->DeleteExtension(&c5, remove, &done).error_code() == grpc::StatusCode::NOT_FOUND);
+  v1::ExtensionList after;
+  REQUIRE(tokenizer->ListExtensions(&c6, v1::ListExtensionsRequest(), &after).ok());
+  CHECK(after.saved_size() == 0);
+  CHECK(after.live_size() == 1);  // the loaded one lives on until deleted by id
+  std::filesystem::remove_all(root);
 }
 
 TEST_CASE("the standard gRPC health service says the host is serving", "[server]") {

@@ -22,7 +22,7 @@ TOKENS = ["<sox>", "<eox>", "<pad-x>"]
 
 def enlarged(reference, embedding_rows, classifier_rows):
     """A copy of `reference` with K more vocabulary rows holding the given ones."""
-    model = copy.deepcopy(reference)
+    model = copy.deepcopy(reference).requires_grad_(True)  # other tests may have frozen the shared reference
     V = model.config.vocab_size
     model.resize_token_embeddings(V + len(embedding_rows))
     with torch.no_grad():

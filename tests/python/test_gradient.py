@@ -69,7 +69,8 @@ def test_vjp_matches_transformers_for_every_cotangent(checkpoint, backbones, mas
         assert rel_err(got, want) <= REL, name
         stateless = backbone.vjp(latents, mask=mask, layers=[2], **kwargs)
         assert rel_err(stateless, want) <= REL, name
-    assert backbone.store_size == 0 and backbone.store_bytes == 0
+    if isinstance(backbone, aios.LocalBackbone):  # a host's store is not visible to its callers
+        assert backbone.store_size == 0 and backbone.store_bytes == 0
 
 
 @pytest.mark.parametrize("mask_kind", ["causal", "padding", "gist"])
@@ -211,7 +212,8 @@ def test_upstream_module_trains_through_the_backbone(backbones):
     for step, factor in ((bridge_step, 0.5), (fused_step, 0.85)):
         losses = train(step)
         assert losses[-1] < factor * losses[0], (step.__name__, losses[0], losses[-1])
-    assert backbone.store_size == 0  # the bridge's kept passes went with their graphs
+    if isinstance(backbone, aios.LocalBackbone):
+        assert backbone.store_size == 0  # the bridge's kept passes went with their graphs
 
 
 def test_activation_store_budget_ttl_and_release(checkpoints):

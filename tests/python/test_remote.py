@@ -85,7 +85,7 @@ def test_the_hosts_errors_arrive_as_the_same_exceptions(pair):
     with pytest.raises(aios.InvalidArgumentError):
         remote.forward(torch.full((1, 2, D), float("nan")))
     with pytest.raises(aios.UnimplementedError):
-        remote.extend(["<x>"])
+        remote.new_session()
     with pytest.raises(aios.UnavailableError):
         aios.connect("127.0.0.1:1", timeout=0.3)
 

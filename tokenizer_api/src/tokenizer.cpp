@@ -668,6 +668,7 @@ struct Tokenizer::Impl {
   bool has_decoder = false;
   std::vector<DecodeStep> decoders;
   std::string chat_template;  // Jinja text, from a GGUF file
+  std::shared_ptr<const std::string> definition;  // the tokenizer.json text (shared by with_special_tokens copies)
 
   PieceCache cache;
 
@@ -941,6 +942,7 @@ Tokenizer Tokenizer::from_gguf(const std::string& path) {
 }
 
 const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
+const std::string& Tokenizer::definition() const { return *impl_->definition; }
 
 namespace {
 
@@ -1087,6 +1089,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
   if (root.is_discarded() || !root.is_object()) fail(ErrorCode::kDataLoss, source, "expected a JSON object");
   auto impl = std::make_unique<Impl>();
   Impl& s = *impl;
+  s.definition = std::make_shared<const std::string>(json_text);
   const json& model = root.value("model", json());
   if (!model.is_object() || model.value("type", "BPE") != "BPE") {
     fail(ErrorCode::kInvalidArgument, "model.type", "expected BPE, got {}", model.is_object() ? model.value("type", json()).dump() : "nothing");

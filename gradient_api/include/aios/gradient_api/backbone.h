@@ -43,6 +43,7 @@ struct Gradients {
 struct KeptForward {
   ForwardOutput output;  // detached copies of what forward() returns
   Handle handle;
+  std::size_t bytes = 0;  // the implementation's estimate of the memory the kept pass holds (0: unknown)
 };
 
 // Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].

@@ -1,8 +1,8 @@
-// aios/server/host.h — a backbone hosted over gRPC: the Latent and Gradient services of
-// server/proto/aios/v1/aios.proto, plus the standard gRPC health service.
+// aios/server/host.h — a backbone hosted over gRPC: the Latent, Gradient, Tokenizer and Generation
+// services of server/proto/aios/v1/aios.proto, plus the standard gRPC health service.
 //
 // Every request is checked before any work (wire.h for its tensors; HostOptions for batch and
-// token limits); errors go back as statuses with the ErrorCode as code and the field in the
+// tenant quotas); errors go back as statuses with the ErrorCode as code and the field in the
 // trailing metadata. Calls run concurrently on gRPC's thread pool (the backbone is thread-safe).
 #pragma once
 
@@ -16,25 +16,55 @@
 
 namespace aios::server {
 
+// What one tenant may use at a time; beyond it a request is RESOURCE_EXHAUSTED before any work.
+struct TenantQuota {
+  // Tokens of one request: B x T of latents or ids, B x (T + max_new_tokens) of a generation, the
+  // ids an Encode returns, the rows of logits a Classify returns.
+  int64_t max_tokens = 1 << 16;
+  // Activations kept under the tenant's handles (ForwardKeep), by the backbone's own estimate.
+  std::size_t max_store_bytes = std::size_t{1} << 30;
+  int64_t max_concurrent = 16;   // calls in flight
+  int64_t max_extensions = 64;   // live vocabulary extensions
+  int64_t max_decoders = 16;     // registered decoders
+};
+
 struct HostOptions {
   // host:port to listen on; loopback unless the caller says otherwise. Port 0 = any free port
   // (Host::port() tells which).
   std::string listen = "127.0.0.1:50051";
   WireLimits limits;
-  int64_t max_batch = 256;      // B of one request
-  int64_t max_tokens = 1 << 16;  // B x T of one request
+  int64_t max_batch = 256;  // B of one request, for every tenant
   // API key -> tenant name. Callers send "authorization: Bearer KEY"; a missing or unknown key is
   // PERMISSION_DENIED (UNAUTHENTICATED on the wire). Empty: no key is needed and every caller is
-  // one tenant (for loopback use). A tenant's handles are invisible to the others (NOT_FOUND).
+  // one tenant, "" (for loopback use). A tenant's handles, extensions and decoders are invisible to
+  // the others (NOT_FOUND).
   std::map<std::string, std::string> api_keys;
-  int64_t max_concurrent_per_tenant = 16;  // calls in flight per tenant; more are RESOURCE_EXHAUSTED
+  TenantQuota quota;                            // every tenant's, unless named in `quotas`
+  std::map<std::string, TenantQuota> quotas;    // tenant -> its own
+  // A kept pass is counted against its tenant's store quota until released, found gone by a Vjp,
+  // or unused for this long (the activation store's time-to-live: it has expired there too).
+  std::chrono::milliseconds handle_ttl = std::chrono::minutes(10);
+  // TLS: PEM files of the host's certificate (chain) and private key. Both empty: plaintext (for
+  // loopback and trusted networks; keys then travel in clear text).
+  std::string tls_certificate;
+  std::string tls_private_key;
+  // Where saved extensions and registered decoders live, one folder per tenant. Empty: decoders go
+  // to a temporary folder removed with the host, and SaveExtension is FAILED_PRECONDITION.
+  std::string state_dir;
 };
 
-// Reads a key file: one "TENANT KEY" pair per line; blank lines and lines starting with # are
-// skipped. Throws Error(kNotFound) for a missing file, Error(kInvalidArgument) naming the line
-// number (never the key) for a malformed line or a key given twice, and for a file without keys
-// (which would leave the host open to everyone).
-std::map<std::string, std::string> read_key_file(const std::string& path);
+// A key file: one "TENANT KEY [max_tokens=N] [max_store_bytes=N] [max_concurrent=N]
+// [max_extensions=N] [max_decoders=N]" per line (a tenant's quota fields on any of its lines);
+// blank lines and lines starting with # are skipped.
+struct KeyFile {
+  std::map<std::string, std::string> api_keys;    // key -> tenant
+  std::map<std::string, TenantQuota> quotas;      // tenants with quota fields: `defaults` overridden by them
+};
+
+// Throws Error(kNotFound) for a missing file, Error(kInvalidArgument) naming the line number (never
+// the key) for a malformed line, an unknown quota field, a key given twice or a tenant name outside
+// [A-Za-z0-9_.-], and for a file without keys (which would leave the host open to everyone).
+KeyFile read_key_file(const std::string& path, const TenantQuota& defaults = {});
 
 class Host {
  public:

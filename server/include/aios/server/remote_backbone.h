@@ -5,8 +5,17 @@
 // Tensors go to the host as they are (float32, bfloat16 or float16 latents; the host converts to
 // its dtype) and come back on the CPU in the host's dtype, so device() is the CPU. The host's
 // errors arrive as the same aios::Error (code, field, message); a host that cannot be reached is
-// Error(kUnavailable). Not offered over the wire yet: vocabulary extensions and generation
-// (Error(kUnimplemented)); tokenizer() is null and chat_template() empty.
+// Error(kUnavailable).
+//
+// tokenizer() and chat_template() are the host's, read once and then used locally. extend() makes
+// the extension on the host (in the caller's tenant) and returns a local copy of its rows: a
+// caller trains them in place as with a local backbone, and the rows go to the host with the next
+// call that names the extension after they changed (tensor version counters tell). Dropping the
+// last reference deletes the host's copy.
+//
+// Generation runs on the host and streams its steps. Routes go to decoders on the host: a decoder
+// folder (adapters::save_decoder) registered with register_decoder(); a decoder object of this
+// process cannot run there (Error(kUnimplemented)), and neither can sessions (new_session()).
 #pragma once
 
 #include <chrono>
@@ -25,6 +34,10 @@ struct ConnectOptions {
   std::string api_key;  // sent as "authorization: Bearer KEY"; empty for a host without keys
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // deadline of each call
   int64_t max_message_bytes = int64_t{1} << 31;               // largest response accepted
+  // TLS: a host started with a certificate. tls_root_certificates: a PEM file of the certificates
+  // to trust (a self-signed host's own); empty = the system's.
+  bool tls = false;
+  std::string tls_root_certificates;
 };
 
 class RemoteBackbone final : public gradient::Backbone {
@@ -57,10 +70,17 @@ class RemoteBackbone final : public gradient::Backbone {
   gradient::FusedResult forward_backward(const at::Tensor& latents, const ForwardOptions& options,
                                          const gradient::LossOptions& loss) override;
 
+  // Sends the decoder folder `path` (decoder.json and its weights, as adapters::save_decoder
+  // writes them) to the host as this tenant's decoder `name`, replacing one of that name. The
+  // result stands for it in GenerateOptions::routes of this backbone's generations; it cannot
+  // step locally. Throws Error: kNotFound (no such folder), the host's check of the files
+  // (kInvalidArgument, kDataLoss), kResourceExhausted (the tenant's decoder quota).
+  std::shared_ptr<ali::Decoder> register_decoder(const std::string& name, const std::string& path);
+
  private:
   struct Impl;
-  explicit RemoteBackbone(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit RemoteBackbone(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;  // shared with the deleters of this backbone's extensions
 };
 
 }  // namespace aios::server

@@ -76,6 +76,10 @@ class Tokenizer {
   // The chat template stored with the tokenizer (GGUF: tokenizer.chat_template), as Jinja text;
   // empty when there is none. Applying it is left to the caller.
   const std::string& chat_template() const;
+  // The tokenizer.json text this tokenizer was built from (for a GGUF file, the one made from its
+  // metadata): from_json(definition()) is the same tokenizer, without the tokens added by
+  // with_special_tokens and without the chat template. A hosted backbone sends it to its clients.
+  const std::string& definition() const;
 
   // A new, independent tokenizer: this one plus `tokens` as special added tokens (matched in text
   // like the others, before normalization; skipped by skip_special_tokens) with ids first_id,

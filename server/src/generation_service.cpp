@@ -1,0 +1,159 @@
+// The Generation service: streamed generation on the host, with spans routed to the decoders the
+// tenant registered.
+#include <fstream>
+#include <random>
+
+#include "aios/adapters/storage.h"
+#include "aios/v1/aios.grpc.pb.h"
+#include "services.h"
+
+namespace aios::server {
+namespace {
+namespace fs = std::filesystem;
+
+class GenerationService final : public v1::Generation::Service {
+ public:
+  explicit GenerationService(Requests& requests) : r_(requests) {}
+
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        grpc::ServerWriter<v1::GenerateStep>* writer) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      const at::Tensor latents = r_.latents(caller, request->latents(), "latents");
+      if (request->max_new_tokens() < 1) {
+        fail(ErrorCode::kInvalidArgument, "max_new_tokens", "expected >= 1, got {}", request->max_new_tokens());
+      }
+      // The KV cache holds every prompt and generated position of every row.
+      const int64_t B = latents.size(0), T = latents.size(1);
+      const int64_t steps = std::min(request->max_new_tokens(), r_.backbone().config().max_positions);
+      r_.check_tokens(caller, B, B * (T + steps), "max_new_tokens");
+
+      ali::GenerateOptions options;
+      if (request->has_positions()) options.positions = r_.tensor(request->positions(), "positions");
+      if (request->has_mask()) options.mask = r_.tensor(request->mask(), "mask");
+      options.max_new_tokens = request->max_new_tokens();
+      const v1::Sampling& s = request->sampling();
+      options.sampling.temperature = s.temperature();
+      options.sampling.top_k = s.top_k();
+      if (s.has_top_p()) options.sampling.top_p = s.top_p();
+      if (s.has_seed()) options.sampling.seed = s.seed();
+      options.stop_ids.assign(request->stop_ids().begin(), request->stop_ids().end());
+      if (request->has_extension()) options.extension = r_.extension(caller, request->extension(), "extension");
+      for (int i = 0; i < request->routes_size(); ++i) {
+        const v1::Route& route = request->routes(i);
+        options.routes.push_back({route.start_id(), route.end_id(),
+                                  decoder(caller, route.decoder(), fmt::format("routes[{}].decoder", i))});
+      }
+
+      const std::unique_ptr<ali::Generation> generation = r_.backbone().start_generation(latents, options);
+      while (const std::optional<ali::GenerationStep> step = generation->next()) {
+        // A caller that left stops the generation here: the cache and decoders are freed on return.
+        if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "generate", "the call was cancelled");
+        v1::GenerateStep out;
+        out.set_index(step->index);
+        to_wire(step->ids, out.mutable_ids());
+        to_wire(step->finished, out.mutable_finished());
+        to_wire(step->routes, out.mutable_routes());
+        if (request->return_hidden()) to_wire(step->hidden, out.mutable_hidden());
+        for (const at::Tensor& output : step->outputs) {
+          v1::Tensor* slot = out.add_outputs();  // left empty where no decoder ran
+          if (output.defined()) to_wire(output, slot);
+        }
+        if (!writer->Write(out)) fail(ErrorCode::kUnavailable, "generate", "the caller is gone");
+      }
+    });
+  }
+
+  grpc::Status RegisterDecoder(grpc::ServerContext* context, const v1::RegisterDecoderRequest* request,
+                               v1::Empty*) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      check_name(request->name(), "name");
+      if (request->files_size() == 0 || request->files_size() > 8) {
+        fail(ErrorCode::kInvalidArgument, "files", "expected 1 to 8 files (decoder.json and its weights), got {}",
+             request->files_size());
+      }
+      {
+        std::lock_guard lock(caller.state().mutex);
+        if (!caller.state().decoders.contains(request->name()) &&
+            static_cast<int64_t>(caller.state().decoders.size()) >= caller.quota().max_decoders) {
+          fail(ErrorCode::kResourceExhausted, "name", "the tenant has {} decoders, its quota (delete some first)",
+               caller.quota().max_decoders);
+        }
+      }
+      // The files go to a folder of their own, are loaded once as a check (parsed as data by the
+      // adapter registry: only kinds it knows), and only then replace a decoder of that name.
+      const fs::path root = r_.state_folder(caller.state(), "decoders");
+      std::random_device random;
+      const fs::path staging = root / fmt::format(".staging-{:08x}{:08x}", random(), random());
+      fs::create_directories(staging);
+      try {
+        for (int i = 0; i < request->files_size(); ++i) {
+          const auto& file = request->files(i);
+          check_name(file.name(), fmt::format("files[{}].name", i));
+          if (static_cast<int64_t>(file.data().size()) > r_.options().limits.max_bytes) {
+            fail(ErrorCode::kResourceExhausted, fmt::format("files[{}].data", i), "larger than the host's limit of {} bytes",
+                 r_.options().limits.max_bytes);
+          }
+          std::ofstream(staging / file.name(), std::ios::binary).write(file.data().data(), static_cast<std::streamsize>(file.data().size()));
+        }
+        adapters::load_decoder(staging.string());
+        std::lock_guard lock(caller.state().mutex);
+        const fs::path folder = root / request->name();
+        std::error_code ignored;
+        fs::remove_all(folder, ignored);
+        fs::rename(staging, folder);
+        caller.state().decoders[request->name()] = folder;
+      } catch (...) {
+        std::error_code ignored;
+        fs::remove_all(staging, ignored);
+        throw;
+      }
+    });
+  }
+
+  grpc::Status ListDecoders(grpc::ServerContext* context, const v1::ListDecodersRequest*,
+                            v1::DecoderList* out) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      std::lock_guard lock(caller.state().mutex);
+      for (const auto& [name, folder] : caller.state().decoders) out->add_names(name);
+    });
+  }
+
+  grpc::Status DeleteDecoder(grpc::ServerContext* context, const v1::DecoderName* request, v1::Empty*) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      std::lock_guard lock(caller.state().mutex);
+      auto it = caller.state().decoders.find(request->name());
+      if (it == caller.state().decoders.end()) {
+        fail(ErrorCode::kNotFound, "name", "no decoder \"{}\" registered by this tenant", request->name());
+      }
+      std::error_code ignored;
+      fs::remove_all(it->second, ignored);
+      caller.state().decoders.erase(it);
+    });
+  }
+
+ private:
+  // A fresh instance of the tenant's decoder `name`: decoders keep per-row state, so concurrent
+  // generations never share one.
+  std::shared_ptr<ali::Decoder> decoder(Caller& caller, const std::string& name, const std::string& field) {
+    fs::path folder;
+    {
+      std::lock_guard lock(caller.state().mutex);
+      auto it = caller.state().decoders.find(name);
+      if (it == caller.state().decoders.end()) {
+        fail(ErrorCode::kNotFound, field, "no decoder \"{}\" registered by this tenant", name);
+      }
+      folder = it->second;
+    }
+    return adapters::load_decoder(folder.string()).decoder;
+  }
+
+  Requests& r_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> make_generation_service(Requests& requests) {
+  return std::make_unique<GenerationService>(requests);
+}
+
+}  // namespace aios::server

@@ -1,0 +1,257 @@
+#include "requests.h"
+
+#include <ATen/core/grad_mode.h>
+#include <fmt/ranges.h>
+#include <fstream>
+#include <new>
+#include <random>
+#include <sstream>
+
+namespace aios::server {
+namespace fs = std::filesystem;
+
+Caller::Caller(TenantState& tenant) : tenant_(tenant) {
+  if (tenant_.in_flight.fetch_add(1) >= tenant_.quota.max_concurrent) {
+    tenant_.in_flight.fetch_sub(1);
+    fail(ErrorCode::kResourceExhausted, "tenant", "more than {} calls in flight", tenant_.quota.max_concurrent);
+  }
+}
+
+Caller::~Caller() { tenant_.in_flight.fetch_sub(1); }
+
+void check_name(const std::string& name, const std::string& field) {
+  const bool plain = !name.empty() && name.size() <= 64 && name != "." && name != ".." &&
+                     name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") ==
+                         std::string::npos;
+  if (!plain) fail(ErrorCode::kInvalidArgument, field, "expected 1 to 64 characters of [A-Za-z0-9_.-], not . or ..");
+}
+
+namespace {
+
+TenantQuota quota_of(const HostOptions& options, const std::string& tenant) {
+  auto it = options.quotas.find(tenant);
+  return it == options.quotas.end() ? options.quota : it->second;
+}
+
+}  // namespace
+
+Requests::Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
+    : backbone_(std::move(backbone)), options_(options) {
+  auto add = [&](const std::string& name) -> TenantState* {
+    auto& state = tenants_[name];
+    if (!state) {
+      state = std::make_unique<TenantState>();
+      state->name = name;
+      state->quota = quota_of(options_, name);
+    }
+    return state.get();
+  };
+  if (options_.api_keys.empty()) add("");  // the one tenant of a host without keys
+  for (const auto& [key, tenant] : options_.api_keys) {
+    check_name(tenant, "tenant");
+    by_key_[key] = add(tenant);
+  }
+  // Decoders registered before a restart are still there.
+  for (auto& [name, tenant] : tenants_) {
+    if (options_.state_dir.empty()) break;
+    std::error_code error;
+    for (const auto& entry : fs::directory_iterator(state_folder(*tenant, "decoders"), error)) {
+      const std::string decoder = entry.path().filename().string();
+      if (entry.is_directory() && !decoder.starts_with(".")) tenant->decoders[decoder] = entry.path();
+    }
+  }
+  if (options_.state_dir.empty()) {
+    std::random_device random;
+    scratch_ = fs::temp_directory_path() / fmt::format("aios-host-{:016x}", (uint64_t{random()} << 32) | random());
+  }
+}
+
+Requests::~Requests() {
+  std::error_code ignored;
+  if (!scratch_.empty()) fs::remove_all(scratch_, ignored);
+}
+
+fs::path Requests::state_folder(const TenantState& tenant, const char* kind) const {
+  // The tenant "" of a host without keys gets a folder of its own name too.
+  const fs::path root = options_.state_dir.empty() ? scratch_ : fs::path(options_.state_dir);
+  const fs::path folder = root / "tenants" / (tenant.name.empty() ? std::string("_") : tenant.name) / kind;
+  std::error_code error;
+  fs::create_directories(folder, error);
+  if (error) fail(ErrorCode::kUnavailable, "state_dir", "cannot create the host's state folder: {}", error.message());
+  return folder;
+}
+
+TenantState& Requests::authenticate(const grpc::ServerContext& context) {
+  if (options_.api_keys.empty()) return *tenants_.at("");
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  constexpr std::string_view kBearer = "Bearer ";
+  if (it != metadata.end()) {
+    const std::string_view value(it->second.data(), it->second.size());
+    if (value.starts_with(kBearer)) {
+      auto key = by_key_.find(std::string(value.substr(kBearer.size())));
+      if (key != by_key_.end()) return *key->second;
+    }
+  }
+  // The message never repeats what was sent: keys stay out of logs and replies.
+  fail(ErrorCode::kPermissionDenied, "api_key", "expected a valid API key in \"authorization: Bearer KEY\"");
+}
+
+at::Tensor Requests::latents(const Caller& caller, const v1::Tensor& t, const std::string& field) {
+  at::Tensor x = tensor(t, field);
+  if (x.dim() != 3 || !at::isFloatingType(x.scalar_type())) {
+    fail(ErrorCode::kInvalidArgument, field, "expected a floating tensor [B,T,D], got {} of rank {}",
+         c10::toString(x.scalar_type()), x.dim());
+  }
+  check_tokens(caller, x.size(0), x.size(0) * x.size(1), field);
+  return x.to(backbone_->device(), backbone_->dtype());
+}
+
+at::Tensor Requests::floating(const v1::Tensor& t, const std::string& field) {
+  at::Tensor x = tensor(t, field);
+  if (!at::isFloatingType(x.scalar_type())) {
+    fail(ErrorCode::kInvalidArgument, field, "expected a floating tensor, got {}", c10::toString(x.scalar_type()));
+  }
+  return x.to(backbone_->device(), backbone_->dtype());
+}
+
+void Requests::check_tokens(const Caller& caller, int64_t B, int64_t tokens, const std::string& field) const {
+  if (B > options_.max_batch) {
+    fail(ErrorCode::kResourceExhausted, field, "batch {} exceeds the host's limit of {}", B, options_.max_batch);
+  }
+  if (tokens > caller.quota().max_tokens) {
+    fail(ErrorCode::kResourceExhausted, field, "{} tokens exceed the tenant's quota of {} per request", tokens,
+         caller.quota().max_tokens);
+  }
+}
+
+gradient::ForwardOptions Requests::forward_options(const Caller& caller, const v1::ForwardOptions& o, const std::string& field) {
+  gradient::ForwardOptions out;
+  if (o.has_positions()) out.positions = tensor(o.positions(), field + ".positions");
+  if (o.has_mask()) out.mask = tensor(o.mask(), field + ".mask");
+  // Each requested layer is one more [B,T,D] in the reply: at most one per layer index.
+  if (o.layers_size() > backbone_->config().num_layers + 1) {
+    fail(ErrorCode::kInvalidArgument, field + ".layers", "expected at most {} layers, got {}",
+         backbone_->config().num_layers + 1, o.layers_size());
+  }
+  out.layers.assign(o.layers().begin(), o.layers().end());
+  out.allow_non_finite = o.allow_non_finite();
+  out.recompute = o.recompute();
+  if (o.has_extension()) out.extension = extension(caller, o.extension(), field + ".extension");
+  if (o.has_ids()) out.ids = tensor(o.ids(), field + ".ids");
+  return out;
+}
+
+gradient::Cotangents Requests::cotangents(const v1::Cotangents& c) {
+  gradient::Cotangents out;
+  if (c.has_hidden()) out.hidden = floating(c.hidden(), "cotangents.hidden");
+  for (int i = 0; i < c.layers_size(); ++i) {
+    const v1::Tensor& layer = c.layers(i);
+    // A layer cotangent sent as an empty message stands for zero.
+    out.layers.push_back(layer.dtype() == v1::DTYPE_UNSPECIFIED && layer.shape_size() == 0
+                             ? at::Tensor()
+                             : floating(layer, fmt::format("cotangents.layers[{}]", i)));
+  }
+  if (c.has_logits()) out.logits = floating(c.logits(), "cotangents.logits");
+  return out;
+}
+
+std::shared_ptr<ali::Extension> Requests::extension(const Caller& caller, const std::string& id,
+                                                    const v1::ExtensionRows* rows, const std::string& field) {
+  std::shared_ptr<ali::Extension> found;
+  {
+    std::lock_guard lock(caller.state().mutex);
+    auto it = caller.state().extensions.find(id);
+    if (it != caller.state().extensions.end()) found = it->second;
+  }
+  if (!found) fail(ErrorCode::kNotFound, field, "no extension \"{}\" (unknown or deleted)", id);
+  if (rows != nullptr) write_rows(*found, *rows, field + ".rows");
+  return found;
+}
+
+void Requests::write_rows(ali::Extension& extension, const v1::ExtensionRows& rows, const std::string& field) {
+  const int64_t K = extension.size(), D = backbone_->config().hidden_size;
+  // Both are checked before either is written: a bad request changes nothing.
+  const at::Tensor embedding = floating(rows.embedding_rows(), field + ".embedding_rows");
+  const at::Tensor classifier = floating(rows.classifier_rows(), field + ".classifier_rows");
+  for (const auto& [t, name] : {std::pair{&embedding, "embedding_rows"}, std::pair{&classifier, "classifier_rows"}}) {
+    if (t->sizes() != at::IntArrayRef{K, D}) {
+      fail(ErrorCode::kInvalidArgument, fmt::format("{}.{}", field, name), "expected [{},{}], got [{}]", K, D,
+           fmt::join(t->sizes(), ","));
+    }
+    if (!at::isfinite(*t).all().item<bool>()) {
+      fail(ErrorCode::kInvalidArgument, fmt::format("{}.{}", field, name), "expected finite values");
+    }
+  }
+  at::NoGradGuard no_grad;
+  extension.embedding_rows().copy_(embedding);
+  extension.classifier_rows().copy_(classifier);
+}
+
+void write_rows(const ali::Extension& extension, v1::ExtensionRows* out) {
+  to_wire(extension.embedding_rows(), out->mutable_embedding_rows());
+  to_wire(extension.classifier_rows(), out->mutable_classifier_rows());
+}
+
+grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std::function<void(Caller&)>& body) {
+  try {
+    Caller caller(requests.authenticate(*context));
+    body(caller);
+    return grpc::Status::OK;
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::kPermissionDenied && e.field() == "api_key") {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, e.message());
+    }
+    return to_status(e, context);
+  } catch (const c10::OutOfMemoryError&) {
+    return to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of device memory"), context);
+  } catch (const std::bad_alloc&) {
+    return to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of memory"), context);
+  } catch (const std::exception& e) {
+    // The details (paths, library internals) stay in the host's log, not in the reply.
+    fmt::print(stderr, "aios serve: internal error: {}\n", e.what());
+    return to_status(Error(ErrorCode::kInternal, "", "internal error in the host (see its log)"), context);
+  }
+}
+
+KeyFile read_key_file(const std::string& path, const TenantQuota& defaults) {
+  std::ifstream in(path);
+  if (!in) fail(ErrorCode::kNotFound, path, "cannot open the key file");
+  KeyFile file;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    const std::string where = fmt::format("{}:{}", path, number);
+    std::istringstream fields(line);
+    std::string tenant, key, extra;
+    if (!(fields >> tenant) || tenant.starts_with("#")) continue;
+    if (!(fields >> key)) fail(ErrorCode::kInvalidArgument, where, "expected \"TENANT KEY [quota=N ...]\"");
+    check_name(tenant, where);
+    if (!file.api_keys.emplace(key, tenant).second) {
+      fail(ErrorCode::kInvalidArgument, where, "this key was given to another tenant already");
+    }
+    while (fields >> extra) {
+      const auto equals = extra.find('=');
+      const std::string name = extra.substr(0, equals);
+      int64_t value = -1;
+      try {
+        std::size_t used = 0;
+        if (equals != std::string::npos) value = std::stoll(extra.substr(equals + 1), &used);
+        if (used != extra.size() - equals - 1) value = -1;
+      } catch (const std::exception&) {
+        value = -1;
+      }
+      if (value < 0) fail(ErrorCode::kInvalidArgument, where, "expected quota=N with N >= 0, got \"{}\"", name);
+      TenantQuota& q = file.quotas.try_emplace(tenant, defaults).first->second;
+      if (name == "max_tokens") q.max_tokens = value;
+      else if (name == "max_store_bytes") q.max_store_bytes = static_cast<std::size_t>(value);
+      else if (name == "max_concurrent") q.max_concurrent = value;
+      else if (name == "max_extensions") q.max_extensions = value;
+      else if (name == "max_decoders") q.max_decoders = value;
+      else fail(ErrorCode::kInvalidArgument, where, "unknown quota \"{}\" (max_tokens, max_store_bytes, max_concurrent, max_extensions, max_decoders)", name);
+    }
+  }
+  if (file.api_keys.empty()) fail(ErrorCode::kInvalidArgument, path, "expected at least one \"TENANT KEY\" line, got none");
+  return file;
+}
+
+}  // namespace aios::server

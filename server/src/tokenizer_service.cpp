@@ -1,0 +1,194 @@
+// The Tokenizer service: the model's tokenizer and the tenant's vocabulary extensions.
+#include <atomic>
+
+#include "aios/tokenizer_api/tokenizer.h"
+#include "aios/v1/aios.grpc.pb.h"
+#include "services.h"
+
+namespace aios::server {
+namespace {
+namespace fs = std::filesystem;
+
+class TokenizerService final : public v1::Tokenizer::Service {
+ public:
+  explicit TokenizerService(Requests& requests) : r_(requests) {}
+
+  grpc::Status Definition(grpc::ServerContext* context, const v1::DefinitionRequest*,
+                          v1::TokenizerDefinition* out) override {
+    return guarded(r_, context, [&](Caller&) {
+      out->set_json(base_tokenizer().definition());
+      out->set_chat_template(r_.backbone().chat_template().value_or(""));
+    });
+  }
+
+  grpc::Status Encode(grpc::ServerContext* context, const v1::EncodeRequest* request, v1::EncodeResponse* out) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      const auto t = tokenizer_for(caller, request->extension());
+      r_.check_tokens(caller, request->texts_size(), 0, "texts");
+      int64_t tokens = 0;
+      for (const std::string& text : request->texts()) {
+        const std::vector<int32_t> ids = t->encode(text, request->add_special_tokens());
+        tokens += static_cast<int64_t>(ids.size());
+        r_.check_tokens(caller, request->texts_size(), tokens, "texts");
+        out->add_ids()->mutable_ids()->Add(ids.begin(), ids.end());
+      }
+    });
+  }
+
+  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request, v1::DecodeResponse* out) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      const auto t = tokenizer_for(caller, request->extension());
+      int64_t tokens = 0;
+      for (const v1::Ids& ids : request->ids()) tokens += ids.ids_size();
+      r_.check_tokens(caller, request->ids_size(), tokens, "ids");
+      for (const v1::Ids& ids : request->ids()) {
+        out->add_texts(t->decode(std::vector<int32_t>(ids.ids().begin(), ids.ids().end()), request->skip_special_tokens()));
+      }
+    });
+  }
+
+  grpc::Status CreateExtension(grpc::ServerContext* context, const v1::CreateExtensionRequest* request,
+                               v1::ExtensionInfo* out) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      ali::ExtendOptions options;
+      switch (request->init()) {
+        case v1::CreateExtensionRequest::MEAN: options.init = ali::ExtendOptions::Init::kMean; break;
+        case v1::CreateExtensionRequest::TOKEN:
+          options.init = ali::ExtendOptions::Init::kToken;
+          options.token = request->token();
+          break;
+        case v1::CreateExtensionRequest::TENSORS:
+          options.init = ali::ExtendOptions::Init::kTensors;
+          options.embedding_rows = r_.floating(request->rows().embedding_rows(), "rows.embedding_rows");
+          options.classifier_rows = r_.floating(request->rows().classifier_rows(), "rows.classifier_rows");
+          break;
+        default: fail(ErrorCode::kInvalidArgument, "init", "unknown value {}", static_cast<int>(request->init()));
+      }
+      r_.check_tokens(caller, 1, request->tokens_size(), "tokens");
+      reserve_extension(caller);
+      add(caller, r_.backbone().extend({request->tokens().begin(), request->tokens().end()}, options), out);
+    });
+  }
+
+  grpc::Status ListExtensions(grpc::ServerContext* context, const v1::ListExtensionsRequest*,
+                              v1::ExtensionList* out) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      {
+        std::lock_guard lock(caller.state().mutex);
+        for (const auto& [id, extension] : caller.state().extensions) describe(id, *extension, out->add_live());
+      }
+      if (!r_.has_state_dir()) return;
+      std::error_code error;
+      for (const auto& entry : fs::directory_iterator(r_.state_folder(caller.state(), "extensions"), error)) {
+        if (entry.is_directory() && fs::exists(entry.path() / "extension.json")) {
+          out->add_saved(entry.path().filename().string());
+        }
+      }
+    });
+  }
+
+  grpc::Status ReadRows(grpc::ServerContext* context, const v1::ExtensionId* request, v1::ExtensionRows* out) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      write_rows(*r_.extension(caller, request->id(), nullptr, "id"), out);
+    });
+  }
+
+  grpc::Status WriteRows(grpc::ServerContext* context, const v1::WriteRowsRequest* request, v1::Empty*) override {
+    return guarded(r_, context, [&](Caller& caller) { r_.extension(caller, request->id(), &request->rows(), "id"); });
+  }
+
+  grpc::Status SaveExtension(grpc::ServerContext* context, const v1::SaveExtensionRequest* request,
+                             v1::Empty*) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      check_name(request->name(), "name");
+      const auto extension = r_.extension(caller, request->id(), nullptr, "id");
+      if (!r_.has_state_dir()) {
+        fail(ErrorCode::kFailedPrecondition, "name", "this host keeps no state (start it with a state folder to save)");
+      }
+      extension->save((r_.state_folder(caller.state(), "extensions") / request->name()).string());
+    });
+  }
+
+  grpc::Status LoadExtension(grpc::ServerContext* context, const v1::LoadExtensionRequest* request,
+                             v1::ExtensionInfo* out) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      check_name(request->name(), "name");
+      if (!r_.has_state_dir()) fail(ErrorCode::kNotFound, "name", "this host keeps no saved extensions");
+      reserve_extension(caller);
+      const fs::path folder = r_.state_folder(caller.state(), "extensions") / request->name();
+      if (!fs::exists(folder / "extension.json")) {
+        fail(ErrorCode::kNotFound, "name", "no saved extension \"{}\"", request->name());
+      }
+      add(caller, ali::Extension::load(r_.backbone(), folder.string()), out);
+    });
+  }
+
+  grpc::Status DeleteExtension(grpc::ServerContext* context, const v1::DeleteExtensionRequest* request,
+                               v1::Empty*) override {
+    return guarded(r_, context, [&](Caller& caller) {
+      if (!request->id().empty()) {
+        std::lock_guard lock(caller.state().mutex);
+        if (caller.state().extensions.erase(request->id()) == 0) {
+          fail(ErrorCode::kNotFound, "id", "no extension \"{}\" (unknown or deleted)", request->id());
+        }
+        return;
+      }
+      check_name(request->name(), "name");
+      const fs::path folder =
+          r_.has_state_dir() ? r_.state_folder(caller.state(), "extensions") / request->name() : fs::path();
+      std::error_code error;
+      if (folder.empty() || !fs::exists(folder / "extension.json") || fs::remove_all(folder, error) == 0 || error) {
+        fail(ErrorCode::kNotFound, "name", "no saved extension \"{}\"", request->name());
+      }
+    });
+  }
+
+ private:
+  const tokenizer::Tokenizer& base_tokenizer() {
+    const auto t = r_.backbone().tokenizer();
+    if (!t) fail(ErrorCode::kNotFound, "tokenizer", "the hosted model has no tokenizer");
+    return *t;
+  }
+
+  // The base tokenizer, or an extension's (its tokens as special tokens).
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_for(Caller& caller, const std::string& extension) {
+    base_tokenizer();
+    if (extension.empty()) return r_.backbone().tokenizer();
+    return r_.extension(caller, extension, nullptr, "extension")->tokenizer();
+  }
+
+  void reserve_extension(Caller& caller) {
+    std::lock_guard lock(caller.state().mutex);
+    if (static_cast<int64_t>(caller.state().extensions.size()) >= caller.quota().max_extensions) {
+      fail(ErrorCode::kResourceExhausted, "extensions", "the tenant holds {} extensions, its quota (delete some first)",
+           caller.quota().max_extensions);
+    }
+  }
+
+  void add(Caller& caller, std::shared_ptr<ali::Extension> extension, v1::ExtensionInfo* out) {
+    const std::string id = fmt::format("x{}", next_id_.fetch_add(1));
+    {
+      std::lock_guard lock(caller.state().mutex);
+      caller.state().extensions[id] = extension;
+    }
+    describe(id, *extension, out);
+    write_rows(*extension, out->mutable_rows());
+  }
+
+  static void describe(const std::string& id, const ali::Extension& extension, v1::ExtensionInfo* out) {
+    out->set_id(id);
+    for (const std::string& token : extension.tokens()) out->add_tokens(token);
+    out->set_first_id(extension.first_id());
+  }
+
+  Requests& r_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> make_tokenizer_service(Requests& requests) {
+  return std::make_unique<TokenizerService>(requests);
+}
+
+}  // namespace aios::server
