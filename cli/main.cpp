@@ -3,7 +3,7 @@
 //   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
-//   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--device ...] [--dtype ...]
+//   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--replica N] [--device ...] [--dtype ...]
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
@@ -26,14 +26,16 @@ constexpr const char* kUsage =
     "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
-    "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--device ...] [--dtype ...]\n"
+    "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--replica N] [--device ...] [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
     "             formatted with the model's chat template); greedy unless --temperature > 0\n"
     "  serve      host the model's Latent and Gradient APIs over gRPC (default 127.0.0.1:50051,\n"
     "             loopback only; port 0 picks a free one) until interrupted; --keys: a file of\n"
-    "             \"TENANT KEY\" lines, each caller then needs a key and sees only its tenant's handles\n";
+    "             \"TENANT KEY\" lines, each caller then needs a key and sees only its tenant's handles;\n"
+    "             --replica N: this host's number among replicas behind a load balancer (0..65535,\n"
+    "             default 0; its handles name it so that calls about them are routed back to it)\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -161,6 +163,12 @@ int main(int argc, char** argv) {
         options.dtype = aios::backbone::parse_dtype(args[++i], "--dtype");
       } else if (command == "serve" && a == "--listen" && has_value) {
         host_options.listen = args[++i];
+      } else if (command == "serve" && a == "--replica" && has_value) {
+        const double replica = number(i++);
+        if (!(replica >= 0 && replica <= 0xffff) || replica != static_cast<double>(static_cast<int64_t>(replica))) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number in [0, 65535], got \"{}\"", args[i]);
+        }
+        host_options.replica = static_cast<int64_t>(replica);
       } else if (command == "serve" && a == "--keys" && has_value) {
         host_options.api_keys = aios::server::read_key_file(args[++i]);
       } else if (command == "generate" && a == "--chat") {

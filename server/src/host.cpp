@@ -4,11 +4,13 @@
 #include <new>
 #include <fstream>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <unordered_map>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include "aios/fail.h"
 #include "aios/v1/aios.grpc.pb.h"
@@ -95,6 +97,72 @@ class HandleOwners {
   std::unordered_map<gradient::Handle, std::string> owners_;
 };
 
+// Handles as the wire carries them: the top 16 bits name the replica that keeps the pass (so a
+// load balancer can route Vjp and Release back to it), the low 48 bits are the backbone's handle
+// shifted by a random offset drawn at start, so a replica restarted under the same number does not
+// take the handles of its previous life for its own. The backbone's handles are a store tag in
+// their top 16 bits (the same for all of them) and a sequence number below.
+class WireHandles {
+ public:
+  explicit WireHandles(int64_t replica) : replica_(static_cast<uint64_t>(replica)), offset_(std::random_device{}()) {
+    offset_ = ((offset_ << 32) ^ std::random_device{}()) & kLow;
+  }
+
+  uint64_t encode(gradient::Handle local) {
+    uint64_t tag = kNoTag;
+    if (!tag_.compare_exchange_strong(tag, local >> kShift) && tag != local >> kShift) {
+      fail(ErrorCode::kInternal, "handle", "the backbone's handles carry tags {} and {}", tag, local >> kShift);
+    }
+    return (replica_ << kShift) | ((local + offset_) & kLow);
+  }
+
+  // The backbone's handle under `wire`; Error(kNotFound) for a handle of another replica.
+  gradient::Handle decode(uint64_t wire) const {
+    if (wire >> kShift != replica_) {
+      fail(ErrorCode::kNotFound, "handle", "handle {} was kept by replica {}, not by this one ({})", wire, wire >> kShift,
+           replica_);
+    }
+    const uint64_t tag = tag_.load();
+    if (tag == kNoTag) fail(ErrorCode::kNotFound, "handle", "handle {} is unknown, released, expired or evicted", wire);
+    return (tag << kShift) | ((wire - offset_) & kLow);
+  }
+
+ private:
+  static constexpr int kShift = 48;
+  static constexpr uint64_t kLow = (uint64_t{1} << kShift) - 1;
+  static constexpr uint64_t kNoTag = ~uint64_t{0};
+  uint64_t replica_;
+  uint64_t offset_;
+  std::atomic<uint64_t> tag_{kNoTag};
+};
+
+// Adds "aios-replica: N" to the initial metadata of every reply (errors included), so operators
+// and tests can see which replica answered a call that went through a load balancer.
+class ReplicaTag final : public grpc::experimental::Interceptor {
+ public:
+  explicit ReplicaTag(const std::string& replica) : replica_(replica) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->emplace("aios-replica", replica_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string replica_;
+};
+
+class ReplicaTags final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit ReplicaTags(int64_t replica) : replica_(std::to_string(replica)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo*) override {
+    return new ReplicaTag(replica_);
+  }
+
+ private:
+  std::string replica_;
+};
+
 // Runs `body(tenant)` for an authenticated caller within its tenant's limits, turning aios errors
 // (and anything else) into the call's status.
 template <typename F>
@@ -124,7 +192,7 @@ grpc::Status guarded(Tenants& tenants, grpc::ServerContext* context, F&& body) {
 class Requests {
  public:
   Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-      : backbone_(std::move(backbone)), options_(options), tenants(options) {}
+      : backbone_(std::move(backbone)), options_(options), tenants(options), handles(options.replica) {}
 
   gradient::Backbone& backbone() { return *backbone_; }
   const HostOptions& options() const { return options_; }
@@ -197,6 +265,7 @@ class Requests {
  public:
   Tenants tenants;
   HandleOwners owners;
+  WireHandles handles;
 };
 
 void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out) {
@@ -279,22 +348,23 @@ class GradientService final : public v1::Gradient::Service {
         // A caller that left (disconnected or out of time) never learns the handle: free the pass now.
         if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
         write_output(kept.output, out);
+        out->set_handle(r_.handles.encode(kept.handle));
       } catch (...) {
         r_.backbone().release(kept.handle);
         throw;
       }
       r_.owners.add(kept.handle, tenant);
-      out->set_handle(kept.handle);
     });
   }
 
   grpc::Status Vjp(grpc::ServerContext* context, const v1::VjpRequest* request, v1::Gradients* out) override {
     return guarded(r_.tenants, context, [&](const std::string& tenant) {
-      r_.owners.check(request->handle(), tenant);
+      const gradient::Handle handle = r_.handles.decode(request->handle());
+      r_.owners.check(handle, tenant);
       try {
-        write_gradients(r_.backbone().vjp(request->handle(), r_.cotangents(request->cotangents())), out);
+        write_gradients(r_.backbone().vjp(handle, r_.cotangents(request->cotangents())), out);
       } catch (const Error& e) {
-        if (e.code() == ErrorCode::kNotFound) r_.owners.remove(request->handle());  // evicted or expired
+        if (e.code() == ErrorCode::kNotFound) r_.owners.remove(handle);  // evicted or expired
         throw;
       }
     });
@@ -302,9 +372,10 @@ class GradientService final : public v1::Gradient::Service {
 
   grpc::Status Release(grpc::ServerContext* context, const v1::ReleaseRequest* request, v1::Empty*) override {
     return guarded(r_.tenants, context, [&](const std::string& tenant) {
-      r_.owners.check(request->handle(), tenant);
-      r_.owners.remove(request->handle());
-      r_.backbone().release(request->handle());
+      const gradient::Handle handle = r_.handles.decode(request->handle());
+      r_.owners.check(handle, tenant);
+      r_.owners.remove(handle);
+      r_.backbone().release(handle);
     });
   }
 
@@ -394,10 +465,16 @@ struct Host::Impl {
   int port = 0;
 };
 
-Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-    : impl_(std::make_unique<Impl>(std::move(backbone), options)) {
+Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options) {
+  if (options.replica < 0 || options.replica > 0xffff) {
+    fail(ErrorCode::kInvalidArgument, "replica", "expected a number in [0, 65535], got {}", options.replica);
+  }
+  impl_ = std::make_unique<Impl>(std::move(backbone), options);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<ReplicaTags>(options.replica));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl_->port);
   // The tensor limit bounds a request; the message limit leaves room for several tensors in one.
   const int64_t message_limit = std::min<int64_t>(std::numeric_limits<int>::max(), 4 * options.limits.max_bytes);

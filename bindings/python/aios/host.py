@@ -18,10 +18,12 @@ from .errors import UnavailableError
 class HostProcess:
     """A running `aios serve`; `address` is its HOST:PORT."""
 
-    def __init__(self, model, listen="127.0.0.1:0", keys=None):
+    def __init__(self, model, listen="127.0.0.1:0", keys=None, replica=None):
         command = [str(Path(sys.executable).parent / "aios"), "serve", os.fspath(model), "--listen", listen]
         if keys is not None:
             command += ["--keys", os.fspath(keys)]
+        if replica is not None:
+            command += ["--replica", str(int(replica))]
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self._process.stdout.readline()
         match = re.fullmatch(r"serving .* on (\S+:\d+)\n", line)
@@ -50,7 +52,8 @@ class HostProcess:
         self.stop()
 
 
-def serve(model, listen="127.0.0.1:0", keys=None) -> HostProcess:
-    """Starts `aios serve model` (listen: HOST:PORT, port 0 = a free one; keys: a key file) and
-    returns once it listens. UnavailableError when it does not start."""
-    return HostProcess(model, listen, keys)
+def serve(model, listen="127.0.0.1:0", keys=None, replica=None) -> HostProcess:
+    """Starts `aios serve model` (listen: HOST:PORT, port 0 = a free one; keys: a key file;
+    replica: its number among replicas behind a load balancer, see docs/hosting.md) and returns
+    once it listens. UnavailableError when it does not start."""
+    return HostProcess(model, listen, keys, replica)

@@ -28,6 +28,11 @@ struct HostOptions {
   // one tenant (for loopback use). A tenant's handles are invisible to the others (NOT_FOUND).
   std::map<std::string, std::string> api_keys;
   int64_t max_concurrent_per_tenant = 16;  // calls in flight per tenant; more are RESOURCE_EXHAUSTED
+  // Which of several replicas behind one load balancer this host is, in [0, 65535]. The top 16
+  // bits of every handle it gives out name it, so that handle-bearing calls can be routed back to
+  // it (RemoteBackbone sends them with "aios-replica: N"); a handle naming another replica is
+  // NOT_FOUND here. Every reply carries "aios-replica: N" in its initial metadata.
+  int64_t replica = 0;
 };
 
 // Reads a key file: one "TENANT KEY" pair per line; blank lines and lines starting with # are
