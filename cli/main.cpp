@@ -3,7 +3,8 @@
 //   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
-//   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM] [--device ...] [--dtype ...]
+//   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
+//                    [--replica N] [--device ...] [--dtype ...]
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
@@ -27,7 +28,7 @@ constexpr const char* kUsage =
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
     "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
-    "                        [--device ...] [--dtype ...]\n"
+    "                        [--replica N] [--device ...] [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
@@ -37,7 +38,9 @@ constexpr const char* kUsage =
     "             interrupted; --keys: a file of \"TENANT KEY [max_tokens=N ...]\" lines, each caller\n"
     "             then needs a key and sees only its tenant's handles, extensions and decoders;\n"
     "             --state: a folder for saved extensions and registered decoders; --tls-cert and\n"
-    "             --tls-key: serve over TLS with this certificate and private key\n";
+    "             --tls-key: serve over TLS with this certificate and private key; --replica N: this\n"
+    "             host's number among replicas behind a load balancer (0..65535, default 0; its\n"
+    "             handles name it so that calls about them are routed back to it)\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -165,6 +168,12 @@ int main(int argc, char** argv) {
         options.dtype = aios::backbone::parse_dtype(args[++i], "--dtype");
       } else if (command == "serve" && a == "--listen" && has_value) {
         host_options.listen = args[++i];
+      } else if (command == "serve" && a == "--replica" && has_value) {
+        const double replica = number(i++);
+        if (!(replica >= 0 && replica <= 0xffff) || replica != static_cast<double>(static_cast<int64_t>(replica))) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number in [0, 65535], got \"{}\"", args[i]);
+        }
+        host_options.replica = static_cast<int64_t>(replica);
       } else if (command == "serve" && a == "--keys" && has_value) {
         aios::server::KeyFile keys = aios::server::read_key_file(args[++i], host_options.quota);
         host_options.api_keys = std::move(keys.api_keys);

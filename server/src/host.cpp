@@ -1,9 +1,11 @@
 #include "aios/server/host.h"
 
 #include <mutex>
+#include <random>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include "aios/fail.h"
 #include "aios/io/safetensors.h"  // io::read_file
@@ -17,6 +19,73 @@ namespace {
 using gradient::Cotangents;
 using gradient::ForwardOptions;
 using Clock = std::chrono::steady_clock;
+
+// Handles as the wire carries them: the top 16 bits name the replica that keeps the pass (so a
+// load balancer can route Vjp and Release back to it), the low 48 bits are the backbone's handle
+// shifted by a random offset drawn at start, so a replica restarted under the same number does not
+// take the handles of its previous life for its own. The backbone's handles are a store tag in
+// their top 16 bits (the same for all of them) and a sequence number below.
+class WireHandles {
+ public:
+  explicit WireHandles(int64_t replica) : replica_(static_cast<uint64_t>(replica)), offset_(std::random_device{}()) {
+    offset_ = ((offset_ << 32) ^ std::random_device{}()) & kLow;
+  }
+
+  uint64_t encode(gradient::Handle local) {
+    uint64_t tag = kNoTag;
+    if (!tag_.compare_exchange_strong(tag, local >> kShift) && tag != local >> kShift) {
+      fail(ErrorCode::kInternal, "handle", "the backbone's handles carry tags {} and {}", tag, local >> kShift);
+    }
+    return (replica_ << kShift) | ((local + offset_) & kLow);
+  }
+
+  // The backbone's handle under `wire`; Error(kNotFound) for a handle of another replica.
+  gradient::Handle decode(uint64_t wire) const {
+    if (wire >> kShift != replica_) {
+      fail(ErrorCode::kNotFound, "handle", "handle {} was kept by replica {}, not by this one ({})", wire, wire >> kShift,
+           replica_);
+    }
+    const uint64_t tag = tag_.load();
+    if (tag == kNoTag) fail(ErrorCode::kNotFound, "handle", "handle {} is unknown, released, expired or evicted", wire);
+    return (tag << kShift) | ((wire - offset_) & kLow);
+  }
+
+ private:
+  static constexpr int kShift = 48;
+  static constexpr uint64_t kLow = (uint64_t{1} << kShift) - 1;
+  static constexpr uint64_t kNoTag = ~uint64_t{0};
+  uint64_t replica_;
+  uint64_t offset_;
+  std::atomic<uint64_t> tag_{kNoTag};
+};
+
+// Adds "aios-replica: N" to the initial metadata of every reply (errors included), so operators
+// and tests can see which replica answered a call that went through a load balancer.
+class ReplicaTag final : public grpc::experimental::Interceptor {
+ public:
+  explicit ReplicaTag(const std::string& replica) : replica_(replica) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->emplace("aios-replica", replica_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string replica_;
+};
+
+class ReplicaTags final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit ReplicaTags(int64_t replica) : replica_(std::to_string(replica)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo*) override {
+    return new ReplicaTag(replica_);
+  }
+
+ private:
+  std::string replica_;
+};
+
 
 void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out) {
   to_wire(output.hidden, out->mutable_hidden());
@@ -147,7 +216,7 @@ class KeptPasses {
 
 class GradientService final : public v1::Gradient::Service {
  public:
-  explicit GradientService(Requests& requests) : r_(requests) {}
+  explicit GradientService(Requests& requests) : r_(requests), handles_(requests.options().replica) {}
 
   grpc::Status ForwardKeep(grpc::ServerContext* context, const v1::ForwardRequest* request,
                            v1::ForwardResponse* out) override {
@@ -161,23 +230,24 @@ class GradientService final : public v1::Gradient::Service {
         // A caller that left (disconnected or out of time) never learns the handle: free the pass now.
         if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
         write_output(kept.output, out);
+        out->set_handle(handles_.encode(kept.handle));
       } catch (...) {
         r_.backbone().release(kept.handle);
         throw;
       }
       passes.add(kept.handle, kept.bytes);
-      out->set_handle(kept.handle);
     });
   }
 
   grpc::Status Vjp(grpc::ServerContext* context, const v1::VjpRequest* request, v1::Gradients* out) override {
     return guarded(r_, context, [&](Caller& caller) {
       KeptPasses passes(caller, r_.options().handle_ttl);
-      passes.use(request->handle());
+      const gradient::Handle handle = handles_.decode(request->handle());
+      passes.use(handle);
       try {
-        write_gradients(r_.backbone().vjp(request->handle(), r_.cotangents(request->cotangents())), out);
+        write_gradients(r_.backbone().vjp(handle, r_.cotangents(request->cotangents())), out);
       } catch (const Error& e) {
-        if (e.code() == ErrorCode::kNotFound) passes.remove(request->handle());  // evicted or expired
+        if (e.code() == ErrorCode::kNotFound) passes.remove(handle);  // evicted or expired
         throw;
       }
     });
@@ -186,9 +256,10 @@ class GradientService final : public v1::Gradient::Service {
   grpc::Status Release(grpc::ServerContext* context, const v1::ReleaseRequest* request, v1::Empty*) override {
     return guarded(r_, context, [&](Caller& caller) {
       KeptPasses passes(caller, r_.options().handle_ttl);
-      passes.use(request->handle());
-      passes.remove(request->handle());
-      r_.backbone().release(request->handle());
+      const gradient::Handle handle = handles_.decode(request->handle());
+      passes.use(handle);
+      passes.remove(handle);
+      r_.backbone().release(handle);
     });
   }
 
@@ -241,6 +312,7 @@ class GradientService final : public v1::Gradient::Service {
 
  private:
   Requests& r_;
+  WireHandles handles_;
 };
 
 }  // namespace
@@ -261,8 +333,11 @@ struct Host::Impl {
   int port = 0;
 };
 
-Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-    : impl_(std::make_unique<Impl>(std::move(backbone), options)) {
+Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options) {
+  if (options.replica < 0 || options.replica > 0xffff) {
+    fail(ErrorCode::kInvalidArgument, "replica", "expected a number in [0, 65535], got {}", options.replica);
+  }
+  impl_ = std::make_unique<Impl>(std::move(backbone), options);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -271,6 +346,9 @@ Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& opti
     tls.pem_key_cert_pairs.push_back({io::read_file(options.tls_private_key), io::read_file(options.tls_certificate)});
     credentials = grpc::SslServerCredentials(tls);
   }
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<ReplicaTags>(options.replica));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.AddListeningPort(options.listen, credentials, &impl_->port);
   // The tensor limit bounds a request; the message limit leaves room for several tensors in one.
   const int64_t message_limit = std::min<int64_t>(std::numeric_limits<int>::max(), 4 * options.limits.max_bytes);

@@ -48,6 +48,12 @@ void write_cotangents(const gradient::Cotangents& c, v1::Cotangents* out) {
   if (c.logits.defined()) to_wire(c.logits, out->mutable_logits());
 }
 
+// A call about a kept pass names, in its metadata, the replica that keeps it (the top 16 bits of
+// the handle): a load balancer in front of several hosts routes on it (docs/hosting.md).
+void route_to_keeper(grpc::ClientContext* context, gradient::Handle handle) {
+  context->AddMetadata("aios-replica", std::to_string(handle >> 48));
+}
+
 gradient::Gradients read_gradients(const v1::Gradients& g) {
   gradient::Gradients out;
   out.latents = from_wire(g.latents(), "latents");
@@ -456,7 +462,10 @@ gradient::Gradients RemoteBackbone::vjp(gradient::Handle handle, const gradient:
   request.set_handle(handle);
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->Vjp(c, request, &out); });
+  impl_->call([&](grpc::ClientContext* c) {
+    route_to_keeper(c, handle);
+    return impl_->gradient->Vjp(c, request, &out);
+  });
   return read_gradients(out);
 }
 
@@ -464,7 +473,10 @@ void RemoteBackbone::release(gradient::Handle handle) {
   v1::ReleaseRequest request;
   request.set_handle(handle);
   v1::Empty out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->Release(c, request, &out); });
+  impl_->call([&](grpc::ClientContext* c) {
+    route_to_keeper(c, handle);
+    return impl_->gradient->Release(c, request, &out);
+  });
 }
 
 gradient::Gradients RemoteBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options,

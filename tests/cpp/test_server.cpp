@@ -539,8 +539,80 @@ TEST_CASE("a caller that leaves during forward_keep leaves no kept pass behind",
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::microseconds(200));
       v1::ForwardResponse response;
-      if (stub->ForwardKeep(&context, request, &response).ok()) l.local->release(response.handle());  // in time: ours
+      if (stub->ForwardKeep(&context, request, &response).ok()) {  // in time: ours to release
+        grpc::ClientContext release;
+        v1::ReleaseRequest handle;
+        handle.set_handle(response.handle());
+        v1::Empty empty;
+        CHECK(stub->Release(&release, handle, &empty).ok());
+      }
     }
   }
   CHECK(l.local->store().size() == before);
+}
+
+TEST_CASE("replicas: handles name the replica that keeps them, replies name who answered", "[server]") {
+  auto& l = Loopback::get();
+  auto host = [&](int64_t replica) {
+    aios::server::HostOptions options;
+    options.listen = "127.0.0.1:0";
+    options.replica = replica;
+    return std::make_unique<aios::server::Host>(l.local, options);
+  };
+  auto connect = [](const aios::server::Host& h) {
+    return aios::server::RemoteBackbone::connect("127.0.0.1:" + std::to_string(h.port()));
+  };
+  auto zero = host(0), one = host(1);
+  auto r0 = connect(*zero), r1 = connect(*one);
+  const at::Tensor latents = torch::randn({1, 3, kD});
+  aios::gradient::Cotangents cot;
+  cot.hidden = torch::randn({1, 3, kD});
+  const auto kept0 = r0->forward_keep(latents);
+  const auto kept1 = r1->forward_keep(latents);
+  CHECK(kept0.handle >> 48 == 0);
+  CHECK(kept1.handle >> 48 == 1);
+
+  // A handle sent to another replica is unknown there, and still good where it is kept.
+  std::string field;
+  CHECK(code_of([&] { r0->vjp(kept1.handle, cot); }, &field) == ErrorCode::kNotFound);
+  CHECK(field == "handle");
+  CHECK(code_of([&] { r1->release(kept0.handle); }) == ErrorCode::kNotFound);
+  const at::Tensor want = l.local->vjp(latents, {}, cot).latents;
+  CHECK(at::allclose(r1->vjp(kept1.handle, cot).latents, want, 1e-6, 1e-6));
+  CHECK(at::allclose(r0->vjp(kept0.handle, cot).latents, want, 1e-6, 1e-6));
+
+  // A replica restarted under the same number does not take the handles of its previous life.
+  {
+    auto again = host(0);
+    CHECK(code_of([&] { connect(*again)->vjp(kept0.handle, cot); }) == ErrorCode::kNotFound);
+  }
+  r0->release(kept0.handle);
+  r1->release(kept1.handle);
+
+  // Every reply, an error too, carries "aios-replica: N" in its initial metadata.
+  auto replica_of_reply = [](const aios::server::Host& h, bool fail) {
+    auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(h.port()), grpc::InsecureChannelCredentials());
+    grpc::ClientContext context;
+    grpc::Status status;
+    if (fail) {
+      v1::VjpRequest request;
+      request.set_handle(uint64_t{7} << 48);
+      v1::Gradients response;
+      status = v1::Gradient::NewStub(channel)->Vjp(&context, request, &response);
+      CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
+    } else {
+      v1::ModelInfo info;
+      status = v1::Latent::NewStub(channel)->Info(&context, v1::InfoRequest(), &info);
+      CHECK(status.ok());
+    }
+    const auto& metadata = context.GetServerInitialMetadata();
+    const auto it = metadata.find("aios-replica");
+    return it == metadata.end() ? std::string("none") : std::string(it->second.data(), it->second.size());
+  };
+  CHECK(replica_of_reply(*zero, false) == "0");
+  CHECK(replica_of_reply(*one, false) == "1");
+  CHECK(replica_of_reply(*one, true) == "1");
+
+  CHECK(code_of([&] { host(65536); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == "replica");
 }

@@ -18,7 +18,7 @@ from .errors import UnavailableError
 class HostProcess:
     """A running `aios serve`; `address` is its HOST:PORT."""
 
-    def __init__(self, model, listen="127.0.0.1:0", keys=None, state=None, tls=None):
+    def __init__(self, model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None):
         command = [str(Path(sys.executable).parent / "aios"), "serve", os.fspath(model), "--listen", listen]
         if keys is not None:
             command += ["--keys", os.fspath(keys)]
@@ -27,6 +27,8 @@ class HostProcess:
         if tls is not None:
             certificate, private_key = tls
             command += ["--tls-cert", os.fspath(certificate), "--tls-key", os.fspath(private_key)]
+        if replica is not None:
+            command += ["--replica", str(int(replica))]
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self._process.stdout.readline()
         match = re.fullmatch(r"serving .* on (\S+:\d+)\n", line)
@@ -55,8 +57,9 @@ class HostProcess:
         self.stop()
 
 
-def serve(model, listen="127.0.0.1:0", keys=None, state=None, tls=None) -> HostProcess:
+def serve(model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None) -> HostProcess:
     """Starts `aios serve model` (listen: HOST:PORT, port 0 = a free one; keys: a key file; state: a
-    folder for saved extensions and registered decoders; tls: (certificate, private key) PEM files)
-    and returns once it listens. UnavailableError when it does not start."""
-    return HostProcess(model, listen, keys, state, tls)
+    folder for saved extensions and registered decoders; tls: (certificate, private key) PEM files;
+    replica: its number among replicas behind a load balancer, see docs/hosting.md) and returns
+    once it listens. UnavailableError when it does not start."""
+    return HostProcess(model, listen, keys, state, tls, replica)

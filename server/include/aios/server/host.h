@@ -51,6 +51,11 @@ struct HostOptions {
   // Where saved extensions and registered decoders live, one folder per tenant. Empty: decoders go
   // to a temporary folder removed with the host, and SaveExtension is FAILED_PRECONDITION.
   std::string state_dir;
+  // Which of several replicas behind one load balancer this host is, in [0, 65535]. The top 16
+  // bits of every handle it gives out name it, so that handle-bearing calls can be routed back to
+  // it (RemoteBackbone sends them with "aios-replica: N"); a handle naming another replica is
+  // NOT_FOUND here. Every reply carries "aios-replica: N" in its initial metadata.
+  int64_t replica = 0;
 };
 
 // A key file: one "TENANT KEY [max_tokens=N] [max_store_bytes=N] [max_concurrent=N]
