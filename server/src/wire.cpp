@@ -1,6 +1,11 @@
 #include "aios/server/wire.h"
 
+#include <algorithm>
 #include <limits>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -88,6 +93,18 @@ Error to_error(const grpc::Status& status, const grpc::ClientContext& context) {
     case grpc::StatusCode::CANCELLED: return Error(ErrorCode::kUnavailable, field, status.error_message());
     default: return Error(ErrorCode::kInternal, field, status.error_message());
   }
+}
+
+std::shared_ptr<grpc::Channel> open_channel(const std::string& address, int64_t max_message_bytes) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_message_bytes, std::numeric_limits<int>::max())));
+  args.SetMaxSendMessageSize(-1);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+void prepare_call(grpc::ClientContext& context, std::chrono::milliseconds timeout, const std::string& api_key) {
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
 }
 
 }  // namespace aios::server

@@ -7,11 +7,14 @@
 // the same aios::Error again.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/status.h>
@@ -52,5 +55,13 @@ grpc::Status to_status(const Error& e, grpc::ServerContext* context);
 // Client side: the aios::Error a failed call carries (transport failures: kUnavailable; a missed
 // deadline: kUnavailable naming "deadline").
 Error to_error(const grpc::Status& status, const grpc::ClientContext& context);
+
+// Client side, shared by every client of the contract (RemoteBackbone, aios::client::Client):
+// a channel to host:port (plain text until TLS is there) that accepts replies of up to
+// `max_message_bytes` (at most 2^31 - 1; negative: any size) and sends any size ...
+std::shared_ptr<grpc::Channel> open_channel(const std::string& address, int64_t max_message_bytes);
+// ... and the set-up of each call on it: the deadline `timeout` from now and, for a non-empty key,
+// the metadata "authorization: Bearer KEY".
+void prepare_call(grpc::ClientContext& context, std::chrono::milliseconds timeout, const std::string& api_key);
 
 }  // namespace aios::server
