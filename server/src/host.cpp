@@ -323,12 +323,14 @@ struct Host::Impl {
         latent(requests),
         gradient(requests),
         tokenizer(make_tokenizer_service(requests)),
-        generation(make_generation_service(requests)) {}
+        generation(make_generation_service(requests)),
+        chunked(make_chunked_service(requests, {latent, gradient, *tokenizer, *generation})) {}
   Requests requests;
   LatentService latent;
   GradientService gradient;
   std::unique_ptr<grpc::Service> tokenizer;
   std::unique_ptr<grpc::Service> generation;
+  std::unique_ptr<grpc::Service> chunked;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
 };
@@ -350,14 +352,17 @@ Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& opti
   interceptors.push_back(std::make_unique<ReplicaTags>(options.replica));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.AddListeningPort(options.listen, credentials, &impl_->port);
-  // The tensor limit bounds a request; the message limit leaves room for several tensors in one.
-  const int64_t message_limit = std::min<int64_t>(std::numeric_limits<int>::max(), 4 * options.limits.max_bytes);
+  if (options.max_message_bytes < 1024) {
+    fail(ErrorCode::kInvalidArgument, "max_message_bytes", "expected at least 1024, got {}", options.max_message_bytes);
+  }
+  const int64_t message_limit = std::min<int64_t>(std::numeric_limits<int>::max(), options.max_message_bytes);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_limit));
   builder.SetMaxSendMessageSize(static_cast<int>(message_limit));
   builder.RegisterService(&impl_->latent);
   builder.RegisterService(&impl_->gradient);
   builder.RegisterService(impl_->tokenizer.get());
   builder.RegisterService(impl_->generation.get());
+  builder.RegisterService(impl_->chunked.get());
   impl_->server = builder.BuildAndStart();
   if (!impl_->server || impl_->port == 0) {
     fail(ErrorCode::kUnavailable, "listen", "cannot listen on {}", options.listen);

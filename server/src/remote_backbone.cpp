@@ -8,7 +8,6 @@
 #include <grpcpp/grpcpp.h>
 
 #include "aios/fail.h"
-#include "aios/io/safetensors.h"  // io::read_file
 #include "aios/tokenizer_api/tokenizer.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "tensors.h"
@@ -86,6 +85,7 @@ struct RemoteBackbone::Impl {
   std::unique_ptr<v1::Gradient::Stub> gradient;
   std::unique_ptr<v1::Tokenizer::Stub> tokenizer;
   std::unique_ptr<v1::Generation::Stub> generation;
+  std::unique_ptr<v1::Chunked::Stub> chunked;
   ConnectOptions options;
   ModelConfig config;
   c10::ScalarType dtype = at::kFloat;
@@ -112,8 +112,7 @@ struct RemoteBackbone::Impl {
   using SentRows = std::vector<Sent>;
 
   void set_up(grpc::ClientContext& context, std::chrono::milliseconds timeout) const {
-    context.set_deadline(std::chrono::system_clock::now() + timeout);
-    if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
+    prepare_call(context, timeout, options.api_key);
   }
 
   // One call with the configured deadline; a failed status becomes the aios::Error it carries.
@@ -134,6 +133,22 @@ struct RemoteBackbone::Impl {
       it->second.embedding_version = s.embedding_version;
       it->second.classifier_version = s.classifier_version;
     }
+  }
+
+  // The unary call `method` of `stub`, in one message or, for a request larger than
+  // options.chunk_bytes, through Chunked.Call. `keeper`: the handle whose replica must answer.
+  template <typename Stub, typename Request, typename Reply>
+  void call(const char* method, Stub& stub, grpc::Status (Stub::*unary)(grpc::ClientContext*, const Request&, Reply*),
+            const Request& request, Reply* reply, const SentRows& sent = {},
+            std::optional<gradient::Handle> keeper = std::nullopt) {
+    call(
+        [&](grpc::ClientContext* c) {
+          if (keeper) route_to_keeper(c, *keeper);
+          const auto chunk = static_cast<std::size_t>(options.chunk_bytes);
+          if (request.ByteSizeLong() > chunk) return call_chunked(*chunked, *c, method, request, reply, chunk);
+          return (stub.*unary)(c, request, reply);
+        },
+        sent);
   }
 
   // Names `extension` (checked to be this backbone's) in a request, with its rows when they changed
@@ -258,20 +273,13 @@ RemoteBackbone::~RemoteBackbone() = default;
 
 std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(const std::string& address, const ConnectOptions& options) {
   auto impl = std::make_shared<Impl>();
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(options.max_message_bytes, std::numeric_limits<int>::max())));
-  args.SetMaxSendMessageSize(-1);
-  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  if (options.tls) {
-    grpc::SslCredentialsOptions tls;
-    if (!options.tls_root_certificates.empty()) tls.pem_root_certs = io::read_file(options.tls_root_certificates);
-    credentials = grpc::SslCredentials(tls);
-  }
-  impl->channel = grpc::CreateCustomChannel(address, credentials, args);
+  if (options.chunk_bytes < 1) fail(ErrorCode::kInvalidArgument, "chunk_bytes", "expected >= 1, got {}", options.chunk_bytes);
+  impl->channel = open_channel(address, options.max_message_bytes, options.tls, options.tls_root_certificates);
   impl->latent = v1::Latent::NewStub(impl->channel);
   impl->gradient = v1::Gradient::NewStub(impl->channel);
   impl->tokenizer = v1::Tokenizer::NewStub(impl->channel);
   impl->generation = v1::Generation::NewStub(impl->channel);
+  impl->chunked = v1::Chunked::NewStub(impl->channel);
   impl->options = options;
 
   v1::ModelInfo info;
@@ -304,7 +312,7 @@ at::Tensor RemoteBackbone::embed(const at::Tensor& ids, const ali::Extension* ex
   Impl::SentRows sent;
   if (extension != nullptr) impl_->ref(*this, *extension, "extension", request.mutable_extension(), sent);
   v1::Tensor out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Embed(c, request, &out); }, sent);
+  impl_->call("/aios.v1.Latent/Embed", *impl_->latent, &v1::Latent::Stub::Embed, request, &out, sent);
   return from_wire(out, "latents");
 }
 
@@ -314,7 +322,7 @@ ForwardOutput RemoteBackbone::forward(const at::Tensor& latents, const ForwardOp
   Impl::SentRows sent;
   impl_->write_options(*this, options, request.mutable_options(), sent);
   v1::ForwardResponse out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Forward(c, request, &out); }, sent);
+  impl_->call("/aios.v1.Latent/Forward", *impl_->latent, &v1::Latent::Stub::Forward, request, &out, sent);
   return read_output(out);
 }
 
@@ -324,7 +332,7 @@ at::Tensor RemoteBackbone::classify(const at::Tensor& hidden, const ali::Extensi
   Impl::SentRows sent;
   if (extension != nullptr) impl_->ref(*this, *extension, "extension", request.mutable_extension(), sent);
   v1::Tensor out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Classify(c, request, &out); }, sent);
+  impl_->call("/aios.v1.Latent/Classify", *impl_->latent, &v1::Latent::Stub::Classify, request, &out, sent);
   return from_wire(out, "logits");
 }
 
@@ -349,7 +357,7 @@ std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::st
       break;
   }
   v1::ExtensionInfo info;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->tokenizer->CreateExtension(c, request, &info); });
+  impl_->call("/aios.v1.Tokenizer/CreateExtension", *impl_->tokenizer, &v1::Tokenizer::Stub::CreateExtension, request, &info);
 
   ali::Extension::Parts parts;
   parts.tokens.assign(info.tokens().begin(), info.tokens().end());
@@ -443,7 +451,7 @@ std::shared_ptr<ali::Decoder> RemoteBackbone::register_decoder(const std::string
     f->set_data(std::move(data));
   }
   v1::Empty out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->generation->RegisterDecoder(c, request, &out); });
+  impl_->call("/aios.v1.Generation/RegisterDecoder", *impl_->generation, &v1::Generation::Stub::RegisterDecoder, request, &out);
   return std::make_shared<HostedDecoder>(name, impl_.get());
 }
 
@@ -453,7 +461,7 @@ gradient::KeptForward RemoteBackbone::forward_keep(const at::Tensor& latents, co
   Impl::SentRows sent;
   impl_->write_options(*this, options, request.mutable_options(), sent);
   v1::ForwardResponse out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardKeep(c, request, &out); }, sent);
+  impl_->call("/aios.v1.Gradient/ForwardKeep", *impl_->gradient, &v1::Gradient::Stub::ForwardKeep, request, &out, sent);
   return gradient::KeptForward{read_output(out), out.handle()};
 }
 
@@ -462,10 +470,7 @@ gradient::Gradients RemoteBackbone::vjp(gradient::Handle handle, const gradient:
   request.set_handle(handle);
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->call([&](grpc::ClientContext* c) {
-    route_to_keeper(c, handle);
-    return impl_->gradient->Vjp(c, request, &out);
-  });
+  impl_->call("/aios.v1.Gradient/Vjp", *impl_->gradient, &v1::Gradient::Stub::Vjp, request, &out, {}, handle);
   return read_gradients(out);
 }
 
@@ -473,10 +478,7 @@ void RemoteBackbone::release(gradient::Handle handle) {
   v1::ReleaseRequest request;
   request.set_handle(handle);
   v1::Empty out;
-  impl_->call([&](grpc::ClientContext* c) {
-    route_to_keeper(c, handle);
-    return impl_->gradient->Release(c, request, &out);
-  });
+  impl_->call("/aios.v1.Gradient/Release", *impl_->gradient, &v1::Gradient::Stub::Release, request, &out, {}, handle);
 }
 
 gradient::Gradients RemoteBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options,
@@ -487,7 +489,7 @@ gradient::Gradients RemoteBackbone::vjp(const at::Tensor& latents, const Forward
   impl_->write_options(*this, options, request.mutable_options(), sent);
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->VjpStateless(c, request, &out); }, sent);
+  impl_->call("/aios.v1.Gradient/VjpStateless", *impl_->gradient, &v1::Gradient::Stub::VjpStateless, request, &out, sent);
   return read_gradients(out);
 }
 
@@ -516,7 +518,7 @@ gradient::FusedResult RemoteBackbone::forward_backward(const at::Tensor& latents
     out->set_temperature(d.temperature);
   }
   v1::FusedResult out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardBackward(c, request, &out); }, sent);
+  impl_->call("/aios.v1.Gradient/ForwardBackward", *impl_->gradient, &v1::Gradient::Stub::ForwardBackward, request, &out, sent);
   gradient::FusedResult result;
   result.loss = from_wire(out.loss(), "loss").squeeze();
   result.losses = from_wire(out.losses(), "losses");

@@ -1,11 +1,17 @@
 #include "aios/server/wire.h"
 
+#include <algorithm>
 #include <limits>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "aios/fail.h"
+#include "aios/io/safetensors.h"  // io::read_file
 
 namespace aios::server {
 
@@ -88,6 +94,49 @@ Error to_error(const grpc::Status& status, const grpc::ClientContext& context) {
     case grpc::StatusCode::CANCELLED: return Error(ErrorCode::kUnavailable, field, status.error_message());
     default: return Error(ErrorCode::kInternal, field, status.error_message());
   }
+}
+
+std::shared_ptr<grpc::Channel> open_channel(const std::string& address, int64_t max_message_bytes, bool tls,
+                                            const std::string& tls_root_certificates) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_message_bytes, std::numeric_limits<int>::max())));
+  args.SetMaxSendMessageSize(-1);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (tls) {
+    grpc::SslCredentialsOptions options;
+    if (!tls_root_certificates.empty()) options.pem_root_certs = io::read_file(tls_root_certificates);
+    credentials = grpc::SslCredentials(options);
+  }
+  return grpc::CreateCustomChannel(address, credentials, args);
+}
+
+void prepare_call(grpc::ClientContext& context, std::chrono::milliseconds timeout, const std::string& api_key) {
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
+}
+
+grpc::Status call_chunked(v1::Chunked::Stub& stub, grpc::ClientContext& context, const std::string& method,
+                          const google::protobuf::Message& request, google::protobuf::Message* reply,
+                          std::size_t chunk_bytes) {
+  const std::string bytes = request.SerializeAsString();
+  const auto stream = stub.Call(&context);
+  std::size_t offset = 0;
+  do {
+    v1::Chunk chunk;
+    if (offset == 0) chunk.set_method(method);
+    chunk.set_data(bytes.data() + offset, std::min(chunk_bytes, bytes.size() - offset));
+    if (!stream->Write(chunk)) break;  // the host ended the call: Finish says why
+    offset += chunk_bytes;
+  } while (offset < bytes.size());
+  stream->WritesDone();
+  std::string gathered;
+  v1::Chunk chunk;
+  while (stream->Read(&chunk)) gathered += chunk.data();
+  const grpc::Status status = stream->Finish();
+  if (status.ok() && !reply->ParseFromString(gathered)) {
+    return grpc::Status(grpc::StatusCode::DATA_LOSS, "the host's chunks do not form a valid reply");
+  }
+  return status;
 }
 
 }  // namespace aios::server

@@ -5,12 +5,15 @@ from pathlib import Path
 
 import torch.utils
 
+import aios
+
 HERE = Path(__file__).resolve().parent
 VENV = Path(sys.executable).parent.parent
 
 
-def build_against_the_package(source: Path, build: Path) -> None:
-    prefix = f"{VENV};{torch.utils.cmake_prefix_path}"
+def build_against_the_package(source: Path, build: Path, with_torch: bool = True) -> None:
+    """Configures and builds `source`; with_torch=False leaves LibTorch out of CMAKE_PREFIX_PATH."""
+    prefix = f"{VENV};{torch.utils.cmake_prefix_path}" if with_torch else str(VENV)
     cmake = str(VENV / "bin" / "cmake")
     subprocess.run([cmake, "-S", str(source), "-B", str(build), "-G", "Ninja",
                     f"-DCMAKE_MAKE_PROGRAM={VENV / 'bin' / 'ninja'}", f"-DCMAKE_PREFIX_PATH={prefix}",
@@ -33,3 +36,31 @@ def test_the_cpp_training_example_builds_against_the_package_and_its_loss_falls(
     losses = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("step ")]
     assert len(losses) == 20
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses
+
+
+COLOURS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange"]
+
+
+def test_the_thin_client_example_builds_without_torch_and_its_loss_falls(tmp_path, default_model):
+    """examples/client_training: find_package(aios COMPONENTS client) with no LibTorch anywhere in the
+    build, an encoder trained in Eigen against the default model hosted by aios serve."""
+    build_against_the_package(HERE.parents[1] / "examples" / "client_training", tmp_path, with_torch=False)
+    ninja = str(VENV / "bin" / "ninja")
+    headers = subprocess.run([ninja, "-C", str(tmp_path), "-t", "deps"], capture_output=True, text=True, check=True)
+    assert "unsupported/Eigen/CXX11/Tensor" in headers.stdout and "aios/client/client.h" in headers.stdout
+    for text in (headers.stdout, (tmp_path / "build.ninja").read_text(), (tmp_path / "CMakeCache.txt").read_text()):
+        assert "torch" not in text.lower() and "c10" not in text
+
+    tokenizer = aios.Tokenizer.load(default_model / "tokenizer.json")
+    words = [tokenizer.encode(" " + colour, add_special_tokens=False)[0] for colour in COLOURS]
+    prompt = tokenizer.encode(" Colour:", add_special_tokens=False)
+    with aios.serve(default_model) as host:
+        result = subprocess.run([str(tmp_path / "client_training"), host.address, "--steps", "20",
+                                 "--words", ",".join(map(str, words)), "--prompt", ",".join(map(str, prompt))],
+                                capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    losses = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(losses) == 20
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses
+    before, after = next(line for line in result.stdout.splitlines() if line.startswith("held-out loss")).split()[-3::2]
+    assert float(after) < float(before)

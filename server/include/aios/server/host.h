@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,6 +34,9 @@ struct HostOptions {
   // (Host::port() tells which).
   std::string listen = "127.0.0.1:50051";
   WireLimits limits;
+  // One gRPC message, received or sent. A larger request comes through Chunked.Call (clients of
+  // aios split it), whose reply is sent in chunks below this size.
+  int64_t max_message_bytes = std::numeric_limits<int32_t>::max();
   int64_t max_batch = 256;  // B of one request, for every tenant
   // API key -> tenant name. Callers send "authorization: Bearer KEY"; a missing or unknown key is
   // PERMISSION_DENIED (UNAUTHENTICATED on the wire). Empty: no key is needed and every caller is

@@ -38,6 +38,9 @@ struct ConnectOptions {
   // to trust (a self-signed host's own); empty = the system's.
   bool tls = false;
   std::string tls_root_certificates;
+  // A request larger than this goes to the host in chunks of this size (Chunked.Call), and its
+  // reply comes back in chunks: no single message exceeds what the host or a proxy accepts.
+  int64_t chunk_bytes = int64_t{32} << 20;
 };
 
 class RemoteBackbone final : public gradient::Backbone {

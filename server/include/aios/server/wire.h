@@ -7,16 +7,20 @@
 // the same aios::Error again.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/status.h>
 
 #include "aios/error.h"
+#include "aios/v1/aios.grpc.pb.h"
 #include "aios/v1/aios.pb.h"
 
 namespace aios::server {
@@ -52,5 +56,22 @@ grpc::Status to_status(const Error& e, grpc::ServerContext* context);
 // Client side: the aios::Error a failed call carries (transport failures: kUnavailable; a missed
 // deadline: kUnavailable naming "deadline").
 Error to_error(const grpc::Status& status, const grpc::ClientContext& context);
+
+// Client side, shared by every client of the contract (RemoteBackbone, aios::client::Client):
+// a channel to host:port that accepts replies of up to `max_message_bytes` (at most 2^31 - 1;
+// negative: any size) and sends any size, over TLS when `tls` (trusting the PEM file
+// `tls_root_certificates`, or the system's certificates when it is empty) ...
+std::shared_ptr<grpc::Channel> open_channel(const std::string& address, int64_t max_message_bytes, bool tls = false,
+                                            const std::string& tls_root_certificates = "");
+// ... and the set-up of each call on it: the deadline `timeout` from now and, for a non-empty key,
+// the metadata "authorization: Bearer KEY".
+void prepare_call(grpc::ClientContext& context, std::chrono::milliseconds timeout, const std::string& api_key);
+
+// Client side: the unary call `method` ("/aios.v1.Latent/Forward", ...) through Chunked.Call, its
+// request sent in chunks of `chunk_bytes` and its reply gathered from the host's chunks. The
+// status is the call's; a reply that does not parse is DATA_LOSS.
+grpc::Status call_chunked(v1::Chunked::Stub& stub, grpc::ClientContext& context, const std::string& method,
+                          const google::protobuf::Message& request, google::protobuf::Message* reply,
+                          std::size_t chunk_bytes);
 
 }  // namespace aios::server

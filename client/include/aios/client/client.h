@@ -1,0 +1,180 @@
+// aios/client/client.h — a thin C++ client of a backbone hosted by `aios serve`, without LibTorch.
+//
+// The Latent and Gradient APIs of aios::gradient::Backbone over gRPC, with tensors as Eigen
+// tensors (row-major, so element [b,t,d] of a [B,T,D] tensor is data()[(b*T + t)*D + d], the
+// layout of the wire): a C++ application trains its own encoder against a hosted, frozen
+// backbone with nothing heavier than gRPC, protobuf and Eigen. Link aios::aios_client after
+// find_package(aios REQUIRED COMPONENTS client).
+//
+// Shapes: B = batch, T = sequence length, D = hidden size, V = vocabulary size (config()).
+// Floats go to the host as float32; replies arrive in the host's dtype (float32, bfloat16 or
+// float16, config().dtype) and are converted to float32 here. Ids travel as int64.
+//
+// Errors: every call throws the aios::Error (code, field, message) that the host's backbone threw,
+// e.g. kInvalidArgument naming "latents" for a wrong hidden size, kNotFound for a released handle;
+// a host that cannot be reached, or a missed deadline, is kUnavailable; a reply that does not
+// parse is kDataLoss. A Client may be used from several threads at once.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#include "aios/error.h"
+
+namespace aios::client {
+
+// Row-major Eigen tensors of rank N: the types every call takes and returns.
+template <int N>
+using FloatTensor = Eigen::Tensor<float, N, Eigen::RowMajor>;
+template <int N>
+using IdTensor = Eigen::Tensor<int64_t, N, Eigen::RowMajor>;
+template <int N>
+using BoolTensor = Eigen::Tensor<bool, N, Eigen::RowMajor>;
+
+// A pass kept by the host (forward_keep) for vjp and release.
+using Handle = uint64_t;
+
+struct ConnectOptions {
+  std::string api_key;  // sent as "authorization: Bearer KEY"; empty for a host without keys
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // deadline of each call
+  int64_t max_message_bytes = int64_t{1} << 31;               // largest reply accepted
+  // TLS: a host started with a certificate. tls_root_certificates: a PEM file of the certificates
+  // to trust (a self-signed host's own); empty = the system's.
+  bool tls = false;
+  std::string tls_root_certificates;
+};
+
+// The hosted backbone's description and the host's limits (the Info reply).
+struct ModelConfig {
+  std::string architecture;  // e.g. "LlamaForCausalLM"
+  int64_t vocab_size = 0;    // V
+  int64_t hidden_size = 0;   // D
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t intermediate_size = 0;
+  int64_t max_positions = 0;
+  bool tie_word_embeddings = false;
+  std::string dtype;   // what the host computes and replies in: "float32", "bfloat16" or "float16"
+  std::string device;  // where the host computes: "cpu", "cuda:0", ...
+  int64_t max_batch = 0;          // largest B per request
+  int64_t max_request_bytes = 0;  // largest tensor per request
+};
+
+// As aios::ali::ForwardOptions.
+struct ForwardOptions {
+  std::optional<IdTensor<2>> positions;  // int64 [B,T], each in [0, max_positions); absent = 0..T-1 per row
+  // At most one of the two masks; absent = causal.
+  std::optional<BoolTensor<2>> mask;       // [B,T] key padding (true = a real token), with causal order
+  std::optional<BoolTensor<3>> full_mask;  // [B,T,T] ([b,t,s] true = query t may attend key s), used as given
+  std::vector<int64_t> layers;  // residual-stream states to return, each in [0, num_layers]
+  bool allow_non_finite = false;  // NaN/Inf in the latents is kInvalidArgument unless set
+  bool recompute = false;         // Gradient calls: recompute blocks in backward instead of keeping them
+};
+
+struct ForwardOutput {
+  FloatTensor<3> hidden;               // [B,T,D], after the final norm
+  std::vector<FloatTensor<3>> layers;  // one [B,T,D] per ForwardOptions::layers entry, in that order
+};
+
+struct KeptForward {
+  ForwardOutput output;
+  Handle handle = 0;  // for vjp and release; the host forgets it after release, its budget or time-to-live
+};
+
+// Gradients of a loss with respect to a pass's outputs; absent = zero.
+struct Cotangents {
+  std::optional<FloatTensor<3>> hidden;               // [B,T,D]
+  std::vector<std::optional<FloatTensor<3>>> layers;  // [B,T,D] per ForwardOptions::layers entry (may be shorter)
+  std::optional<FloatTensor<3>> logits;               // [B,T,V]
+};
+
+// Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].
+struct CrossEntropy {
+  IdTensor<2> targets;  // int64 [B,T]: the id position t must predict (no shift), in [0,V) where weighted
+  std::optional<FloatTensor<2>> weights;  // [B,T] >= 0, 0 = ignored; absent = all ones
+};
+
+// Distillation: mean over weighted tokens of KL(teacher || student) at `temperature`. The teacher
+// is given as logits or probabilities, or computed by the host from other latents.
+struct Distillation {
+  std::optional<FloatTensor<3>> teacher_logits;   // [B,T,V], or
+  std::optional<FloatTensor<3>> teacher_probs;    // [B,T,V], rows summing to 1, or
+  std::optional<FloatTensor<3>> teacher_latents;  // [B,T',D], run through the backbone with teacher_options
+  ForwardOptions teacher_options;
+  std::optional<IdTensor<2>> teacher_index;  // int64 [B,T]: teacher position per student position, -1 = none;
+                                             // absent = the same position (T' == T)
+  std::optional<FloatTensor<2>> weights;     // [B,T] >= 0; absent = 1 where teacher_index >= 0
+  double temperature = 1.0;
+};
+
+// forward_backward's loss: client.forward_backward(latents, {}, {CrossEntropy{targets, weights}}).
+struct LossOptions {
+  std::variant<CrossEntropy, Distillation> loss;
+  int64_t chunk_tokens = 32;  // tokens per vocabulary chunk of the loss on the host
+};
+
+struct FusedResult {
+  float loss = 0;         // the mean over all weighted tokens
+  FloatTensor<1> losses;  // [B]: the same mean per sequence (0 where a row has no weight)
+  FloatTensor<3> grad;    // [B,T,D]: d loss / d latents
+};
+
+class Client {
+ public:
+  // Connects to host:port and reads the backbone's description (one call). Throws
+  // Error(kUnavailable) when the host does not answer within options.timeout, and
+  // Error(kPermissionDenied) for a missing or unknown key of a host with keys.
+  static Client connect(const std::string& address, const ConnectOptions& options = {});
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  const ModelConfig& config() const;
+
+  // ---- Latent API ----
+  // ids int64 [B,T], each in [0,V) -> latents [B,T,D]: the token embeddings.
+  FloatTensor<3> embed(const IdTensor<2>& ids) const;
+  // latents [B,T,D] -> hidden [B,T,D] after the final norm, and the requested layers.
+  ForwardOutput forward(const FloatTensor<3>& latents, const ForwardOptions& options = {}) const;
+  // hidden [N,D] -> logits [N,V].
+  FloatTensor<2> classify(const FloatTensor<2>& hidden) const;
+  // hidden [B,T,D] -> logits [B,T,V].
+  FloatTensor<3> classify(const FloatTensor<3>& hidden) const;
+
+  // ---- Gradient API ----
+  // As forward, and the host keeps the pass under the returned handle.
+  KeptForward forward_keep(const FloatTensor<3>& latents, const ForwardOptions& options = {}) const;
+  // -> d loss / d latents [B,T,D] of a kept pass (Error(kNotFound) once released, evicted or expired).
+  FloatTensor<3> vjp(Handle handle, const Cotangents& cotangents) const;
+  // Forgets a kept pass (Error(kNotFound) for an unknown handle).
+  void release(Handle handle) const;
+  // Stateless: the host recomputes the forward of latents [B,T,D] -> d loss / d latents [B,T,D].
+  FloatTensor<3> vjp(const FloatTensor<3>& latents, const ForwardOptions& options, const Cotangents& cotangents) const;
+  // Forward, loss and backward in one round trip: latents [B,T,D] -> {loss, losses [B], d latents [B,T,D]}.
+  FusedResult forward_backward(const FloatTensor<3>& latents, const ForwardOptions& options,
+                               const LossOptions& loss) const;
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- dtype conversions (replies in bfloat16 or float16 become float32) ----
+// Exact widening of the 16-bit formats' bits (IEEE binary16, bfloat16) to float; NaN stays NaN.
+float half_to_float(uint16_t bits);
+float bfloat16_to_float(uint16_t bits);
+// Narrowing with round-to-nearest-even, as torch converts: out of range -> +-inf, NaN -> a quiet NaN.
+uint16_t float_to_half(float value);
+uint16_t float_to_bfloat16(float value);
+
+}  // namespace aios::client

@@ -1,0 +1,327 @@
+#include "aios/client/client.h"
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <grpcpp/grpcpp.h>
+
+#include "aios/fail.h"
+#include "aios/server/wire.h"
+#include "aios/v1/aios.grpc.pb.h"
+
+namespace aios::client {
+
+static_assert(std::endian::native == std::endian::little, "tensors travel as little-endian bytes, copied as they are");
+
+// ---- dtype conversions -----------------------------------------------------------------------
+
+float half_to_float(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1fu;
+  const uint32_t mantissa = bits & 0x3ffu;
+  if (exponent == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
+  if (exponent != 0) return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  // Zero and subnormals: mantissa x 2^-24, exact in float.
+  const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+  return sign != 0 ? -magnitude : magnitude;
+}
+
+float bfloat16_to_float(uint16_t bits) { return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16); }
+
+uint16_t float_to_half(float value) {
+  const uint32_t x = std::bit_cast<uint32_t>(value);
+  const auto sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t magnitude = x & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7e00u;   // NaN: a quiet one
+  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;  // inf, and 65520 and up round to it
+  if (magnitude >= 0x38800000u) {                       // normal in half: rebias, round to nearest even
+    const uint32_t rebiased = magnitude - 0x38000000u;
+    return sign | static_cast<uint16_t>((rebiased + 0xfffu + ((rebiased >> 13) & 1u)) >> 13);
+  }
+  // Subnormal in half: magnitude x 2^24 rounded to the nearest integer, ties to even (1024 is
+  // the smallest normal, whose bits are that integer too).
+  const float scaled = std::bit_cast<float>(magnitude) * 16777216.0f;
+  return sign | static_cast<uint16_t>(std::nearbyint(scaled));
+}
+
+uint16_t float_to_bfloat16(float value) {
+  const uint32_t x = std::bit_cast<uint32_t>(value);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // NaN: a quiet one
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+namespace {
+
+namespace v1 = aios::v1;
+using server::WireTensor;
+
+// ---- requests --------------------------------------------------------------------------------
+
+template <typename Scalar, int N>
+void write(const Eigen::Tensor<Scalar, N, Eigen::RowMajor>& t, v1::Tensor* out) {
+  for (int i = 0; i < N; ++i) out->add_shape(t.dimension(i));
+  const auto count = static_cast<std::size_t>(t.size());
+  if constexpr (std::is_same_v<Scalar, bool>) {
+    out->set_dtype(v1::BOOL);
+    std::string bytes(count, '\0');
+    for (std::size_t i = 0; i < count; ++i) bytes[i] = t.data()[i] ? 1 : 0;
+    out->set_data(std::move(bytes));
+  } else {
+    static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, int64_t>);
+    out->set_dtype(std::is_same_v<Scalar, float> ? v1::FLOAT32 : v1::INT64);
+    out->set_data(reinterpret_cast<const char*>(t.data()), count * sizeof(Scalar));
+  }
+}
+
+void write_options(const ForwardOptions& o, v1::ForwardOptions* out) {
+  if (o.mask && o.full_mask) {
+    fail(ErrorCode::kInvalidArgument, "mask", "expected a key-padding mask [B,T] or a full mask [B,T,T], got both");
+  }
+  if (o.positions) write(*o.positions, out->mutable_positions());
+  if (o.mask) write(*o.mask, out->mutable_mask());
+  if (o.full_mask) write(*o.full_mask, out->mutable_mask());
+  for (int64_t l : o.layers) out->add_layers(l);
+  out->set_allow_non_finite(o.allow_non_finite);
+  out->set_recompute(o.recompute);
+}
+
+void write_cotangents(const Cotangents& c, v1::Cotangents* out) {
+  if (c.hidden) write(*c.hidden, out->mutable_hidden());
+  for (const auto& layer : c.layers) {
+    v1::Tensor* slot = out->add_layers();  // left empty for an absent (zero) cotangent
+    if (layer) write(*layer, slot);
+  }
+  if (c.logits) write(*c.logits, out->mutable_logits());
+}
+
+// ---- replies ---------------------------------------------------------------------------------
+
+// Replies are as trusted as the host, but still checked: a tensor must agree with its shape.
+const server::WireLimits kReplyLimits{/*max_rank=*/4, /*max_dim=*/int64_t{1} << 40, /*max_bytes=*/int64_t{1} << 40};
+
+// A reply that does not parse is the host's fault, not the caller's: kDataLoss.
+WireTensor check_reply(const v1::Tensor& t, const std::string& field) {
+  try {
+    return server::check_tensor(t, field, kReplyLimits);
+  } catch (const Error& e) {
+    fail(ErrorCode::kDataLoss, e.field(), "malformed reply from the host: {}", e.message());
+  }
+}
+
+// The floats of a checked reply tensor, converted from its dtype into `out` (room for all of them).
+void convert(const WireTensor& w, const std::string& field, float* out) {
+  const std::size_t count = w.size_bytes / server::itemsize(w.dtype);
+  switch (w.dtype) {
+    case v1::FLOAT32:
+      if (count > 0) std::memcpy(out, w.data, w.size_bytes);
+      return;
+    case v1::BFLOAT16:
+    case v1::FLOAT16: {
+      const bool brain = w.dtype == v1::BFLOAT16;
+      for (std::size_t i = 0; i < count; ++i) {
+        uint16_t bits;
+        std::memcpy(&bits, w.data + 2 * i, 2);
+        out[i] = brain ? bfloat16_to_float(bits) : half_to_float(bits);
+      }
+      return;
+    }
+    default:
+      fail(ErrorCode::kDataLoss, field, "malformed reply from the host: expected float32, bfloat16 or float16, got {}",
+           server::dtype_name(w.dtype));
+  }
+}
+
+template <int N>
+FloatTensor<N> read_floats(const v1::Tensor& t, const std::string& field) {
+  const WireTensor w = check_reply(t, field);
+  if (w.shape.size() != N) {
+    fail(ErrorCode::kDataLoss, field, "malformed reply from the host: expected rank {}, got shape [{}]", N,
+         fmt::join(w.shape, ","));
+  }
+  Eigen::array<Eigen::Index, N> dims;
+  for (int i = 0; i < N; ++i) dims[i] = w.shape[i];
+  FloatTensor<N> out(dims);
+  convert(w, field, out.data());
+  return out;
+}
+
+float read_scalar(const v1::Tensor& t, const std::string& field) {
+  const WireTensor w = check_reply(t, field);
+  if (w.size_bytes != server::itemsize(w.dtype)) {
+    fail(ErrorCode::kDataLoss, field, "malformed reply from the host: expected one value, got shape [{}]",
+         fmt::join(w.shape, ","));
+  }
+  float value = 0;
+  convert(w, field, &value);
+  return value;
+}
+
+ForwardOutput read_output(const v1::ForwardResponse& r) {
+  ForwardOutput out;
+  out.hidden = read_floats<3>(r.hidden(), "hidden");
+  for (const auto& layer : r.layers()) out.layers.push_back(read_floats<3>(layer, "layers"));
+  return out;
+}
+
+}  // namespace
+
+struct Client::Impl {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Latent::Stub> latent;
+  std::unique_ptr<v1::Gradient::Stub> gradient;
+  ConnectOptions options;
+  ModelConfig config;
+
+  // One call with the configured deadline and key; a failed status becomes the aios::Error it carries.
+  template <typename Call>
+  void call(Call&& rpc) const {
+    grpc::ClientContext context;
+    server::prepare_call(context, options.timeout, options.api_key);
+    const grpc::Status status = rpc(&context);
+    if (!status.ok()) throw server::to_error(status, context);
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() = default;
+
+Client Client::connect(const std::string& address, const ConnectOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->channel = server::open_channel(address, options.max_message_bytes, options.tls, options.tls_root_certificates);
+  impl->latent = v1::Latent::NewStub(impl->channel);
+  impl->gradient = v1::Gradient::NewStub(impl->channel);
+  impl->options = options;
+
+  v1::ModelInfo info;
+  impl->call([&](grpc::ClientContext* c) { return impl->latent->Info(c, v1::InfoRequest(), &info); });
+  if (info.dtype() != v1::FLOAT32 && info.dtype() != v1::BFLOAT16 && info.dtype() != v1::FLOAT16) {
+    fail(ErrorCode::kDataLoss, "dtype", "the host describes its dtype as {}", static_cast<int>(info.dtype()));
+  }
+  ModelConfig& cfg = impl->config;
+  cfg.architecture = info.architecture();
+  cfg.vocab_size = info.vocab_size();
+  cfg.hidden_size = info.hidden_size();
+  cfg.num_layers = info.num_layers();
+  cfg.num_heads = info.num_heads();
+  cfg.num_kv_heads = info.num_kv_heads();
+  cfg.head_dim = info.head_dim();
+  cfg.intermediate_size = info.intermediate_size();
+  cfg.max_positions = info.max_positions();
+  cfg.tie_word_embeddings = info.tie_word_embeddings();
+  cfg.dtype = server::dtype_name(info.dtype());
+  cfg.device = info.device();
+  cfg.max_batch = info.max_batch();
+  cfg.max_request_bytes = info.max_request_bytes();
+  return Client(std::move(impl));
+}
+
+const ModelConfig& Client::config() const { return impl_->config; }
+
+FloatTensor<3> Client::embed(const IdTensor<2>& ids) const {
+  v1::EmbedRequest request;
+  write(ids, request.mutable_ids());
+  v1::Tensor out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Embed(c, request, &out); });
+  return read_floats<3>(out, "latents");
+}
+
+ForwardOutput Client::forward(const FloatTensor<3>& latents, const ForwardOptions& options) const {
+  v1::ForwardRequest request;
+  write(latents, request.mutable_latents());
+  write_options(options, request.mutable_options());
+  v1::ForwardResponse out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Forward(c, request, &out); });
+  return read_output(out);
+}
+
+FloatTensor<2> Client::classify(const FloatTensor<2>& hidden) const {
+  v1::ClassifyRequest request;
+  write(hidden, request.mutable_hidden());
+  v1::Tensor out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Classify(c, request, &out); });
+  return read_floats<2>(out, "logits");
+}
+
+FloatTensor<3> Client::classify(const FloatTensor<3>& hidden) const {
+  v1::ClassifyRequest request;
+  write(hidden, request.mutable_hidden());
+  v1::Tensor out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Classify(c, request, &out); });
+  return read_floats<3>(out, "logits");
+}
+
+KeptForward Client::forward_keep(const FloatTensor<3>& latents, const ForwardOptions& options) const {
+  v1::ForwardRequest request;
+  write(latents, request.mutable_latents());
+  write_options(options, request.mutable_options());
+  v1::ForwardResponse out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardKeep(c, request, &out); });
+  return KeptForward{read_output(out), out.handle()};
+}
+
+FloatTensor<3> Client::vjp(Handle handle, const Cotangents& cotangents) const {
+  v1::VjpRequest request;
+  request.set_handle(handle);
+  write_cotangents(cotangents, request.mutable_cotangents());
+  v1::Gradients out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->Vjp(c, request, &out); });
+  return read_floats<3>(out.latents(), "latents");
+}
+
+void Client::release(Handle handle) const {
+  v1::ReleaseRequest request;
+  request.set_handle(handle);
+  v1::Empty out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->Release(c, request, &out); });
+}
+
+FloatTensor<3> Client::vjp(const FloatTensor<3>& latents, const ForwardOptions& options,
+                           const Cotangents& cotangents) const {
+  v1::VjpStatelessRequest request;
+  write(latents, request.mutable_latents());
+  write_options(options, request.mutable_options());
+  write_cotangents(cotangents, request.mutable_cotangents());
+  v1::Gradients out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->VjpStateless(c, request, &out); });
+  return read_floats<3>(out.latents(), "latents");
+}
+
+FusedResult Client::forward_backward(const FloatTensor<3>& latents, const ForwardOptions& options,
+                                     const LossOptions& loss) const {
+  v1::ForwardBackwardRequest request;
+  write(latents, request.mutable_latents());
+  write_options(options, request.mutable_options());
+  request.set_chunk_tokens(loss.chunk_tokens);
+  if (const auto* ce = std::get_if<CrossEntropy>(&loss.loss)) {
+    auto* out = request.mutable_cross_entropy();
+    write(ce->targets, out->mutable_targets());
+    if (ce->weights) write(*ce->weights, out->mutable_weights());
+  } else {
+    const auto& d = std::get<Distillation>(loss.loss);
+    auto* out = request.mutable_distillation();
+    if (d.teacher_logits) write(*d.teacher_logits, out->mutable_teacher_logits());
+    if (d.teacher_probs) write(*d.teacher_probs, out->mutable_teacher_probs());
+    if (d.teacher_latents) {
+      write(*d.teacher_latents, out->mutable_teacher_latents());
+      write_options(d.teacher_options, out->mutable_teacher_options());
+    }
+    if (d.teacher_index) write(*d.teacher_index, out->mutable_teacher_index());
+    if (d.weights) write(*d.weights, out->mutable_weights());
+    out->set_temperature(d.temperature);
+  }
+  v1::FusedResult out;
+  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardBackward(c, request, &out); });
+  FusedResult result;
+  result.loss = read_scalar(out.loss(), "loss");
+  result.losses = read_floats<1>(out.losses(), "losses");
+  result.grad = read_floats<3>(out.grad().latents(), "latents");
+  return result;
+}
+
+}  // namespace aios::client
