@@ -6,8 +6,11 @@ metrics at the end and writes into its output folder (default `runs/NAME/`):
     metrics.json   the numbers printed at the end, and the loss of every training step
     loss.png       the training loss curve
 `--fast` runs a few steps on a small data set: what `make test` runs to check that the loss falls.
+`--serve` (or `--host HOST:PORT`) trains against the model hosted by `aios serve` instead of one in
+this process: the same code, the same loss curve.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -37,6 +40,11 @@ def arguments(name: str, description: str, steps: int, fast_steps: int, **extra)
     p.add_argument("--out", default=None, help=f"output folder (default runs/{name})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--serve", action="store_true",
+                       help="host the model with `aios serve` on loopback and train against it (the host computes "
+                            "the backbone's forward and backward; the same loss curve as in-process)")
+    where.add_argument("--host", default=None, help="HOST:PORT of a running `aios serve` of the model to train against")
     for option, (default, fast_default, text) in extra.items():
         p.add_argument(f"--{option.replace('_', '-')}", type=int, default=None,
                        help=f"{text} (default {default}, --fast {fast_default})")
@@ -52,6 +60,21 @@ def arguments(name: str, description: str, steps: int, fast_steps: int, **extra)
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     return args
+
+
+@contextlib.contextmanager
+def backbone(args):
+    """The backbone the example trains against: in-process, hosted by a child `aios serve` on
+    loopback (--serve, stopped on exit), or a running host (--host)."""
+    import aios
+
+    if args.host:
+        yield aios.connect(args.host)
+    elif args.serve:
+        with aios.serve(args.model) as host:
+            yield aios.connect(host.address)
+    else:
+        yield aios.Backbone.load(args.model)
 
 
 def progress(total: int, description: str):

@@ -113,10 +113,20 @@ class Task:
         return same / total, kl / total
 
 
+def block_parameters(backbone):
+    """Weights each prompt token is multiplied through: all but the embedding table (a hosted
+    backbone's from its configuration; the norms' few weights left out)."""
+    c = backbone.config
+    if isinstance(backbone, aios.LocalBackbone):
+        return backbone.parameter_count - c.vocab_size * c.hidden_size
+    attention = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    return c.num_layers * (attention + 3 * c.hidden_size * c.intermediate_size)
+
+
 def prefill_cost(backbone, task, k, reps=5):
     """Per request: instruction + input tokens without gist, k + input with it (an upper bound of
     the gisted cost: with the gist keys and values cached, the k positions cost nothing more)."""
-    n = backbone.parameter_count - backbone.config.vocab_size * backbone.config.hidden_size  # no embedding table
+    n = block_parameters(backbone)
     prompt = sum(len(i) for i in task.instructions) / len(task.instructions)
     inputs = sum(len(i) for i in task.inputs) / len(task.inputs)
     full_tokens, gist_tokens = prompt + inputs, k + inputs
@@ -144,48 +154,48 @@ def main():
     args = common.arguments("gist", __doc__.splitlines()[0], steps=120, fast_steps=6,
                             gist=(2, 2, "gist latents k"), batch=(16, 4, "sequences per step"))
     started = time.perf_counter()
-    backbone = aios.Backbone.load(args.model)
-    rng = random.Random(args.seed)
-    words = list(WORDS)
-    rng.shuffle(words)
-    held = 8 if not args.fast else 4
-    instructions = INSTRUCTIONS if not args.fast else INSTRUCTIONS[:3]
-    task = Task(backbone, args.gist, words if not args.fast else words[:12], instructions)
-    n_words = len(task.inputs)
-    train_pairs = [p for p in task.pairs if p[1] < n_words - held]
-    if args.fast:  # one fixed batch, so that a few steps show the loss falling
-        train_pairs = train_pairs[:args.batch]
-    test_pairs = [p for p in task.pairs if p[1] >= n_words - held]
+    with common.backbone(args) as backbone:
+        rng = random.Random(args.seed)
+        words = list(WORDS)
+        rng.shuffle(words)
+        held = 8 if not args.fast else 4
+        instructions = INSTRUCTIONS if not args.fast else INSTRUCTIONS[:3]
+        task = Task(backbone, args.gist, words if not args.fast else words[:12], instructions)
+        n_words = len(task.inputs)
+        train_pairs = [p for p in task.pairs if p[1] < n_words - held]
+        if args.fast:  # one fixed batch, so that a few steps show the loss falling
+            train_pairs = train_pairs[:args.batch]
+        test_pairs = [p for p in task.pairs if p[1] >= n_words - held]
 
-    gist = GistLatents(args.gist, backbone.config.hidden_size)
-    untrained = GistLatents(args.gist, backbone.config.hidden_size)
-    untrained.load_state_dict(gist.state_dict())
-    optimizer = torch.optim.Adam(gist.parameters(), lr=3e-3)
+        gist = GistLatents(args.gist, backbone.config.hidden_size)
+        untrained = GistLatents(args.gist, backbone.config.hidden_size)
+        untrained.load_state_dict(gist.state_dict())
+        optimizer = torch.optim.Adam(gist.parameters(), lr=3e-3)
 
-    losses = []
-    bar = common.progress(args.steps, f"training {args.gist} gist latents")
-    for _ in range(args.steps):
-        student, teacher, index, weights = task.batch(rng.sample(train_pairs, args.batch), gist)
-        r = backbone.forward_backward(student.latents.detach(), teacher_latents=teacher.latents,
-                                      teacher_positions=teacher.positions, teacher_mask=teacher.mask,
-                                      teacher_index=index, weights=weights, **student.forward_options())
-        optimizer.zero_grad()
-        student.latents.backward(r.grad_latents)  # into the gist vectors
-        optimizer.step()
-        losses.append(float(r.loss))
-        bar.set_postfix(kl=f"{losses[-1]:.3f}")
-        bar.update()
-    bar.close()
+        losses = []
+        bar = common.progress(args.steps, f"training {args.gist} gist latents")
+        for _ in range(args.steps):
+            student, teacher, index, weights = task.batch(rng.sample(train_pairs, args.batch), gist)
+            r = backbone.forward_backward(student.latents.detach(), teacher_latents=teacher.latents,
+                                          teacher_positions=teacher.positions, teacher_mask=teacher.mask,
+                                          teacher_index=index, weights=weights, **student.forward_options())
+            optimizer.zero_grad()
+            student.latents.backward(r.grad_latents)  # into the gist vectors
+            optimizer.step()
+            losses.append(float(r.loss))
+            bar.set_postfix(kl=f"{losses[-1]:.3f}")
+            bar.update()
+        bar.close()
 
-    metrics = {"instructions": len(instructions), "train_pairs": len(train_pairs), "held_out_pairs": len(test_pairs),
-               "gist_latents": args.gist}
-    for name, module in (("trained", gist), ("untrained", untrained), ("no_instruction", None)):
-        metrics[f"agreement_{name}"], metrics[f"kl_{name}"] = task.agreement(test_pairs, module)
-    cost = prefill_cost(backbone, task, args.gist)
-    metrics["compression_ratio"] = cost["prompt_tokens_mean"] / args.gist
-    metrics.update(cost)
-    aios.adapters.save_encoder(gist, args.out / "gist")
-    common.report(args, "Gist latents (SmolLM2-135M, distilled from the full prompt)", metrics, losses, started)
+        metrics = {"instructions": len(instructions), "train_pairs": len(train_pairs), "held_out_pairs": len(test_pairs),
+                   "gist_latents": args.gist}
+        for name, module in (("trained", gist), ("untrained", untrained), ("no_instruction", None)):
+            metrics[f"agreement_{name}"], metrics[f"kl_{name}"] = task.agreement(test_pairs, module)
+        cost = prefill_cost(backbone, task, args.gist)
+        metrics["compression_ratio"] = cost["prompt_tokens_mean"] / args.gist
+        metrics.update(cost)
+        aios.adapters.save_encoder(gist, args.out / "gist")
+        common.report(args, "Gist latents (SmolLM2-135M, distilled from the full prompt)", metrics, losses, started)
 
 
 if __name__ == "__main__":

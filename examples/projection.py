@@ -125,51 +125,51 @@ def main():
     args = common.arguments("projection", __doc__.splitlines()[0], steps=300, fast_steps=6,
                             batch=(16, 4, "sentences per step"), eval=(128, 8, "held-out sentences"))
     started = time.perf_counter()
-    backbone = aios.Backbone.load(args.model)
-    train_texts, test_texts = sentences(args.seed)
-    if args.fast:  # one fixed batch, so that a few steps show the loss falling
-        train_texts = train_texts[:args.batch]
-    test_texts = test_texts[:args.eval]
+    with common.backbone(args) as backbone:
+        train_texts, test_texts = sentences(args.seed)
+        if args.fast:  # one fixed batch, so that a few steps show the loss falling
+            train_texts = train_texts[:args.batch]
+        test_texts = test_texts[:args.eval]
 
-    encode, width = foreign_encoder()
-    features = encode(train_texts + test_texts)
-    # One fixed scale for the encoder's output (part of the frozen side), chosen so that the
-    # untrained projection's output has about the spread of the backbone's token embeddings.
-    scale = torch.cat(features[:len(train_texts)]).std() / EMBEDDING_SCALE
-    features = [f / scale for f in features]
-    train = Task(backbone, train_texts, features[:len(train_texts)])
-    test = Task(backbone, test_texts, features[len(train_texts):])
-    held_out = list(range(len(test_texts)))
+        encode, width = foreign_encoder()
+        features = encode(train_texts + test_texts)
+        # One fixed scale for the encoder's output (part of the frozen side), chosen so that the
+        # untrained projection's output has about the spread of the backbone's token embeddings.
+        scale = torch.cat(features[:len(train_texts)]).std() / EMBEDDING_SCALE
+        features = [f / scale for f in features]
+        train = Task(backbone, train_texts, features[:len(train_texts)])
+        test = Task(backbone, test_texts, features[len(train_texts):])
+        held_out = list(range(len(test_texts)))
 
-    projection = LinearProjection(width, backbone.config.hidden_size)
-    projection.check_fits(backbone)
-    untrained = LinearProjection(width, backbone.config.hidden_size)
-    untrained.load_state_dict(projection.state_dict())
-    optimizer = torch.optim.Adam(projection.parameters(), lr=2e-3)
+        projection = LinearProjection(width, backbone.config.hidden_size)
+        projection.check_fits(backbone)
+        untrained = LinearProjection(width, backbone.config.hidden_size)
+        untrained.load_state_dict(projection.state_dict())
+        optimizer = torch.optim.Adam(projection.parameters(), lr=2e-3)
 
-    rng = random.Random(args.seed)
-    losses = []
-    bar = common.progress(args.steps, "training the projection")
-    for _ in range(args.steps):
-        batch, targets, weights = train.batch(rng.sample(range(len(train_texts)), args.batch), projection)
-        r = backbone.forward_backward(batch.latents.detach(), targets=targets, weights=weights,
-                                      **batch.forward_options())
-        optimizer.zero_grad()
-        batch.latents.backward(r.grad_latents)  # through the builder into the projection
-        optimizer.step()
-        losses.append(float(r.loss))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        bar.update()
-    bar.close()
+        rng = random.Random(args.seed)
+        losses = []
+        bar = common.progress(args.steps, "training the projection")
+        for _ in range(args.steps):
+            batch, targets, weights = train.batch(rng.sample(range(len(train_texts)), args.batch), projection)
+            r = backbone.forward_backward(batch.latents.detach(), targets=targets, weights=weights,
+                                          **batch.forward_options())
+            optimizer.zero_grad()
+            batch.latents.backward(r.grad_latents)  # through the builder into the projection
+            optimizer.step()
+            losses.append(float(r.loss))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update()
+        bar.close()
 
-    metrics = {"train_sentences": len(train_texts), "held_out_sentences": len(test_texts),
-               "trainable_parameters": sum(p.numel() for p in projection.parameters())}
-    for name, module in (("trained", projection), ("untrained", untrained), ("nothing", None)):
-        with torch.no_grad():
-            metrics[f"token_accuracy_{name}"] = test.token_accuracy(held_out, module)
-            metrics[f"exact_match_{name}"] = test.exact_match(held_out, module)
-    aios.adapters.save_encoder(projection, args.out / "projection")
-    common.report(args, "MiniGPT-4-style projection (all-MiniLM-L6-v2 -> SmolLM2-135M)", metrics, losses, started)
+        metrics = {"train_sentences": len(train_texts), "held_out_sentences": len(test_texts),
+                   "trainable_parameters": sum(p.numel() for p in projection.parameters())}
+        for name, module in (("trained", projection), ("untrained", untrained), ("nothing", None)):
+            with torch.no_grad():
+                metrics[f"token_accuracy_{name}"] = test.token_accuracy(held_out, module)
+                metrics[f"exact_match_{name}"] = test.exact_match(held_out, module)
+        aios.adapters.save_encoder(projection, args.out / "projection")
+        common.report(args, "MiniGPT-4-style projection (all-MiniLM-L6-v2 -> SmolLM2-135M)", metrics, losses, started)
 
 
 if __name__ == "__main__":

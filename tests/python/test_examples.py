@@ -1,5 +1,6 @@
 """The adapter examples in their fast mode: each runs as one command, prints its metrics, writes
-metrics.json and a loss-curve PNG, and its training loss falls."""
+metrics.json and a loss-curve PNG, and its training loss falls; against a host (--serve) the same
+loss curve as in-process."""
 import json
 import subprocess
 import sys
@@ -8,6 +9,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+RUNS = {}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """run(example, *flags) -> (metrics.json record, stdout), each command run once per module."""
+    def run(example, *flags):
+        if (example, flags) not in RUNS:
+            out = tmp_path_factory.mktemp(example)
+            result = subprocess.run([sys.executable, str(REPO / "examples" / f"{example}.py"), "--fast", "--out", str(out),
+                                     *flags], capture_output=True, text=True, cwd=REPO)
+            assert result.returncode == 0, result.stderr[-3000:]
+            RUNS[example, flags] = (json.loads((out / "metrics.json").read_text()), result.stdout, out)
+        return RUNS[example, flags]
+    return run
 
 
 @pytest.mark.slow
@@ -18,15 +34,19 @@ REPO = Path(__file__).resolve().parents[2]
               "compression_ratio", "prefill_compute_saved", "prefill_wall_time_saved"]),
     ("sox_eox", ["sox_precision", "sox_recall", "answer_accuracy_routed", "answer_accuracy_base_model_in_text"]),
 ])
-def test_fast_mode_trains_and_reports(tmp_path, example, metrics):
-    out = tmp_path / example
-    result = subprocess.run([sys.executable, str(REPO / "examples" / f"{example}.py"), "--fast", "--out", str(out)],
-                            capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((out / "metrics.json").read_text())
+def test_fast_mode_trains_and_reports(run, example, metrics):
+    record, stdout, out = run(example)
     for name in metrics:
-        assert name in record["metrics"] and name in result.stdout, name
+        assert name in record["metrics"] and name in stdout, name
     losses = record["losses"]
     assert len(losses) >= 6
     assert losses[-1] < losses[0] and min(losses[-3:]) < 0.9 * losses[0], losses
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["projection", "gist"])
+def test_against_a_host_the_loss_curve_is_the_same(run, example):
+    local, _, _ = run(example)
+    hosted, _, _ = run(example, "--serve")
+    assert hosted["losses"] == pytest.approx(local["losses"], rel=1e-4, abs=1e-5)
