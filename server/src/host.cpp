@@ -167,20 +167,32 @@ void write_gradients(const gradient::Gradients& g, v1::Gradients* out) {
 // the caller's table: NOT_FOUND, as an unknown one.
 class KeptPasses {
  public:
-  KeptPasses(Caller& caller, std::chrono::milliseconds ttl) : tenant_(caller.state()), ttl_(ttl) {}
+  explicit KeptPasses(Caller& caller) : tenant_(caller.state()) {}
 
-  // Room for `bytes` more under the quota, after forgetting passes the store has expired too.
-  void reserve(std::size_t bytes) {
-    std::lock_guard lock(tenant_.mutex);
+  // Forgets `tenant`'s passes that the store has expired too, and hands back those never used by a
+  // Vjp or Release within options.unclaimed_ttl (their caller most likely left before the reply
+  // reached it), for the caller to release.
+  static std::vector<gradient::Handle> prune(TenantState& tenant, const HostOptions& options) {
+    std::vector<gradient::Handle> unclaimed;
+    std::lock_guard lock(tenant.mutex);
     const auto now = Clock::now();
-    for (auto it = tenant_.handles.begin(); it != tenant_.handles.end();) {
-      if (now - it->second.last_use > ttl_) {
-        tenant_.kept_bytes -= it->second.bytes;
-        it = tenant_.handles.erase(it);
+    for (auto it = tenant.handles.begin(); it != tenant.handles.end();) {
+      const auto idle = now - it->second.last_use;
+      const bool expired = idle > options.handle_ttl;
+      if (expired || (!it->second.claimed && idle > options.unclaimed_ttl)) {
+        if (!expired) unclaimed.push_back(it->first);
+        tenant.kept_bytes -= it->second.bytes;
+        it = tenant.handles.erase(it);
       } else {
         ++it;
       }
     }
+    return unclaimed;
+  }
+
+  // Room for `bytes` more under the tenant's quota.
+  void reserve(std::size_t bytes) {
+    std::lock_guard lock(tenant_.mutex);
     if (tenant_.kept_bytes + bytes > tenant_.quota.max_store_bytes) {
       fail(ErrorCode::kResourceExhausted, "activation_store",
            "keeping this pass ({} bytes) would exceed the tenant's quota of {} bytes ({} held; release handles "
@@ -190,7 +202,7 @@ class KeptPasses {
   }
   void add(gradient::Handle handle, std::size_t bytes) {
     std::lock_guard lock(tenant_.mutex);
-    tenant_.handles[handle] = {bytes, Clock::now()};
+    tenant_.handles[handle] = {bytes, Clock::now(), /*claimed=*/false};
     tenant_.kept_bytes += bytes;
   }
   void use(gradient::Handle handle) {
@@ -200,6 +212,7 @@ class KeptPasses {
       fail(ErrorCode::kNotFound, "handle", "handle {} is unknown, released, expired or evicted", handle);
     }
     it->second.last_use = Clock::now();
+    it->second.claimed = true;
   }
   void remove(gradient::Handle handle) {
     std::lock_guard lock(tenant_.mutex);
@@ -211,7 +224,6 @@ class KeptPasses {
 
  private:
   TenantState& tenant_;
-  std::chrono::milliseconds ttl_;
 };
 
 class GradientService final : public v1::Gradient::Service {
@@ -221,7 +233,17 @@ class GradientService final : public v1::Gradient::Service {
   grpc::Status ForwardKeep(grpc::ServerContext* context, const v1::ForwardRequest* request,
                            v1::ForwardResponse* out) override {
     return guarded(r_, context, [&](Caller& caller) {
-      KeptPasses passes(caller, r_.options().handle_ttl);
+      // Every tenant's unclaimed passes go before a new one is kept.
+      for (TenantState* tenant : r_.tenants()) {
+        for (gradient::Handle handle : KeptPasses::prune(*tenant, r_.options())) {
+          try {
+            r_.backbone().release(handle);
+          } catch (const Error&) {
+            // evicted meanwhile: nothing left to free
+          }
+        }
+      }
+      KeptPasses passes(caller);
       passes.reserve(0);  // a tenant at its quota is refused before the forward
       const auto kept = r_.backbone().forward_keep(r_.latents(caller, request->latents(), "latents"),
                                                    r_.forward_options(caller, request->options(), "options"));
@@ -241,7 +263,7 @@ class GradientService final : public v1::Gradient::Service {
 
   grpc::Status Vjp(grpc::ServerContext* context, const v1::VjpRequest* request, v1::Gradients* out) override {
     return guarded(r_, context, [&](Caller& caller) {
-      KeptPasses passes(caller, r_.options().handle_ttl);
+      KeptPasses passes(caller);
       const gradient::Handle handle = handles_.decode(request->handle());
       passes.use(handle);
       try {
@@ -255,7 +277,7 @@ class GradientService final : public v1::Gradient::Service {
 
   grpc::Status Release(grpc::ServerContext* context, const v1::ReleaseRequest* request, v1::Empty*) override {
     return guarded(r_, context, [&](Caller& caller) {
-      KeptPasses passes(caller, r_.options().handle_ttl);
+      KeptPasses passes(caller);
       const gradient::Handle handle = handles_.decode(request->handle());
       passes.use(handle);
       passes.remove(handle);

@@ -81,6 +81,12 @@ fs::path Requests::state_folder(const TenantState& tenant, const char* kind) con
   return folder;
 }
 
+std::vector<TenantState*> Requests::tenants() const {
+  std::vector<TenantState*> out;
+  for (const auto& [name, tenant] : tenants_) out.push_back(tenant.get());
+  return out;
+}
+
 TenantState& Requests::authenticate(const grpc::ServerContext& context) {
   if (options_.api_keys.empty()) return *tenants_.at("");
   const auto& metadata = context.client_metadata();

@@ -30,6 +30,7 @@ struct TenantState {
   struct Kept {
     std::size_t bytes = 0;
     std::chrono::steady_clock::time_point last_use;
+    bool claimed = false;  // used by a Vjp or Release since it was kept
   };
   std::unordered_map<gradient::Handle, Kept> handles;
   std::size_t kept_bytes = 0;
@@ -67,6 +68,7 @@ class Requests {
   std::filesystem::path state_folder(const TenantState& tenant, const char* kind) const;
   bool has_state_dir() const { return !options_.state_dir.empty(); }
 
+  std::vector<TenantState*> tenants() const;
   // The caller's tenant; throws Error(kPermissionDenied, "api_key") for a missing or unknown key.
   TenantState& authenticate(const grpc::ServerContext& context);
 

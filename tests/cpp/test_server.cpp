@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include <future>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -500,6 +501,30 @@ TEST_CASE("a host with a state folder keeps saved extensions and decoders across
   CHECK(after.saved_size() == 0);
   CHECK(after.live_size() == 1);  // the loaded one lives on until deleted by id
   std::filesystem::remove_all(root);
+}
+
+TEST_CASE("a kept pass that no call ever claims is released", "[server]") {
+  auto& l = Loopback::get();
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.unclaimed_ttl = std::chrono::milliseconds(200);
+  aios::server::Host host(l.local, options);
+  auto remote = aios::server::RemoteBackbone::connect("127.0.0.1:" + std::to_string(host.port()));
+  const at::Tensor latents = torch::randn({1, 4, kD});
+  aios::gradient::Cotangents cot;
+  cot.hidden = torch::randn({1, 4, kD});
+  const std::size_t before = l.local->store().size();
+  const auto claimed = remote->forward_keep(latents);
+  const auto unclaimed = remote->forward_keep(latents);
+  remote->vjp(claimed.handle, cot);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  const auto next = remote->forward_keep(latents);  // releases what was never claimed
+  CHECK(l.local->store().size() == before + 2);
+  CHECK(code_of([&] { remote->vjp(unclaimed.handle, cot); }) == ErrorCode::kNotFound);
+  remote->vjp(claimed.handle, cot);
+  remote->release(claimed.handle);
+  remote->release(next.handle);
+  CHECK(l.local->store().size() == before);
 }
 
 TEST_CASE("payloads larger than the host's message limit travel in chunks", "[server]") {

@@ -23,7 +23,8 @@ struct TenantQuota {
   // ids an Encode returns, the rows of logits a Classify returns.
   int64_t max_tokens = 1 << 16;
   // Activations kept under the tenant's handles (ForwardKeep), by the backbone's own estimate.
-  std::size_t max_store_bytes = std::size_t{1} << 30;
+  // Unlimited by default: the activation store's own budget bounds all tenants together.
+  std::size_t max_store_bytes = std::numeric_limits<std::size_t>::max();
   int64_t max_concurrent = 16;   // calls in flight
   int64_t max_extensions = 64;   // live vocabulary extensions
   int64_t max_decoders = 16;     // registered decoders
@@ -48,6 +49,9 @@ struct HostOptions {
   // A kept pass is counted against its tenant's store quota until released, found gone by a Vjp,
   // or unused for this long (the activation store's time-to-live: it has expired there too).
   std::chrono::milliseconds handle_ttl = std::chrono::minutes(10);
+  // A kept pass whose handle no Vjp or Release has used for this long after ForwardKeep is
+  // released: its caller most likely left before the reply reached it.
+  std::chrono::milliseconds unclaimed_ttl = std::chrono::minutes(1);
   // TLS: PEM files of the host's certificate (chain) and private key. Both empty: plaintext (for
   // loopback and trusted networks; keys then travel in clear text).
   std::string tls_certificate;
