@@ -39,6 +39,11 @@ class HostProcess:
             raise error
         self.address = match.group(1)
 
+    @property
+    def pid(self):
+        """The host's process id (for watching its memory, say, in /proc/PID/status)."""
+        return self._process.pid
+
     def stop(self, timeout=30):
         """Stops the host (SIGTERM: calls in flight finish first); returns its stderr."""
         if self._process.poll() is None:
