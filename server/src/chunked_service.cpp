@@ -9,8 +9,6 @@
 namespace aios::server {
 namespace {
 
-// A whole request, however it is chunked: what a protobuf message can hold.
-constexpr int64_t kMaxRequestBytes = std::numeric_limits<int32_t>::max();
 
 // One unary method: the serialized request in, the serialized reply out.
 using Handler = std::function<grpc::Status(grpc::ServerContext*, const std::string&, std::string*)>;
@@ -55,28 +53,30 @@ class ChunkedService final : public v1::Chunked::Service {
   }
 
   grpc::Status Call(grpc::ServerContext* context, grpc::ServerReaderWriter<v1::Chunk, v1::Chunk>* stream) override {
-    std::string method, request, reply;
-    try {
-      // Nothing is gathered for a caller without a valid key.
-      r_.authenticate(*context);
-      const auto limit = static_cast<std::size_t>(kMaxRequestBytes);
+    std::string request, reply;
+    Handler* handler = nullptr;
+    // Gathering counts as a call of the tenant; the handler counts its own afterwards.
+    const grpc::Status gathered = guarded(r_, context, [&](Caller&) {
+      const auto limit = static_cast<std::size_t>(
+          std::min<int64_t>(std::numeric_limits<int32_t>::max(), 4 * r_.options().limits.max_bytes));
       v1::Chunk chunk;
       while (stream->Read(&chunk)) {
-        if (method.empty()) method = chunk.method();
+        if (handler == nullptr) {  // the first chunk names the call: nothing is gathered for an unknown one
+          auto found = handlers_.find(chunk.method());
+          if (found == handlers_.end()) {
+            fail(ErrorCode::kUnimplemented, "method", "no unary call \"{}\" to carry", chunk.method());
+          }
+          handler = &found->second;
+        }
         if (request.size() + chunk.data().size() > limit) {
           fail(ErrorCode::kResourceExhausted, "data", "the request exceeds the host's limit of {} bytes", limit);
         }
         request += chunk.data();
       }
-    } catch (const Error& e) {
-      if (e.code() == ErrorCode::kPermissionDenied) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, e.message());
-      return to_status(e, context);
-    }
-    auto handler = handlers_.find(method);
-    if (handler == handlers_.end()) {
-      return to_status(Error(ErrorCode::kUnimplemented, "method", fmt::format("no unary call \"{}\"", method)), context);
-    }
-    const grpc::Status status = handler->second(context, request, &reply);
+      if (handler == nullptr) fail(ErrorCode::kInvalidArgument, "method", "expected at least one chunk");
+    });
+    if (!gathered.ok()) return gathered;
+    const grpc::Status status = (*handler)(context, request, &reply);
     if (!status.ok()) return status;
     // At least one chunk, so that an empty reply is still a reply.
     const std::size_t size = std::min<std::size_t>(kChunkBytes, r_.options().max_message_bytes / 2);

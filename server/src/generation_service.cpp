@@ -1,6 +1,8 @@
 // The Generation service: streamed generation on the host, with spans routed to the decoders the
 // tenant registered.
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include "aios/adapters/storage.h"
@@ -10,6 +12,8 @@
 namespace aios::server {
 namespace {
 namespace fs = std::filesystem;
+
+constexpr int kMaxRoutes = 64;
 
 class GenerationService final : public v1::Generation::Service {
  public:
@@ -38,10 +42,17 @@ class GenerationService final : public v1::Generation::Service {
       if (s.has_seed()) options.sampling.seed = s.seed();
       options.stop_ids.assign(request->stop_ids().begin(), request->stop_ids().end());
       if (request->has_extension()) options.extension = r_.extension(caller, request->extension(), "extension");
+      // Each decoder is loaded once per generation, however many routes name it.
+      if (request->routes_size() > kMaxRoutes) {
+        fail(ErrorCode::kInvalidArgument, "routes", "expected at most {} routes, got {}", kMaxRoutes,
+             request->routes_size());
+      }
+      std::map<std::string, std::shared_ptr<ali::Decoder>> decoders;
       for (int i = 0; i < request->routes_size(); ++i) {
         const v1::Route& route = request->routes(i);
-        options.routes.push_back({route.start_id(), route.end_id(),
-                                  decoder(caller, route.decoder(), fmt::format("routes[{}].decoder", i))});
+        auto& d = decoders[route.decoder()];
+        if (!d) d = decoder(caller, route.decoder(), fmt::format("routes[{}].decoder", i));
+        options.routes.push_back({route.start_id(), route.end_id(), d});
       }
 
       const std::unique_ptr<ali::Generation> generation = r_.backbone().start_generation(latents, options);
@@ -71,13 +82,16 @@ class GenerationService final : public v1::Generation::Service {
         fail(ErrorCode::kInvalidArgument, "files", "expected 1 to 8 files (decoder.json and its weights), got {}",
              request->files_size());
       }
-      {
-        std::lock_guard lock(caller.state().mutex);
+      const auto check_quota = [&] {  // under the tenant's lock
         if (!caller.state().decoders.contains(request->name()) &&
             static_cast<int64_t>(caller.state().decoders.size()) >= caller.quota().max_decoders) {
           fail(ErrorCode::kResourceExhausted, "name", "the tenant has {} decoders, its quota (delete some first)",
                caller.quota().max_decoders);
         }
+      };
+      {
+        std::lock_guard lock(caller.state().mutex);
+        check_quota();
       }
       // The files go to a folder of their own, are loaded once as a check (parsed as data by the
       // adapter registry: only kinds it knows), and only then replace a decoder of that name.
@@ -86,6 +100,7 @@ class GenerationService final : public v1::Generation::Service {
       const fs::path staging = root / fmt::format(".staging-{:08x}{:08x}", random(), random());
       fs::create_directories(staging);
       try {
+        std::size_t uploaded = 0;
         for (int i = 0; i < request->files_size(); ++i) {
           const auto& file = request->files(i);
           check_name(file.name(), fmt::format("files[{}].name", i));
@@ -93,10 +108,15 @@ class GenerationService final : public v1::Generation::Service {
             fail(ErrorCode::kResourceExhausted, fmt::format("files[{}].data", i), "larger than the host's limit of {} bytes",
                  r_.options().limits.max_bytes);
           }
-          std::ofstream(staging / file.name(), std::ios::binary).write(file.data().data(), static_cast<std::streamsize>(file.data().size()));
+          std::ofstream out(staging / file.name(), std::ios::binary);
+          out.write(file.data().data(), static_cast<std::streamsize>(file.data().size()));
+          if (!out.flush()) fail(ErrorCode::kUnavailable, "state_dir", "cannot write the decoder's files");
+          uploaded += file.data().size();
         }
+        check_sizes(adapters::read_decoder_manifest(staging.string()), uploaded);
         adapters::load_decoder(staging.string());
         std::lock_guard lock(caller.state().mutex);
+        check_quota();  // again: another registration may have taken the last place meanwhile
         const fs::path folder = root / request->name();
         std::error_code ignored;
         fs::remove_all(folder, ignored);
@@ -145,6 +165,25 @@ class GenerationService final : public v1::Generation::Service {
       folder = it->second;
     }
     return adapters::load_decoder(folder.string()).decoder;
+  }
+
+  // The module a manifest asks for is built before its weights are read: its sizes must agree
+  // with the backbone and with the bytes that came with it, or a few bytes of JSON could make the
+  // host allocate without bound. A decoder's weights hold at least a matrix of its two largest sizes.
+  void check_sizes(const adapters::AdapterManifest& manifest, std::size_t uploaded) {
+    const auto dim = manifest.sizes.find("dim");
+    if (dim != manifest.sizes.end() && dim->second != r_.backbone().config().hidden_size) {
+      fail(ErrorCode::kInvalidArgument, "sizes.dim", "expected the backbone's hidden size {}, got {}",
+           r_.backbone().config().hidden_size, dim->second);
+    }
+    std::vector<int64_t> sizes;
+    for (const auto& [name, size] : manifest.sizes) sizes.push_back(size);
+    std::sort(sizes.rbegin(), sizes.rend());
+    const double largest = sizes.size() >= 2 ? static_cast<double>(sizes[0]) * static_cast<double>(sizes[1])
+                                             : sizes.empty() ? 0.0 : static_cast<double>(sizes[0]);
+    if (largest > static_cast<double>(uploaded) / 2) {  // at least 2 bytes per weight (16-bit)
+      fail(ErrorCode::kInvalidArgument, "sizes", "sizes that need more weights than the {} bytes sent", uploaded);
+    }
   }
 
   Requests& r_;

@@ -169,39 +169,36 @@ class KeptPasses {
  public:
   explicit KeptPasses(Caller& caller) : tenant_(caller.state()) {}
 
-  // Forgets `tenant`'s passes that the store has expired too, and hands back those never used by a
-  // Vjp or Release within options.unclaimed_ttl (their caller most likely left before the reply
-  // reached it), for the caller to release.
+  // Takes out of `tenant`'s table the passes unused for options.handle_ttl (the store's
+  // time-to-live: expired there too, unless the store keeps them longer) and those that no Vjp or
+  // Release claimed within options.unclaimed_ttl (their caller most likely left before the reply
+  // reached it); the caller releases them.
   static std::vector<gradient::Handle> prune(TenantState& tenant, const HostOptions& options) {
-    std::vector<gradient::Handle> unclaimed;
+    std::vector<gradient::Handle> gone;
     std::lock_guard lock(tenant.mutex);
     const auto now = Clock::now();
     for (auto it = tenant.handles.begin(); it != tenant.handles.end();) {
       const auto idle = now - it->second.last_use;
-      const bool expired = idle > options.handle_ttl;
-      if (expired || (!it->second.claimed && idle > options.unclaimed_ttl)) {
-        if (!expired) unclaimed.push_back(it->first);
+      if (idle > options.handle_ttl || (!it->second.claimed && idle > options.unclaimed_ttl)) {
+        gone.push_back(it->first);
         tenant.kept_bytes -= it->second.bytes;
         it = tenant.handles.erase(it);
       } else {
         ++it;
       }
     }
-    return unclaimed;
+    return gone;
   }
 
-  // Room for `bytes` more under the tenant's quota.
-  void reserve(std::size_t bytes) {
+  // Refuses before any work when the tenant's quota is used up.
+  void check_room() {
     std::lock_guard lock(tenant_.mutex);
-    if (tenant_.kept_bytes + bytes > tenant_.quota.max_store_bytes) {
-      fail(ErrorCode::kResourceExhausted, "activation_store",
-           "keeping this pass ({} bytes) would exceed the tenant's quota of {} bytes ({} held; release handles "
-           "or use recompute)",
-           bytes, tenant_.quota.max_store_bytes, tenant_.kept_bytes);
-    }
+    check_room(0);
   }
-  void add(gradient::Handle handle, std::size_t bytes) {
+  // Counts a kept pass of `bytes`, within the quota (checked and counted under one lock).
+  void keep(gradient::Handle handle, std::size_t bytes) {
     std::lock_guard lock(tenant_.mutex);
+    check_room(bytes);
     tenant_.handles[handle] = {bytes, Clock::now(), /*claimed=*/false};
     tenant_.kept_bytes += bytes;
   }
@@ -223,6 +220,15 @@ class KeptPasses {
   }
 
  private:
+  void check_room(std::size_t bytes) const {
+    if (tenant_.kept_bytes + bytes > tenant_.quota.max_store_bytes) {
+      fail(ErrorCode::kResourceExhausted, "activation_store",
+           "keeping this pass ({} bytes) would exceed the tenant's quota of {} bytes ({} held; release handles "
+           "or use recompute)",
+           bytes, tenant_.quota.max_store_bytes, tenant_.kept_bytes);
+    }
+  }
+
   TenantState& tenant_;
 };
 
@@ -233,7 +239,7 @@ class GradientService final : public v1::Gradient::Service {
   grpc::Status ForwardKeep(grpc::ServerContext* context, const v1::ForwardRequest* request,
                            v1::ForwardResponse* out) override {
     return guarded(r_, context, [&](Caller& caller) {
-      // Every tenant's unclaimed passes go before a new one is kept.
+      // Every tenant's passes that are gone or unclaimed are released before a new one is kept.
       for (TenantState* tenant : r_.tenants()) {
         for (gradient::Handle handle : KeptPasses::prune(*tenant, r_.options())) {
           try {
@@ -244,20 +250,20 @@ class GradientService final : public v1::Gradient::Service {
         }
       }
       KeptPasses passes(caller);
-      passes.reserve(0);  // a tenant at its quota is refused before the forward
+      passes.check_room();
       const auto kept = r_.backbone().forward_keep(r_.latents(caller, request->latents(), "latents"),
                                                    r_.forward_options(caller, request->options(), "options"));
       try {
-        passes.reserve(kept.bytes);
+        passes.keep(kept.handle, kept.bytes);
         // A caller that left (disconnected or out of time) never learns the handle: free the pass now.
         if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
         write_output(kept.output, out);
         out->set_handle(handles_.encode(kept.handle));
       } catch (...) {
+        passes.remove(kept.handle);
         r_.backbone().release(kept.handle);
         throw;
       }
-      passes.add(kept.handle, kept.bytes);
     });
   }
 

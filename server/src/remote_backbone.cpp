@@ -53,6 +53,9 @@ void route_to_keeper(grpc::ClientContext* context, gradient::Handle handle) {
   context->AddMetadata("aios-replica", std::to_string(handle >> 48));
 }
 
+// The replica that holds an extension: its id is "REPLICA.EPOCH.N".
+std::string replica_of(const std::string& extension_id) { return extension_id.substr(0, extension_id.find('.')); }
+
 gradient::Gradients read_gradients(const v1::Gradients& g) {
   gradient::Gradients out;
   out.latents = from_wire(g.latents(), "latents");
@@ -104,12 +107,16 @@ struct RemoteBackbone::Impl {
   std::mutex mutex;
   std::unordered_map<const ali::Extension*, Mirror> mirrors;
 
-  // Rows sent with a request: the mirror is brought up to date once the host has taken them.
+  // What naming extensions in a request implies: the rows sent with it (the mirror is brought up
+  // to date once the host has taken them), and the replica that holds the extensions.
   struct Sent {
     const ali::Extension* extension;
     int64_t embedding_version, classifier_version;
   };
-  using SentRows = std::vector<Sent>;
+  struct SentRows {
+    std::vector<Sent> rows;
+    std::string replica;
+  };
 
   void set_up(grpc::ClientContext& context, std::chrono::milliseconds timeout) const {
     prepare_call(context, timeout, options.api_key);
@@ -120,6 +127,7 @@ struct RemoteBackbone::Impl {
   void call(Call&& rpc, const SentRows& sent = {}) {
     grpc::ClientContext context;
     set_up(context, options.timeout);
+    if (!sent.replica.empty()) context.AddMetadata("aios-replica", sent.replica);
     const grpc::Status status = rpc(&context);
     if (!status.ok()) throw to_error(status, context);
     taken(sent);
@@ -127,7 +135,7 @@ struct RemoteBackbone::Impl {
 
   void taken(const SentRows& sent) {
     std::lock_guard lock(mutex);
-    for (const Sent& s : sent) {
+    for (const Sent& s : sent.rows) {
       auto it = mirrors.find(s.extension);
       if (it == mirrors.end()) continue;
       it->second.embedding_version = s.embedding_version;
@@ -157,13 +165,16 @@ struct RemoteBackbone::Impl {
            SentRows& sent) {
     extension.check_fits(self, field);
     std::lock_guard lock(mutex);
-    const Mirror& mirror = mirrors.at(&extension);  // every extension this backbone owns has one
+    auto found = mirrors.find(&extension);
+    if (found == mirrors.end()) fail(ErrorCode::kInvalidArgument, field, "the extension was not made by this backbone");
+    const Mirror& mirror = found->second;
     out->set_id(mirror.id);
+    sent.replica = replica_of(mirror.id);
     const int64_t e = extension.embedding_rows()._version(), c = extension.classifier_rows()._version();
     if (e != mirror.embedding_version || c != mirror.classifier_version) {
       to_wire(extension.embedding_rows(), out->mutable_rows()->mutable_embedding_rows());
       to_wire(extension.classifier_rows(), out->mutable_rows()->mutable_classifier_rows());
-      sent.push_back({&extension, e, c});
+      sent.rows.push_back({&extension, e, c});
     }
   }
 
@@ -194,6 +205,7 @@ struct RemoteBackbone::Impl {
   void delete_on_host(const std::string& id) {
     grpc::ClientContext context;
     set_up(context, std::min<std::chrono::milliseconds>(options.timeout, std::chrono::seconds(2)));
+    context.AddMetadata("aios-replica", replica_of(id));
     v1::DeleteExtensionRequest request;
     request.set_id(id);
     v1::Empty out;
@@ -359,15 +371,15 @@ std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::st
   v1::ExtensionInfo info;
   impl_->call("/aios.v1.Tokenizer/CreateExtension", *impl_->tokenizer, &v1::Tokenizer::Stub::CreateExtension, request, &info);
 
-  ali::Extension::Parts parts;
-  parts.tokens.assign(info.tokens().begin(), info.tokens().end());
-  parts.first_id = info.first_id();
-  parts.embedding_rows = from_wire(info.rows().embedding_rows(), "rows.embedding_rows");
-  parts.classifier_rows = from_wire(info.rows().classifier_rows(), "rows.classifier_rows");
-  parts.base_tokenizer = tokenizer();
-  parts.owner = this;
   std::unique_ptr<ali::Extension> made;
   try {
+    ali::Extension::Parts parts;
+    parts.tokens.assign(info.tokens().begin(), info.tokens().end());
+    parts.first_id = info.first_id();
+    parts.embedding_rows = from_wire(info.rows().embedding_rows(), "rows.embedding_rows");
+    parts.classifier_rows = from_wire(info.rows().classifier_rows(), "rows.classifier_rows");
+    parts.base_tokenizer = tokenizer();
+    parts.owner = this;
     parts.base = ali::BaseIdentity::of(*this);
     made = std::make_unique<ali::Extension>(std::move(parts));
   } catch (...) {
@@ -379,9 +391,9 @@ std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::st
     std::lock_guard lock(impl_->mutex);
     impl_->mirrors[key] = {info.id(), made->embedding_rows()._version(), made->classifier_rows()._version()};
   }
-  std::weak_ptr<Impl> owner = impl_;
-  return std::shared_ptr<ali::Extension>(made.release(), [owner](ali::Extension* extension) {
-    if (const auto impl = owner.lock()) impl->forget(extension);
+  // The deleter keeps the channel: an extension that outlives its backbone still deletes its copy.
+  return std::shared_ptr<ali::Extension>(made.release(), [impl = impl_](ali::Extension* extension) {
+    impl->forget(extension);
     delete extension;
   });
 }
@@ -426,9 +438,11 @@ std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tens
   request.set_return_hidden(true);
   Impl* impl = impl_.get();
   // The host writes the rows that went with the request before its first step.
-  return std::make_unique<RemoteGeneration>(
-      impl_, *impl_->generation, [impl](grpc::ClientContext& c) { impl->set_up(c, impl->options.timeout); }, request,
-      [impl, sent] { impl->taken(sent); });
+  const auto set_up = [impl, replica = sent.replica](grpc::ClientContext& c) {
+    impl->set_up(c, impl->options.timeout);
+    if (!replica.empty()) c.AddMetadata("aios-replica", replica);
+  };
+  return std::make_unique<RemoteGeneration>(impl_, *impl_->generation, set_up, request, [impl, sent] { impl->taken(sent); });
 }
 
 std::shared_ptr<ali::Session> RemoteBackbone::new_session() {

@@ -20,10 +20,11 @@ Caller::Caller(TenantState& tenant) : tenant_(tenant) {
 Caller::~Caller() { tenant_.in_flight.fetch_sub(1); }
 
 void check_name(const std::string& name, const std::string& field) {
-  const bool plain = !name.empty() && name.size() <= 64 && name != "." && name != ".." &&
+  // A leading dot is the host's own (staging folders).
+  const bool plain = !name.empty() && name.size() <= 64 && name[0] != '.' &&
                      name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") ==
                          std::string::npos;
-  if (!plain) fail(ErrorCode::kInvalidArgument, field, "expected 1 to 64 characters of [A-Za-z0-9_.-], not . or ..");
+  if (!plain) fail(ErrorCode::kInvalidArgument, field, "expected 1 to 64 characters of [A-Za-z0-9_.-], not starting with .");
 }
 
 namespace {

@@ -54,7 +54,8 @@ class Caller {
 };
 
 // Names a client chooses (saved extensions, decoders, decoder files) become file names: a plain
-// [A-Za-z0-9_.-] name of 1 to 64 characters, not "." or "..". Throws Error(kInvalidArgument, field).
+// [A-Za-z0-9_.-] name of 1 to 64 characters, not starting with a dot. Throws
+// Error(kInvalidArgument, field).
 void check_name(const std::string& name, const std::string& field);
 
 class Requests {

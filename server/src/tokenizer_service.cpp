@@ -1,5 +1,6 @@
 // The Tokenizer service: the model's tokenizer and the tenant's vocabulary extensions.
 #include <atomic>
+#include <random>
 
 #include "aios/tokenizer_api/tokenizer.h"
 #include "aios/v1/aios.grpc.pb.h"
@@ -152,23 +153,34 @@ class TokenizerService final : public v1::Tokenizer::Service {
 
   // The base tokenizer, or an extension's (its tokens as special tokens).
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_for(Caller& caller, const std::string& extension) {
-    base_tokenizer();
-    if (extension.empty()) return r_.backbone().tokenizer();
+    if (extension.empty()) {
+      base_tokenizer();
+      return r_.backbone().tokenizer();
+    }
     return r_.extension(caller, extension, nullptr, "extension")->tokenizer();
   }
 
-  void reserve_extension(Caller& caller) {
-    std::lock_guard lock(caller.state().mutex);
+  // Under the tenant's lock.
+  static void check_quota(Caller& caller) {
     if (static_cast<int64_t>(caller.state().extensions.size()) >= caller.quota().max_extensions) {
       fail(ErrorCode::kResourceExhausted, "extensions", "the tenant holds {} extensions, its quota (delete some first)",
            caller.quota().max_extensions);
     }
   }
 
+  // Refuses before any work when the tenant is at its quota.
+  void reserve_extension(Caller& caller) {
+    std::lock_guard lock(caller.state().mutex);
+    check_quota(caller);
+  }
+
   void add(Caller& caller, std::shared_ptr<ali::Extension> extension, v1::ExtensionInfo* out) {
-    const std::string id = fmt::format("x{}", next_id_.fetch_add(1));
+    // "REPLICA.EPOCH.N": a load balancer routes calls naming it to this host (RemoteBackbone sends
+    // the replica), and a restarted host does not take the ids of its previous life for its own.
+    const std::string id = fmt::format("{}.{:x}.{}", r_.options().replica, epoch_, next_id_.fetch_add(1));
     {
       std::lock_guard lock(caller.state().mutex);
+      check_quota(caller);  // again: another call may have taken the last place meanwhile
       caller.state().extensions[id] = extension;
     }
     describe(id, *extension, out);
@@ -182,6 +194,7 @@ class TokenizerService final : public v1::Tokenizer::Service {
   }
 
   Requests& r_;
+  const uint32_t epoch_ = std::random_device{}();
   std::atomic<uint64_t> next_id_{1};
 };
 

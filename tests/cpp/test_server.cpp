@@ -318,6 +318,7 @@ TEST_CASE("quotas hold per tenant: tokens, kept bytes, extensions; extensions st
   REQUIRE(list.live_size() == 1);
   CHECK(list.live(0).tokens(0) == "<y>");
   CHECK(list.live(0).first_id() == kVocab);
+  CHECK(list.live(0).id().rfind("0.", 0) == 0);  // names its replica, for a load balancer
   v1::EmbedRequest embed;
   embed.mutable_ids()->CopyFrom(raw(v1::INT64, {1, 1}, 8));
   embed.mutable_extension()->set_id(list.live(0).id());

@@ -180,5 +180,17 @@ def test_routes_go_to_decoders_registered_on_the_host(hosted, checkpoints, tmp_p
     (tmp_path / "bad" / "decoder.json").write_text('{"format": "aios.decoder", "kind": "os.system"}')
     with pytest.raises(aios.Error):
         remote.register_decoder("bad", tmp_path / "bad")
-    with pytest.raises(aios.InvalidArgumentError):
-        remote.register_decoder("../up", tmp_path / "boxes")
+    for name in ("../up", ".staging-x"):
+        with pytest.raises(aios.InvalidArgumentError):
+            remote.register_decoder(name, tmp_path / "boxes")
+    # The module a manifest asks for is built before its weights are read: sizes that the bytes
+    # sent cannot fill, or of another hidden size, are refused before anything is allocated.
+    import json, shutil
+    for sizes in ({"dim": D, "out_features": 10**7, "span": 3}, {"dim": D + 1, "out_features": 4, "span": 3}):
+        shutil.copytree(tmp_path / "boxes", tmp_path / "huge", dirs_exist_ok=True)
+        manifest = json.loads((tmp_path / "huge" / "decoder.json").read_text())
+        manifest["sizes"] = sizes
+        (tmp_path / "huge" / "decoder.json").write_text(json.dumps(manifest))
+        with pytest.raises(aios.InvalidArgumentError) as info:
+            remote.register_decoder("huge", tmp_path / "huge")
+        assert info.value.field.startswith("sizes")
