@@ -1,6 +1,7 @@
 // Trains a MiniGPT-4-style projection in C++ through a frozen backbone.
 //
 //   train_projection MODEL [STEPS]
+//   train_projection --host HOST:PORT [STEPS]    (the backbone hosted by `aios serve`: the same code)
 //
 // A stand-in for another modality's encoder gives each of eight colours a fixed random feature
 // vector [32] (plus fresh noise per sample). A LinearProjection maps it to one latent [D]; the
@@ -18,6 +19,7 @@
 #include "aios/adapters/sequence.h"
 #include "aios/error.h"
 #include "aios/gradient_api/local_backbone.h"
+#include "aios/server/remote_backbone.h"
 #include "aios/tokenizer_api/tokenizer.h"
 
 namespace {
@@ -62,7 +64,7 @@ struct Task {
   }
 };
 
-double accuracy(aios::gradient::LocalBackbone& backbone, aios::adapters::LinearProjection& projection, const Task& task) {
+double accuracy(aios::gradient::Backbone& backbone, aios::adapters::LinearProjection& projection, const Task& task) {
   at::NoGradGuard no_grad;
   const at::Tensor labels = at::arange(static_cast<int64_t>(kColours.size())).repeat({4});
   const auto built = task.build(backbone, projection, labels, kNoise);
@@ -75,14 +77,20 @@ double accuracy(aios::gradient::LocalBackbone& backbone, aios::adapters::LinearP
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: train_projection MODEL [STEPS]\n");
+  const bool hosted = argc > 1 && std::string(argv[1]) == "--host";
+  if (argc < 2 + hosted) {
+    std::fprintf(stderr, "usage: train_projection MODEL [STEPS]\n       train_projection --host HOST:PORT [STEPS]\n");
     return 2;
   }
-  const int steps = argc > 2 ? std::stoi(argv[2]) : 60;
+  const int steps = argc > 2 + hosted ? std::stoi(argv[2 + hosted]) : 60;
   try {
     torch::manual_seed(0);
-    auto backbone = aios::gradient::LocalBackbone::load(argv[1]);
+    std::shared_ptr<aios::gradient::Backbone> backbone;
+    if (hosted) {
+      backbone = aios::server::RemoteBackbone::connect(argv[2]);
+    } else {
+      backbone = aios::gradient::LocalBackbone::load(argv[1]);
+    }
     const auto tokenizer = backbone->tokenizer();
     if (!tokenizer) throw aios::Error(aios::ErrorCode::kInvalidArgument, "MODEL", "the model brings no tokenizer");
 
