@@ -69,11 +69,5 @@ def test_the_thin_client_example_builds_without_torch_and_its_loss_falls(tmp_pat
     losses = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("step ")]
     assert len(losses) == 20
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses
-    # The same program against the model hosted by `aios serve`: the same loss curve.
-    with aios.serve(default_model) as host:
-        hosted = subprocess.run([str(tmp_path / "train_projection"), "--host", host.address, "20"],
-                                capture_output=True, text=True, check=True)
-    hosted_losses = [float(line.split()[-1]) for line in hosted.stdout.splitlines() if line.startswith("step ")]
-    assert hosted_losses == pytest.approx(losses, rel=1e-3), (hosted_losses, losses)
     before, after = next(line for line in result.stdout.splitlines() if line.startswith("held-out loss")).split()[-3::2]
     assert float(after) < float(before)
