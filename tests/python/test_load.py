@@ -90,7 +90,7 @@ class Tally:
             self.failures.append(message)
 
 
-def steady_client(address, local, seed, hosted_generation, tally):
+def steady_client(address, local, seed, tally):
     """Well-formed calls checked against the local backbone, and a few ill-formed ones."""
     try:
         remote = aios.connect(address, api_key="key-steady", timeout=120)
@@ -101,9 +101,7 @@ def steady_client(address, local, seed, hosted_generation, tally):
     g = torch.Generator().manual_seed(seed)
     V, D = local.config.vocab_size, local.config.hidden_size
     kinds = {"forward": 3, "keep_vjp": 3, "vjp_stateless": 1, "forward_backward": 2, "embed": 1, "classify": 1,
-             "bad": 1}
-    if hosted_generation:
-        kinds["generate"] = 1
+             "generate": 1, "bad": 1}
     for i in range(STEADY_ROUNDS):
         kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
         B, T = rng.randint(1, 4), rng.randint(2, 64)
@@ -262,7 +260,6 @@ def test_a_bounded_load_with_cut_callers_is_answered_correctly_and_leaves_nothin
     try:
         address = host.address
         remote = aios.connect(address, api_key="key-steady", timeout=120)
-        hosted_generation = True
 
         # Warm-up: each kind of call once at the largest shapes of the load, then the baseline.
         targets = torch.randint(0, local.config.vocab_size, CUT_SHAPE)
@@ -280,9 +277,9 @@ def test_a_bounded_load_with_cut_callers_is_answered_correctly_and_leaves_nothin
 
         start = time.perf_counter()
         threads = [threading.Thread(target=run_killed_client,
-                                    args=(address, 100 + i, hosted_generation and i % 2 == 1, 0.3 + 0.25 * i, tally))
+                                    args=(address, 100 + i, i % 2 == 1, 0.3 + 0.25 * i, tally))
                    for i in range(KILLED_CLIENTS)]
-        threads += [threading.Thread(target=steady_client, args=(address, local, i, hosted_generation, tally))
+        threads += [threading.Thread(target=steady_client, args=(address, local, i, tally))
                     for i in range(STEADY_CLIENTS)]
         threads += [threading.Thread(target=hasty_client, args=(address, local, 50 + i, tally))
                     for i in range(HASTY_CLIENTS)]
