@@ -172,11 +172,11 @@ std::shared_ptr<ali::Extension> Requests::extension(const Caller& caller, const 
     if (it != caller.state().extensions.end()) found = it->second;
   }
   if (!found) fail(ErrorCode::kNotFound, field, "no extension \"{}\" (unknown or deleted)", id);
-  if (rows != nullptr) write_rows(*found, *rows, field + ".rows");
+  if (rows != nullptr) assign_rows(*found, *rows, field + ".rows");
   return found;
 }
 
-void Requests::write_rows(ali::Extension& extension, const v1::ExtensionRows& rows, const std::string& field) {
+void Requests::assign_rows(ali::Extension& extension, const v1::ExtensionRows& rows, const std::string& field) {
   const int64_t K = extension.size(), D = backbone_->config().hidden_size;
   // Both are checked before either is written: a bad request changes nothing.
   const at::Tensor embedding = floating(rows.embedding_rows(), field + ".embedding_rows");

@@ -90,7 +90,7 @@ class Requests {
     return extension(caller, ref.id(), ref.has_rows() ? &ref.rows() : nullptr, field);
   }
   // Writes `rows` ([K,D] each) into `extension`'s live rows.
-  void write_rows(ali::Extension& extension, const v1::ExtensionRows& rows, const std::string& field);
+  void assign_rows(ali::Extension& extension, const v1::ExtensionRows& rows, const std::string& field);
 
  private:
   std::shared_ptr<gradient::Backbone> backbone_;
