@@ -4,13 +4,16 @@
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
 //   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
-//                    [--replica N] [--device ...] [--dtype ...]
+//                    [--replica N] [--until-stdin-closes] [--device ...] [--dtype ...]
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include <fmt/format.h>
 
@@ -28,7 +31,7 @@ constexpr const char* kUsage =
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
     "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
-    "                        [--replica N] [--device ...] [--dtype ...]\n"
+    "                        [--replica N] [--until-stdin-closes] [--device ...] [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
@@ -40,7 +43,9 @@ constexpr const char* kUsage =
     "             --state: a folder for saved extensions and registered decoders; --tls-cert and\n"
     "             --tls-key: serve over TLS with this certificate and private key; --replica N: this\n"
     "             host's number among replicas behind a load balancer (0..65535, default 0; its\n"
-    "             handles name it so that calls about them are routed back to it)\n";
+    "             handles name it so that calls about them are routed back to it);\n"
+    "             --until-stdin-closes: also stop when standard input ends (a parent that holds a\n"
+    "             pipe to it takes the host down with it, even when killed)\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -111,8 +116,10 @@ int generate(const std::string& path, const aios::ali::LoadOptions& options, con
   return 0;
 }
 
-// Serves until SIGINT or SIGTERM, then drains the calls in flight.
-int serve(const std::string& path, const aios::ali::LoadOptions& options, const aios::server::HostOptions& host_options) {
+// Serves until SIGINT or SIGTERM (or the end of standard input, with `until_stdin_closes`), then
+// drains the calls in flight.
+int serve(const std::string& path, const aios::ali::LoadOptions& options, const aios::server::HostOptions& host_options,
+          bool until_stdin_closes) {
   // Blocked here, before any thread starts, so that every thread inherits the mask and the
   // signals wait for sigwait below instead of interrupting a call.
   sigset_t signals;
@@ -120,11 +127,21 @@ int serve(const std::string& path, const aios::ali::LoadOptions& options, const 
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  aios::server::tune_allocator_for_hosting();
   std::shared_ptr<aios::gradient::LocalBackbone> backbone = aios::gradient::LocalBackbone::load(path, options);
   aios::server::Host host(backbone, host_options);
   const std::string address = host_options.listen.substr(0, host_options.listen.rfind(':'));
   fmt::print("serving {} on {}:{}\n", path, address, host.port());
   std::fflush(stdout);
+  if (until_stdin_closes) {
+    // Detached: when a signal ends the host first, the process exits with this thread in read().
+    std::thread([] {
+      char buffer[256];
+      while (read(STDIN_FILENO, buffer, sizeof buffer) > 0) {
+      }
+      kill(getpid(), SIGTERM);
+    }).detach();
+  }
   int received = 0;
   sigwait(&signals, &received);
   host.shutdown();
@@ -149,6 +166,7 @@ int main(int argc, char** argv) {
     aios::ali::GenerateOptions generation;
     generation.max_new_tokens = 128;
     bool chat = false;
+    bool until_stdin_closes = false;
     std::vector<std::string> positional;
     auto number = [&](std::size_t i) {
       try {
@@ -178,6 +196,8 @@ int main(int argc, char** argv) {
         aios::server::KeyFile keys = aios::server::read_key_file(args[++i], host_options.quota);
         host_options.api_keys = std::move(keys.api_keys);
         host_options.quotas = std::move(keys.quotas);
+      } else if (command == "serve" && a == "--until-stdin-closes") {
+        until_stdin_closes = true;
       } else if (command == "serve" && a == "--state" && has_value) {
         host_options.state_dir = args[++i];
       } else if (command == "serve" && a == "--tls-cert" && has_value) {
@@ -204,7 +224,7 @@ int main(int argc, char** argv) {
     }
     if (positional.empty()) aios::fail(aios::ErrorCode::kInvalidArgument, "MODEL", "expected a checkpoint");
     if (command == "info") return info(positional[0], options);
-    if (command == "serve") return serve(positional[0], options, host_options);
+    if (command == "serve") return serve(positional[0], options, host_options, until_stdin_closes);
     if (positional.size() < 2) aios::fail(aios::ErrorCode::kInvalidArgument, "PROMPT", "expected a prompt");
     return generate(positional[0], options, positional[1], chat, generation);
   } catch (const aios::Error& e) {

@@ -37,7 +37,7 @@ TenantQuota quota_of(const HostOptions& options, const std::string& tenant) {
 }  // namespace
 
 Requests::Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-    : backbone_(std::move(backbone)), options_(options) {
+    : backbone_(std::move(backbone)), options_(options), idle_release_(options.release_memory_after) {
   auto add = [&](const std::string& name) -> TenantState* {
     auto& state = tenants_[name];
     if (!state) {
@@ -201,6 +201,7 @@ void write_rows(const ali::Extension& extension, v1::ExtensionRows* out) {
 }
 
 grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std::function<void(Caller&)>& body) {
+  IdleRelease::Busy busy(requests.idle_release());
   try {
     Caller caller(requests.authenticate(*context));
     body(caller);

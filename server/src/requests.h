@@ -16,6 +16,7 @@
 #include "aios/fail.h"
 #include "aios/gradient_api/backbone.h"
 #include "aios/server/host.h"
+#include "memory.h"
 #include "tensors.h"
 
 namespace aios::server {
@@ -68,6 +69,7 @@ class Requests {
   // The folder of `tenant`'s saved state, `kind` = "extensions" or "decoders" (created on demand).
   std::filesystem::path state_folder(const TenantState& tenant, const char* kind) const;
   bool has_state_dir() const { return !options_.state_dir.empty(); }
+  IdleRelease& idle_release() { return idle_release_; }
 
   std::vector<TenantState*> tenants() const;
   // The caller's tenant; throws Error(kPermissionDenied, "api_key") for a missing or unknown key.
@@ -98,6 +100,7 @@ class Requests {
   std::map<std::string, std::unique_ptr<TenantState>> tenants_;  // fixed after construction
   std::unordered_map<std::string, TenantState*> by_key_;
   std::filesystem::path scratch_;  // decoders of a host without a state folder
+  IdleRelease idle_release_;
 };
 
 void write_rows(const ali::Extension& extension, v1::ExtensionRows* out);

@@ -4,7 +4,9 @@
         backbone = aios.connect(host.address)
 
 The host runs in its own process (its own threads and memory, as it would on another machine);
-leaving the block stops it with SIGTERM, which lets the calls in flight finish.
+leaving the block stops it with SIGTERM, which lets the calls in flight finish. It also stops
+when this process ends, however it ends, or drops the HostProcess: the host reads a pipe from
+it (`aios serve --until-stdin-closes`) and takes the pipe's end as SIGTERM.
 """
 import os
 import re
@@ -19,7 +21,8 @@ class HostProcess:
     """A running `aios serve`; `address` is its HOST:PORT."""
 
     def __init__(self, model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None):
-        command = [str(Path(sys.executable).parent / "aios"), "serve", os.fspath(model), "--listen", listen]
+        command = [str(Path(sys.executable).parent / "aios"), "serve", os.fspath(model), "--listen", listen,
+                   "--until-stdin-closes"]
         if keys is not None:
             command += ["--keys", os.fspath(keys)]
         if state is not None:
@@ -29,7 +32,8 @@ class HostProcess:
             command += ["--tls-cert", os.fspath(certificate), "--tls-key", os.fspath(private_key)]
         if replica is not None:
             command += ["--replica", str(int(replica))]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
         line = self._process.stdout.readline()
         match = re.fullmatch(r"serving .* on (\S+:\d+)\n", line)
         if not match:
