@@ -4,7 +4,7 @@
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
 //   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
-//                    [--replica N] [--until-stdin-closes] [--device ...] [--dtype ...]
+//                    [--replica N] [--compute-threads N] [--until-stdin-closes] [--device ...] [--dtype ...]
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
@@ -31,7 +31,8 @@ constexpr const char* kUsage =
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
     "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
-    "                        [--replica N] [--until-stdin-closes] [--device ...] [--dtype ...]\n"
+    "                        [--replica N] [--compute-threads N] [--until-stdin-closes] [--device ...]\n"
+    "                        [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
@@ -44,6 +45,7 @@ constexpr const char* kUsage =
     "             --tls-key: serve over TLS with this certificate and private key; --replica N: this\n"
     "             host's number among replicas behind a load balancer (0..65535, default 0; its\n"
     "             handles name it so that calls about them are routed back to it);\n"
+    "             --compute-threads N: calls that compute at once (default 4; more wait);\n"
     "             --until-stdin-closes: also stop when standard input ends (a parent that holds a\n"
     "             pipe to it takes the host down with it, even when killed)\n";
 
@@ -128,7 +130,20 @@ int serve(const std::string& path, const aios::ali::LoadOptions& options, const 
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   aios::server::tune_allocator_for_hosting();
-  std::shared_ptr<aios::gradient::LocalBackbone> backbone = aios::gradient::LocalBackbone::load(path, options);
+  // Loaded on a thread that ends before serving: a thread that ran LibTorch's parallel regions
+  // keeps its team of OpenMP workers for good, and with more such threads than cores OpenMP's
+  // workers sleep between regions instead of spinning, so the host's compute threads would run
+  // 1.2-1.3x slower beside an idle team of this one.
+  std::shared_ptr<aios::gradient::LocalBackbone> backbone;
+  std::exception_ptr failure;
+  std::thread([&] {
+    try {
+      backbone = aios::gradient::LocalBackbone::load(path, options);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }).join();
+  if (failure) std::rethrow_exception(failure);
   aios::server::Host host(backbone, host_options);
   const std::string address = host_options.listen.substr(0, host_options.listen.rfind(':'));
   fmt::print("serving {} on {}:{}\n", path, address, host.port());
@@ -196,6 +211,8 @@ int main(int argc, char** argv) {
         aios::server::KeyFile keys = aios::server::read_key_file(args[++i], host_options.quota);
         host_options.api_keys = std::move(keys.api_keys);
         host_options.quotas = std::move(keys.quotas);
+      } else if (command == "serve" && a == "--compute-threads" && has_value) {
+        host_options.compute_threads = static_cast<int64_t>(number(i++));
       } else if (command == "serve" && a == "--until-stdin-closes") {
         until_stdin_closes = true;
       } else if (command == "serve" && a == "--state" && has_value) {

@@ -55,7 +55,7 @@ class ChunkedService final : public v1::Chunked::Service {
   grpc::Status Call(grpc::ServerContext* context, grpc::ServerReaderWriter<v1::Chunk, v1::Chunk>* stream) override {
     std::string request, reply;
     Handler* handler = nullptr;
-    // Gathering counts as a call of the tenant; the handler counts its own afterwards.
+    // Gathering counts as a call of the tenant (on gRPC's thread); the handler counts its own afterwards.
     const grpc::Status gathered = guarded(r_, context, [&](Caller&) {
       const auto limit = static_cast<std::size_t>(
           std::min<int64_t>(std::numeric_limits<int32_t>::max(), 4 * r_.options().limits.max_bytes));
@@ -74,7 +74,7 @@ class ChunkedService final : public v1::Chunked::Service {
         request += chunk.data();
       }
       if (handler == nullptr) fail(ErrorCode::kInvalidArgument, "method", "expected at least one chunk");
-    });
+    }, Work::kBookkeeping);  // waiting on the network, not computing
     if (!gathered.ok()) return gathered;
     const grpc::Status status = (*handler)(context, request, &reply);
     if (!status.ok()) return status;

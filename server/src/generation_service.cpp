@@ -135,7 +135,7 @@ class GenerationService final : public v1::Generation::Service {
     return guarded(r_, context, [&](Caller& caller) {
       std::lock_guard lock(caller.state().mutex);
       for (const auto& [name, folder] : caller.state().decoders) out->add_names(name);
-    });
+    }, Work::kBookkeeping);
   }
 
   grpc::Status DeleteDecoder(grpc::ServerContext* context, const v1::DecoderName* request, v1::Empty*) override {
@@ -148,7 +148,7 @@ class GenerationService final : public v1::Generation::Service {
       std::error_code ignored;
       fs::remove_all(it->second, ignored);
       caller.state().decoders.erase(it);
-    });
+    }, Work::kBookkeeping);
   }
 
  private:

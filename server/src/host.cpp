@@ -3,6 +3,7 @@
 #include <mutex>
 #include <random>
 
+#include <ATen/Parallel.h>  // at::internal::GRAIN_SIZE
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/server_interceptor.h>
@@ -92,6 +93,14 @@ void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* ou
   for (const auto& layer : output.layers) to_wire(layer, out->add_layers());
 }
 
+// A lookup of so few embedding rows that LibTorch copies them without a parallel region (at most
+// its grain size of elements), and no extension rows to write: bookkeeping (requests.h). The ids'
+// bytes over 4 (int32, the smallest id type) bound their count before the request is checked.
+bool few_rows(const v1::EmbedRequest& request, int64_t hidden_size) {
+  const auto most_ids = static_cast<int64_t>(request.ids().data().size() / sizeof(int32_t));
+  return !request.has_extension() && most_ids * hidden_size <= at::internal::GRAIN_SIZE;
+}
+
 class LatentService final : public v1::Latent::Service {
  public:
   explicit LatentService(Requests& requests) : r_(requests) {}
@@ -113,7 +122,7 @@ class LatentService final : public v1::Latent::Service {
       out->set_device(r_.backbone().device().str());
       out->set_max_batch(r_.options().max_batch);
       out->set_max_request_bytes(r_.options().limits.max_bytes);
-    });
+    }, Work::kBookkeeping);
   }
 
   grpc::Status Embed(grpc::ServerContext* context, const v1::EmbedRequest* request, v1::Tensor* out) override {
@@ -123,7 +132,7 @@ class LatentService final : public v1::Latent::Service {
       const auto extension =
           request->has_extension() ? r_.extension(caller, request->extension(), "extension") : nullptr;
       to_wire(r_.backbone().embed(ids, extension.get()), out);
-    });
+    }, few_rows(*request, r_.backbone().config().hidden_size) ? Work::kBookkeeping : Work::kCompute);
   }
 
   grpc::Status Forward(grpc::ServerContext* context, const v1::ForwardRequest* request,
@@ -288,7 +297,7 @@ class GradientService final : public v1::Gradient::Service {
       passes.use(handle);
       passes.remove(handle);
       r_.backbone().release(handle);
-    });
+    }, Work::kBookkeeping);
   }
 
   grpc::Status VjpStateless(grpc::ServerContext* context, const v1::VjpStatelessRequest* request,

@@ -37,7 +37,8 @@ TenantQuota quota_of(const HostOptions& options, const std::string& tenant) {
 }  // namespace
 
 Requests::Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-    : backbone_(std::move(backbone)), options_(options), idle_release_(options.release_memory_after) {
+    : backbone_(std::move(backbone)), options_(options), idle_release_(options.release_memory_after),
+      compute_(options.compute_threads) {
   auto add = [&](const std::string& name) -> TenantState* {
     auto& state = tenants_[name];
     if (!state) {
@@ -200,11 +201,16 @@ void write_rows(const ali::Extension& extension, v1::ExtensionRows* out) {
   to_wire(extension.classifier_rows(), out->mutable_classifier_rows());
 }
 
-grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std::function<void(Caller&)>& body) {
+grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std::function<void(Caller&)>& body,
+                     Work work) {
   IdleRelease::Busy busy(requests.idle_release());
   try {
     Caller caller(requests.authenticate(*context));
-    body(caller);
+    if (work == Work::kBookkeeping) {
+      body(caller);
+    } else {
+      requests.compute().run([&] { body(caller); });
+    }
     return grpc::Status::OK;
   } catch (const Error& e) {
     if (e.code() == ErrorCode::kPermissionDenied && e.field() == "api_key") {

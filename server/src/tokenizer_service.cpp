@@ -19,7 +19,7 @@ class TokenizerService final : public v1::Tokenizer::Service {
     return guarded(r_, context, [&](Caller&) {
       out->set_json(base_tokenizer().definition());
       out->set_chat_template(r_.backbone().chat_template().value_or(""));
-    });
+    }, Work::kBookkeeping);
   }
 
   grpc::Status Encode(grpc::ServerContext* context, const v1::EncodeRequest* request, v1::EncodeResponse* out) override {
@@ -33,7 +33,7 @@ class TokenizerService final : public v1::Tokenizer::Service {
         r_.check_tokens(caller, request->texts_size(), tokens, "texts");
         out->add_ids()->mutable_ids()->Add(ids.begin(), ids.end());
       }
-    });
+    }, Work::kBookkeeping);
   }
 
   grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request, v1::DecodeResponse* out) override {
@@ -45,7 +45,7 @@ class TokenizerService final : public v1::Tokenizer::Service {
       for (const v1::Ids& ids : request->ids()) {
         out->add_texts(t->decode(std::vector<int32_t>(ids.ids().begin(), ids.ids().end()), request->skip_special_tokens()));
       }
-    });
+    }, Work::kBookkeeping);
   }
 
   grpc::Status CreateExtension(grpc::ServerContext* context, const v1::CreateExtensionRequest* request,
@@ -85,7 +85,7 @@ class TokenizerService final : public v1::Tokenizer::Service {
           out->add_saved(entry.path().filename().string());
         }
       }
-    });
+    }, Work::kBookkeeping);
   }
 
   grpc::Status ReadRows(grpc::ServerContext* context, const v1::ExtensionId* request, v1::ExtensionRows* out) override {
@@ -141,7 +141,7 @@ class TokenizerService final : public v1::Tokenizer::Service {
       if (folder.empty() || !fs::exists(folder / "extension.json") || fs::remove_all(folder, error) == 0 || error) {
         fail(ErrorCode::kNotFound, "name", "no saved extension \"{}\"", request->name());
       }
-    });
+    }, Work::kBookkeeping);
   }
 
  private:

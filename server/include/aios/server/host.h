@@ -64,6 +64,11 @@ struct HostOptions {
   // it (RemoteBackbone sends them with "aios-replica: N"); a handle naming another replica is
   // NOT_FOUND here. Every reply carries "aios-replica: N" in its initial metadata.
   int64_t replica = 0;
+  // Threads that calls compute on: this many calls compute at once (more wait their turn), each
+  // with LibTorch's intra-op threads; a lone caller always on the same one, so that its OpenMP
+  // workers stay warm. gRPC's threads receive, reply and do the bookkeeping calls (Release, lists,
+  // the tokenizer) themselves.
+  int64_t compute_threads = 4;
   // Once no call has been in flight for this long, the memory the allocator keeps for reuse goes
   // back to the system (see tune_allocator_for_hosting). Zero: never.
   std::chrono::milliseconds release_memory_after = std::chrono::seconds(2);
