@@ -12,9 +12,8 @@ aios.connect, and times, alternating remote and local calls:
     doing forward + vjp + release at 1x128 through the one host: steps/s in total and each step's
     latency (median, max) as a client sees it;
   * cross-client batching (--batching 2,4,8): N clients each sending a B=1 x T=128 forward at once
-    (the host answers them one by one, concurrently), against one B=N forward in-process (what a
-    host that batched requests of different clients together would compute) and one B=N forward
-    through the host: the ratio says whether a batcher in the host is worth writing.
+    (the host batches those that wait behind a running one, docs/hosting.md), against one B=N
+    forward in-process (all N in one batch) and one B=N forward through the host.
 The host and this process share the machine's cores; while one computes the other waits.
 --sections picks the tables (default: all).
 """
@@ -102,7 +101,7 @@ def concurrent_clients(address, D, counts, reps):
 def batching(local, address, D, counts, reps):
     """N concurrent B=1 forwards through the host against one B=N forward (in-process and hosted)."""
     print()
-    print("medians of --reps (minima in parentheses); a ratio above 1: batching would be faster")
+    print("medians of --reps (minima in parentheses); a ratio above 1: N concurrent callers take longer than one batch of N")
     print("| N | N clients x B=1, concurrent (host) | one B=N call, in-process | one B=N call, host | "
           "concurrent / batched in-process | concurrent / batched host |")
     print("| --- | --- | --- | --- | --- | --- |")

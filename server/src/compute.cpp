@@ -21,6 +21,9 @@ ComputeThreads::ComputeThreads(int64_t count) {
     workers_.back()->first = i == 0;
     threads_.emplace_back([this, worker = workers_.back().get()] { serve(*worker); });
   }
+  // Every thread waiting for work before the first call, so that the first thread takes it.
+  std::unique_lock<std::mutex> lock(mutex_);
+  started_.wait(lock, [&] { return idle_.size() == workers_.size(); });
 }
 
 ComputeThreads::~ComputeThreads() {
@@ -66,6 +69,7 @@ void ComputeThreads::serve(Worker& worker) {
     if (worker.job == nullptr) {
       if (stopping_) return;
       idle_.push_back(&worker);
+      started_.notify_one();
       worker.wake.wait(lock, [&] { return worker.job != nullptr || stopping_; });
       if (worker.job == nullptr) {
         std::erase(idle_, &worker);

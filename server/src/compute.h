@@ -46,6 +46,7 @@ class ComputeThreads {
   void serve(Worker& worker);
 
   std::mutex mutex_;
+  std::condition_variable started_;  // a thread has come to wait for work
   std::deque<Job*> waiting_;     // jobs that found every thread busy
   std::vector<Worker*> idle_;
   bool stopping_ = false;

@@ -11,6 +11,7 @@
 #include "aios/fail.h"
 #include "aios/io/safetensors.h"  // io::read_file
 #include "aios/v1/aios.grpc.pb.h"
+#include "batcher.h"
 #include "requests.h"
 #include "services.h"
 
@@ -103,7 +104,11 @@ bool few_rows(const v1::EmbedRequest& request, int64_t hidden_size) {
 
 class LatentService final : public v1::Latent::Service {
  public:
-  explicit LatentService(Requests& requests) : r_(requests) {}
+  explicit LatentService(Requests& requests)
+      : r_(requests),
+        batcher_(requests.options().batch_forwards
+                     ? std::make_unique<ForwardBatcher>(requests.backbone(), requests.options().max_batch)
+                     : nullptr) {}
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::ModelInfo* out) override {
     return guarded(r_, context, [&](Caller& caller) {
@@ -138,9 +143,13 @@ class LatentService final : public v1::Latent::Service {
   grpc::Status Forward(grpc::ServerContext* context, const v1::ForwardRequest* request,
                        v1::ForwardResponse* out) override {
     return guarded(r_, context, [&](Caller& caller) {
-      write_output(r_.backbone().forward(r_.latents(caller, request->latents(), "latents"),
-                                         r_.forward_options(caller, request->options(), "options")),
-                   out);
+      const at::Tensor latents = r_.latents(caller, request->latents(), "latents");
+      const gradient::ForwardOptions options = r_.forward_options(caller, request->options(), "options");
+      if (batcher_ && ForwardBatcher::batchable(options)) {
+        to_wire(batcher_->forward(latents), out->mutable_hidden());
+      } else {
+        write_output(r_.backbone().forward(latents, options), out);
+      }
     });
   }
 
@@ -164,6 +173,7 @@ class LatentService final : public v1::Latent::Service {
 
  private:
   Requests& r_;
+  std::unique_ptr<ForwardBatcher> batcher_;  // null when HostOptions::batch_forwards is off
 };
 
 void write_gradients(const gradient::Gradients& g, v1::Gradients* out) {

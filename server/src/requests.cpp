@@ -209,7 +209,12 @@ grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std
     if (work == Work::kBookkeeping) {
       body(caller);
     } else {
-      requests.compute().run([&] { body(caller); });
+      requests.compute().run([&] {
+        // A caller that left (or whose deadline passed) while its call waited for a compute
+        // thread gets nothing computed.
+        if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "", "the call was cancelled before it computed");
+        body(caller);
+      });
     }
     return grpc::Status::OK;
   } catch (const Error& e) {

@@ -5,7 +5,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include <fmt/format.h>
@@ -20,6 +22,7 @@
 #include "aios/server/host.h"
 #include "aios/server/remote_backbone.h"
 #include "aios/v1/aios.grpc.pb.h"
+#include "batcher.h"
 #include "catch_torch.h"
 #include "error_code.h"
 #include "tiny_checkpoint.h"
@@ -691,4 +694,150 @@ TEST_CASE("replicas: handles name the replica that keeps them, replies name who 
 
   CHECK(code_of([&] { host(65536); }, &field) == ErrorCode::kInvalidArgument);
   CHECK(field == "replica");
+}
+
+namespace {
+
+// A LocalBackbone whose forwards are counted, and held while the gate is closed.
+class GatedBackbone final : public aios::gradient::Backbone {
+ public:
+  explicit GatedBackbone(std::shared_ptr<LocalBackbone> inner) : inner_(std::move(inner)) {}
+
+  void close() {
+    std::lock_guard lock(mutex_);
+    open_ = false;
+  }
+  void open() {
+    {
+      std::lock_guard lock(mutex_);
+      open_ = true;
+    }
+    changed_.notify_all();
+  }
+  int forwards() {
+    std::lock_guard lock(mutex_);
+    return forwards_;
+  }
+  void wait_for_forwards(int n) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return forwards_ >= n; });
+  }
+
+  aios::ali::ForwardOutput forward(const at::Tensor& latents, const aios::ali::ForwardOptions& options) override {
+    {
+      std::unique_lock lock(mutex_);
+      ++forwards_;
+      changed_.notify_all();
+      changed_.wait(lock, [&] { return open_; });
+    }
+    return inner_->forward(latents, options);
+  }
+  const aios::ali::ModelConfig& config() const override { return inner_->config(); }
+  c10::Device device() const override { return inner_->device(); }
+  c10::ScalarType dtype() const override { return inner_->dtype(); }
+  at::Tensor embed(const at::Tensor& ids, const aios::ali::Extension* e) override { return inner_->embed(ids, e); }
+  at::Tensor classify(const at::Tensor& hidden, const aios::ali::Extension* e) override {
+    return inner_->classify(hidden, e);
+  }
+  std::shared_ptr<aios::ali::Extension> extend(const std::vector<std::string>& tokens,
+                                               const aios::ali::ExtendOptions& options) override {
+    return inner_->extend(tokens, options);
+  }
+  std::shared_ptr<const aios::tokenizer::Tokenizer> tokenizer() override { return inner_->tokenizer(); }
+  std::optional<std::string> chat_template() override { return inner_->chat_template(); }
+  std::unique_ptr<aios::ali::Generation> start_generation(const at::Tensor& latents,
+                                                          const aios::ali::GenerateOptions& options) override {
+    return inner_->start_generation(latents, options);
+  }
+  std::shared_ptr<aios::ali::Session> new_session() override { return inner_->new_session(); }
+  aios::gradient::KeptForward forward_keep(const at::Tensor& latents, const aios::ali::ForwardOptions& options) override {
+    return inner_->forward_keep(latents, options);
+  }
+  aios::gradient::Gradients vjp(aios::gradient::Handle handle, const aios::gradient::Cotangents& c) override {
+    return inner_->vjp(handle, c);
+  }
+  void release(aios::gradient::Handle handle) override { inner_->release(handle); }
+  aios::gradient::Gradients vjp(const at::Tensor& latents, const aios::ali::ForwardOptions& options,
+                                const aios::gradient::Cotangents& c) override {
+    return inner_->vjp(latents, options, c);
+  }
+  aios::gradient::FusedResult forward_backward(const at::Tensor& latents, const aios::ali::ForwardOptions& options,
+                                               const aios::gradient::LossOptions& loss) override {
+    return inner_->forward_backward(latents, options, loss);
+  }
+
+ private:
+  std::shared_ptr<LocalBackbone> inner_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool open_ = true;
+  int forwards_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("a call whose caller left while it waited for a compute thread is never computed", "[server]") {
+  auto gated = std::make_shared<GatedBackbone>(Loopback::get().local);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.compute_threads = 1;
+  aios::server::Host host(gated, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+  const at::Tensor latents = torch::randn({1, 4, kD});
+
+  gated->close();
+  auto first = std::async(std::launch::async, [&] {
+    return aios::server::RemoteBackbone::connect(address)->forward(latents).hidden;
+  });
+  gated->wait_for_forwards(1);  // computing on the only compute thread, held there
+  aios::server::ConnectOptions hasty;
+  hasty.timeout = std::chrono::milliseconds(200);
+  auto waiting = aios::server::RemoteBackbone::connect(address, hasty);
+  CHECK(code_of([&] { waiting->forward(latents); }) == ErrorCode::kUnavailable);  // its deadline passed in the queue
+  gated->open();
+  CHECK(first.get().sizes() == at::IntArrayRef{1, 4, kD});
+  CHECK(gated->forwards() == 1);  // the hasty call never reached the backbone
+  aios::server::RemoteBackbone::connect(address)->forward(latents);
+  CHECK(gated->forwards() == 2);
+}
+
+TEST_CASE("forwards that wait behind another are computed as one batch, each caller getting its rows", "[server]") {
+  GatedBackbone gated(Loopback::get().local);
+  aios::server::ForwardBatcher batcher(gated, 16);
+  torch::manual_seed(3);
+  const at::Tensor a = torch::randn({1, 4, kD}), b = torch::randn({2, 4, kD}), c = torch::randn({1, 4, kD});
+  const at::Tensor other_shape = torch::randn({1, 5, kD});
+  const at::Tensor not_finite = torch::full({1, 4, kD}, std::numeric_limits<float>::quiet_NaN());
+
+  gated.close();
+  auto first = std::async(std::launch::async, [&] { return batcher.forward(a); });
+  gated.wait_for_forwards(1);  // computing alone, held
+  std::vector<std::future<at::Tensor>> queued;
+  for (const at::Tensor* x : {&b, &c, &other_shape}) {
+    queued.push_back(std::async(std::launch::async, [&batcher, x] { return batcher.forward(*x); }));
+  }
+  auto bad = std::async(std::launch::async, [&] { return batcher.forward(not_finite); });
+  while (batcher.waiting() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  gated.open();
+
+  auto& local = *Loopback::get().local;
+  CHECK(torch::equal(first.get(), local.forward(a).hidden));  // alone: exactly the local result
+  for (std::size_t i = 0; i < 3; ++i) {
+    const at::Tensor& x = i == 0 ? b : i == 1 ? c : other_shape;
+    CHECK(torch::allclose(queued[i].get(), local.forward(x).hidden, 1e-5, 1e-5));
+  }
+  // The NaN joined b and c's batch: that batch failed, so each of the three ran alone, and only
+  // the caller with the bad latents got the error.
+  CHECK(code_of([&] { bad.get(); }) == ErrorCode::kInvalidArgument);
+  // a; the batch [b, c, NaN]; b, c and NaN alone; other_shape alone.
+  CHECK(gated.forwards() == 6);
+
+  // Without a forward in front, each computes alone.
+  gated.wait_for_forwards(6);
+  CHECK(torch::equal(batcher.forward(b), local.forward(b).hidden));
+  CHECK(gated.forwards() == 7);
+  CHECK(aios::server::ForwardBatcher::batchable({}));
+  aios::gradient::ForwardOptions with_layers;
+  with_layers.layers = {1};
+  CHECK(!aios::server::ForwardBatcher::batchable(with_layers));
 }

@@ -69,6 +69,12 @@ struct HostOptions {
   // workers stay warm. gRPC's threads receive, reply and do the bookkeeping calls (Release, lists,
   // the tokenizer) themselves.
   int64_t compute_threads = 4;
+  // Plain forwards (no positions, mask, layers or extension) of the same shape that wait while
+  // another forward computes are computed as one batch when it is done (at most max_batch rows),
+  // each caller getting its rows: equal to separate calls to float tolerance, not bit for bit (a
+  // batch's matrix products sum in another order). Concurrent callers are batched only as far as
+  // compute threads hold them.
+  bool batch_forwards = true;
   // Once no call has been in flight for this long, the memory the allocator keeps for reuse goes
   // back to the system (see tune_allocator_for_hosting). Zero: never.
   std::chrono::milliseconds release_memory_after = std::chrono::seconds(2);
