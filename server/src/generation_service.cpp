@@ -21,57 +21,34 @@ class GenerationService final : public v1::Generation::Service {
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateStep>* writer) override {
+    // On gRPC's thread, each step computed on a compute thread: a caller that reads its stream
+    // slowly (or never) holds no compute thread while its next message waits to be sent.
     return guarded(r_, context, [&](Caller& caller) {
-      const at::Tensor latents = r_.latents(caller, request->latents(), "latents");
-      if (request->max_new_tokens() < 1) {
-        fail(ErrorCode::kInvalidArgument, "max_new_tokens", "expected >= 1, got {}", request->max_new_tokens());
-      }
-      // The KV cache holds every prompt and generated position of every row.
-      const int64_t B = latents.size(0), T = latents.size(1);
-      const int64_t steps = std::min(request->max_new_tokens(), r_.backbone().config().max_positions);
-      r_.check_tokens(caller, B, B * (T + steps), "max_new_tokens");
-
-      ali::GenerateOptions options;
-      if (request->has_positions()) options.positions = r_.tensor(request->positions(), "positions");
-      if (request->has_mask()) options.mask = r_.tensor(request->mask(), "mask");
-      options.max_new_tokens = request->max_new_tokens();
-      const v1::Sampling& s = request->sampling();
-      options.sampling.temperature = s.temperature();
-      options.sampling.top_k = s.top_k();
-      if (s.has_top_p()) options.sampling.top_p = s.top_p();
-      if (s.has_seed()) options.sampling.seed = s.seed();
-      options.stop_ids.assign(request->stop_ids().begin(), request->stop_ids().end());
-      if (request->has_extension()) options.extension = r_.extension(caller, request->extension(), "extension");
-      // Each decoder is loaded once per generation, however many routes name it.
-      if (request->routes_size() > kMaxRoutes) {
-        fail(ErrorCode::kInvalidArgument, "routes", "expected at most {} routes, got {}", kMaxRoutes,
-             request->routes_size());
-      }
-      std::map<std::string, std::shared_ptr<ali::Decoder>> decoders;
-      for (int i = 0; i < request->routes_size(); ++i) {
-        const v1::Route& route = request->routes(i);
-        auto& d = decoders[route.decoder()];
-        if (!d) d = decoder(caller, route.decoder(), fmt::format("routes[{}].decoder", i));
-        options.routes.push_back({route.start_id(), route.end_id(), d});
-      }
-
-      const std::unique_ptr<ali::Generation> generation = r_.backbone().start_generation(latents, options);
-      while (const std::optional<ali::GenerationStep> step = generation->next()) {
+      std::unique_ptr<ali::Generation> generation;
+      r_.compute().run([&] { generation = start(caller, *request); });
+      while (true) {
+        v1::GenerateStep out;
+        bool more = false;
+        r_.compute().run([&] {
+          const std::optional<ali::GenerationStep> step = generation->next();
+          if (!step) return;
+          more = true;
+          out.set_index(step->index);
+          to_wire(step->ids, out.mutable_ids());
+          to_wire(step->finished, out.mutable_finished());
+          to_wire(step->routes, out.mutable_routes());
+          if (request->return_hidden()) to_wire(step->hidden, out.mutable_hidden());
+          for (const at::Tensor& output : step->outputs) {
+            v1::Tensor* slot = out.add_outputs();  // left empty where no decoder ran
+            if (output.defined()) to_wire(output, slot);
+          }
+        });
+        if (!more) return;
         // A caller that left stops the generation here: the cache and decoders are freed on return.
         if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "generate", "the call was cancelled");
-        v1::GenerateStep out;
-        out.set_index(step->index);
-        to_wire(step->ids, out.mutable_ids());
-        to_wire(step->finished, out.mutable_finished());
-        to_wire(step->routes, out.mutable_routes());
-        if (request->return_hidden()) to_wire(step->hidden, out.mutable_hidden());
-        for (const at::Tensor& output : step->outputs) {
-          v1::Tensor* slot = out.add_outputs();  // left empty where no decoder ran
-          if (output.defined()) to_wire(output, slot);
-        }
         if (!writer->Write(out)) fail(ErrorCode::kUnavailable, "generate", "the caller is gone");
       }
-    });
+    }, Work::kBookkeeping);
   }
 
   grpc::Status RegisterDecoder(grpc::ServerContext* context, const v1::RegisterDecoderRequest* request,
@@ -154,6 +131,43 @@ class GenerationService final : public v1::Generation::Service {
  private:
   // A fresh instance of the tenant's decoder `name`: decoders keep per-row state, so concurrent
   // generations never share one.
+  // Checks the request and runs its prompt.
+  std::unique_ptr<ali::Generation> start(Caller& caller, const v1::GenerateRequest& request) {
+    const at::Tensor latents = r_.latents(caller, request.latents(), "latents");
+    if (request.max_new_tokens() < 1) {
+      fail(ErrorCode::kInvalidArgument, "max_new_tokens", "expected >= 1, got {}", request.max_new_tokens());
+    }
+    // The KV cache holds every prompt and generated position of every row.
+    const int64_t B = latents.size(0), T = latents.size(1);
+    const int64_t steps = std::min(request.max_new_tokens(), r_.backbone().config().max_positions);
+    r_.check_tokens(caller, B, B * (T + steps), "max_new_tokens");
+
+    ali::GenerateOptions options;
+    if (request.has_positions()) options.positions = r_.tensor(request.positions(), "positions");
+    if (request.has_mask()) options.mask = r_.tensor(request.mask(), "mask");
+    options.max_new_tokens = request.max_new_tokens();
+    const v1::Sampling& s = request.sampling();
+    options.sampling.temperature = s.temperature();
+    options.sampling.top_k = s.top_k();
+    if (s.has_top_p()) options.sampling.top_p = s.top_p();
+    if (s.has_seed()) options.sampling.seed = s.seed();
+    options.stop_ids.assign(request.stop_ids().begin(), request.stop_ids().end());
+    if (request.has_extension()) options.extension = r_.extension(caller, request.extension(), "extension");
+    // Each decoder is loaded once per generation, however many routes name it.
+    if (request.routes_size() > kMaxRoutes) {
+      fail(ErrorCode::kInvalidArgument, "routes", "expected at most {} routes, got {}", kMaxRoutes,
+           request.routes_size());
+    }
+    std::map<std::string, std::shared_ptr<ali::Decoder>> decoders;
+    for (int i = 0; i < request.routes_size(); ++i) {
+      const v1::Route& route = request.routes(i);
+      auto& d = decoders[route.decoder()];
+      if (!d) d = decoder(caller, route.decoder(), fmt::format("routes[{}].decoder", i));
+      options.routes.push_back({route.start_id(), route.end_id(), d});
+    }
+    return r_.backbone().start_generation(latents, options);
+  }
+
   std::shared_ptr<ali::Decoder> decoder(Caller& caller, const std::string& name, const std::string& field) {
     fs::path folder;
     {
