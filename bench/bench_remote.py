@@ -20,10 +20,8 @@ The host and this process share the machine's cores; while one computes the othe
 import argparse
 import os
 import statistics
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import torch
 
@@ -66,9 +64,6 @@ def concurrently(n, work):
     return time.perf_counter() - start, results
 
 
-KEY = "bench-key"
-
-
 def concurrent_clients(address, D, counts, reps):
     """n clients, each its own connection, each doing `reps` forward + vjp + release at 1x128."""
     print()
@@ -76,7 +71,7 @@ def concurrent_clients(address, D, counts, reps):
     print("| --- | --- | --- | --- | --- |")
     base = None
     for n in counts:
-        backbones = [aios.connect(address, api_key=KEY) for _ in range(n)]
+        backbones = [aios.connect(address) for _ in range(n)]
         torch.manual_seed(0)
         inputs = [(torch.randn(1, 128, D) * 0.1, torch.randn(1, 128, D)) for _ in range(n)]
         for i in range(n):  # warm-up, one each
@@ -106,7 +101,7 @@ def batching(local, address, D, counts, reps):
           "concurrent / batched in-process | concurrent / batched host |")
     print("| --- | --- | --- | --- | --- | --- |")
     for n in counts:
-        backbones = [aios.connect(address, api_key=KEY) for _ in range(n)]
+        backbones = [aios.connect(address) for _ in range(n)]
         torch.manual_seed(0)
         rows = torch.randn(n, 128, D) * 0.1
         for i in range(n):  # warm-up, each shape once
@@ -187,14 +182,10 @@ def main():
     torch.set_num_threads(args.threads)
     print(machine_line("cpu", "float32"))
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the host's threads, as this process's
-    # One tenant whose store quota holds an 8x256 pass of the default model (3.4 GB by the
-    # backbone's estimate; the default quota is 1 GiB), within the host's 4 GiB store.
-    keys = Path(tempfile.mkdtemp()) / "keys"
-    keys.write_text(f"bench {KEY} max_store_bytes={4 << 30}\n")
-    host = aios.serve(args.model, keys=keys)
+    host = aios.serve(args.model)  # no keys: one tenant, without a store quota
     address = host.address
     try:
-        local, remote = aios.Backbone.load(args.model), aios.connect(address, api_key=KEY)
+        local, remote = aios.Backbone.load(args.model), aios.connect(address)
         D = local.config.hidden_size
         print(f"model {args.model}, float32, {args.threads} threads, host {address}")
         if "single" in sections:
@@ -205,8 +196,6 @@ def main():
             batching(local, address, D, [int(n) for n in args.batching.split(",")], args.reps)
     finally:
         host.stop()
-        keys.unlink()
-        keys.parent.rmdir()
 
 
 if __name__ == "__main__":
