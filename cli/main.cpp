@@ -9,6 +9,7 @@
 #include <csignal>
 #include <pthread.h>
 #include <cstdio>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -134,16 +135,9 @@ int serve(const std::string& path, const aios::ali::LoadOptions& options, const 
   // keeps its team of OpenMP workers for good, and with more such threads than cores OpenMP's
   // workers sleep between regions instead of spinning, so the host's compute threads would run
   // 1.2-1.3x slower beside an idle team of this one.
-  std::shared_ptr<aios::gradient::LocalBackbone> backbone;
-  std::exception_ptr failure;
-  std::thread([&] {
-    try {
-      backbone = aios::gradient::LocalBackbone::load(path, options);
-    } catch (...) {
-      failure = std::current_exception();
-    }
-  }).join();
-  if (failure) std::rethrow_exception(failure);
+  // (The future's end joins the thread.)
+  const std::shared_ptr<aios::gradient::LocalBackbone> backbone =
+      std::async(std::launch::async, [&] { return aios::gradient::LocalBackbone::load(path, options); }).get();
   aios::server::Host host(backbone, host_options);
   const std::string address = host_options.listen.substr(0, host_options.listen.rfind(':'));
   fmt::print("serving {} on {}:{}\n", path, address, host.port());
@@ -212,7 +206,11 @@ int main(int argc, char** argv) {
         host_options.api_keys = std::move(keys.api_keys);
         host_options.quotas = std::move(keys.quotas);
       } else if (command == "serve" && a == "--compute-threads" && has_value) {
-        host_options.compute_threads = static_cast<int64_t>(number(i++));
+        const double threads = number(i++);
+        if (!(threads >= 1 && threads <= 256) || threads != static_cast<double>(static_cast<int64_t>(threads))) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number in [1, 256], got \"{}\"", args[i]);
+        }
+        host_options.compute_threads = static_cast<int64_t>(threads);
       } else if (command == "serve" && a == "--until-stdin-closes") {
         until_stdin_closes = true;
       } else if (command == "serve" && a == "--state" && has_value) {

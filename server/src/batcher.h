@@ -1,16 +1,18 @@
 // Plain forwards of different callers computed together (internal to aios_server).
 //
-// A forward that arrives while another computes waits; when that one is done, every waiting
-// forward of the same shape goes into one batch. Nothing waits longer than it would have anyway:
-// batches form only from forwards that were queued behind a running one. On 2 CPU cores, N
-// concurrent [1,128,D] forwards through the host took 1.1-1.3x the time of one [N,128,D] forward
-// (bench/RESULTS.md).
+// A forward that arrives while another of the same shape computes waits; when that one is done,
+// every waiting forward of that shape goes into one batch. A forward waits only for a running one
+// of its own shape (whose batch it came too late to join), never for other shapes. On 2
+// CPU cores, N concurrent [1,128,D] forwards through the host took 1.1-1.3x the time of one
+// [N,128,D] forward (bench/RESULTS.md).
 #pragma once
 
+#include <array>
 #include <condition_variable>
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <vector>
 
 #include "aios/gradient_api/backbone.h"
 
@@ -38,14 +40,16 @@ class ForwardBatcher {
     std::exception_ptr error;
     bool done = false;
   };
-  void compute(const std::vector<Pending*>& batch);
+  using Shape = std::array<int64_t, 3>;  // T, D, dtype: what forwards of one batch share
+  static Shape shape_of(const at::Tensor& latents);
+  void compute(const std::vector<Pending*>& batch) noexcept;
 
   gradient::Backbone& backbone_;
   const int64_t max_rows_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::deque<Pending*> waiting_;
-  bool computing_ = false;
+  std::vector<Shape> computing_;  // shapes of the batches computing now
 };
 
 }  // namespace aios::server

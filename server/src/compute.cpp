@@ -16,17 +16,24 @@ constexpr int kOmpPauseSoft = 1;
 
 ComputeThreads::ComputeThreads(int64_t count) {
   if (count < 1) fail(ErrorCode::kInvalidArgument, "compute_threads", "expected at least 1, got {}", count);
-  for (int64_t i = 0; i < count; ++i) {
-    workers_.push_back(std::make_unique<Worker>());
-    workers_.back()->first = i == 0;
-    threads_.emplace_back([this, worker = workers_.back().get()] { serve(*worker); });
+  try {
+    for (int64_t i = 0; i < count; ++i) {
+      workers_.push_back(std::make_unique<Worker>());
+      workers_.back()->first = i == 0;
+      threads_.emplace_back([this, worker = workers_.back().get()] { serve(*worker); });
+    }
+  } catch (...) {  // the threads started so far end before the error leaves
+    stop();
+    throw;
   }
   // Every thread waiting for work before the first call, so that the first thread takes it.
   std::unique_lock<std::mutex> lock(mutex_);
   started_.wait(lock, [&] { return idle_.size() == workers_.size(); });
 }
 
-ComputeThreads::~ComputeThreads() {
+ComputeThreads::~ComputeThreads() { stop(); }
+
+void ComputeThreads::stop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;

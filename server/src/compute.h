@@ -6,7 +6,8 @@
 // forward+vjp at 1x128 took 1.2-1.4x its in-process time. So calls compute on a fixed set of
 // threads: the first of them whenever it is free, keeping its team; the others only while it is
 // busy, each giving its team back after every call, so that once concurrent calls end a single
-// team is left.
+// team is left. (omp_pause_resource_all frees the calling thread's team in GNU libgomp, the
+// runtime LibTorch's builds use; LLVM's libomp would pause every team of the process.)
 #pragma once
 
 #include <condition_variable>
@@ -27,8 +28,8 @@ class ComputeThreads {
   ComputeThreads(const ComputeThreads&) = delete;
   ComputeThreads& operator=(const ComputeThreads&) = delete;
 
-  // Runs `work` on one of the threads (inline when called from one of them, as a chunked call
-  // does for the call inside it) and returns when it has; its exception is rethrown here.
+  // Runs `work` on one of the threads and returns when it has; its exception is rethrown here.
+  // Called from one of the threads, runs it in place (waiting would hold the thread it waits for).
   void run(const std::function<void()>& work);
 
  private:
@@ -44,6 +45,7 @@ class ComputeThreads {
     Job* job = nullptr;
   };
   void serve(Worker& worker);
+  void stop();
 
   std::mutex mutex_;
   std::condition_variable started_;  // a thread has come to wait for work

@@ -25,11 +25,13 @@ class GenerationService final : public v1::Generation::Service {
     // slowly (or never) holds no compute thread while its next message waits to be sent.
     return guarded(r_, context, [&](Caller& caller) {
       std::unique_ptr<ali::Generation> generation;
-      r_.compute().run([&] { generation = start(caller, *request); });
+      r_.compute(*context, [&] { generation = start(caller, *request); });
       while (true) {
         v1::GenerateStep out;
         bool more = false;
-        r_.compute().run([&] {
+        // A caller that left stops the generation before its next step (Error(kUnavailable)):
+        // the cache and decoders are freed on return.
+        r_.compute(*context, [&] {
           const std::optional<ali::GenerationStep> step = generation->next();
           if (!step) return;
           more = true;
@@ -44,8 +46,6 @@ class GenerationService final : public v1::Generation::Service {
           }
         });
         if (!more) return;
-        // A caller that left stops the generation here: the cache and decoders are freed on return.
-        if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "generate", "the call was cancelled");
         if (!writer->Write(out)) fail(ErrorCode::kUnavailable, "generate", "the caller is gone");
       }
     }, Work::kBookkeeping);
@@ -129,8 +129,6 @@ class GenerationService final : public v1::Generation::Service {
   }
 
  private:
-  // A fresh instance of the tenant's decoder `name`: decoders keep per-row state, so concurrent
-  // generations never share one.
   // Checks the request and runs its prompt.
   std::unique_ptr<ali::Generation> start(Caller& caller, const v1::GenerateRequest& request) {
     const at::Tensor latents = r_.latents(caller, request.latents(), "latents");
@@ -168,6 +166,8 @@ class GenerationService final : public v1::Generation::Service {
     return r_.backbone().start_generation(latents, options);
   }
 
+  // A fresh instance of the tenant's decoder `name`: decoders keep per-row state, so concurrent
+  // generations never share one.
   std::shared_ptr<ali::Decoder> decoder(Caller& caller, const std::string& name, const std::string& field) {
     fs::path folder;
     {

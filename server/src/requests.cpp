@@ -196,6 +196,13 @@ void Requests::assign_rows(ali::Extension& extension, const v1::ExtensionRows& r
   extension.classifier_rows().copy_(classifier);
 }
 
+void Requests::compute(const grpc::ServerContext& context, const std::function<void()>& work) {
+  compute_.run([&] {
+    if (context.IsCancelled()) fail(ErrorCode::kUnavailable, "", "the call was cancelled before it computed");
+    work();
+  });
+}
+
 void write_rows(const ali::Extension& extension, v1::ExtensionRows* out) {
   to_wire(extension.embedding_rows(), out->mutable_embedding_rows());
   to_wire(extension.classifier_rows(), out->mutable_classifier_rows());
@@ -209,12 +216,7 @@ grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std
     if (work == Work::kBookkeeping) {
       body(caller);
     } else {
-      requests.compute().run([&] {
-        // A caller that left (or whose deadline passed) while its call waited for a compute
-        // thread gets nothing computed.
-        if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "", "the call was cancelled before it computed");
-        body(caller);
-      });
+      requests.compute(*context, [&] { body(caller); });
     }
     return grpc::Status::OK;
   } catch (const Error& e) {

@@ -71,7 +71,9 @@ class Requests {
   std::filesystem::path state_folder(const TenantState& tenant, const char* kind) const;
   bool has_state_dir() const { return !options_.state_dir.empty(); }
   IdleRelease& idle_release() { return idle_release_; }
-  ComputeThreads& compute() { return compute_; }
+  // Runs `work` on a compute thread unless the caller left (or its deadline passed) while it
+  // waited for one: Error(kUnavailable) then, nothing computed.
+  void compute(const grpc::ServerContext& context, const std::function<void()>& work);
 
   std::vector<TenantState*> tenants() const;
   // The caller's tenant; throws Error(kPermissionDenied, "api_key") for a missing or unknown key.

@@ -794,6 +794,8 @@ TEST_CASE("a call whose caller left while it waited for a compute thread is neve
   hasty.timeout = std::chrono::milliseconds(200);
   auto waiting = aios::server::RemoteBackbone::connect(address, hasty);
   CHECK(code_of([&] { waiting->forward(latents); }) == ErrorCode::kUnavailable);  // its deadline passed in the queue
+  // The host marks the call cancelled on its own timer, a little after the caller gave up.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   gated->open();
   CHECK(first.get().sizes() == at::IntArrayRef{1, 4, kD});
   CHECK(gated->forwards() == 1);  // the hasty call never reached the backbone
@@ -812,24 +814,26 @@ TEST_CASE("forwards that wait behind another are computed as one batch, each cal
   gated.close();
   auto first = std::async(std::launch::async, [&] { return batcher.forward(a); });
   gated.wait_for_forwards(1);  // computing alone, held
+  // Another shape does not wait for it: it reaches the backbone while the first is held there.
+  auto other = std::async(std::launch::async, [&] { return batcher.forward(other_shape); });
+  gated.wait_for_forwards(2);
   std::vector<std::future<at::Tensor>> queued;
-  for (const at::Tensor* x : {&b, &c, &other_shape}) {
+  for (const at::Tensor* x : {&b, &c}) {
     queued.push_back(std::async(std::launch::async, [&batcher, x] { return batcher.forward(*x); }));
   }
   auto bad = std::async(std::launch::async, [&] { return batcher.forward(not_finite); });
-  while (batcher.waiting() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  while (batcher.waiting() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   gated.open();
 
   auto& local = *Loopback::get().local;
   CHECK(torch::equal(first.get(), local.forward(a).hidden));  // alone: exactly the local result
-  for (std::size_t i = 0; i < 3; ++i) {
-    const at::Tensor& x = i == 0 ? b : i == 1 ? c : other_shape;
-    CHECK(torch::allclose(queued[i].get(), local.forward(x).hidden, 1e-5, 1e-5));
-  }
+  CHECK(torch::equal(other.get(), local.forward(other_shape).hidden));
+  CHECK(torch::allclose(queued[0].get(), local.forward(b).hidden, 1e-5, 1e-5));
+  CHECK(torch::allclose(queued[1].get(), local.forward(c).hidden, 1e-5, 1e-5));
   // The NaN joined b and c's batch: that batch failed, so each of the three ran alone, and only
   // the caller with the bad latents got the error.
   CHECK(code_of([&] { bad.get(); }) == ErrorCode::kInvalidArgument);
-  // a; the batch [b, c, NaN]; b, c and NaN alone; other_shape alone.
+  // a; other_shape; the batch [b, c, NaN]; b, c and NaN alone.
   CHECK(gated.forwards() == 6);
 
   // Without a forward in front, each computes alone.

@@ -69,8 +69,8 @@ struct HostOptions {
   // workers stay warm. gRPC's threads receive, reply and do the bookkeeping calls (Release, lists,
   // the tokenizer) themselves.
   int64_t compute_threads = 4;
-  // Plain forwards (no positions, mask, layers or extension) of the same shape that wait while
-  // another forward computes are computed as one batch when it is done (at most max_batch rows),
+  // Plain forwards (no positions, mask, layers or extension) that wait while another forward of
+  // their shape computes are computed as one batch when it is done (at most max_batch rows),
   // each caller getting its rows: equal to separate calls to float tolerance, not bit for bit (a
   // batch's matrix products sum in another order). Concurrent callers are batched only as far as
   // compute threads hold them.
@@ -94,7 +94,8 @@ struct KeyFile {
 KeyFile read_key_file(const std::string& path, const TenantQuota& defaults = {});
 
 // Sets this process's allocator (glibc's malloc) up for a host: one heap for all threads, whose
-// freed memory stays for the next call instead of going back to the system at every free, so that
+// freed memory (of blocks up to 32 MiB, glibc's limit; larger ones are still mapped afresh each
+// time) stays for the next call instead of going back to the system at every free, so that
 // the pages of a large pass are not faulted in afresh by every call (about 0.8M page faults, 1-5 s
 // of system time, per 8x256 forward+vjp of the default model); a Host gives it back once idle
 // (HostOptions::release_memory_after). Call it first in main(), before other threads start. Leaves
