@@ -159,8 +159,13 @@ ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ForwardOpt
   const backbone::Attention attention = prepare(latents, options);
   at::NoGradGuard no_grad;
   ForwardOutput out;
-  out.hidden = impl_->model->forward(latents, attention, options.layers, &out.layers);
+  out.hidden = impl_->model->forward(latents, attention, options.layers, &out.layers, nullptr,
+                                     [&](int64_t, const at::Tensor&) { stop_if_cancelled(options.cancelled); });
   return out;
+}
+
+void stop_if_cancelled(const std::function<bool()>& cancelled) {
+  if (cancelled && cancelled()) fail(ErrorCode::kUnavailable, "cancelled", "the call was cancelled");
 }
 
 void LocalBackbone::check_hidden(const at::Tensor& hidden, const char* name) const {

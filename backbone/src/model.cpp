@@ -74,7 +74,8 @@ at::Tensor Model::embed(const at::Tensor& ids, const at::Tensor& extra_rows) con
 }
 
 at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
-                          std::vector<at::Tensor>* layer_states, KVCache* cache) const {
+                          std::vector<at::Tensor>* layer_states, KVCache* cache,
+                          const std::function<void(int64_t, const at::Tensor&)>& before_block) const {
   if (cache != nullptr) {
     const at::Tensor valid = attention.key_padding.defined() ? attention.key_padding : attention.positions.ge(0);
     cache->append_slots(valid, attention.positions, config_.num_layers);
@@ -89,6 +90,7 @@ at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention,
   };
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     record(i);
+    if (before_block) before_block(i, x);
     x = block(i, x, *context);
   }
   record(config_.num_layers);

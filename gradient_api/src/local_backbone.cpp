@@ -86,10 +86,22 @@ struct LocalBackbone::Impl {
     pass->layer_index = options.layers;
     pass->extension = options.extension;
     if (options.ids) pass->ids = options.ids->to(latents.device(), at::kLong);
+    pass->cancelled = options.cancelled;
     if (!options.recompute) {
       pass->leaf = latents.detach().requires_grad_(true);
       at::AutoGradMode grad_mode(true);
-      pass->hidden = m.forward(pass->leaf, attention, options.layers, &pass->layers);
+      // With a cancellation check, the gradient entering each block asks it too, during backward.
+      auto between_blocks = [&](int64_t, const at::Tensor& x) {
+        ali::stop_if_cancelled(options.cancelled);
+        if (options.cancelled) {
+          // A hook on the stream entering a block runs once that block's backward is done.
+          x.register_hook([cancelled = options.cancelled](const at::Tensor& grad) {
+            ali::stop_if_cancelled(cancelled);
+            return grad;
+          });
+        }
+      };
+      pass->hidden = m.forward(pass->leaf, attention, options.layers, &pass->layers, nullptr, between_blocks);
       pass->bytes = pass_bytes(latents, options);
       return pass;
     }
@@ -99,7 +111,10 @@ struct LocalBackbone::Impl {
     // The caller may change its latents after this call: the kept state must not alias them.
     at::Tensor x = m.input(latents, *context).clone();
     pass->states.push_back(x);
-    for (int64_t i = 0; i < cfg.num_layers; ++i) pass->states.push_back(x = m.block(i, x, *context));
+    for (int64_t i = 0; i < cfg.num_layers; ++i) {
+      ali::stop_if_cancelled(options.cancelled);
+      pass->states.push_back(x = m.block(i, x, *context));
+    }
     pass->hidden = m.final_norm(x);
     for (int64_t l : options.layers) pass->layers.push_back(pass->states[static_cast<std::size_t>(l)]);
     pass->context = context;
@@ -239,6 +254,7 @@ struct LocalBackbone::Impl {
     }
     add_layer_cotangents(L);
     for (int64_t i = L - 1; i >= 0; --i) {
+      ali::stop_if_cancelled(pass.cancelled);
       const at::Tensor x = pass.states[static_cast<std::size_t>(i)].detach().requires_grad_(true);
       state_grad = torch::autograd::grad({m.block(i, x, context)}, {x}, {state_grad})[0];
       add_layer_cotangents(i);

@@ -144,7 +144,7 @@ class LatentService final : public v1::Latent::Service {
                        v1::ForwardResponse* out) override {
     return guarded(r_, context, [&](Caller& caller) {
       const at::Tensor latents = r_.latents(caller, request->latents(), "latents");
-      const gradient::ForwardOptions options = r_.forward_options(caller, request->options(), "options");
+      const gradient::ForwardOptions options = r_.forward_options(caller, request->options(), "options", *context);
       if (batcher_ && ForwardBatcher::batchable(options)) {
         to_wire(batcher_->forward(latents), out->mutable_hidden());
       } else {
@@ -215,13 +215,14 @@ class KeptPasses {
     check_room(0);
   }
   // Counts a kept pass of `bytes`, within the quota (checked and counted under one lock).
-  void keep(gradient::Handle handle, std::size_t bytes) {
+  void keep(gradient::Handle handle, std::size_t bytes, std::shared_ptr<CurrentCall> call) {
     std::lock_guard lock(tenant_.mutex);
     check_room(bytes);
-    tenant_.handles[handle] = {bytes, Clock::now(), /*claimed=*/false};
+    tenant_.handles[handle] = {bytes, Clock::now(), /*claimed=*/false, std::move(call)};
     tenant_.kept_bytes += bytes;
   }
-  void use(gradient::Handle handle) {
+  // The pass's current-call slot (see CurrentCall).
+  std::shared_ptr<CurrentCall> use(gradient::Handle handle) {
     std::lock_guard lock(tenant_.mutex);
     auto it = tenant_.handles.find(handle);
     if (it == tenant_.handles.end()) {
@@ -229,6 +230,7 @@ class KeptPasses {
     }
     it->second.last_use = Clock::now();
     it->second.claimed = true;
+    return it->second.call;
   }
   void remove(gradient::Handle handle) {
     std::lock_guard lock(tenant_.mutex);
@@ -270,10 +272,16 @@ class GradientService final : public v1::Gradient::Service {
       }
       KeptPasses passes(caller);
       passes.check_room();
-      const auto kept = r_.backbone().forward_keep(r_.latents(caller, request->latents(), "latents"),
-                                                   r_.forward_options(caller, request->options(), "options"));
+      gradient::ForwardOptions options = r_.forward_options(caller, request->options(), "options", *context);
+      auto call = std::make_shared<CurrentCall>();
+      options.cancelled = [call] { return call->cancelled(); };
+      gradient::KeptForward kept;
+      {
+        CurrentCall::Scope computing(*call, *context);
+        kept = r_.backbone().forward_keep(r_.latents(caller, request->latents(), "latents"), options);
+      }
       try {
-        passes.keep(kept.handle, kept.bytes);
+        passes.keep(kept.handle, kept.bytes, call);
         // A caller that left (disconnected or out of time) never learns the handle: free the pass now.
         if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
         write_output(kept.output, out);
@@ -290,8 +298,9 @@ class GradientService final : public v1::Gradient::Service {
     return guarded(r_, context, [&](Caller& caller) {
       KeptPasses passes(caller);
       const gradient::Handle handle = handles_.decode(request->handle());
-      passes.use(handle);
+      const std::shared_ptr<CurrentCall> call = passes.use(handle);
       try {
+        CurrentCall::Scope computing(*call, *context);
         write_gradients(r_.backbone().vjp(handle, r_.cotangents(request->cotangents())), out);
       } catch (const Error& e) {
         if (e.code() == ErrorCode::kNotFound) passes.remove(handle);  // evicted or expired
@@ -314,7 +323,7 @@ class GradientService final : public v1::Gradient::Service {
                             v1::Gradients* out) override {
     return guarded(r_, context, [&](Caller& caller) {
       write_gradients(r_.backbone().vjp(r_.latents(caller, request->latents(), "latents"),
-                                        r_.forward_options(caller, request->options(), "options"),
+                                        r_.forward_options(caller, request->options(), "options", *context),
                                         r_.cotangents(request->cotangents())),
                       out);
     });
@@ -340,7 +349,8 @@ class GradientService final : public v1::Gradient::Service {
         if (d.has_teacher_probs()) out_loss.teacher_probs = r_.floating(d.teacher_probs(), "distillation.teacher_probs");
         if (d.has_teacher_latents()) {
           out_loss.teacher_latents = r_.latents(caller, d.teacher_latents(), "distillation.teacher_latents");
-          out_loss.teacher_options = r_.forward_options(caller, d.teacher_options(), "distillation.teacher_options");
+          out_loss.teacher_options =
+              r_.forward_options(caller, d.teacher_options(), "distillation.teacher_options", *context);
         }
         if (d.has_teacher_index()) out_loss.teacher_index = r_.tensor(d.teacher_index(), "distillation.teacher_index");
         if (d.has_weights()) out_loss.weights = r_.tensor(d.weights(), "distillation.weights");
@@ -350,7 +360,8 @@ class GradientService final : public v1::Gradient::Service {
         fail(ErrorCode::kInvalidArgument, "loss", "expected cross_entropy or distillation, got neither");
       }
       const auto result = r_.backbone().forward_backward(r_.latents(caller, request->latents(), "latents"),
-                                                         r_.forward_options(caller, request->options(), "options"), loss);
+                                                         r_.forward_options(caller, request->options(), "options", *context),
+                                                         loss);
       to_wire(result.loss, out->mutable_loss());
       to_wire(result.losses, out->mutable_losses());
       write_gradients(result.grad, out->mutable_grad());

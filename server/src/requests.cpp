@@ -133,8 +133,10 @@ void Requests::check_tokens(const Caller& caller, int64_t B, int64_t tokens, con
   }
 }
 
-gradient::ForwardOptions Requests::forward_options(const Caller& caller, const v1::ForwardOptions& o, const std::string& field) {
+gradient::ForwardOptions Requests::forward_options(const Caller& caller, const v1::ForwardOptions& o, const std::string& field,
+                                                   const grpc::ServerContext& context) {
   gradient::ForwardOptions out;
+  out.cancelled = [&context] { return context.IsCancelled(); };
   if (o.has_positions()) out.positions = tensor(o.positions(), field + ".positions");
   if (o.has_mask()) out.mask = tensor(o.mask(), field + ".mask");
   // Each requested layer is one more [B,T,D] in the reply: at most one per layer index.

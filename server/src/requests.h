@@ -22,6 +22,36 @@
 
 namespace aios::server {
 
+// The call computing with a kept pass now (its ForwardKeep, then each Vjp in turn), whose leaving
+// stops the pass's forward or backward between blocks (ForwardOptions::cancelled); none between
+// calls.
+class CurrentCall {
+ public:
+  bool cancelled() const {
+    std::lock_guard lock(mutex_);
+    return context_ != nullptr && context_->IsCancelled();
+  }
+  // Makes `context` the current call while it lives.
+  class Scope {
+   public:
+    Scope(CurrentCall& call, const grpc::ServerContext& context) : call_(call) { call_.set(&context); }
+    ~Scope() { call_.set(nullptr); }
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    CurrentCall& call_;
+  };
+
+ private:
+  void set(const grpc::ServerContext* context) {
+    std::lock_guard lock(mutex_);
+    context_ = context;
+  }
+  mutable std::mutex mutex_;
+  const grpc::ServerContext* context_ = nullptr;
+};
+
 // One tenant: its quota and what it holds on the host. Other tenants never reach it.
 struct TenantState {
   std::string name;
@@ -33,6 +63,7 @@ struct TenantState {
     std::size_t bytes = 0;
     std::chrono::steady_clock::time_point last_use;
     bool claimed = false;  // used by a Vjp or Release since it was kept
+    std::shared_ptr<CurrentCall> call;
   };
   std::unordered_map<gradient::Handle, Kept> handles;
   std::size_t kept_bytes = 0;
@@ -87,7 +118,9 @@ class Requests {
   at::Tensor floating(const v1::Tensor& t, const std::string& field);
   void check_tokens(const Caller& caller, int64_t B, int64_t tokens, const std::string& field) const;
 
-  gradient::ForwardOptions forward_options(const Caller& caller, const v1::ForwardOptions& o, const std::string& field);
+  // With ForwardOptions::cancelled asking whether `context`'s caller has left.
+  gradient::ForwardOptions forward_options(const Caller& caller, const v1::ForwardOptions& o, const std::string& field,
+                                           const grpc::ServerContext& context);
   gradient::Cotangents cotangents(const v1::Cotangents& c);
   // The caller's live extension `id` (NOT_FOUND otherwise), with `rows` written into it first.
   std::shared_ptr<ali::Extension> extension(const Caller& caller, const std::string& id, const v1::ExtensionRows* rows,

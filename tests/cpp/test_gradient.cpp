@@ -1,7 +1,9 @@
 // The Gradient API from C++: an upstream torch::nn::Module trained through the frozen backbone,
 // and the guarantee that no weight of the backbone ever holds a gradient.
+#include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "aios/error.h"
 #include "aios/gradient_api/local_backbone.h"
 #include "catch_torch.h"
 #include "tiny_checkpoint.h"
@@ -60,5 +62,52 @@ TEST_CASE("a projection trains through the backbone and no weight gets a gradien
       CHECK_FALSE(w.requires_grad());
       CHECK_FALSE(w.grad().defined());
     }
+  }
+}
+
+TEST_CASE("a cancelled call stops between blocks, forward and backward", "[gradient]") {
+  auto backbone = LocalBackbone::load(TinyCheckpoint::llama("grad_cancel").write());
+  torch::manual_seed(5);
+  const at::Tensor latents = torch::randn({2, 6, aios_test::kD}), cotangent = torch::randn({2, 6, aios_test::kD});
+  auto cancelled_code = [](const std::function<void()>& call) -> std::string {
+    try {
+      call();
+    } catch (const aios::Error& e) {
+      return fmt::format("{}:{}", static_cast<int>(e.code()), e.field());
+    }
+    return "none";
+  };
+  const std::string kCancelled = fmt::format("{}:cancelled", static_cast<int>(aios::ErrorCode::kUnavailable));
+
+  // A forward asks before each block: told to stop before the second, it never reaches it.
+  int asked = 0;
+  aios::gradient::ForwardOptions counting;
+  counting.cancelled = [&] { return ++asked >= 2; };
+  CHECK(cancelled_code([&] { backbone->forward(latents, counting); }) == kCancelled);
+  CHECK(asked == 2);
+
+  const Cotangents c{cotangent, {}, {}};
+  for (const bool recompute : {false, true}) {
+    INFO("recompute " << recompute);
+    bool left = false;
+    aios::gradient::ForwardOptions options;
+    options.recompute = recompute;
+    options.cancelled = [&] { return left; };
+    auto kept = backbone->forward_keep(latents, options);
+    // The pass's backward asks between blocks too; the handle stays usable for a caller still there.
+    left = true;
+    CHECK(cancelled_code([&] { backbone->vjp(kept.handle, c); }) == kCancelled);
+    left = false;
+    const at::Tensor got = backbone->vjp(kept.handle, c).latents;
+    aios::gradient::ForwardOptions plain;
+    plain.recompute = recompute;
+    CHECK(torch::allclose(got, backbone->vjp(latents, plain, c).latents, 1e-5, 1e-6));
+    backbone->release(kept.handle);
+
+    left = true;
+    CHECK(cancelled_code([&] { backbone->vjp(latents, options, c); }) == kCancelled);
+    LossOptions loss;
+    loss.loss = CrossEntropy{torch::randint(aios_test::kVocab, {2, 6}), {}};
+    CHECK(cancelled_code([&] { backbone->forward_backward(latents, options, loss); }) == kCancelled);
   }
 }

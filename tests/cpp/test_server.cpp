@@ -605,6 +605,7 @@ TEST_CASE("a caller that leaves during forward_keep leaves no kept pass behind",
     // A host of its own: its destruction waits for the passes still being computed.
     aios::server::HostOptions options;
     options.listen = "127.0.0.1:0";
+    options.unclaimed_ttl = std::chrono::milliseconds(50);
     aios::server::Host host(l.local, options);
     auto stub = v1::Gradient::NewStub(
         grpc::CreateChannel("127.0.0.1:" + std::to_string(host.port()), grpc::InsecureChannelCredentials()));
@@ -626,6 +627,18 @@ TEST_CASE("a caller that leaves during forward_keep leaves no kept pass behind",
         CHECK(stub->Release(&release, handle, &empty).ok());
       }
     }
+    // A cut call is stopped between blocks, or its finished pass released when the host sees the
+    // cut; one finished just before the host saw it stays unclaimed, until the next ForwardKeep
+    // after HostOptions::unclaimed_ttl releases it.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    grpc::ClientContext in_time;
+    v1::ForwardResponse response;
+    REQUIRE(stub->ForwardKeep(&in_time, request, &response).ok());
+    grpc::ClientContext release;
+    v1::ReleaseRequest handle;
+    handle.set_handle(response.handle());
+    v1::Empty empty;
+    CHECK(stub->Release(&release, handle, &empty).ok());
   }
   CHECK(l.local->store().size() == before);
 }
@@ -750,8 +763,36 @@ class GatedBackbone final : public aios::gradient::Backbone {
     return inner_->start_generation(latents, options);
   }
   std::shared_ptr<aios::ali::Session> new_session() override { return inner_->new_session(); }
+  // The pass's cancellation check (asked between blocks, forward and backward) waits while the
+  // gate is closed, and counts the times it said stop.
   aios::gradient::KeptForward forward_keep(const at::Tensor& latents, const aios::ali::ForwardOptions& options) override {
-    return inner_->forward_keep(latents, options);
+    aios::ali::ForwardOptions held = options;
+    held.cancelled = [this, asked = options.cancelled] {
+      std::unique_lock lock(mutex_);
+      ++checks_;
+      changed_.notify_all();
+      changed_.wait(lock, [&] { return open_; });
+      lock.unlock();
+      const bool stop = asked && asked();
+      if (stop) {
+        std::lock_guard again(mutex_);
+        ++stops_;
+      }
+      return stop;
+    };
+    return inner_->forward_keep(latents, held);
+  }
+  void wait_for_checks(int n) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return checks_ >= n; });
+  }
+  int checks() {
+    std::lock_guard lock(mutex_);
+    return checks_;
+  }
+  int stops() {
+    std::lock_guard lock(mutex_);
+    return stops_;
   }
   aios::gradient::Gradients vjp(aios::gradient::Handle handle, const aios::gradient::Cotangents& c) override {
     return inner_->vjp(handle, c);
@@ -772,6 +813,8 @@ class GatedBackbone final : public aios::gradient::Backbone {
   std::condition_variable changed_;
   bool open_ = true;
   int forwards_ = 0;
+  int checks_ = 0;
+  int stops_ = 0;
 };
 
 }  // namespace
@@ -844,4 +887,55 @@ TEST_CASE("forwards that wait behind another are computed as one batch, each cal
   aios::gradient::ForwardOptions with_layers;
   with_layers.layers = {1};
   CHECK(!aios::server::ForwardBatcher::batchable(with_layers));
+}
+
+TEST_CASE("a caller that leaves stops its forward or backward between blocks", "[server]") {
+  auto gated = std::make_shared<GatedBackbone>(Loopback::get().local);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  aios::server::Host host(gated, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+  const at::Tensor latents = torch::randn({1, 4, kD});
+  aios::server::ConnectOptions hasty;
+  hasty.timeout = std::chrono::milliseconds(1000);
+  auto remote = aios::server::RemoteBackbone::connect(address);
+  auto leaving = aios::server::RemoteBackbone::connect(address, hasty);
+  auto wait_for_the_host_to_see_it = [] { std::this_thread::sleep_for(std::chrono::milliseconds(500)); };
+
+  // Forward: held at its first block while its caller's deadline passes, then told to stop.
+  gated->close();
+  auto forward = std::async(std::launch::async, [&] { return code_of([&] { leaving->forward_keep(latents); }); });
+  gated->wait_for_checks(1);
+  CHECK(forward.get() == ErrorCode::kUnavailable);
+  wait_for_the_host_to_see_it();
+  gated->open();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(gated->stops() == 1);
+  const int forward_checks = gated->checks();
+  CHECK(forward_checks < Loopback::get().local->config().num_layers);  // stopped before its last block
+
+  // Backward: a pass kept by a caller that stays; another Vjp on it leaves during its backward.
+  auto kept = remote->forward_keep(latents);
+  const int checks_kept = gated->checks();
+  gated->close();
+  auto vjp = std::async(std::launch::async, [&] {
+    aios::server::ConnectOptions o = hasty;
+    auto same_tenant = aios::server::RemoteBackbone::connect(address, o);
+    aios::gradient::Cotangents c;
+    c.hidden = torch::ones({1, 4, kD});
+    return code_of([&] { same_tenant->vjp(kept.handle, c); });
+  });
+  gated->wait_for_checks(checks_kept + 1);
+  CHECK(vjp.get() == ErrorCode::kUnavailable);
+  wait_for_the_host_to_see_it();
+  gated->open();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(gated->stops() == 2);
+  CHECK(gated->checks() == checks_kept + 1);  // stopped at the first block boundary of its backward
+  // The pass is intact for its own caller.
+  aios::gradient::Cotangents c;
+  c.hidden = torch::ones({1, 4, kD});
+  CHECK(torch::allclose(remote->vjp(kept.handle, c).latents,
+                        Loopback::get().local->vjp(latents, {}, c).latents, 1e-5, 1e-6));
+  remote->release(kept.handle);
 }

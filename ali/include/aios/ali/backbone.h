@@ -6,6 +6,7 @@
 // The weights are read-only after loading: every call may run concurrently from several threads.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,7 +46,14 @@ struct ForwardOptions {
   // from (any value outside [V, V+K) where it is not an extension token's embedding). The gradient
   // of the extension's embedding rows is gathered from d latents at those positions.
   std::optional<at::Tensor> ids;
+  // Asked before each block, and for a pass kept by the Gradient API between the blocks of every
+  // backward through it: once it returns true, the call stops with Error(kUnavailable, "cancelled")
+  // (a host asks whether its caller has left). Empty: never.
+  std::function<bool()> cancelled;
 };
+
+// Throws Error(kUnavailable, "cancelled") when options.cancelled says so.
+void stop_if_cancelled(const std::function<bool()>& cancelled);
 
 struct ForwardOutput {
   at::Tensor hidden;               // [B,T,D], after the final norm

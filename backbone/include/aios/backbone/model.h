@@ -4,6 +4,7 @@
 // Weights are created without requires_grad and are never written after loading.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,8 +56,11 @@ class Model {
   // block, before the final norm) is stored at the same position of `layer_states`. With a cache,
   // the T positions are appended to it (attention.key_padding marks padding; no full_mask) and
   // attend to the cached ones as well.
+  // `before_block(i, x)`, when given, sees the residual stream x entering block i (and may throw to
+  // stop the pass).
   at::Tensor forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
-                     std::vector<at::Tensor>* layer_states, KVCache* cache = nullptr) const;
+                     std::vector<at::Tensor>* layer_states, KVCache* cache = nullptr,
+                     const std::function<void(int64_t, const at::Tensor&)>& before_block = {}) const;
 
   // The same pass one block at a time, for callers that recompute blocks during backward.
   // What the blocks of one pass share (rotary tables, masks), made once per pass.

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -37,6 +38,7 @@ struct KeptPass {
   std::size_t bytes = 0;            // estimate of the memory the pass holds
   std::shared_ptr<const ali::Extension> extension;  // the vocabulary the pass's logits span, or null
   at::Tensor ids;                   // int64 [B,T]: ForwardOptions::ids when given with an extension
+  std::function<bool()> cancelled;  // ForwardOptions::cancelled, asked between blocks of each backward
 };
 
 class ActivationStore {
