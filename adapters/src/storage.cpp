@@ -11,6 +11,7 @@
 #include <torch/nn/modules/container/any.h>
 
 #include "aios/fail.h"
+#include "aios/json.h"
 #include "aios/io/safetensors.h"
 
 namespace aios::adapters {
@@ -176,12 +177,12 @@ ParsedManifest parse_manifest(const Role& role, const std::string& path) {
   const std::string text = io::read_file(file.string());
   ParsedManifest p;
   try {
-    const json m = json::parse(text);
+    const json m = parse_json(text, file.string());
     if (m.at("format").get<std::string>() != role.format) {
-      fail(ErrorCode::kDataLoss, file.string(), "expected format {}, got {}", role.format, m.at("format").dump());
+      fail(ErrorCode::kDataLoss, file.string(), "expected format {}, got {}", role.format, json_excerpt(m.at("format")));
     }
     if (m.at("version").get<int64_t>() != 1) {
-      fail(ErrorCode::kDataLoss, file.string(), "expected version 1, got {}", m.at("version").dump());
+      fail(ErrorCode::kDataLoss, file.string(), "expected version 1, got {}", json_excerpt(m.at("version")));
     }
     p.manifest.kind = m.at("kind").get<std::string>();
     p.manifest.sizes = m.at("sizes").get<AdapterSizes>();

@@ -9,6 +9,7 @@
 
 #include "aios/ali/backbone.h"
 #include "aios/fail.h"
+#include "aios/json.h"
 #include "aios/io/safetensors.h"
 #include "aios/tokenizer_api/tokenizer.h"
 
@@ -198,7 +199,7 @@ void Extension::save(const std::string& path) const {
 std::shared_ptr<Extension> Extension::load(Backbone& backbone, const std::string& path) {
   const fs::path manifest_path = fs::path(path) / kManifest;
   const std::string source = manifest_path.string();
-  const json m = json::parse(io::read_file(source), nullptr, /*allow_exceptions=*/false);
+  const json m = parse_json(io::read_file(source), source);
   auto expect = [&](bool ok, const std::string& field, const char* what) {
     if (!ok) fail(ErrorCode::kDataLoss, fmt::format("{}:{}", source, field), "expected {}", what);
   };

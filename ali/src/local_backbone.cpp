@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
+#include "aios/json.h"
 #include "aios/io/safetensors.h"
 #include "aios/tokenizer_api/tokenizer.h"
 
@@ -232,8 +233,8 @@ std::optional<std::string> LocalBackbone::chat_template() {
     return io::read_file((folder / "chat_template.jinja").string());
   }
   if (std::filesystem::exists(folder / "tokenizer_config.json", error)) {
-    const nlohmann::json config =
-        nlohmann::json::parse(io::read_file((folder / "tokenizer_config.json").string()), nullptr, false);
+    const std::string source = (folder / "tokenizer_config.json").string();
+    const nlohmann::json config = parse_json(io::read_file(source), source);
     if (config.is_object() && config.contains("chat_template") && config["chat_template"].is_string()) {
       return config["chat_template"].get<std::string>();
     }

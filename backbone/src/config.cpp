@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
+#include "aios/json.h"
 
 namespace aios::backbone {
 
@@ -34,7 +35,7 @@ class Fields {
       fail(ErrorCode::kInvalidArgument, name(key), "required integer is missing");
     }
     const json& v = object_.at(key);
-    if (!v.is_number_integer()) fail(ErrorCode::kInvalidArgument, name(key), "expected an integer, got {}", v.dump());
+    if (!v.is_number_integer()) fail(ErrorCode::kInvalidArgument, name(key), "expected an integer, got {}", json_excerpt(v));
     return v.get<int64_t>();
   }
   int64_t positive(const char* key, int64_t limit, std::optional<int64_t> fallback = std::nullopt) const {
@@ -51,14 +52,14 @@ class Fields {
     }
     const json& v = object_.at(key);
     if (!v.is_number() || !std::isfinite(v.get<double>())) {
-      fail(ErrorCode::kInvalidArgument, name(key), "expected a finite number, got {}", v.dump());
+      fail(ErrorCode::kInvalidArgument, name(key), "expected a finite number, got {}", json_excerpt(v));
     }
     return v.get<double>();
   }
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const json& v = object_.at(key);
-    if (!v.is_boolean()) fail(ErrorCode::kInvalidArgument, name(key), "expected true or false, got {}", v.dump());
+    if (!v.is_boolean()) fail(ErrorCode::kInvalidArgument, name(key), "expected true or false, got {}", json_excerpt(v));
     return v.get<bool>();
   }
   std::string string(const char* key, std::optional<std::string> fallback = std::nullopt) const {
@@ -67,7 +68,7 @@ class Fields {
       fail(ErrorCode::kInvalidArgument, name(key), "required string is missing");
     }
     const json& v = object_.at(key);
-    if (!v.is_string()) fail(ErrorCode::kInvalidArgument, name(key), "expected a string, got {}", v.dump());
+    if (!v.is_string()) fail(ErrorCode::kInvalidArgument, name(key), "expected a string, got {}", json_excerpt(v));
     return v.get<std::string>();
   }
   const json& at(const char* key) const { return object_.at(key); }
@@ -100,7 +101,7 @@ RopeConfig parse_rope(const Fields& f) {
   rope.theta = f.number("rope_theta", 10000.0);
   if (!f.has(key)) return rope;
   const json& params = f.at(key);
-  if (!params.is_object()) fail(ErrorCode::kInvalidArgument, f.name(key), "expected an object, got {}", params.dump());
+  if (!params.is_object()) fail(ErrorCode::kInvalidArgument, f.name(key), "expected an object, got {}", json_excerpt(params));
   Fields p(params, f.name(key));
   rope.theta = p.number("rope_theta", rope.theta);
   const std::string type = p.string(p.has("rope_type") ? "rope_type" : "type", std::string("default"));
@@ -145,7 +146,7 @@ std::vector<std::optional<int64_t>> parse_windows(const Fields& f, const std::st
         windows.emplace_back(std::nullopt);
       } else {
         fail(ErrorCode::kInvalidArgument, f.name("layer_types"),
-             "expected entries full_attention or sliding_attention, got {}", t.dump());
+             "expected entries full_attention or sliding_attention, got {}", json_excerpt(t));
       }
     }
   } else if (model_type == "qwen2") {
@@ -226,18 +227,14 @@ constexpr KnownArchitecture kArchitectures[] = {
     {"GPT2LMHeadModel", "gpt2"},
 };
 
-}  // namespace
-
-ModelConfig parse_hf_config(const std::string& json_text, const std::string& source) {
-  json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded() || !root.is_object()) fail(ErrorCode::kDataLoss, source, "expected a JSON object");
+ModelConfig parse_config(const json& root) {
   Fields f(root, "config");
 
   std::string architecture;
   if (f.has("architectures")) {
     const json& list = f.at("architectures");
     if (!list.is_array() || list.empty() || !list[0].is_string()) {
-      fail(ErrorCode::kInvalidArgument, "config.architectures", "expected a non-empty list of names, got {}", list.dump());
+      fail(ErrorCode::kInvalidArgument, "config.architectures", "expected a non-empty list of names, got {}", json_excerpt(list));
     }
     architecture = list[0].get<std::string>();
   } else {
@@ -268,6 +265,14 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
     parse_llama_family(f, known->model_type, c);
   }
   return c;
+}
+
+}  // namespace
+
+ModelConfig parse_hf_config(const std::string& json_text, const std::string& source) {
+  const json root = parse_json(json_text, source);
+  if (!root.is_object()) fail(ErrorCode::kDataLoss, source, "expected a JSON object");
+  return reading_json(source, ErrorCode::kInvalidArgument, [&] { return parse_config(root); });
 }
 
 }  // namespace aios::backbone

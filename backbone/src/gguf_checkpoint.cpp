@@ -122,7 +122,7 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
 
   ModelConfig c;
   try {
-    c = parse_hf_config(config.dump(), file.path());
+    c = parse_hf_config(config.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), file.path());
   } catch (const Error& e) {
     auto it = source.find(e.field());
     throw Error(e.code(), file.path() + ": " + (it != source.end() ? it->second : e.field()), e.message());

@@ -114,9 +114,7 @@ std::unique_ptr<Model> build(const ModelConfig& config, const WeightSource& weig
   fail(ErrorCode::kInternal, "config.family", "unhandled family");
 }
 
-}  // namespace
-
-std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
+void check_options(const LoadOptions& options) {
   if (options.dtype != c10::kFloat && options.dtype != c10::kBFloat16 && options.dtype != c10::kHalf &&
       options.dtype != c10::kDouble) {
     fail(ErrorCode::kInvalidArgument, "dtype", "expected float32, bfloat16, float16 or float64, got {}",
@@ -134,6 +132,12 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     fail(ErrorCode::kUnavailable, "device", "expected one of {} CUDA devices, got {}", at::getNumGPUs(),
          options.device.str());
   }
+}
+
+}  // namespace
+
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
+  check_options(options);
   std::error_code error;  // the non-throwing overloads: a permission problem is an aios::Error too
   if (fs::is_directory(path, error)) {
     const fs::path config_path = fs::path(path) / "config.json";
@@ -141,12 +145,16 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     return build(config, SafetensorsWeights(path), options);
   }
   if (fs::is_regular_file(path, error) && fs::path(path).extension() == ".gguf") {
-    const io::GgufFile file = io::GgufFile::open(path);
-    const ModelConfig config = gguf_model_config(file);
-    return build(config, GgufWeights(file, config), options);
+    return load_model(io::GgufFile::open(path), options);
   }
   fail(fs::exists(path, error) ? ErrorCode::kInvalidArgument : ErrorCode::kNotFound, path,
        "expected a checkpoint folder or a .gguf file");
+}
+
+std::unique_ptr<Model> load_model(const io::GgufFile& file, const LoadOptions& options) {
+  check_options(options);
+  const ModelConfig config = gguf_model_config(file);
+  return build(config, GgufWeights(file, config), options);
 }
 
 }  // namespace aios::backbone

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
+#include "aios/json.h"
 
 namespace aios::backbone {
 
@@ -51,8 +52,8 @@ SafetensorsWeights::SafetensorsWeights(const std::string& folder) {
   std::map<std::string, std::string> shard_of;  // tensor -> shard file, from the index
   std::error_code error;  // the non-throwing overloads: a permission problem is an aios::Error too
   if (fs::exists(index, error)) {
-    nlohmann::json root = nlohmann::json::parse(io::read_file(index.string()), nullptr, /*allow_exceptions=*/false);
-    if (root.is_discarded() || !root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object()) {
+    nlohmann::json root = parse_json(io::read_file(index.string()), index.string());
+    if (!root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object()) {
       fail(ErrorCode::kDataLoss, index.string(), "expected a JSON object with a \"weight_map\" object");
     }
     for (auto& [tensor, shard] : root["weight_map"].items()) {

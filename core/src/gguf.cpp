@@ -350,9 +350,17 @@ std::optional<std::vector<double>> GgufFile::numbers(const std::string& key) con
 }
 
 GgufFile GgufFile::open(const std::string& path, const GgufLimits& limits) {
+  return validate(path, std::make_unique<MappedFile>(path), limits);
+}
+
+GgufFile GgufFile::parse(std::string bytes, const std::string& name, const GgufLimits& limits) {
+  return validate(name, std::make_unique<MappedFile>(std::move(bytes), MappedFile::InMemory{}), limits);
+}
+
+GgufFile GgufFile::validate(const std::string& path, std::unique_ptr<MappedFile> file, const GgufLimits& limits) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->file = std::make_unique<MappedFile>(path);
+  impl->file = std::move(file);
   const std::byte* bytes = impl->file->data();
   const std::uint64_t file_size = impl->file->size();
   Cursor in(bytes, file_size, impl->path);
@@ -418,26 +426,28 @@ GgufFile GgufFile::open(const std::string& path, const GgufLimits& limits) {
     if (layout == nullptr) fail(ErrorCode::kInvalidArgument, in.field(what), "unknown tensor type {}", type);
     t.type = layout->type;
     // ne[0] is the innermost dimension; a row of it is a whole number of blocks.
-    std::uint64_t bytes = 1;
     for (std::size_t d = 0; d < ne.size(); ++d) {
       if (ne[d] > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
         fail(ErrorCode::kDataLoss, in.field(what), "dimension {} is {}, too large", d, ne[d]);
       }
-      std::uint64_t factor = ne[d];
-      if (d == 0) {
-        if (ne[0] % layout->block_size != 0) {
-          fail(ErrorCode::kDataLoss, in.field(what), "{} rows of {} elements are not whole blocks of {}", layout->name,
-               ne[0], layout->block_size);
-        }
-        factor = ne[0] / layout->block_size * layout->type_size;
-      }
-      if (!checked_mul(bytes, factor, &bytes)) fail(ErrorCode::kDataLoss, in.field(what), "byte size overflows");
+    }
+    for (auto d = ne.rbegin(); d != ne.rend(); ++d) t.shape.push_back(static_cast<std::int64_t>(*d));
+    if (!ne.empty() && ne[0] % layout->block_size != 0) {
+      fail(ErrorCode::kDataLoss, in.field(what), "{} rows of {} elements are not whole blocks of {}", layout->name,
+           ne[0], layout->block_size);
+    }
+    // The element count (and every product of dimensions) fits int64, and so do the bytes: a row
+    // of ne[0] elements is ne[0] / block_size blocks of type_size bytes.
+    std::uint64_t bytes = 0;
+    std::vector<std::int64_t> blocks = t.shape;
+    if (!blocks.empty()) blocks.back() = blocks.back() / static_cast<std::int64_t>(layout->block_size);
+    if (!checked_extent(t.shape, 1, &bytes) || !checked_extent(blocks, layout->type_size, &bytes)) {
+      fail(ErrorCode::kDataLoss, in.field(what), "byte size overflows");
     }
     if (bytes > file_size) {
       fail(ErrorCode::kDataLoss, in.field(what), "needs {} bytes, more than the file's {}", bytes, file_size);
     }
     t.size_bytes = static_cast<std::size_t>(bytes);
-    for (auto d = ne.rbegin(); d != ne.rend(); ++d) t.shape.push_back(static_cast<std::int64_t>(*d));
     if (!impl->index.emplace(t.name, impl->tensors.size()).second) {
       fail(ErrorCode::kDataLoss, in.field(what), "tensor name appears twice");
     }

@@ -32,12 +32,16 @@ MappedFile::MappedFile(const std::string& path) {
       fail(ErrorCode::kUnavailable, path, "cannot map {} bytes: {}", size_, std::strerror(err));
     }
     data_ = static_cast<const std::byte*>(p);
+    mapped_ = true;
   }
   ::close(fd);
 }
 
+MappedFile::MappedFile(std::string bytes, InMemory)
+    : owned_(std::move(bytes)), data_(reinterpret_cast<const std::byte*>(owned_.data())), size_(owned_.size()) {}
+
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
+  if (mapped_) ::munmap(const_cast<std::byte*>(data_), size_);
 }
 
 }  // namespace aios::io

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
+#include "aios/json.h"
 #include "mapped_file.h"
 
 namespace aios::io {
@@ -102,9 +103,18 @@ const TensorView* SafetensorsFile::find(const std::string& name) const {
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path, const SafetensorsLimits& limits) {
+  return validate(path, std::make_unique<MappedFile>(path), limits);
+}
+
+SafetensorsFile SafetensorsFile::parse(std::string bytes, const std::string& name, const SafetensorsLimits& limits) {
+  return validate(name, std::make_unique<MappedFile>(std::move(bytes), MappedFile::InMemory{}), limits);
+}
+
+SafetensorsFile SafetensorsFile::validate(const std::string& path, std::unique_ptr<MappedFile> file,
+                                          const SafetensorsLimits& limits) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->file = std::make_unique<MappedFile>(path);
+  impl->file = std::move(file);
   const std::byte* bytes = impl->file->data();
   const std::uint64_t file_size = impl->file->size();
 
@@ -125,11 +135,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
   if (header_len < 2 || header_begin[0] != '{') {
     fail(ErrorCode::kDataLoss, path, "header: expected a JSON object starting with '{{'");
   }
-  nlohmann::json header =
-      nlohmann::json::parse(header_begin, header_begin + header_len, nullptr, /*allow_exceptions=*/false);
-  if (header.is_discarded() || !header.is_object()) {
-    fail(ErrorCode::kDataLoss, path, "header: not valid JSON");
-  }
+  const nlohmann::json header = parse_json(std::string_view(header_begin, header_len), path + ": header");
+  if (!header.is_object()) fail(ErrorCode::kDataLoss, path, "header: expected a JSON object");
   const std::uint64_t data_begin = 8 + header_len;
   const std::uint64_t data_len = file_size - data_begin;
   if (header.size() > limits.max_tensors + 1) {
@@ -155,24 +162,23 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
     auto dtype = entry.find("dtype");
     if (dtype == entry.end() || !dtype->is_string() || !parse_dtype(dtype->get<std::string>(), &view.dtype)) {
       fail(ErrorCode::kDataLoss, field, "dtype: expected one of F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL, got {}",
-           dtype == entry.end() ? std::string("nothing") : dtype->dump());
+           dtype == entry.end() ? std::string("nothing") : json_excerpt(*dtype));
     }
     auto shape = entry.find("shape");
     if (shape == entry.end() || !shape->is_array()) fail(ErrorCode::kDataLoss, field, "shape: expected an array");
     if (shape->size() > limits.max_rank) {
       fail(ErrorCode::kDataLoss, field, "shape: rank {} exceeds the limit {}", shape->size(), limits.max_rank);
     }
-    std::uint64_t expected_bytes = dtype_size(view.dtype);
     for (const auto& dim : *shape) {
       if (!dim.is_number_unsigned()) {
-        fail(ErrorCode::kDataLoss, field, "shape: expected non-negative integers, got {}", shape->dump());
+        fail(ErrorCode::kDataLoss, field, "shape: expected non-negative integers, got {}", json_excerpt(*shape));
       }
       const std::uint64_t d = dim.get<std::uint64_t>();
-      if (d > static_cast<std::uint64_t>(std::numeric_limits<int64_t>::max()) ||
-          !checked_mul(expected_bytes, d, &expected_bytes)) {
-        fail(ErrorCode::kDataLoss, field, "shape {} overflows", shape->dump());
-      }
-      view.shape.push_back(static_cast<int64_t>(d));
+      view.shape.push_back(d > static_cast<std::uint64_t>(std::numeric_limits<int64_t>::max()) ? -1 : static_cast<int64_t>(d));
+    }
+    std::uint64_t expected_bytes = 0;
+    if (!checked_extent(view.shape, dtype_size(view.dtype), &expected_bytes)) {  // -1: a dimension past int64
+      fail(ErrorCode::kDataLoss, field, "shape {} overflows", json_excerpt(*shape));
     }
     auto offsets = entry.find("data_offsets");
     if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 ||
@@ -187,7 +193,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
     }
     if (end - begin != expected_bytes) {
       fail(ErrorCode::kDataLoss, field, "expected {} bytes for {} {}, data_offsets span {}", expected_bytes,
-           dtype_name(view.dtype), shape->dump(), end - begin);
+           dtype_name(view.dtype), json_excerpt(*shape), end - begin);
     }
     view.data = bytes + data_begin + begin;
     view.size_bytes = static_cast<std::size_t>(end - begin);

@@ -238,8 +238,15 @@ grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std
 }
 
 KeyFile read_key_file(const std::string& path, const TenantQuota& defaults) {
-  std::ifstream in(path);
-  if (!in) fail(ErrorCode::kNotFound, path, "cannot open the key file");
+  std::ifstream text(path);
+  if (!text) fail(ErrorCode::kNotFound, path, "cannot open the key file");
+  std::ostringstream bytes;
+  bytes << text.rdbuf();
+  return parse_key_file(bytes.str(), path, defaults);
+}
+
+KeyFile parse_key_file(const std::string& text, const std::string& path, const TenantQuota& defaults) {
+  std::istringstream in(text);
   KeyFile file;
   std::string line;
   for (int number = 1; std::getline(in, line); ++number) {

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
+#include "aios/json.h"
 #include "aios/io/gguf.h"
 #include "aios/io/safetensors.h"
 #include "gguf_tokenizer.h"
@@ -934,9 +935,10 @@ Tokenizer Tokenizer::load(const std::string& path) {
   return from_json(io::read_file(path), path);
 }
 
-Tokenizer Tokenizer::from_gguf(const std::string& path) {
-  const io::GgufFile file = io::GgufFile::open(path);
-  Tokenizer t = from_json(gguf_tokenizer_json(file), path);
+Tokenizer Tokenizer::from_gguf(const std::string& path) { return from_gguf(io::GgufFile::open(path)); }
+
+Tokenizer Tokenizer::from_gguf(const io::GgufFile& file) {
+  Tokenizer t = from_json(gguf_tokenizer_json(file), file.path());
   t.impl_->chat_template = file.string("tokenizer.chat_template").value_or("");
   return t;
 }
@@ -954,14 +956,14 @@ std::shared_ptr<Regex> read_pattern(const json& pattern, const std::string& fiel
   if (pattern.is_object() && pattern.contains("String") && pattern["String"].is_string()) {
     return std::make_shared<Regex>(regex_escape(pattern["String"].get<std::string>()), field);
   }
-  fail(ErrorCode::kInvalidArgument, field, "expected {{\"String\": ...}} or {{\"Regex\": ...}}, got {}", pattern.dump());
+  fail(ErrorCode::kInvalidArgument, field, "expected {{\"String\": ...}} or {{\"Regex\": ...}}, got {}", json_excerpt(pattern));
 }
 
 // A field holding exactly one character (Metaspace replacement, Strip content).
 std::string read_char(const json& p, const char* name, const std::string& field) {
   const json& v = p.value(name, json());
   const std::string s = v.is_string() ? v.get<std::string>() : std::string();
-  if (s.empty() || utf8_length(s, 0) != s.size()) fail(ErrorCode::kInvalidArgument, field + "." + name, "expected one character, got {}", v.dump());
+  if (s.empty() || utf8_length(s, 0) != s.size()) fail(ErrorCode::kInvalidArgument, field + "." + name, "expected one character, got {}", json_excerpt(v));
   return s;
 }
 
@@ -1085,25 +1087,26 @@ void read_decoder(const json& p, const std::string& field, std::vector<DecodeSte
 }  // namespace
 
 Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& source) {
-  json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded() || !root.is_object()) fail(ErrorCode::kDataLoss, source, "expected a JSON object");
+  const json root = parse_json(json_text, source);
+  if (!root.is_object()) fail(ErrorCode::kDataLoss, source, "expected a JSON object");
+  return reading_json(source, ErrorCode::kDataLoss, [&] {
   auto impl = std::make_unique<Impl>();
   Impl& s = *impl;
   s.definition = std::make_shared<const std::string>(json_text);
   const json& model = root.value("model", json());
   if (!model.is_object() || model.value("type", "BPE") != "BPE") {
-    fail(ErrorCode::kInvalidArgument, "model.type", "expected BPE, got {}", model.is_object() ? model.value("type", json()).dump() : "nothing");
+    fail(ErrorCode::kInvalidArgument, "model.type", "expected BPE, got {}", model.is_object() ? json_excerpt(model.value("type", json())) : "nothing");
   }
   // Options this BPE does not implement are refused unless they have their neutral value.
   for (const char* name : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     const json& v = model.value(name, json());
     if (!v.is_null() && !(v.is_string() && v.get<std::string>().empty())) {
-      fail(ErrorCode::kInvalidArgument, fmt::format("model.{}", name), "not supported: expected null, got {}", v.dump());
+      fail(ErrorCode::kInvalidArgument, fmt::format("model.{}", name), "not supported: expected null, got {}", json_excerpt(v));
     }
   }
   const json& dropout = model.value("dropout", json());
   if (!dropout.is_null() && !(dropout.is_number() && dropout.get<double>() == 0.0)) {
-    fail(ErrorCode::kInvalidArgument, "model.dropout", "not supported: expected null or 0, got {}", dropout.dump());
+    fail(ErrorCode::kInvalidArgument, "model.dropout", "not supported: expected null or 0, got {}", json_excerpt(dropout));
   }
   s.byte_fallback = model.value("byte_fallback", false);
   s.fuse_unk = model.value("fuse_unk", false);
@@ -1111,17 +1114,28 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
 
   const json& vocab = model.value("vocab", json());
   if (!vocab.is_object()) fail(ErrorCode::kDataLoss, "model.vocab", "expected an object of token -> id");
-  for (auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (int64_t{1} << 30)) {
-      fail(ErrorCode::kDataLoss, "model.vocab", "token {}: expected an id in [0, 2^30)", json(token).dump());
+  const json& added_tokens = root.value("added_tokens", json::array());
+  if (!added_tokens.is_array()) fail(ErrorCode::kDataLoss, "added_tokens", "expected an array");
+  // Ids index dense tables (decode's id -> token), so a file that lists a few tokens under ids near
+  // 2^30 would have them take gigabytes: the ids a file leaves unused are bounded by the tokens it
+  // lists (plus some slack), which keeps memory proportional to the file.
+  const int64_t id_bound = std::min<int64_t>(int64_t{1} << 30, 2 * static_cast<int64_t>(vocab.size() + added_tokens.size()) + 65536);
+  auto listed_id = [&](const json& id, const std::string& field) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= id_bound) {
+      fail(ErrorCode::kDataLoss, field, "expected an id in [0, {}) (the file lists {} tokens), got {}", id_bound,
+           vocab.size() + added_tokens.size(), json_excerpt(id));
     }
-    s.vocab[token] = id.get<int32_t>();
-    s.set_token(id.get<int32_t>(), token);
+    return static_cast<int32_t>(id.get<int64_t>());
+  };
+  for (auto& [token, id] : vocab.items()) {
+    const int32_t i = listed_id(id, fmt::format("model.vocab[{}]", json_excerpt(json(token))));
+    s.vocab[token] = i;
+    s.set_token(i, token);
   }
   const json& unk = model.value("unk_token", json());
   if (unk.is_string()) {
     auto it = s.vocab.find(unk.get<std::string>());
-    if (it == s.vocab.end()) fail(ErrorCode::kDataLoss, "model.unk_token", "{} is not in the vocabulary", unk.dump());
+    if (it == s.vocab.end()) fail(ErrorCode::kDataLoss, "model.unk_token", "{} is not in the vocabulary", json_excerpt(unk));
     s.unk_id = it->second;
   }
   const ByteAlphabet& alphabet = byte_alphabet();
@@ -1137,18 +1151,18 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
     if (m.is_string()) {
       const std::string text = m.get<std::string>();
       const auto space = text.find(' ');
-      if (space == std::string::npos) fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\", got {}", m.dump());
+      if (space == std::string::npos) fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\", got {}", json_excerpt(m));
       left = text.substr(0, space);
       right = text.substr(space + 1);
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       left = m[0].get<std::string>();
       right = m[1].get<std::string>();
     } else {
-      fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\" or [a, b], got {}", m.dump());
+      fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\" or [a, b], got {}", json_excerpt(m));
     }
     auto l = s.vocab.find(left), r = s.vocab.find(right), merged = s.vocab.find(left + right);
     if (l == s.vocab.end() || r == s.vocab.end() || merged == s.vocab.end()) {
-      fail(ErrorCode::kDataLoss, "model.merges", "merge {} names a token missing from the vocabulary", m.dump());
+      fail(ErrorCode::kDataLoss, "model.merges", "merge {} names a token missing from the vocabulary", json_excerpt(m));
     }
     s.merges.emplace(Impl::key(l->second, r->second), std::make_pair(rank++, merged->second));
   }
@@ -1162,18 +1176,17 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
   if (s.has_decoder) read_decoder(decoder, "decoder", s.decoders);
 
   // Added tokens after the normalizer: those with normalized: true are matched in normalized form.
-  for (const json& t : root.value("added_tokens", json::array())) {
+  for (const json& t : added_tokens) {
+    if (!t.is_object()) fail(ErrorCode::kDataLoss, "added_tokens", "expected objects, got {}", json_excerpt(t));
     AddedToken a;
     a.content = t.value("content", "");
-    a.id = t.value("id", -1);
+    a.id = listed_id(t.value("id", json()), "added_tokens.id");
     a.special = t.value("special", false);
     a.lstrip = t.value("lstrip", false);
     a.rstrip = t.value("rstrip", false);
     a.single_word = t.value("single_word", false);
     a.normalized = t.value("normalized", !a.special);
-    if (a.content.empty() || a.id < 0 || a.id >= (1 << 30)) {
-      fail(ErrorCode::kDataLoss, "added_tokens", "expected content and an id in [0, 2^30)");
-    }
+    if (a.content.empty()) fail(ErrorCode::kDataLoss, "added_tokens", "expected content");
     s.add_token(std::move(a));
   }
   s.mark_skipped();
@@ -1190,11 +1203,22 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
           after = true;
         } else if (item.contains("SpecialToken")) {
           const std::string name = item["SpecialToken"].value("id", "");
-          const json& ids = p.value("special_tokens", json::object()).value(name, json::object()).value("ids", json());
-          if (!ids.is_array()) fail(ErrorCode::kDataLoss, "post_processor.special_tokens", "no ids for {}", json(name).dump());
+          // Looked up in place: value() would copy the whole table for every item.
+          static const json kNone;
+          auto member = [](const json& object, const std::string& key) -> const json& {
+            if (!object.is_object()) return kNone;
+            auto it = object.find(key);
+            return it == object.end() ? kNone : *it;
+          };
+          const json& ids = member(member(member(p, "special_tokens"), name), "ids");
+          if (!ids.is_array()) fail(ErrorCode::kDataLoss, "post_processor.special_tokens", "no ids for {}", json_excerpt(json(name)));
           for (const json& id : ids) {
-            const int32_t value = id.get<int32_t>();
-            s.check_id(value, "post_processor.special_tokens");
+            if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= s.size()) {
+              fail(ErrorCode::kDataLoss, "post_processor.special_tokens", "expected ids in [0, {}), got {}", s.size(),
+                   json_excerpt(id));
+            }
+            const auto value = static_cast<int32_t>(id.get<int64_t>());
+            s.check_id(value, "post_processor.special_tokens");  // an id no token has
             (after ? s.suffix_ids : s.prefix_ids).push_back(value);
           }
         }
@@ -1206,6 +1230,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
   const json& post = root.value("post_processor", json());
   if (!post.is_null()) read_post(post);
   return Tokenizer(std::move(impl));
+  });
 }
 
 Tokenizer Tokenizer::with_special_tokens(const std::vector<std::string>& tokens, int32_t first_id) const {
@@ -1214,8 +1239,8 @@ Tokenizer Tokenizer::with_special_tokens(const std::vector<std::string>& tokens,
   std::unordered_set<std::string> seen;
   for (const std::string& t : tokens) {
     if (t.empty()) fail(ErrorCode::kInvalidArgument, "tokens", "expected non-empty tokens");
-    if (!seen.insert(t).second) fail(ErrorCode::kInvalidArgument, "tokens", "{} is listed twice", json(t).dump());
-    if (token_to_id(t)) fail(ErrorCode::kAlreadyExists, "tokens", "{} is already token {}", json(t).dump(), *token_to_id(t));
+    if (!seen.insert(t).second) fail(ErrorCode::kInvalidArgument, "tokens", "{} is listed twice", json_excerpt(json(t)));
+    if (token_to_id(t)) fail(ErrorCode::kAlreadyExists, "tokens", "{} is already token {}", json_excerpt(json(t)), *token_to_id(t));
   }
   if (first_id < s.size() || int64_t{first_id} + static_cast<int64_t>(tokens.size()) > (int64_t{1} << 30)) {
     fail(ErrorCode::kInvalidArgument, "first_id", "expected an id in [{}, 2^30 - {}], got {}", s.size(), tokens.size(), first_id);

@@ -14,6 +14,10 @@
 #include "aios/backbone/config.h"
 #include "aios/backbone/kv_cache.h"
 
+namespace aios::io {
+class GgufFile;
+}
+
 namespace aios::backbone {
 
 struct LoadOptions {
@@ -108,5 +112,8 @@ class Model {
 // mis-shaped tensors), kInvalidArgument (unknown architecture or tensor type, unsupported config
 // value, bad options).
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
+// The same from a GGUF file already read (io::GgufFile::open, or io::GgufFile::parse of bytes in
+// memory); the model keeps no reference to it.
+std::unique_ptr<Model> load_model(const io::GgufFile& file, const LoadOptions& options = {});
 
 }  // namespace aios::backbone

@@ -24,6 +24,8 @@
 
 namespace aios::io {
 
+class MappedFile;
+
 // Metadata value types, numbered as in the file.
 enum class GgufType : std::uint32_t {
   kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
@@ -85,6 +87,9 @@ class GgufFile {
   // offsets, misaligned or overlapping tensors, repeated names; the message names the key or
   // tensor), kResourceExhausted (more tensors, key-values or metadata values than a limit allows).
   static GgufFile open(const std::string& path, const GgufLimits& limits = {});
+  // The same checks on a file's bytes held in memory (kept by the returned object); `name` stands
+  // for the path in messages.
+  static GgufFile parse(std::string bytes, const std::string& name, const GgufLimits& limits = {});
 
   GgufFile(GgufFile&&) noexcept;
   GgufFile& operator=(GgufFile&&) noexcept;
@@ -113,6 +118,7 @@ class GgufFile {
  private:
   struct Impl;
   explicit GgufFile(std::unique_ptr<Impl> impl);
+  static GgufFile validate(const std::string& path, std::unique_ptr<MappedFile> file, const GgufLimits& limits);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -16,6 +16,8 @@
 
 namespace aios::io {
 
+class MappedFile;
+
 enum class DType { kF64, kF32, kF16, kBF16, kI64, kI32, kI16, kI8, kU8, kBool };
 
 // Bytes per element of `dtype`.
@@ -48,6 +50,9 @@ class SafetensorsFile {
   // header over max_header_bytes or a rank over max_rank: the message names the entry and field),
   // kResourceExhausted (more than max_tensors entries).
   static SafetensorsFile open(const std::string& path, const SafetensorsLimits& limits = {});
+  // The same checks on a file's bytes held in memory (kept by the returned object); `name` stands
+  // for the path in messages.
+  static SafetensorsFile parse(std::string bytes, const std::string& name, const SafetensorsLimits& limits = {});
 
   SafetensorsFile(SafetensorsFile&&) noexcept;
   SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
@@ -64,6 +69,8 @@ class SafetensorsFile {
  private:
   struct Impl;
   explicit SafetensorsFile(std::unique_ptr<Impl> impl);
+  static SafetensorsFile validate(const std::string& path, std::unique_ptr<MappedFile> file,
+                                  const SafetensorsLimits& limits);
   std::unique_ptr<Impl> impl_;
 };
 

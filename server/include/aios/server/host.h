@@ -92,6 +92,8 @@ struct KeyFile {
 // the key) for a malformed line, an unknown quota field, a key given twice or a tenant name outside
 // [A-Za-z0-9_.-], and for a file without keys (which would leave the host open to everyone).
 KeyFile read_key_file(const std::string& path, const TenantQuota& defaults = {});
+// The same for a key file's text; `path` names it in errors.
+KeyFile parse_key_file(const std::string& text, const std::string& path, const TenantQuota& defaults = {});
 
 // Sets this process's allocator (glibc's malloc) up for a host: one heap for all threads, whose
 // freed memory (of blocks up to 32 MiB, glibc's limit; larger ones are still mapped afresh each

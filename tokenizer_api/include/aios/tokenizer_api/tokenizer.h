@@ -37,6 +37,10 @@
 #include <string_view>
 #include <vector>
 
+namespace aios::io {
+class GgufFile;
+}
+
 namespace aios::tokenizer {
 
 class Tokenizer {
@@ -54,6 +58,8 @@ class Tokenizer {
   // Throws Error: kNotFound, kDataLoss (corrupt file or tokenizer keys, naming the key),
   // kInvalidArgument (another tokenizer model).
   static Tokenizer from_gguf(const std::string& path);
+  // The same from a file already read (GgufFile::open or GgufFile::parse).
+  static Tokenizer from_gguf(const io::GgufFile& file);
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
