@@ -93,7 +93,7 @@ test-cpp: build
 	$(BUILD)/tests/aios_tests
 
 $(FUZZ_BUILD)/build.ninja: CMakeLists.txt $(STAMPS)/apt $(STAMPS)/venv
-	CC=clang CXX=clang++ $(VENV)/bin/cmake -S . -B $(FUZZ_BUILD) -G Ninja -DAIOS_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug \
+	CC=clang CXX=clang++ $(VENV)/bin/cmake -S . -B $(FUZZ_BUILD) -G Ninja -DAIOS_FUZZ=ON -DCMAKE_BUILD_TYPE=Fuzz \
 	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
 	  -DPython3_EXECUTABLE=$(abspath $(PY))

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "aios/backbone/model.h"
 #include "aios/io/gguf.h"
@@ -19,7 +20,8 @@ namespace {
 constexpr std::int64_t kMaxValues = 1 << 22;
 
 void touch_metadata(const aios::io::GgufFile& file) {
-  for (const auto& [key, value] : file.metadata()) {
+  for (const auto& entry : file.metadata()) {
+    const std::string& key = entry.first;  // (clang 14 captures no structured bindings)
     aios::fuzz::refused([&] { file.string(key); });
     aios::fuzz::refused([&] { file.integer(key); });
     aios::fuzz::refused([&] { file.number(key); });

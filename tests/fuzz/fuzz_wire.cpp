@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -51,7 +52,7 @@ struct Method {
 const std::vector<Method>& methods() {
   static const std::vector<Method> all = [] {
     std::vector<Method> out;
-    const pb::FileDescriptor* file = v1::Latent::descriptor()->file();
+    const pb::FileDescriptor* file = v1::InfoRequest::descriptor()->file();
     for (int s = 0; s < file->service_count(); ++s) {
       const pb::ServiceDescriptor* service = file->service(s);
       for (int m = 0; m < service->method_count(); ++m) {
@@ -168,7 +169,7 @@ void chunked(World& w, std::uint8_t selector, const std::string& request) {
   grpc::ClientContext context;
   deadline(context);
   auto stream = w.chunked->Call(&context);
-  const std::size_t piece = 1 + selector % 7 * 97;
+  const std::size_t piece = 64 + selector % 7 * 997;
   for (std::size_t at = 0; at == 0 || at < request.size(); at += piece) {
     v1::Chunk chunk;
     if (at == 0 || (selector & 0x40) != 0) chunk.set_method(method);
@@ -234,7 +235,7 @@ void write_seeds(const fs::path& dir) {
     if (auto* r = dynamic_cast<v1::VjpStatelessRequest*>(m.get())) {
       *r->mutable_latents() = latents;
       *r->mutable_cotangents()->mutable_hidden() = latents;
-      *r->mutable_cotangents()->mutable_logits() = tensor(v1::FLOAT32, {1, 3, kVocab}, 0.001f);
+      r->mutable_options()->add_layers(2);
     }
     if (auto* r = dynamic_cast<v1::ForwardBackwardRequest*>(m.get())) {
       *r->mutable_latents() = latents;

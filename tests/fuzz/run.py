@@ -40,10 +40,15 @@ TARGETS = {
     "fuzz_tokenizer_encode": {"max_len": 16384, "leaks": True},
     "fuzz_chat_template": {"max_len": 16384, "leaks": True},
     "fuzz_key_file": {"max_len": 8192, "leaks": True},
+    "fuzz_wire": {"max_len": 65536, "leaks": False},
+    "fuzz_manifests": {"max_len": 65536, "leaks": False},
+    "fuzz_client": {"max_len": 16384, "leaks": False},
 }
 
 # The C++ test files of the components that parse untrusted input, run under the sanitizers.
-SANITIZER_TESTS = ["test_error", "test_safetensors", "test_gguf", "test_config", "test_tokenizer"]
+# (tests/CMakeLists.txt builds just these into the sanitizer build's aios_tests.)
+SANITIZER_TESTS = ["test_error", "test_safetensors", "test_gguf", "test_config", "test_tokenizer", "test_extension",
+                   "test_server", "test_client"]
 
 # Bounds every run shares: an input that allocates more, or runs longer, is a finding.
 LIMITS = ["-rss_limit_mb=3072", "-malloc_limit_mb=2048", "-timeout=20"]
@@ -80,8 +85,11 @@ def test(args):
         dirs = corpus_dirs(target)
         files = sum(1 for d in dirs for f in d.iterdir() if f.is_file())
         start = time.monotonic()
+        artifacts = CACHE / "replay" / target
+        artifacts.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [str(binary(args.build, target)), *LIMITS, f"-max_len={options['max_len']}", "-runs=0", *map(str, dirs)],
+            [str(binary(args.build, target)), *LIMITS, f"-max_len={options['max_len']}", "-runs=0",
+             f"-artifact_prefix={artifacts}/", *map(str, dirs)],
             env=environment(options["leaks"]), cwd=ROOT, capture_output=True, text=True, errors="replace")
         ok = result.returncode == 0 and files > 0
         print(f"== {target}: {files} inputs replayed in {time.monotonic() - start:.1f} s: {'ok' if ok else 'FAILED'}",
