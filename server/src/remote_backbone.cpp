@@ -56,6 +56,23 @@ void route_to_keeper(grpc::ClientContext* context, gradient::Handle handle) {
 // The replica that holds an extension: its id is "REPLICA.EPOCH.N".
 std::string replica_of(const std::string& extension_id) { return extension_id.substr(0, extension_id.find('.')); }
 
+// An extension id as hosts make them, "REPLICA.EPOCH.N" (decimal, hex, decimal): it goes back into
+// request metadata (aios-replica), where bytes of another kind would abort the call, so what a host
+// sends is checked first.
+void check_extension_id(const std::string& id) {
+  int dots = 0;
+  bool ok = !id.empty() && id.size() <= 64 && id.front() != '.' && id.back() != '.';
+  for (std::size_t i = 0; ok && i < id.size(); ++i) {
+    const char c = id[i];
+    if (c == '.') {
+      ok = id[i - 1] != '.' && ++dots <= 2;
+    } else {
+      ok = (c >= '0' && c <= '9') || (dots == 1 && c >= 'a' && c <= 'f');
+    }
+  }
+  if (!ok || dots != 2) fail(ErrorCode::kDataLoss, "id", "the host sent an extension id that is not REPLICA.EPOCH.N");
+}
+
 gradient::Gradients read_gradients(const v1::Gradients& g) {
   gradient::Gradients out;
   out.latents = from_wire(g.latents(), "latents");
@@ -370,6 +387,7 @@ std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::st
   }
   v1::ExtensionInfo info;
   impl_->call("/aios.v1.Tokenizer/CreateExtension", *impl_->tokenizer, &v1::Tokenizer::Stub::CreateExtension, request, &info);
+  check_extension_id(info.id());
 
   std::unique_ptr<ali::Extension> made;
   try {

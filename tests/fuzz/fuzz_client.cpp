@@ -2,7 +2,7 @@
 // (aios::client::Client) against a fake host whose every reply comes from the input. The first
 // byte picks the client; then frames [u8 status][u16 length][reply bytes] answer the calls in the
 // order they arrive (status 0: the reply message parsed from the bytes; otherwise that gRPC code,
-// with the bytes as message and "aios-field"). Each client connects, reads the model and the
+// with the bytes as message and "aios-field-bin"). Each client connects, reads the model and the
 // tokenizer definition, and makes every kind of call. A finding: a crash, sanitizer report or an
 // exception other than aios::Error in the client.
 //
@@ -52,7 +52,7 @@ class Script {
       reply->ParseFromString(body);
       return grpc::Status::OK;
     }
-    context->AddTrailingMetadata("aios-field", body.substr(0, 16));
+    context->AddTrailingMetadata("aios-field-bin", body.substr(0, 16));
     return grpc::Status(static_cast<grpc::StatusCode>(code % 17), body);
   }
 

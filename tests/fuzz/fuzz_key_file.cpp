@@ -35,7 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (key.empty() || tenant.empty()) __builtin_trap();
     }
   } catch (const aios::Error& e) {
-    const std::string what = e.what();
+    const std::string what = e.field() + "\n" + e.message();  // (what() adds the code's name)
     for (const std::string& key : keys_of(text)) {
       // Short keys may appear in the message by coincidence ("keys", a line number).
       if (key.size() >= 6 && what.find(key) != std::string::npos) __builtin_trap();

@@ -3,8 +3,9 @@
 // A Tensor message is checked before anything is allocated for it: a known dtype, a rank and
 // dimensions within limits, and prod(shape) x itemsize equal to the byte length (and within the
 // byte limit). Errors travel as gRPC statuses whose code is the ErrorCode value, whose message is
-// the error's message, and whose trailing metadata "aios-field" names the field; the client builds
-// the same aios::Error again.
+// the error's message, and whose trailing metadata "aios-field-bin" names the field (binary
+// metadata: a field quotes untrusted bytes, which a text header could not carry); the client
+// builds the same aios::Error again.
 #pragma once
 
 #include <chrono>
@@ -49,7 +50,7 @@ const char* dtype_name(v1::DType dtype);
 // beyond `limits`.
 WireTensor check_tensor(const v1::Tensor& t, const std::string& field, const WireLimits& limits = {});
 
-constexpr const char* kFieldMetadata = "aios-field";
+constexpr const char* kFieldMetadata = "aios-field-bin";
 
 // Server side: the status for `e`, with its field added to the call's trailing metadata.
 grpc::Status to_status(const Error& e, grpc::ServerContext* context);
