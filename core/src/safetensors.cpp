@@ -135,7 +135,7 @@ SafetensorsFile SafetensorsFile::validate(const std::string& path, std::unique_p
   if (header_len < 2 || header_begin[0] != '{') {
     fail(ErrorCode::kDataLoss, path, "header: expected a JSON object starting with '{{'");
   }
-  const nlohmann::json header = parse_json(std::string_view(header_begin, header_len), path + ": header");
+  const nlohmann::json header = parse_json(std::string_view(header_begin, header_len), path);
   if (!header.is_object()) fail(ErrorCode::kDataLoss, path, "header: expected a JSON object");
   const std::uint64_t data_begin = 8 + header_len;
   const std::uint64_t data_len = file_size - data_begin;

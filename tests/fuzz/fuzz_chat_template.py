@@ -22,7 +22,6 @@ The seeds are in tests/fuzz/corpus/fuzz_chat_template_py/; tests/python/test_cha
 """
 import json
 import warnings
-import os
 import resource
 import sys
 import time

@@ -9,7 +9,7 @@
                                                   statistics per run to .cache/fuzz/runs.jsonl
     run.py merge [--build DIR] [TARGET ...]       minimises what fuzzing found into the committed
                                                   corpus (libFuzzer -merge=1)
-    run.py stats                                  executions per target over all recorded runs
+    run.py stats [--markdown]                     executions per target over all recorded runs
 
 A finding is fixed at its root, then its input goes to tests/fuzz/reproducers/TARGET/ (named for
 what it found) so that `make test` replays it for ever.
@@ -179,9 +179,15 @@ def stats(args):
         t["runs"] += 1
         t["findings"] += int(r["finding"])
         t["coverage"] = max(t["coverage"], r["coverage"] or 0)
+    if args.markdown:
+        print("| target | executions | seconds | runs | coverage (edges) | runs with findings |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for target, t in sorted(totals.items()):
-        print(f"{target:24} {t['executions']:>12,} executions  {t['seconds']:>8.0f} s  {t['runs']:>3} runs  "
-              f"cov {t['coverage']:>6}  {t['findings']} runs with findings")
+        if args.markdown:
+            print(f"| `{target}` | {t['executions']:,} | {t['seconds']:.0f} | {t['runs']} | {t['coverage']} | {t['findings']} |")
+        else:
+            print(f"{target:24} {t['executions']:>12,} executions  {t['seconds']:>8.0f} s  {t['runs']:>3} runs  "
+                  f"cov {t['coverage']:>6}  {t['findings']} runs with findings")
 
 
 def main():
@@ -190,6 +196,7 @@ def main():
     parser.add_argument("targets", nargs="*")
     parser.add_argument("--build", default=str(ROOT / "build-fuzz"))
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--markdown", action="store_true", help="stats: as a table for bench/RESULTS.md")
     args = parser.parse_args()
     for t in args.targets:
         if t not in TARGETS:

@@ -34,9 +34,10 @@ from ._aios import Decoder, DecoderStep  # routed generation: generate/stream(ro
 Backbone.generate_text = text.generate_text
 Backbone.stream_text = text.stream_text
 apply_chat_template = text.apply_chat_template
+ChatTemplateError = text.ChatTemplateError  # an InvalidArgumentError: a template the sandbox refused
 
 __all__ = [
-    "apply_chat_template",
+    "apply_chat_template", "ChatTemplateError",
     "Backbone", "LocalBackbone", "RemoteBackbone", "connect", "serve", "HostProcess",
     "Config", "Extension", "ForwardOutput", "FusedResult", "Generation", "GenerationResult",
     "GenerationStep", "Gradients", "Session", "Tokenizer", "gist_mask",

@@ -34,8 +34,10 @@ MAX_TEMPLATE_CHARS = 1 << 18
 # All a render builds together (strings, list items, counted as in _cost) may reach this many times the output
 # bound: real templates build a few times their output, and values kept alive cannot add up past it.
 BUDGET_FACTOR = 16
-# Integers a template computes stay under this many bits (their text under 1234 digits).
+# Integers a template computes stay under this many bits (their text under 1234 digits), and lists and dicts
+# nest at most this deep (JSON schemas of tools nest some levels; repr and json recurse in C).
 MAX_INT_BITS = 4096
+MAX_DEPTH = 100
 # Estimates made before an operation are upper bounds, loose by up to this factor: an operation is refused
 # beforehand only when even the estimate divided by it is over the bound; its result is then held to the bound.
 _SLACK = 16
@@ -75,13 +77,20 @@ class _Render:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.entry = None
+        # The last containers measured, by id, with the container itself (kept alive, so its id stays its own):
+        # `ns.l = ns.l + [m]` in a loop then measures ns.l once, not at every step. Namespaces change, so
+        # containers holding one are not kept.
+        self.recent = {}
         deadline, monotonic = self.deadline, time.monotonic
 
         # sys.settrace calls `tracer` for each Python frame the render enters and `local` for each line those
-        # frames run, so that even a loop that calls nothing ({% for %} in {% for %}) meets the deadline. The
-        # sandbox's own frames (this file) are not traced line by line: their loops are bounded by `limit`.
-        # Overhead, measured on SmolLM2's template (a 3-turn chat, ~1.6 KB out): 0.15 ms per render untraced,
-        # 0.32 ms traced; a 200-turn chat: 1.0 ms -> 2.7 ms. Compiling the template (~2 ms) is the larger part.
+        # frames run, so that even a loop that calls nothing ({% for %} in {% for %}, or a filter's own loop such
+        # as markupsafe's striptags) meets the deadline. The sandbox's own frames (this file) are not traced line
+        # by line: their loops are bounded by `limit`. Overhead, measured on SmolLM2's template (best of 10 to 15,
+        # on a loaded 2-core EPYC): a 201-message chat (21.7K characters out) renders in 0.9 ms in jinja's plain
+        # sandbox, 1.3-1.9 ms with these bounds untraced, 8.5-10 ms traced (5.5-6 ms of it for the call events
+        # alone: a Python call to the tracer per frame); a 1-message chat in 0.02, 0.05 and 0.2 ms. Compiling
+        # (once per template, then kept) takes ~2 ms, 4-8 ms traced.
         def local(frame, event, arg):
             if monotonic() > deadline:
                 raise _Refused(self.late())
@@ -90,7 +99,7 @@ class _Render:
         def tracer(frame, event, arg):
             if monotonic() > deadline:
                 raise _Refused(self.late())
-            return local if frame.f_code.co_filename == "<template>" else None
+            return None if frame.f_code.co_filename == _HERE else local
 
         self.tracer, self.local = tracer, local
 
@@ -124,6 +133,10 @@ class _Render:
         if n > _SLACK * self.limit:
             raise _Refused(f"{what} would build about {n} characters, past max_output_chars={self.limit}")
 
+    def depth(self, n):
+        if n > MAX_DEPTH:
+            raise _Refused(f"a value nested more than {MAX_DEPTH} deep")
+
     def bits(self, n):
         if n > MAX_INT_BITS:
             raise _Refused(f"an integer of about {n} bits would pass the {MAX_INT_BITS}-bit bound")
@@ -134,9 +147,28 @@ class _Render:
             raise _Refused(f"the template built more than {self.budget} characters and items in all "
                            f"({BUDGET_FACTOR} x max_output_chars)")
 
-    def checked(self, result, args=(), kwargs=None):
+    def measure(self, value):
+        """(cost, depth, mutable) of a container, from _walk, or from the last ones measured."""
+        seen = self.recent.get(id(value))
+        if seen is not None and seen[0] is value:
+            return seen[1], seen[2], False
+        cost, depth, mutable = _walk(value, self.limit, {k: (c, d) for k, (_, c, d) in self.recent.items()})
+        if not mutable:
+            self.remember(value, cost, depth)
+        return cost, depth, mutable
+
+    def remember(self, value, cost, depth):
+        if cost <= self.limit and depth <= MAX_DEPTH:
+            self.recent.pop(id(value), None)
+            self.recent[id(value)] = (value, cost, depth)
+            if len(self.recent) > 4:
+                del self.recent[next(iter(self.recent))]
+
+    def checked(self, result, args=(), kwargs=None, shallow=False):
         """Holds a value the template just built to the bounds, and charges it to the budget; a value handed
-        back unchanged (`x|default(y)` is x or y) costs nothing."""
+        back unchanged (`x|default(y)` is x or y) costs nothing. A container is charged its items only when
+        `shallow` (a display [a, b] or a + b builds a list of what exists), else all it holds (a filter or
+        method may have built its strings too)."""
         for source in args:
             if result is source:
                 return result
@@ -151,13 +183,15 @@ class _Render:
         if kind is bool or kind is float or result is None:
             return result
         if isinstance(result, (str, bytes, bytearray)):
-            n = len(result)
+            n = charge = len(result)
         elif isinstance(result, _CONTAINERS) or isinstance(result, _namespace_type()):
-            n = _cost(result, self.limit)
+            n, depth, _ = self.measure(result)
+            self.depth(depth)
+            charge = len(result) if shallow and hasattr(result, "__len__") else n
         else:
             return result
         self.size(n)
-        self.charge(n)
+        self.charge(charge)
         return result
 
     def run(self, env, template, variables):
@@ -169,6 +203,8 @@ class _Render:
             chunks = _compiled(env, template, self).generate(variables)
             out, n = [], 0
             for chunk in chunks:
+                if not isinstance(chunk, str):  # {% filter unique %} yields a generator: jinja's join refuses it
+                    "".join((chunk,))
                 n += len(chunk)
                 if n > self.limit:
                     raise _Refused(f"the output passed max_output_chars={self.limit}")
@@ -181,11 +217,13 @@ class _Render:
         except Exception as e:  # noqa: BLE001  (anything a template makes Jinja or Python raise is its error)
             error, cause = ChatTemplateError(f"chat template: {_describe(e)}"), e
         finally:
+            sys.settrace(previous_tracer)  # first: past the deadline, the tracer would raise in close() too
             try:
                 if chunks is not None:
                     chunks.close()
+            except Exception:  # noqa: BLE001  (a generator that fails to close has failed already)
+                pass
             finally:
-                sys.settrace(previous_tracer)
                 _local.render = previous_render
         raise error from cause
 
@@ -257,51 +295,81 @@ def _scalar(v):
     return 24 if kind is float else 1
 
 
-# Lists of one kind of scalar are counted in C.
-_FLAT = {str: lambda xs: sum(map(len, xs)), bytes: lambda xs: sum(map(len, xs)),
+# The kinds of value _scalar measures, and how to measure many of one kind at once, in C.
+_SCALARS = frozenset((str, bytes, int, float, bool, type(None)))
+_MANY = {str: lambda xs: sum(map(len, xs)), bytes: lambda xs: sum(map(len, xs)),
          int: lambda xs: sum(map(int.bit_length, xs)) // 3, float: lambda xs: 23 * len(xs),
          bool: lambda xs: 0, type(None): lambda xs: 0}
 
 
-def _walk(value, cap):
-    """(cost, depth) of value. Its cost is the size of its text, about: characters of strings, digits of
+def _flat(kids):
+    """The cost of a container's parts if none is a container (most lists: strings, numbers), else None."""
+    kinds = set(map(type, kids))
+    if not kinds <= _SCALARS:
+        return None
+    if len(kinds) == 1:
+        return len(kids) + _MANY[kinds.pop()](kids)
+    # (not map(_scalar, kids): the tracer is called at each Python call, a comprehension is one)
+    return len(kids) + sum(_MANY[kind]([k for k in kids if type(k) is kind]) for kind in kinds)
+
+
+def _walk(value, cap, known=None):
+    """(cost, depth, mutable) of value. Its cost is the size of its text, about: characters of strings, digits of
     integers, 24 per float, 1 per item, each part counted as often as it occurs, so that sharing ([x, x] of
     [x, x] of ...) cannot hide a size its repr or tojson would have; the walk visits each part once, and stops
-    once the cost passes cap. A container met inside itself (a namespace may hold itself) counts 1, as repr
-    writes it "...". Depth is how deeply containers nest."""
+    once the cost passes cap, or the depth MAX_DEPTH. A container met inside itself (a namespace may hold
+    itself) counts 1, as repr writes it "...". Depth is how deeply containers nest (a flat list is 1). Mutable
+    says whether it holds a namespace (whose attributes may change: its cost cannot be kept). `known` maps
+    ids of live containers to their (cost, depth)."""
     namespace = _namespace_type()
     kids = _children(value, namespace)
     if kids is None:
-        return _scalar(value), 0
-    memo, active = {}, {id(value)}
-    stack = [[value, kids, 0, 1, 0]]  # container, its parts, next part, cost so far, depth below it
+        return _scalar(value), 0, False
+    memo, active, mutable = dict(known or ()), {id(value)}, isinstance(value, namespace)
+    stack = [[value, kids, 0, 1, 1]]  # container, its parts, next part, cost so far, depth
     while True:
         top = stack[-1]
         node, kids, i, total, depth = top
-        if i == 0 and len(kids) > 8 and type(kids) in (list, tuple):
-            kinds = set(map(type, kids))
-            flat = _FLAT.get(kinds.pop()) if len(kinds) == 1 else None
+        if i == 0:
+            flat = _flat(kids)
             if flat is not None:
-                total, i = total + len(kids) + flat(kids), len(kids)
+                total, i = total + flat, len(kids)
         child = None
         while i < len(kids):
             kid = kids[i]
             i += 1
-            grand = _children(kid, namespace)
-            if grand is None:
+            kind = type(kid)
+            if kind is str:
+                total += len(kid) + 1
+            elif kind is int or kind is bool or kind is float or kid is None:
                 total += _scalar(kid)
-            elif id(kid) in memo:
-                cost, below = memo[id(kid)]
-                total, depth = total + cost, max(depth, below + 1)
-            elif id(kid) in active:
-                total += 1
             else:
-                child = [kid, grand, 0, 1, 0]
-                break
+                grand = _children(kid, namespace)
+                if grand is None:
+                    total += _scalar(kid)
+                    if total > cap:
+                        return total, depth, mutable
+                    continue
+                if not mutable and isinstance(kid, namespace):
+                    mutable = True
+                if id(kid) in memo:
+                    cost, below = memo[id(kid)]
+                    total, depth = total + cost, max(depth, below + 1)
+                elif id(kid) in active:
+                    total += 1
+                else:
+                    flat = _flat(grand)
+                    if flat is None:
+                        child = [kid, grand, 0, 1, 1]
+                        break
+                    memo[id(kid)] = (1 + flat, 1)
+                    total, depth = total + 1 + flat, max(depth, 2)
             if total > cap:
-                return total, depth
+                return total, depth, mutable
         top[2], top[3], top[4] = i, total, depth
         if child is not None:
+            if len(stack) >= MAX_DEPTH:
+                return total, MAX_DEPTH + 1, mutable
             active.add(id(child[0]))
             stack.append(child)
             continue
@@ -309,21 +377,23 @@ def _walk(value, cap):
         active.discard(id(node))
         memo[id(node)] = (total, depth)
         if not stack:
-            return total, depth
+            return total, depth, mutable
         parent = stack[-1]
         parent[3] += total
         parent[4] = max(parent[4], depth + 1)
         if parent[3] > cap:
-            return parent[3], parent[4]
+            return parent[3], parent[4], mutable
 
 
 def _cost(value, cap):
     return _walk(value, cap)[0]
 
 
-def _size(v, cap):
-    # What checked() holds a value to: characters of a string, _cost of anything else.
-    return len(v) if isinstance(v, (str, bytes, bytearray)) else _cost(v, cap)
+def _size(render, v):
+    # (size, depth, mutable): what checked() holds a value to, characters of a string, or what measure() says.
+    if isinstance(v, (str, bytes, bytearray)):
+        return len(v), 0, False
+    return render.measure(v)
 
 
 def _text_bound(v, cap, conversion="r"):
@@ -507,10 +577,13 @@ def _pre_join(render, args, kwargs):
     elif items is not None and hasattr(items, "__len__"):
         cap = _SLACK * render.limit
         total = sep * len(items)
-        for item in items:
-            total += _text_bound(item, cap, "s")
-            if total > cap:
-                break
+        if set(map(type, items)) <= {str}:
+            total += sum(map(len, items))
+        else:
+            for item in items:
+                total += _text_bound(item, cap, "s")
+                if total > cap:
+                    break
         render.estimate(total, "join")
     return replaced
 
@@ -520,7 +593,7 @@ def _pre_sum(render, args, kwargs):
     start = _arg(args, kwargs, 2, "start", 0)
     if isinstance(items, (list, tuple)) and isinstance(start, (list, tuple)):
         # sum() of lists copies the growing list at each item, inside C where the deadline cannot stop it.
-        size = len(start) + sum(len(x) for x in items if isinstance(x, (list, tuple)))
+        size = len(start) + sum([len(x) for x in items if isinstance(x, (list, tuple))])
         render.estimate((len(items) + 1) * size, "sum")
     return replaced
 
@@ -548,12 +621,12 @@ def _pre_tojson(render, args, kwargs):
     step = step if step is not None else _len(indent)
     extra = sum(_len(s) for s in separators) if isinstance(separators, (list, tuple)) else 0
     # Each item gets a line, indented as deeply as it nests, and separators: at most `cost` items.
-    cost, depth = _walk(_arg(args, kwargs, 0, "x"), _SLACK * render.limit)
+    cost, depth, _ = _walk(_arg(args, kwargs, 0, "x"), _SLACK * render.limit)
     render.estimate(cost * (14 + extra + max(step, 0) * (depth + 1)), "tojson")
 
 
 def _pre_pprint(render, args, kwargs):
-    cost, depth = _walk(_arg(args, kwargs, 0, "value"), _SLACK * render.limit)
+    cost, depth, _ = _walk(_arg(args, kwargs, 0, "value"), _SLACK * render.limit)
     render.estimate(cost * (11 + depth), "pprint")
 
 
@@ -587,12 +660,15 @@ def _pre_method(render, owner, name, args, kwargs):
                               _arg(args, kwargs, 2, "count", -1))
         elif name == "join" and len(args) == 1 and not kwargs:
             items = args[0]
-            if not isinstance(items, (list, tuple, str, bytes, bytearray)):
+            if isinstance(items, (str, bytes, bytearray)):
+                render.estimate((len(owner) + 1) * len(items), "join")
+                return None
+            if not isinstance(items, (list, tuple)):
                 try:
                     items = list(iter(items))
                 except TypeError:
                     return None
-            render.estimate(len(owner) * len(items) + sum(_len(x) or 1 for x in items), "join")
+            render.estimate(len(owner) * len(items) + sum([_len(x) for x in items]), "join")
             return (items,)
         elif name == "translate" and isinstance(owner, str) and args:
             table = args[0]
@@ -717,7 +793,10 @@ def _sandbox():
         def __repr__(self):
             text = jinja2.utils.Namespace.__repr__(self)
             render = getattr(_local, "render", None)
-            return text if render is None else render.checked(text)
+            if render is not None:
+                render.size(len(text))
+                render.charge(len(text) + 4096)  # reprs of many small ones take long too (templates print none)
+            return text
 
         @staticmethod
         def check_name(name):
@@ -807,19 +886,22 @@ def _sandbox():
                 render.size(n, "a concatenation")
                 render.charge(n)
                 return left + right
-            exact = None  # the size checked() would find in the result, known beforehand
+            exact = depth = mutable = None  # what checked() would find in the result, known beforehand
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
-                    if type(n) in (int, bool) and type(seq) in (str, bytes, list, tuple):
+                    if type(n) in (int, bool) and isinstance(seq, (str, bytes, list, tuple)):  # Markup too
                         # a list's _cost counts the list itself once, and its items n times
-                        nested = type(seq) in (list, tuple)
-                        exact = (_size(seq, render.limit) - nested) * max(n, 0) + nested
+                        nested = isinstance(seq, (list, tuple))
+                        size, depth, mutable = _size(render, seq)
+                        exact = (size - nested) * max(n, 0) + nested
                         render.size(exact, "a repeated sequence")
                 if type(left) is int and type(right) is int:
                     render.bits(left.bit_length() + right.bit_length())
             elif operator == "+":
                 if type(left) is type(right) and type(left) in (str, bytes, list, tuple):
-                    exact = _size(left, render.limit) + _size(right, render.limit) - (type(left) in (list, tuple))
+                    (a, a_depth, a_mutable), (b, b_depth, b_mutable) = _size(render, left), _size(render, right)
+                    exact, depth = a + b - (type(left) in (list, tuple)), max(a_depth, b_depth)
+                    mutable = a_mutable or b_mutable
                     render.size(exact, "a concatenation")
                 elif type(left) is int and type(right) is int:
                     render.bits(max(left.bit_length(), right.bit_length()) + 1)
@@ -830,9 +912,12 @@ def _sandbox():
                 render.estimate(_percent_estimate(render, left, right), "a % format")
             result = self.binop_table[operator](left, right)
             if exact is not None and type(result) in (str, bytes, list, tuple):
-                render.charge(exact)
+                render.depth(depth)
+                render.charge(len(result))  # a list of what exists: its items are new, what they hold is not
+                if type(result) in (list, tuple) and not mutable:
+                    render.remember(result, exact, depth)
                 return result
-            return render.checked(result, (left, right))
+            return render.checked(result, (left, right), shallow=True)
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805  (jinja's signature)
             render = _current()
@@ -883,11 +968,15 @@ def _sandbox():
             render = _current()
             render.tick()
             if type(parts) is list:
+                if not all(isinstance(part, str) for part in parts):
+                    return "".join(parts)  # raises, as jinja's concat does
                 render.size(sum(map(len, parts)), "a block's output")
                 joined = "".join(parts)
             else:
                 out, n = [], 0
                 for part in parts:
+                    if not isinstance(part, str):
+                        "".join((part,))
                     n += len(part)
                     render.size(n, "a block's output")
                     out.append(part)
@@ -909,7 +998,7 @@ def _sandbox():
         def aios_built(self, value):
             render = _current()
             render.tick()
-            return render.checked(value)
+            return render.checked(value, shallow=True)
 
     def bounded_filter(name, func):
         check, skip = _FILTER_CHECKS.get(name), 0 if _PassArg.from_obj(func) is None else 1
@@ -963,8 +1052,9 @@ def apply_chat_template(template, messages, add_generation_prompt=True, *, tools
       back after) and by every filter, test, call and operator;
     * bounded output: at most `max_output_chars` (default 1 MiB) characters;
     * bounded values: nothing the template builds (a string, a list, a dict, counting a shared part as often
-      as it occurs) may pass `max_output_chars` characters or items, an integer 4096 bits, a range 100000
-      items; all it builds together may reach 16 x max_output_chars. Operations that could build far more
+      as it occurs) may pass `max_output_chars` characters or items, an integer 4096 bits, a list or dict
+      100 levels of nesting, a range 100000 items; all it builds together may reach 16 x max_output_chars
+      (a template printing its namespaces is charged 4096 more per repr). Operations that could build far more
       than their operands ('a' * n, center, indent, format widths, replace, join, ...) are checked before
       they run. The template itself may be at most 256 KiB.
     Any failure raises ChatTemplateError (an aios.InvalidArgumentError, field "chat_template"), its message
