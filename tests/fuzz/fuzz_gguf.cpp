@@ -16,8 +16,9 @@
 namespace {
 
 // A tensor is dequantised only when its float32 values stay small: the file may be a few KiB and
-// still list a [0, 2^40] tensor, whose values take no memory, or a valid 2^24-element one.
-constexpr std::int64_t kMaxValues = 1 << 22;
+// still list a [0, 2^40] tensor, whose values take no memory, or a valid 2^24-element one; larger
+// ones reach no other code, only take time.
+constexpr std::int64_t kMaxValues = 1 << 16;
 
 void touch_metadata(const aios::io::GgufFile& file) {
   for (const auto& entry : file.metadata()) {
