@@ -4,7 +4,8 @@
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
 //   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
-//                    [--replica N] [--compute-threads N] [--until-stdin-closes] [--device ...] [--dtype ...]
+//                    [--replica N] [--compute-threads N] [--store-bytes N] [--until-stdin-closes]
+//                    [--device ...] [--dtype ...]
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
@@ -32,8 +33,8 @@ constexpr const char* kUsage =
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
     "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
-    "                        [--replica N] [--compute-threads N] [--until-stdin-closes] [--device ...]\n"
-    "                        [--dtype ...]\n"
+    "                        [--replica N] [--compute-threads N] [--store-bytes N] [--until-stdin-closes]\n"
+    "                        [--device ...] [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
@@ -47,6 +48,8 @@ constexpr const char* kUsage =
     "             host's number among replicas behind a load balancer (0..65535, default 0; its\n"
     "             handles name it so that calls about them are routed back to it);\n"
     "             --compute-threads N: calls that compute at once (default 4; more wait);\n"
+    "             --store-bytes N: the activation store's budget for every tenant's kept passes\n"
+    "             together (default 4 GiB; a tenant's forwards only ever evict its own passes);\n"
     "             --until-stdin-closes: also stop when standard input ends (a parent that holds a\n"
     "             pipe to it takes the host down with it, even when killed)\n";
 
@@ -121,8 +124,8 @@ int generate(const std::string& path, const aios::ali::LoadOptions& options, con
 
 // Serves until SIGINT or SIGTERM (or the end of standard input, with `until_stdin_closes`), then
 // drains the calls in flight.
-int serve(const std::string& path, const aios::ali::LoadOptions& options, const aios::server::HostOptions& host_options,
-          bool until_stdin_closes) {
+int serve(const std::string& path, const aios::ali::LoadOptions& options, const aios::gradient::StoreOptions& store,
+          const aios::server::HostOptions& host_options, bool until_stdin_closes) {
   // Blocked here, before any thread starts, so that every thread inherits the mask and the
   // signals wait for sigwait below instead of interrupting a call.
   sigset_t signals;
@@ -137,7 +140,7 @@ int serve(const std::string& path, const aios::ali::LoadOptions& options, const 
   // 1.2-1.3x slower beside an idle team of this one.
   // (The future's end joins the thread.)
   const std::shared_ptr<aios::gradient::LocalBackbone> backbone =
-      std::async(std::launch::async, [&] { return aios::gradient::LocalBackbone::load(path, options); }).get();
+      std::async(std::launch::async, [&] { return aios::gradient::LocalBackbone::load(path, options, store); }).get();
   aios::server::Host host(backbone, host_options);
   const std::string address = host_options.listen.substr(0, host_options.listen.rfind(':'));
   fmt::print("serving {} on {}:{}\n", path, address, host.port());
@@ -171,6 +174,7 @@ int main(int argc, char** argv) {
       aios::fail(aios::ErrorCode::kInvalidArgument, "command", "expected info, generate or serve, got \"{}\"", command);
     }
     aios::server::HostOptions host_options;
+    aios::gradient::StoreOptions store;
     aios::ali::LoadOptions options;
     aios::ali::GenerateOptions generation;
     generation.max_new_tokens = 128;
@@ -211,6 +215,12 @@ int main(int argc, char** argv) {
           aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number in [1, 256], got \"{}\"", args[i]);
         }
         host_options.compute_threads = static_cast<int64_t>(threads);
+      } else if (command == "serve" && a == "--store-bytes" && has_value) {
+        const double bytes = number(i++);
+        if (!(bytes >= 1 && bytes <= 9.0e18) || bytes != static_cast<double>(static_cast<int64_t>(bytes))) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number of bytes >= 1, got \"{}\"", args[i]);
+        }
+        store.max_bytes = static_cast<std::size_t>(bytes);
       } else if (command == "serve" && a == "--until-stdin-closes") {
         until_stdin_closes = true;
       } else if (command == "serve" && a == "--state" && has_value) {
@@ -239,7 +249,7 @@ int main(int argc, char** argv) {
     }
     if (positional.empty()) aios::fail(aios::ErrorCode::kInvalidArgument, "MODEL", "expected a checkpoint");
     if (command == "info") return info(positional[0], options);
-    if (command == "serve") return serve(positional[0], options, host_options, until_stdin_closes);
+    if (command == "serve") return serve(positional[0], options, store, host_options, until_stdin_closes);
     if (positional.size() < 2) aios::fail(aios::ErrorCode::kInvalidArgument, "PROMPT", "expected a prompt");
     return generate(positional[0], options, positional[1], chat, generation);
   } catch (const aios::Error& e) {

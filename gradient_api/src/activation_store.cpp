@@ -18,10 +18,17 @@ std::atomic<std::uint64_t> next_tag{1};
 
 struct ActivationStore::Impl {
   using Clock = std::chrono::steady_clock;
+  // Each owner's entries in recency order (most recent at the front): eviction takes from its back.
+  struct Owner {
+    std::list<Handle> recency;
+    std::size_t bytes = 0;
+  };
   struct Slot {
     std::shared_ptr<const KeptPass> pass;
+    StoreOwner owner = 0;
     Clock::time_point last_use;
-    std::list<Handle>::iterator lru;  // position in `recency`, most recent at the front
+    std::list<Handle>::iterator lru;        // position in `recency`, for expiry
+    std::list<Handle>::iterator owner_lru;  // position in its owner's recency, for eviction
   };
 
   StoreOptions options;
@@ -29,20 +36,49 @@ struct ActivationStore::Impl {
   std::uint64_t next_sequence = 1;
   mutable std::mutex mutex;
   std::unordered_map<Handle, Slot> slots;
-  std::list<Handle> recency;
+  std::list<Handle> recency;  // every entry, most recent at the front
+  std::unordered_map<StoreOwner, Owner> owners;  // only owners with entries: no growth with their number
   std::size_t bytes = 0;
 
-  void drop(std::unordered_map<Handle, Slot>::iterator it) {
-    bytes -= it->second.pass->bytes;
+  // Drops the entry; its handle goes to `dropped` when it is `reported`'s.
+  void drop(std::unordered_map<Handle, Slot>::iterator it, StoreOwner reported, std::vector<Handle>* dropped) {
+    const std::size_t size = it->second.pass->bytes;
+    bytes -= size;
     recency.erase(it->second.lru);
+    auto owner = owners.find(it->second.owner);
+    owner->second.bytes -= size;
+    owner->second.recency.erase(it->second.owner_lru);
+    if (owner->second.recency.empty()) owners.erase(owner);
+    if (dropped != nullptr && it->second.owner == reported) dropped->push_back(it->first);
     slots.erase(it);
   }
 
-  void drop_expired(Clock::time_point now) {
+  void drop_expired(Clock::time_point now, StoreOwner reported = 0, std::vector<Handle>* dropped = nullptr) {
     while (!recency.empty()) {
       auto it = slots.find(recency.back());
       if (now - it->second.last_use < options.ttl) break;
-      drop(it);
+      drop(it, reported, dropped);
+    }
+  }
+
+  std::size_t bytes_of(StoreOwner owner) const {
+    auto it = owners.find(owner);
+    return it == owners.end() ? 0 : it->second.bytes;
+  }
+
+  // Throws unless a pass of `size` fits once the owner's own entries are evicted.
+  void check_room(std::size_t size, StoreOwner owner) const {
+    if (size > options.max_bytes) {
+      fail(ErrorCode::kResourceExhausted, "activation_store",
+           "this forward pass keeps about {} bytes of activations, more than the store's budget of {} bytes", size,
+           options.max_bytes);
+    }
+    const std::size_t others = bytes - bytes_of(owner);
+    if (others + size > options.max_bytes) {
+      fail(ErrorCode::kResourceExhausted, "activation_store",
+           "the store's budget of {} bytes is held by other owners' passes ({} bytes): this pass of {} bytes does not "
+           "fit, and passes of other owners are never evicted for it",
+           options.max_bytes, others, size);
     }
   }
 
@@ -68,22 +104,29 @@ ActivationStore::ActivationStore(StoreOptions options) : impl_(std::make_unique<
 }
 ActivationStore::~ActivationStore() = default;
 
-Handle ActivationStore::put(std::shared_ptr<const KeptPass> pass) {
+Stored ActivationStore::put(std::shared_ptr<const KeptPass> pass, StoreOwner owner) {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   Impl& s = *impl_;
-  if (pass->bytes > s.options.max_bytes) {
-    fail(ErrorCode::kResourceExhausted, "activation_store",
-         "this forward pass keeps about {} bytes of activations, more than the store's budget of {} bytes",
-         pass->bytes, s.options.max_bytes);
-  }
+  Stored out;
   const auto now = Impl::Clock::now();
-  s.drop_expired(now);
-  while (s.bytes + pass->bytes > s.options.max_bytes) s.drop(s.slots.find(s.recency.back()));
-  const Handle handle = (s.tag << kTagShift) | s.next_sequence++;
-  s.recency.push_front(handle);
+  s.drop_expired(now, owner, &out.dropped);
+  s.check_room(pass->bytes, owner);  // before evicting anything: a refused pass costs its owner nothing
+  while (s.bytes + pass->bytes > s.options.max_bytes) {
+    s.drop(s.slots.find(s.owners.at(owner).recency.back()), owner, &out.dropped);
+  }
+  out.handle = (s.tag << kTagShift) | s.next_sequence++;
+  s.recency.push_front(out.handle);
+  Impl::Owner& own = s.owners[owner];
+  own.recency.push_front(out.handle);
+  own.bytes += pass->bytes;
   s.bytes += pass->bytes;
-  s.slots.emplace(handle, Impl::Slot{std::move(pass), now, s.recency.begin()});
-  return handle;
+  s.slots.emplace(out.handle, Impl::Slot{std::move(pass), owner, now, s.recency.begin(), own.recency.begin()});
+  return out;
+}
+
+void ActivationStore::check_room(std::size_t bytes, StoreOwner owner) const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->check_room(bytes, owner);
 }
 
 std::shared_ptr<const KeptPass> ActivationStore::get(Handle handle) {
@@ -91,17 +134,24 @@ std::shared_ptr<const KeptPass> ActivationStore::get(Handle handle) {
   auto it = impl_->find(handle);
   it->second.last_use = Impl::Clock::now();
   impl_->recency.splice(impl_->recency.begin(), impl_->recency, it->second.lru);
+  auto& owner = impl_->owners.at(it->second.owner).recency;
+  owner.splice(owner.begin(), owner, it->second.owner_lru);
   return it->second.pass;
 }
 
 void ActivationStore::release(Handle handle) {
   std::lock_guard<std::mutex> lock(impl_->mutex);
-  impl_->drop(impl_->find(handle));
+  impl_->drop(impl_->find(handle), 0, nullptr);
 }
 
 std::size_t ActivationStore::bytes() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->bytes;
+}
+
+std::size_t ActivationStore::bytes(StoreOwner owner) const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->bytes_of(owner);
 }
 
 std::size_t ActivationStore::size() const {

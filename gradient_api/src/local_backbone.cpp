@@ -310,12 +310,15 @@ KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const Forward
          "this forward pass would keep about {} bytes of activations, more than the store's budget of {} bytes "
          "(recompute=true keeps less)", bytes, impl_->store.options().max_bytes);
   }
+  impl_->store.check_room(bytes, options.store_owner);  // refused before computing, not after
   std::shared_ptr<KeptPass> pass = impl_->run(latents, attention, options);
   KeptForward out;
   out.output.hidden = pass->hidden.detach();
   for (const at::Tensor& layer : pass->layers) out.output.layers.push_back(layer.detach());
   out.bytes = pass->bytes;
-  out.handle = impl_->store.put(std::move(pass));
+  Stored stored = impl_->store.put(std::move(pass), options.store_owner);
+  out.handle = stored.handle;
+  out.dropped = std::move(stored.dropped);
   return out;
 }
 

@@ -230,12 +230,14 @@ class KeptPasses {
     std::lock_guard lock(tenant_.mutex);
     check_room(0);
   }
-  // Counts a kept pass of `bytes`, within the quota (checked and counted under one lock).
-  void keep(gradient::Handle handle, std::size_t bytes, std::shared_ptr<CurrentCall> call) {
+  // Forgets the passes the store dropped to keep `kept` (the tenant's own: see
+  // activation_store.h), then counts `kept` within the quota (checked and counted under one lock).
+  void keep(const gradient::KeptForward& kept, std::shared_ptr<CurrentCall> call) {
     std::lock_guard lock(tenant_.mutex);
-    check_room(bytes);
-    tenant_.handles[handle] = {bytes, Clock::now(), /*claimed=*/false, std::move(call)};
-    tenant_.kept_bytes += bytes;
+    for (gradient::Handle gone : kept.dropped) forget(gone);
+    check_room(kept.bytes);
+    tenant_.handles[kept.handle] = {kept.bytes, Clock::now(), /*claimed=*/false, std::move(call)};
+    tenant_.kept_bytes += kept.bytes;
   }
   // The pass's current-call slot (see CurrentCall).
   std::shared_ptr<CurrentCall> use(gradient::Handle handle) {
@@ -250,13 +252,18 @@ class KeptPasses {
   }
   void remove(gradient::Handle handle) {
     std::lock_guard lock(tenant_.mutex);
+    forget(handle);
+  }
+
+ private:
+  // Under the tenant's lock.
+  void forget(gradient::Handle handle) {
     auto it = tenant_.handles.find(handle);
     if (it == tenant_.handles.end()) return;
     tenant_.kept_bytes -= it->second.bytes;
     tenant_.handles.erase(it);
   }
 
- private:
   void check_room(std::size_t bytes) const {
     if (tenant_.kept_bytes + bytes > tenant_.quota.max_store_bytes) {
       fail(ErrorCode::kResourceExhausted, "activation_store",
@@ -289,6 +296,7 @@ class GradientService final : public v1::Gradient::Service {
       KeptPasses passes(caller);
       passes.check_room();
       gradient::ForwardOptions options = r_.forward_options(caller, request->options(), "options", *context);
+      options.store_owner = caller.state().store_owner;  // room for it is made from this tenant's passes only
       auto call = std::make_shared<CurrentCall>();
       options.cancelled = [call] { return call->cancelled(); };
       gradient::KeptForward kept;
@@ -297,7 +305,7 @@ class GradientService final : public v1::Gradient::Service {
         kept = r_.backbone().forward_keep(r_.latents(caller, request->latents(), "latents"), options);
       }
       try {
-        passes.keep(kept.handle, kept.bytes, call);
+        passes.keep(kept, call);
         // A caller that left (disconnected or out of time) never learns the handle: free the pass now.
         if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
         write_output(kept.output, out);

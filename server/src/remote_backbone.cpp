@@ -494,7 +494,10 @@ gradient::KeptForward RemoteBackbone::forward_keep(const at::Tensor& latents, co
   impl_->write_options(*this, options, request.mutable_options(), sent);
   v1::ForwardResponse out;
   impl_->call("/aios.v1.Gradient/ForwardKeep", *impl_->gradient, &v1::Gradient::Stub::ForwardKeep, request, &out, sent);
-  return gradient::KeptForward{read_output(out), out.handle()};
+  gradient::KeptForward kept;
+  kept.output = read_output(out);
+  kept.handle = out.handle();
+  return kept;
 }
 
 gradient::Gradients RemoteBackbone::vjp(gradient::Handle handle, const gradient::Cotangents& cotangents) {

@@ -1,6 +1,8 @@
 #include "requests.h"
 
 #include <ATen/core/grad_mode.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <fmt/ranges.h>
 #include <fstream>
 #include <new>
@@ -29,6 +31,18 @@ void check_name(const std::string& name, const std::string& field) {
 
 namespace {
 
+// Store owners of every host in the process: hosts may share one backbone, and so its store.
+std::atomic<gradient::StoreOwner> next_store_owner{1};
+
+std::array<unsigned char, 32> sha256(std::string_view bytes) {
+  std::array<unsigned char, 32> out{};
+  unsigned int size = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), out.data(), &size, EVP_sha256(), nullptr) != 1 || size != out.size()) {
+    fail(ErrorCode::kInternal, "api_key", "cannot compute SHA-256");
+  }
+  return out;
+}
+
 TenantQuota quota_of(const HostOptions& options, const std::string& tenant) {
   auto it = options.quotas.find(tenant);
   return it == options.quotas.end() ? options.quota : it->second;
@@ -45,13 +59,15 @@ Requests::Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptio
       state = std::make_unique<TenantState>();
       state->name = name;
       state->quota = quota_of(options_, name);
+      state->store_owner = next_store_owner.fetch_add(1);
     }
     return state.get();
   };
   if (options_.api_keys.empty()) add("");  // the one tenant of a host without keys
   for (const auto& [key, tenant] : options_.api_keys) {
+    if (key.empty()) fail(ErrorCode::kInvalidArgument, "api_keys", "expected non-empty keys, got an empty one");
     check_name(tenant, "tenant");
-    by_key_[key] = add(tenant);
+    keys_.push_back({sha256(key), add(tenant)});
   }
   // Decoders registered before a restart are still there.
   for (auto& [name, tenant] : tenants_) {
@@ -94,13 +110,22 @@ TenantState& Requests::authenticate(const grpc::ServerContext& context) {
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
   constexpr std::string_view kBearer = "Bearer ";
+  std::string_view sent;  // no key: compared all the same, matching none (no key digests to "")
+  bool bearer = false;
   if (it != metadata.end()) {
     const std::string_view value(it->second.data(), it->second.size());
-    if (value.starts_with(kBearer)) {
-      auto key = by_key_.find(std::string(value.substr(kBearer.size())));
-      if (key != by_key_.end()) return *key->second;
-    }
+    bearer = value.starts_with(kBearer);
+    if (bearer) sent = value.substr(kBearer.size());
   }
+  // Every stored digest is compared, each in constant time, without stopping at a match: the time
+  // depends on the sent key's length and the number of keys only.
+  const std::array<unsigned char, 32> digest = sha256(sent);
+  TenantState* found = nullptr;
+  for (const KeyDigest& key : keys_) {
+    const bool same = CRYPTO_memcmp(digest.data(), key.digest.data(), digest.size()) == 0;
+    found = same ? key.tenant : found;
+  }
+  if (bearer && !sent.empty() && found != nullptr) return *found;
   // The message never repeats what was sent: keys stay out of logs and replies.
   fail(ErrorCode::kPermissionDenied, "api_key", "expected a valid API key in \"authorization: Bearer KEY\"");
 }
@@ -259,7 +284,9 @@ KeyFile parse_key_file(const std::string& text, const std::string& path, const T
     if (!file.api_keys.emplace(key, tenant).second) {
       fail(ErrorCode::kInvalidArgument, where, "this key was given to another tenant already");
     }
-    while (fields >> extra) {
+    // A field that is not a quota may be a key written in the wrong place (a second key, a key
+    // with '=' in it): messages name its position on the line, never its text.
+    for (int position = 3; fields >> extra; ++position) {
       const auto equals = extra.find('=');
       const std::string name = extra.substr(0, equals);
       int64_t value = -1;
@@ -270,14 +297,20 @@ KeyFile parse_key_file(const std::string& text, const std::string& path, const T
       } catch (const std::exception&) {
         value = -1;
       }
-      if (value < 0) fail(ErrorCode::kInvalidArgument, where, "expected quota=N with N >= 0, got \"{}\"", name);
+      const bool known = name == "max_tokens" || name == "max_store_bytes" || name == "max_concurrent" ||
+                         name == "max_extensions" || name == "max_decoders";
+      if (!known || value < 0) {
+        fail(ErrorCode::kInvalidArgument, where,
+             "expected field {} to be a quota: max_tokens, max_store_bytes, max_concurrent, max_extensions or "
+             "max_decoders, as NAME=N with N >= 0 (the field is not repeated here: it may be a key)",
+             position);
+      }
       TenantQuota& q = file.quotas.try_emplace(tenant, defaults).first->second;
       if (name == "max_tokens") q.max_tokens = value;
       else if (name == "max_store_bytes") q.max_store_bytes = static_cast<std::size_t>(value);
       else if (name == "max_concurrent") q.max_concurrent = value;
       else if (name == "max_extensions") q.max_extensions = value;
-      else if (name == "max_decoders") q.max_decoders = value;
-      else fail(ErrorCode::kInvalidArgument, where, "unknown quota \"{}\" (max_tokens, max_store_bytes, max_concurrent, max_extensions, max_decoders)", name);
+      else q.max_decoders = value;
     }
   }
   if (file.api_keys.empty()) fail(ErrorCode::kInvalidArgument, path, "expected at least one \"TENANT KEY\" line, got none");

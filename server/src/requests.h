@@ -2,6 +2,7 @@
 // of what requests carry, and the wrapper that turns a call's failures into its status.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -56,6 +57,9 @@ class CurrentCall {
 struct TenantState {
   std::string name;
   TenantQuota quota;
+  // The tenant's passes in the activation store: unique in the process (hosts may share a
+  // backbone), so that making room for a pass evicts only this tenant's own.
+  gradient::StoreOwner store_owner = 0;
   std::atomic<int64_t> in_flight{0};
 
   std::mutex mutex;  // guards everything below
@@ -65,6 +69,8 @@ struct TenantState {
     bool claimed = false;  // used by a Vjp or Release since it was kept
     std::shared_ptr<CurrentCall> call;
   };
+  // Every pass the tenant keeps, until released, dropped by the store (reported by the tenant's
+  // own ForwardKeep, the only call that evicts its passes), found gone by a Vjp, or pruned.
   std::unordered_map<gradient::Handle, Kept> handles;
   std::size_t kept_bytes = 0;
   std::map<std::string, std::shared_ptr<ali::Extension>> extensions;  // id -> live extension
@@ -135,7 +141,13 @@ class Requests {
   std::shared_ptr<gradient::Backbone> backbone_;
   HostOptions options_;
   std::map<std::string, std::unique_ptr<TenantState>> tenants_;  // fixed after construction
-  std::unordered_map<std::string, TenantState*> by_key_;
+  // SHA-256 of each API key: a sent key's digest is compared with all of them in constant time,
+  // so that the time to answer does not say how much of a key was right.
+  struct KeyDigest {
+    std::array<unsigned char, 32> digest;
+    TenantState* tenant;
+  };
+  std::vector<KeyDigest> keys_;
   std::filesystem::path scratch_;  // decoders of a host without a state folder
   IdleRelease idle_release_;
   ComputeThreads compute_;

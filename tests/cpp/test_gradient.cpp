@@ -1,5 +1,7 @@
 // The Gradient API from C++: an upstream torch::nn::Module trained through the frozen backbone,
 // and the guarantee that no weight of the backbone ever holds a gradient.
+#include <thread>
+
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -108,4 +110,71 @@ TEST_CASE("a cancelled call stops between blocks, forward and backward", "[gradi
     loss.loss = CrossEntropy{torch::randint(aios_test::kVocab, {2, 6}), {}};
     CHECK(cancelled_code([&] { backbone->forward_backward(latents, options, loss); }) == kCancelled);
   }
+}
+
+TEST_CASE("the activation store makes room for a pass only from its own owner's passes", "[gradient]") {
+  using aios::gradient::ActivationStore;
+  using aios::gradient::Handle;
+  auto pass = [](std::size_t bytes) {
+    auto p = std::make_shared<aios::gradient::KeptPass>();
+    p->bytes = bytes;
+    return p;
+  };
+  aios::gradient::StoreOptions options;
+  options.max_bytes = 300;
+  ActivationStore store(options);
+  const Handle a1 = store.put(pass(100), 1).handle;
+  const Handle a2 = store.put(pass(100), 1).handle;
+  const auto b1 = store.put(pass(100), 2);
+  CHECK(b1.dropped.empty());
+  CHECK(store.bytes(1) == 200);
+  CHECK(store.bytes(2) == 100);
+
+  // Full: owner 2's next pass takes the place of owner 2's own, never of owner 1's.
+  const auto b2 = store.put(pass(100), 2);
+  CHECK(b2.dropped == std::vector<Handle>{b1.handle});
+  CHECK(aios_test::code_of([&] { store.get(b1.handle); }) == aios::ErrorCode::kNotFound);
+  store.get(a2);
+  store.get(a1);  // a1 is now owner 1's most recent: a2 goes first
+  CHECK(store.put(pass(100), 1).dropped == std::vector<Handle>{a2});
+  store.get(a1);
+  store.get(b2.handle);
+
+  // An owner with nothing to give up is refused, and nothing of the others' is evicted; so is an
+  // owner whose own passes would not make room enough.
+  std::string field;
+  CHECK(aios_test::code_of([&] { store.put(pass(100), 3); }, &field) == aios::ErrorCode::kResourceExhausted);
+  CHECK(field == "activation_store");
+  CHECK(aios_test::code_of([&] { store.check_room(100, 3); }) == aios::ErrorCode::kResourceExhausted);
+  CHECK(aios_test::code_of([&] { store.put(pass(250), 2); }) == aios::ErrorCode::kResourceExhausted);
+  CHECK(aios_test::code_of([&] { store.put(pass(301), 2); }) == aios::ErrorCode::kResourceExhausted);
+  CHECK(store.size() == 3);
+  CHECK(store.bytes() == 300);
+  store.check_room(200, 1);  // owner 1 holds 200 of them
+
+  // Released room is anyone's.
+  store.release(b2.handle);
+  CHECK(store.bytes(2) == 0);
+  const auto c1 = store.put(pass(100), 3);
+  CHECK(c1.dropped.empty());
+  CHECK(store.size() == 3);
+}
+
+TEST_CASE("the activation store reports an owner's passes that expired to that owner", "[gradient]") {
+  aios::gradient::StoreOptions options;
+  options.ttl = std::chrono::milliseconds(100);
+  aios::gradient::ActivationStore store(options);
+  auto pass = std::make_shared<aios::gradient::KeptPass>();
+  pass->bytes = 10;
+  // Owner 2's first: should a stall expire it while owner 1's is put, owner 1 still hears nothing of it.
+  const auto old_2 = store.put(pass, 2);
+  const auto old_1 = store.put(pass, 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // well past the time-to-live
+  // Both expired; each owner hears of its own only.
+  const auto next_1 = store.put(pass, 1);
+  CHECK(next_1.dropped == std::vector<aios::gradient::Handle>{old_1.handle});
+  CHECK(store.size() == 1);
+  CHECK(store.bytes(2) == 0);
+  CHECK(store.put(pass, 2).dropped.empty());
+  CHECK(aios_test::code_of([&] { store.get(old_2.handle); }) == aios::ErrorCode::kNotFound);
 }

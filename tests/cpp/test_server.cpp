@@ -256,7 +256,57 @@ TEST_CASE("tenants: keys are required, handles stay with their tenant", "[server
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find("key-a") == std::string::npos);
   }
+  // A second key where quota fields go, or a key with '=' in it: the message names the field's
+  // place, never its text.
+  for (const char* line : {"alice key-a key-b\n", "alice key-a key-b=5\n", "alice key-a a2V5LWI=\n"}) {
+    std::ofstream(keys) << line;
+    try {
+      aios::server::read_key_file(keys.string());
+      FAIL("expected an error");
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK(e.field() == keys.string() + ":1");
+      CHECK(std::string(e.what()).find("field 3") != std::string::npos);
+      for (const char* secret : {"key-a", "key-b", "a2V5LWI"}) CHECK(std::string(e.what()).find(secret) == std::string::npos);
+    }
+  }
   std::filesystem::remove(keys);
+}
+
+TEST_CASE("tenants: a key matches only itself, whole", "[server]") {
+  auto& l = Loopback::get();
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  // Keys that are prefixes of each other; each tenant's token quota tells which one a call ran as.
+  options.api_keys = {{"k", "one"}, {"k-longer", "two"}, {"k-longer-still", "three"}};
+  for (const auto& [tenant, tokens] : {std::pair{"one", 1}, std::pair{"two", 2}, std::pair{"three", 3}}) {
+    options.quotas[tenant].max_tokens = tokens;
+  }
+  aios::server::Host host(l.local, options);
+  auto stub = v1::Latent::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(host.port()), grpc::InsecureChannelCredentials()));
+  auto forward = [&](const std::string& authorization, int64_t T) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", authorization);
+    v1::ForwardRequest request;
+    *request.mutable_latents() = raw(v1::FLOAT32, {1, T, kD}, 4 * T * kD);
+    v1::ForwardResponse response;
+    return stub->Forward(&context, request, &response).error_code();
+  };
+  for (const auto& [key, tokens] : {std::pair{"k", 1}, std::pair{"k-longer", 2}, std::pair{"k-longer-still", 3}}) {
+    INFO(key);
+    CHECK(forward(std::string("Bearer ") + key, tokens) == grpc::StatusCode::OK);
+    CHECK(forward(std::string("Bearer ") + key, tokens + 1) == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  for (const char* authorization : {"Bearer k-longe", "Bearer k-longer-stil", "Bearer k-longer-still-", "Bearer K",
+                                    "Bearer ", "Bearer", "k", "Bearer  k", "bearer k"}) {
+    INFO(authorization);
+    CHECK(forward(authorization, 1) == grpc::StatusCode::UNAUTHENTICATED);
+  }
+  options.api_keys[""] = "four";
+  std::string field;
+  CHECK(code_of([&] { aios::server::Host empty_key(l.local, options); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == "api_keys");
 }
 
 TEST_CASE("quotas hold per tenant: tokens, kept bytes, extensions; extensions stay with their tenant", "[server]") {
@@ -364,6 +414,153 @@ TEST_CASE("quotas hold per tenant: tokens, kept bytes, extensions; extensions st
     CHECK(field == keys.string() + ":1");
   }
   std::filesystem::remove(keys);
+}
+
+TEST_CASE("tenants: making room for a pass evicts only the caller's own, and its table forgets them", "[server]") {
+  const at::Tensor latents = torch::randn({1, 4, kD});
+  const auto probe = Loopback::get().local->forward_keep(latents);
+  Loopback::get().local->release(probe.handle);
+  const std::size_t pass = probe.bytes;
+  aios::gradient::StoreOptions store;
+  store.max_bytes = 3 * pass + pass / 2;  // room for three passes
+  std::shared_ptr<LocalBackbone> local = LocalBackbone::load(TinyCheckpoint::llama("server_store").write(), {}, store);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.api_keys = {{"key-a", "alice"}, {"key-b", "bob"}, {"key-c", "carol"}};
+  // Two and a half passes: bob's third pass fits only if his table forgot the ones the store evicted.
+  options.quotas["bob"].max_store_bytes = 2 * pass + pass / 2;
+  aios::server::Host host(local, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+  auto connect = [&](const char* key) {
+    aios::server::ConnectOptions o;
+    o.api_key = key;
+    return aios::server::RemoteBackbone::connect(address, o);
+  };
+  auto alice = connect("key-a"), bob = connect("key-b"), carol = connect("key-c");
+  aios::gradient::Cotangents cot;
+  cot.hidden = torch::randn({1, 4, kD});
+  const at::Tensor want = local->vjp(latents, {}, cot).latents;
+
+  const auto a1 = alice->forward_keep(latents), a2 = alice->forward_keep(latents);
+  const auto b1 = bob->forward_keep(latents);  // the store is full
+  const auto b2 = bob->forward_keep(latents);  // in place of bob's own b1
+  // In place of b2, and within bob's quota only because his table forgot b1 and b2 as the store
+  // evicted them (a Vjp that finds a pass gone would make it forget too: none ran before this).
+  const auto b3 = bob->forward_keep(latents);
+  CHECK(code_of([&] { bob->vjp(b1.handle, cot); }) == ErrorCode::kNotFound);
+  CHECK(code_of([&] { bob->vjp(b2.handle, cot); }) == ErrorCode::kNotFound);
+  CHECK(local->store().size() == 3);
+  // A tenant with no pass to give up is refused: the store holds the others' passes.
+  std::string field;
+  CHECK(code_of([&] { carol->forward_keep(latents); }, &field) == ErrorCode::kResourceExhausted);
+  CHECK(field == "activation_store");
+  // Alice's passes went through all of it untouched.
+  CHECK(at::allclose(alice->vjp(a1.handle, cot).latents, want, 1e-6, 1e-6));
+  CHECK(at::allclose(alice->vjp(a2.handle, cot).latents, want, 1e-6, 1e-6));
+  const auto a3 = alice->forward_keep(latents);  // in place of a1, her least recently used
+  CHECK(code_of([&] { alice->vjp(a1.handle, cot); }) == ErrorCode::kNotFound);
+  CHECK(at::allclose(bob->vjp(b3.handle, cot).latents, want, 1e-6, 1e-6));
+  CHECK(at::allclose(alice->vjp(a2.handle, cot).latents, want, 1e-6, 1e-6));
+
+  // Room a tenant releases is anyone's.
+  alice->release(a2.handle);
+  const auto c1 = carol->forward_keep(latents);
+  CHECK(at::allclose(carol->vjp(c1.handle, cot).latents, want, 1e-6, 1e-6));
+  for (auto [backbone, handle] : {std::pair{alice.get(), a3.handle}, std::pair{bob.get(), b3.handle},
+                                  std::pair{carol.get(), c1.handle}}) {
+    backbone->release(handle);
+  }
+  CHECK(local->store().size() == 0);
+}
+
+TEST_CASE("a tenant's table of kept passes forgets those unused past their time-to-live", "[server]") {
+  auto& l = Loopback::get();
+  const at::Tensor latents = torch::randn({1, 4, kD});
+  const auto probe = l.local->forward_keep(latents);
+  l.local->release(probe.handle);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.handle_ttl = std::chrono::milliseconds(300);
+  options.quota.max_store_bytes = probe.bytes + probe.bytes / 2;  // one pass
+  aios::server::Host host(l.local, options);
+  auto remote = aios::server::RemoteBackbone::connect("127.0.0.1:" + std::to_string(host.port()));
+  aios::gradient::Cotangents cot;
+  cot.hidden = torch::randn({1, 4, kD});
+  const std::size_t before = l.local->store().size();
+  const auto kept = remote->forward_keep(latents);
+  remote->vjp(kept.handle, cot);  // claimed: only its time-to-live takes it
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  // Fits the quota only because the table forgot the first pass (and the store let it go).
+  const auto next = remote->forward_keep(latents);
+  CHECK(l.local->store().size() == before + 1);
+  CHECK(code_of([&] { remote->vjp(kept.handle, cot); }) == ErrorCode::kNotFound);
+  remote->release(next.handle);
+  CHECK(l.local->store().size() == before);
+}
+
+TEST_CASE("quotas: a tenant's registered decoders are bounded, across restarts", "[server]") {
+  auto& l = Loopback::get();
+  const std::filesystem::path root =
+      std::filesystem::temp_directory_path() / ("aios_test_decoder_quota_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(root);
+  aios::adapters::save_decoder(aios::adapters::LinearDecoder(kD, 2), (root / "made_here").string());
+  v1::RegisterDecoderRequest request;
+  for (const auto& entry : std::filesystem::directory_iterator(root / "made_here")) {
+    auto* file = request.add_files();
+    file->set_name(entry.path().filename().string());
+    std::ifstream in(entry.path(), std::ios::binary);
+    file->set_data(std::string(std::istreambuf_iterator<char>(in), {}));
+  }
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.state_dir = (root / "state").string();
+  options.api_keys = {{"key-a", "alice"}, {"key-b", "bob"}};
+  options.quotas["alice"].max_decoders = 1;
+  auto call = [](const aios::server::Host& host, const char* key, const std::function<grpc::Status(
+                                                                      v1::Generation::Stub&, grpc::ClientContext&)>& rpc) {
+    auto stub = v1::Generation::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(host.port()), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", std::string("Bearer ") + key);
+    const grpc::Status status = rpc(*stub, context);
+    const auto& trailing = context.GetServerTrailingMetadata();
+    auto it = trailing.find(aios::server::kFieldMetadata);
+    return std::pair{status.error_code(), it == trailing.end() ? std::string() : std::string(it->second.data(), it->second.size())};
+  };
+  auto register_as = [&](const aios::server::Host& host, const char* key, const char* name) {
+    return call(host, key, [&](v1::Generation::Stub& stub, grpc::ClientContext& context) {
+      v1::RegisterDecoderRequest named = request;
+      named.set_name(name);
+      v1::Empty done;
+      return stub.RegisterDecoder(&context, named, &done);
+    });
+  };
+  using Status = std::pair<grpc::StatusCode, std::string>;
+  const Status ok{grpc::StatusCode::OK, ""}, full{grpc::StatusCode::RESOURCE_EXHAUSTED, "name"};
+  {
+    aios::server::Host host(l.local, options);
+    CHECK(register_as(host, "key-a", "one") == ok);
+    CHECK(register_as(host, "key-a", "two") == full);
+    CHECK(register_as(host, "key-a", "one") == ok);  // replacing is not one more
+    CHECK(register_as(host, "key-b", "two") == ok);  // bob's quota is his own
+    CHECK(call(host, "key-a", [](v1::Generation::Stub& stub, grpc::ClientContext& context) {
+            v1::DecoderName name;
+            name.set_name("one");
+            v1::Empty done;
+            return stub.DeleteDecoder(&context, name, &done);
+          }) == ok);
+    CHECK(register_as(host, "key-a", "two") == ok);
+  }
+  // A restarted host counts the decoders its folder kept.
+  aios::server::Host host(l.local, options);
+  CHECK(register_as(host, "key-a", "three") == full);
+  v1::DecoderList listed;
+  CHECK(call(host, "key-a", [&](v1::Generation::Stub& stub, grpc::ClientContext& context) {
+          return stub.ListDecoders(&context, v1::ListDecodersRequest(), &listed);
+        }) == ok);
+  REQUIRE(listed.names_size() == 1);
+  CHECK(listed.names(0) == "two");
+  std::filesystem::remove_all(root);
 }
 
 TEST_CASE("extensions over the wire: rows and their gradients as in-process", "[server]") {
@@ -938,4 +1135,40 @@ TEST_CASE("a caller that leaves stops its forward or backward between blocks", "
   CHECK(torch::allclose(remote->vjp(kept.handle, c).latents,
                         Loopback::get().local->vjp(latents, {}, c).latents, 1e-5, 1e-6));
   remote->release(kept.handle);
+}
+
+TEST_CASE("quotas: a tenant's calls in flight are bounded, other tenants' are not", "[server]") {
+  auto gated = std::make_shared<GatedBackbone>(Loopback::get().local);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.api_keys = {{"key-a", "alice"}, {"key-b", "bob"}};
+  options.quotas["alice"].max_concurrent = 1;
+  aios::server::Host host(gated, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+  aios::server::ConnectOptions a;
+  a.api_key = "key-a";
+  auto alice = aios::server::RemoteBackbone::connect(address, a);
+  auto stub = v1::Latent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto info = [&](const char* key, std::string* field = nullptr) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", std::string("Bearer ") + key);
+    v1::ModelInfo out;
+    const grpc::StatusCode code = stub->Info(&context, v1::InfoRequest(), &out).error_code();
+    if (field != nullptr) {
+      auto it = context.GetServerTrailingMetadata().find(aios::server::kFieldMetadata);
+      *field = it == context.GetServerTrailingMetadata().end() ? "" : std::string(it->second.data(), it->second.size());
+    }
+    return code;
+  };
+
+  gated->close();
+  auto held = std::async(std::launch::async, [&] { return alice->forward(torch::randn({1, 4, kD})).hidden; });
+  gated->wait_for_forwards(1);  // alice's one call in flight, held
+  std::string field;
+  CHECK(info("key-a", &field) == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  CHECK(field == "tenant");
+  CHECK(info("key-b") == grpc::StatusCode::OK);
+  gated->open();
+  CHECK(held.get().sizes() == at::IntArrayRef{1, 4, kD});
+  CHECK(info("key-a") == grpc::StatusCode::OK);  // ended calls no longer count
 }

@@ -6,6 +6,7 @@
 // The weights are read-only after loading: every call may run concurrently from several threads.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -46,6 +47,10 @@ struct ForwardOptions {
   // from (any value outside [V, V+K) where it is not an extension token's embedding). The gradient
   // of the extension's embedding rows is gathered from d latents at those positions.
   std::optional<at::Tensor> ids;
+  // Gradient API only, for a pass kept under a handle: who it is charged to in the activation
+  // store (gradient::StoreOwner). Making room for it evicts only passes of the same owner. A host
+  // sets its caller's tenant here, whatever a remote caller asked.
+  std::uint64_t store_owner = 0;
   // Asked before each block, and for a pass kept by the Gradient API between the blocks of every
   // backward through it: once it returns true, the call stops with Error(kUnavailable, "cancelled")
   // (a host asks whether its caller has left). Empty: never.

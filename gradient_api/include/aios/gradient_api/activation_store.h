@@ -1,9 +1,16 @@
 // aios/gradient_api/activation_store.h — the bounded store of kept forward passes.
 //
 // A forward pass kept for a later vjp holds its autograd graph (the activations backward needs)
-// under a handle. The store bounds what they hold: a byte budget (least recently used entries are
-// evicted to make room), a time-to-live since last use, and explicit release. A handle that was
-// released, evicted or expired is a kNotFound error; a handle of another store is kInvalidArgument.
+// under a handle. The store bounds what they hold: a byte budget, a time-to-live since last use,
+// and explicit release. A handle that was released, evicted or expired is a kNotFound error; a
+// handle of another store is kInvalidArgument.
+//
+// Every pass is charged to an owner (ForwardOptions::store_owner; a host uses one per tenant).
+// Making room for a pass evicts only passes of its own owner, least recently used first: one
+// owner's forwards never evict another owner's passes. When the budget is held by other owners'
+// passes, so that even evicting all of its own would not make room, the pass is refused
+// (kResourceExhausted) and nothing is evicted. Expiry (the time-to-live) takes any owner's passes:
+// it depends on their own use only.
 #pragma once
 
 #include <chrono>
@@ -20,6 +27,8 @@
 namespace aios::gradient {
 
 using Handle = std::uint64_t;
+// Who a kept pass is charged to. 0, the default, is the owner of every pass kept without one.
+using StoreOwner = std::uint64_t;
 
 struct StoreOptions {
   std::size_t max_bytes = std::size_t{4} << 30;        // budget for all kept passes together
@@ -41,6 +50,13 @@ struct KeptPass {
   std::function<bool()> cancelled;  // ForwardOptions::cancelled, asked between blocks of each backward
 };
 
+struct Stored {
+  Handle handle = 0;
+  // Passes of the same owner that the store dropped while storing this one: evicted to make
+  // room, or found expired. Their handles are gone (a host forgets them).
+  std::vector<Handle> dropped;
+};
+
 class ActivationStore {
  public:
   explicit ActivationStore(StoreOptions options = {});
@@ -48,16 +64,20 @@ class ActivationStore {
   ActivationStore(const ActivationStore&) = delete;
   ActivationStore& operator=(const ActivationStore&) = delete;
 
-  // Stores `pass`, evicting expired then least recently used entries until it fits. Throws
-  // Error(kResourceExhausted) when the pass alone exceeds the budget.
-  Handle put(std::shared_ptr<const KeptPass> pass);
+  // Stores `pass` for `owner`, dropping expired entries, then the owner's least recently used
+  // ones until it fits. Throws Error(kResourceExhausted) when the pass alone exceeds the budget,
+  // or when the other owners' passes leave too little of it (then nothing is evicted).
+  Stored put(std::shared_ptr<const KeptPass> pass, StoreOwner owner = 0);
+  // Throws what put() would for a pass of `bytes` (before computing one), without changing anything.
+  void check_room(std::size_t bytes, StoreOwner owner = 0) const;
   // The pass under `handle`; refreshes its recency and time-to-live.
   std::shared_ptr<const KeptPass> get(Handle handle);
   // Drops the pass under `handle` (its memory is freed once no call is using it).
   void release(Handle handle);
 
-  std::size_t bytes() const;  // sum of the estimates of the live entries
-  std::size_t size() const;   // live entries
+  std::size_t bytes() const;                  // sum of the estimates of the live entries
+  std::size_t bytes(StoreOwner owner) const;  // the same, of `owner`'s entries
+  std::size_t size() const;                   // live entries
   const StoreOptions& options() const;
 
  private:

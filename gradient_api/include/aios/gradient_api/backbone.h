@@ -44,6 +44,9 @@ struct KeptForward {
   ForwardOutput output;  // detached copies of what forward() returns
   Handle handle;
   std::size_t bytes = 0;  // the implementation's estimate of the memory the kept pass holds (0: unknown)
+  // Passes of the same owner (ForwardOptions::store_owner) that the store dropped while keeping
+  // this one: evicted to make room, or expired. Their handles are gone. Empty from a hosted backbone.
+  std::vector<Handle> dropped;
 };
 
 // Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].
