@@ -63,41 +63,25 @@ class WireHandles {
 
 // Adds "aios-replica: N" to the initial metadata of every reply (errors included), so operators
 // and tests can see which replica answered a call that went through a load balancer.
-// What every call's reply gets: "aios-replica: N" in its initial metadata; and a request that is
-// not a message of its method's type is INVALID_ARGUMENT naming "request". gRPC answers those
-// itself, before any service code, as INTERNAL with an empty message (proto3 has no required
-// fields to name); the host's own INTERNAL always says what happened, so the two never mix.
-class ReplyInterceptor final : public grpc::experimental::Interceptor {
+class ReplicaTag final : public grpc::experimental::Interceptor {
  public:
-  ReplyInterceptor(const std::string& replica, const char* method) : replica_(replica), method_(method) {}
+  explicit ReplicaTag(const std::string& replica) : replica_(replica) {}
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    using grpc::experimental::InterceptionHookPoints;
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
       methods->GetSendInitialMetadata()->emplace("aios-replica", replica_);
-    }
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
-      const grpc::Status status = methods->GetSendStatus();
-      if (status.error_code() == grpc::StatusCode::INTERNAL &&
-          (status.error_message().empty() || status.error_message() == "No payload")) {
-        methods->GetSendTrailingMetadata()->emplace(kFieldMetadata, "request");
-        methods->ModifySendStatus(grpc::Status(
-            grpc::StatusCode::INVALID_ARGUMENT, fmt::format("expected a request message of {}, got bytes that do not parse as one",
-                                                            method_ != nullptr ? method_ : "this method")));
-      }
     }
     methods->Proceed();
   }
 
  private:
   const std::string replica_;
-  const char* method_;
 };
 
-class ReplyInterceptors final : public grpc::experimental::ServerInterceptorFactoryInterface {
+class ReplicaTags final : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit ReplyInterceptors(int64_t replica) : replica_(std::to_string(replica)) {}
-  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
-    return new ReplyInterceptor(replica_, info->method());
+  explicit ReplicaTags(int64_t replica) : replica_(std::to_string(replica)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo*) override {
+    return new ReplicaTag(replica_);
   }
 
  private:
@@ -431,7 +415,7 @@ Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& opti
     credentials = grpc::SslServerCredentials(tls);
   }
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(std::make_unique<ReplyInterceptors>(options.replica));
+  interceptors.push_back(std::make_unique<ReplicaTags>(options.replica));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.AddListeningPort(options.listen, credentials, &impl_->port);
   if (options.max_message_bytes < 1024) {
