@@ -7,7 +7,11 @@ metrics at the end and writes into its output folder (default `runs/NAME/`):
     loss.png       the training loss curve
 `--fast` runs a few steps on a small data set: what `make test` runs to check that the loss falls.
 `--serve` (or `--host HOST:PORT`) trains against the model hosted by `aios serve` instead of one in
-this process: the same code, the same loss curve.
+this process: the same code, each step the same computation (to float rounding). `--compare`
+computes every training step's forward_backward in this process as well, on the same inputs, and
+records how far the host's loss and gradient are from it (metrics.json "compared"). Whole loss
+curves are not compared: Adam turns a last-bit difference in one step's gradient into a visible
+drift within a few steps (examples/RESULTS.md), so two runs agree only as long as every rounding does.
 """
 import argparse
 import contextlib
@@ -43,12 +47,17 @@ def arguments(name: str, description: str, steps: int, fast_steps: int, **extra)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--serve", action="store_true",
                        help="host the model with `aios serve` on loopback and train against it (the host computes "
-                            "the backbone's forward and backward; the same loss curve as in-process)")
+                            "the backbone's forward and backward; each step the same computation as in-process)")
     where.add_argument("--host", default=None, help="HOST:PORT of a running `aios serve` of the model to train against")
+    p.add_argument("--compare", action="store_true",
+                   help="with --serve or --host: compute each step's forward_backward in this process too, on the same "
+                        "inputs, and record how far the host's loss and gradient are from it")
     for option, (default, fast_default, text) in extra.items():
         p.add_argument(f"--{option.replace('_', '-')}", type=int, default=None,
                        help=f"{text} (default {default}, --fast {fast_default})")
     args = p.parse_args()
+    if args.compare and not (args.serve or args.host):
+        p.error("--compare needs --serve or --host")
     args.steps = args.steps or (fast_steps if args.fast else steps)
     for option, (default, fast_default, _) in extra.items():
         if getattr(args, option) is None:
@@ -69,12 +78,50 @@ def backbone(args):
     import aios
 
     if args.host:
-        yield aios.connect(args.host)
+        yield compared(aios.connect(args.host), args)
     elif args.serve:
         with aios.serve(args.model) as host:
-            yield aios.connect(host.address)
+            yield compared(aios.connect(host.address), args)
     else:
         yield aios.Backbone.load(args.model)
+
+
+def compared(remote, args):
+    """`remote` itself, or with --compare a Compared around it and the model loaded here."""
+    if not getattr(args, "compare", False):
+        return remote
+    import aios
+
+    return Compared(remote, aios.Backbone.load(args.model))
+
+
+class Compared:
+    """A hosted backbone whose forward_backward is computed in this process as well, on the same
+    inputs; the caller gets the host's result and trains on it, so both sides see the same state at
+    every step and a difference never compounds. Everything else goes to the host alone.
+
+    `steps` lists (host loss, local loss, |host gradient - local gradient| / |local gradient|), the
+    norms over all of d loss / d latents."""
+
+    def __init__(self, remote, local):
+        self._remote, self._local = remote, local
+        self.steps = []
+
+    def forward_backward(self, latents, **options):
+        r = self._remote.forward_backward(latents, **options)
+        mine = self._local.forward_backward(latents, **options)
+        scale = mine.grad_latents.norm().item() or 1.0
+        self.steps.append((r.loss.item(), mine.loss.item(), (r.grad_latents - mine.grad_latents).norm().item() / scale))
+        return r
+
+    def summary(self) -> dict:
+        """The largest relative differences of loss and gradient over the steps compared."""
+        return {"steps": len(self.steps),
+                "loss_rel": max((abs(a - b) / max(abs(b), 1e-30) for a, b, _ in self.steps), default=0.0),
+                "grad_rel": max((g for _, _, g in self.steps), default=0.0)}
+
+    def __getattr__(self, name):
+        return getattr(self._remote, name)
 
 
 def progress(total: int, description: str):
@@ -107,8 +154,9 @@ def plot_losses(path: Path, curves: dict, title: str) -> None:
     os.replace(tmp, path)
 
 
-def report(args, title: str, metrics: dict, losses: list, started: float) -> dict:
-    """Prints the metrics, writes metrics.json and loss.png into args.out; returns the metrics."""
+def report(args, title: str, metrics: dict, losses: list, started: float, backbone=None) -> dict:
+    """Prints the metrics, writes metrics.json and loss.png into args.out; returns the metrics.
+    With a Compared backbone, the record holds its comparison ("compared") too."""
     metrics = dict(metrics)
     metrics["steps"] = len(losses)
     metrics["loss_first"] = losses[0]
@@ -122,6 +170,10 @@ def report(args, title: str, metrics: dict, losses: list, started: float) -> dic
         print(f"{key:<{width}}  {shown}")
     plot_losses(args.out / "loss.png", {"training loss": losses}, title)
     record = {"example": title, "fast": args.fast, "metrics": metrics, "losses": losses}
+    if isinstance(backbone, Compared):
+        record["compared"] = backbone.summary()
+        print(f"host against this process, per step: loss within {record['compared']['loss_rel']:.2e}, "
+              f"gradient within {record['compared']['grad_rel']:.2e} (relative)")
     tmp = args.out / "metrics.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, args.out / "metrics.json")

@@ -195,7 +195,8 @@ def main():
         metrics["compression_ratio"] = cost["prompt_tokens_mean"] / args.gist
         metrics.update(cost)
         aios.adapters.save_encoder(gist, args.out / "gist")
-        common.report(args, "Gist latents (SmolLM2-135M, distilled from the full prompt)", metrics, losses, started)
+        common.report(args, "Gist latents (SmolLM2-135M, distilled from the full prompt)", metrics, losses, started,
+                      backbone)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
 """Training against a hosted backbone: the host computes the gradients, this process owns the model.
 
-    python examples/hosted_training.py [--model MODEL] [--steps N] [--host HOST:PORT | --local] [--print-losses]
+    python examples/hosted_training.py [--model MODEL] [--steps N] [--host HOST:PORT | --local] [--compare]
+                                       [--print-losses]
 
 Without --host, starts `aios serve MODEL` on loopback (a free port) and stops it at the end; with
-it, uses that host; --local loads the backbone in this process instead (the same loss curve,
-within float tolerance). A stand-in for another modality's encoder gives each of eight colours a fixed
-random code [32]; a projection (aios.adapters.LinearProjection, trained here with torch.optim)
+it, uses that host; --local loads the backbone in this process instead (each step the same
+computation, to float rounding). --compare computes every step in this process as well, on the
+same inputs, and prints how far the host's loss and gradient were from it. Two whole runs, one
+hosted and one --local, agree only while every rounding does: Adam turns a last-bit difference in
+one step's gradient into a drift of the curve within a few steps (examples/RESULTS.md).
+
+A stand-in for another modality's encoder gives each of eight colours a fixed random code [32]; a
+projection (aios.adapters.LinearProjection, trained here with torch.optim)
 maps it to one latent, and the hosted backbone reads [latent] + " Colour:" and should continue
 with the colour's name. Each step is one fused forward-backward call on the host
 (backbone.forward_backward), whose d loss / d latents flows back into the projection locally.
@@ -30,8 +36,12 @@ def main():
     p.add_argument("--host", default=None, help="HOST:PORT of a running `aios serve` (default: start one)")
     p.add_argument("--local", action="store_true", help="load the backbone in this process instead")
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--compare", action="store_true",
+                   help="against a host: compute each step in this process too and print how far apart they are")
     p.add_argument("--print-losses", action="store_true", help="print every step's loss at the end")
     args = p.parse_args()
+    if args.compare and args.local:
+        p.error("--compare compares a host with this process: not with --local")
     model = args.model or common.default_model()
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -39,6 +49,8 @@ def main():
     address = args.host or (host.address if host else None)
     try:
         backbone = aios.Backbone.load(model) if args.local else aios.connect(address)
+        if args.compare:
+            backbone = common.Compared(backbone, aios.Backbone.load(model))
         where = "this process" if args.local else f"host {address}"
         # The tokenizer is read here from the model file: text never goes to the host, latents do.
         tokenizer = aios.Tokenizer.load(model)
@@ -83,6 +95,9 @@ def main():
               f"({time.perf_counter() - started:.1f} s)")
         if args.print_losses:
             print("losses " + " ".join(f"{x:.6f}" for x in losses))
+        if args.compare:
+            c = backbone.summary()
+            print(f"compared {c['steps']} steps: loss within {c['loss_rel']:.3e}, gradient within {c['grad_rel']:.3e}")
     finally:
         if host is not None:
             host.stop()

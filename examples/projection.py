@@ -169,7 +169,8 @@ def main():
                 metrics[f"token_accuracy_{name}"] = test.token_accuracy(held_out, module)
                 metrics[f"exact_match_{name}"] = test.exact_match(held_out, module)
         aios.adapters.save_encoder(projection, args.out / "projection")
-        common.report(args, "MiniGPT-4-style projection (all-MiniLM-L6-v2 -> SmolLM2-135M)", metrics, losses, started)
+        common.report(args, "MiniGPT-4-style projection (all-MiniLM-L6-v2 -> SmolLM2-135M)", metrics, losses, started,
+                      backbone)
 
 
 if __name__ == "__main__":

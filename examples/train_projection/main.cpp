@@ -1,13 +1,19 @@
 // Trains a MiniGPT-4-style projection in C++ through a frozen backbone.
 //
 //   train_projection MODEL [STEPS]
-//   train_projection --host HOST:PORT [STEPS]    (the backbone hosted by `aios serve`: the same code)
+//   train_projection --host HOST:PORT [STEPS] [--compare MODEL]
+//
+// --host trains against the backbone hosted by `aios serve`: the same code. --compare computes each
+// step's forward_backward with MODEL loaded in this process as well, on the same inputs, and prints
+// how far the host's loss and gradient are from it. (Whole curves of two runs agree only while
+// every rounding does: Adam turns a last-bit difference of one step into a drift within a few.)
 //
 // A stand-in for another modality's encoder gives each of eight colours a fixed random feature
 // vector [32] (plus fresh noise per sample). A LinearProjection maps it to one latent [D]; the
 // backbone reads [latent] + " Colour:" and must continue with the colour's name. Only the
 // projection trains (torch::optim::Adam), from the Gradient API's fused cross-entropy: the
 // backbone's weights never change. Prints the loss per step and the accuracy before and after.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -77,20 +83,29 @@ double accuracy(aios::gradient::Backbone& backbone, aios::adapters::LinearProjec
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool hosted = argc > 1 && std::string(argv[1]) == "--host";
-  if (argc < 2 + hosted) {
-    std::fprintf(stderr, "usage: train_projection MODEL [STEPS]\n       train_projection --host HOST:PORT [STEPS]\n");
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string compare;  // the model to compare the host with, if any
+  if (auto at = std::find(args.begin(), args.end(), "--compare"); at != args.end() && at + 1 != args.end()) {
+    compare = *(at + 1);
+    args.erase(at, at + 2);
+  }
+  const bool hosted = !args.empty() && args[0] == "--host";
+  if (args.size() < 1 + static_cast<std::size_t>(hosted) || (!compare.empty() && !hosted)) {
+    std::fprintf(stderr, "usage: train_projection MODEL [STEPS]\n       train_projection --host HOST:PORT [STEPS] [--compare MODEL]\n");
     return 2;
   }
-  const int steps = argc > 2 + hosted ? std::stoi(argv[2 + hosted]) : 60;
+  const int steps = args.size() > 1 + static_cast<std::size_t>(hosted) ? std::stoi(args[1 + hosted]) : 60;
   try {
     torch::manual_seed(0);
     std::shared_ptr<aios::gradient::Backbone> backbone;
     if (hosted) {
-      backbone = aios::server::RemoteBackbone::connect(argv[2]);
+      backbone = aios::server::RemoteBackbone::connect(args[1]);
     } else {
-      backbone = aios::gradient::LocalBackbone::load(argv[1]);
+      backbone = aios::gradient::LocalBackbone::load(args[0]);
     }
+    const std::shared_ptr<aios::gradient::Backbone> here =
+        compare.empty() ? nullptr : aios::gradient::LocalBackbone::load(compare);
+    double loss_rel = 0, grad_rel = 0;  // the largest relative differences, host against here
     const auto tokenizer = backbone->tokenizer();
     if (!tokenizer) throw aios::Error(aios::ErrorCode::kInvalidArgument, "MODEL", "the model brings no tokenizer");
 
@@ -110,12 +125,19 @@ int main(int argc, char** argv) {
       loss.loss = aios::gradient::CrossEntropy{built.targets, built.weights};
       // The backbone returns d loss / d latents; autograd carries it into the projection.
       const auto r = backbone->forward_backward(built.batch.latents.detach(), built.batch.forward_options(), loss);
+      if (here) {  // the same inputs: the training follows the host, so a difference never compounds
+        const auto mine = here->forward_backward(built.batch.latents.detach(), built.batch.forward_options(), loss);
+        loss_rel = std::max(loss_rel, (r.loss - mine.loss).abs().item<double>() / mine.loss.abs().item<double>());
+        grad_rel = std::max(grad_rel, (r.grad.latents - mine.grad.latents).norm().item<double>() /
+                                          mine.grad.latents.norm().item<double>());
+      }
       optimizer.zero_grad();
       built.batch.latents.backward(r.grad.latents);
       optimizer.step();
       std::printf("step %d loss %.4f\n", step + 1, r.loss.item<double>());
     }
     std::printf("accuracy before %.3f after %.3f\n", before, accuracy(*backbone, projection, task));
+    if (here) std::printf("compared %d steps: loss within %.3e, gradient within %.3e\n", steps, loss_rel, grad_rel);
   } catch (const aios::Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -123,19 +123,22 @@ struct LocalBackbone::Impl {
   }
 
   void check(const KeptPass& pass, const Cotangents& c) const {
-    const auto like = pass.hidden.options();
-    if (c.hidden.defined()) check_like(c.hidden, "cotangents.hidden", pass.hidden.sizes(), like);
-    if (c.layers.size() > pass.layers.size()) {
+    check(pass.hidden.size(0), pass.hidden.size(1), pass.layers.size(), pass.extension.get(), pass.hidden.options(), c);
+  }
+  // The cotangents of a pass of B x T latents keeping `layers` states, whose outputs are `like`:
+  // known before the pass runs, so that a stateless vjp with wrong ones computes nothing.
+  void check(int64_t B, int64_t T, std::size_t layers, const ali::Extension* extension, const at::TensorOptions& like,
+             const Cotangents& c) const {
+    const int64_t D = model().config().hidden_size;
+    if (c.hidden.defined()) check_like(c.hidden, "cotangents.hidden", {B, T, D}, like);
+    if (c.layers.size() > layers) {
       fail(ErrorCode::kInvalidArgument, "cotangents.layers", "expected at most {} entries (the kept layers), got {}",
-           pass.layers.size(), c.layers.size());
+           layers, c.layers.size());
     }
     for (std::size_t i = 0; i < c.layers.size(); ++i) {
-      if (c.layers[i].defined()) check_like(c.layers[i], "cotangents.layers", pass.layers[i].sizes(), like);
+      if (c.layers[i].defined()) check_like(c.layers[i], "cotangents.layers", {B, T, D}, like);
     }
-    if (c.logits.defined()) {
-      check_like(c.logits, "cotangents.logits", {pass.hidden.size(0), pass.hidden.size(1), vocabulary(pass.extension.get())},
-                 like);
-    }
+    if (c.logits.defined()) check_like(c.logits, "cotangents.logits", {B, T, vocabulary(extension)}, like);
   }
 
   // Logits over the base vocabulary and the extension's tokens.
@@ -332,6 +335,8 @@ void LocalBackbone::release(Handle handle) { impl_->store.release(handle); }
 Gradients LocalBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) {
   const backbone::Attention attention = impl_->inner->prepare(latents, options);
   impl_->check_extension(options, latents.size(0), latents.size(1));
+  impl_->check(latents.size(0), latents.size(1), options.layers.size(), options.extension.get(),
+               at::TensorOptions().dtype(dtype()).device(device()), cotangents);
   const std::shared_ptr<KeptPass> pass = impl_->run(latents, attention, options);
   return impl_->backward(*pass, cotangents, /*retain_graph=*/false);
 }

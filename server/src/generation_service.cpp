@@ -90,8 +90,15 @@ class GenerationService final : public v1::Generation::Service {
           if (!out.flush()) fail(ErrorCode::kUnavailable, "state_dir", "cannot write the decoder's files");
           uploaded += file.data().size();
         }
-        check_sizes(adapters::read_decoder_manifest(staging.string()), uploaded);
-        adapters::load_decoder(staging.string());
+        try {
+          check_sizes(adapters::read_decoder_manifest(staging.string()), uploaded);
+          adapters::load_decoder(staging.string());
+        } catch (const Error& e) {
+          // The registry calls a file it cannot read DATA_LOSS (saved state gone bad); these files
+          // are the caller's request, so a bad one is the caller's invalid argument.
+          if (e.code() != ErrorCode::kDataLoss) throw;
+          fail(ErrorCode::kInvalidArgument, "files", "{}", e.message());
+        }
         std::lock_guard lock(caller.state().mutex);
         check_quota();  // again: another registration may have taken the last place meanwhile
         const fs::path folder = root / request->name();

@@ -1,9 +1,12 @@
 #include "aios/server/host.h"
 
+#include <cstdio>
 #include <mutex>
 #include <random>
+#include <string_view>
 
 #include <ATen/Parallel.h>  // at::internal::GRAIN_SIZE
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/server_interceptor.h>
@@ -75,6 +78,42 @@ class ReplicaTag final : public grpc::experimental::Interceptor {
 
  private:
   const std::string replica_;
+};
+
+// gRPC answers a request whose bytes do not parse as the method's message with INTERNAL and an
+// empty message, which would say the host failed; the caller's bytes are what is wrong. A unary or
+// server-streaming call receives exactly one message, so none after the receipt is such a failure.
+class UnparsedRequest final : public grpc::experimental::Interceptor {
+ public:
+  explicit UnparsedRequest(const char* method) : method_(method) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
+        methods->GetRecvMessage() == nullptr) {
+      unparsed_ = true;
+    }
+    if (unparsed_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
+        methods->GetSendStatus().error_code() == grpc::StatusCode::INTERNAL) {
+      methods->ModifySendStatus(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                             fmt::format("the request's bytes are not a message of {}", method_)));
+      methods->GetSendTrailingMetadata()->emplace(kFieldMetadata, "request");
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const char* method_;
+  bool unparsed_ = false;
+};
+
+class UnparsedRequests final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    using Type = grpc::experimental::ServerRpcInfo::Type;
+    // A stream of requests ends with no message too: its handler finds a cut request itself.
+    if (info->type() != Type::UNARY && info->type() != Type::SERVER_STREAMING) return nullptr;
+    return new UnparsedRequest(info->method());
+  }
 };
 
 class ReplicaTags final : public grpc::experimental::ServerInterceptorFactoryInterface {
@@ -381,6 +420,15 @@ class GradientService final : public v1::Gradient::Service {
   WireHandles handles_;
 };
 
+// protobuf logs an error line for every string field of invalid UTF-8 it parses, so without this
+// any caller could write to the host's log at will (its call is answered INVALID_ARGUMENT anyway).
+// Other messages go to stderr as protobuf's own handler writes them.
+void protobuf_log(google::protobuf::LogLevel level, const char* file, int line, const std::string& message) {
+  if (level == google::protobuf::LOGLEVEL_ERROR && std::string_view(file).ends_with("wire_format_lite.cc")) return;
+  static const char* const kLevels[] = {"INFO", "WARNING", "ERROR", "FATAL"};
+  std::fprintf(stderr, "[libprotobuf %s %s:%d] %s\n", kLevels[level], file, line, message.c_str());
+}
+
 }  // namespace
 
 struct Host::Impl {
@@ -406,6 +454,8 @@ Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& opti
     fail(ErrorCode::kInvalidArgument, "replica", "expected a number in [0, 65535], got {}", options.replica);
   }
   impl_ = std::make_unique<Impl>(std::move(backbone), options);
+  static std::once_flag quiet_protobuf;
+  std::call_once(quiet_protobuf, [] { google::protobuf::SetLogHandler(protobuf_log); });
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -416,6 +466,7 @@ Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& opti
   }
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<ReplicaTags>(options.replica));
+  interceptors.push_back(std::make_unique<UnparsedRequests>());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.AddListeningPort(options.listen, credentials, &impl_->port);
   if (options.max_message_bytes < 1024) {

@@ -178,3 +178,31 @@ TEST_CASE("the activation store reports an owner's passes that expired to that o
   CHECK(store.put(pass, 2).dropped.empty());
   CHECK(aios_test::code_of([&] { store.get(old_2.handle); }) == aios::ErrorCode::kNotFound);
 }
+
+TEST_CASE("a stateless vjp with cotangents of the wrong shape is refused before its forward runs", "[gradient]") {
+  // Found by the soak: a host computed the whole forward of such a request before refusing it.
+  auto backbone = LocalBackbone::load(TinyCheckpoint::llama("grad_cotangents").write());
+  const at::Tensor latents = torch::randn({2, 6, aios_test::kD});
+  int blocks = 0;  // the forward asks before each block: none asked means none ran
+  aios::gradient::ForwardOptions options;
+  options.cancelled = [&] { return ++blocks < 0; };
+  options.layers = {1};
+  std::string field;
+  const auto refused = [&](const Cotangents& c) {
+    blocks = 0;
+    const aios::ErrorCode code = aios_test::code_of([&] { backbone->vjp(latents, options, c); }, &field);
+    return code == aios::ErrorCode::kInvalidArgument && blocks == 0;
+  };
+  CHECK(refused(Cotangents{torch::randn({2, 5, aios_test::kD}), {}, {}}));
+  CHECK(field == "cotangents.hidden");
+  CHECK(refused(Cotangents{{}, {torch::randn({2, 6, aios_test::kD}), torch::randn({2, 6, aios_test::kD})}, {}}));
+  CHECK(field == "cotangents.layers");
+  CHECK(refused(Cotangents{{}, {}, torch::randn({2, 6, aios_test::kVocab + 1})}));
+  CHECK(field == "cotangents.logits");
+  CHECK(refused(Cotangents{torch::randn({2, 6, aios_test::kD}, torch::kDouble), {}, {}}));
+  // Right ones run the forward, block by block.
+  blocks = 0;
+  CHECK(backbone->vjp(latents, options, Cotangents{torch::randn({2, 6, aios_test::kD}), {}, {}}).latents.sizes() ==
+        latents.sizes());
+  CHECK(blocks > 0);
+}

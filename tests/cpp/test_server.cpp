@@ -206,6 +206,55 @@ TEST_CASE("malformed requests get their status and the host keeps serving", "[se
     v1::Gradients response;
     CHECK(gradient->Vjp(&context, request, &response).error_code() == grpc::StatusCode::NOT_FOUND);
   }
+  // Bytes that are no message of the method (an unknown wire type, a field cut short, a string
+  // of invalid UTF-8): the caller's error, INVALID_ARGUMENT naming the request, not gRPC's
+  // INTERNAL; for a streamed reply too. (The soak, tests/python/test_soak.py, found them.)
+  grpc::GenericStub generic(channel);
+  const std::string invalid_utf8 = std::string("\x0a\x02", 2) + std::string("\xff\xfe", 2);  // texts: one bad string
+  for (const auto& [method, bytes] :
+       {std::pair{"/aios.v1.Latent/Forward", std::string("\xff\xff\xff", 3)},
+        std::pair{"/aios.v1.Gradient/ForwardBackward", std::string("\x0a\x05\x08", 3)},
+        std::pair{"/aios.v1.Tokenizer/Encode", invalid_utf8}}) {
+    grpc::ClientContext context;
+    const grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1), response;
+    std::promise<grpc::Status> done;
+    generic.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                      [&](grpc::Status status) { done.set_value(status); });
+    const grpc::Status status = done.get_future().get();
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(status.error_message() == fmt::format("the request's bytes are not a message of {}", method));
+    const auto& trailing = context.GetServerTrailingMetadata();
+    auto it = trailing.find(aios::server::kFieldMetadata);
+    CHECK((it != trailing.end() && it->second == "request"));
+  }
+  {
+    auto generation = v1::Generation::NewStub(channel);
+    grpc::ClientContext context;
+    v1::GenerateRequest request;
+    request.add_routes()->set_decoder("\xff\xfe");  // serialized as it is; the host cannot parse it
+    auto stream = generation->Generate(&context, request);
+    v1::GenerateStep step;
+    while (stream->Read(&step)) {
+    }
+    CHECK(stream->Finish().error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  // Decoder files that do not parse are the caller's invalid argument (not DATA_LOSS, the
+  // registry's code for saved files gone bad).
+  {
+    auto generation = v1::Generation::NewStub(channel);
+    grpc::ClientContext context;
+    v1::RegisterDecoderRequest request;
+    request.set_name("broken");
+    auto* file = request.add_files();
+    file->set_name("decoder.json");
+    file->set_data("{not json");
+    v1::Empty done;
+    const grpc::Status status = generation->RegisterDecoder(&context, request, &done);
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    auto it = context.GetServerTrailingMetadata().find(aios::server::kFieldMetadata);
+    CHECK((it != context.GetServerTrailingMetadata().end() && it->second == "files"));
+  }
   // Well-formed requests are still answered.
   CHECK(forward(raw(v1::FLOAT32, {1, 2, kD}, 4 * 2 * kD)) == grpc::StatusCode::OK);
   CHECK(at::equal(l.remote->embed(torch::tensor({{1, 2}})), l.local->embed(torch::tensor({{1, 2}}))));

@@ -3,7 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch.utils
 
 import aios
@@ -37,12 +36,18 @@ def test_the_cpp_training_example_builds_against_the_package_and_its_loss_falls(
     losses = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("step ")]
     assert len(losses) == 20
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses
-    # The same program against the model hosted by `aios serve`: the same loss curve.
+    # The same program against the model hosted by `aios serve`: each step computed as in-process
+    # (--compare: both on the same inputs), and the loss falls. Not the two curves against each
+    # other: Adam amplifies a last-bit difference into a drift (test_remote.py's hosted-training
+    # test says why and where the bounds come from).
     with aios.serve(default_model) as host:
-        hosted = subprocess.run([str(tmp_path / "train_projection"), "--host", host.address, "20"],
-                                capture_output=True, text=True, check=True)
+        hosted = subprocess.run([str(tmp_path / "train_projection"), "--host", host.address, "20",
+                                 "--compare", str(default_model)], capture_output=True, text=True, check=True)
     hosted_losses = [float(line.split()[-1]) for line in hosted.stdout.splitlines() if line.startswith("step ")]
-    assert hosted_losses == pytest.approx(losses, rel=1e-3), (hosted_losses, losses)
+    compared = next(line for line in hosted.stdout.splitlines() if line.startswith("compared ")).split()
+    assert compared[1] == "20" and len(hosted_losses) == 20, hosted.stdout
+    assert float(compared[5].rstrip(",")) <= 1e-5 and float(compared[8]) <= 5e-3, hosted.stdout
+    assert sum(hosted_losses[-4:]) / 4 < 0.7 * sum(hosted_losses[:4]) / 4, hosted_losses
 
 
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange"]

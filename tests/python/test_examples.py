@@ -1,6 +1,7 @@
 """The adapter examples in their fast mode: each runs as one command, prints its metrics, writes
-metrics.json and a loss-curve PNG, and its training loss falls; against a host (--serve) the same
-loss curve as in-process."""
+metrics.json and a loss-curve PNG, and its training loss falls; against a host (--serve) each
+training step computes as in-process (--compare: the host's and this process's forward_backward on
+the same inputs, step by step)."""
 import json
 import subprocess
 import sys
@@ -46,7 +47,15 @@ def test_fast_mode_trains_and_reports(run, example, metrics):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("example", ["projection", "gist"])
-def test_against_a_host_the_loss_curve_is_the_same(run, example):
+def test_against_a_host_each_step_computes_as_in_process(run, example):
+    """Not the hosted curve against the in-process one: Adam amplifies a last-bit difference of one
+    step into a drift of the whole curve, and nothing makes two processes round identically (see
+    test_remote.py's hosted-training test). The bounds are about ten times the largest difference
+    measured between mathematically equal kernels (a host on LibTorch's scalar kernels against
+    AVX-512 ones): 8e-7 for the loss, 4e-4 for the gradient."""
     local, _, _ = run(example)
-    hosted, _, _ = run(example, "--serve")
-    assert hosted["losses"] == pytest.approx(local["losses"], rel=1e-4, abs=1e-5)
+    hosted, _, _ = run(example, "--serve", "--compare")
+    assert hosted["compared"]["steps"] == len(hosted["losses"]) == len(local["losses"])
+    assert hosted["compared"]["loss_rel"] <= 1e-5 and hosted["compared"]["grad_rel"] <= 5e-3, hosted["compared"]
+    losses = hosted["losses"]
+    assert losses[-1] < losses[0] and min(losses[-3:]) < 0.9 * losses[0], losses

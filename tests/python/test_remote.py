@@ -107,14 +107,26 @@ def test_a_host_with_keys_needs_one(checkpoints, tmp_path):
     assert "secret" not in log
 
 
-def test_the_hosted_training_example_follows_the_local_loss_curve():
+def test_the_hosted_training_example_trains_and_each_step_is_computed_as_in_process():
+    """Each step's forward_backward on the host equals this process's on the same inputs, to float
+    rounding, and the loss falls.
+
+    Two separate runs, one hosted and one --local, used to be compared curve against curve (to 1e-4)
+    and once failed on a fresh machine (5.7956 against 5.7617 at step 3, 14% apart by step 8). That
+    comparison holds only while host and in-process round every operation identically, which
+    nothing guarantees across processes and machines, and Adam amplifies a single rounding
+    difference: a host on LibTorch's AVX2 kernels instead of its AVX-512 ones computes each step
+    within 3e-6 of this process and moves the 8-step curve by 7e-4; on its scalar kernels, within
+    8e-7 (loss) and 4e-4 (gradient norm), the curve moves by 2% (examples/RESULTS.md). So the host
+    is compared step by step from one shared state (--compare), where a difference cannot
+    compound; the bounds are about ten times those scalar-kernel differences."""
     example = Path(__file__).resolve().parents[2] / "examples" / "hosted_training.py"
-    curves = []
-    for flag in ([], ["--local"]):
-        out = subprocess.run([sys.executable, str(example), "--steps", "8", "--print-losses"] + flag,
-                             capture_output=True, text=True,
-                             timeout=600)
-        assert out.returncode == 0, out.stderr[-2000:]
-        curves.append([float(x) for x in out.stdout.split("losses ")[1].split()])
-    assert curves[0] == pytest.approx(curves[1], rel=1e-4)
-    assert curves[0][-1] < 0.7 * curves[0][0]
+    out = subprocess.run([sys.executable, str(example), "--steps", "8", "--print-losses", "--compare"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    losses = [float(x) for x in out.stdout.split("losses ")[1].split("\n")[0].split()]
+    compared = out.stdout.split("compared ")[1].split()
+    steps, loss_rel, grad_rel = int(compared[0]), float(compared[4].rstrip(",")), float(compared[7])
+    assert steps == 8 and len(losses) == 8, out.stdout
+    assert loss_rel <= 1e-5 and grad_rel <= 5e-3, out.stdout
+    assert losses[-1] < 0.7 * losses[0], losses

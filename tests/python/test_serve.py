@@ -161,3 +161,24 @@ def test_a_host_started_from_python_ends_with_the_process_that_started_it(checkp
             os.kill(host_pid, signal.SIGKILL)
             pytest.fail("the host outlived the process that started it")
         time.sleep(0.1)
+
+
+def test_a_host_that_logs_a_lot_keeps_serving(checkpoints, monkeypatch):
+    """aios.serve reads the host's log as it comes: a pipe nobody reads fills at 64 KiB and then
+    blocks the host at its next line, every call with it. gRPC's API trace writes a few lines per
+    call; 2 MiB of them pass here, and stop() returns the last MiB."""
+    monkeypatch.setenv("GRPC_VERBOSITY", "debug")
+    monkeypatch.setenv("GRPC_TRACE", "api")
+    host = aios.serve(checkpoints["llama_gqa"].path)
+    monkeypatch.undo()
+    try:
+        backbone = aios.connect(host.address, timeout=60)
+        ids = torch.tensor([[1, 2, 3]])
+        want = backbone.embed(ids)
+        started = time.monotonic()
+        while host.log_bytes < 2 << 20:
+            assert torch.equal(backbone.embed(ids), want)
+            assert time.monotonic() - started < 300, f"{host.log_bytes} bytes logged in 300 s"
+    finally:
+        log = host.stop()
+    assert aios.HostProcess.LOG_TAIL // 2 < len(log) <= aios.HostProcess.LOG_TAIL + (64 << 10)

@@ -8,10 +8,12 @@ leaving the block stops it with SIGTERM, which lets the calls in flight finish. 
 when this process ends, however it ends, or drops the HostProcess: the host reads a pipe from
 it (`aios serve --until-stdin-closes`) and takes the pipe's end as SIGTERM.
 """
+import collections
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from .errors import UnavailableError
@@ -44,6 +46,23 @@ class HostProcess:
             error.field = "listen"
             raise error
         self.address = match.group(1)
+        # The host's log is read as it comes: a pipe left unread fills up (64 KiB) and then blocks
+        # the host at its next line. The last LOG_TAIL bytes are kept for stop().
+        self._log = collections.deque()
+        self._log_size = 0   # bytes in _log
+        self.log_bytes = 0   # bytes the host has logged so far
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    LOG_TAIL = 1 << 20
+
+    def _read_log(self):
+        for line in self._process.stderr:
+            self._log.append(line)
+            self._log_size += len(line)
+            self.log_bytes += len(line)
+            while self._log_size > self.LOG_TAIL and len(self._log) > 1:
+                self._log_size -= len(self._log.popleft())
 
     @property
     def pid(self):
@@ -51,15 +70,19 @@ class HostProcess:
         return self._process.pid
 
     def stop(self, timeout=30):
-        """Stops the host (SIGTERM: calls in flight finish first); returns its stderr."""
+        """Stops the host (SIGTERM: calls in flight finish first); returns its stderr (the last
+        LOG_TAIL bytes)."""
         if self._process.poll() is None:
             self._process.terminate()
+        self._process.stdin.close()
         try:
-            _, err = self._process.communicate(timeout=timeout)
+            self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self._process.kill()
-            _, err = self._process.communicate()
-        return err
+            self._process.wait()
+        self._reader.join()
+        self._process.stdout.close()
+        return "".join(self._log)
 
     def __enter__(self):
         return self
