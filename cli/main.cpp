@@ -32,8 +32,8 @@ constexpr const char* kUsage =
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
     "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
-    "                        [--replica N] [--compute-threads N] [--until-stdin-closes] [--device ...]\n"
-    "                        [--dtype ...]\n"
+    "                        [--replica N] [--compute-threads N] [--unclaimed-ttl S] [--until-stdin-closes]\n"
+    "                        [--device ...] [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
@@ -47,6 +47,8 @@ constexpr const char* kUsage =
     "             host's number among replicas behind a load balancer (0..65535, default 0; its\n"
     "             handles name it so that calls about them are routed back to it);\n"
     "             --compute-threads N: calls that compute at once (default 4; more wait);\n"
+    "             --unclaimed-ttl S: seconds a kept pass that no Vjp or Release has claimed stays\n"
+    "             (its caller most likely left before the reply; default 60);\n"
     "             --until-stdin-closes: also stop when standard input ends (a parent that holds a\n"
     "             pipe to it takes the host down with it, even when killed)\n";
 
@@ -211,6 +213,12 @@ int main(int argc, char** argv) {
           aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number in [1, 256], got \"{}\"", args[i]);
         }
         host_options.compute_threads = static_cast<int64_t>(threads);
+      } else if (command == "serve" && a == "--unclaimed-ttl" && has_value) {
+        const double seconds = number(i++);
+        if (!(seconds > 0 && seconds <= 86400)) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected seconds in (0, 86400], got \"{}\"", args[i]);
+        }
+        host_options.unclaimed_ttl = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
       } else if (command == "serve" && a == "--until-stdin-closes") {
         until_stdin_closes = true;
       } else if (command == "serve" && a == "--state" && has_value) {
