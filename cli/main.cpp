@@ -4,7 +4,8 @@
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
 //   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
-//                    [--replica N] [--compute-threads N] [--store-bytes N] [--until-stdin-closes]
+//                    [--replica N] [--compute-threads N] [--store-bytes N] [--unclaimed-ttl S]
+//                    [--until-stdin-closes]
 //                    [--device ...] [--dtype ...]
 #include <chrono>
 #include <csignal>
@@ -33,7 +34,8 @@ constexpr const char* kUsage =
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
     "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
-    "                        [--replica N] [--compute-threads N] [--store-bytes N] [--until-stdin-closes]\n"
+    "                        [--replica N] [--compute-threads N] [--store-bytes N]\n"
+    "                        [--unclaimed-ttl S] [--until-stdin-closes]\n"
     "                        [--device ...] [--dtype ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
@@ -50,6 +52,8 @@ constexpr const char* kUsage =
     "             --compute-threads N: calls that compute at once (default 4; more wait);\n"
     "             --store-bytes N: the activation store's budget for every tenant's kept passes\n"
     "             together (default 4 GiB; a tenant's forwards only ever evict its own passes);\n"
+    "             --unclaimed-ttl S: seconds a kept pass that no Vjp or Release has claimed stays\n"
+    "             (its caller most likely left before the reply; default 60);\n"
     "             --until-stdin-closes: also stop when standard input ends (a parent that holds a\n"
     "             pipe to it takes the host down with it, even when killed)\n";
 
@@ -221,6 +225,12 @@ int main(int argc, char** argv) {
           aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number of bytes >= 1, got \"{}\"", args[i]);
         }
         store.max_bytes = static_cast<std::size_t>(bytes);
+      } else if (command == "serve" && a == "--unclaimed-ttl" && has_value) {
+        const double seconds = number(i++);
+        if (!(seconds > 0 && seconds <= 86400)) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected seconds in (0, 86400], got \"{}\"", args[i]);
+        }
+        host_options.unclaimed_ttl = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
       } else if (command == "serve" && a == "--until-stdin-closes") {
         until_stdin_closes = true;
       } else if (command == "serve" && a == "--state" && has_value) {
