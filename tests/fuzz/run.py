@@ -197,7 +197,7 @@ def main():
     parser.add_argument("--build", default=str(ROOT / "build-fuzz"))
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--markdown", action="store_true", help="stats: as a table for bench/RESULTS.md")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # targets may follow the options (make fuzz does that)
     for t in args.targets:
         if t not in TARGETS:
             sys.exit(f"unknown target {t}: expected one of {' '.join(TARGETS)}")

@@ -279,7 +279,6 @@ SAVER = r"""
 import sys, torch, aios
 backbone = aios.Backbone.load(sys.argv[1])
 ext = backbone.extend([f"<t{i}>" for i in range(512)])
-open(sys.argv[3], "w").close()
 version = 0
 while True:
     version += 1
@@ -287,6 +286,8 @@ while True:
         ext.embedding_rows.fill_(version)
         ext.classifier_rows.fill_(-version)
     ext.save(sys.argv[2])
+    if version == 1:  # ready once a first version exists: a kill before it leaves nothing to load
+        open(sys.argv[3], "w").close()
 """
 
 
