@@ -8,6 +8,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <string_view>
 
@@ -29,6 +31,16 @@ bool refused(Body&& body) {
     // Every error names what it is about in valid, bounded text (it goes on to Python and gRPC).
     if (std::string_view(e.what()).size() > 8192) __builtin_trap();
     return true;
+  }
+}
+
+// For targets whose seeds are built from a tiny backbone: with AIOS_FUZZ_WRITE_SEEDS=DIR in the
+// environment, `write(DIR)` writes them and the process exits (from LLVMFuzzerInitialize).
+template <typename Write>
+void write_seeds_if_asked(Write&& write) {
+  if (const char* dir = std::getenv("AIOS_FUZZ_WRITE_SEEDS")) {
+    write(std::filesystem::path(dir));
+    std::exit(0);
   }
 }
 

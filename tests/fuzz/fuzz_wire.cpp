@@ -308,10 +308,7 @@ void write_seeds(const fs::path& dir) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   at::set_num_threads(1);
-  if (const char* dir = std::getenv("AIOS_FUZZ_WRITE_SEEDS")) {
-    write_seeds(dir);
-    std::exit(0);
-  }
+  aios::fuzz::write_seeds_if_asked(write_seeds);
   world();
   return 0;
 }
