@@ -141,9 +141,7 @@ void register_kind(const Role& role, const std::string& kind, AdapterFactory fac
 
 void save_module(const Role& role, const torch::nn::Module& module, const AdapterManifest& manifest, const std::string& path) {
   if (manifest.kind.empty()) fail(ErrorCode::kInvalidArgument, "manifest.kind", "expected a name, got an empty string");
-  std::error_code error;
-  fs::create_directories(path, error);
-  if (error) fail(ErrorCode::kUnavailable, path, "cannot create the folder: {}", error.message());
+  io::create_folders(path);  // durable too: a save that returned is still there after a crash
 
   std::vector<at::Tensor> keep;  // owns the CPU copies the views point into
   std::vector<io::TensorView> views;

@@ -158,9 +158,7 @@ void Extension::check_fits(const Backbone& backbone, const char* field) const {
 }
 
 void Extension::save(const std::string& path) const {
-  std::error_code error;
-  fs::create_directories(path, error);
-  if (!fs::is_directory(path, error)) fail(ErrorCode::kUnavailable, path, "cannot create the folder");
+  io::create_folders(path);  // durable too: a save that returned is still there after a crash
 
   at::Tensor embedding, classifier, probe;
   {

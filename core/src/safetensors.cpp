@@ -284,6 +284,28 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   }
 }
 
+void sync_folder(const std::string& path) {
+  const int dir = ::open(path.empty() ? "." : path.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+}
+
+void create_folders(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  if (fs::is_directory(path, error)) return;
+  fs::path folder = fs::path(path).lexically_normal();
+  if (folder.filename().empty()) folder = folder.parent_path();  // "a/b/" is "a/b"
+  const fs::path parent = folder.parent_path();
+  if (!parent.empty()) create_folders(parent.string());
+  if (!fs::create_directory(folder, error) && !fs::is_directory(folder)) {
+    fail(ErrorCode::kUnavailable, path, "cannot create the folder: {}", error ? error.message() : "not a folder");
+  }
+  sync_folder(parent.empty() ? std::string(".") : parent.string());
+}
+
 void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();

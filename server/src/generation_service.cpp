@@ -1,13 +1,13 @@
 // The Generation service: streamed generation on the host, with spans routed to the decoders the
 // tenant registered.
 #include <algorithm>
-#include <fstream>
 #include <map>
-#include <random>
+#include <set>
 
 #include "aios/adapters/storage.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "services.h"
+#include "state_files.h"
 
 namespace aios::server {
 namespace {
@@ -71,23 +71,23 @@ class GenerationService final : public v1::Generation::Service {
         check_quota();
       }
       // The files go to a folder of their own, are loaded once as a check (parsed as data by the
-      // adapter registry: only kinds it knows), and only then replace a decoder of that name.
+      // adapter registry: only kinds it knows), and only then take the name, in one rename: a
+      // crash at any point leaves the previous decoder of that name or this one, whole.
       const fs::path root = r_.state_folder(caller.state(), "decoders");
-      std::random_device random;
-      const fs::path staging = root / fmt::format(".staging-{:08x}{:08x}", random(), random());
-      fs::create_directories(staging);
+      const fs::path staging = staging_folder(root);
       try {
         std::size_t uploaded = 0;
+        std::set<std::string> names;
         for (int i = 0; i < request->files_size(); ++i) {
           const auto& file = request->files(i);
-          check_name(file.name(), fmt::format("files[{}].name", i));
+          const std::string field = fmt::format("files[{}]", i);
+          check_name(file.name(), field + ".name");
+          if (!names.insert(file.name()).second) fail(ErrorCode::kInvalidArgument, field + ".name", "the name appears twice");
           if (static_cast<int64_t>(file.data().size()) > r_.options().limits.max_bytes) {
-            fail(ErrorCode::kResourceExhausted, fmt::format("files[{}].data", i), "larger than the host's limit of {} bytes",
+            fail(ErrorCode::kResourceExhausted, field + ".data", "larger than the host's limit of {} bytes",
                  r_.options().limits.max_bytes);
           }
-          std::ofstream out(staging / file.name(), std::ios::binary);
-          out.write(file.data().data(), static_cast<std::streamsize>(file.data().size()));
-          if (!out.flush()) fail(ErrorCode::kUnavailable, "state_dir", "cannot write the decoder's files");
+          write_state_file(staging / file.name(), file.data());
           uploaded += file.data().size();
         }
         try {
@@ -99,12 +99,11 @@ class GenerationService final : public v1::Generation::Service {
           if (e.code() != ErrorCode::kDataLoss) throw;
           fail(ErrorCode::kInvalidArgument, "files", "{}", e.message());
         }
+        std::unique_lock files(caller.state().files);
         std::lock_guard lock(caller.state().mutex);
         check_quota();  // again: another registration may have taken the last place meanwhile
         const fs::path folder = root / request->name();
-        std::error_code ignored;
-        fs::remove_all(folder, ignored);
-        fs::rename(staging, folder);
+        replace_folder(staging, folder);
         caller.state().decoders[request->name()] = folder;
       } catch (...) {
         std::error_code ignored;
@@ -124,13 +123,13 @@ class GenerationService final : public v1::Generation::Service {
 
   grpc::Status DeleteDecoder(grpc::ServerContext* context, const v1::DecoderName* request, v1::Empty*) override {
     return guarded(r_, context, [&](Caller& caller) {
+      std::unique_lock files(caller.state().files);
       std::lock_guard lock(caller.state().mutex);
       auto it = caller.state().decoders.find(request->name());
       if (it == caller.state().decoders.end()) {
         fail(ErrorCode::kNotFound, "name", "no decoder \"{}\" registered by this tenant", request->name());
       }
-      std::error_code ignored;
-      fs::remove_all(it->second, ignored);
+      remove_folder(it->second);  // in one rename: a crash leaves the decoder or nothing, never a part
       caller.state().decoders.erase(it);
     }, Work::kBookkeeping);
   }
@@ -176,6 +175,7 @@ class GenerationService final : public v1::Generation::Service {
   // A fresh instance of the tenant's decoder `name`: decoders keep per-row state, so concurrent
   // generations never share one.
   std::shared_ptr<ali::Decoder> decoder(Caller& caller, const std::string& name, const std::string& field) {
+    std::shared_lock files(caller.state().files);  // a registration replaces the folder only between loads
     fs::path folder;
     {
       std::lock_guard lock(caller.state().mutex);

@@ -9,6 +9,9 @@
 #include <random>
 #include <sstream>
 
+#include "aios/io/safetensors.h"  // io::create_folders
+#include "state_files.h"
+
 namespace aios::server {
 namespace fs = std::filesystem;
 
@@ -69,9 +72,11 @@ Requests::Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptio
     check_name(tenant, "tenant");
     keys_.push_back({sha256(key), add(tenant)});
   }
-  // Decoders registered before a restart are still there.
+  // Decoders registered before a restart are still there; what interrupted changes left is not.
   for (auto& [name, tenant] : tenants_) {
     if (options_.state_dir.empty()) break;
+    remove_leftovers(state_folder(*tenant, "extensions"));
+    remove_leftovers(state_folder(*tenant, "decoders"));
     std::error_code error;
     for (const auto& entry : fs::directory_iterator(state_folder(*tenant, "decoders"), error)) {
       const std::string decoder = entry.path().filename().string();
@@ -93,9 +98,12 @@ fs::path Requests::state_folder(const TenantState& tenant, const char* kind) con
   // The tenant "" of a host without keys gets a folder of its own name too.
   const fs::path root = options_.state_dir.empty() ? scratch_ : fs::path(options_.state_dir);
   const fs::path folder = root / "tenants" / (tenant.name.empty() ? std::string("_") : tenant.name) / kind;
-  std::error_code error;
-  fs::create_directories(folder, error);
-  if (error) fail(ErrorCode::kUnavailable, "state_dir", "cannot create the host's state folder: {}", error.message());
+  try {
+    io::create_folders(folder.string());
+  } catch (const Error&) {
+    // The host's paths stay out of replies.
+    fail(ErrorCode::kUnavailable, "state_dir", "cannot create the host's state folder");
+  }
   return folder;
 }
 

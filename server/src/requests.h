@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 
@@ -61,6 +62,10 @@ struct TenantState {
   // backbone), so that making room for a pass evicts only this tenant's own.
   gradient::StoreOwner store_owner = 0;
   std::atomic<int64_t> in_flight{0};
+
+  // The tenant's folders in the state folder: shared to read them, exclusive to change them, so
+  // that a load never sees half of a save. Taken before `mutex`, never while holding it.
+  std::shared_mutex files;
 
   std::mutex mutex;  // guards everything below
   struct Kept {

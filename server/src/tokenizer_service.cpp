@@ -5,6 +5,7 @@
 #include "aios/tokenizer_api/tokenizer.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "services.h"
+#include "state_files.h"
 
 namespace aios::server {
 namespace {
@@ -79,10 +80,12 @@ class TokenizerService final : public v1::Tokenizer::Service {
         for (const auto& [id, extension] : caller.state().extensions) describe(id, *extension, out->add_live());
       }
       if (!r_.has_state_dir()) return;
+      std::shared_lock files(caller.state().files);
       std::error_code error;
       for (const auto& entry : fs::directory_iterator(r_.state_folder(caller.state(), "extensions"), error)) {
-        if (entry.is_directory() && fs::exists(entry.path() / "extension.json")) {
-          out->add_saved(entry.path().filename().string());
+        const std::string name = entry.path().filename().string();
+        if (!name.starts_with(".") && entry.is_directory() && fs::exists(entry.path() / "extension.json")) {
+          out->add_saved(name);
         }
       }
     }, Work::kBookkeeping);
@@ -106,6 +109,9 @@ class TokenizerService final : public v1::Tokenizer::Service {
       if (!r_.has_state_dir()) {
         fail(ErrorCode::kFailedPrecondition, "name", "this host keeps no state (start it with a state folder to save)");
       }
+      // Committed by its manifest (Extension::save): a crash leaves the previous save or this one.
+      // One save at a time per tenant: another's clean-up would take this one's files.
+      std::unique_lock files(caller.state().files);
       extension->save((r_.state_folder(caller.state(), "extensions") / request->name()).string());
     });
   }
@@ -117,10 +123,15 @@ class TokenizerService final : public v1::Tokenizer::Service {
       if (!r_.has_state_dir()) fail(ErrorCode::kNotFound, "name", "this host keeps no saved extensions");
       reserve_extension(caller);
       const fs::path folder = r_.state_folder(caller.state(), "extensions") / request->name();
-      if (!fs::exists(folder / "extension.json")) {
-        fail(ErrorCode::kNotFound, "name", "no saved extension \"{}\"", request->name());
+      std::shared_ptr<ali::Extension> loaded;
+      {
+        std::shared_lock files(caller.state().files);
+        if (!fs::exists(folder / "extension.json")) {
+          fail(ErrorCode::kNotFound, "name", "no saved extension \"{}\"", request->name());
+        }
+        loaded = ali::Extension::load(r_.backbone(), folder.string());
       }
-      add(caller, ali::Extension::load(r_.backbone(), folder.string()), out);
+      add(caller, std::move(loaded), out);
     });
   }
 
@@ -137,8 +148,9 @@ class TokenizerService final : public v1::Tokenizer::Service {
       check_name(request->name(), "name");
       const fs::path folder =
           r_.has_state_dir() ? r_.state_folder(caller.state(), "extensions") / request->name() : fs::path();
-      std::error_code error;
-      if (folder.empty() || !fs::exists(folder / "extension.json") || fs::remove_all(folder, error) == 0 || error) {
+      std::unique_lock files(caller.state().files);
+      // In one rename: a crash leaves the saved extension or nothing, never a part of it.
+      if (folder.empty() || !fs::exists(folder / "extension.json") || !remove_folder(folder)) {
         fail(ErrorCode::kNotFound, "name", "no saved extension \"{}\"", request->name());
       }
     }, Work::kBookkeeping);

@@ -1,14 +1,23 @@
-// `aios serve` as a process of its own, watched: what the host writes to its logs.
+// `aios serve` and the savers as processes of their own, watched and killed: what the host writes
+// to its logs, and what a SIGKILL at any point of a save leaves on disk (the previous version or
+// the new one, exactly, and a restarted host serves it).
 #include <filesystem>
+#include <map>
+#include <random>
+#include <set>
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
+#include <torch/torch.h>
 
+#include "aios/adapters/storage.h"
+#include "aios/gradient_api/local_backbone.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "catch_torch.h"
 #include "child_process.h"
 #include "tiny_checkpoint.h"
 
+using aios::gradient::LocalBackbone;
 using aios_test::ChildProcess;
 using aios_test::kD;
 using aios_test::ServeProcess;
@@ -63,6 +72,13 @@ struct Wire {
   std::unique_ptr<v1::Generation::Stub> generation;
   std::unique_ptr<v1::Chunked::Stub> chunked;
 };
+
+// The files of a folder, by name.
+std::map<std::string, std::string> files_of(const fs::path& folder) {
+  std::map<std::string, std::string> out;
+  for (const auto& entry : fs::directory_iterator(folder)) out[entry.path().filename().string()] = aios_test::read_text(entry.path());
+  return out;
+}
 
 }  // namespace
 
@@ -186,6 +202,211 @@ TEST_CASE("the host's logs hold no API key and no tensor content, whatever calle
                                     std::string("\xde\xad\xbe\xef"), std::string("deadbeef"), std::string("DEADBEEF")}) {
     INFO(secret);
     CHECK(log_text.find(secret) == std::string::npos);
+  }
+  fs::remove_all(root);
+}
+
+namespace {
+
+// The progress file of aios_crash_writer: the last version begun and ended of each save.
+struct Progress {
+  int64_t begun_extension = 0, ended_extension = 0, begun_decoder = 0, ended_decoder = 0;
+  static Progress read(const fs::path& file) {
+    Progress p;
+    std::istringstream lines(aios_test::read_text(file));
+    char what = 0;
+    int64_t version = 0;
+    while (lines >> what >> version) {
+      (what == 'e' ? p.begun_extension : what == 'E' ? p.ended_extension : what == 'd' ? p.begun_decoder : p.ended_decoder) =
+          version;
+    }
+    return p;
+  }
+};
+
+// Whether every value of `t` is `value`.
+bool all_equal(const at::Tensor& t, double value) { return at::equal(t, at::full_like(t, value)); }
+
+}  // namespace
+
+TEST_CASE("a writer killed at any point of a save leaves the previous version or the new one, exactly", "[process][crash]") {
+  const fs::path root = fresh_folder("crash_writer");
+  const std::string model = TinyCheckpoint::llama("crash_writer").write();
+  auto backbone = LocalBackbone::load(model);
+  std::mt19937 random(20240611);
+  std::uniform_int_distribution<int> delay_ms(0, 60);
+  for (int attempt = 0; attempt < 12; ++attempt) {
+    const int64_t first = 1000 * (attempt + 1);  // versions no earlier attempt wrote
+    const fs::path progress = root / fmt::format("progress{}", attempt);
+    ChildProcess writer({AIOS_CRASH_WRITER, model, (root / "saved").string(), progress.string(), std::to_string(first)},
+                        root / fmt::format("writer{}", attempt));
+    // Once both were saved by this writer, the kill falls anywhere in the saves that follow.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (Progress::read(progress).ended_decoder < first) {
+      REQUIRE(writer.running());
+      REQUIRE(std::chrono::steady_clock::now() < deadline);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(random)));
+    writer.signal(SIGKILL);
+    writer.wait();
+    const Progress p = Progress::read(progress);
+    INFO(fmt::format("attempt {}: extension begun {} ended {}, decoder begun {} ended {}", attempt, p.begun_extension,
+                     p.ended_extension, p.begun_decoder, p.ended_decoder));
+
+    const auto extension = aios::ali::Extension::load(*backbone, (root / "saved" / "extension").string());
+    const double rows = extension->embedding_rows()[0][0].item<double>();
+    CHECK((rows == static_cast<double>(p.ended_extension) || rows == static_cast<double>(p.begun_extension)));
+    CHECK(all_equal(extension->embedding_rows(), rows));
+    CHECK(all_equal(extension->classifier_rows(), -rows));
+
+    const auto decoder = aios::adapters::load_decoder((root / "saved" / "decoder").string());
+    const double weights = decoder.module->parameters()[0].flatten()[0].item<double>();
+    CHECK((weights == static_cast<double>(p.ended_decoder) || weights == static_cast<double>(p.begun_decoder)));
+    for (const auto& parameter : decoder.module->parameters()) CHECK(all_equal(parameter, weights));
+  }
+  fs::remove_all(root);
+}
+
+TEST_CASE("a host killed at any point of saving an extension or registering a decoder keeps the previous version "
+          "or the new one, exactly, and serves it after a restart", "[process][crash]") {
+  const fs::path root = fresh_folder("crash_host");
+  const std::string model = TinyCheckpoint::llama("crash_host").write();
+  const fs::path state = root / "state";
+  const fs::path decoders = state / "tenants" / "_" / "decoders";
+  constexpr int64_t K = 1024, kOutputs = 2048;  // a few hundred kB a version, so that kills land inside saves
+
+  // Version v of the decoder as a client sends it: the files of its folder, every weight v.
+  std::map<int64_t, std::map<std::string, std::string>> versions;
+  auto decoder_files = [&](int64_t v) -> const std::map<std::string, std::string>& {
+    auto& files = versions[v];
+    if (files.empty()) {
+      aios::adapters::LinearDecoder decoder(kD, kOutputs);
+      torch::NoGradGuard no_grad;
+      for (auto& p : decoder->parameters()) p.fill_(static_cast<double>(v));
+      const fs::path folder = root / "decoders" / std::to_string(v);
+      aios::adapters::save_decoder(decoder, folder.string());
+      files = files_of(folder);
+    }
+    return files;
+  };
+  auto register_decoder = [&](Wire& wire, int64_t v) {
+    v1::RegisterDecoderRequest request;
+    request.set_name("pair");
+    for (const auto& [name, data] : decoder_files(v)) {
+      auto* file = request.add_files();
+      file->set_name(name);
+      file->set_data(data);
+    }
+    v1::Empty done;
+    return wire.generation->RegisterDecoder(Wire::context().get(), request, &done);
+  };
+  auto save_extension = [&](Wire& wire, const std::string& id, int64_t v, int64_t* started) {
+    v1::WriteRowsRequest write;
+    write.set_id(id);
+    *write.mutable_rows()->mutable_embedding_rows() = floats({K, kD}, static_cast<float>(v));
+    *write.mutable_rows()->mutable_classifier_rows() = floats({K, kD}, -static_cast<float>(v));
+    v1::Empty done;
+    grpc::Status status = wire.tokenizer->WriteRows(Wire::context().get(), write, &done);
+    if (!status.ok()) return status;
+    *started = v;
+    v1::SaveExtensionRequest save;
+    save.set_id(id);
+    save.set_name("kept");
+    return wire.tokenizer->SaveExtension(Wire::context().get(), save, &done);
+  };
+
+  std::mt19937 random(20240612);
+  std::uniform_int_distribution<int> delay_ms(0, 100);
+  int64_t extension_acked = 1, decoder_acked = 1;
+  std::set<int64_t> extension_expected = {1};  // what the next host must load: the previous save or the new one
+  constexpr int kKills = 12;
+  for (int attempt = 0; attempt <= kKills; ++attempt) {
+    ServeProcess host(model, {"--state", state.string()}, root / fmt::format("host{}", attempt));
+    Wire wire(host.address());
+    std::string id;
+    if (attempt == 0) {
+      v1::CreateExtensionRequest create;
+      for (int64_t k = 0; k < K; ++k) create.add_tokens(fmt::format("<t{}>", k));
+      v1::ExtensionInfo info;
+      REQUIRE(wire.tokenizer->CreateExtension(Wire::context().get(), create, &info).ok());
+      id = info.id();
+      int64_t started = 0;
+      REQUIRE(save_extension(wire, id, 1, &started).ok());
+      REQUIRE(register_decoder(wire, 1).ok());
+    } else {
+      // The restarted host serves what its folder holds: the extension loads through the wire ...
+      INFO(fmt::format("attempt {}", attempt));
+      v1::LoadExtensionRequest load;
+      load.set_name("kept");
+      v1::ExtensionInfo info;
+      REQUIRE(wire.tokenizer->LoadExtension(Wire::context().get(), load, &info).ok());
+      id = info.id();
+      const auto* rows = reinterpret_cast<const float*>(info.rows().embedding_rows().data().data());
+      CHECK(info.rows().embedding_rows().data() == floats({K, kD}, rows[0]).data());
+      CHECK(info.rows().classifier_rows().data() == floats({K, kD}, -rows[0]).data());
+      CHECK(extension_expected.contains(static_cast<int64_t>(rows[0])));
+      extension_acked = static_cast<int64_t>(rows[0]);
+      // ... and a generation routed to the decoder loads it (from its files, checked above).
+      v1::DecoderList listed;
+      REQUIRE(wire.generation->ListDecoders(Wire::context().get(), v1::ListDecodersRequest(), &listed).ok());
+      REQUIRE(listed.names_size() == 1);
+      CHECK(listed.names(0) == "pair");
+      v1::GenerateRequest generate;
+      *generate.mutable_latents() = floats({1, 2, kD}, 0.1f);
+      generate.set_max_new_tokens(2);
+      auto* route = generate.add_routes();
+      route->set_start_id(1);
+      route->set_end_id(2);
+      route->set_decoder("pair");
+      auto context = Wire::context();
+      auto stream = wire.generation->Generate(context.get(), generate);
+      v1::GenerateStep step;
+      int steps = 0;
+      while (stream->Read(&step)) ++steps;
+      CHECK(stream->Finish().ok());
+      CHECK(steps >= 1);
+      // What killed registrations left was removed at start.
+      for (const auto& entry : fs::directory_iterator(decoders)) CHECK(entry.path().filename().string()[0] != '.');
+    }
+    if (attempt == kKills) break;
+
+    // Saves and registrations back to back, each waiting for the previous one's reply, until the
+    // host is killed at a random moment.
+    int64_t extension_started = extension_acked, decoder_started = decoder_acked;
+    grpc::Status extension_end, decoder_end;
+    std::thread saving([&] {
+      for (int64_t v = extension_acked + 1;; ++v) {
+        extension_end = save_extension(wire, id, v, &extension_started);
+        if (!extension_end.ok()) return;
+        extension_acked = v;
+      }
+    });
+    std::thread registering([&] {
+      for (int64_t v = decoder_acked + 1;; ++v) {
+        decoder_files(v);  // made before the call starts
+        decoder_started = v;
+        decoder_end = register_decoder(wire, v);
+        if (!decoder_end.ok()) return;
+        decoder_acked = v;
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(random)));
+    host.process().signal(SIGKILL);
+    host.process().wait();
+    saving.join();
+    registering.join();
+    INFO(fmt::format("attempt {}: extension acknowledged {}, begun {}; decoder acknowledged {}, begun {}", attempt,
+                     extension_acked, extension_started, decoder_acked, decoder_started));
+    CHECK(extension_end.error_code() == grpc::StatusCode::UNAVAILABLE);  // ended by the kill, not by an error
+    CHECK(decoder_end.error_code() == grpc::StatusCode::UNAVAILABLE);
+    // The decoder's folder holds exactly the files of one version: the previous or the new one.
+    const auto on_disk = files_of(decoders / "pair");
+    const bool previous = on_disk == decoder_files(decoder_acked), next = on_disk == decoder_files(decoder_started);
+    CHECK((previous || next));
+    decoder_acked = next ? decoder_started : decoder_acked;
+    // The extension is checked through the restarted host, above.
+    extension_expected = {extension_acked, extension_started};
   }
   fs::remove_all(root);
 }

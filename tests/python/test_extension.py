@@ -5,6 +5,7 @@ rows copied in): outputs and the gradients of the new rows must match it.
 """
 import copy
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -276,44 +277,72 @@ def test_extension_tokenizer_and_tokens_already_in_the_base(default_model, tmp_p
 
 
 SAVER = r"""
-import sys, torch, aios
+import os, sys, torch, aios, aios.adapters
 backbone = aios.Backbone.load(sys.argv[1])
 ext = backbone.extend([f"<t{i}>" for i in range(512)])
-version = 0
+decoder = aios.adapters.LinearDecoder(backbone.config.hidden_size, 1024)
+progress = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+version = int(sys.argv[4])
 while True:
     version += 1
     with torch.no_grad():
         ext.embedding_rows.fill_(version)
         ext.classifier_rows.fill_(-version)
-    ext.save(sys.argv[2])
-    if version == 1:  # ready once a first version exists: a kill before it leaves nothing to load
-        open(sys.argv[3], "w").close()
+        for p in decoder.parameters():
+            p.fill_(version)
+    os.write(progress, f"e {version}\n".encode())  # one write each: what the file says has happened
+    ext.save(os.path.join(sys.argv[2], "ext"))
+    os.write(progress, f"E {version}\n".encode())
+    os.write(progress, f"d {version}\n".encode())
+    aios.adapters.save_decoder(decoder, os.path.join(sys.argv[2], "decoder"))
+    os.write(progress, f"D {version}\n".encode())
 """
 
 
+def _progress(path):
+    """The last version begun and ended of each save: {"e": .., "E": .., "d": .., "D": ..}."""
+    last = {"e": 0, "E": 0, "d": 0, "D": 0}
+    for line in path.read_text().splitlines():
+        what, version = line.split()
+        last[what] = int(version)
+    return last
+
+
 @pytest.mark.slow
-def test_a_killed_save_leaves_the_previous_extension_intact(checkpoints, tmp_path):
-    """A writer killed at random moments: the folder always loads, rows of one whole save."""
+def test_a_killed_save_leaves_the_previous_version_or_the_new_one(checkpoints, tmp_path):
+    """A writer killed at random moments, saving an extension (ext.save) and a decoder
+    (aios.adapters.save_decoder) in turn: each folder loads, and holds exactly the version whose
+    save ended last or the one that had begun."""
     path = checkpoints["llama_gqa"].path
     backbone = aios.Backbone.load(path)
     script = tmp_path / "saver.py"
     script.write_text(SAVER)
-    seen = set()
+    rng = random.Random(20240613)
     for attempt in range(6):
-        ready = tmp_path / f"ready{attempt}"
-        proc = subprocess.Popen([sys.executable, str(script), str(path), str(tmp_path / "ext"), str(ready)])
-        while not ready.exists():
+        progress = tmp_path / f"progress{attempt}"
+        first = 1000 * attempt  # versions no earlier attempt wrote
+        proc = subprocess.Popen([sys.executable, str(script), str(path), str(tmp_path), str(progress), str(first)])
+        deadline = time.monotonic() + 120
+        while not progress.exists() or _progress(progress)["D"] <= first:  # both saved once by this writer
             assert proc.poll() is None, "the saver died"
-            time.sleep(0.01)
-        time.sleep(0.05 + 0.037 * attempt)
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.15))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        last = _progress(progress)
         ext = aios.Extension.load(backbone, tmp_path / "ext")
         version = ext.embedding_rows[0, 0].item()
-        assert version >= 1
-        assert (ext.embedding_rows == version).all() and (ext.classifier_rows == -version).all()
-        seen.add(version)
-    # The next save removes what killed writers left behind.
+        assert version in (last["E"], last["e"]), last
+        assert torch.equal(ext.embedding_rows, torch.full_like(ext.embedding_rows, version))
+        assert torch.equal(ext.classifier_rows, torch.full_like(ext.classifier_rows, -version))
+        decoder = aios.adapters.load_decoder(tmp_path / "decoder")
+        weights = next(decoder.parameters()).flatten()[0].item()
+        assert weights in (last["D"], last["d"]), last
+        for p in decoder.parameters():
+            assert torch.equal(p, torch.full_like(p, weights))
+    # The next saves remove what killed writers left behind.
     ext.save(tmp_path / "ext")
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "ext").iterdir()) == ["extension.json", "rows"]
-    assert len(seen) > 1
+    aios.adapters.save_decoder(decoder, tmp_path / "decoder")
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "decoder").iterdir()) == ["decoder", "decoder.json"]

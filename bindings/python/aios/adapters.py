@@ -439,13 +439,50 @@ def register_decoder(kind: str, factory: Callable[[Dict[str, int]], nn.Module]):
     _register(_DECODERS, kind, factory)
 
 
+def _sync_folder(path):
+    """fsync of a folder: its entries (renames into it, folders made in it) survive a crash of the
+    machine. Best effort, as in C++: some file systems refuse."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _make_folders(path):
+    """os.makedirs, with the parent of each folder made synced (io::create_folders in C++)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    _make_folders(os.path.dirname(path))
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    _sync_folder(os.path.dirname(path))
+
+
 def _write_atomically(path, data: bytes):
+    """A temporary file beside `path`, flushed and fsync'ed, renamed over it, then the folder synced."""
     tmp = f"{path}.tmp.{secrets.token_hex(4)}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _sync_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def _save(role, module, path, kind, sizes):
@@ -456,7 +493,7 @@ def _save(role, module, path, kind, sizes):
     if not kind:
         _fail(InvalidArgumentError, "kind", f"expected the {role.noun}'s kind, got none")
     path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
+    _make_folders(path)
     tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
     data = safetensors_bytes(tensors, metadata={"kind": kind})
     weights = f"{role.weights}{secrets.token_hex(8)}.safetensors"
@@ -464,8 +501,10 @@ def _save(role, module, path, kind, sizes):
     manifest = {"format": role.format, "version": 1, "kind": kind, "sizes": {k: int(v) for k, v in sizes.items()},
                 "weights": weights, "crc32": zlib.crc32(data)}
     _write_atomically(os.path.join(path, role.manifest), (json.dumps(manifest, indent=2) + "\n").encode())
+    # Older weight files are unreachable now, and so are the temporaries of interrupted saves.
     for name in os.listdir(path):
-        if name != weights and name.startswith(role.weights) and name.endswith(".safetensors"):
+        superseded = name != weights and name.startswith(role.weights) and name.endswith(".safetensors")
+        if superseded or ".tmp." in name:
             try:
                 os.remove(os.path.join(path, name))
             except OSError:

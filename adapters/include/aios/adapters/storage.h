@@ -8,8 +8,9 @@
 // A decoder the same way, with decoder.json, the format "aios.decoder" and
 // decoder-weights-<random>.safetensors (so an encoder and a decoder may share a folder).
 // The weights go to a new file first, then the manifest that names it replaces the old one by
-// rename (both atomically), so a save interrupted at any point leaves the previous one loadable;
-// weight files no manifest names are removed afterwards. The CRC-32 (zlib's) of the weights file
+// rename (both atomically, files and folders fsync'ed), so a save interrupted at any point, by a
+// kill or a crash of the machine, leaves either the previous version or the new one, whole;
+// weight files no manifest names, and temporaries, are removed by the next save. The CRC-32 (zlib's) of the weights file
 // catches flipped bits the safetensors structure cannot. The Python package (aios.adapters)
 // reads and writes the same folders.
 #pragma once

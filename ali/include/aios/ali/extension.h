@@ -87,8 +87,10 @@ class Extension {
 
   // Writes the extension to the folder `path` (created if missing). The rows go to a new file
   // named after this save; then the manifest naming that file replaces the old manifest by rename.
-  // A save interrupted at any point leaves the previous extension loadable. Row files no manifest
-  // names are removed afterwards. Throws Error(kUnavailable) when the file system refuses.
+  // A save interrupted at any point (SIGKILL, a crash of the machine) leaves either the previous
+  // extension or this one, whole: files and folders are fsync'ed before each rename is relied on.
+  // Row files no manifest names are removed afterwards. Throws Error(kUnavailable) when the file
+  // system refuses.
   void save(const std::string& path) const;
 
   const std::vector<std::string>& tokens() const;

@@ -96,4 +96,12 @@ void remove_superseded(const std::string& folder, const std::string& prefix, con
 // The whole content of `path`. Throws Error(kNotFound) when it cannot be opened.
 std::string read_file(const std::string& path);
 
+// Makes the entries of the folder `path` (files renamed into it, folders made or removed in it)
+// durable: fsync of the folder. Best effort, as write_file_atomically's: some file systems refuse.
+void sync_folder(const std::string& path);
+// Creates the folder `path` and its missing parents, syncing the parent of each one made, so that
+// a folder that was there once stays there after a crash of the machine. Throws
+// Error(kUnavailable) when the file system refuses.
+void create_folders(const std::string& path);
+
 }  // namespace aios::io
