@@ -28,6 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "tests" / "fuzz"
 CACHE = ROOT / ".cache" / "fuzz"
+# Every fuzzing run, one JSON line each (date, commit, machine, target, executions, ...): committed,
+# so that the executions of all runs on all machines add up in `run.py stats`.
+RUNS = HERE / "runs.jsonl"
 
 # Per target: the largest input libFuzzer makes (JSON and GGUF seeds run to hundreds of KB), and
 # whether LeakSanitizer applies (targets that run LibTorch keep its process-wide caches alive at
@@ -88,7 +91,7 @@ def test(args):
         artifacts = CACHE / "replay" / target
         artifacts.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [str(binary(args.build, target)), *LIMITS, f"-max_len={options['max_len']}", "-runs=0",
+            [str(binary(args.build, target)), *LIMITS, "-runs=0",
              f"-artifact_prefix={artifacts}/", *map(str, dirs)],
             env=environment(options["leaks"]), cwd=ROOT, capture_output=True, text=True, errors="replace")
         ok = result.returncode == 0 and files > 0
@@ -144,7 +147,7 @@ def fuzz(args):
                   "coverage": int(coverage[-1][0]) if coverage else None,
                   "features": int(coverage[-1][1]) if coverage else None,
                   "corpus": sum(1 for _ in work.iterdir()), "finding": result.returncode != 0}
-        with open(CACHE / "runs.jsonl", "a") as log:
+        with open(RUNS, "a") as log:
             log.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
         if result.returncode != 0:
@@ -162,16 +165,14 @@ def merge(args):
         if not found.is_dir():
             continue
         before = sum(1 for _ in committed.iterdir())
-        subprocess.run([str(binary(args.build, target)), *LIMITS, f"-max_len={TARGETS[target]['max_len']}",
-                        "-merge=1", str(committed), str(found)],
+        subprocess.run([str(binary(args.build, target)), *LIMITS, "-merge=1", str(committed), str(found)],
                        env=environment(TARGETS[target]["leaks"]), cwd=ROOT, check=True, capture_output=True)
         print(f"{target}: {before} -> {sum(1 for _ in committed.iterdir())} inputs")
 
 
 def stats(args):
     totals = {}
-    path = CACHE / "runs.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for line in RUNS.read_text().splitlines() if RUNS.exists() else []:
         r = json.loads(line)
         t = totals.setdefault(r["target"], {"executions": 0, "seconds": 0.0, "runs": 0, "findings": 0, "coverage": 0})
         t["executions"] += r["executions"]

@@ -575,22 +575,23 @@ class AddedMatcher {
 // Ids of whole pieces already tokenized: pieces recur (words). Shared by threads, and lookups take
 // no lock: an open-addressing table, at most half full, whose entries are published once (release
 // and acquire) and neither changed nor removed until the cache goes. Inserts take a lock. A copy
-// starts empty.
+// starts empty. The table is made at the first insert and the entries are owned in a list of their
+// own, so a tokenizer that is made and dropped without encoding (an extension's copy, a file only
+// checked) costs nothing here.
 class PieceCache {
  public:
   static constexpr std::size_t kEntries = std::size_t{1} << 17;  // then pieces are no longer added
 
-  PieceCache() : slots_(new std::atomic<const Entry*>[kSlots]()) {}
+  PieceCache() = default;
   PieceCache(const PieceCache&) : PieceCache() {}
   PieceCache& operator=(const PieceCache&) = delete;
-  ~PieceCache() {
-    for (std::size_t i = 0; i < kSlots; ++i) delete slots_[i].load(std::memory_order_relaxed);
-  }
 
   // The ids of `piece`, or null when not cached.
   const std::vector<int32_t>* find(std::string_view piece) const {
+    const Slot* slots = slots_.load(std::memory_order_acquire);
+    if (slots == nullptr) return nullptr;
     for (std::size_t i = slot(piece);; i = (i + 1) % kSlots) {
-      const Entry* e = slots_[i].load(std::memory_order_acquire);
+      const Entry* e = slots[i].load(std::memory_order_acquire);
       if (e == nullptr) return nullptr;
       if (e->piece == piece) return &e->ids;
     }
@@ -598,13 +599,17 @@ class PieceCache {
 
   void insert(std::string_view piece, std::vector<int32_t> ids) const {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (size_ == kEntries) return;
+    if (entries_.size() == kEntries) return;
+    if (table_ == nullptr) {
+      table_.reset(new Slot[kSlots]());
+      slots_.store(table_.get(), std::memory_order_release);
+    }
     std::size_t i = slot(piece);
-    for (const Entry* e; (e = slots_[i].load(std::memory_order_relaxed)) != nullptr; i = (i + 1) % kSlots) {
+    for (const Entry* e; (e = table_[i].load(std::memory_order_relaxed)) != nullptr; i = (i + 1) % kSlots) {
       if (e->piece == piece) return;  // another thread was first
     }
-    slots_[i].store(new Entry{std::string(piece), std::move(ids)}, std::memory_order_release);
-    ++size_;
+    entries_.push_back(std::make_unique<const Entry>(Entry{std::string(piece), std::move(ids)}));
+    table_[i].store(entries_.back().get(), std::memory_order_release);
   }
 
  private:
@@ -612,6 +617,7 @@ class PieceCache {
     std::string piece;
     std::vector<int32_t> ids;
   };
+  using Slot = std::atomic<const Entry*>;
   static constexpr int kSlotBits = 18;
   static constexpr std::size_t kSlots = std::size_t{1} << kSlotBits;  // twice kEntries
   static_assert(kSlots >= 2 * kEntries);
@@ -623,9 +629,10 @@ class PieceCache {
     return static_cast<std::size_t>((h * 0x9E3779B97F4A7C15ull) >> (64 - kSlotBits));
   }
 
-  std::unique_ptr<std::atomic<const Entry*>[]> slots_;
-  mutable std::mutex mutex_;  // inserts
-  mutable std::size_t size_ = 0;
+  mutable std::mutex mutex_;                                   // inserts
+  mutable std::unique_ptr<Slot[]> table_;                      // made at the first insert
+  mutable std::atomic<const Slot*> slots_{nullptr};            // table_, for lookups
+  mutable std::vector<std::unique_ptr<const Entry>> entries_;  // what the slots point to, owned
 };
 
 struct ViewHash {
