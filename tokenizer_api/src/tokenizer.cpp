@@ -645,10 +645,13 @@ using Vocab = std::unordered_map<std::string, int32_t, ViewHash, std::equal_to<>
 }  // namespace
 
 struct Tokenizer::Impl {
-  // Model: BPE.
-  Vocab vocab;
-  // (left id, right id) -> (rank, merged id)
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
+  // Model: BPE. Its tables are shared with the copies with_special_tokens makes (an extension's
+  // tokenizer), which change neither: an extension costs its own tokens, not a vocabulary.
+  struct Tables {
+    Vocab vocab;
+    std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (left id, right id) -> (rank, merged id)
+  };
+  std::shared_ptr<const Tables> tables = std::make_shared<const Tables>();
   // Byte-level (a ByteLevel pre-tokenizer): the model's symbols are bytes, each spelled by a
   // code point of GPT-2's byte alphabet, so piece bytes map to ids directly. Otherwise the symbols
   // are the characters of the piece.
@@ -821,15 +824,15 @@ struct Tokenizer::Impl {
 
   std::vector<int32_t> model(std::string_view piece) const {
     if (ignore_merges) {  // a piece that is a token is that token
-      auto it = vocab.end();
+      auto it = tables->vocab.end();
       if (byte_level) {
         std::string spelled;
         for (unsigned char b : piece) spelled += byte_alphabet().of_byte[b];
-        it = vocab.find(spelled);
+        it = tables->vocab.find(spelled);
       } else {
-        it = vocab.find(piece);
+        it = tables->vocab.find(piece);
       }
-      if (it != vocab.end()) return {it->second};
+      if (it != tables->vocab.end()) return {it->second};
     }
     return merge(symbols(piece));
   }
@@ -868,8 +871,8 @@ struct Tokenizer::Impl {
         const std::size_t valid = utf8_length(piece, i);
         n = valid == 0 ? 1 : valid;
         const std::string_view unit = piece.substr(i, n);
-        auto it = valid == 0 ? vocab.end() : vocab.find(unit);
-        if (it != vocab.end()) known(it->second);
+        auto it = valid == 0 ? tables->vocab.end() : tables->vocab.find(unit);
+        if (it != tables->vocab.end()) known(it->second);
         else unknown(unit);
       }
     }
@@ -901,8 +904,8 @@ struct Tokenizer::Impl {
       const int32_t next = symbols[static_cast<std::size_t>(pos)].next;
       if (next < 0) return;
       const int32_t l = symbols[static_cast<std::size_t>(pos)].id, r = symbols[static_cast<std::size_t>(next)].id;
-      auto it = merges.find(key(l, r));
-      if (it != merges.end()) heap.push({it->second.first, pos, l, r});
+      auto it = tables->merges.find(key(l, r));
+      if (it != tables->merges.end()) heap.push({it->second.first, pos, l, r});
     };
     for (int32_t i = 0; i < static_cast<int32_t>(symbols.size()); ++i) push(i);
     while (!heap.empty()) {
@@ -912,7 +915,7 @@ struct Tokenizer::Impl {
       if (left.id != c.left || left.next < 0) continue;  // merged away or changed since pushed
       Symbol& right = symbols[static_cast<std::size_t>(left.next)];
       if (right.id != c.right) continue;
-      left.id = merges.at(key(c.left, c.right)).second;
+      left.id = tables->merges.at(key(c.left, c.right)).second;
       left.next = right.next;
       if (right.next >= 0) symbols[static_cast<std::size_t>(right.next)].prev = c.pos;
       right.id = -1;  // gone
@@ -1134,23 +1137,24 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
     }
     return static_cast<int32_t>(id.get<int64_t>());
   };
+  auto tables = std::make_shared<Impl::Tables>();
   for (auto& [token, id] : vocab.items()) {
     const int32_t i = listed_id(id, fmt::format("model.vocab[{}]", json_excerpt(json(token))));
-    s.vocab[token] = i;
+    tables->vocab[token] = i;
     s.set_token(i, token);
   }
   const json& unk = model.value("unk_token", json());
   if (unk.is_string()) {
-    auto it = s.vocab.find(unk.get<std::string>());
-    if (it == s.vocab.end()) fail(ErrorCode::kDataLoss, "model.unk_token", "{} is not in the vocabulary", json_excerpt(unk));
+    auto it = tables->vocab.find(unk.get<std::string>());
+    if (it == tables->vocab.end()) fail(ErrorCode::kDataLoss, "model.unk_token", "{} is not in the vocabulary", json_excerpt(unk));
     s.unk_id = it->second;
   }
   const ByteAlphabet& alphabet = byte_alphabet();
   for (int b = 0; b < 256; ++b) {
-    auto it = s.vocab.find(alphabet.of_byte[b]);
-    s.byte_id[b] = it == s.vocab.end() ? -1 : it->second;
-    it = s.vocab.find(fmt::format("<0x{:02X}>", b));
-    s.fallback_id[b] = it == s.vocab.end() ? -1 : it->second;
+    auto it = tables->vocab.find(alphabet.of_byte[b]);
+    s.byte_id[b] = it == tables->vocab.end() ? -1 : it->second;
+    it = tables->vocab.find(fmt::format("<0x{:02X}>", b));
+    s.fallback_id[b] = it == tables->vocab.end() ? -1 : it->second;
   }
   int32_t rank = 0;
   for (const json& m : model.value("merges", json::array())) {
@@ -1167,12 +1171,13 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
     } else {
       fail(ErrorCode::kDataLoss, "model.merges", "expected \"a b\" or [a, b], got {}", json_excerpt(m));
     }
-    auto l = s.vocab.find(left), r = s.vocab.find(right), merged = s.vocab.find(left + right);
-    if (l == s.vocab.end() || r == s.vocab.end() || merged == s.vocab.end()) {
+    auto l = tables->vocab.find(left), r = tables->vocab.find(right), merged = tables->vocab.find(left + right);
+    if (l == tables->vocab.end() || r == tables->vocab.end() || merged == tables->vocab.end()) {
       fail(ErrorCode::kDataLoss, "model.merges", "merge {} names a token missing from the vocabulary", json_excerpt(m));
     }
-    s.merges.emplace(Impl::key(l->second, r->second), std::make_pair(rank++, merged->second));
+    tables->merges.emplace(Impl::key(l->second, r->second), std::make_pair(rank++, merged->second));
   }
+  s.tables = std::move(tables);
 
   const json& normalizer = root.value("normalizer", json());
   if (!normalizer.is_null()) read_normalizer(normalizer, "normalizer", s.normalizers);
@@ -1306,8 +1311,8 @@ int32_t Tokenizer::vocab_size() const { return impl_->size(); }
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
   auto added = impl_->added_ids.find(std::string(token));
   if (added != impl_->added_ids.end()) return added->second;
-  auto it = impl_->vocab.find(token);
-  if (it == impl_->vocab.end()) return std::nullopt;
+  auto it = impl_->tables->vocab.find(token);
+  if (it == impl_->tables->vocab.end()) return std::nullopt;
   return it->second;
 }
 
