@@ -22,8 +22,10 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
+#include <fmt/format.h>
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/dynamic_message.h>
 
@@ -78,6 +80,8 @@ struct World {
   std::unique_ptr<v1::Generation::Stub> generation;
   std::unique_ptr<v1::Chunked::Stub> chunked;
   fs::path state;
+  // A Unix socket: more executions per second than over loopback TCP.
+  std::string address = "unix:" + (fs::temp_directory_path() / fmt::format("aios-fuzz-wire-{}.sock", getpid())).string();
   std::uint64_t calls = 0;
 
   World() {
@@ -100,7 +104,7 @@ struct World {
     std::error_code error;
     fs::remove_all(state, error);
     aios::server::HostOptions options;
-    options.listen = "127.0.0.1:0";
+    options.listen = address;
     options.max_batch = 8;
     options.max_message_bytes = 16 << 20;
     options.limits.max_bytes = 8 << 20;
@@ -113,8 +117,7 @@ struct World {
     host = std::make_unique<aios::server::Host>(backbone, options);
     grpc::ChannelArguments arguments;
     arguments.SetMaxReceiveMessageSize(64 << 20);
-    channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(host->port()), grpc::InsecureChannelCredentials(),
-                                        arguments);
+    channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), arguments);
     stub = std::make_unique<grpc::GenericStub>(channel);
     generation = v1::Generation::NewStub(channel);
     chunked = v1::Chunked::NewStub(channel);

@@ -32,7 +32,8 @@ struct TenantQuota {
 
 struct HostOptions {
   // host:port to listen on; loopback unless the caller says otherwise. Port 0 = any free port
-  // (Host::port() tells which).
+  // (Host::port() tells which). "unix:PATH" listens on a Unix socket (clients connect to the same
+  // string; Host::port() is then not a TCP port).
   std::string listen = "127.0.0.1:50051";
   WireLimits limits;
   // One gRPC message, received or sent. A larger request comes through Chunked.Call (clients of
