@@ -67,6 +67,10 @@ def environment(leaks, fuzzing=False):
         # the targets that allocate most (the wire, the clients). A finding is caught all the
         # same; replaying its input (`run.py test`, or the target on the file) reports them.
         env["ASAN_OPTIONS"] += ":malloc_context_size=0"
+        # Folders the targets write (manifests) and their sockets (wire, client) in memory: the
+        # manifests target runs three times as fast there as on a disk's file system.
+        if os.access("/dev/shm", os.W_OK):
+            env["TMPDIR"] = "/dev/shm"
     env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
