@@ -1,8 +1,10 @@
 #include "aios/adapters/storage.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <mutex>
 
 #include <fmt/format.h>
@@ -179,13 +181,13 @@ ParsedManifest parse_manifest(const Role& role, const std::string& path) {
     if (m.at("format").get<std::string>() != role.format) {
       fail(ErrorCode::kDataLoss, file.string(), "expected format {}, got {}", role.format, json_excerpt(m.at("format")));
     }
-    if (m.at("version").get<int64_t>() != 1) {
-      fail(ErrorCode::kDataLoss, file.string(), "expected version 1, got {}", json_excerpt(m.at("version")));
-    }
+    json_integer(m.at("version"), file.string() + ": version", 1, 1);
     p.manifest.kind = m.at("kind").get<std::string>();
-    p.manifest.sizes = m.at("sizes").get<AdapterSizes>();
+    for (const auto& [name, size] : m.at("sizes").get<json::object_t>()) {
+      p.manifest.sizes[name] = json_integer(size, file.string() + ": sizes." + name, 0, std::numeric_limits<int32_t>::max());
+    }
     p.weights = m.at("weights").get<std::string>();
-    p.crc = m.at("crc32").get<std::uint32_t>();
+    p.crc = static_cast<std::uint32_t>(json_integer(m.at("crc32"), file.string() + ": crc32", 0, 0xFFFFFFFF));
   } catch (const json::exception& e) {
     fail(ErrorCode::kDataLoss, file.string(), "not a valid {} manifest: {}", role.noun, e.what());
   }
@@ -209,15 +211,9 @@ std::shared_ptr<torch::nn::Module> load_module(const Role& role, const std::stri
     }
     factory = it->second;
   }
-  std::shared_ptr<torch::nn::Module> module;
-  try {
-    module = factory(p.manifest.sizes);
-  } catch (const Error& e) {
-    if (e.code() != ErrorCode::kInvalidArgument) throw;
-    fail(ErrorCode::kDataLoss, (fs::path(path) / role.manifest).string(), "sizes the {} {} cannot take: {}",
-         p.manifest.kind, role.noun, e.what());
-  }
-
+  // The weights first: the module is built from the manifest's sizes, which must not ask for more
+  // than the file can fill (every size is a dimension or a count of the module's parameters, so
+  // none exceeds the number of values the file holds).
   const std::string weights = (fs::path(path) / p.weights).string();
   std::error_code error;
   if (!fs::is_regular_file(weights, error)) fail(ErrorCode::kNotFound, weights, "the weights file the manifest names is missing");
@@ -226,6 +222,22 @@ std::shared_ptr<torch::nn::Module> load_module(const Role& role, const std::stri
     fail(ErrorCode::kDataLoss, weights, "expected CRC-32 {} (from the manifest), got {}: the file is corrupt", p.crc, crc);
   }
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights);
+  int64_t values = 0;
+  for (const io::TensorView& view : file.tensors()) values += view.numel();
+  for (const auto& [name, size] : p.manifest.sizes) {
+    if (size > std::max<int64_t>(values, 1)) {
+      fail(ErrorCode::kDataLoss, (fs::path(path) / role.manifest).string() + ": sizes." + name,
+           "{} is more than the {} values of the weights file", size, values);
+    }
+  }
+  std::shared_ptr<torch::nn::Module> module;
+  try {
+    module = factory(p.manifest.sizes);
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kInvalidArgument) throw;
+    fail(ErrorCode::kDataLoss, (fs::path(path) / role.manifest).string(), "sizes the {} {} cannot take: {}",
+         p.manifest.kind, role.noun, e.what());
+  }
   std::map<std::string, at::Tensor> targets = tensors_of(*module);
   if (file.tensors().size() != targets.size()) {
     fail(ErrorCode::kDataLoss, weights, "expected {} tensors for a {} {}, got {}", targets.size(), p.manifest.kind,

@@ -70,6 +70,19 @@ json parse_json(std::string_view text, const std::string& source, ErrorCode code
   return root;
 }
 
+int64_t json_integer(const json& value, const std::string& field, int64_t min, int64_t max, ErrorCode code) {
+  bool in_range = false;
+  if (value.is_number_unsigned()) {  // (may exceed int64)
+    const std::uint64_t u = value.get<std::uint64_t>();
+    in_range = max >= 0 && u <= static_cast<std::uint64_t>(max) && static_cast<int64_t>(u) >= min;
+  } else if (value.is_number_integer()) {
+    const int64_t i = value.get<int64_t>();
+    in_range = i >= min && i <= max;
+  }
+  if (!in_range) fail(code, field, "expected an integer in [{}, {}], got {}", min, max, json_excerpt(value));
+  return value.get<int64_t>();
+}
+
 std::string json_excerpt(const json& value, std::size_t max_chars) {
   try {
     std::string text = value.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);

@@ -326,6 +326,27 @@ TEST_CASE("encoders save and load bit-exactly, and corrupt files are data loss")
   CHECK(code_of([&] { load_encoder(folder.string()); }, &field) == ErrorCode::kNotFound);
   CHECK(field == "kind");
   CHECK(code_of([&] { load_encoder(temp_folder("absent").string()); }) == ErrorCode::kNotFound);
+
+  // Sizes and checksums that are not integers in range, and sizes that ask for more values than the
+  // weights file holds, are refused before a module is built (a count of 10^8 latents would
+  // allocate gigabytes).
+  const nlohmann::json saved = nlohmann::json::parse(std::ifstream(gist_folder / "encoder.json"));
+  for (const auto& [key, value, named] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
+           {"count", 1e8, "sizes.count"}, {"count", 100000000, "sizes.count"}, {"count", -1, "sizes.count"},
+           {"dim", 3.5, "sizes.dim"}}) {
+    nlohmann::json m = saved;
+    m["sizes"][key] = value;
+    std::ofstream(gist_folder / "encoder.json") << m.dump();
+    CHECK(code_of([&] { load_encoder(gist_folder.string()); }, &field) == ErrorCode::kDataLoss);
+    CHECK(field.ends_with(named));
+  }
+  nlohmann::json m = saved;
+  m["crc32"] = 3.7e37;
+  std::ofstream(gist_folder / "encoder.json") << m.dump();
+  CHECK(code_of([&] { load_encoder(gist_folder.string()); }, &field) == ErrorCode::kDataLoss);
+  CHECK(field.ends_with("crc32"));
+  std::ofstream(gist_folder / "encoder.json") << saved.dump();
+  CHECK(load_encoder(gist_folder.string()));
 }
 
 TEST_CASE("the registry loads encoder kinds that callers register") {

@@ -254,6 +254,23 @@ def test_corrupt_or_missing_encoder_files_raise_clear_errors(tmp_path):
         load_encoder(tmp_path / "absent")
 
 
+def test_manifest_sizes_are_integers_the_weights_can_fill(tmp_path):
+    """Sizes and checksums that are not integers in range, and sizes that ask for more values than the
+    weights file holds, are refused before a module is built (10^8 gist latents would take GiBs)."""
+    folder = tmp_path / "gist"
+    save_encoder(GistLatents(3, 64), folder)
+    manifest = json.loads((folder / "encoder.json").read_text())
+    for key, value in [("count", 1e8), ("count", 100000000), ("count", -1), ("count", True), ("dim", 3.5)]:
+        (folder / "encoder.json").write_text(json.dumps({**manifest, "sizes": {**manifest["sizes"], key: value}}))
+        with pytest.raises(aios.DataLossError, match=f"sizes.{key}"):
+            load_encoder(folder)
+    (folder / "encoder.json").write_text(json.dumps({**manifest, "crc32": 3.7e37}))
+    with pytest.raises(aios.DataLossError, match="crc32"):
+        load_encoder(folder)
+    (folder / "encoder.json").write_text(json.dumps(manifest))
+    assert load_encoder(folder).latents.shape == (3, 64)
+
+
 def test_registry_loads_kinds_callers_register(tmp_path):
     class Scale(torch.nn.Module):
         def __init__(self, n):

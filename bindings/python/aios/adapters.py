@@ -531,7 +531,12 @@ def _parse_manifest(role, path):
             m = json.loads(f.read())
         if m["format"] != role.format or m["version"] != 1:
             raise ValueError(f"format {m['format']!r} version {m['version']!r}")
-        kind, sizes, weights, crc = str(m["kind"]), {str(k): int(v) for k, v in m["sizes"].items()}, m["weights"], int(m["crc32"])
+        kind, sizes, weights, crc = str(m["kind"]), {str(k): v for k, v in m["sizes"].items()}, m["weights"], m["crc32"]
+        # Integers only (as the C++ loader: a float is refused, not rounded), within range.
+        for name, value in [*(("sizes." + k, v) for k, v in sizes.items()), ("crc32", crc)]:
+            bound = 2**32 if name == "crc32" else 2**31
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < bound:
+                raise ValueError(f"{name}: expected an integer in [0, {bound - 1}], got {value!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         _fail(DataLossError, file, f"not a valid {role.noun} manifest: {e}")
     if not isinstance(weights, str) or not weights or "/" in weights or weights.startswith("."):
@@ -558,11 +563,7 @@ def _load(role, path):
     kind, sizes, weights, crc = _parse_manifest(role, path)
     if kind not in role.registry:
         _fail(NotFoundError, "kind", f"no {role.noun} kind named {kind} is registered (register_{role.noun})")
-    try:
-        module = role.registry[kind](sizes)
-    except (InvalidArgumentError, KeyError) as e:
-        _fail(DataLossError, os.path.join(os.fspath(path), role.manifest),
-              f"sizes the {kind} {role.noun} cannot take: {e}")
+    # The weights first: no size may ask for more values than the file holds (as the C++ loader).
     file = os.path.join(os.fspath(path), weights)
     if not os.path.isfile(file):
         _fail(NotFoundError, file, "the weights file the manifest names is missing")
@@ -574,6 +575,16 @@ def _load(role, path):
         tensors = safetensors_load(data)
     except (SafetensorError, ValueError) as e:
         _fail(DataLossError, file, f"not a valid safetensors file: {e}")
+    values = sum(t.numel() for t in tensors.values())
+    for name, size in sizes.items():
+        if size > max(values, 1):
+            _fail(DataLossError, f"{os.path.join(os.fspath(path), role.manifest)}: sizes.{name}",
+                  f"{size} is more than the {values} values of the weights file")
+    try:
+        module = role.registry[kind](sizes)
+    except (InvalidArgumentError, KeyError) as e:
+        _fail(DataLossError, os.path.join(os.fspath(path), role.manifest),
+              f"sizes the {kind} {role.noun} cannot take: {e}")
     state = module.state_dict()
     if set(tensors) != set(state):
         _fail(DataLossError, file, f"expected tensors {sorted(state)}, got {sorted(tensors)}")

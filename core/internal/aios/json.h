@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -31,6 +32,11 @@ nlohmann::json parse_json(std::string_view text, const std::string& source, Erro
 // `value` as JSON text for an error message: at most `max_chars` characters (then "..."), bytes
 // that are not UTF-8 replaced. Never throws.
 std::string json_excerpt(const nlohmann::json& value, std::size_t max_chars = 120);
+
+// `value` as an integer in [`min`, `max`], or Error(`code`, `field`, ...). Only JSON integers:
+// nlohmann's get<int64_t>() of a float converts it, and of 1e300 that is undefined behaviour.
+int64_t json_integer(const nlohmann::json& value, const std::string& field, int64_t min, int64_t max,
+                     ErrorCode code = ErrorCode::kDataLoss);
 
 // Runs `read`, code that takes values out of a parsed document, and turns what nlohmann's typed
 // accessors throw for a value of another type (get<std::string>() of a number, value() of an
