@@ -301,7 +301,14 @@ def test_gguf_tokenizer_errors_name_the_key(tmp_path):
               "bos_token_id"),
              ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.token_type": ([1], A, U32)}, aios.DataLossError,
               "token_type"),
-             ({}, aios.DataLossError, "tokenizer.ggml.model")]
+             ({}, aios.DataLossError, "tokenizer.ggml.model"),
+             # GGUF strings are UTF-8; a SentencePiece token or a merge is taken as written, so
+             # other bytes are refused (found by fuzz_gguf: they escaped as a JSON library error).
+             ({"tokenizer.ggml.model": ("llama", S), "tokenizer.ggml.tokens": (["a", b"\xbd"], A, S),
+               "tokenizer.ggml.scores": ([0.0, 0.0], A, gguf.GGUFValueType.FLOAT32)}, aios.DataLossError,
+              "token 1 is not UTF-8"),
+             ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.merges": (["a b", b"a \xc0\xa1"], A, S)},
+              aios.DataLossError, "merge 1 is not UTF-8")]
     for i, (extra, error, key) in enumerate(cases):
         path = write_gguf(tmp_path / f"t{i}.gguf", "llama", config, {}, extra={**base, **extra})
         with pytest.raises(error, match=key):

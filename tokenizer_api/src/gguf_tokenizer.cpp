@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
+#include "utf8.h"
 
 namespace aios::tokenizer {
 
@@ -58,19 +59,6 @@ bool in_byte_alphabet(std::uint32_t cp) {
   return (cp >= 33 && cp <= 126) || (cp >= 161 && cp <= 172) || (cp >= 174 && cp <= 255) || (cp >= 256 && cp < 324);
 }
 
-void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 std::string byte_spelling(std::uint8_t b) {
   int extra = 0;
   for (int x = 0; x < b; ++x) extra += in_byte_alphabet(static_cast<std::uint32_t>(x)) ? 0 : 1;
@@ -81,19 +69,9 @@ std::string byte_spelling(std::uint8_t b) {
 
 // Whether every code point of `token` (UTF-8) is in the byte alphabet. Malformed UTF-8: false.
 bool spelled_in_byte_alphabet(const std::string& token) {
-  for (std::size_t i = 0; i < token.size();) {
-    const auto c = static_cast<std::uint8_t>(token[i]);
-    std::uint32_t cp;
-    std::size_t n;
-    if (c < 0x80) {
-      cp = c, n = 1;
-    } else if ((c & 0xE0) == 0xC0 && i + 1 < token.size() && (static_cast<std::uint8_t>(token[i + 1]) & 0xC0) == 0x80) {
-      cp = ((c & 0x1Fu) << 6) | (static_cast<std::uint8_t>(token[i + 1]) & 0x3Fu), n = 2;
-    } else {
-      return false;  // three-byte and longer code points are all outside the alphabet
-    }
-    if (!in_byte_alphabet(cp)) return false;
-    i += n;
+  for (std::size_t i = 0, n = 0; i < token.size(); i += n) {
+    std::uint32_t cp = 0;
+    if ((n = utf8_length(token, i, &cp)) == 0 || !in_byte_alphabet(cp)) return false;
   }
   return true;
 }
@@ -192,11 +170,15 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
   };
 
   // Byte-level BPE spells every token in the byte alphabet; a token written otherwise in the file
-  // is respelled byte by byte. SentencePiece tokens are taken as written.
+  // is respelled byte by byte. SentencePiece tokens are taken as written, so they must be UTF-8
+  // (GGUF strings are, and transformers' reader refuses others).
   json vocab = json::object();
   std::unordered_map<std::string, std::int64_t> ids;
   for (std::size_t id = 0; id < tokens.size(); ++id) {
     const std::string& t = tokens[id];
+    if (!byte_level && !valid_utf8(t)) {
+      fail(ErrorCode::kDataLoss, path + ": tokenizer.ggml.tokens", "token {} is not UTF-8", id);
+    }
     std::string spelled;
     if (!byte_level || spelled_in_byte_alphabet(t)) {
       spelled = t;
@@ -208,6 +190,9 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
   }
   json merges;
   if (auto listed = file.strings("tokenizer.ggml.merges")) {
+    for (std::size_t i = 0; i < listed->size(); ++i) {
+      if (!valid_utf8((*listed)[i])) fail(ErrorCode::kDataLoss, path + ": tokenizer.ggml.merges", "merge {} is not UTF-8", i);
+    }
     merges = *listed;
   } else if (byte_level) {
     merges = json::array();

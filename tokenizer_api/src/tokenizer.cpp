@@ -24,6 +24,7 @@
 #include "aios/io/gguf.h"
 #include "aios/io/safetensors.h"
 #include "gguf_tokenizer.h"
+#include "utf8.h"
 
 namespace aios::tokenizer {
 
@@ -38,70 +39,6 @@ constexpr const char* kByteLevelPattern =
 
 // The reference caches the pieces of fewer bytes than this; longer ones are rare and large.
 constexpr std::size_t kCachedPieceBytes = 256;
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
-// Length of the valid UTF-8 sequence at s[i], or 0 when the bytes there are not one; its code
-// point goes to *code_point when given.
-std::size_t utf8_length(std::string_view s, std::size_t i, uint32_t* code_point = nullptr) {
-  const auto b = static_cast<unsigned char>(s[i]);
-  std::size_t n = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-  if (n == 0 || i + n > s.size()) return 0;
-  uint32_t cp = n == 1 ? b : n == 2 ? (b & 0x1F) : n == 3 ? (b & 0x0F) : (b & 0x07);
-  for (std::size_t k = 1; k < n; ++k) {
-    const auto c = static_cast<unsigned char>(s[i + k]);
-    if ((c >> 6) != 2) return 0;
-    cp = (cp << 6) | (c & 0x3F);
-  }
-  const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  if (code_point != nullptr) *code_point = cp;
-  return n;
-}
-
-// Calls f(valid, text) for each maximal run of valid UTF-8 (valid) or of other bytes, in order.
-template <typename F>
-void for_each_run(std::string_view s, F&& f) {
-  std::size_t run = 0, i = 0;
-  bool valid = true;
-  while (i < s.size()) {
-    const std::size_t n = utf8_length(s, i);
-    if ((n != 0) != valid) {
-      if (i > run) f(valid, s.substr(run, i - run));
-      run = i;
-      valid = n != 0;
-    }
-    i += n == 0 ? 1 : n;
-  }
-  if (i > run) f(valid, s.substr(run, i - run));
-}
-
-// Replaces bytes that do not form valid UTF-8 with U+FFFD, as a lossy conversion does.
-std::string lossy_utf8(std::string_view bytes) {
-  std::string out;
-  out.reserve(bytes.size());
-  for_each_run(bytes, [&](bool valid, std::string_view run) {
-    if (valid) out.append(run);
-    else for (std::size_t k = 0; k < run.size(); ++k) out += "\xEF\xBF\xBD";
-  });
-  return out;
-}
 
 // Unicode White_Space, as Rust's char::is_whitespace and the reference's `\s` test it.
 bool is_white_space(uint32_t cp) { return u_isUWhiteSpace(static_cast<UChar32>(cp)) != 0; }
