@@ -593,7 +593,7 @@ PYBIND11_MODULE(_aios, m) {
           py::arg("recompute") = false, py::arg("extension") = nullptr, py::arg("ids") = py::none(),
           py::call_guard<py::gil_scoped_release>(),
           "Fused loss and d latents in one call. Cross-entropy: targets [B,T] (the id position t predicts, no "
-          "shift), weights [B,T] (0 = ignored). Distillation: teacher_logits or teacher_probs [B,T,V], or "
+          "shift; -100 = ignored, as in torch's cross_entropy), weights [B,T] (0 = ignored). Distillation: teacher_logits or teacher_probs [B,T,V], or "
           "teacher_latents [B,T',D] (+ teacher_positions/teacher_mask) with teacher_index [B,T] (-1 = none). "
           "With an extension, targets and teacher distributions span V+K ids and the result also holds "
           "grad_classifier_rows and (given ids [B,T]) grad_embedding_rows [K,D]. "
@@ -628,8 +628,19 @@ PYBIND11_MODULE(_aios, m) {
           "result goes in routes=[(start, end, decoder)] of this backbone's generations, which run it on the host.");
   m.def(
       "connect",
-      [](const std::string& address, const std::string& api_key, double timeout, bool tls,
-         const py::object& root_certificates) {
+      [](const py::object& host, const std::string& api_key, double timeout, bool tls, py::object root_certificates) {
+        // A HostProcess (aios.serve) stands for its address and, when it serves TLS, its certificate.
+        std::string address;
+        if (py::isinstance<py::str>(host)) {
+          address = host.cast<std::string>();
+        } else if (py::hasattr(host, "address") && py::isinstance<py::str>(host.attr("address"))) {
+          address = host.attr("address").cast<std::string>();
+          const py::object certificate = py::getattr(host, "certificate", py::none());
+          if (root_certificates.is_none() && !certificate.is_none()) root_certificates = certificate;
+        } else {
+          aios::fail(aios::ErrorCode::kInvalidArgument, "address", "expected \"host:port\" or a HostProcess, got {}",
+                     py::str(py::type::of(host).attr("__name__")).cast<std::string>());
+        }
         if (!(timeout > 0) || timeout > 1e7) {
           aios::fail(aios::ErrorCode::kInvalidArgument, "timeout", "expected seconds in (0, 1e7], got {}", timeout);
         }
@@ -645,9 +656,11 @@ PYBIND11_MODULE(_aios, m) {
       },
       py::arg("address"), py::kw_only(), py::arg("api_key") = "", py::arg("timeout") = 300.0, py::arg("tls") = false,
       py::arg("root_certificates") = py::none(),
-      "A backbone hosted at host:port by `aios serve`, used like Backbone.load(...)'s: Latent, Gradient and "
+      "A backbone hosted at address (\"host:port\", or the HostProcess that aios.serve returned) by "
+      "`aios serve`, used like Backbone.load(...)'s: Latent, Gradient and "
       "Tokenizer APIs, extensions (trained here, their rows sent with the next call after an update) and "
       "generation on the host (routes to decoders registered with register_decoder; no sessions). api_key: for "
       "a host started with --keys. timeout: seconds per call. tls: the host serves TLS; root_certificates: a PEM "
-      "file of the certificates to trust (implies tls; default: the system's).");
+      "file of the certificates to trust (implies tls; default: the system's, or the certificate of a HostProcess "
+      "started with tls).");
 }

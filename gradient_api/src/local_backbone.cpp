@@ -368,6 +368,11 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const For
     weights = ce->weights.defined() ? checked_weights(ce->weights, "weights", B, T, device)
                                     : at::ones({N}, at::TensorOptions().dtype(at::kFloat).device(device));
     const at::Tensor targets = ce->targets.to(device, at::kLong).flatten();
+    weights = weights * targets.ne(kIgnoredTarget);
+    if (weights.sum().item<double>() <= 0) {
+      fail(ErrorCode::kInvalidArgument, "targets", "expected a token to score, got every target {} or weighted 0",
+           kIgnoredTarget);
+    }
     const at::Tensor counted = targets.masked_select(weights.gt(0));
     if (counted.numel() > 0 && (counted.min().item<int64_t>() < 0 || counted.max().item<int64_t>() >= V)) {
       fail(ErrorCode::kInvalidArgument, "targets", "expected ids in [0, {}) wherever the weight is > 0, got values in [{}, {}]",

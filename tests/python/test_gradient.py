@@ -108,6 +108,29 @@ def test_fused_losses_match_transformers(checkpoint, backbones, mask_kind):
     assert rel_err(got.grad_latents, want_kl) <= REL
 
 
+def test_cross_entropy_ignores_targets_of_minus_100_as_torch_does(backbones):
+    backbone = backbones["llama_gqa"]
+    torch.manual_seed(9)
+    latents = backbone.embed(torch.randint(0, VOCAB, (2, 8)))
+    targets = torch.randint(0, VOCAB, (2, 8))
+    targets[0, :3] = -100
+    targets[1, 5:] = -100
+    logits = backbone.classify(backbone.forward(latents).hidden)
+    want = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))  # ignore_index=-100
+    got = backbone.forward_backward(latents, targets=targets)
+    assert got.loss.item() == pytest.approx(want.item(), rel=1e-5)
+    weights = torch.rand(2, 8)
+    weighted = backbone.forward_backward(latents, targets=targets, weights=weights)
+    kept = targets.ne(-100)
+    same = backbone.forward_backward(latents, targets=targets.where(kept, 0), weights=weights * kept)
+    assert weighted.loss.item() == pytest.approx(same.loss.item(), rel=1e-6)
+    assert torch.equal(weighted.grad_latents, same.grad_latents)
+    with pytest.raises(aios.InvalidArgumentError, match="targets"):
+        backbone.forward_backward(latents, targets=torch.full((2, 8), -100))
+    with pytest.raises(aios.InvalidArgumentError, match="targets"):  # other negatives are still refused
+        backbone.forward_backward(latents, targets=targets.where(kept, -1))
+
+
 def test_fused_agrees_with_handle_form_and_unchunked_reference(backbones):
     backbone = backbones["llama_gqa"]
     torch.manual_seed(7)

@@ -15,7 +15,7 @@ import aios
 def pair(checkpoints):
     path = checkpoints["llama_gqa"].path
     with aios.serve(path) as host:
-        yield aios.Backbone.load(path), aios.connect(host.address, timeout=60)
+        yield aios.Backbone.load(path), aios.connect(host, timeout=60)
 
 
 def test_both_are_backbones_with_the_same_description(pair):
@@ -48,6 +48,7 @@ def test_latent_and_gradient_calls_agree(pair):
         remote.vjp(kept.handle, grad_hidden=g)
 
     targets = torch.randint(0, V, (2, 7))
+    targets[1, :2] = -100  # the padding, as transformers' labels mark it
     a = remote.forward_backward(latents, targets=targets, mask=mask)
     b = local.forward_backward(latents, targets=targets, mask=mask)
     assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-6)
@@ -88,6 +89,8 @@ def test_the_hosts_errors_arrive_as_the_same_exceptions(pair):
         remote.new_session()
     with pytest.raises(aios.UnavailableError):
         aios.connect("127.0.0.1:1", timeout=0.3)
+    with pytest.raises(aios.InvalidArgumentError, match="address"):
+        aios.connect(50051)
 
 
 def test_a_host_with_keys_needs_one(checkpoints, tmp_path):

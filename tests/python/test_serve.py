@@ -50,7 +50,7 @@ def test_tls_keys_and_quotas_from_the_key_file(checkpoints, tmp_path):
     keys.write_text("alice secret-a max_tokens=8\nbob secret-b\n")
     with aios.serve(checkpoints["llama_gqa"].path, keys=keys, tls=(cert, key)) as host:
         alice = aios.connect(host.address, api_key="secret-a", root_certificates=cert, timeout=30)
-        bob = aios.connect(host.address, api_key="secret-b", root_certificates=cert, timeout=30)
+        bob = aios.connect(host, api_key="secret-b", timeout=30)  # the HostProcess: its address and certificate
         D = alice.config.hidden_size
         assert alice.forward(torch.randn(1, 8, D)).hidden.shape == (1, 8, D)
         with pytest.raises(aios.ResourceExhaustedError) as info:

@@ -30,8 +30,10 @@ class HostProcess:
             command += ["--keys", os.fspath(keys)]
         if state is not None:
             command += ["--state", os.fspath(state)]
+        self.certificate = None  # the PEM file of the certificate it serves TLS with
         if tls is not None:
             certificate, private_key = tls
+            self.certificate = os.fspath(certificate)
             command += ["--tls-cert", os.fspath(certificate), "--tls-key", os.fspath(private_key)]
         if replica is not None:
             command += ["--replica", str(int(replica))]

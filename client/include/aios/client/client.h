@@ -99,7 +99,7 @@ struct Cotangents {
 
 // Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].
 struct CrossEntropy {
-  IdTensor<2> targets;  // int64 [B,T]: the id position t must predict (no shift), in [0,V) where weighted
+  IdTensor<2> targets;  // int64 [B,T]: the id position t must predict (no shift), in [0,V) where weighted; -100 = ignored
   std::optional<FloatTensor<2>> weights;  // [B,T] >= 0, 0 = ignored; absent = all ones
 };
 

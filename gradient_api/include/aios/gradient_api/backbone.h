@@ -49,10 +49,16 @@ struct KeptForward {
   std::vector<Handle> dropped;
 };
 
+// The target that marks a token as not scored, as torch.nn.CrossEntropyLoss's ignore_index and
+// transformers' labels use it.
+inline constexpr int64_t kIgnoredTarget = -100;
+
 // Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].
-// targets[b,t] is the id position t must predict (no implicit shift).
+// targets[b,t] is the id position t must predict (no implicit shift). A token whose target is
+// kIgnoredTarget has weight 0; at least one token must be scored.
 struct CrossEntropy {
-  // int64/int32 [B,T]; in [0,V) (or [0,V+K)) wherever the weight is > 0 (anything, e.g. -100, elsewhere)
+  // int64/int32 [B,T]; in [0,V) (or [0,V+K)) wherever the weight is > 0 and the target is not
+  // kIgnoredTarget (anything where the weight is 0)
   at::Tensor targets;
   at::Tensor weights;  // float [B,T], >= 0; weight 0 = ignored. Undefined = all ones.
 };
