@@ -58,7 +58,7 @@ Tokenizer tiny() {
 
 // Llama 2 legacy layout: "\u2581" for spaces by the normalizer, <0x00>..<0xFF> for what no token
 // spells, "<s>" before each sequence.
-Tokenizer tiny_llama() {
+json tiny_llama_json() {
   json vocab = {{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}, {"\u2581", 3}, {"h", 4}, {"i", 5}, {"hi", 6}, {"\u2581hi", 7}};
   for (int b = 0; b < 256; ++b) vocab[fmt_byte(b)] = 8 + b;
   const json config = {
@@ -85,8 +85,10 @@ Tokenizer tiny_llama() {
           {{"type", "ByteFallback"}},
           {{"type", "Fuse"}},
           {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}}};
-  return Tokenizer::from_json(config.dump());
+  return config;
 }
+
+Tokenizer tiny_llama() { return Tokenizer::from_json(tiny_llama_json().dump()); }
 
 }  // namespace
 
@@ -165,4 +167,25 @@ TEST_CASE("unsupported tokenizer files are invalid_argument naming the part", "[
     CHECK(e.field() == "model.type");
   }
   CHECK_THROWS_AS(Tokenizer::from_json("not json"), aios::Error);
+}
+
+TEST_CASE("counts and ids in a tokenizer file are integers in range, or kDataLoss naming the field", "[tokenizer]") {
+  // fuzz_tokenizer_json: a Strip decoder's "stop": 3.4e+38 was converted to size_t (undefined behaviour).
+  for (const json& stop : {json(3.4e38), json(1.5), json(-1), json("2")}) {
+    json config = tiny_llama_json();
+    config["decoder"]["decoders"][3]["stop"] = stop;
+    try {
+      Tokenizer::from_json(config.dump());
+      FAIL("accepted stop " << stop.dump());
+    } catch (const aios::Error& e) {
+      CHECK(e.code() == aios::ErrorCode::kDataLoss);
+      CHECK(e.field() == "decoder.decoders[3].stop");
+    }
+  }
+  json config = tiny_llama_json();
+  config["model"]["vocab"]["hi"] = 6.0;
+  CHECK_THROWS_AS(Tokenizer::from_json(config.dump()), aios::Error);
+  config = tiny_llama_json();
+  config["post_processor"]["special_tokens"]["<s>"]["ids"] = {1e300};
+  CHECK_THROWS_AS(Tokenizer::from_json(config.dump()), aios::Error);
 }

@@ -1015,8 +1015,14 @@ void read_decoder(const json& p, const std::string& field, std::vector<DecodeSte
   } else if (type == "Strip") {
     d.kind = K::kStrip;
     d.content = read_char(p, "content", field);
-    d.start = p.value("start", std::size_t{0});
-    d.stop = p.value("stop", std::size_t{0});
+    // Characters to strip: the reference reads them as usize, so floats and negatives are refused.
+    auto count = [&](const char* name) {
+      const auto it = p.find(name);
+      return it == p.end() ? std::size_t{0}
+                           : static_cast<std::size_t>(json_integer(*it, field + "." + name, 0, INT64_MAX));
+    };
+    d.start = count("start");
+    d.stop = count("stop");
   } else if (type == "Metaspace") {
     d.kind = K::kMetaspace;
     d.content = read_char(p, "replacement", field);
@@ -1068,11 +1074,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
   // lists (plus some slack), which keeps memory proportional to the file.
   const int64_t id_bound = std::min<int64_t>(int64_t{1} << 30, 2 * static_cast<int64_t>(vocab.size() + added_tokens.size()) + 65536);
   auto listed_id = [&](const json& id, const std::string& field) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= id_bound) {
-      fail(ErrorCode::kDataLoss, field, "expected an id in [0, {}) (the file lists {} tokens), got {}", id_bound,
-           vocab.size() + added_tokens.size(), json_excerpt(id));
-    }
-    return static_cast<int32_t>(id.get<int64_t>());
+    return static_cast<int32_t>(json_integer(id, field, 0, id_bound - 1));
   };
   auto tables = std::make_shared<Impl::Tables>();
   for (auto& [token, id] : vocab.items()) {
@@ -1162,11 +1164,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
           const json& ids = member(member(member(p, "special_tokens"), name), "ids");
           if (!ids.is_array()) fail(ErrorCode::kDataLoss, "post_processor.special_tokens", "no ids for {}", json_excerpt(json(name)));
           for (const json& id : ids) {
-            if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= s.size()) {
-              fail(ErrorCode::kDataLoss, "post_processor.special_tokens", "expected ids in [0, {}), got {}", s.size(),
-                   json_excerpt(id));
-            }
-            const auto value = static_cast<int32_t>(id.get<int64_t>());
+            const auto value = static_cast<int32_t>(json_integer(id, "post_processor.special_tokens", 0, static_cast<int64_t>(s.size()) - 1));
             s.check_id(value, "post_processor.special_tokens");  // an id no token has
             (after ? s.suffix_ids : s.prefix_ids).push_back(value);
           }
