@@ -11,7 +11,7 @@
     fused = backbone.forward_backward(latents, targets=targets)       # .loss, .losses, .grad_latents
 
     # The same calls on a backbone hosted by `aios serve` (Latent and Gradient APIs):
-    remote = aios.connect("127.0.0.1:50051")    # or: with aios.serve(path) as host: aios.connect(host.address)
+    remote = aios.connect("127.0.0.1:50051")    # or: with aios.serve(path) as host: aios.connect(host)
 
     # New tokens with their own trainable rows; the base tables stay frozen:
     ext = backbone.extend(["<sox>", "<eox>"])                         # ids V, V+1
