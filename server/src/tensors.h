@@ -1,4 +1,4 @@
-// Tensor messages <-> at::Tensor (internal to aios_server).
+// Tensor messages <-> at::Tensor (internal: aios_wire_torch, for the host and RemoteBackbone).
 #pragma once
 
 #include <string>

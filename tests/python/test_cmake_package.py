@@ -26,6 +26,14 @@ def test_installed_package_builds_and_runs_an_application(tmp_path, default_mode
     result = subprocess.run([str(tmp_path / "consumer"), str(default_model)], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "logits [1, 3, 49152]"
+    # The hosted form links RemoteBackbone's library, not the host's, and answers the same.
+    link = subprocess.run([str(VENV / "bin" / "ninja"), "-C", str(tmp_path), "-t", "commands", "remote_consumer"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+    assert "libaios_remote.a" in link and "libaios_server.a" not in link, link
+    with aios.serve(default_model) as host:
+        hosted = subprocess.run([str(tmp_path / "remote_consumer"), host.address], capture_output=True, text=True,
+                                check=True)
+    assert hosted.stdout == result.stdout
 
 
 def test_the_cpp_training_example_builds_against_the_package_and_its_loss_falls(tmp_path, default_model):
