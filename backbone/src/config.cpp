@@ -1,6 +1,9 @@
 #include "aios/backbone/config.h"
 
 #include <cmath>
+#include <ranges>
+
+#include <fmt/ranges.h>
 
 #include <nlohmann/json.hpp>
 
@@ -243,8 +246,8 @@ ModelConfig parse_config(const json& root) {
       if (model_type == known.model_type) architecture = known.architecture;
     }
     if (architecture.empty()) {
-      fail(ErrorCode::kInvalidArgument, "config.model_type", "expected one of llama, qwen2, mistral, gpt2, got \"{}\"",
-           model_type);
+      fail(ErrorCode::kInvalidArgument, "config.model_type", "expected one of {}, got \"{}\"",
+           fmt::join(std::views::transform(kArchitectures, &KnownArchitecture::model_type), ", "), model_type);
     }
   }
   const KnownArchitecture* known = nullptr;
@@ -252,9 +255,8 @@ ModelConfig parse_config(const json& root) {
     if (architecture == k.architecture) known = &k;
   }
   if (known == nullptr) {
-    fail(ErrorCode::kInvalidArgument, "config.architectures",
-         "expected one of LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, GPT2LMHeadModel, got \"{}\"",
-         architecture);
+    fail(ErrorCode::kInvalidArgument, "config.architectures", "expected one of {}, got \"{}\"",
+         fmt::join(std::views::transform(kArchitectures, &KnownArchitecture::architecture), ", "), architecture);
   }
 
   ModelConfig c;

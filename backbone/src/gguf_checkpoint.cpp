@@ -2,7 +2,9 @@
 // tensor names (`blk.N.attn_q.weight`, ...) against their Hugging Face counterparts.
 #include "gguf_checkpoint.h"
 
-#include <fmt/format.h>
+#include <ranges>
+
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
@@ -28,7 +30,8 @@ const Architecture& architecture_of(const io::GgufFile& file) {
   for (const Architecture& a : kArchitectures) {
     if (*name == a.gguf) return a;
   }
-  fail(ErrorCode::kInvalidArgument, file.path() + ": general.architecture", "expected llama or qwen2, got \"{}\"", *name);
+  fail(ErrorCode::kInvalidArgument, file.path() + ": general.architecture", "expected one of {}, got \"{}\"",
+       fmt::join(std::views::transform(kArchitectures, &Architecture::gguf), ", "), *name);
 }
 
 // config.json keys and the GGUF keys (after "<arch>.") they come from.

@@ -20,22 +20,6 @@ void append_utf8(std::string& out, uint32_t cp) {
   }
 }
 
-std::size_t utf8_length(std::string_view s, std::size_t i, uint32_t* code_point) {
-  const auto b = static_cast<unsigned char>(s[i]);
-  std::size_t n = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-  if (n == 0 || i + n > s.size()) return 0;
-  uint32_t cp = n == 1 ? b : n == 2 ? (b & 0x1F) : n == 3 ? (b & 0x0F) : (b & 0x07);
-  for (std::size_t k = 1; k < n; ++k) {
-    const auto c = static_cast<unsigned char>(s[i + k]);
-    if ((c >> 6) != 2) return 0;
-    cp = (cp << 6) | (c & 0x3F);
-  }
-  const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  if (code_point != nullptr) *code_point = cp;
-  return n;
-}
-
 bool valid_utf8(std::string_view s) {
   for (std::size_t i = 0, n = 0; i < s.size(); i += n) {
     if ((n = utf8_length(s, i)) == 0) return false;
