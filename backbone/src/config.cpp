@@ -1,7 +1,7 @@
 #include "aios/backbone/config.h"
 
 #include <cmath>
-#include <ranges>
+#include <vector>
 
 #include <fmt/ranges.h>
 
@@ -246,8 +246,10 @@ ModelConfig parse_config(const json& root) {
       if (model_type == known.model_type) architecture = known.architecture;
     }
     if (architecture.empty()) {
-      fail(ErrorCode::kInvalidArgument, "config.model_type", "expected one of {}, got \"{}\"",
-           fmt::join(std::views::transform(kArchitectures, &KnownArchitecture::model_type), ", "), model_type);
+      std::vector<const char*> names;
+      for (const auto& k : kArchitectures) names.push_back(k.model_type);
+      fail(ErrorCode::kInvalidArgument, "config.model_type", "expected one of {}, got \"{}\"", fmt::join(names, ", "),
+           model_type);
     }
   }
   const KnownArchitecture* known = nullptr;
@@ -255,8 +257,10 @@ ModelConfig parse_config(const json& root) {
     if (architecture == k.architecture) known = &k;
   }
   if (known == nullptr) {
-    fail(ErrorCode::kInvalidArgument, "config.architectures", "expected one of {}, got \"{}\"",
-         fmt::join(std::views::transform(kArchitectures, &KnownArchitecture::architecture), ", "), architecture);
+    std::vector<const char*> names;
+    for (const auto& k : kArchitectures) names.push_back(k.architecture);
+    fail(ErrorCode::kInvalidArgument, "config.architectures", "expected one of {}, got \"{}\"", fmt::join(names, ", "),
+         architecture);
   }
 
   ModelConfig c;

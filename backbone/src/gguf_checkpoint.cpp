@@ -2,7 +2,7 @@
 // tensor names (`blk.N.attn_q.weight`, ...) against their Hugging Face counterparts.
 #include "gguf_checkpoint.h"
 
-#include <ranges>
+#include <vector>
 
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
@@ -30,8 +30,10 @@ const Architecture& architecture_of(const io::GgufFile& file) {
   for (const Architecture& a : kArchitectures) {
     if (*name == a.gguf) return a;
   }
+  std::vector<const char*> names;
+  for (const Architecture& a : kArchitectures) names.push_back(a.gguf);
   fail(ErrorCode::kInvalidArgument, file.path() + ": general.architecture", "expected one of {}, got \"{}\"",
-       fmt::join(std::views::transform(kArchitectures, &Architecture::gguf), ", "), *name);
+       fmt::join(names, ", "), *name);
 }
 
 // config.json keys and the GGUF keys (after "<arch>.") they come from.
