@@ -208,7 +208,11 @@ class LocalGeneration final : public Generation {
   at::Tensor pick(const at::Tensor& logits) {  // float32 [B,V'] on CPU -> int64 [B]
     const SamplingOptions& s = options_.sampling;
     if (s.temperature == 0.0) return logits.argmax(-1);
-    const at::Tensor probs = filtered(logits / s.temperature, s).softmax(-1);
+    // In float64 and shifted by the maximum first: any positive temperature (down to the smallest
+    // double) then gives finite scaled logits, where logits / T in float32 overflows, or divides by
+    // a temperature that rounds to 0, into NaN probabilities.
+    const at::Tensor scaled = (logits.to(at::kDouble) - logits.amax(-1, true).to(at::kDouble)) / s.temperature;
+    const at::Tensor probs = filtered(scaled, s).softmax(-1);
     return at::multinomial(probs, 1, /*replacement=*/false, generator_).squeeze(1);
   }
 

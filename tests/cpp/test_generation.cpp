@@ -1,5 +1,6 @@
 // Generation from C++: streamed steps through a callback, the cache against full recomputation,
 // a session that continues, and routed generation (decoders between start and end tokens).
+#include <limits>
 #include <map>
 
 #include "aios/ali/local_backbone.h"
@@ -65,6 +66,14 @@ TEST_CASE("generation streams the tokens a full recomputation gives") {
     CHECK(at::equal(a.ids, b.ids));
     const auto stopped = backbone->generate(backbone->embed(ids), sampled, [](const GenerationStep& s) { return s.index < 2; });
     CHECK(stopped.ids.size(1) == 3);
+
+    // A temperature near zero samples the greedy tokens (logits / T alone would overflow to NaN).
+    for (double tiny : {1e-30, std::numeric_limits<double>::denorm_min()}) {
+      sampled.sampling.temperature = tiny;
+      const auto cold = backbone->generate(backbone->embed(ids), sampled);
+      CHECK(std::vector<int64_t>(cold.ids.data_ptr<int64_t>(), cold.ids.data_ptr<int64_t>() + 8) ==
+            without_cache(*backbone, ids, 8));
+    }
   }
 }
 
