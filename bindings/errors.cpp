@@ -1,5 +1,5 @@
 // aios.Error (and LibTorch's out-of-memory error) raised in Python as the aios.errors class of its
-// code.
+// code; error_codes(), the table aios.errors makes those classes from.
 #include "bindings.h"
 
 #include <string>
@@ -25,7 +25,14 @@ void raise_python_error(const aios::Error& e) {
 }  // namespace
 
 // The translator is the process's, not the module's.
-void bind_errors(py::module_& /*m*/) {
+void bind_errors(py::module_& m) {
+  m.def("error_codes", [] {
+    py::list out;
+    for (const ErrorCodeInfo& info : kErrorCodes) {
+      out.append(py::make_tuple(static_cast<int>(info.code), std::string(info.name), std::string(info.meaning)));
+    }
+    return out;
+  }, "aios's error codes, each (number, name, meaning): the table of aios/error.h");
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);

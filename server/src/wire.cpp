@@ -79,21 +79,16 @@ Error to_error(const grpc::Status& status, const grpc::ClientContext& context) {
   std::string field;
   const auto& trailing = context.GetServerTrailingMetadata();
   if (auto it = trailing.find(kFieldMetadata); it != trailing.end()) field.assign(it->second.data(), it->second.size());
-  switch (status.error_code()) {
-    case grpc::StatusCode::INVALID_ARGUMENT: return Error(ErrorCode::kInvalidArgument, field, status.error_message());
-    case grpc::StatusCode::NOT_FOUND: return Error(ErrorCode::kNotFound, field, status.error_message());
-    case grpc::StatusCode::ALREADY_EXISTS: return Error(ErrorCode::kAlreadyExists, field, status.error_message());
-    case grpc::StatusCode::PERMISSION_DENIED:
+  switch (status.error_code()) {  // the codes of gRPC that aios does not use itself
     case grpc::StatusCode::UNAUTHENTICATED: return Error(ErrorCode::kPermissionDenied, field, status.error_message());
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return Error(ErrorCode::kResourceExhausted, field, status.error_message());
-    case grpc::StatusCode::FAILED_PRECONDITION: return Error(ErrorCode::kFailedPrecondition, field, status.error_message());
-    case grpc::StatusCode::UNIMPLEMENTED: return Error(ErrorCode::kUnimplemented, field, status.error_message());
-    case grpc::StatusCode::DATA_LOSS: return Error(ErrorCode::kDataLoss, field, status.error_message());
     case grpc::StatusCode::DEADLINE_EXCEEDED: return Error(ErrorCode::kUnavailable, "deadline", status.error_message());
-    case grpc::StatusCode::UNAVAILABLE:
     case grpc::StatusCode::CANCELLED: return Error(ErrorCode::kUnavailable, field, status.error_message());
-    default: return Error(ErrorCode::kInternal, field, status.error_message());
+    default: break;
   }
+  for (const ErrorCodeInfo& info : kErrorCodes) {  // the others are aios's, by number
+    if (static_cast<int>(info.code) == status.error_code()) return Error(info.code, field, status.error_message());
+  }
+  return Error(ErrorCode::kInternal, field, status.error_message());
 }
 
 std::shared_ptr<grpc::Channel> open_channel(const std::string& address, int64_t max_message_bytes, bool tls,

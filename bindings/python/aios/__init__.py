@@ -25,9 +25,8 @@ from . import adapters, text  # noqa: F401  (aios.adapters: encoders, decoders a
 from .host import HostProcess, serve  # `aios serve` as a child process
 from ._aios import (Backbone, Config, Extension, ForwardOutput, FusedResult, Generation, GenerationResult,
                     GenerationStep, Gradients, LocalBackbone, RemoteBackbone, Session, Tokenizer, connect, gist_mask)
-from .errors import (AlreadyExistsError, DataLossError, Error, FailedPreconditionError, InternalError,
-                     InvalidArgumentError, NotFoundError, PermissionDeniedError, ResourceExhaustedError,
-                     UnavailableError, UnimplementedError)
+from . import errors as _errors
+from .errors import *  # noqa: F401,F403  (Error and one class per error code: InvalidArgumentError, ...)
 from ._aios import Decoder, DecoderStep  # routed generation: generate/stream(routes=[(start, end, decoder)])
 
 # Text in and out, as methods: backbone.generate_text(...), backbone.stream_text(...).
@@ -41,8 +40,6 @@ __all__ = [
     "Backbone", "LocalBackbone", "RemoteBackbone", "connect", "serve", "HostProcess",
     "Config", "Extension", "ForwardOutput", "FusedResult", "Generation", "GenerationResult",
     "GenerationStep", "Gradients", "Session", "Tokenizer", "gist_mask",
-    "Error", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
-    "FailedPreconditionError",
-    "ResourceExhaustedError", "InternalError", "UnavailableError", "DataLossError", "UnimplementedError",
 ]
+__all__ += [name for name in _errors.__all__ if name != "class_for_code"]
 __all__ += ["Decoder", "DecoderStep"]

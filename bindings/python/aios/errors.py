@@ -2,7 +2,10 @@
 
 Every class derives from :class:`aios.Error` and carries ``code`` (the gRPC status number),
 ``code_name`` and ``field`` (what the error is about, e.g. ``"latents"`` or ``"config.head_dim"``).
+The classes are made from the C++ table of codes (``kErrorCodes`` in ``aios/error.h``): the code
+``invalid_argument`` is ``InvalidArgumentError``, and so on.
 """
+from ._aios import error_codes as _error_codes
 
 
 class Error(RuntimeError):
@@ -11,49 +14,19 @@ class Error(RuntimeError):
     field = ""
 
 
-class InvalidArgumentError(Error, ValueError):
-    code, code_name = 3, "invalid_argument"
+# The Python exceptions a code is also an instance of, so that `except ValueError` catches it.
+_ALSO = {"invalid_argument": ValueError, "not_found": LookupError, "permission_denied": PermissionError,
+         "unimplemented": NotImplementedError}
 
+_BY_CODE = {}
+for _number, _name, _meaning in _error_codes():
+    _class_name = "".join(word.capitalize() for word in _name.split("_")) + "Error"
+    _BY_CODE[_number] = globals()[_class_name] = type(
+        _class_name, (Error,) + ((_ALSO[_name],) if _name in _ALSO else ()),
+        {"code": _number, "code_name": _name, "__doc__": f"{_meaning[0].upper()}{_meaning[1:]}.",
+         "__module__": __name__})
 
-class NotFoundError(Error, LookupError):
-    code, code_name = 5, "not_found"
-
-
-class AlreadyExistsError(Error):
-    code, code_name = 6, "already_exists"
-
-
-class PermissionDeniedError(Error, PermissionError):
-    code, code_name = 7, "permission_denied"
-
-
-class ResourceExhaustedError(Error):
-    code, code_name = 8, "resource_exhausted"
-
-
-class FailedPreconditionError(Error):
-    code, code_name = 9, "failed_precondition"
-
-
-class UnimplementedError(Error, NotImplementedError):
-    code, code_name = 12, "unimplemented"
-
-
-class InternalError(Error):
-    code, code_name = 13, "internal"
-
-
-class UnavailableError(Error):
-    code, code_name = 14, "unavailable"
-
-
-class DataLossError(Error):
-    code, code_name = 15, "data_loss"
-
-
-_BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, NotFoundError, AlreadyExistsError, PermissionDeniedError,
-                                      ResourceExhaustedError, FailedPreconditionError, UnimplementedError, InternalError,
-                                      UnavailableError, DataLossError)}
+__all__ = ["Error", "class_for_code"] + [cls.__name__ for cls in _BY_CODE.values()]
 
 
 def class_for_code(code: int) -> type:

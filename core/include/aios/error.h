@@ -12,19 +12,41 @@
 namespace aios {
 
 enum class ErrorCode : int {
-  kInvalidArgument = 3,    // the caller passed something malformed (shape, dtype, range, config value)
-  kNotFound = 5,           // a file, tensor or handle that does not exist
-  kAlreadyExists = 6,      // something the caller would create exists already (a token, a name)
-  kPermissionDenied = 7,   // the caller may not use this object
-  kResourceExhausted = 8,  // a size or quota limit was exceeded
-  kFailedPrecondition = 9,  // well-formed, but made for another state (an extension of another base model)
-  kUnimplemented = 12,     // a call this backbone does not offer (a hosted one, for now, generation)
-  kInternal = 13,          // a bug in aios or an unexpected failure of a library below it
-  kUnavailable = 14,       // a device or service that cannot be reached now
-  kDataLoss = 15,          // a file that is truncated, corrupt or inconsistent with itself
+  kInvalidArgument = 3,
+  kNotFound = 5,
+  kAlreadyExists = 6,
+  kPermissionDenied = 7,
+  kResourceExhausted = 8,
+  kFailedPrecondition = 9,
+  kUnimplemented = 12,
+  kInternal = 13,
+  kUnavailable = 14,
+  kDataLoss = 15,
 };
 
-// "invalid_argument", "not_found", ... — stable names used in messages and by the bindings.
+struct ErrorCodeInfo {
+  ErrorCode code;
+  std::string_view name;     // stable: in messages, in Python's class names (aios.InvalidArgumentError)
+  std::string_view meaning;  // when to use it
+};
+
+// Every code once: what lists the codes (their names, Python's exception classes) reads this table.
+inline constexpr ErrorCodeInfo kErrorCodes[] = {
+    {ErrorCode::kInvalidArgument, "invalid_argument",
+     "the caller passed something malformed (a shape, dtype, range or config value)"},
+    {ErrorCode::kNotFound, "not_found", "a file, tensor, handle or name that does not exist"},
+    {ErrorCode::kAlreadyExists, "already_exists", "something the caller would create exists already (a token, a name)"},
+    {ErrorCode::kPermissionDenied, "permission_denied", "the caller may not use this object or call"},
+    {ErrorCode::kResourceExhausted, "resource_exhausted", "a size, memory or quota limit was exceeded"},
+    {ErrorCode::kFailedPrecondition, "failed_precondition",
+     "well-formed, but made for another state (an extension of another base model)"},
+    {ErrorCode::kUnimplemented, "unimplemented", "a call this backbone does not offer"},
+    {ErrorCode::kInternal, "internal", "a bug in aios or an unexpected failure of a library below it"},
+    {ErrorCode::kUnavailable, "unavailable", "a device or service that cannot be reached now, or a cancelled call"},
+    {ErrorCode::kDataLoss, "data_loss", "a file that is truncated, corrupt or inconsistent with itself"},
+};
+
+// The code's name in kErrorCodes ("invalid_argument", ...); "unknown" for a value not in it.
 std::string_view error_code_name(ErrorCode code);
 
 // An error with a code, the field it is about (a dotted path such as "latents", "config.rope_scaling.rope_type"
