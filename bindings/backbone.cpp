@@ -13,7 +13,7 @@
 
 #include "aios/ali/masks.h"
 #include "aios/fail.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/tokenizer_api/tokenizer.h"
 
 namespace aios::python {
@@ -22,14 +22,14 @@ namespace {
 
 using aios::ali::Decoder;
 using aios::ali::Extension;
-using aios::ali::ForwardOptions;
+using aios::gradient::ForwardOptions;
 using aios::ali::GenerateOptions;
 using aios::ali::Route;
 using aios::ali::Session;
 using aios::gradient::Cotangents;
 using aios::gradient::Gradients;
 using aios::gradient::Handle;
-using aios::gradient::LocalBackbone;
+using aios::local::LocalBackbone;
 using Interface = aios::gradient::Backbone;  // what both the local and the remote backbone implement
 using aios::backbone::ModelConfig;
 using aios::backbone::dtype_name;
@@ -183,10 +183,10 @@ void bind_backbone(py::module_& m) {
           [](const py::object& path, const py::object& device, const py::object& dtype, std::optional<std::size_t> store_bytes,
              std::optional<double> store_ttl) {
             const std::string p = py::str(py::module_::import("os").attr("fspath")(path));
-            aios::ali::LoadOptions options;
+            aios::local::LoadOptions options;
             options.device = parse_device(py::str(device));
             options.dtype = parse_dtype(py::str(dtype));
-            aios::gradient::StoreOptions store;
+            aios::local::StoreOptions store;
             if (store_bytes) store.max_bytes = *store_bytes;
             if (store_ttl) {
               if (!(*store_ttl > 0) || *store_ttl > 1e9) {
@@ -382,9 +382,9 @@ void bind_backbone(py::module_& m) {
   py::class_<LocalBackbone, Interface, std::shared_ptr<LocalBackbone>>(m, "LocalBackbone",
                                                                      "A backbone in this process (Backbone.load).")
       .def_property_readonly("parameter_count", &LocalBackbone::parameter_count)
-      .def_property_readonly("store_bytes", [](const LocalBackbone& b) { return b.store().bytes(); },
+      .def_property_readonly("store_bytes", &LocalBackbone::kept_bytes,
                              "estimated bytes of activations held by kept passes")
-      .def_property_readonly("store_size", [](const LocalBackbone& b) { return b.store().size(); },
+      .def_property_readonly("store_size", &LocalBackbone::kept_passes,
                              "number of kept passes");
 }
 

@@ -20,9 +20,8 @@
 
 #include <fmt/format.h>
 
-#include "aios/ali/local_backbone.h"
 #include "aios/fail.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
 #include "aios/tokenizer_api/chat.h"
 #include "aios/tokenizer_api/tokenizer.h"
@@ -66,9 +65,9 @@ std::string with_thousands(int64_t n) {
   return out;
 }
 
-int info(const std::string& path, const aios::ali::LoadOptions& options) {
+int info(const std::string& path, const aios::local::LoadOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  auto backbone = aios::ali::LocalBackbone::load(path, options);
+  auto backbone = aios::local::LocalBackbone::load(path, options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const aios::backbone::ModelConfig& c = backbone->config();
   fmt::print("model           {}\n", path);
@@ -88,9 +87,9 @@ int info(const std::string& path, const aios::ali::LoadOptions& options) {
 }
 
 // Streams the continuation of `prompt` to stdout as its tokens arrive.
-int generate(const std::string& path, const aios::ali::LoadOptions& options, const std::string& prompt, bool chat,
+int generate(const std::string& path, const aios::local::LoadOptions& options, const std::string& prompt, bool chat,
              const aios::ali::GenerateOptions& generate_options) {
-  auto backbone = aios::ali::LocalBackbone::load(path, options);
+  auto backbone = aios::local::LocalBackbone::load(path, options);
   const std::shared_ptr<const aios::tokenizer::Tokenizer> tokenizer = backbone->tokenizer();
   if (!tokenizer) aios::fail(aios::ErrorCode::kNotFound, path, "expected a tokenizer with the model");
   std::string text = prompt;
@@ -128,7 +127,7 @@ int generate(const std::string& path, const aios::ali::LoadOptions& options, con
 
 // Serves until SIGINT or SIGTERM (or the end of standard input, with `until_stdin_closes`), then
 // drains the calls in flight.
-int serve(const std::string& path, const aios::ali::LoadOptions& options, const aios::gradient::StoreOptions& store,
+int serve(const std::string& path, const aios::local::LoadOptions& options, const aios::local::StoreOptions& store,
           const aios::server::HostOptions& host_options, bool until_stdin_closes) {
   // Blocked here, before any thread starts, so that every thread inherits the mask and the
   // signals wait for sigwait below instead of interrupting a call.
@@ -143,8 +142,8 @@ int serve(const std::string& path, const aios::ali::LoadOptions& options, const 
   // workers sleep between regions instead of spinning, so the host's compute threads would run
   // 1.2-1.3x slower beside an idle team of this one.
   // (The future's end joins the thread.)
-  const std::shared_ptr<aios::gradient::LocalBackbone> backbone =
-      std::async(std::launch::async, [&] { return aios::gradient::LocalBackbone::load(path, options, store); }).get();
+  const std::shared_ptr<aios::local::LocalBackbone> backbone =
+      std::async(std::launch::async, [&] { return aios::local::LocalBackbone::load(path, options, store); }).get();
   aios::server::Host host(backbone, host_options);
   const std::string address = host_options.listen.substr(0, host_options.listen.rfind(':'));
   fmt::print("serving {} on {}:{}\n", path, address, host.port());
@@ -178,8 +177,8 @@ int main(int argc, char** argv) {
       aios::fail(aios::ErrorCode::kInvalidArgument, "command", "expected info, generate or serve, got \"{}\"", command);
     }
     aios::server::HostOptions host_options;
-    aios::gradient::StoreOptions store;
-    aios::ali::LoadOptions options;
+    aios::local::StoreOptions store;
+    aios::local::LoadOptions options;
     aios::ali::GenerateOptions generation;
     generation.max_new_tokens = 128;
     bool chat = false;

@@ -8,7 +8,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "aios/ali/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/error.h"
 
 int main(int argc, char** argv) {
@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    auto backbone = aios::ali::LocalBackbone::load(argv[1]);
+    auto backbone = aios::local::LocalBackbone::load(argv[1]);
     std::vector<int64_t> ids;
     for (int i = 2; i < argc; ++i) ids.push_back(std::stoll(argv[i]));
     if (ids.empty()) ids = {1, 2, 3, 4};

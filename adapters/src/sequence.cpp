@@ -26,8 +26,8 @@ void require_rows(const at::Tensor& t, int64_t D, const std::string& field) {
 
 }  // namespace
 
-ali::ForwardOptions Batch::forward_options() const {
-  ali::ForwardOptions o;
+gradient::ForwardOptions Batch::forward_options() const {
+  gradient::ForwardOptions o;
   o.positions = positions;
   o.mask = mask;
   if (extension) {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/ali/backbone.h"
+#include "aios/backbone/model.h"
 #include "aios/fail.h"
 #include "aios/json.h"
 #include "aios/io/safetensors.h"
@@ -25,7 +26,7 @@ constexpr const char* kFormat = "aios.vocabulary_extension";
 constexpr int kVersion = 1;
 constexpr int64_t kProbes = 8;
 
-std::string shape_of(const at::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ",")); }
+using backbone::shape_of;
 
 io::DType to_io(c10::ScalarType t) {
   switch (t) {

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <set>
 
+#include <fmt/ranges.h>
+
 #include "aios/fail.h"
 #include "architectures.h"
 #include "gguf_checkpoint.h"
@@ -20,6 +22,8 @@ c10::ScalarType parse_dtype(const std::string& text, const std::string& field) {
   if (name == "float64" || name == "double") return c10::kDouble;
   fail(ErrorCode::kInvalidArgument, field, "expected float32, bfloat16, float16 or float64, got \"{}\"", text);
 }
+
+std::string shape_of(const at::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ",")); }
 
 std::string dtype_name(c10::ScalarType dtype) {
   switch (dtype) {

@@ -170,20 +170,15 @@ ForwardOutput read_output(const v1::ForwardResponse& r) {
 }  // namespace
 
 struct Client::Impl {
-  std::shared_ptr<grpc::Channel> channel;
+  explicit Impl(std::unique_ptr<server::Connection> c)
+      : connection(std::move(c)),
+        latent(v1::Latent::NewStub(connection->channel())),
+        gradient(v1::Gradient::NewStub(connection->channel())) {}
+
+  std::unique_ptr<server::Connection> connection;  // every call goes through it (in chunks when large)
   std::unique_ptr<v1::Latent::Stub> latent;
   std::unique_ptr<v1::Gradient::Stub> gradient;
-  ConnectOptions options;
   ModelConfig config;
-
-  // One call with the configured deadline and key; a failed status becomes the aios::Error it carries.
-  template <typename Call>
-  void call(Call&& rpc) const {
-    grpc::ClientContext context;
-    server::prepare_call(context, options.timeout, options.api_key);
-    const grpc::Status status = rpc(&context);
-    if (!status.ok()) throw server::to_error(status, context);
-  }
 };
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -192,14 +187,9 @@ Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;
 
 Client Client::connect(const std::string& address, const ConnectOptions& options) {
-  auto impl = std::make_unique<Impl>();
-  impl->channel = server::open_channel(address, options.max_message_bytes, options.tls, options.tls_root_certificates);
-  impl->latent = v1::Latent::NewStub(impl->channel);
-  impl->gradient = v1::Gradient::NewStub(impl->channel);
-  impl->options = options;
-
+  auto impl = std::make_unique<Impl>(std::make_unique<server::Connection>(address, options));
   v1::ModelInfo info;
-  impl->call([&](grpc::ClientContext* c) { return impl->latent->Info(c, v1::InfoRequest(), &info); });
+  impl->connection->call("/aios.v1.Latent/Info", *impl->latent, &v1::Latent::Stub::Info, v1::InfoRequest(), &info);
   if (info.dtype() != v1::FLOAT32 && info.dtype() != v1::BFLOAT16 && info.dtype() != v1::FLOAT16) {
     fail(ErrorCode::kDataLoss, "dtype", "the host describes its dtype as {}", static_cast<int>(info.dtype()));
   }
@@ -227,7 +217,7 @@ FloatTensor<3> Client::embed(const IdTensor<2>& ids) const {
   v1::EmbedRequest request;
   write(ids, request.mutable_ids());
   v1::Tensor out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Embed(c, request, &out); });
+  impl_->connection->call("/aios.v1.Latent/Embed", *impl_->latent, &v1::Latent::Stub::Embed, request, &out);
   return read_floats<3>(out, "latents");
 }
 
@@ -236,7 +226,7 @@ ForwardOutput Client::forward(const FloatTensor<3>& latents, const ForwardOption
   write(latents, request.mutable_latents());
   write_options(options, request.mutable_options());
   v1::ForwardResponse out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Forward(c, request, &out); });
+  impl_->connection->call("/aios.v1.Latent/Forward", *impl_->latent, &v1::Latent::Stub::Forward, request, &out);
   return read_output(out);
 }
 
@@ -244,7 +234,7 @@ FloatTensor<2> Client::classify(const FloatTensor<2>& hidden) const {
   v1::ClassifyRequest request;
   write(hidden, request.mutable_hidden());
   v1::Tensor out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Classify(c, request, &out); });
+  impl_->connection->call("/aios.v1.Latent/Classify", *impl_->latent, &v1::Latent::Stub::Classify, request, &out);
   return read_floats<2>(out, "logits");
 }
 
@@ -252,7 +242,7 @@ FloatTensor<3> Client::classify(const FloatTensor<3>& hidden) const {
   v1::ClassifyRequest request;
   write(hidden, request.mutable_hidden());
   v1::Tensor out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->latent->Classify(c, request, &out); });
+  impl_->connection->call("/aios.v1.Latent/Classify", *impl_->latent, &v1::Latent::Stub::Classify, request, &out);
   return read_floats<3>(out, "logits");
 }
 
@@ -261,7 +251,8 @@ KeptForward Client::forward_keep(const FloatTensor<3>& latents, const ForwardOpt
   write(latents, request.mutable_latents());
   write_options(options, request.mutable_options());
   v1::ForwardResponse out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardKeep(c, request, &out); });
+  impl_->connection->call("/aios.v1.Gradient/ForwardKeep", *impl_->gradient, &v1::Gradient::Stub::ForwardKeep, request,
+                           &out);
   return KeptForward{read_output(out), out.handle()};
 }
 
@@ -270,7 +261,7 @@ FloatTensor<3> Client::vjp(Handle handle, const Cotangents& cotangents) const {
   request.set_handle(handle);
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->Vjp(c, request, &out); });
+  impl_->connection->call("/aios.v1.Gradient/Vjp", *impl_->gradient, &v1::Gradient::Stub::Vjp, request, &out);
   return read_floats<3>(out.latents(), "latents");
 }
 
@@ -278,7 +269,7 @@ void Client::release(Handle handle) const {
   v1::ReleaseRequest request;
   request.set_handle(handle);
   v1::Empty out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->Release(c, request, &out); });
+  impl_->connection->call("/aios.v1.Gradient/Release", *impl_->gradient, &v1::Gradient::Stub::Release, request, &out);
 }
 
 FloatTensor<3> Client::vjp(const FloatTensor<3>& latents, const ForwardOptions& options,
@@ -288,7 +279,8 @@ FloatTensor<3> Client::vjp(const FloatTensor<3>& latents, const ForwardOptions& 
   write_options(options, request.mutable_options());
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->VjpStateless(c, request, &out); });
+  impl_->connection->call("/aios.v1.Gradient/VjpStateless", *impl_->gradient, &v1::Gradient::Stub::VjpStateless, request,
+                           &out);
   return read_floats<3>(out.latents(), "latents");
 }
 
@@ -316,7 +308,8 @@ FusedResult Client::forward_backward(const FloatTensor<3>& latents, const Forwar
     out->set_temperature(d.temperature);
   }
   v1::FusedResult out;
-  impl_->call([&](grpc::ClientContext* c) { return impl_->gradient->ForwardBackward(c, request, &out); });
+  impl_->connection->call("/aios.v1.Gradient/ForwardBackward", *impl_->gradient, &v1::Gradient::Stub::ForwardBackward, request,
+                           &out);
   FusedResult result;
   result.loss = read_scalar(out.loss(), "loss");
   result.losses = read_floats<1>(out.losses(), "losses");

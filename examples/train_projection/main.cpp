@@ -24,7 +24,7 @@
 #include "aios/adapters/encoders.h"
 #include "aios/adapters/sequence.h"
 #include "aios/error.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/server/remote_backbone.h"
 #include "aios/tokenizer_api/tokenizer.h"
 
@@ -101,10 +101,10 @@ int main(int argc, char** argv) {
     if (hosted) {
       backbone = aios::server::RemoteBackbone::connect(args[1]);
     } else {
-      backbone = aios::gradient::LocalBackbone::load(args[0]);
+      backbone = aios::local::LocalBackbone::load(args[0]);
     }
     const std::shared_ptr<aios::gradient::Backbone> here =
-        compare.empty() ? nullptr : aios::gradient::LocalBackbone::load(compare);
+        compare.empty() ? nullptr : aios::local::LocalBackbone::load(compare);
     double loss_rel = 0, grad_rel = 0;  // the largest relative differences, host against here
     const auto tokenizer = backbone->tokenizer();
     if (!tokenizer) throw aios::Error(aios::ErrorCode::kInvalidArgument, "MODEL", "the model brings no tokenizer");

@@ -100,13 +100,11 @@ class HostedDecoder final : public ali::Decoder {
 }  // namespace
 
 struct RemoteBackbone::Impl {
-  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<Connection> connection;
   std::unique_ptr<v1::Latent::Stub> latent;
   std::unique_ptr<v1::Gradient::Stub> gradient;
   std::unique_ptr<v1::Tokenizer::Stub> tokenizer;
   std::unique_ptr<v1::Generation::Stub> generation;
-  std::unique_ptr<v1::Chunked::Stub> chunked;
-  ConnectOptions options;
   ModelConfig config;
   c10::ScalarType dtype = at::kFloat;
 
@@ -135,18 +133,15 @@ struct RemoteBackbone::Impl {
     std::string replica;
   };
 
-  void set_up(grpc::ClientContext& context, std::chrono::milliseconds timeout) const {
-    prepare_call(context, timeout, options.api_key);
+  // Calls go to the replica holding the extensions they name.
+  static void route(grpc::ClientContext& context, const SentRows& sent) {
+    if (!sent.replica.empty()) context.AddMetadata("aios-replica", sent.replica);
   }
 
   // One call with the configured deadline; a failed status becomes the aios::Error it carries.
   template <typename Call>
   void call(Call&& rpc, const SentRows& sent = {}) {
-    grpc::ClientContext context;
-    set_up(context, options.timeout);
-    if (!sent.replica.empty()) context.AddMetadata("aios-replica", sent.replica);
-    const grpc::Status status = rpc(&context);
-    if (!status.ok()) throw to_error(status, context);
+    connection->call(std::forward<Call>(rpc), [&](grpc::ClientContext& c) { route(c, sent); });
     taken(sent);
   }
 
@@ -166,14 +161,11 @@ struct RemoteBackbone::Impl {
   void call(const char* method, Stub& stub, grpc::Status (Stub::*unary)(grpc::ClientContext*, const Request&, Reply*),
             const Request& request, Reply* reply, const SentRows& sent = {},
             std::optional<gradient::Handle> keeper = std::nullopt) {
-    call(
-        [&](grpc::ClientContext* c) {
-          if (keeper) route_to_keeper(c, *keeper);
-          const auto chunk = static_cast<std::size_t>(options.chunk_bytes);
-          if (request.ByteSizeLong() > chunk) return call_chunked(*chunked, *c, method, request, reply, chunk);
-          return (stub.*unary)(c, request, reply);
-        },
-        sent);
+    connection->call(method, stub, unary, request, reply, [&](grpc::ClientContext& c) {
+      route(c, sent);
+      if (keeper) route_to_keeper(&c, *keeper);
+    });
+    taken(sent);
   }
 
   // Names `extension` (checked to be this backbone's) in a request, with its rows when they changed
@@ -195,11 +187,14 @@ struct RemoteBackbone::Impl {
     }
   }
 
-  void write_options(const RemoteBackbone& self, const ForwardOptions& o, v1::ForwardOptions* out, SentRows& sent) {
+  void write_options(const ali::ForwardOptions& o, v1::ForwardOptions* out) {
     if (o.positions) to_wire(*o.positions, out->mutable_positions());
     if (o.mask) to_wire(*o.mask, out->mutable_mask());
     for (int64_t l : o.layers) out->add_layers(l);
     out->set_allow_non_finite(o.allow_non_finite);
+  }
+  void write_options(const RemoteBackbone& self, const ForwardOptions& o, v1::ForwardOptions* out, SentRows& sent) {
+    write_options(o, out);
     out->set_recompute(o.recompute);
     if (o.extension) ref(self, *o.extension, "extension", out->mutable_extension(), sent);
     if (o.ids) to_wire(*o.ids, out->mutable_ids());
@@ -221,7 +216,8 @@ struct RemoteBackbone::Impl {
 
   void delete_on_host(const std::string& id) {
     grpc::ClientContext context;
-    set_up(context, std::min<std::chrono::milliseconds>(options.timeout, std::chrono::seconds(2)));
+    connection->prepare(context,
+                        std::min<std::chrono::milliseconds>(connection->options().timeout, std::chrono::seconds(2)));
     context.AddMetadata("aios-replica", replica_of(id));
     v1::DeleteExtensionRequest request;
     request.set_id(id);
@@ -302,14 +298,12 @@ RemoteBackbone::~RemoteBackbone() = default;
 
 std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(const std::string& address, const ConnectOptions& options) {
   auto impl = std::make_shared<Impl>();
-  if (options.chunk_bytes < 1) fail(ErrorCode::kInvalidArgument, "chunk_bytes", "expected >= 1, got {}", options.chunk_bytes);
-  impl->channel = open_channel(address, options.max_message_bytes, options.tls, options.tls_root_certificates);
-  impl->latent = v1::Latent::NewStub(impl->channel);
-  impl->gradient = v1::Gradient::NewStub(impl->channel);
-  impl->tokenizer = v1::Tokenizer::NewStub(impl->channel);
-  impl->generation = v1::Generation::NewStub(impl->channel);
-  impl->chunked = v1::Chunked::NewStub(impl->channel);
-  impl->options = options;
+  impl->connection = std::make_unique<Connection>(address, options);
+  const std::shared_ptr<grpc::Channel>& channel = impl->connection->channel();
+  impl->latent = v1::Latent::NewStub(channel);
+  impl->gradient = v1::Gradient::NewStub(channel);
+  impl->tokenizer = v1::Tokenizer::NewStub(channel);
+  impl->generation = v1::Generation::NewStub(channel);
 
   v1::ModelInfo info;
   impl->call([&](grpc::ClientContext* c) { return impl->latent->Info(c, v1::InfoRequest(), &info); });
@@ -345,11 +339,11 @@ at::Tensor RemoteBackbone::embed(const at::Tensor& ids, const ali::Extension* ex
   return from_wire(out, "latents");
 }
 
-ForwardOutput RemoteBackbone::forward(const at::Tensor& latents, const ForwardOptions& options) {
+ForwardOutput RemoteBackbone::forward(const at::Tensor& latents, const ali::ForwardOptions& options) {
   v1::ForwardRequest request;
   to_wire(latents, request.mutable_latents());
   Impl::SentRows sent;
-  impl_->write_options(*this, options, request.mutable_options(), sent);
+  impl_->write_options(options, request.mutable_options());
   v1::ForwardResponse out;
   impl_->call("/aios.v1.Latent/Forward", *impl_->latent, &v1::Latent::Stub::Forward, request, &out, sent);
   return read_output(out);
@@ -456,9 +450,9 @@ std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tens
   request.set_return_hidden(true);
   Impl* impl = impl_.get();
   // The host writes the rows that went with the request before its first step.
-  const auto set_up = [impl, replica = sent.replica](grpc::ClientContext& c) {
-    impl->set_up(c, impl->options.timeout);
-    if (!replica.empty()) c.AddMetadata("aios-replica", replica);
+  const auto set_up = [impl, sent](grpc::ClientContext& c) {
+    impl->connection->prepare(c);
+    Impl::route(c, sent);
   };
   return std::make_unique<RemoteGeneration>(impl_, *impl_->generation, set_up, request, [impl, sent] { impl->taken(sent); });
 }
@@ -546,7 +540,7 @@ gradient::FusedResult RemoteBackbone::forward_backward(const at::Tensor& latents
     if (d.teacher_logits.defined()) to_wire(d.teacher_logits, out->mutable_teacher_logits());
     if (d.teacher_latents.defined()) {
       to_wire(d.teacher_latents, out->mutable_teacher_latents());
-      impl_->write_options(*this, d.teacher_options, out->mutable_teacher_options(), sent);
+      impl_->write_options(d.teacher_options, out->mutable_teacher_options());
     }
     if (d.teacher_index.defined()) to_wire(d.teacher_index, out->mutable_teacher_index());
     if (d.weights.defined()) to_wire(d.weights, out->mutable_weights());

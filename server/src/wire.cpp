@@ -105,9 +105,15 @@ std::shared_ptr<grpc::Channel> open_channel(const std::string& address, int64_t 
   return grpc::CreateCustomChannel(address, credentials, args);
 }
 
-void prepare_call(grpc::ClientContext& context, std::chrono::milliseconds timeout, const std::string& api_key) {
+Connection::Connection(const std::string& address, const ConnectOptions& options) : options_(options) {
+  if (options.chunk_bytes < 1) fail(ErrorCode::kInvalidArgument, "chunk_bytes", "expected >= 1, got {}", options.chunk_bytes);
+  channel_ = open_channel(address, options.max_message_bytes, options.tls, options.tls_root_certificates);
+  chunked_ = v1::Chunked::NewStub(channel_);
+}
+
+void Connection::prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout) const {
   context.set_deadline(std::chrono::system_clock::now() + timeout);
-  if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
+  if (!options_.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options_.api_key);
 }
 
 grpc::Status call_chunked(v1::Chunked::Stub& stub, grpc::ClientContext& context, const std::string& method,

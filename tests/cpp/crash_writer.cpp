@@ -18,7 +18,7 @@
 #include <torch/torch.h>
 
 #include "aios/adapters/storage.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 
 int main(int argc, char** argv) {
   if (argc != 5) {
@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
     if (::write(progress, line.data(), line.size()) != static_cast<ssize_t>(line.size())) std::exit(1);
   };
   try {
-    auto backbone = aios::gradient::LocalBackbone::load(argv[1]);
+    auto backbone = aios::local::LocalBackbone::load(argv[1]);
     // Large enough that a save takes a while (a few hundred kB each), so that kills land inside it.
     std::vector<std::string> tokens;
     for (int i = 0; i < 1024; ++i) tokens.push_back(fmt::format("<t{}>", i));

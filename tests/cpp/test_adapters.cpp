@@ -11,7 +11,7 @@
 #include "aios/adapters/sequence.h"
 #include "aios/adapters/storage.h"
 #include "aios/error.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "catch_torch.h"
 #include "error_code.h"
 #include "tiny_checkpoint.h"
@@ -19,7 +19,7 @@
 using aios::Error;
 using aios::ErrorCode;
 using aios_test::code_of;
-using aios::gradient::LocalBackbone;
+using aios::local::LocalBackbone;
 using aios_test::kD;
 using aios_test::kVocab;
 using aios_test::TinyCheckpoint;

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aios/ali/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "catch_torch.h"
 #include "tiny_checkpoint.h"
 #include "aios/error.h"
@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 using aios::Error;
 using aios::ErrorCode;
 using aios::ali::ForwardOptions;
-using aios::ali::LocalBackbone;
+using aios::local::LocalBackbone;
 using nlohmann::json;
 
 namespace {
@@ -168,7 +168,7 @@ TEST_CASE("a checkpoint that disagrees with itself loads nothing") {
   }
   SECTION("unsupported dtype option") {
     const std::string path = TinyCheckpoint::llama("dtype_option").write();
-    aios::ali::LoadOptions options;
+    aios::local::LoadOptions options;
     options.dtype = at::kInt;
     expect_error([&] { LocalBackbone::load(path, options); }, ErrorCode::kInvalidArgument, "dtype", "int32");
   }

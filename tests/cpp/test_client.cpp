@@ -11,7 +11,7 @@
 
 #include "aios/client/client.h"
 #include "aios/error.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
 #include "catch_torch.h"
 #include "error_code.h"
@@ -21,7 +21,7 @@ using aios::ErrorCode;
 using aios::client::Client;
 using aios::client::FloatTensor;
 using aios::client::IdTensor;
-using aios::gradient::LocalBackbone;
+using aios::local::LocalBackbone;
 using aios_test::code_of;
 using aios_test::kD;
 using aios_test::kVocab;
@@ -35,7 +35,7 @@ struct Hosted {
   std::string address;
 
   Hosted(c10::ScalarType dtype, const std::map<std::string, std::string>& keys = {}) {
-    aios::ali::LoadOptions load;
+    aios::local::LoadOptions load;
     load.dtype = dtype;
     local = LocalBackbone::load(TinyCheckpoint::llama("client").write(), load);
     aios::server::HostOptions options;
@@ -304,4 +304,39 @@ TEST_CASE("the host's errors reach the thin client as the same aios::Error", "[c
   aios::client::ConnectOptions quick;
   quick.timeout = std::chrono::milliseconds(500);
   CHECK(code_of([&] { Client::connect("127.0.0.1:" + std::to_string(port), quick); }) == ErrorCode::kUnavailable);
+}
+
+TEST_CASE("the thin client sends payloads larger than the host's message limit in chunks", "[client]") {
+  auto& h = Hosted::float32();
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.max_message_bytes = 64 << 10;
+  aios::server::Host host(h.local, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+  torch::manual_seed(1);
+  const at::Tensor latents = torch::randn({24, 32, kD});  // 96 KiB of float32
+  const FloatTensor<3> x = floats<3>(latents);
+
+  // In one message the request is over the limit ...
+  CHECK(code_of([&] { Client::connect(address).forward(x); }) == ErrorCode::kResourceExhausted);
+  // ... in chunks of 16 KiB it goes through, and so does the reply (chunked by the host).
+  aios::client::ConnectOptions chunked;
+  chunked.chunk_bytes = 16 << 10;
+  const Client client = Client::connect(address, chunked);
+  CHECK(at::equal(to_torch(client.forward(x).hidden), h.local->forward(latents).hidden));
+  aios::client::Cotangents cot;
+  cot.hidden = floats<3>(torch::randn({24, 32, kD}));
+  const auto kept = client.forward_keep(x);
+  aios::gradient::Cotangents local_cot;
+  local_cot.hidden = to_torch(*cot.hidden);
+  CHECK(at::allclose(to_torch(client.vjp(kept.handle, cot)), h.local->vjp(latents, {}, local_cot).latents, 1e-6,
+                     1e-6));
+  client.release(kept.handle);
+  std::string field;
+  CHECK(code_of([&] { client.vjp(kept.handle, cot); }, &field) == ErrorCode::kNotFound);
+  CHECK(field == "handle");
+  aios::client::ConnectOptions zero;
+  zero.chunk_bytes = 0;
+  CHECK(code_of([&] { Client::connect(address, zero); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == "chunk_bytes");
 }

@@ -4,7 +4,7 @@
 
 #include "aios/ali/extension.h"
 #include "aios/error.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "catch_torch.h"
 #include "error_code.h"
 #include "tiny_checkpoint.h"
@@ -16,7 +16,7 @@ using aios::ali::ExtendOptions;
 using aios::ali::Extension;
 using aios::gradient::CrossEntropy;
 using aios::gradient::ForwardOptions;
-using aios::gradient::LocalBackbone;
+using aios::local::LocalBackbone;
 using aios::gradient::LossOptions;
 using aios_test::kD;
 using aios_test::kVocab;

@@ -3,14 +3,14 @@
 #include <limits>
 #include <map>
 
-#include "aios/ali/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/error.h"
 #include "catch_torch.h"
 #include "tiny_checkpoint.h"
 
 using aios::ali::GenerateOptions;
 using aios::ali::GenerationStep;
-using aios::ali::LocalBackbone;
+using aios::local::LocalBackbone;
 using aios_test::TinyCheckpoint;
 
 namespace {

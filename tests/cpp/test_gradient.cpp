@@ -5,14 +5,15 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "aios/gradient_api/local_backbone.h"
+#include "activation_store.h"  // local/src: the store of kept passes, tested alone below
+#include "aios/local/local_backbone.h"
 #include "catch_torch.h"
 #include "error_code.h"
 #include "tiny_checkpoint.h"
 
 using aios::gradient::Cotangents;
 using aios::gradient::CrossEntropy;
-using aios::gradient::LocalBackbone;
+using aios::local::LocalBackbone;
 using aios::gradient::LossOptions;
 using aios_test::TinyCheckpoint;
 
@@ -43,8 +44,8 @@ TEST_CASE("a projection trains through the backbone and no weight gets a gradien
       last = loss;
     }
     CHECK(last < 0.5 * first);
-    CHECK(backbone->store().size() == 0);
-    CHECK(backbone->store().bytes() == 0);
+    CHECK(backbone->kept_passes() == 0);
+    CHECK(backbone->kept_bytes() == 0);
 
     // Release frees the kept activations themselves, not just the store's account of them.
     auto kept = backbone->forward_keep(projection->forward(features).detach());
@@ -113,14 +114,14 @@ TEST_CASE("a cancelled call stops between blocks, forward and backward", "[gradi
 }
 
 TEST_CASE("the activation store makes room for a pass only from its own owner's passes", "[gradient]") {
-  using aios::gradient::ActivationStore;
+  using aios::local::ActivationStore;
   using aios::gradient::Handle;
   auto pass = [](std::size_t bytes) {
-    auto p = std::make_shared<aios::gradient::KeptPass>();
+    auto p = std::make_shared<aios::local::KeptPass>();
     p->bytes = bytes;
     return p;
   };
-  aios::gradient::StoreOptions options;
+  aios::local::StoreOptions options;
   options.max_bytes = 300;
   ActivationStore store(options);
   const Handle a1 = store.put(pass(100), 1).handle;
@@ -161,10 +162,10 @@ TEST_CASE("the activation store makes room for a pass only from its own owner's 
 }
 
 TEST_CASE("the activation store reports an owner's passes that expired to that owner", "[gradient]") {
-  aios::gradient::StoreOptions options;
+  aios::local::StoreOptions options;
   options.ttl = std::chrono::milliseconds(100);
-  aios::gradient::ActivationStore store(options);
-  auto pass = std::make_shared<aios::gradient::KeptPass>();
+  aios::local::ActivationStore store(options);
+  auto pass = std::make_shared<aios::local::KeptPass>();
   pass->bytes = 10;
   // Owner 2's first: should a stall expire it while owner 1's is put, owner 1 still hears nothing of it.
   const auto old_2 = store.put(pass, 2);

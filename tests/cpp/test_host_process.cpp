@@ -11,13 +11,13 @@
 #include <torch/torch.h>
 
 #include "aios/adapters/storage.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "catch_torch.h"
 #include "child_process.h"
 #include "tiny_checkpoint.h"
 
-using aios::gradient::LocalBackbone;
+using aios::local::LocalBackbone;
 using aios_test::ChildProcess;
 using aios_test::kD;
 using aios_test::ServeProcess;

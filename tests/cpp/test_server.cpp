@@ -18,7 +18,7 @@
 
 #include "aios/adapters/storage.h"
 #include "aios/error.h"
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
 #include "aios/server/remote_backbone.h"
 #include "aios/v1/aios.grpc.pb.h"
@@ -30,7 +30,7 @@
 using aios::Error;
 using aios::ErrorCode;
 using aios_test::code_of;
-using aios::gradient::LocalBackbone;
+using aios::local::LocalBackbone;
 using aios_test::kD;
 using aios_test::kVocab;
 using aios_test::TinyCheckpoint;
@@ -470,7 +470,7 @@ TEST_CASE("tenants: making room for a pass evicts only the caller's own, and its
   const auto probe = Loopback::get().local->forward_keep(latents);
   Loopback::get().local->release(probe.handle);
   const std::size_t pass = probe.bytes;
-  aios::gradient::StoreOptions store;
+  aios::local::StoreOptions store;
   store.max_bytes = 3 * pass + pass / 2;  // room for three passes
   std::shared_ptr<LocalBackbone> local = LocalBackbone::load(TinyCheckpoint::llama("server_store").write(), {}, store);
   aios::server::HostOptions options;
@@ -498,7 +498,7 @@ TEST_CASE("tenants: making room for a pass evicts only the caller's own, and its
   const auto b3 = bob->forward_keep(latents);
   CHECK(code_of([&] { bob->vjp(b1.handle, cot); }) == ErrorCode::kNotFound);
   CHECK(code_of([&] { bob->vjp(b2.handle, cot); }) == ErrorCode::kNotFound);
-  CHECK(local->store().size() == 3);
+  CHECK(local->kept_passes() == 3);
   // A tenant with no pass to give up is refused: the store holds the others' passes.
   std::string field;
   CHECK(code_of([&] { carol->forward_keep(latents); }, &field) == ErrorCode::kResourceExhausted);
@@ -519,7 +519,7 @@ TEST_CASE("tenants: making room for a pass evicts only the caller's own, and its
                                   std::pair{carol.get(), c1.handle}}) {
     backbone->release(handle);
   }
-  CHECK(local->store().size() == 0);
+  CHECK(local->kept_passes() == 0);
 }
 
 TEST_CASE("a tenant's table of kept passes forgets those unused past their time-to-live", "[server]") {
@@ -535,16 +535,16 @@ TEST_CASE("a tenant's table of kept passes forgets those unused past their time-
   auto remote = aios::server::RemoteBackbone::connect("127.0.0.1:" + std::to_string(host.port()));
   aios::gradient::Cotangents cot;
   cot.hidden = torch::randn({1, 4, kD});
-  const std::size_t before = l.local->store().size();
+  const std::size_t before = l.local->kept_passes();
   const auto kept = remote->forward_keep(latents);
   remote->vjp(kept.handle, cot);  // claimed: only its time-to-live takes it
   std::this_thread::sleep_for(std::chrono::milliseconds(900));
   // Fits the quota only because the table forgot the first pass (and the store let it go).
   const auto next = remote->forward_keep(latents);
-  CHECK(l.local->store().size() == before + 1);
+  CHECK(l.local->kept_passes() == before + 1);
   CHECK(code_of([&] { remote->vjp(kept.handle, cot); }) == ErrorCode::kNotFound);
   remote->release(next.handle);
-  CHECK(l.local->store().size() == before);
+  CHECK(l.local->kept_passes() == before);
 }
 
 TEST_CASE("quotas: a tenant's registered decoders are bounded, across restarts", "[server]") {
@@ -763,18 +763,18 @@ TEST_CASE("a kept pass that no call ever claims is released", "[server]") {
   const at::Tensor latents = torch::randn({1, 4, kD});
   aios::gradient::Cotangents cot;
   cot.hidden = torch::randn({1, 4, kD});
-  const std::size_t before = l.local->store().size();
+  const std::size_t before = l.local->kept_passes();
   const auto claimed = remote->forward_keep(latents);
   const auto unclaimed = remote->forward_keep(latents);
   remote->vjp(claimed.handle, cot);
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
   const auto next = remote->forward_keep(latents);  // releases what was never claimed
-  CHECK(l.local->store().size() == before + 2);
+  CHECK(l.local->kept_passes() == before + 2);
   CHECK(code_of([&] { remote->vjp(unclaimed.handle, cot); }) == ErrorCode::kNotFound);
   remote->vjp(claimed.handle, cot);
   remote->release(claimed.handle);
   remote->release(next.handle);
-  CHECK(l.local->store().size() == before);
+  CHECK(l.local->kept_passes() == before);
 }
 
 TEST_CASE("payloads larger than the host's message limit travel in chunks", "[server]") {
@@ -846,7 +846,7 @@ TEST_CASE("the standard gRPC health service says the host is serving", "[server]
 
 TEST_CASE("a caller that leaves during forward_keep leaves no kept pass behind", "[server]") {
   auto& l = Loopback::get();
-  const std::size_t before = l.local->store().size();
+  const std::size_t before = l.local->kept_passes();
   {
     // A host of its own: its destruction waits for the passes still being computed.
     aios::server::HostOptions options;
@@ -886,7 +886,7 @@ TEST_CASE("a caller that leaves during forward_keep leaves no kept pass behind",
     v1::Empty empty;
     CHECK(stub->Release(&release, handle, &empty).ok());
   }
-  CHECK(l.local->store().size() == before);
+  CHECK(l.local->kept_passes() == before);
 }
 
 TEST_CASE("replicas: handles name the replica that keeps them, replies name who answered", "[server]") {
@@ -1011,8 +1011,8 @@ class GatedBackbone final : public aios::gradient::Backbone {
   std::shared_ptr<aios::ali::Session> new_session() override { return inner_->new_session(); }
   // The pass's cancellation check (asked between blocks, forward and backward) waits while the
   // gate is closed, and counts the times it said stop.
-  aios::gradient::KeptForward forward_keep(const at::Tensor& latents, const aios::ali::ForwardOptions& options) override {
-    aios::ali::ForwardOptions held = options;
+  aios::gradient::KeptForward forward_keep(const at::Tensor& latents, const aios::gradient::ForwardOptions& options) override {
+    aios::gradient::ForwardOptions held = options;
     held.cancelled = [this, asked = options.cancelled] {
       std::unique_lock lock(mutex_);
       ++checks_;
@@ -1044,11 +1044,11 @@ class GatedBackbone final : public aios::gradient::Backbone {
     return inner_->vjp(handle, c);
   }
   void release(aios::gradient::Handle handle) override { inner_->release(handle); }
-  aios::gradient::Gradients vjp(const at::Tensor& latents, const aios::ali::ForwardOptions& options,
+  aios::gradient::Gradients vjp(const at::Tensor& latents, const aios::gradient::ForwardOptions& options,
                                 const aios::gradient::Cotangents& c) override {
     return inner_->vjp(latents, options, c);
   }
-  aios::gradient::FusedResult forward_backward(const at::Tensor& latents, const aios::ali::ForwardOptions& options,
+  aios::gradient::FusedResult forward_backward(const at::Tensor& latents, const aios::gradient::ForwardOptions& options,
                                                const aios::gradient::LossOptions& loss) override {
     return inner_->forward_backward(latents, options, loss);
   }

@@ -21,7 +21,7 @@
 #include "aios/adapters/encoders.h"
 #include "aios/adapters/storage.h"
 #include "aios/ali/extension.h"
-#include "aios/ali/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "fuzz.h"
 #include "tiny_checkpoint.h"
 
@@ -48,10 +48,10 @@ std::uint32_t crc32(const std::string& bytes) {
 }
 
 struct World {
-  std::unique_ptr<aios::ali::LocalBackbone> backbone;
+  std::unique_ptr<aios::local::LocalBackbone> backbone;
   fs::path folder;
   World() {
-    backbone = aios::ali::LocalBackbone::load(aios_test::TinyCheckpoint::llama("fuzz_manifests").write());
+    backbone = aios::local::LocalBackbone::load(aios_test::TinyCheckpoint::llama("fuzz_manifests").write());
     folder = fs::temp_directory_path() / ("aios_fuzz_manifests_" + std::to_string(::getpid()));
   }
 };

@@ -29,7 +29,7 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/dynamic_message.h>
 
-#include "aios/gradient_api/local_backbone.h"
+#include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
 #include "fuzz.h"
 #include "proto_mutator.h"
@@ -73,7 +73,7 @@ std::unique_ptr<pb::Message> new_request(const pb::MethodDescriptor* method) {
 }
 
 struct World {
-  std::shared_ptr<aios::gradient::LocalBackbone> backbone;
+  std::shared_ptr<aios::local::LocalBackbone> backbone;
   std::unique_ptr<aios::server::Host> host;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<grpc::GenericStub> stub;
@@ -92,7 +92,7 @@ struct World {
     const std::string folder = checkpoint.write();
     fs::copy_file(AIOS_FUZZ_DEFAULT_MODEL "/tokenizer.json", fs::path(folder) / "tokenizer.json",
                   fs::copy_options::overwrite_existing);
-    backbone = aios::gradient::LocalBackbone::load(folder);
+    backbone = aios::local::LocalBackbone::load(folder);
     state = fs::path(folder) / "state";
     start();
   }

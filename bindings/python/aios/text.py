@@ -10,6 +10,9 @@ the sampling arguments of Backbone.generate (temperature, top_k, top_p, seed, ma
 Chat templates come from model files (tokenizer_config.json, GGUF metadata), so they are untrusted code:
 apply_chat_template renders them in a sandbox that bounds what they may reach, how long they may run and
 how much they may build (see its docstring and docs/generation.md).
+
+The sandbox is one file on purpose: it tells its own frames from a template's by this file's name
+(_HERE), so its budget, walkers and environment stay together here (about 1,000 lines).
 """
 import dataclasses
 import functools

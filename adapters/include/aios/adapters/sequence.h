@@ -28,7 +28,7 @@
 #include <ATen/ATen.h>
 
 #include "aios/adapters/encoders.h"
-#include "aios/ali/backbone.h"
+#include "aios/gradient_api/backbone.h"
 
 namespace aios::adapters {
 
@@ -72,7 +72,7 @@ struct Batch {
   std::shared_ptr<const ali::Extension> extension;  // BuildOptions::extension
 
   // positions, mask, and with an extension, the extension and ids (for its row gradients).
-  ali::ForwardOptions forward_options() const;
+  gradient::ForwardOptions forward_options() const;
 };
 
 // Assembles `rows` (B >= 1 rows, each of total length >= 1, at most one gist segment each) for

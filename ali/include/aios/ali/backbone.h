@@ -36,24 +36,9 @@ struct ForwardOptions {
   std::vector<int64_t> layers;
   // NaN or Inf in the latents is an error unless this is set.
   bool allow_non_finite = false;
-  // Gradient API only (no effect on a plain forward): keep just the residual stream between blocks
-  // and recompute each block during backward, trading about one more forward for the memory of
-  // the activations inside the blocks.
-  bool recompute = false;
-  // Gradient API only: the vocabulary extension whose classifier rows extend the logits that
-  // cotangents and losses refer to (V+K of them), and whose row gradients the call returns.
-  std::shared_ptr<const Extension> extension;
-  // Gradient API only, with an extension: int64/int32 [B,T], the token id each latent was embedded
-  // from (any value outside [V, V+K) where it is not an extension token's embedding). The gradient
-  // of the extension's embedding rows is gathered from d latents at those positions.
-  std::optional<at::Tensor> ids;
-  // Gradient API only, for a pass kept under a handle: who it is charged to in the activation
-  // store (gradient::StoreOwner). Making room for it evicts only passes of the same owner. A host
-  // sets its caller's tenant here, whatever a remote caller asked.
-  std::uint64_t store_owner = 0;
-  // Asked before each block, and for a pass kept by the Gradient API between the blocks of every
-  // backward through it: once it returns true, the call stops with Error(kUnavailable, "cancelled")
-  // (a host asks whether its caller has left). Empty: never.
+  // Asked before each block (and by the Gradient API between the blocks of every backward): once
+  // it returns true, the call stops with Error(kUnavailable, "cancelled") (a host asks whether its
+  // caller has left). Empty: never.
   std::function<bool()> cancelled;
 };
 
@@ -65,7 +50,8 @@ struct ForwardOutput {
   std::vector<at::Tensor> layers;  // one [B,T,D] per ForwardOptions::layers entry, in that order
 };
 
-// The interface every backbone implements: in-process (LocalBackbone) and, later, hosted.
+// The interface every backbone implements: in-process (local::LocalBackbone) and hosted
+// (server::RemoteBackbone).
 class Backbone {
  public:
   virtual ~Backbone() = default;

@@ -30,6 +30,8 @@ struct LoadOptions {
 c10::ScalarType parse_dtype(const std::string& name, const std::string& field = "dtype");
 // The inverse: "float32", "bfloat16", "float16".
 std::string dtype_name(c10::ScalarType dtype);
+// A tensor's sizes as error messages print them: "[2,3,64]".
+std::string shape_of(const at::Tensor& t);
 // "cpu" | "cuda" | "cuda:N" -> device. Throws Error(kInvalidArgument) naming `field`.
 c10::Device parse_device(const std::string& name, const std::string& field = "device");
 

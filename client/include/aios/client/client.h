@@ -27,6 +27,7 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "aios/error.h"
+#include "aios/server/connect.h"
 
 namespace aios::client {
 
@@ -41,15 +42,9 @@ using BoolTensor = Eigen::Tensor<bool, N, Eigen::RowMajor>;
 // A pass kept by the host (forward_keep) for vjp and release.
 using Handle = uint64_t;
 
-struct ConnectOptions {
-  std::string api_key;  // sent as "authorization: Bearer KEY"; empty for a host without keys
-  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // deadline of each call
-  int64_t max_message_bytes = int64_t{1} << 31;               // largest reply accepted
-  // TLS: a host started with a certificate. tls_root_certificates: a PEM file of the certificates
-  // to trust (a self-signed host's own); empty = the system's.
-  bool tls = false;
-  std::string tls_root_certificates;
-};
+// api_key, timeout, TLS, the largest reply, and chunk_bytes: a request larger than that goes to
+// the host in chunks (Chunked.Call), and so does its reply. The options of RemoteBackbone too.
+using ConnectOptions = server::ConnectOptions;
 
 // The hosted backbone's description and the host's limits (the Info reply).
 struct ModelConfig {

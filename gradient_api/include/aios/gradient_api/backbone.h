@@ -4,7 +4,7 @@
 //
 // Two forms:
 //  * handle form: forward_keep() keeps the pass under a handle, vjp(handle, cotangents) returns
-//    d latents, release(handle) frees it (or the store evicts it; see activation_store.h). The
+//    d latents, release(handle) frees it (or the backbone evicts it; see StoreOwner). The
 //    stateless vjp(latents, options, cotangents) recomputes the forward instead.
 //  * fused form: forward_backward() computes a loss and d latents in one call, the loss over the
 //    vocabulary in chunks so the full [B,T,V] logits never exist at once.
@@ -13,16 +13,45 @@
 // caller can train just those rows.
 #pragma once
 
+#include <cstdint>
+#include <memory>
+#include <optional>
 #include <variant>
 #include <vector>
 
 #include "aios/ali/backbone.h"
-#include "aios/gradient_api/activation_store.h"
 
 namespace aios::gradient {
 
-using ali::ForwardOptions;
 using ali::ForwardOutput;
+
+// A kept pass, until released, evicted or expired (then a kNotFound error; a handle of another
+// backbone is kInvalidArgument).
+using Handle = std::uint64_t;
+// Who a kept pass is charged to. 0, the default, is the owner of every pass kept without one.
+// An implementation bounds what kept passes hold (a byte budget, a time-to-live since last use):
+// making room for a pass evicts only passes of its own owner, least recently used first, so one
+// owner's forwards never evict another owner's passes; when other owners' passes leave too little
+// room, the pass is refused (kResourceExhausted) and nothing is evicted. Expiry takes any owner's
+// passes: it depends on their own use only.
+using StoreOwner = std::uint64_t;
+
+// The forward pass of a gradient call: a forward's options, and what only gradients need.
+struct ForwardOptions : ali::ForwardOptions {
+  // Keep just the residual stream between blocks and recompute each block during backward,
+  // trading about one more forward for the memory of the activations inside the blocks.
+  bool recompute = false;
+  // The vocabulary extension whose classifier rows extend the logits that cotangents and losses
+  // refer to (V+K of them), and whose row gradients the call returns.
+  std::shared_ptr<const ali::Extension> extension;
+  // With an extension: int64/int32 [B,T], the token id each latent was embedded from (any value
+  // outside [V, V+K) where it is not an extension token's embedding). The gradient of the
+  // extension's embedding rows is gathered from d latents at those positions.
+  std::optional<at::Tensor> ids;
+  // For a pass kept under a handle: who it is charged to (see StoreOwner). A host sets its caller's
+  // tenant here, whatever a remote caller asked.
+  StoreOwner store_owner = 0;
+};
 
 // Gradients of the loss with respect to the outputs of a forward pass; undefined = zero.
 struct Cotangents {
@@ -44,8 +73,8 @@ struct KeptForward {
   ForwardOutput output;  // detached copies of what forward() returns
   Handle handle;
   std::size_t bytes = 0;  // the implementation's estimate of the memory the kept pass holds (0: unknown)
-  // Passes of the same owner (ForwardOptions::store_owner) that the store dropped while keeping
-  // this one: evicted to make room, or expired. Their handles are gone. Empty from a hosted backbone.
+  // Passes of the same owner (ForwardOptions::store_owner) dropped while keeping this one: evicted
+  // to make room, or expired. Their handles are gone. Empty from a hosted backbone.
   std::vector<Handle> dropped;
 };
 
@@ -70,7 +99,7 @@ struct Distillation {
   at::Tensor teacher_logits;   // [B,T,V] (or [B,T,V+K] with an extension), or
   at::Tensor teacher_probs;    // the same shape (rows sum to 1), or
   at::Tensor teacher_latents;  // [B,T',D] run through this backbone with teacher_options
-  ForwardOptions teacher_options;
+  ali::ForwardOptions teacher_options;
   // int64 [B,T]: which teacher position's prediction student position t must match; -1 = none.
   // Undefined = the same position (requires T' == T).
   at::Tensor teacher_index;

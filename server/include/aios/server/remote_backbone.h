@@ -23,25 +23,13 @@
 #include <string>
 
 #include "aios/gradient_api/backbone.h"
+#include "aios/server/connect.h"
 
 namespace aios::server {
 
 using backbone::ModelConfig;
 using gradient::ForwardOptions;
 using gradient::ForwardOutput;
-
-struct ConnectOptions {
-  std::string api_key;  // sent as "authorization: Bearer KEY"; empty for a host without keys
-  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // deadline of each call
-  int64_t max_message_bytes = int64_t{1} << 31;               // largest response accepted
-  // TLS: a host started with a certificate. tls_root_certificates: a PEM file of the certificates
-  // to trust (a self-signed host's own); empty = the system's.
-  bool tls = false;
-  std::string tls_root_certificates;
-  // A request larger than this goes to the host in chunks of this size (Chunked.Call), and its
-  // reply comes back in chunks: no single message exceeds what the host or a proxy accepts.
-  int64_t chunk_bytes = int64_t{32} << 20;
-};
 
 class RemoteBackbone final : public gradient::Backbone {
  public:
@@ -55,7 +43,7 @@ class RemoteBackbone final : public gradient::Backbone {
   c10::ScalarType dtype() const override;  // the host's
 
   at::Tensor embed(const at::Tensor& ids, const ali::Extension* extension = nullptr) override;
-  ForwardOutput forward(const at::Tensor& latents, const ForwardOptions& options = {}) override;
+  ForwardOutput forward(const at::Tensor& latents, const ali::ForwardOptions& options = {}) override;
   at::Tensor classify(const at::Tensor& hidden, const ali::Extension* extension = nullptr) override;
   std::shared_ptr<ali::Extension> extend(const std::vector<std::string>& tokens,
                                          const ali::ExtendOptions& options = {}) override;

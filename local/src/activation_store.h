@@ -1,16 +1,10 @@
-// aios/gradient_api/activation_store.h — the bounded store of kept forward passes.
+// Internal: the bounded store of the passes LocalBackbone keeps for a later vjp.
 //
-// A forward pass kept for a later vjp holds its autograd graph (the activations backward needs)
-// under a handle. The store bounds what they hold: a byte budget, a time-to-live since last use,
-// and explicit release. A handle that was released, evicted or expired is a kNotFound error; a
-// handle of another store is kInvalidArgument.
-//
-// Every pass is charged to an owner (ForwardOptions::store_owner; a host uses one per tenant).
-// Making room for a pass evicts only passes of its own owner, least recently used first: one
-// owner's forwards never evict another owner's passes. When the budget is held by other owners'
-// passes, so that even evicting all of its own would not make room, the pass is refused
-// (kResourceExhausted) and nothing is evicted. Expiry (the time-to-live) takes any owner's passes:
-// it depends on their own use only.
+// A kept pass holds its autograd graph (the activations backward needs) under a handle. The store
+// bounds what they hold: a byte budget, a time-to-live since last use, and explicit release. A
+// handle that was released, evicted or expired is a kNotFound error; a handle of another store is
+// kInvalidArgument. Every pass is charged to an owner, and making room for one evicts only its own
+// owner's passes (gradient::StoreOwner says how).
 #pragma once
 
 #include <chrono>
@@ -21,19 +15,12 @@
 
 #include <ATen/ATen.h>
 
-#include "aios/ali/extension.h"
-#include "aios/backbone/model.h"
+#include "aios/local/local_backbone.h"
 
-namespace aios::gradient {
+namespace aios::local {
 
-using Handle = std::uint64_t;
-// Who a kept pass is charged to. 0, the default, is the owner of every pass kept without one.
-using StoreOwner = std::uint64_t;
-
-struct StoreOptions {
-  std::size_t max_bytes = std::size_t{4} << 30;        // budget for all kept passes together
-  std::chrono::milliseconds ttl = std::chrono::minutes(10);  // since the entry's last use
-};
+using gradient::Handle;
+using gradient::StoreOwner;
 
 // One kept forward pass: either its autograd graph (from leaf to hidden and layers) or, when kept
 // for recomputation, the residual stream between blocks and what the blocks share.
@@ -85,4 +72,4 @@ class ActivationStore {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace aios::gradient
+}  // namespace aios::local

@@ -1,4 +1,5 @@
-// Generation with a KV cache for the in-process backbone.
+// LocalBackbone's generation: sessions holding a KV cache, the decode loop, sampling, and the
+// routing of spans to decoders.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <cmath>
@@ -7,11 +8,19 @@
 
 #include <fmt/ranges.h>
 
-#include "aios/ali/local_backbone.h"
 #include "aios/backbone/kv_cache.h"
 #include "aios/fail.h"
+#include "impl.h"
 
-namespace aios::ali {
+namespace aios::local {
+
+using ali::DecoderStep;
+using ali::GenerateOptions;
+using ali::Generation;
+using ali::GenerationStep;
+using ali::Route;
+using ali::SamplingOptions;
+using ali::Session;
 
 namespace {
 
@@ -234,26 +243,6 @@ class LocalGeneration final : public Generation {
 
 }  // namespace
 
-GenerationResult run_generation(Generation& generation, const std::function<bool(const GenerationStep&)>& on_step) {
-  std::vector<at::Tensor> ids, hidden, routes;
-  at::Tensor lengths;
-  while (std::optional<GenerationStep> step = generation.next()) {
-    ids.push_back(step->ids);
-    hidden.push_back(step->hidden);
-    routes.push_back(step->routes);
-    const at::Tensor emitted = step->ids.ne(GenerationStep::kFinished).to(at::kLong);
-    lengths = lengths.defined() ? lengths + emitted : emitted;
-    if (on_step && !on_step(*step)) break;
-  }
-  GenerationResult result;
-  if (ids.empty()) return result;
-  result.ids = at::stack(ids, 1);
-  result.hidden = at::stack(hidden, 1);
-  result.lengths = lengths;
-  result.routes = at::stack(routes, 1);
-  return result;
-}
-
 std::shared_ptr<Session> LocalBackbone::new_session() { return std::make_shared<LocalSession>(this); }
 
 std::unique_ptr<Generation> LocalBackbone::start_generation(const at::Tensor& latents, const GenerateOptions& options) {
@@ -302,7 +291,7 @@ std::unique_ptr<Generation> LocalBackbone::start_generation(const at::Tensor& la
     }
   }
 
-  ForwardOptions forward;
+  ali::ForwardOptions forward;
   forward.mask = options.mask;
   forward.positions = options.positions;
   if (!options.positions && latents.defined() && latents.dim() == 3) {
@@ -315,7 +304,7 @@ std::unique_ptr<Generation> LocalBackbone::start_generation(const at::Tensor& la
     if (session && session->batch_size() == B) start = session->next_positions_.unsqueeze(1);
     forward.positions = start + (real.cumsum(1) - 1).clamp_min(0);
   }
-  backbone::Attention attention = prepare(latents, forward);
+  backbone::Attention attention = impl_->prepare(latents, forward);
   const int64_t B = latents.size(0);
   if (session && session->batch_size() != 0 && session->batch_size() != B) {
     fail(ErrorCode::kInvalidArgument, "session", "expected a prompt of the session's batch size {}, got {}",
@@ -325,7 +314,7 @@ std::unique_ptr<Generation> LocalBackbone::start_generation(const at::Tensor& la
     fail(ErrorCode::kInvalidArgument, "mask", "expected at least one real position in every row");
   }
   if (!session) session = std::make_shared<LocalSession>(this);
-  return std::make_unique<LocalGeneration>(model(), std::move(session), latents, std::move(attention), options);
+  return std::make_unique<LocalGeneration>(*impl_->model, std::move(session), latents, std::move(attention), options);
 }
 
-}  // namespace aios::ali
+}  // namespace aios::local

@@ -1,4 +1,4 @@
-#include "aios/gradient_api/activation_store.h"
+#include "activation_store.h"
 
 #include <atomic>
 #include <list>
@@ -7,7 +7,7 @@
 
 #include "aios/fail.h"
 
-namespace aios::gradient {
+namespace aios::local {
 
 namespace {
 // Handles carry the store's tag in their top 16 bits, so a handle of another store is told apart
@@ -161,4 +161,4 @@ std::size_t ActivationStore::size() const {
 
 const StoreOptions& ActivationStore::options() const { return impl_->options; }
 
-}  // namespace aios::gradient
+}  // namespace aios::local
