@@ -109,24 +109,29 @@ std::vector<Route> to_routes(const PyRoutes& routes) {
   return out;
 }
 
-GenerateOptions generate_options(std::optional<at::Tensor> positions, std::optional<at::Tensor> mask,
-                                 int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
-                                 std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
-                                 std::shared_ptr<Extension> extension, std::shared_ptr<Session> session,
-                                 std::vector<Route> routes = {}) {
-  GenerateOptions o;
-  o.routes = std::move(routes);
-  o.positions = std::move(positions);
-  o.mask = std::move(mask);
-  o.max_new_tokens = max_new_tokens;
-  o.sampling.temperature = temperature;
-  o.sampling.top_k = top_k;
-  o.sampling.top_p = top_p;
-  o.sampling.seed = seed;
-  if (stop_ids) o.stop_ids = *stop_ids;
-  o.extension = std::move(extension);
-  o.session = std::move(session);
-  return o;
+// generate() and stream(): their keyword arguments (AIOS_GENERATE_ARGS) gathered into
+// GenerateOptions, then `run(backbone, latents, options)` without the GIL.
+template <typename Run>
+auto with_generate_options(Run run) {
+  return [run](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
+               std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
+               std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
+               std::shared_ptr<Extension> extension, std::shared_ptr<Session> session, const PyRoutes& routes) {
+    GenerateOptions o;
+    o.routes = to_routes(routes);
+    o.positions = std::move(positions);
+    o.mask = std::move(mask);
+    o.max_new_tokens = max_new_tokens;
+    o.sampling.temperature = temperature;
+    o.sampling.top_k = top_k;
+    o.sampling.top_p = top_p;
+    o.sampling.seed = seed;
+    if (stop_ids) o.stop_ids = *stop_ids;
+    o.extension = std::move(extension);
+    o.session = std::move(session);
+    py::gil_scoped_release release;
+    return run(b, latents, o);
+  };
 }
 
 // The keyword arguments generate() and stream() share.
@@ -236,33 +241,19 @@ void bind_backbone(py::module_& m) {
           py::arg("tokens"), py::kw_only(), py::arg("init") = "mean",
           "New tokens with ids V, V+1, ... and their own embedding and classifier rows. init: \"mean\" (of the "
           "base rows), a base token id (copies its rows), or (embedding_rows, classifier_rows) tensors [K,D].")
-      .def(
-          "generate",
-          [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
-             std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
-             std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
-             std::shared_ptr<Extension> extension, std::shared_ptr<Session> session, const PyRoutes& routes) {
-            GenerateOptions o = generate_options(positions, mask, max_new_tokens, temperature, top_k, top_p, seed,
-                                                 stop_ids, std::move(extension), std::move(session), to_routes(routes));
-            py::gil_scoped_release release;
-            return b.generate(latents, o);
-          },
+      .def("generate",
+           with_generate_options([](Interface& b, const at::Tensor& latents, const GenerateOptions& o) {
+             return b.generate(latents, o);
+           }),
           AIOS_GENERATE_ARGS,
           "Generates from latents [B,T,D] with a KV cache -> GenerationResult(ids [B,N], hidden [B,N,D], lengths). "
           "mask: key padding [B,T] for prompts of different lengths; temperature 0 = greedy; top_k, top_p, seed; "
           "stop_ids end a row; extension: its tokens can be generated; session: continue its cache; routes: "
           "[(start_id, end_id, Decoder)], a decoder takes a row from after start_id until it ends the span.")
-      .def(
-          "stream",
-          [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
-             std::optional<at::Tensor> mask, int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
-             std::optional<uint64_t> seed, std::optional<std::vector<int64_t>> stop_ids,
-             std::shared_ptr<Extension> extension, std::shared_ptr<Session> session, const PyRoutes& routes) {
-            GenerateOptions o = generate_options(positions, mask, max_new_tokens, temperature, top_k, top_p, seed,
-                                                 stop_ids, std::move(extension), std::move(session), to_routes(routes));
-            py::gil_scoped_release release;
-            return b.start_generation(latents, o);
-          },
+      .def("stream",
+           with_generate_options([](Interface& b, const at::Tensor& latents, const GenerateOptions& o) {
+             return b.start_generation(latents, o);
+           }),
           AIOS_GENERATE_ARGS, py::keep_alive<0, 1>(),
           "Like generate, as an iterator of GenerationStep (one per generated position), computed as it is read.")
       .def("new_session", &Interface::new_session, "an empty Session to pass to generate/stream")
