@@ -34,7 +34,6 @@ Layout of row b, for R = its real length and T = max R over the batch:
 """
 import json
 import os
-import secrets
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -439,52 +438,6 @@ def register_decoder(kind: str, factory: Callable[[Dict[str, int]], nn.Module]):
     _register(_DECODERS, kind, factory)
 
 
-def _sync_folder(path):
-    """fsync of a folder: its entries (renames into it, folders made in it) survive a crash of the
-    machine. Best effort, as in C++: some file systems refuse."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _make_folders(path):
-    """os.makedirs, with the parent of each folder made synced (io::create_folders in C++)."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return
-    _make_folders(os.path.dirname(path))
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
-    _sync_folder(os.path.dirname(path))
-
-
-def _write_atomically(path, data: bytes):
-    """A temporary file beside `path`, flushed and fsync'ed, renamed over it, then the folder synced."""
-    tmp = f"{path}.tmp.{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _sync_folder(os.path.dirname(os.path.abspath(path)))
-
-
 def _save(role, module, path, kind, sizes):
     from safetensors.torch import save as safetensors_bytes
 
@@ -492,23 +445,18 @@ def _save(role, module, path, kind, sizes):
     sizes = sizes if sizes is not None else module.sizes()
     if not kind:
         _fail(InvalidArgumentError, "kind", f"expected the {role.noun}'s kind, got none")
-    path = os.fspath(path)
-    _make_folders(path)
+    path = os.path.abspath(os.fspath(path))
+    # The C++ saves' own file steps (io:: in aios/io/safetensors.h): atomic writes, fsyncs, clean-up.
+    _aios.create_folders(path)
     tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
     data = safetensors_bytes(tensors, metadata={"kind": kind})
-    weights = f"{role.weights}{secrets.token_hex(8)}.safetensors"
-    _write_atomically(os.path.join(path, weights), data)
+    weights = _aios.unique_file_name(role.weights, ".safetensors")
+    _aios.write_file_atomically(os.path.join(path, weights), data)
     manifest = {"format": role.format, "version": 1, "kind": kind, "sizes": {k: int(v) for k, v in sizes.items()},
                 "weights": weights, "crc32": zlib.crc32(data)}
-    _write_atomically(os.path.join(path, role.manifest), (json.dumps(manifest, indent=2) + "\n").encode())
+    _aios.write_file_atomically(os.path.join(path, role.manifest), (json.dumps(manifest, indent=2) + "\n").encode())
     # Older weight files are unreachable now, and so are the temporaries of interrupted saves.
-    for name in os.listdir(path):
-        superseded = name != weights and name.startswith(role.weights) and name.endswith(".safetensors")
-        if superseded or ".tmp." in name:
-            try:
-                os.remove(os.path.join(path, name))
-            except OSError:
-                pass
+    _aios.remove_superseded(path, role.weights, weights)
 
 
 def save_encoder(module: nn.Module, path, kind: Optional[str] = None, sizes: Optional[Dict[str, int]] = None):
