@@ -254,7 +254,7 @@ class KeptPasses {
     check_room(0);
   }
   // Forgets the passes the store dropped to keep `kept` (the tenant's own: see
-  // activation_store.h), then counts `kept` within the quota (checked and counted under one lock).
+  // gradient::StoreOwner), then counts `kept` within the quota (checked and counted under one lock).
   void keep(const gradient::KeptForward& kept, std::shared_ptr<CurrentCall> call) {
     std::lock_guard lock(tenant_.mutex);
     for (gradient::Handle gone : kept.dropped) forget(gone);
