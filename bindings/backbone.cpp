@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <pybind11/operators.h>
 
 #include "aios/ali/masks.h"
 #include "aios/fail.h"
@@ -31,7 +32,6 @@ using aios::gradient::Gradients;
 using aios::gradient::Handle;
 using aios::local::LocalBackbone;
 using Interface = aios::gradient::Backbone;  // what both the local and the remote backbone implement
-using aios::backbone::ModelConfig;
 using aios::backbone::dtype_name;
 using aios::backbone::parse_device;
 using aios::backbone::parse_dtype;
@@ -144,22 +144,52 @@ auto with_generate_options(Run run) {
 }  // namespace
 
 void bind_backbone(py::module_& m) {
-  py::class_<ModelConfig>(m, "Config", "Architecture of a loaded backbone (read-only).")
-      .def_readonly("architecture", &ModelConfig::architecture)
-      .def_property_readonly("family", [](const ModelConfig& c) { return aios::backbone::family_name(c.family); })
-      .def_readonly("vocab_size", &ModelConfig::vocab_size)
-      .def_readonly("hidden_size", &ModelConfig::hidden_size)
-      .def_readonly("intermediate_size", &ModelConfig::intermediate_size)
-      .def_readonly("num_layers", &ModelConfig::num_layers)
-      .def_readonly("num_heads", &ModelConfig::num_heads)
-      .def_readonly("num_kv_heads", &ModelConfig::num_kv_heads)
-      .def_readonly("head_dim", &ModelConfig::head_dim)
-      .def_readonly("max_positions", &ModelConfig::max_positions)
-      .def_readonly("tie_word_embeddings", &ModelConfig::tie_word_embeddings)
-      .def("__repr__", [](const ModelConfig& c) {
+  py::class_<RopeInfo>(m, "RopeInfo", "Rotary position frequencies of a backbone (read-only; see aios/model_info.h).")
+      .def_readonly("type", &RopeInfo::type)
+      .def_readonly("theta", &RopeInfo::theta)
+      .def_readonly("factor", &RopeInfo::factor)
+      .def_readonly("low_freq_factor", &RopeInfo::low_freq_factor)
+      .def_readonly("high_freq_factor", &RopeInfo::high_freq_factor)
+      .def_readonly("original_max_positions", &RopeInfo::original_max_positions)
+      .def(py::self == py::self)
+      .def(py::self != py::self)
+      .def("__repr__", [](const RopeInfo& r) { return fmt::format("RopeInfo(type='{}', theta={})", r.type, r.theta); });
+
+  // The same description from a local and a hosted backbone (the host sends its own).
+  py::class_<ModelInfo>(m, "Config", "The model a backbone runs (read-only; see aios/model_info.h).")
+      .def_readonly("architecture", &ModelInfo::architecture)
+      .def_readonly("family", &ModelInfo::family)
+      .def_readonly("vocab_size", &ModelInfo::vocab_size)
+      .def_readonly("hidden_size", &ModelInfo::hidden_size)
+      .def_readonly("intermediate_size", &ModelInfo::intermediate_size)
+      .def_readonly("num_layers", &ModelInfo::num_layers)
+      .def_readonly("num_heads", &ModelInfo::num_heads)
+      .def_readonly("num_kv_heads", &ModelInfo::num_kv_heads)
+      .def_readonly("head_dim", &ModelInfo::head_dim)
+      .def_readonly("max_positions", &ModelInfo::max_positions)
+      .def_readonly("norm", &ModelInfo::norm)
+      .def_readonly("norm_eps", &ModelInfo::norm_eps)
+      .def_readonly("activation", &ModelInfo::activation)
+      .def_readonly("rope", &ModelInfo::rope, "RopeInfo, or None for learned positions")
+      .def_readonly("qkv_bias", &ModelInfo::qkv_bias)
+      .def_readonly("out_bias", &ModelInfo::out_bias)
+      .def_readonly("mlp_bias", &ModelInfo::mlp_bias)
+      .def_readonly("tie_word_embeddings", &ModelInfo::tie_word_embeddings)
+      .def_readonly("sliding_windows", &ModelInfo::sliding_windows, "per layer: the window, or None; [] = none")
+      .def_readonly("attention_scale", &ModelInfo::attention_scale)
+      .def_readonly("scale_attn_by_inverse_layer_idx", &ModelInfo::scale_attn_by_inverse_layer_idx)
+      .def_readonly("dtype", &ModelInfo::dtype)
+      .def_readonly("device", &ModelInfo::device)
+      .def_readonly("bos_id", &ModelInfo::bos_id)
+      .def_readonly("eos_ids", &ModelInfo::eos_ids)
+      .def_readonly("pad_id", &ModelInfo::pad_id)
+      .def(py::self == py::self)
+      .def(py::self != py::self)
+      .def("__repr__", [](const ModelInfo& c) {
         return fmt::format("Config(architecture='{}', hidden_size={}, num_layers={}, num_heads={}, num_kv_heads={}, "
-                           "vocab_size={})",
-                           c.architecture, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.vocab_size);
+                           "vocab_size={}, dtype='{}', device='{}')",
+                           c.architecture, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.vocab_size,
+                           c.dtype, c.device);
       });
 
   py::class_<PyForwardOutput>(m, "ForwardOutput", "Result of Backbone.forward.")

@@ -69,9 +69,9 @@ int info(const std::string& path, const aios::local::LoadOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   auto backbone = aios::local::LocalBackbone::load(path, options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const aios::backbone::ModelConfig& c = backbone->config();
+  const aios::ModelInfo& c = backbone->config();
   fmt::print("model           {}\n", path);
-  fmt::print("architecture    {} ({} family)\n", c.architecture, aios::backbone::family_name(c.family));
+  fmt::print("architecture    {} ({} family)\n", c.architecture, c.family);
   fmt::print("layers          {}\n", c.num_layers);
   fmt::print("hidden size     {}\n", c.hidden_size);
   fmt::print("heads           {} query, {} key/value, head dim {}\n", c.num_heads, c.num_kv_heads, c.head_dim);
@@ -80,8 +80,8 @@ int info(const std::string& path, const aios::local::LoadOptions& options) {
   fmt::print("max positions   {}\n", c.max_positions);
   fmt::print("output head     {}\n", c.tie_word_embeddings ? "tied to the embedding" : "separate");
   fmt::print("parameters      {}\n", with_thousands(backbone->parameter_count()));
-  fmt::print("dtype           {}\n", aios::backbone::dtype_name(backbone->dtype()));
-  fmt::print("device          {}\n", backbone->device().str());
+  fmt::print("dtype           {}\n", c.dtype);
+  fmt::print("device          {}\n", c.device);
   fmt::print("load time       {:.3f} s\n", seconds);
   return 0;
 }

@@ -77,7 +77,7 @@ const json& member(const json& object, const char* key) {
 }  // namespace
 
 BaseIdentity BaseIdentity::of(Backbone& backbone) {
-  const ModelConfig& c = backbone.config();
+  const ModelInfo& c = backbone.config();
   BaseIdentity id;
   id.architecture = c.architecture;
   id.vocab_size = c.vocab_size;
@@ -240,7 +240,7 @@ std::shared_ptr<Extension> Extension::load(Backbone& backbone, const std::string
   expect(is_rows_file(rows_name) && rows_name.find('/') == std::string::npos && rows_name.find('\\') == std::string::npos,
          "rows", "the name of a rows-*.safetensors file in the folder");
 
-  const ModelConfig& c = backbone.config();
+  const ModelInfo& c = backbone.config();
   if (saved.architecture != c.architecture || saved.vocab_size != c.vocab_size || saved.hidden_size != c.hidden_size ||
       saved.num_layers != c.num_layers) {
     fail(ErrorCode::kFailedPrecondition, path,

@@ -1,6 +1,7 @@
 #include "aios/backbone/config.h"
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include <fmt/ranges.h>
@@ -18,6 +19,53 @@ const char* family_name(Family family) {
     case Family::kGpt2: return "gpt2";
   }
   return "?";
+}
+
+ModelInfo describe(const ModelConfig& c) {
+  ModelInfo info;
+  info.architecture = c.architecture;
+  info.family = family_name(c.family);
+  info.vocab_size = c.vocab_size;
+  info.hidden_size = c.hidden_size;
+  info.intermediate_size = c.intermediate_size;
+  info.num_layers = c.num_layers;
+  info.num_heads = c.num_heads;
+  info.num_kv_heads = c.num_kv_heads;
+  info.head_dim = c.head_dim;
+  info.max_positions = c.max_positions;
+  info.norm_eps = c.norm_eps;
+  switch (c.activation) {
+    case Activation::kSilu: info.activation = "silu"; break;
+    case Activation::kGeluExact: info.activation = "gelu"; break;
+    case Activation::kGeluTanh: info.activation = "gelu_tanh"; break;
+  }
+  if (c.family == Family::kLlama) {
+    info.norm = "rms_norm";
+    RopeInfo& rope = info.rope.emplace();
+    switch (c.rope.type) {
+      case RopeConfig::Type::kDefault: rope.type = "default"; break;
+      case RopeConfig::Type::kLinear: rope.type = "linear"; break;
+      case RopeConfig::Type::kLlama3: rope.type = "llama3"; break;
+    }
+    rope.theta = c.rope.theta;
+    rope.factor = c.rope.factor;
+    rope.low_freq_factor = c.rope.low_freq_factor;
+    rope.high_freq_factor = c.rope.high_freq_factor;
+    rope.original_max_positions = c.rope.original_max_positions;
+  } else {
+    info.norm = "layer_norm";
+  }
+  info.qkv_bias = c.qkv_bias;
+  info.out_bias = c.out_bias;
+  info.mlp_bias = c.mlp_bias;
+  info.tie_word_embeddings = c.tie_word_embeddings;
+  info.sliding_windows = c.sliding_windows;
+  info.attention_scale = c.attention_scale;
+  info.scale_attn_by_inverse_layer_idx = c.scale_attn_by_inverse_layer_idx;
+  info.bos_id = c.bos_id;
+  info.eos_ids = c.eos_ids;
+  info.pad_id = c.pad_id;
+  return info;
 }
 
 namespace {
@@ -75,6 +123,14 @@ class Fields {
     return v.get<std::string>();
   }
   const json& at(const char* key) const { return object_.at(key); }
+  // A special token's id: absent, null or negative = none.
+  std::optional<int64_t> token_id(const json& v, const std::string& field) const {
+    if (v.is_null() || (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() < 0)) return std::nullopt;
+    return json_integer(v, field, 0, std::numeric_limits<int64_t>::max(), ErrorCode::kInvalidArgument);
+  }
+  std::optional<int64_t> token_id(const char* key) const {
+    return has(key) ? token_id(object_.at(key), name(key)) : std::nullopt;
+  }
 
  private:
   const json& object_;
@@ -219,6 +275,22 @@ void parse_gpt2(const Fields& f, ModelConfig& c) {
   c.scale_attn_by_inverse_layer_idx = f.boolean("scale_attn_by_inverse_layer_idx", false);
 }
 
+void parse_special_tokens(const Fields& f, ModelConfig& c) {
+  c.bos_id = f.token_id("bos_token_id");
+  c.pad_id = f.token_id("pad_token_id");
+  if (!f.has("eos_token_id")) return;
+  const json& eos = f.at("eos_token_id");
+  if (!eos.is_array()) {
+    if (auto id = f.token_id(eos, f.name("eos_token_id"))) c.eos_ids.push_back(*id);
+    return;
+  }
+  // Bounded by the text already read; a list this long is no checkpoint's.
+  if (eos.size() > 1024) fail(ErrorCode::kInvalidArgument, f.name("eos_token_id"), "expected at most 1024 ids, got {}", eos.size());
+  for (std::size_t i = 0; i < eos.size(); ++i) {
+    if (auto id = f.token_id(eos[i], fmt::format("{}[{}]", f.name("eos_token_id"), i))) c.eos_ids.push_back(*id);
+  }
+}
+
 struct KnownArchitecture {
   const char* architecture;
   const char* model_type;
@@ -270,6 +342,7 @@ ModelConfig parse_config(const json& root) {
   } else {
     parse_llama_family(f, known->model_type, c);
   }
+  parse_special_tokens(f, c);
   return c;
 }
 

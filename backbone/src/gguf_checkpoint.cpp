@@ -121,6 +121,13 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
   if (embedding == nullptr || embedding->shape.size() != 2) {
     fail(ErrorCode::kDataLoss, file.path() + ": token_embd.weight", "expected a [vocab, hidden] token embedding");
   }
+  // Special tokens, which llama.cpp keeps with the tokenizer.
+  for (const auto& [hf, gguf] : {std::pair{"bos_token_id", "bos_token_id"}, std::pair{"eos_token_id", "eos_token_id"},
+                                 std::pair{"pad_token_id", "padding_token_id"}}) {
+    const std::string key = std::string("tokenizer.ggml.") + gguf;
+    source[std::string("config.") + hf] = key;
+    if (auto v = file.integer(key)) config[hf] = *v;
+  }
   config["vocab_size"] = embedding->shape[0];
   source["config.vocab_size"] = "token_embd.weight";
   config["tie_word_embeddings"] = file.find("output.weight") == nullptr;

@@ -178,7 +178,8 @@ struct Client::Impl {
   std::unique_ptr<server::Connection> connection;  // every call goes through it (in chunks when large)
   std::unique_ptr<v1::Latent::Stub> latent;
   std::unique_ptr<v1::Gradient::Stub> gradient;
-  ModelConfig config;
+  ModelInfo config;
+  HostLimits limits;
 };
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -190,28 +191,13 @@ Client Client::connect(const std::string& address, const ConnectOptions& options
   auto impl = std::make_unique<Impl>(std::make_unique<server::Connection>(address, options));
   v1::ModelInfo info;
   impl->connection->call("/aios.v1.Latent/Info", *impl->latent, &v1::Latent::Stub::Info, v1::InfoRequest(), &info);
-  if (info.dtype() != v1::FLOAT32 && info.dtype() != v1::BFLOAT16 && info.dtype() != v1::FLOAT16) {
-    fail(ErrorCode::kDataLoss, "dtype", "the host describes its dtype as {}", static_cast<int>(info.dtype()));
-  }
-  ModelConfig& cfg = impl->config;
-  cfg.architecture = info.architecture();
-  cfg.vocab_size = info.vocab_size();
-  cfg.hidden_size = info.hidden_size();
-  cfg.num_layers = info.num_layers();
-  cfg.num_heads = info.num_heads();
-  cfg.num_kv_heads = info.num_kv_heads();
-  cfg.head_dim = info.head_dim();
-  cfg.intermediate_size = info.intermediate_size();
-  cfg.max_positions = info.max_positions();
-  cfg.tie_word_embeddings = info.tie_word_embeddings();
-  cfg.dtype = server::dtype_name(info.dtype());
-  cfg.device = info.device();
-  cfg.max_batch = info.max_batch();
-  cfg.max_request_bytes = info.max_request_bytes();
+  impl->config = server::model_info(info);
+  impl->limits = server::host_limits(info);
   return Client(std::move(impl));
 }
 
-const ModelConfig& Client::config() const { return impl_->config; }
+const ModelInfo& Client::config() const { return impl_->config; }
+const HostLimits& Client::limits() const { return impl_->limits; }
 
 FloatTensor<3> Client::embed(const IdTensor<2>& ids) const {
   v1::EmbedRequest request;

@@ -40,7 +40,7 @@ at::Tensor checked_bool_tensor(const at::Tensor& t, const char* name, c10::Devic
 }  // namespace
 
 backbone::Attention LocalBackbone::Impl::prepare(const at::Tensor& latents, const ali::ForwardOptions& options) const {
-  const ModelConfig& c = model->config();
+  const backbone::ModelConfig& c = model->config();
   require_defined(latents, "latents");
   if (latents.dim() != 3) {
     fail(ErrorCode::kInvalidArgument, "latents", "expected rank 3 [B,T,D], got shape {}", shape_of(latents));
@@ -93,7 +93,7 @@ backbone::Attention LocalBackbone::Impl::prepare(const at::Tensor& latents, cons
 void LocalBackbone::Impl::check_states(const at::Tensor& t, const char* name) const {
   require_defined(t, name);
   if (t.dim() < 1) fail(ErrorCode::kInvalidArgument, name, "expected shape [..., D], got a scalar");
-  const ModelConfig& c = model->config();
+  const backbone::ModelConfig& c = model->config();
   if (t.size(-1) != c.hidden_size) {
     fail(ErrorCode::kInvalidArgument, name, "expected last dimension {} (hidden size), got shape {}", c.hidden_size,
          shape_of(t));

@@ -246,7 +246,7 @@ class LocalGeneration final : public Generation {
 std::shared_ptr<Session> LocalBackbone::new_session() { return std::make_shared<LocalSession>(this); }
 
 std::unique_ptr<Generation> LocalBackbone::start_generation(const at::Tensor& latents, const GenerateOptions& options) {
-  const ModelConfig& c = config();
+  const ModelInfo& c = config();
   std::shared_ptr<LocalSession> session = std::dynamic_pointer_cast<LocalSession>(options.session);
   if (options.session && (!session || session->owner_ != this)) {
     fail(ErrorCode::kInvalidArgument, "session", "expected a session of this backbone (new_session())");

@@ -24,10 +24,15 @@ at::Tensor checked_index_tensor(const at::Tensor& t, const char* name, int64_t l
 struct LocalBackbone::Impl {
   Impl(const LocalBackbone& self, std::unique_ptr<backbone::Model> model, std::string path,
        const StoreOptions& store)
-      : self(self), model(std::move(model)), path(std::move(path)), store(store) {}
+      : self(self), model(std::move(model)), path(std::move(path)), store(store) {
+    info = backbone::describe(this->model->config());
+    info.dtype = backbone::dtype_name(this->model->dtype());
+    info.device = this->model->device().str();
+  }
 
   const LocalBackbone& self;  // what extensions are checked against
   std::unique_ptr<backbone::Model> model;
+  ModelInfo info;
   std::string path;  // the checkpoint folder or GGUF file
   std::once_flag tokenizer_once;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer;

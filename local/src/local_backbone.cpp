@@ -24,7 +24,7 @@ std::unique_ptr<LocalBackbone> LocalBackbone::load(const std::string& path, cons
   return std::unique_ptr<LocalBackbone>(new LocalBackbone(backbone::load_model(path, options), path, store));
 }
 
-const ModelConfig& LocalBackbone::config() const { return impl_->model->config(); }
+const ModelInfo& LocalBackbone::config() const { return impl_->info; }
 c10::Device LocalBackbone::device() const { return impl_->model->device(); }
 c10::ScalarType LocalBackbone::dtype() const { return impl_->model->dtype(); }
 int64_t LocalBackbone::parameter_count() const { return impl_->model->parameter_count(); }

@@ -81,7 +81,7 @@ at::Tensor checked_weights(const at::Tensor& w, const char* name, int64_t B, int
 
 FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const gradient::ForwardOptions& options,
                                             const LossOptions& loss) {
-  const ModelConfig& cfg = config();
+  const ModelInfo& cfg = config();
   if (loss.chunk_tokens < 1) {
     fail(ErrorCode::kInvalidArgument, "chunk_tokens", "expected >= 1, got {}", loss.chunk_tokens);
   }

@@ -151,21 +151,7 @@ class LatentService final : public v1::Latent::Service {
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::ModelInfo* out) override {
     return guarded(r_, context, [&](Caller& caller) {
-      const auto& c = r_.backbone().config();
-      out->set_architecture(c.architecture);
-      out->set_vocab_size(c.vocab_size);
-      out->set_hidden_size(c.hidden_size);
-      out->set_num_layers(c.num_layers);
-      out->set_num_heads(c.num_heads);
-      out->set_num_kv_heads(c.num_kv_heads);
-      out->set_head_dim(c.head_dim);
-      out->set_intermediate_size(c.intermediate_size);
-      out->set_max_positions(c.max_positions);
-      out->set_tie_word_embeddings(c.tie_word_embeddings);
-      out->set_dtype(wire_dtype(r_.backbone().dtype()));
-      out->set_device(r_.backbone().device().str());
-      out->set_max_batch(r_.options().max_batch);
-      out->set_max_request_bytes(r_.options().limits.max_bytes);
+      to_wire(r_.backbone().config(), HostLimits{r_.options().max_batch, r_.options().limits.max_bytes}, out);
     }, Work::kBookkeeping);
   }
 

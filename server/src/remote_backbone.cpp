@@ -105,7 +105,8 @@ struct RemoteBackbone::Impl {
   std::unique_ptr<v1::Gradient::Stub> gradient;
   std::unique_ptr<v1::Tokenizer::Stub> tokenizer;
   std::unique_ptr<v1::Generation::Stub> generation;
-  ModelConfig config;
+  ModelInfo config;
+  HostLimits limits;
   c10::ScalarType dtype = at::kFloat;
 
   std::once_flag definition_once;
@@ -307,25 +308,14 @@ std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(const std::string& addre
 
   v1::ModelInfo info;
   impl->call([&](grpc::ClientContext* c) { return impl->latent->Info(c, v1::InfoRequest(), &info); });
-  ModelConfig& cfg = impl->config;
-  cfg.architecture = info.architecture();
-  cfg.vocab_size = info.vocab_size();
-  cfg.hidden_size = info.hidden_size();
-  cfg.num_layers = info.num_layers();
-  cfg.num_heads = info.num_heads();
-  cfg.num_kv_heads = info.num_kv_heads();
-  cfg.head_dim = info.head_dim();
-  cfg.intermediate_size = info.intermediate_size();
-  cfg.max_positions = info.max_positions();
-  cfg.tie_word_embeddings = info.tie_word_embeddings();
-  if (itemsize(info.dtype()) == 0 || !at::isFloatingType(torch_dtype(info.dtype()))) {
-    fail(ErrorCode::kDataLoss, "dtype", "the host describes its dtype as {}", static_cast<int>(info.dtype()));
-  }
+  impl->config = model_info(info);
+  impl->limits = host_limits(info);
   impl->dtype = torch_dtype(info.dtype());
   return std::shared_ptr<RemoteBackbone>(new RemoteBackbone(std::move(impl)));
 }
 
-const ModelConfig& RemoteBackbone::config() const { return impl_->config; }
+const ModelInfo& RemoteBackbone::config() const { return impl_->config; }
+const HostLimits& RemoteBackbone::limits() const { return impl_->limits; }
 c10::Device RemoteBackbone::device() const { return at::kCPU; }
 c10::ScalarType RemoteBackbone::dtype() const { return impl_->dtype; }
 

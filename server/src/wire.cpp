@@ -70,6 +70,99 @@ WireTensor check_tensor(const v1::Tensor& t, const std::string& field, const Wir
   return out;
 }
 
+void to_wire(const ModelInfo& info, const HostLimits& limits, v1::ModelInfo* out) {
+  out->set_architecture(info.architecture);
+  out->set_family(info.family);
+  out->set_vocab_size(info.vocab_size);
+  out->set_hidden_size(info.hidden_size);
+  out->set_intermediate_size(info.intermediate_size);
+  out->set_num_layers(info.num_layers);
+  out->set_num_heads(info.num_heads);
+  out->set_num_kv_heads(info.num_kv_heads);
+  out->set_head_dim(info.head_dim);
+  out->set_max_positions(info.max_positions);
+  out->set_norm(info.norm);
+  out->set_norm_eps(info.norm_eps);
+  out->set_activation(info.activation);
+  if (info.rope) {
+    v1::RopeInfo* rope = out->mutable_rope();
+    rope->set_type(info.rope->type);
+    rope->set_theta(info.rope->theta);
+    rope->set_factor(info.rope->factor);
+    rope->set_low_freq_factor(info.rope->low_freq_factor);
+    rope->set_high_freq_factor(info.rope->high_freq_factor);
+    rope->set_original_max_positions(info.rope->original_max_positions);
+  }
+  out->set_qkv_bias(info.qkv_bias);
+  out->set_out_bias(info.out_bias);
+  out->set_mlp_bias(info.mlp_bias);
+  out->set_tie_word_embeddings(info.tie_word_embeddings);
+  for (const auto& window : info.sliding_windows) out->add_sliding_windows(window.value_or(0));
+  out->set_attention_scale(info.attention_scale);
+  out->set_scale_attn_by_inverse_layer_idx(info.scale_attn_by_inverse_layer_idx);
+  for (const v1::DType d : {v1::FLOAT32, v1::BFLOAT16, v1::FLOAT16}) {
+    if (info.dtype == dtype_name(d)) out->set_dtype(d);
+  }
+  out->set_device(info.device);
+  if (info.bos_id) out->set_bos_id(*info.bos_id);
+  for (int64_t id : info.eos_ids) out->add_eos_ids(id);
+  if (info.pad_id) out->set_pad_id(*info.pad_id);
+  out->set_max_batch(limits.max_batch);
+  out->set_max_request_bytes(limits.max_request_bytes);
+}
+
+ModelInfo model_info(const v1::ModelInfo& in, const WireLimits& limits) {
+  if (in.dtype() != v1::FLOAT32 && in.dtype() != v1::BFLOAT16 && in.dtype() != v1::FLOAT16) {
+    fail(ErrorCode::kDataLoss, "info.dtype", "the host describes its dtype as {}", static_cast<int>(in.dtype()));
+  }
+  const auto size = [&](int64_t value, const char* name) {
+    if (value < 1 || value > limits.max_dim) {
+      fail(ErrorCode::kDataLoss, fmt::format("info.{}", name), "expected a size in [1, {}], got {}", limits.max_dim, value);
+    }
+    return value;
+  };
+  ModelInfo info;
+  info.architecture = in.architecture();
+  info.family = in.family();
+  info.vocab_size = size(in.vocab_size(), "vocab_size");
+  info.hidden_size = size(in.hidden_size(), "hidden_size");
+  info.intermediate_size = size(in.intermediate_size(), "intermediate_size");
+  info.num_layers = size(in.num_layers(), "num_layers");
+  info.num_heads = size(in.num_heads(), "num_heads");
+  info.num_kv_heads = size(in.num_kv_heads(), "num_kv_heads");
+  info.head_dim = size(in.head_dim(), "head_dim");
+  info.max_positions = size(in.max_positions(), "max_positions");
+  info.norm = in.norm();
+  info.norm_eps = in.norm_eps();
+  info.activation = in.activation();
+  if (in.has_rope()) {
+    const v1::RopeInfo& r = in.rope();
+    info.rope = RopeInfo{r.type(), r.theta(), r.factor(), r.low_freq_factor(), r.high_freq_factor(),
+                         r.original_max_positions()};
+  }
+  info.qkv_bias = in.qkv_bias();
+  info.out_bias = in.out_bias();
+  info.mlp_bias = in.mlp_bias();
+  info.tie_word_embeddings = in.tie_word_embeddings();
+  if (in.sliding_windows_size() != 0 && in.sliding_windows_size() != info.num_layers) {
+    fail(ErrorCode::kDataLoss, "info.sliding_windows", "expected none or one per layer ({}), got {}", info.num_layers,
+         in.sliding_windows_size());
+  }
+  for (int64_t window : in.sliding_windows()) {
+    info.sliding_windows.push_back(window > 0 ? std::optional<int64_t>(window) : std::nullopt);
+  }
+  info.attention_scale = in.attention_scale();
+  info.scale_attn_by_inverse_layer_idx = in.scale_attn_by_inverse_layer_idx();
+  info.dtype = dtype_name(in.dtype());
+  info.device = in.device();
+  if (in.has_bos_id()) info.bos_id = in.bos_id();
+  info.eos_ids.assign(in.eos_ids().begin(), in.eos_ids().end());
+  if (in.has_pad_id()) info.pad_id = in.pad_id();
+  return info;
+}
+
+HostLimits host_limits(const v1::ModelInfo& info) { return {info.max_batch(), info.max_request_bytes()}; }
+
 grpc::Status to_status(const Error& e, grpc::ServerContext* context) {
   if (context != nullptr && !e.field().empty()) context->AddTrailingMetadata(kFieldMetadata, e.field());
   return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(e.code())), e.message());

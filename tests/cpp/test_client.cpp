@@ -139,7 +139,8 @@ TEST_CASE("the thin client gives what the local backbone gives", "[client]") {
   CHECK(config.num_layers == local.config().num_layers);
   CHECK(config.dtype == "float32");
   CHECK(config.device == "cpu");
-  CHECK(config.max_batch > 0);
+  CHECK(config == local.config());  // the description both clients and the host share
+  CHECK(client.limits().max_batch > 0);
 
   torch::manual_seed(0);
   const at::Tensor ids = torch::randint(kVocab, {2, 6}, torch::kLong);

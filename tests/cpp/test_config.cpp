@@ -163,3 +163,62 @@ TEST_CASE("unknown architectures and unsupported values name their field") {
   expect_invalid(g, "config.add_cross_attention", "true");
   CHECK_THROWS_AS(parse_hf_config("not json"), Error);
 }
+
+TEST_CASE("special token ids: one or a list, null or negative as none") {
+  json c = llama();
+  auto parsed = parse_hf_config(c.dump());
+  CHECK_FALSE(parsed.bos_id);
+  CHECK(parsed.eos_ids.empty());
+  CHECK_FALSE(parsed.pad_id);
+  c["bos_token_id"] = 1;
+  c["eos_token_id"] = {2, 7};
+  c["pad_token_id"] = nullptr;
+  parsed = parse_hf_config(c.dump());
+  CHECK(parsed.bos_id == 1);
+  CHECK(parsed.eos_ids == std::vector<int64_t>{2, 7});
+  CHECK_FALSE(parsed.pad_id);
+  c["eos_token_id"] = 3;
+  c["pad_token_id"] = -1;  // what some configs write for "none"
+  parsed = parse_hf_config(c.dump());
+  CHECK(parsed.eos_ids == std::vector<int64_t>{3});
+  CHECK_FALSE(parsed.pad_id);
+  c["bos_token_id"] = "<s>";
+  expect_invalid(c, "config.bos_token_id", "<s>");
+  c["bos_token_id"] = 1;
+  c["eos_token_id"] = {2, 2.5};
+  expect_invalid(c, "config.eos_token_id[1]", "2.5");
+  c["eos_token_id"] = json::array();
+  for (int i = 0; i < 1025; ++i) c["eos_token_id"].push_back(i);
+  expect_invalid(c, "config.eos_token_id", "1024");
+}
+
+TEST_CASE("the public description says what the config says") {
+  json c = llama();
+  c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+  c["sliding_window"] = 8;
+  c["eos_token_id"] = 2;
+  const aios::ModelInfo info = aios::backbone::describe(parse_hf_config(c.dump()));
+  CHECK(info.architecture == "LlamaForCausalLM");
+  CHECK(info.family == "llama");
+  CHECK(info.norm == "rms_norm");
+  CHECK(info.norm_eps == 1e-5);
+  CHECK(info.activation == "silu");
+  REQUIRE(info.rope);
+  CHECK(info.rope->type == "linear");
+  CHECK(info.rope->factor == 2.0);
+  CHECK(info.sliding_windows == std::vector<std::optional<int64_t>>{8, 8});
+  CHECK(info.attention_scale == Approx(0.25));
+  CHECK(info.eos_ids == std::vector<int64_t>{2});
+  CHECK(info.dtype.empty());  // the backbone that runs the model fills dtype and device
+
+  const json gpt2 = {{"model_type", "gpt2"}, {"vocab_size", 100}, {"n_embd", 64},
+                     {"n_layer", 2},         {"n_head", 4},        {"n_positions", 32}};
+  const aios::ModelInfo g = aios::backbone::describe(parse_hf_config(gpt2.dump()));
+  CHECK(g.family == "gpt2");
+  CHECK(g.norm == "layer_norm");
+  CHECK(g.activation == "gelu_tanh");
+  CHECK_FALSE(g.rope);
+  CHECK(g.qkv_bias);
+  CHECK(g != info);
+  CHECK(g == aios::backbone::describe(parse_hf_config(gpt2.dump())));
+}

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
 #include "aios/server/remote_backbone.h"
+#include "aios/server/wire.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "batcher.h"
 #include "catch_torch.h"
@@ -77,6 +79,8 @@ TEST_CASE("a remote backbone gives what the local one gives", "[server]") {
   auto& remote = *l.remote;
   CHECK(remote.config().vocab_size == kVocab);
   CHECK(remote.config().hidden_size == kD);
+  CHECK(remote.config() == local.config());  // every field of the description, as the host has it
+  CHECK(remote.limits().max_batch > 0);
   CHECK(remote.dtype() == at::kFloat);
 
   torch::manual_seed(0);
@@ -122,6 +126,41 @@ TEST_CASE("a remote backbone gives what the local one gives", "[server]") {
   const auto gist_local = local.forward_backward(latents, {}, distill);
   CHECK(gist.loss.item<double>() == Approx(gist_local.loss.item<double>()).epsilon(1e-6));
   CHECK(at::allclose(gist.grad.latents, gist_local.grad.latents, 1e-6, 1e-6));
+}
+
+TEST_CASE("a host's description of its model crosses the wire whole, and is checked as untrusted", "[server]") {
+  auto& l = Loopback::get();
+  aios::ModelInfo described = l.local->config();
+  described.sliding_windows = {std::nullopt, 6};
+  described.bos_id = 0;
+  described.eos_ids = {1, 2};
+  aios::v1::ModelInfo wire;
+  aios::server::to_wire(described, {4, 1024}, &wire);
+  CHECK(aios::server::model_info(wire) == described);
+  CHECK(aios::server::host_limits(wire).max_batch == 4);
+  CHECK(aios::server::host_limits(wire).max_request_bytes == 1024);
+  described.rope.reset();  // learned positions
+  described.pad_id = 3;
+  wire.Clear();
+  aios::server::to_wire(described, {}, &wire);
+  CHECK(aios::server::model_info(wire) == described);
+
+  const auto refused = [&](const std::function<void(aios::v1::ModelInfo&)>& change, const std::string& field) {
+    aios::v1::ModelInfo bad = wire;
+    change(bad);
+    try {
+      aios::server::model_info(bad);
+      FAIL("accepted " << bad.ShortDebugString());
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kDataLoss);
+      CHECK(e.field() == field);
+    }
+  };
+  refused([](auto& m) { m.set_dtype(aios::v1::INT64); }, "info.dtype");
+  refused([](auto& m) { m.set_hidden_size(0); }, "info.hidden_size");
+  refused([](auto& m) { m.set_vocab_size(int64_t{1} << 40); }, "info.vocab_size");  // a client sizes rows by it
+  refused([](auto& m) { m.set_num_layers(-2); }, "info.num_layers");
+  refused([](auto& m) { m.add_sliding_windows(4); }, "info.sliding_windows");
 }
 
 TEST_CASE("errors cross the wire with their code and field", "[server]") {
@@ -991,7 +1030,7 @@ class GatedBackbone final : public aios::gradient::Backbone {
     }
     return inner_->forward(latents, options);
   }
-  const aios::ali::ModelConfig& config() const override { return inner_->config(); }
+  const aios::ModelInfo& config() const override { return inner_->config(); }
   c10::Device device() const override { return inner_->device(); }
   c10::ScalarType dtype() const override { return inner_->dtype(); }
   at::Tensor embed(const at::Tensor& ids, const aios::ali::Extension* e) override { return inner_->embed(ids, e); }

@@ -319,6 +319,8 @@ def test_a_gguf_backbone_brings_its_tokenizer_chat_template_and_extensions(defau
     backbone = aios.Backbone.load(default_gguf)
     assert backbone.tokenizer is not None and "<|im_start|>" in backbone.chat_template
     folder = aios.Backbone.load(default_model)
+    # The file's metadata (special tokens from tokenizer.ggml.*) describes the model its export does.
+    assert backbone.config == folder.config and backbone.config.eos_ids == [2]
     assert backbone.generate_text("What is the capital of France?", chat=True, max_new_tokens=12) == \
         folder.generate_text("What is the capital of France?", chat=True, max_new_tokens=12)
     ext = backbone.extend(["<sox>"])

@@ -41,6 +41,14 @@ def test_config_matches_reference(checkpoint):
     assert c.hidden_size == ref.hidden_size
     assert c.num_layers == ref.num_hidden_layers
     assert c.num_heads == ref.num_attention_heads
+    assert c.family == ("gpt2" if ref.model_type == "gpt2" else "llama")
+    assert c.norm_eps == (ref.layer_norm_epsilon if ref.model_type == "gpt2" else ref.rms_norm_eps)
+    assert (c.rope is None) == (ref.model_type == "gpt2")
+    assert c.tie_word_embeddings == ref.tie_word_embeddings
+    assert (c.dtype, c.device) == ("float32", "cpu")
+    # Special tokens as the checkpoint names them.
+    eos = ref.eos_token_id if isinstance(ref.eos_token_id, list) else [ref.eos_token_id]
+    assert (c.bos_id, c.eos_ids, c.pad_id) == (ref.bos_token_id, [i for i in eos if i is not None], ref.pad_token_id)
     assert backbone.parameter_count == checkpoint.reference.num_parameters()
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import aios
+from conftest import ARCHITECTURES
 import test_extension
 import test_generation
 import test_gradient
@@ -56,6 +57,22 @@ def test_loads_here_are_hosted(hosted, checkpoints):
 
 
 # ---- Latent API --------------------------------------------------------------------------------
+
+def config_fields(config):
+    return {name: getattr(config, name) for name in dir(aios.Config) if not name.startswith("_")}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES + ["default_model"])
+def test_the_hosts_description_is_the_local_one(hosted, checkpoints, default_model, name):
+    path = default_model if name == "default_model" else checkpoints[name].path
+    local = aios.Backbone.load(path, dtype="float32")  # with options: in-process, not hosted
+    remote = hosted(path)
+    assert isinstance(local, aios.LocalBackbone) and isinstance(remote, aios.RemoteBackbone)
+    fields = config_fields(local.config)
+    assert {"family", "rope", "norm", "sliding_windows", "dtype", "device", "eos_ids"} <= fields.keys()
+    assert config_fields(remote.config) == fields
+    assert remote.config == local.config
+
 
 @pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "qwen2"])
 def test_parity_with_transformers(hosted, checkpoints, name):

@@ -17,11 +17,9 @@
 
 #include "aios/ali/extension.h"
 #include "aios/ali/generation.h"
-#include "aios/backbone/config.h"
+#include "aios/model_info.h"
 
 namespace aios::ali {
-
-using backbone::ModelConfig;
 
 struct ForwardOptions {
   // int64 [B,T] (or [T], shared by the batch), each in [0, max_positions). Default: 0..T-1 per row.
@@ -56,7 +54,8 @@ class Backbone {
  public:
   virtual ~Backbone() = default;
 
-  virtual const ModelConfig& config() const = 0;
+  // The model it runs (aios/model_info.h); a hosted backbone reports the host's.
+  virtual const ModelInfo& config() const = 0;
   virtual c10::Device device() const = 0;
   virtual c10::ScalarType dtype() const = 0;
 

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "aios/model_info.h"
+
 namespace aios::backbone {
 
 // The block structure a checkpoint's architecture maps onto.
@@ -49,6 +51,11 @@ struct ModelConfig {
   std::vector<std::optional<int64_t>> sliding_windows;
   double attention_scale = 0.0;              // softmax scale; 1/sqrt(head_dim) unless the config says otherwise
   bool scale_attn_by_inverse_layer_idx = false;  // GPT-2 option: scale layer i by 1/(i+1) as well
+  // Special tokens as config.json names them (bos_token_id, eos_token_id: one or a list,
+  // pad_token_id); a negative id, as some configs write for none, is none.
+  std::optional<int64_t> bos_id;
+  std::vector<int64_t> eos_ids;
+  std::optional<int64_t> pad_id;
 };
 
 // Parses a Hugging Face config.json text. Throws Error(kInvalidArgument) for an unknown architecture
@@ -57,5 +64,9 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
 
 // "llama", "gpt2": the family's name for messages and the CLI.
 const char* family_name(Family family);
+
+// The public description of a model of this config (aios/model_info.h), dtype and device left empty
+// for the backbone that runs it.
+ModelInfo describe(const ModelConfig& config);
 
 }  // namespace aios::backbone

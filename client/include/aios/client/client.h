@@ -27,6 +27,7 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "aios/error.h"
+#include "aios/model_info.h"
 #include "aios/server/connect.h"
 
 namespace aios::client {
@@ -46,23 +47,8 @@ using Handle = uint64_t;
 // the host in chunks (Chunked.Call), and so does its reply. The options of RemoteBackbone too.
 using ConnectOptions = server::ConnectOptions;
 
-// The hosted backbone's description and the host's limits (the Info reply).
-struct ModelConfig {
-  std::string architecture;  // e.g. "LlamaForCausalLM"
-  int64_t vocab_size = 0;    // V
-  int64_t hidden_size = 0;   // D
-  int64_t num_layers = 0;
-  int64_t num_heads = 0;
-  int64_t num_kv_heads = 0;
-  int64_t head_dim = 0;
-  int64_t intermediate_size = 0;
-  int64_t max_positions = 0;
-  bool tie_word_embeddings = false;
-  std::string dtype;   // what the host computes and replies in: "float32", "bfloat16" or "float16"
-  std::string device;  // where the host computes: "cpu", "cuda:0", ...
-  int64_t max_batch = 0;          // largest B per request
-  int64_t max_request_bytes = 0;  // largest tensor per request
-};
+// The hosted model's description (aios/model_info.h) and what the host allows (the Info reply).
+using server::HostLimits;
 
 // As aios::ali::ForwardOptions.
 struct ForwardOptions {
@@ -133,7 +119,8 @@ class Client {
   Client& operator=(Client&&) noexcept;
   ~Client();
 
-  const ModelConfig& config() const;
+  const ModelInfo& config() const;
+  const HostLimits& limits() const;
 
   // ---- Latent API ----
   // ids int64 [B,T], each in [0,V) -> latents [B,T,D]: the token embeddings.

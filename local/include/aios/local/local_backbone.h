@@ -16,7 +16,6 @@
 namespace aios::local {
 
 using backbone::LoadOptions;
-using backbone::ModelConfig;
 
 // Bounds of the passes forward_keep() keeps for a later vjp (see gradient_api/backbone.h for how
 // owners and eviction work).
@@ -34,7 +33,7 @@ class LocalBackbone final : public gradient::Backbone {
                                              const StoreOptions& store = {});
   ~LocalBackbone() override;
 
-  const ModelConfig& config() const override;
+  const ModelInfo& config() const override;
   c10::Device device() const override;
   c10::ScalarType dtype() const override;
   int64_t parameter_count() const;

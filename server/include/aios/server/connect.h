@@ -21,4 +21,10 @@ struct ConnectOptions {
   int64_t chunk_bytes = int64_t{32} << 20;
 };
 
+// What a host allows (its Info reply): requests beyond it fail with kResourceExhausted before any work.
+struct HostLimits {
+  int64_t max_batch = 0;          // largest B per request
+  int64_t max_request_bytes = 0;  // largest tensor per request
+};
+
 }  // namespace aios::server

@@ -27,7 +27,6 @@
 
 namespace aios::server {
 
-using backbone::ModelConfig;
 using gradient::ForwardOptions;
 using gradient::ForwardOutput;
 
@@ -38,7 +37,8 @@ class RemoteBackbone final : public gradient::Backbone {
   static std::shared_ptr<RemoteBackbone> connect(const std::string& address, const ConnectOptions& options = {});
   ~RemoteBackbone() override;
 
-  const ModelConfig& config() const override;
+  const ModelInfo& config() const override;  // the host's description of its model
+  const HostLimits& limits() const;
   c10::Device device() const override;  // the CPU: results arrive there
   c10::ScalarType dtype() const override;  // the host's
 

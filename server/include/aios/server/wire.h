@@ -22,6 +22,7 @@
 #include <grpcpp/support/status.h>
 
 #include "aios/error.h"
+#include "aios/model_info.h"
 #include "aios/server/connect.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "aios/v1/aios.pb.h"
@@ -51,6 +52,14 @@ const char* dtype_name(v1::DType dtype);
 // negative dimension or a byte length that disagrees with the shape; Error(kResourceExhausted)
 // beyond `limits`.
 WireTensor check_tensor(const v1::Tensor& t, const std::string& field, const WireLimits& limits = {});
+
+// Host side: the Info reply for `info` and `limits`.
+void to_wire(const ModelInfo& info, const HostLimits& limits, v1::ModelInfo* out);
+// Client side: what an Info reply describes, checked as untrusted (a client sizes buffers by it):
+// Error(kDataLoss) naming "info.FIELD" for a dtype that is not float32, bfloat16 or float16, a
+// size outside [1, limits.max_dim], or sliding windows that are not one per layer.
+ModelInfo model_info(const v1::ModelInfo& info, const WireLimits& limits = {});
+HostLimits host_limits(const v1::ModelInfo& info);
 
 constexpr const char* kFieldMetadata = "aios-field-bin";
 

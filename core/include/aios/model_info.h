@@ -1,0 +1,68 @@
+// aios/model_info.h — what a backbone says about the model it runs. No LibTorch.
+//
+// An in-process backbone (local::LocalBackbone) and a hosted one (server::RemoteBackbone, the thin
+// aios::client::Client) fill it the same way: the host sends its own description in Latent.Info,
+// so what a client reads is what the host has. It describes; the loader's own configuration
+// (backbone::ModelConfig) stays the loader's.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace aios {
+
+// Rotary position embedding frequencies.
+struct RopeInfo {
+  std::string type = "default";  // "default", "linear" (positions / factor), "llama3" (Llama 3.1 low-frequency rescaling)
+  double theta = 10000.0;        // base of the frequencies
+  double factor = 1.0;           // linear, llama3
+  double low_freq_factor = 1.0;   // llama3
+  double high_freq_factor = 4.0;  // llama3
+  int64_t original_max_positions = 8192;  // llama3
+
+  friend bool operator==(const RopeInfo&, const RopeInfo&);
+  friend bool operator!=(const RopeInfo& a, const RopeInfo& b) { return !(a == b); }
+};
+
+struct ModelInfo {
+  std::string architecture;  // the checkpoint's own name, e.g. "LlamaForCausalLM"
+  // The block structure: "llama" (RMSNorm, rotary positions, grouped-query attention, gated MLP:
+  // Llama, SmolLM2, Qwen2, Mistral) or "gpt2" (LayerNorm, learned positions, GELU MLP).
+  std::string family;
+  int64_t vocab_size = 0;         // V, without extensions
+  int64_t hidden_size = 0;        // D
+  int64_t intermediate_size = 0;  // MLP width
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;     // query heads H
+  int64_t num_kv_heads = 0;  // key/value heads, a divisor of H
+  int64_t head_dim = 0;
+  int64_t max_positions = 0;  // positions lie in [0, max_positions)
+  std::string norm;           // "rms_norm" or "layer_norm"
+  double norm_eps = 0.0;
+  std::string activation;       // the MLP's: "silu", "gelu" (exact) or "gelu_tanh"
+  std::optional<RopeInfo> rope;  // absent: learned absolute positions (gpt2)
+  bool qkv_bias = false;         // biases on the q, k, v projections
+  bool out_bias = false;         // bias on the attention output projection
+  bool mlp_bias = false;         // biases on the MLP projections
+  bool tie_word_embeddings = false;
+  // Per layer: a key is attended only if query_index - key_index < window; nullopt = full
+  // attention. Empty: no layer has a window.
+  std::vector<std::optional<int64_t>> sliding_windows;
+  double attention_scale = 0.0;                  // the softmax scale
+  bool scale_attn_by_inverse_layer_idx = false;  // gpt2 option: layer i also scaled by 1/(i+1)
+  std::string dtype;   // what the backbone computes in: "float32", "bfloat16" or "float16"
+  std::string device;  // where it computes: "cpu", "cuda:0", ...
+  // Special tokens as the checkpoint names them (config.json, or a GGUF file's tokenizer.ggml.*),
+  // not checked against V; absent where it names none.
+  std::optional<int64_t> bos_id;
+  std::vector<int64_t> eos_ids;
+  std::optional<int64_t> pad_id;
+
+  // Field by field.
+  friend bool operator==(const ModelInfo&, const ModelInfo&);
+  friend bool operator!=(const ModelInfo& a, const ModelInfo& b) { return !(a == b); }
+};
+
+}  // namespace aios
