@@ -1,3 +1,4 @@
+#include "aios/io/files.h"
 #include "aios/backbone/model.h"
 
 #include <ATen/core/grad_mode.h>

@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "aios/io/files.h"
 #include "aios/fail.h"
 #include "aios/json.h"
 

@@ -9,7 +9,7 @@
 
 #include "aios/fail.h"
 #include "aios/json.h"
-#include "aios/io/safetensors.h"
+#include "aios/io/files.h"
 #include "aios/tokenizer_api/tokenizer.h"
 #include "impl.h"
 

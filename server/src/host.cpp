@@ -12,7 +12,7 @@
 #include <grpcpp/support/server_interceptor.h>
 
 #include "aios/fail.h"
-#include "aios/io/safetensors.h"  // io::read_file
+#include "aios/io/files.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "batcher.h"
 #include "requests.h"

@@ -9,7 +9,7 @@
 #include <random>
 #include <sstream>
 
-#include "aios/io/safetensors.h"  // io::create_folders
+#include "aios/io/files.h"
 #include "state_files.h"
 
 namespace aios::server {

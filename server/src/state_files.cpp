@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 
 #include "aios/fail.h"
-#include "aios/io/safetensors.h"  // io::create_folders, io::sync_folder
+#include "aios/io/files.h"
 
 namespace aios::server {
 namespace fs = std::filesystem;

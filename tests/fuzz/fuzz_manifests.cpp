@@ -21,6 +21,7 @@
 #include "aios/adapters/encoders.h"
 #include "aios/adapters/storage.h"
 #include "aios/ali/extension.h"
+#include "aios/io/files.h"
 #include "aios/local/local_backbone.h"
 #include "fuzz.h"
 #include "tiny_checkpoint.h"

@@ -13,7 +13,7 @@
 #include "aios/fail.h"
 #include "aios/json.h"
 #include "aios/io/gguf.h"
-#include "aios/io/safetensors.h"
+#include "aios/io/files.h"
 #include "gguf_tokenizer.h"
 #include "tokenizer_impl.h"
 #include "unicode.h"
