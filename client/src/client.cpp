@@ -7,11 +7,9 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <grpcpp/grpcpp.h>
 
 #include "aios/fail.h"
 #include "aios/server/wire.h"
-#include "aios/v1/aios.grpc.pb.h"
 
 namespace aios::client {
 
@@ -170,16 +168,13 @@ ForwardOutput read_output(const v1::ForwardResponse& r) {
 }  // namespace
 
 struct Client::Impl {
-  explicit Impl(std::unique_ptr<server::Connection> c)
-      : connection(std::move(c)),
-        latent(v1::Latent::NewStub(connection->channel())),
-        gradient(v1::Gradient::NewStub(connection->channel())) {}
-
-  std::unique_ptr<server::Connection> connection;  // every call goes through it (in chunks when large)
-  std::unique_ptr<v1::Latent::Stub> latent;
-  std::unique_ptr<v1::Gradient::Stub> gradient;
+  std::shared_ptr<server::Transport> transport;  // every call goes through it (in chunks when large)
   ModelInfo config;
   HostLimits limits;
+
+  void call(const char* method, const google::protobuf::Message& request, google::protobuf::Message* reply) const {
+    server::call(*transport, {method, {}, std::nullopt}, request, reply);
+  }
 };
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -188,9 +183,14 @@ Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;
 
 Client Client::connect(const std::string& address, const ConnectOptions& options) {
-  auto impl = std::make_unique<Impl>(std::make_unique<server::Connection>(address, options));
+  return connect(server::grpc_transport(address, options));
+}
+
+Client Client::connect(std::shared_ptr<Transport> transport) {
+  auto impl = std::make_unique<Impl>();
+  impl->transport = std::move(transport);
   v1::ModelInfo info;
-  impl->connection->call("/aios.v1.Latent/Info", *impl->latent, &v1::Latent::Stub::Info, v1::InfoRequest(), &info);
+  impl->call("/aios.v1.Latent/Info", v1::InfoRequest(), &info);
   impl->config = server::model_info(info);
   impl->limits = server::host_limits(info);
   return Client(std::move(impl));
@@ -203,7 +203,7 @@ FloatTensor<3> Client::embed(const IdTensor<2>& ids) const {
   v1::EmbedRequest request;
   write(ids, request.mutable_ids());
   v1::Tensor out;
-  impl_->connection->call("/aios.v1.Latent/Embed", *impl_->latent, &v1::Latent::Stub::Embed, request, &out);
+  impl_->call("/aios.v1.Latent/Embed", request, &out);
   return read_floats<3>(out, "latents");
 }
 
@@ -212,7 +212,7 @@ ForwardOutput Client::forward(const FloatTensor<3>& latents, const ForwardOption
   write(latents, request.mutable_latents());
   write_options(options, request.mutable_options());
   v1::ForwardResponse out;
-  impl_->connection->call("/aios.v1.Latent/Forward", *impl_->latent, &v1::Latent::Stub::Forward, request, &out);
+  impl_->call("/aios.v1.Latent/Forward", request, &out);
   return read_output(out);
 }
 
@@ -220,7 +220,7 @@ FloatTensor<2> Client::classify(const FloatTensor<2>& hidden) const {
   v1::ClassifyRequest request;
   write(hidden, request.mutable_hidden());
   v1::Tensor out;
-  impl_->connection->call("/aios.v1.Latent/Classify", *impl_->latent, &v1::Latent::Stub::Classify, request, &out);
+  impl_->call("/aios.v1.Latent/Classify", request, &out);
   return read_floats<2>(out, "logits");
 }
 
@@ -228,7 +228,7 @@ FloatTensor<3> Client::classify(const FloatTensor<3>& hidden) const {
   v1::ClassifyRequest request;
   write(hidden, request.mutable_hidden());
   v1::Tensor out;
-  impl_->connection->call("/aios.v1.Latent/Classify", *impl_->latent, &v1::Latent::Stub::Classify, request, &out);
+  impl_->call("/aios.v1.Latent/Classify", request, &out);
   return read_floats<3>(out, "logits");
 }
 
@@ -237,8 +237,7 @@ KeptForward Client::forward_keep(const FloatTensor<3>& latents, const ForwardOpt
   write(latents, request.mutable_latents());
   write_options(options, request.mutable_options());
   v1::ForwardResponse out;
-  impl_->connection->call("/aios.v1.Gradient/ForwardKeep", *impl_->gradient, &v1::Gradient::Stub::ForwardKeep, request,
-                           &out);
+  impl_->call("/aios.v1.Gradient/ForwardKeep", request, &out);
   return KeptForward{read_output(out), out.handle()};
 }
 
@@ -247,7 +246,7 @@ FloatTensor<3> Client::vjp(Handle handle, const Cotangents& cotangents) const {
   request.set_handle(handle);
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->connection->call("/aios.v1.Gradient/Vjp", *impl_->gradient, &v1::Gradient::Stub::Vjp, request, &out);
+  impl_->call("/aios.v1.Gradient/Vjp", request, &out);
   return read_floats<3>(out.latents(), "latents");
 }
 
@@ -255,7 +254,7 @@ void Client::release(Handle handle) const {
   v1::ReleaseRequest request;
   request.set_handle(handle);
   v1::Empty out;
-  impl_->connection->call("/aios.v1.Gradient/Release", *impl_->gradient, &v1::Gradient::Stub::Release, request, &out);
+  impl_->call("/aios.v1.Gradient/Release", request, &out);
 }
 
 FloatTensor<3> Client::vjp(const FloatTensor<3>& latents, const ForwardOptions& options,
@@ -265,8 +264,7 @@ FloatTensor<3> Client::vjp(const FloatTensor<3>& latents, const ForwardOptions& 
   write_options(options, request.mutable_options());
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->connection->call("/aios.v1.Gradient/VjpStateless", *impl_->gradient, &v1::Gradient::Stub::VjpStateless, request,
-                           &out);
+  impl_->call("/aios.v1.Gradient/VjpStateless", request, &out);
   return read_floats<3>(out.latents(), "latents");
 }
 
@@ -294,8 +292,7 @@ FusedResult Client::forward_backward(const FloatTensor<3>& latents, const Forwar
     out->set_temperature(d.temperature);
   }
   v1::FusedResult out;
-  impl_->connection->call("/aios.v1.Gradient/ForwardBackward", *impl_->gradient, &v1::Gradient::Stub::ForwardBackward, request,
-                           &out);
+  impl_->call("/aios.v1.Gradient/ForwardBackward", request, &out);
   FusedResult result;
   result.loss = read_scalar(out.loss(), "loss");
   result.losses = read_floats<1>(out.losses(), "losses");

@@ -5,11 +5,9 @@
 #include <mutex>
 #include <unordered_map>
 
-#include <grpcpp/grpcpp.h>
-
 #include "aios/fail.h"
 #include "aios/tokenizer_api/tokenizer.h"
-#include "aios/v1/aios.grpc.pb.h"
+#include "aios/server/wire.h"
 #include "tensors.h"
 
 namespace aios::server {
@@ -45,12 +43,6 @@ void write_cotangents(const gradient::Cotangents& c, v1::Cotangents* out) {
     if (layer.defined()) to_wire(layer, slot);
   }
   if (c.logits.defined()) to_wire(c.logits, out->mutable_logits());
-}
-
-// A call about a kept pass names, in its metadata, the replica that keeps it (the top 16 bits of
-// the handle): a load balancer in front of several hosts routes on it (docs/hosting.md).
-void route_to_keeper(grpc::ClientContext* context, gradient::Handle handle) {
-  context->AddMetadata("aios-replica", std::to_string(handle >> 48));
 }
 
 // The replica that holds an extension: its id is "REPLICA.EPOCH.N".
@@ -100,11 +92,7 @@ class HostedDecoder final : public ali::Decoder {
 }  // namespace
 
 struct RemoteBackbone::Impl {
-  std::unique_ptr<Connection> connection;
-  std::unique_ptr<v1::Latent::Stub> latent;
-  std::unique_ptr<v1::Gradient::Stub> gradient;
-  std::unique_ptr<v1::Tokenizer::Stub> tokenizer;
-  std::unique_ptr<v1::Generation::Stub> generation;
+  std::shared_ptr<Transport> transport;
   ModelInfo config;
   HostLimits limits;
   c10::ScalarType dtype = at::kFloat;
@@ -134,15 +122,19 @@ struct RemoteBackbone::Impl {
     std::string replica;
   };
 
-  // Calls go to the replica holding the extensions they name.
-  static void route(grpc::ClientContext& context, const SentRows& sent) {
-    if (!sent.replica.empty()) context.AddMetadata("aios-replica", sent.replica);
+  // The call `method`, routed to the replica that holds the extensions it names and, for a call
+  // about a kept pass, to the one that keeps it (`keeper`, the top 16 bits of its handle): a load
+  // balancer in front of several hosts routes on "aios-replica" (docs/hosting.md).
+  static Call routed(const char* method, const SentRows& sent, std::optional<gradient::Handle> keeper = std::nullopt) {
+    Call call{method, {}, std::nullopt};
+    if (!sent.replica.empty()) call.metadata.emplace_back("aios-replica", sent.replica);
+    if (keeper) call.metadata.emplace_back("aios-replica", std::to_string(*keeper >> 48));
+    return call;
   }
 
-  // One call with the configured deadline; a failed status becomes the aios::Error it carries.
-  template <typename Call>
-  void call(Call&& rpc, const SentRows& sent = {}) {
-    connection->call(std::forward<Call>(rpc), [&](grpc::ClientContext& c) { route(c, sent); });
+  void call(const char* method, const google::protobuf::Message& request, google::protobuf::Message* reply,
+            const SentRows& sent = {}, std::optional<gradient::Handle> keeper = std::nullopt) {
+    server::call(*transport, routed(method, sent, keeper), request, reply);
     taken(sent);
   }
 
@@ -154,19 +146,6 @@ struct RemoteBackbone::Impl {
       it->second.embedding_version = s.embedding_version;
       it->second.classifier_version = s.classifier_version;
     }
-  }
-
-  // The unary call `method` of `stub`, in one message or, for a request larger than
-  // options.chunk_bytes, through Chunked.Call. `keeper`: the handle whose replica must answer.
-  template <typename Stub, typename Request, typename Reply>
-  void call(const char* method, Stub& stub, grpc::Status (Stub::*unary)(grpc::ClientContext*, const Request&, Reply*),
-            const Request& request, Reply* reply, const SentRows& sent = {},
-            std::optional<gradient::Handle> keeper = std::nullopt) {
-    connection->call(method, stub, unary, request, reply, [&](grpc::ClientContext& c) {
-      route(c, sent);
-      if (keeper) route_to_keeper(&c, *keeper);
-    });
-    taken(sent);
   }
 
   // Names `extension` (checked to be this backbone's) in a request, with its rows when they changed
@@ -216,21 +195,22 @@ struct RemoteBackbone::Impl {
   }
 
   void delete_on_host(const std::string& id) {
-    grpc::ClientContext context;
-    connection->prepare(context,
-                        std::min<std::chrono::milliseconds>(connection->options().timeout, std::chrono::seconds(2)));
-    context.AddMetadata("aios-replica", replica_of(id));
     v1::DeleteExtensionRequest request;
     request.set_id(id);
     v1::Empty out;
-    tokenizer->DeleteExtension(&context, request, &out);  // best effort: a destructor has no one to tell
+    try {
+      server::call(*transport, {"/aios.v1.Tokenizer/DeleteExtension", {{"aios-replica", replica_of(id)}}, std::chrono::seconds(2)},
+                   request, &out);
+    } catch (const Error&) {
+      // best effort: a destructor has no one to tell
+    }
   }
 
   void read_definition() {
     std::call_once(definition_once, [&] {
       v1::TokenizerDefinition definition;
       try {
-        call([&](grpc::ClientContext* c) { return tokenizer->Definition(c, v1::DefinitionRequest(), &definition); });
+        call("/aios.v1.Tokenizer/Definition", v1::DefinitionRequest(), &definition);
       } catch (const Error& e) {
         if (e.code() != ErrorCode::kNotFound) throw;
         return;  // the model has no tokenizer
@@ -247,28 +227,17 @@ namespace {
 // A generation on the host, read step by step from its stream.
 class RemoteGeneration final : public ali::Generation {
  public:
-  // `channel_owner` keeps the stub's channel alive as long as the stream.
-  // `started` runs once the host has answered with a first step.
-  RemoteGeneration(std::shared_ptr<const void> channel_owner, v1::Generation::Stub& stub,
-                   const std::function<void(grpc::ClientContext&)>& set_up, const v1::GenerateRequest& request,
+  // `owner` keeps the transport alive as long as the stream. `started` runs once the host has
+  // answered with a first step.
+  RemoteGeneration(std::shared_ptr<const void> owner, std::unique_ptr<Transport::Stream> stream,
                    std::function<void()> started)
-      : channel_owner_(std::move(channel_owner)), started_(std::move(started)) {
-    set_up(context_);
-    reader_ = stub.Generate(&context_, request);
-  }
-  ~RemoteGeneration() override {
-    if (done_) return;
-    context_.TryCancel();  // the host stops at its next step
-    reader_->Finish();
-  }
+      : owner_(std::move(owner)), stream_(std::move(stream)), started_(std::move(started)) {}
 
   std::optional<ali::GenerationStep> next() override {
     if (done_) return std::nullopt;
     v1::GenerateStep m;
-    if (!reader_->Read(&m)) {
+    if (!server::next(*stream_, &m)) {
       done_ = true;
-      const grpc::Status status = reader_->Finish();
-      if (!status.ok()) throw to_error(status, context_);
       return std::nullopt;
     }
     if (started_) std::exchange(started_, nullptr)();
@@ -285,10 +254,9 @@ class RemoteGeneration final : public ali::Generation {
   }
 
  private:
-  std::shared_ptr<const void> channel_owner_;
+  std::shared_ptr<const void> owner_;
+  std::unique_ptr<Transport::Stream> stream_;  // destroyed first: a stream that has not ended is cancelled
   std::function<void()> started_;
-  grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReader<v1::GenerateStep>> reader_;
   bool done_ = false;
 };
 
@@ -298,16 +266,14 @@ RemoteBackbone::RemoteBackbone(std::shared_ptr<Impl> impl) : impl_(std::move(imp
 RemoteBackbone::~RemoteBackbone() = default;
 
 std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(const std::string& address, const ConnectOptions& options) {
-  auto impl = std::make_shared<Impl>();
-  impl->connection = std::make_unique<Connection>(address, options);
-  const std::shared_ptr<grpc::Channel>& channel = impl->connection->channel();
-  impl->latent = v1::Latent::NewStub(channel);
-  impl->gradient = v1::Gradient::NewStub(channel);
-  impl->tokenizer = v1::Tokenizer::NewStub(channel);
-  impl->generation = v1::Generation::NewStub(channel);
+  return connect(grpc_transport(address, options));
+}
 
+std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(std::shared_ptr<Transport> transport) {
+  auto impl = std::make_shared<Impl>();
+  impl->transport = std::move(transport);
   v1::ModelInfo info;
-  impl->call([&](grpc::ClientContext* c) { return impl->latent->Info(c, v1::InfoRequest(), &info); });
+  impl->call("/aios.v1.Latent/Info", v1::InfoRequest(), &info);
   impl->config = model_info(info);
   impl->limits = host_limits(info);
   impl->dtype = torch_dtype(info.dtype());
@@ -325,7 +291,7 @@ at::Tensor RemoteBackbone::embed(const at::Tensor& ids, const ali::Extension* ex
   Impl::SentRows sent;
   if (extension != nullptr) impl_->ref(*this, *extension, "extension", request.mutable_extension(), sent);
   v1::Tensor out;
-  impl_->call("/aios.v1.Latent/Embed", *impl_->latent, &v1::Latent::Stub::Embed, request, &out, sent);
+  impl_->call("/aios.v1.Latent/Embed", request, &out, sent);
   return from_wire(out, "latents");
 }
 
@@ -335,7 +301,7 @@ ForwardOutput RemoteBackbone::forward(const at::Tensor& latents, const ali::Forw
   Impl::SentRows sent;
   impl_->write_options(options, request.mutable_options());
   v1::ForwardResponse out;
-  impl_->call("/aios.v1.Latent/Forward", *impl_->latent, &v1::Latent::Stub::Forward, request, &out, sent);
+  impl_->call("/aios.v1.Latent/Forward", request, &out, sent);
   return read_output(out);
 }
 
@@ -345,7 +311,7 @@ at::Tensor RemoteBackbone::classify(const at::Tensor& hidden, const ali::Extensi
   Impl::SentRows sent;
   if (extension != nullptr) impl_->ref(*this, *extension, "extension", request.mutable_extension(), sent);
   v1::Tensor out;
-  impl_->call("/aios.v1.Latent/Classify", *impl_->latent, &v1::Latent::Stub::Classify, request, &out, sent);
+  impl_->call("/aios.v1.Latent/Classify", request, &out, sent);
   return from_wire(out, "logits");
 }
 
@@ -370,7 +336,7 @@ std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::st
       break;
   }
   v1::ExtensionInfo info;
-  impl_->call("/aios.v1.Tokenizer/CreateExtension", *impl_->tokenizer, &v1::Tokenizer::Stub::CreateExtension, request, &info);
+  impl_->call("/aios.v1.Tokenizer/CreateExtension", request, &info);
   check_extension_id(info.id());
 
   std::unique_ptr<ali::Extension> made;
@@ -439,12 +405,9 @@ std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tens
   }
   request.set_return_hidden(true);
   Impl* impl = impl_.get();
+  auto stream = impl_->transport->stream(Impl::routed("/aios.v1.Generation/Generate", sent), request.SerializeAsString());
   // The host writes the rows that went with the request before its first step.
-  const auto set_up = [impl, sent](grpc::ClientContext& c) {
-    impl->connection->prepare(c);
-    Impl::route(c, sent);
-  };
-  return std::make_unique<RemoteGeneration>(impl_, *impl_->generation, set_up, request, [impl, sent] { impl->taken(sent); });
+  return std::make_unique<RemoteGeneration>(impl_, std::move(stream), [impl, sent] { impl->taken(sent); });
 }
 
 std::shared_ptr<ali::Session> RemoteBackbone::new_session() {
@@ -467,7 +430,7 @@ std::shared_ptr<ali::Decoder> RemoteBackbone::register_decoder(const std::string
     f->set_data(std::move(data));
   }
   v1::Empty out;
-  impl_->call("/aios.v1.Generation/RegisterDecoder", *impl_->generation, &v1::Generation::Stub::RegisterDecoder, request, &out);
+  impl_->call("/aios.v1.Generation/RegisterDecoder", request, &out);
   return std::make_shared<HostedDecoder>(name, impl_.get());
 }
 
@@ -477,7 +440,7 @@ gradient::KeptForward RemoteBackbone::forward_keep(const at::Tensor& latents, co
   Impl::SentRows sent;
   impl_->write_options(*this, options, request.mutable_options(), sent);
   v1::ForwardResponse out;
-  impl_->call("/aios.v1.Gradient/ForwardKeep", *impl_->gradient, &v1::Gradient::Stub::ForwardKeep, request, &out, sent);
+  impl_->call("/aios.v1.Gradient/ForwardKeep", request, &out, sent);
   gradient::KeptForward kept;
   kept.output = read_output(out);
   kept.handle = out.handle();
@@ -489,7 +452,7 @@ gradient::Gradients RemoteBackbone::vjp(gradient::Handle handle, const gradient:
   request.set_handle(handle);
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->call("/aios.v1.Gradient/Vjp", *impl_->gradient, &v1::Gradient::Stub::Vjp, request, &out, {}, handle);
+  impl_->call("/aios.v1.Gradient/Vjp", request, &out, {}, handle);
   return read_gradients(out);
 }
 
@@ -497,7 +460,7 @@ void RemoteBackbone::release(gradient::Handle handle) {
   v1::ReleaseRequest request;
   request.set_handle(handle);
   v1::Empty out;
-  impl_->call("/aios.v1.Gradient/Release", *impl_->gradient, &v1::Gradient::Stub::Release, request, &out, {}, handle);
+  impl_->call("/aios.v1.Gradient/Release", request, &out, {}, handle);
 }
 
 gradient::Gradients RemoteBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options,
@@ -508,7 +471,7 @@ gradient::Gradients RemoteBackbone::vjp(const at::Tensor& latents, const Forward
   impl_->write_options(*this, options, request.mutable_options(), sent);
   write_cotangents(cotangents, request.mutable_cotangents());
   v1::Gradients out;
-  impl_->call("/aios.v1.Gradient/VjpStateless", *impl_->gradient, &v1::Gradient::Stub::VjpStateless, request, &out, sent);
+  impl_->call("/aios.v1.Gradient/VjpStateless", request, &out, sent);
   return read_gradients(out);
 }
 
@@ -537,7 +500,7 @@ gradient::FusedResult RemoteBackbone::forward_backward(const at::Tensor& latents
     out->set_temperature(d.temperature);
   }
   v1::FusedResult out;
-  impl_->call("/aios.v1.Gradient/ForwardBackward", *impl_->gradient, &v1::Gradient::Stub::ForwardBackward, request, &out, sent);
+  impl_->call("/aios.v1.Gradient/ForwardBackward", request, &out, sent);
   gradient::FusedResult result;
   result.loss = from_wire(out.loss(), "loss").squeeze();
   result.losses = from_wire(out.losses(), "losses");

@@ -1,9 +1,14 @@
 #include "aios/server/wire.h"
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 
 #include <grpcpp/create_channel.h>
+#include <grpcpp/impl/client_unary_call.h>
+#include <grpcpp/impl/rpc_method.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/sync_stream.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
@@ -11,7 +16,8 @@
 #include <fmt/ranges.h>
 
 #include "aios/fail.h"
-#include "aios/io/safetensors.h"  // io::read_file
+#include "aios/io/files.h"
+#include "aios/v1/aios.grpc.pb.h"
 
 namespace aios::server {
 
@@ -168,51 +174,48 @@ grpc::Status to_status(const Error& e, grpc::ServerContext* context) {
   return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(e.code())), e.message());
 }
 
+Error to_error(int code, std::string field, std::string message) {
+  switch (code) {  // the codes of gRPC that aios does not use itself
+    case grpc::StatusCode::UNAUTHENTICATED: return Error(ErrorCode::kPermissionDenied, std::move(field), std::move(message));
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return Error(ErrorCode::kUnavailable, "deadline", std::move(message));
+    case grpc::StatusCode::CANCELLED: return Error(ErrorCode::kUnavailable, std::move(field), std::move(message));
+    default: break;
+  }
+  for (const ErrorCodeInfo& info : kErrorCodes) {  // the others are aios's, by number
+    if (static_cast<int>(info.code) == code) return Error(info.code, std::move(field), std::move(message));
+  }
+  return Error(ErrorCode::kInternal, std::move(field), std::move(message));
+}
+
+namespace {
+
 Error to_error(const grpc::Status& status, const grpc::ClientContext& context) {
   std::string field;
   const auto& trailing = context.GetServerTrailingMetadata();
   if (auto it = trailing.find(kFieldMetadata); it != trailing.end()) field.assign(it->second.data(), it->second.size());
-  switch (status.error_code()) {  // the codes of gRPC that aios does not use itself
-    case grpc::StatusCode::UNAUTHENTICATED: return Error(ErrorCode::kPermissionDenied, field, status.error_message());
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return Error(ErrorCode::kUnavailable, "deadline", status.error_message());
-    case grpc::StatusCode::CANCELLED: return Error(ErrorCode::kUnavailable, field, status.error_message());
-    default: break;
-  }
-  for (const ErrorCodeInfo& info : kErrorCodes) {  // the others are aios's, by number
-    if (static_cast<int>(info.code) == status.error_code()) return Error(info.code, field, status.error_message());
-  }
-  return Error(ErrorCode::kInternal, field, status.error_message());
+  return server::to_error(status.error_code(), std::move(field), status.error_message());
 }
 
-std::shared_ptr<grpc::Channel> open_channel(const std::string& address, int64_t max_message_bytes, bool tls,
-                                            const std::string& tls_root_certificates) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_message_bytes, std::numeric_limits<int>::max())));
-  args.SetMaxSendMessageSize(-1);
-  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  if (tls) {
-    grpc::SslCredentialsOptions options;
-    if (!tls_root_certificates.empty()) options.pem_root_certs = io::read_file(tls_root_certificates);
-    credentials = grpc::SslCredentials(options);
-  }
-  return grpc::CreateCustomChannel(address, credentials, args);
+// A buffer that owns `bytes` without copying them.
+grpc::ByteBuffer to_buffer(std::string bytes) {
+  auto* owned = new std::string(std::move(bytes));
+  grpc::Slice slice(owned->data(), owned->size(), [](void* p) { delete static_cast<std::string*>(p); }, owned);
+  return grpc::ByteBuffer(&slice, 1);
 }
 
-Connection::Connection(const std::string& address, const ConnectOptions& options) : options_(options) {
-  if (options.chunk_bytes < 1) fail(ErrorCode::kInvalidArgument, "chunk_bytes", "expected >= 1, got {}", options.chunk_bytes);
-  channel_ = open_channel(address, options.max_message_bytes, options.tls, options.tls_root_certificates);
-  chunked_ = v1::Chunked::NewStub(channel_);
+std::string to_bytes(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (!buffer.Dump(&slices).ok()) return bytes;
+  bytes.reserve(buffer.Length());
+  for (const grpc::Slice& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  return bytes;
 }
 
-void Connection::prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout) const {
-  context.set_deadline(std::chrono::system_clock::now() + timeout);
-  if (!options_.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options_.api_key);
-}
-
+// A unary call through Chunked.Call: the request in chunks of `chunk_bytes`, the reply gathered
+// from the host's chunks.
 grpc::Status call_chunked(v1::Chunked::Stub& stub, grpc::ClientContext& context, const std::string& method,
-                          const google::protobuf::Message& request, google::protobuf::Message* reply,
-                          std::size_t chunk_bytes) {
-  const std::string bytes = request.SerializeAsString();
+                          const std::string& bytes, std::string* reply, std::size_t chunk_bytes) {
   const auto stream = stub.Call(&context);
   std::size_t offset = 0;
   do {
@@ -223,14 +226,116 @@ grpc::Status call_chunked(v1::Chunked::Stub& stub, grpc::ClientContext& context,
     offset += chunk_bytes;
   } while (offset < bytes.size());
   stream->WritesDone();
-  std::string gathered;
   v1::Chunk chunk;
-  while (stream->Read(&chunk)) gathered += chunk.data();
-  const grpc::Status status = stream->Finish();
-  if (status.ok() && !reply->ParseFromString(gathered)) {
-    return grpc::Status(grpc::StatusCode::DATA_LOSS, "the host's chunks do not form a valid reply");
+  while (stream->Read(&chunk)) *reply += chunk.data();
+  return stream->Finish();
+}
+
+std::shared_ptr<grpc::Channel> open_channel(const std::string& address, const ConnectOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(options.max_message_bytes, std::numeric_limits<int>::max())));
+  args.SetMaxSendMessageSize(-1);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options.tls) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_root_certificates.empty()) ssl.pem_root_certs = io::read_file(options.tls_root_certificates);
+    credentials = grpc::SslCredentials(ssl);
   }
-  return status;
+  return grpc::CreateCustomChannel(address, credentials, args);
+}
+
+class GrpcStream final : public Transport::Stream {
+ public:
+  GrpcStream(grpc::ChannelInterface* channel, const std::string& method, std::string request,
+             const std::function<void(grpc::ClientContext&)>& prepare)
+      : method_(method) {
+    prepare(context_);
+    const grpc::internal::RpcMethod rpc(method_.c_str(), grpc::internal::RpcMethod::SERVER_STREAMING);
+    reader_.reset(grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel, rpc, &context_,
+                                                                                 to_buffer(std::move(request))));
+  }
+  ~GrpcStream() override {
+    if (done_) return;
+    context_.TryCancel();  // the host stops at its next step
+    reader_->Finish();
+  }
+  std::optional<std::string> next() override {
+    if (done_) return std::nullopt;
+    grpc::ByteBuffer reply;
+    if (reader_->Read(&reply)) return to_bytes(reply);
+    done_ = true;
+    const grpc::Status status = reader_->Finish();
+    if (!status.ok()) throw to_error(status, context_);
+    return std::nullopt;
+  }
+
+ private:
+  std::string method_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader_;
+  bool done_ = false;
+};
+
+class GrpcTransport final : public Transport {
+ public:
+  GrpcTransport(const std::string& address, const ConnectOptions& options)
+      : options_(options), channel_(open_channel(address, options)), chunked_(v1::Chunked::NewStub(channel_)) {}
+
+  std::string call(const Call& call, std::string request) override {
+    grpc::ClientContext context;
+    prepare(call, context);
+    grpc::Status status;
+    std::string reply;
+    if (const auto chunk = static_cast<std::size_t>(options_.chunk_bytes); request.size() > chunk) {
+      status = call_chunked(*chunked_, context, call.method, request, &reply, chunk);
+    } else {
+      const grpc::internal::RpcMethod rpc(call.method.c_str(), grpc::internal::RpcMethod::NORMAL_RPC);
+      grpc::ByteBuffer answer;
+      status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+          channel_.get(), rpc, &context, to_buffer(std::move(request)), &answer);
+      if (status.ok()) reply = to_bytes(answer);
+    }
+    if (!status.ok()) throw to_error(status, context);
+    return reply;
+  }
+
+  std::unique_ptr<Stream> stream(const Call& call, std::string request) override {
+    return std::make_unique<GrpcStream>(channel_.get(), call.method, std::move(request),
+                                        [&](grpc::ClientContext& context) { prepare(call, context); });
+  }
+
+ private:
+  void prepare(const Call& call, grpc::ClientContext& context) const {
+    context.set_deadline(std::chrono::system_clock::now() + std::min(call.timeout.value_or(options_.timeout), options_.timeout));
+    if (!options_.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options_.api_key);
+    for (const auto& [key, value] : call.metadata) context.AddMetadata(key, value);
+  }
+
+  ConnectOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Chunked::Stub> chunked_;
+};
+
+}  // namespace
+
+std::shared_ptr<Transport> grpc_transport(const std::string& address, const ConnectOptions& options) {
+  if (options.chunk_bytes < 1) fail(ErrorCode::kInvalidArgument, "chunk_bytes", "expected >= 1, got {}", options.chunk_bytes);
+  return std::make_shared<GrpcTransport>(address, options);
+}
+
+void call(Transport& transport, const Call& call, const google::protobuf::Message& request,
+          google::protobuf::Message* reply) {
+  if (!reply->ParseFromString(transport.call(call, request.SerializeAsString()))) {
+    fail(ErrorCode::kDataLoss, "reply", "the host's reply to {} does not parse", call.method);
+  }
+}
+
+bool next(Transport::Stream& stream, google::protobuf::Message* reply) {
+  const std::optional<std::string> bytes = stream.next();
+  if (!bytes) return false;
+  if (!reply->ParseFromString(*bytes)) fail(ErrorCode::kDataLoss, "reply", "a streamed reply of the host does not parse");
+  return true;
 }
 
 }  // namespace aios::server

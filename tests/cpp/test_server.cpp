@@ -202,6 +202,52 @@ TEST_CASE("errors cross the wire with their code and field", "[server]") {
   CHECK(code_of([&] { aios::server::RemoteBackbone::connect("127.0.0.1:1", quick); }) == ErrorCode::kUnavailable);
 }
 
+// A transport over another: what each call carried, and replies spoiled on request.
+class Recording final : public aios::server::Transport {
+ public:
+  explicit Recording(std::shared_ptr<Transport> inner) : inner_(std::move(inner)) {}
+  std::string call(const aios::server::Call& call, std::string request) override {
+    calls.push_back(call);
+    std::string reply = inner_->call(call, std::move(request));
+    return spoil ? std::string("\xff\xff\xff") : reply;
+  }
+  std::unique_ptr<Stream> stream(const aios::server::Call& call, std::string request) override {
+    calls.push_back(call);
+    return inner_->stream(call, std::move(request));
+  }
+  std::vector<aios::server::Call> calls;
+  bool spoil = false;
+
+ private:
+  std::shared_ptr<Transport> inner_;
+};
+
+TEST_CASE("a remote backbone makes every call through its transport, and checks what comes back", "[server]") {
+  auto& l = Loopback::get();
+  auto recording = std::make_shared<Recording>(aios::server::grpc_transport(l.address, {}));
+  auto remote = aios::server::RemoteBackbone::connect(recording);
+  CHECK(remote->config() == l.local->config());
+  REQUIRE(recording->calls.size() == 1);
+  CHECK(recording->calls[0].method == "/aios.v1.Latent/Info");
+
+  // A call about a kept pass names the replica that keeps it, for a load balancer to route on.
+  const auto kept = remote->forward_keep(torch::ones({1, 3, kD}));
+  aios::gradient::Cotangents cotangents;
+  cotangents.hidden = torch::ones({1, 3, kD});
+  remote->vjp(kept.handle, cotangents);
+  const aios::server::Call& vjp = recording->calls.back();
+  CHECK(vjp.method == "/aios.v1.Gradient/Vjp");
+  CHECK(vjp.metadata == std::vector<std::pair<std::string, std::string>>{{"aios-replica", std::to_string(kept.handle >> 48)}});
+  remote->release(kept.handle);
+
+  // Bytes that are no reply are the host's fault: data loss, not the caller's invalid argument.
+  recording->spoil = true;
+  std::string field;
+  CHECK(code_of([&] { remote->forward(torch::ones({1, 3, kD})); }, &field) == ErrorCode::kDataLoss);
+  CHECK(field == "reply");
+  CHECK(code_of([&] { aios::server::RemoteBackbone::connect(recording); }, &field) == ErrorCode::kDataLoss);
+}
+
 TEST_CASE("malformed requests get their status and the host keeps serving", "[server]") {
   auto& l = Loopback::get();
   auto channel = grpc::CreateChannel(l.address, grpc::InsecureChannelCredentials());

@@ -1,27 +1,22 @@
 // A malicious host: RemoteBackbone (the in-process interface over the wire) and the thin client
-// (aios::client::Client) against a fake host whose every reply comes from the input. The first
-// byte picks the client; then frames [u8 status][u16 length][reply bytes] answer the calls in the
-// order they arrive (status 0: the reply message parsed from the bytes; otherwise that gRPC code,
-// with the bytes as message and "aios-field-bin"). Each client connects, reads the model and the
-// tokenizer definition, and makes every kind of call. A finding: a crash, sanitizer report or an
-// exception other than aios::Error in the client.
+// (aios::client::Client) over a transport whose every answer comes from the input: the same
+// parsing and checks of a host's bytes as over gRPC, without a socket. The first byte picks the
+// client; then frames [u8 status][u16 length][bytes] answer the calls in the order they are made
+// (status % 17 == 0: the bytes are the reply; otherwise the call fails with that gRPC code, the
+// bytes as message and their first 16 as the field). Each client connects, reads the model and
+// the tokenizer definition, and makes every kind of call. A finding: a crash, sanitizer report or
+// an exception other than aios::Error in the client.
 //
 // AIOS_FUZZ_WRITE_SEEDS=DIR fuzz_client writes inputs whose replies are well-formed to DIR and exits.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <grpcpp/server.h>
-#include <grpcpp/server_builder.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <string>
 #include <vector>
-
-#include <fmt/format.h>
-#include <unistd.h>
 
 #include "aios/client/client.h"
 #include "aios/tokenizer_api/tokenizer.h"
@@ -34,115 +29,47 @@ namespace v1 = aios::v1;
 
 namespace {
 
-// The replies of the current input, handed out in call order.
-class Script {
+// The answers of the current input, handed out in call order.
+class Script final : public aios::server::Transport {
  public:
-  void reset(const std::string& bytes) {
-    std::lock_guard lock(mutex_);
-    bytes_ = bytes;
-    at_ = 0;
-  }
-  template <typename Reply>
-  grpc::Status next(grpc::ServerContext* context, Reply* reply) {
-    std::lock_guard lock(mutex_);
-    if (bytes_.size() - at_ < 3) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the script is over");
-    const auto code = static_cast<std::uint8_t>(bytes_[at_]);
-    const std::size_t length = static_cast<std::uint8_t>(bytes_[at_ + 1]) |
-                               (std::size_t{static_cast<std::uint8_t>(bytes_[at_ + 2])} << 8);
-    const std::string body = bytes_.substr(at_ + 3, std::min(length, bytes_.size() - at_ - 3));
-    at_ = std::min(bytes_.size(), at_ + 3 + length);
-    if (code % 17 == 0) {
-      reply->ParseFromString(body);
-      return grpc::Status::OK;
-    }
-    context->AddTrailingMetadata("aios-field-bin", body.substr(0, 16));
-    return grpc::Status(static_cast<grpc::StatusCode>(code % 17), body);
+  explicit Script(std::string bytes) : bytes_(std::move(bytes)) {}
+
+  std::string call(const aios::server::Call&, std::string) override { return next(); }
+
+  // A stream of at most 8 replies, as a generation's steps.
+  std::unique_ptr<Stream> stream(const aios::server::Call&, std::string) override {
+    struct Steps final : Stream {
+      Script* script;
+      int left = 8;
+      explicit Steps(Script* s) : script(s) {}
+      std::optional<std::string> next() override {
+        if (left-- == 0) return std::nullopt;
+        return script->next();
+      }
+    };
+    return std::make_unique<Steps>(this);
   }
 
  private:
-  std::mutex mutex_;
+  std::string next() {
+    if (bytes_.size() - at_ < 3) throw aios::server::to_error(14, "", "the script is over");  // UNAVAILABLE
+    const auto code = static_cast<std::uint8_t>(bytes_[at_]);
+    const std::size_t length = static_cast<std::uint8_t>(bytes_[at_ + 1]) |
+                               (std::size_t{static_cast<std::uint8_t>(bytes_[at_ + 2])} << 8);
+    std::string body = bytes_.substr(at_ + 3, std::min(length, bytes_.size() - at_ - 3));
+    at_ = std::min(bytes_.size(), at_ + 3 + length);
+    if (code % 17 == 0) return body;
+    throw aios::server::to_error(code % 17, body.substr(0, 16), body);
+  }
+
   std::string bytes_;
   std::size_t at_ = 0;
 };
 
-Script& script() {
-  static Script s;
-  return s;
-}
-
-#define AIOS_FAKE(Service, Method, Request, Reply)                                                 \
-  grpc::Status Method(grpc::ServerContext* context, const v1::Request*, v1::Reply* reply) override { \
-    return script().next(context, reply);                                                        \
-  }
-
-struct FakeLatent final : v1::Latent::Service {
-  AIOS_FAKE(Latent, Info, InfoRequest, ModelInfo)
-  AIOS_FAKE(Latent, Embed, EmbedRequest, Tensor)
-  AIOS_FAKE(Latent, Forward, ForwardRequest, ForwardResponse)
-  AIOS_FAKE(Latent, Classify, ClassifyRequest, Tensor)
-};
-struct FakeGradient final : v1::Gradient::Service {
-  AIOS_FAKE(Gradient, ForwardKeep, ForwardRequest, ForwardResponse)
-  AIOS_FAKE(Gradient, Vjp, VjpRequest, Gradients)
-  AIOS_FAKE(Gradient, Release, ReleaseRequest, Empty)
-  AIOS_FAKE(Gradient, VjpStateless, VjpStatelessRequest, Gradients)
-  AIOS_FAKE(Gradient, ForwardBackward, ForwardBackwardRequest, FusedResult)
-};
-struct FakeTokenizer final : v1::Tokenizer::Service {
-  AIOS_FAKE(Tokenizer, Definition, DefinitionRequest, TokenizerDefinition)
-  AIOS_FAKE(Tokenizer, Encode, EncodeRequest, EncodeResponse)
-  AIOS_FAKE(Tokenizer, Decode, DecodeRequest, DecodeResponse)
-  AIOS_FAKE(Tokenizer, CreateExtension, CreateExtensionRequest, ExtensionInfo)
-  AIOS_FAKE(Tokenizer, DeleteExtension, DeleteExtensionRequest, Empty)
-};
-struct FakeGeneration final : v1::Generation::Service {
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest*,
-                        grpc::ServerWriter<v1::GenerateStep>* writer) override {
-    for (int i = 0; i < 8; ++i) {
-      v1::GenerateStep step;
-      const grpc::Status status = script().next(context, &step);
-      if (!status.ok()) return status;
-      if (!writer->Write(step)) break;
-    }
-    return grpc::Status::OK;
-  }
-};
-
-struct World {
-  FakeLatent latent;
-  FakeGradient gradient;
-  FakeTokenizer tokenizer;
-  FakeGeneration generation;
-  std::unique_ptr<grpc::Server> server;
-  std::string address;
-  World() {
-    // A Unix socket: a third more executions per second than over loopback TCP.
-    address = "unix:" + (fs::temp_directory_path() / fmt::format("aios-fuzz-client-{}.sock", getpid())).string();
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials());
-    for (grpc::Service* s : std::initializer_list<grpc::Service*>{&latent, &gradient, &tokenizer, &generation}) {
-      builder.RegisterService(s);
-    }
-    server = builder.BuildAndStart();
-    // A channel like the clients' own, kept open: gRPC shares its connection with every channel of
-    // the same target and arguments, so each input's clients connect without a handshake.
-    idle = aios::server::open_channel(address, aios::server::ConnectOptions().max_message_bytes);
-    idle->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  }
-  std::shared_ptr<grpc::Channel> idle;
-};
-
-World& world() {
-  static World w;
-  return w;
-}
-
 // What a caller does with a backbone it connected to: every kind of call, each refusal expected.
-void use_remote(const std::string& address) {
-  aios::server::ConnectOptions options;
-  options.timeout = std::chrono::seconds(5);
+void use_remote(std::shared_ptr<Script> script) {
   std::shared_ptr<aios::server::RemoteBackbone> b;
-  if (aios::fuzz::refused([&] { b = aios::server::RemoteBackbone::connect(address, options); })) return;
+  if (aios::fuzz::refused([&] { b = aios::server::RemoteBackbone::connect(std::move(script)); })) return;
   const auto& c = b->config();
   const int64_t D = c.hidden_size > 0 && c.hidden_size <= 256 ? c.hidden_size : 4;
   const at::Tensor latents = at::randn({1, 2, D});
@@ -171,11 +98,9 @@ void use_remote(const std::string& address) {
   });
 }
 
-void use_thin(const std::string& address) {
-  aios::client::ConnectOptions options;
-  options.timeout = std::chrono::seconds(5);
+void use_thin(std::shared_ptr<Script> script) {
   std::optional<aios::client::Client> client;
-  if (aios::fuzz::refused([&] { client.emplace(aios::client::Client::connect(address, options)); })) return;
+  if (aios::fuzz::refused([&] { client.emplace(aios::client::Client::connect(std::move(script))); })) return;
   const auto& c = client->config();
   const int64_t D = c.hidden_size > 0 && c.hidden_size <= 256 ? c.hidden_size : 4;
   aios::client::FloatTensor<3> latents(1, 2, D);
@@ -261,15 +186,13 @@ void write_seeds(const fs::path& dir) {
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   at::set_num_threads(1);
   aios::fuzz::write_seeds_if_asked(write_seeds);
-  world();
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
-  World& w = world();
-  script().reset(aios::fuzz::bytes_of(data + 1, size - 1));
-  if (data[0] % 2 == 0) use_remote(w.address);
-  else use_thin(w.address);
+  auto script = std::make_shared<Script>(aios::fuzz::bytes_of(data + 1, size - 1));
+  if (data[0] % 2 == 0) use_remote(std::move(script));
+  else use_thin(std::move(script));
   return 0;
 }

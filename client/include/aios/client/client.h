@@ -46,6 +46,7 @@ using Handle = uint64_t;
 // api_key, timeout, TLS, the largest reply, and chunk_bytes: a request larger than that goes to
 // the host in chunks (Chunked.Call), and so does its reply. The options of RemoteBackbone too.
 using ConnectOptions = server::ConnectOptions;
+using Transport = server::Transport;
 
 // The hosted model's description (aios/model_info.h) and what the host allows (the Info reply).
 using server::HostLimits;
@@ -115,6 +116,8 @@ class Client {
   // Error(kUnavailable) when the host does not answer within options.timeout, and
   // Error(kPermissionDenied) for a missing or unknown key of a host with keys.
   static Client connect(const std::string& address, const ConnectOptions& options = {});
+  // The same over `transport` (what connect(address) makes is gRPC's; tests may bring their own).
+  static Client connect(std::shared_ptr<Transport> transport);
   Client(Client&&) noexcept;
   Client& operator=(Client&&) noexcept;
   ~Client();

@@ -1,10 +1,15 @@
 // aios/server/connect.h — how a client reaches a host (`aios serve`): the options both clients of
-// the contract take, RemoteBackbone and the thin aios::client::Client. No gRPC, no LibTorch.
+// the contract take, RemoteBackbone and the thin aios::client::Client, and the transport their
+// calls go through. No gRPC, no LibTorch.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace aios::server {
 
@@ -25,6 +30,36 @@ struct ConnectOptions {
 struct HostLimits {
   int64_t max_batch = 0;          // largest B per request
   int64_t max_request_bytes = 0;  // largest tensor per request
+};
+
+// One call of the contract as a transport carries it: the method, its routing metadata and
+// optionally a deadline (the call gets the shorter of it and the transport's own).
+struct Call {
+  std::string method;  // "/aios.v1.Latent/Forward": "/" + service full name + "/" + method name
+  std::vector<std::pair<std::string, std::string>> metadata;  // e.g. {"aios-replica", "3"} for a load balancer
+  std::optional<std::chrono::milliseconds> timeout;           // absent: the transport's own
+};
+
+// How the calls of a client reach a host: serialized requests out, serialized replies back. Both
+// clients make every call through one, so a host's bytes reach the same checks whatever carries
+// them. grpc_transport() (wire.h) is the one connect(address) makes; a test or a fuzz target may
+// give a client its own. Implementations are thread-safe.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  // The unary call: returns the reply's bytes. Throws the aios::Error a failed call carries
+  // (kUnavailable for a host that does not answer in time). The request is the transport's to keep.
+  virtual std::string call(const Call& call, std::string request) = 0;
+
+  // A call the host answers with a stream of replies (Generation.Generate).
+  class Stream {
+   public:
+    virtual ~Stream() = default;  // cancels a stream that has not ended
+    // The next reply's bytes; nullopt once the stream has ended well. Throws the call's aios::Error.
+    virtual std::optional<std::string> next() = 0;
+  };
+  virtual std::unique_ptr<Stream> stream(const Call& call, std::string request) = 0;
 };
 
 }  // namespace aios::server

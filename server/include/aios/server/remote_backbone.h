@@ -35,6 +35,8 @@ class RemoteBackbone final : public gradient::Backbone {
   // Connects to host:port and reads the backbone's description (one call). Throws
   // Error(kUnavailable) when the host does not answer within the timeout.
   static std::shared_ptr<RemoteBackbone> connect(const std::string& address, const ConnectOptions& options = {});
+  // The same over `transport` (grpc_transport() is the one above; tests may bring their own).
+  static std::shared_ptr<RemoteBackbone> connect(std::shared_ptr<Transport> transport);
   ~RemoteBackbone() override;
 
   const ModelInfo& config() const override;  // the host's description of its model

@@ -11,20 +11,17 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include <grpcpp/channel.h>
-#include <grpcpp/client_context.h>
+#include <google/protobuf/message.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/status.h>
 
 #include "aios/error.h"
 #include "aios/model_info.h"
 #include "aios/server/connect.h"
-#include "aios/v1/aios.grpc.pb.h"
 #include "aios/v1/aios.pb.h"
 
 namespace aios::server {
@@ -65,65 +62,25 @@ constexpr const char* kFieldMetadata = "aios-field-bin";
 
 // Server side: the status for `e`, with its field added to the call's trailing metadata.
 grpc::Status to_status(const Error& e, grpc::ServerContext* context);
-// Client side: the aios::Error a failed call carries (transport failures: kUnavailable; a missed
-// deadline: kUnavailable naming "deadline").
-Error to_error(const grpc::Status& status, const grpc::ClientContext& context);
 
-// Client side: a channel to host:port that accepts replies of up to `max_message_bytes` (at most
-// 2^31 - 1; negative: any size) and sends any size, over TLS when `tls` (trusting the PEM file
-// `tls_root_certificates`, or the system's certificates when it is empty).
-std::shared_ptr<grpc::Channel> open_channel(const std::string& address, int64_t max_message_bytes, bool tls = false,
-                                            const std::string& tls_root_certificates = "");
+// Client side: the aios::Error of a failed call whose status has `code` (gRPC's numbering, which
+// is aios's for aios's codes), `field` (trailing metadata kFieldMetadata) and `message`.
+Error to_error(int code, std::string field, std::string message);
 
-// Client side: the unary call `method` ("/aios.v1.Latent/Forward", ...) through Chunked.Call, its
-// request sent in chunks of `chunk_bytes` and its reply gathered from the host's chunks. The
-// status is the call's; a reply that does not parse is DATA_LOSS.
-grpc::Status call_chunked(v1::Chunked::Stub& stub, grpc::ClientContext& context, const std::string& method,
-                          const google::protobuf::Message& request, google::protobuf::Message* reply,
-                          std::size_t chunk_bytes);
+// Client side: the transport to the host at `address` ("host:port", "unix:PATH") over gRPC with
+// the options: TLS, the key ("authorization: Bearer KEY"), each call's deadline, the largest
+// reply; a request larger than chunk_bytes goes through Chunked.Call in chunks of that size, and
+// its reply comes back in chunks. A failed call throws the aios::Error its status carries
+// (transport failures: kUnavailable; a missed deadline: kUnavailable naming "deadline").
+// Connects lazily: the first call fails with kUnavailable when no host answers. Throws
+// Error(kInvalidArgument, "chunk_bytes") for chunk_bytes < 1.
+std::shared_ptr<Transport> grpc_transport(const std::string& address, const ConnectOptions& options);
 
-// Client side, shared by every client of the contract (RemoteBackbone, aios::client::Client): a
-// channel to a host and the set-up of each call on it. Thread-safe.
-class Connection {
- public:
-  // open_channel with the options. Connects lazily: the first call fails with kUnavailable when
-  // no host answers. Throws Error(kInvalidArgument, "chunk_bytes") for chunk_bytes < 1.
-  Connection(const std::string& address, const ConnectOptions& options);
-
-  const ConnectOptions& options() const { return options_; }
-  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
-  // A call's deadline (`timeout` from now) and, for a non-empty key, "authorization: Bearer KEY".
-  void prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout) const;
-  void prepare(grpc::ClientContext& context) const { prepare(context, options_.timeout); }
-
-  // `rpc(&context)` on a prepared context (with `add` applied to it, e.g. routing metadata);
-  // throws the aios::Error of a failed status.
-  template <typename Rpc>
-  void call(Rpc&& rpc, const std::function<void(grpc::ClientContext&)>& add = {}) const {
-    grpc::ClientContext context;
-    prepare(context);
-    if (add) add(context);
-    const grpc::Status status = rpc(&context);
-    if (!status.ok()) throw to_error(status, context);
-  }
-  // The unary call `method` ("/aios.v1.Latent/Forward") of `stub`: in one message or, for a
-  // request larger than options().chunk_bytes, through Chunked.Call.
-  template <typename Stub, typename Request, typename Reply>
-  void call(const char* method, Stub& stub, grpc::Status (Stub::*unary)(grpc::ClientContext*, const Request&, Reply*),
-            const Request& request, Reply* reply, const std::function<void(grpc::ClientContext&)>& add = {}) const {
-    call(
-        [&](grpc::ClientContext* context) {
-          const auto chunk = static_cast<std::size_t>(options_.chunk_bytes);
-          if (request.ByteSizeLong() > chunk) return call_chunked(*chunked_, *context, method, request, reply, chunk);
-          return (stub.*unary)(context, request, reply);
-        },
-        add);
-  }
-
- private:
-  ConnectOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Chunked::Stub> chunked_;
-};
+// Client side, every call of both clients: `request` through `transport`, its answer parsed into
+// `reply` (Error(kDataLoss, "reply") when it does not parse: the host's fault, not the caller's).
+void call(Transport& transport, const Call& call, const google::protobuf::Message& request,
+          google::protobuf::Message* reply);
+// The next reply of `stream` parsed into `reply`; false once the stream has ended.
+bool next(Transport::Stream& stream, google::protobuf::Message* reply);
 
 }  // namespace aios::server
