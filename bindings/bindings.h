@@ -26,7 +26,7 @@ void bind_generation(py::module_& m);  // generation.cpp: GenerationStep ... Gen
 void bind_extension(py::module_& m);   // extension.cpp: Extension
 void bind_backbone(py::module_& m);    // backbone.cpp: Config, ForwardOutput, gist_mask, Backbone, LocalBackbone
 void bind_remote(py::module_& m);      // remote.cpp: RemoteBackbone, connect
-void bind_files(py::module_& m);       // files.cpp: atomic writes of saved state
+void bind_adapters(py::module_& m);    // adapters.cpp: the sequence builder, encoder and decoder folders
 
 // Extension rows require grad in Python, so that torch.optim accepts them; aios never records a
 // graph through them (it reads them detached). In extension.cpp.

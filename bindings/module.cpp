@@ -14,5 +14,5 @@ PYBIND11_MODULE(_aios, m) {
   aios::python::bind_extension(m);
   aios::python::bind_backbone(m);
   aios::python::bind_remote(m);
-  aios::python::bind_files(m);
+  aios::python::bind_adapters(m);
 }

@@ -15,6 +15,7 @@
 #include "aios/fail.h"
 #include "aios/json.h"
 #include "aios/io/safetensors.h"
+#include "aios/io/files.h"
 
 namespace aios::adapters {
 namespace {
@@ -141,18 +142,18 @@ void register_kind(const Role& role, const std::string& kind, AdapterFactory fac
   }
 }
 
-void save_module(const Role& role, const torch::nn::Module& module, const AdapterManifest& manifest, const std::string& path) {
+void save_tensors(const Role& role, const std::map<std::string, at::Tensor>& tensors, const AdapterManifest& manifest,
+                  const std::string& path) {
   if (manifest.kind.empty()) fail(ErrorCode::kInvalidArgument, "manifest.kind", "expected a name, got an empty string");
-  io::create_folders(path);  // durable too: a save that returned is still there after a crash
-
   std::vector<at::Tensor> keep;  // owns the CPU copies the views point into
   std::vector<io::TensorView> views;
-  for (const auto& [name, tensor] : tensors_of(module)) {
+  for (const auto& [name, tensor] : tensors) {
     const at::Tensor t = tensor.detach().cpu().contiguous();
     keep.push_back(t);
     views.push_back({name, to_io(t.scalar_type(), name), t.sizes().vec(), static_cast<const std::byte*>(t.data_ptr()),
                      static_cast<std::size_t>(t.nbytes())});
   }
+  io::create_folders(path);  // durable too: a save that returned is still there after a crash
   const std::string weights = io::unique_file_name(role.weights, ".safetensors");
   const fs::path folder(path);
   io::write_safetensors((folder / weights).string(), views, {{"kind", manifest.kind}});
@@ -199,21 +200,10 @@ ParsedManifest parse_manifest(const Role& role, const std::string& path) {
 }
 
 
-std::shared_ptr<torch::nn::Module> load_module(const Role& role, const std::string& path) {
-  const ParsedManifest p = parse_manifest(role, path);
-  AdapterFactory factory;
-  {
-    Registry& r = role.registry;
-    std::lock_guard lock(r.mutex);
-    auto it = r.factories.find(p.manifest.kind);
-    if (it == r.factories.end()) {
-      fail(ErrorCode::kNotFound, "kind", "no {0} kind named {1} is registered (register_{0})", role.noun, p.manifest.kind);
-    }
-    factory = it->second;
-  }
-  // The weights first: the module is built from the manifest's sizes, which must not ask for more
-  // than the file can fill (every size is a dimension or a count of the module's parameters, so
-  // none exceeds the number of values the file holds).
+// The weights of the folder whose manifest is `p`, checked before anything is built from the
+// manifest's sizes: those must not ask for more than the file can fill (every size is a dimension
+// or a count of the module's parameters, so none exceeds the number of values the file holds).
+StoredAdapter read_stored(const Role& role, const std::string& path, ParsedManifest p) {
   const std::string weights = (fs::path(path) / p.weights).string();
   std::error_code error;
   if (!fs::is_regular_file(weights, error)) fail(ErrorCode::kNotFound, weights, "the weights file the manifest names is missing");
@@ -230,31 +220,52 @@ std::shared_ptr<torch::nn::Module> load_module(const Role& role, const std::stri
            "{} is more than the {} values of the weights file", size, values);
     }
   }
+  StoredAdapter stored{std::move(p.manifest), {}};
+  for (const io::TensorView& view : file.tensors()) {
+    // The mapped bytes may be unaligned: copied into a fresh tensor.
+    at::Tensor value = at::empty(view.shape, at::TensorOptions().dtype(to_torch(view.dtype)));
+    std::memcpy(value.data_ptr(), view.data, view.size_bytes);
+    stored.tensors.emplace(view.name, std::move(value));
+  }
+  return stored;
+}
+
+std::shared_ptr<torch::nn::Module> load_module(const Role& role, const std::string& path) {
+  ParsedManifest p = parse_manifest(role, path);
+  AdapterFactory factory;
+  {
+    Registry& r = role.registry;
+    std::lock_guard lock(r.mutex);
+    auto it = r.factories.find(p.manifest.kind);
+    if (it == r.factories.end()) {
+      fail(ErrorCode::kNotFound, "kind", "no {0} kind named {1} is registered (register_{0})", role.noun, p.manifest.kind);
+    }
+    factory = it->second;
+  }
+  const std::string weights = (fs::path(path) / p.weights).string();
+  const StoredAdapter stored = read_stored(role, path, std::move(p));
   std::shared_ptr<torch::nn::Module> module;
   try {
-    module = factory(p.manifest.sizes);
+    module = factory(stored.manifest.sizes);
   } catch (const Error& e) {
     if (e.code() != ErrorCode::kInvalidArgument) throw;
     fail(ErrorCode::kDataLoss, (fs::path(path) / role.manifest).string(), "sizes the {} {} cannot take: {}",
-         p.manifest.kind, role.noun, e.what());
+         stored.manifest.kind, role.noun, e.what());
   }
   std::map<std::string, at::Tensor> targets = tensors_of(*module);
-  if (file.tensors().size() != targets.size()) {
-    fail(ErrorCode::kDataLoss, weights, "expected {} tensors for a {} {}, got {}", targets.size(), p.manifest.kind,
-         role.noun, file.tensors().size());
+  if (stored.tensors.size() != targets.size()) {
+    fail(ErrorCode::kDataLoss, weights, "expected {} tensors for a {} {}, got {}", targets.size(), stored.manifest.kind,
+         role.noun, stored.tensors.size());
   }
   at::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
-    const io::TensorView* view = file.find(name);
-    if (view == nullptr) fail(ErrorCode::kDataLoss, weights, "expected a tensor named {}, got none", name);
-    if (at::IntArrayRef(view->shape) != target.sizes()) {
+    auto found = stored.tensors.find(name);
+    if (found == stored.tensors.end()) fail(ErrorCode::kDataLoss, weights, "expected a tensor named {}, got none", name);
+    if (found->second.sizes() != target.sizes()) {
       fail(ErrorCode::kDataLoss, weights + ":" + name, "expected shape [{}], got [{}]", fmt::join(target.sizes(), ","),
-           fmt::join(view->shape, ","));
+           fmt::join(found->second.sizes(), ","));
     }
-    // The mapped bytes may be unaligned: copy them into a fresh tensor first.
-    at::Tensor value = at::empty(view->shape, at::TensorOptions().dtype(to_torch(view->dtype)));
-    std::memcpy(value.data_ptr(), view->data, view->size_bytes);
-    target.copy_(value);
+    target.copy_(found->second);
   }
   return module;
 }
@@ -286,12 +297,26 @@ void register_encoder(const std::string& kind, AdapterFactory factory) { registe
 void register_decoder(const std::string& kind, AdapterFactory factory) { register_kind(decoders(), kind, std::move(factory)); }
 
 void save_encoder(const torch::nn::Module& encoder, const AdapterManifest& manifest, const std::string& path) {
-  save_module(encoders(), encoder, manifest, path);
+  save_tensors(encoders(), tensors_of(encoder), manifest, path);
 }
 
 void save_decoder(const torch::nn::Module& decoder, const AdapterManifest& manifest, const std::string& path) {
-  save_module(decoders(), decoder, manifest, path);
+  save_tensors(decoders(), tensors_of(decoder), manifest, path);
 }
+
+void save_encoder_tensors(const std::map<std::string, at::Tensor>& tensors, const AdapterManifest& manifest,
+                          const std::string& path) {
+  save_tensors(encoders(), tensors, manifest, path);
+}
+
+void save_decoder_tensors(const std::map<std::string, at::Tensor>& tensors, const AdapterManifest& manifest,
+                          const std::string& path) {
+  save_tensors(decoders(), tensors, manifest, path);
+}
+
+StoredAdapter read_encoder(const std::string& path) { return read_stored(encoders(), path, parse_manifest(encoders(), path)); }
+
+StoredAdapter read_decoder(const std::string& path) { return read_stored(decoders(), path, parse_manifest(decoders(), path)); }
 
 AdapterManifest read_encoder_manifest(const std::string& path) { return parse_manifest(encoders(), path).manifest; }
 

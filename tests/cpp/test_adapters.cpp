@@ -371,6 +371,36 @@ TEST_CASE("the registry loads encoder kinds that callers register") {
   CHECK(at::equal(loaded->scale, scale.scale));
 }
 
+TEST_CASE("an adapter folder is written from tensors by name and read back as them") {
+  // What the Python package's modules use: the same folder as save_encoder writes, without a torch::nn module.
+  const std::map<std::string, at::Tensor> tensors = {{"fc.weight", torch::randn({3, 2})},
+                                                     {"fc.bias", torch::randn({3}).to(torch::kBFloat16)}};
+  const fs::path folder = temp_folder("tensors");
+  save_decoder_tensors(tensors, {"some_kind", {{"n", 3}}}, folder.string());
+  const StoredAdapter stored = read_decoder(folder.string());
+  CHECK(stored.manifest.kind == "some_kind");
+  CHECK(stored.manifest.sizes == AdapterSizes{{"n", 3}});
+  REQUIRE(stored.tensors.size() == 2);
+  for (const auto& [name, tensor] : tensors) {
+    CHECK(stored.tensors.at(name).scalar_type() == tensor.scalar_type());
+    CHECK(at::equal(stored.tensors.at(name), tensor));
+  }
+  CHECK(code_of([&] { read_encoder(folder.string()); }) == ErrorCode::kNotFound);  // a decoder folder only
+  // A size the weights cannot fill is refused before anyone builds from it.
+  save_encoder_tensors(tensors, {"some_kind", {{"n", 10}}}, folder.string());
+  std::string field;
+  CHECK(code_of([&] { read_encoder(folder.string()); }, &field) == ErrorCode::kDataLoss);
+  CHECK(field.ends_with("sizes.n"));
+  // A Linear projection saved from its tensors loads as one.
+  LinearProjection linear(2, 3);
+  std::map<std::string, at::Tensor> named;
+  for (const auto& p : linear->named_parameters()) named[p.key()] = p.value();
+  save_encoder_tensors(named, manifest_of(*linear), folder.string());
+  auto loaded = std::dynamic_pointer_cast<LinearProjectionImpl>(load_encoder(folder.string()));
+  REQUIRE(loaded);
+  CHECK(at::equal(loaded->named_parameters()["linear.weight"], linear->named_parameters()["linear.weight"]));
+}
+
 namespace {
 
 // The values of the shared encoder fixtures: parameter p = arange(numel) * 0.01 - 0.3, in its shape.

@@ -1,5 +1,4 @@
-"""Encoders upstream of the backbone, the sequence builder, and decoders for routed generation, in
-plain PyTorch.
+"""Encoders upstream of the backbone, the sequence builder, and decoders for routed generation.
 
     import aios, torch
     from aios.adapters import LinearProjection, MlpProjection, GistLatents, Gist, LinearDecoder, build_batch
@@ -18,9 +17,9 @@ plain PyTorch.
     backbone.generate(latents, extension=ext, routes=[(sox, eox, decoder)])
     save_decoder(decoder, "boxes"); decoder = load_decoder("boxes")
 
-The modules are ordinary torch.nn.Modules (train them with torch.optim). The layout rules, the
-parameter names and the storage format are those of the C++ library (aios/adapters/*.h), and the
-builder is tested against the same hand-checked cases, so both sides agree.
+The modules are ordinary torch.nn.Modules (train them with torch.optim), with the parameter names
+of the C++ library's (aios/adapters/*.h). The sequence builder and the folders' storage are the C++
+library's own, bound: one implementation for both languages.
 
 Layout of row b, for R = its real length and T = max R over the batch:
   padding="right": real tokens at [0, R), padding at [R, T); "left": padding at [0, T-R)
@@ -32,10 +31,8 @@ Layout of row b, for R = its real length and T = max R over the batch:
     gist slots [g0,g1), not (t >= g1 and s < g0); a padding query attends only itself. A full mask
     replaces the backbone's sliding windows: for windowed models add them yourself.
 """
-import json
 import os
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -274,118 +271,30 @@ class Batch:
         return out
 
 
-def _rows_tensor(t, D, name):
-    if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != D or not t.is_floating_point():
-        got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-        _fail(InvalidArgumentError, name, f"expected a floating tensor [L,{D}] (D = the backbone's hidden size), got {got}")
+def _parts(s, gist):
+    """(kind, tensor) of a segment for the C++ builder; a Gist() takes the builder's vectors."""
+    if isinstance(s, Text):
+        ids = s.ids if isinstance(s.ids, torch.Tensor) else torch.tensor(list(s.ids), dtype=torch.long)
+        return ("text", ids)
+    if isinstance(s, Latents):
+        return ("latents", s.latents)
+    return ("gist", s.latents if s.latents is not None else gist.latents if gist is not None else None)
 
 
 def build_batch(backbone, rows, padding: str = "right", extension=None, gist: Optional[GistLatents] = None,
                 full_mask: bool = False) -> Batch:
     """Assembles `rows` (each a list of segments: Text, Latents, Gist or their shorthands) into one
     batch for `backbone`; see the module docstring for the layout. InvalidArgumentError names the
-    malformed segment ("rows[b][j].latents", ...)."""
-    if padding not in ("right", "left"):
-        _fail(InvalidArgumentError, "padding", f"expected 'right' or 'left', got {padding!r}")
-    rows = [[_segment(s) for s in row] for row in rows]
-    if not rows:
-        _fail(InvalidArgumentError, "rows", "expected at least one row, got none")
-    D, V = backbone.config.hidden_size, backbone.config.vocab_size
-    limit = V + (len(extension) if extension is not None else 0)
+    malformed segment ("rows[b][j].latents", ...). The C++ builder (aios/adapters/sequence.h) does
+    the work; gradients reach the caller's latents and the gist vectors."""
     if gist is not None:
         try:
             gist.check_fits(backbone)
         except InvalidArgumentError as e:
             _fail(InvalidArgumentError, "gist." + e.field, str(e).split(": ", 2)[-1])
-
-    B = len(rows)
-    lengths, gist_spans, text_ids = [0] * B, [(0, 0)] * B, []
-    for b, row in enumerate(rows):
-        has_gist = False
-        for j, s in enumerate(row):
-            name = f"rows[{b}][{j}]"
-            if isinstance(s, Text):
-                ids = s.ids if isinstance(s.ids, torch.Tensor) else torch.tensor(list(s.ids), dtype=torch.long)
-                if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
-                    _fail(InvalidArgumentError, name + ".ids", f"expected an integer tensor [L], got {ids.dtype} {list(ids.shape)}")
-                ids = ids.to(torch.long).cpu()
-                if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= limit):
-                    what = "vocab_size + extension size" if extension is not None else "vocab_size"
-                    _fail(InvalidArgumentError, name + ".ids",
-                          f"expected ids in [0, {limit}) ({what}), got [{int(ids.min())}, {int(ids.max())}]")
-                text_ids.append(ids)
-                L = ids.numel()
-            elif isinstance(s, Latents):
-                _rows_tensor(s.latents, D, name + ".latents")
-                L = s.latents.shape[0]
-            else:
-                if has_gist:
-                    _fail(InvalidArgumentError, name, "expected at most one gist segment per row, got a second one")
-                has_gist = True
-                if s.latents is not None:
-                    _rows_tensor(s.latents, D, name + ".latents")
-                    L = s.latents.shape[0]
-                elif gist is not None:
-                    L = gist.count
-                else:
-                    _fail(InvalidArgumentError, "gist", f"expected a GistLatents module (gist=) to fill {name}, got none")
-                gist_spans[b] = (lengths[b], lengths[b] + L)
-            lengths[b] += L
-        if lengths[b] == 0:
-            _fail(InvalidArgumentError, f"rows[{b}]", "expected at least one position, got none")
-    T = max(lengths)
-
-    device, dtype = torch.device(backbone.device), getattr(torch, backbone.dtype)
-    embedded = None
-    if text_ids and sum(t.numel() for t in text_ids) > 0:
-        embedded = backbone.embed(torch.cat(text_ids).unsqueeze(0), extension=extension)[0]
-
-    positions = torch.zeros(B, T, dtype=torch.long)
-    ids_out = torch.full((B, T), -1, dtype=torch.long)
-    valid = torch.zeros(B, T, dtype=torch.bool)
-    latent_rows, segments, begins, ends = [], [], [], []
-    text_offset, text_index = 0, 0
-    for b, row in enumerate(rows):
-        pad = T - lengths[b]
-        start = pad if padding == "left" else 0
-        pieces = [torch.zeros(pad, D, dtype=dtype, device=device)] if padding == "left" and pad else []
-        positions[b, start:start + lengths[b]] = torch.arange(lengths[b])
-        valid[b, start:start + lengths[b]] = True
-        at, ranges = start, []
-        for s in row:
-            if isinstance(s, Text):
-                t = text_ids[text_index]
-                text_index += 1
-                piece = embedded[text_offset:text_offset + t.numel()] if embedded is not None else \
-                    torch.zeros(0, D, dtype=dtype, device=device)
-                text_offset += t.numel()
-                ids_out[b, at:at + t.numel()] = t
-                kind = "text"
-            elif isinstance(s, Latents):
-                piece, kind = s.latents, "latents"
-            else:
-                piece, kind = (s.latents if s.latents is not None else gist.latents), "gist"
-            piece = piece.to(device=device, dtype=dtype)  # differentiable back to the caller's dtype and device
-            ranges.append((kind, at, at + piece.shape[0]))
-            at += piece.shape[0]
-            pieces.append(piece)
-        if padding == "right" and pad:
-            pieces.append(torch.zeros(pad, D, dtype=dtype, device=device))
-        latent_rows.append(torch.cat(pieces))
-        segments.append(ranges)
-        shift = pad if padding == "left" else 0
-        begins.append(gist_spans[b][0] + shift)
-        ends.append(gist_spans[b][1] + shift)
-
-    any_gist = any(kind == "gist" for ranges in segments for kind, _, _ in ranges)
-    if any_gist or full_mask:
-        g = _aios.gist_mask(T, begins, ends)
-        real = valid.unsqueeze(1) & valid.unsqueeze(2)
-        own = torch.eye(T, dtype=torch.bool).unsqueeze(0) & ~valid.unsqueeze(2)
-        mask = (g & real) | own
-    else:
-        mask = valid
-    return Batch(torch.stack(latent_rows), positions.to(device), mask.to(device), ids_out.to(device), segments, extension)
+    rows = [[_parts(_segment(s), gist) for s in row] for row in rows]
+    latents, positions, mask, ids, segments = _aios.build_batch(backbone, rows, padding, extension, full_mask)
+    return Batch(latents, positions, mask, ids, [[tuple(r) for r in row] for row in segments], extension)
 
 
 class SequenceBuilder:
@@ -404,17 +313,18 @@ class SequenceBuilder:
 
 @dataclass
 class _Role:
-    """What differs between encoder and decoder folders: the manifest and the registry."""
+    """What differs between encoder and decoder folders: the C++ calls and the registry."""
     noun: str
     manifest: str
-    format: str
-    weights: str  # prefix of its weight files: saving removes the older ones of its kind only
+    save: Callable
+    read_manifest: Callable
+    read: Callable
     registry: Dict[str, Callable[[Dict[str, int]], nn.Module]]
 
 
-_ENCODERS = _Role("encoder", "encoder.json", "aios.encoder", "weights-",
+_ENCODERS = _Role("encoder", "encoder.json", _aios.save_encoder_tensors, _aios.read_encoder_manifest, _aios.read_encoder,
                   {cls.kind: cls.from_sizes for cls in (LinearProjection, MlpProjection, GistLatents)})
-_DECODERS = _Role("decoder", "decoder.json", "aios.decoder", "decoder-weights-",
+_DECODERS = _Role("decoder", "decoder.json", _aios.save_decoder_tensors, _aios.read_decoder_manifest, _aios.read_decoder,
                   {LinearDecoder.kind: LinearDecoder.from_sizes})
 
 
@@ -439,24 +349,12 @@ def register_decoder(kind: str, factory: Callable[[Dict[str, int]], nn.Module]):
 
 
 def _save(role, module, path, kind, sizes):
-    from safetensors.torch import save as safetensors_bytes
-
     kind = kind or getattr(module, "kind", None)
     sizes = sizes if sizes is not None else module.sizes()
     if not kind:
         _fail(InvalidArgumentError, "kind", f"expected the {role.noun}'s kind, got none")
-    path = os.path.abspath(os.fspath(path))
-    # The C++ saves' own file steps (io:: in aios/io/safetensors.h): atomic writes, fsyncs, clean-up.
-    _aios.create_folders(path)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
-    data = safetensors_bytes(tensors, metadata={"kind": kind})
-    weights = _aios.unique_file_name(role.weights, ".safetensors")
-    _aios.write_file_atomically(os.path.join(path, weights), data)
-    manifest = {"format": role.format, "version": 1, "kind": kind, "sizes": {k: int(v) for k, v in sizes.items()},
-                "weights": weights, "crc32": zlib.crc32(data)}
-    _aios.write_file_atomically(os.path.join(path, role.manifest), (json.dumps(manifest, indent=2) + "\n").encode())
-    # Older weight files are unreachable now, and so are the temporaries of interrupted saves.
-    _aios.remove_superseded(path, role.weights, weights)
+    # The C++ save (aios/adapters/storage.h): the same files, atomic writes, fsyncs and clean-up.
+    role.save(dict(module.state_dict()), kind, {k: int(v) for k, v in sizes.items()}, os.path.abspath(os.fspath(path)))
 
 
 def save_encoder(module: nn.Module, path, kind: Optional[str] = None, sizes: Optional[Dict[str, int]] = None):
@@ -470,70 +368,30 @@ def save_decoder(module: nn.Module, path, kind: Optional[str] = None, sizes: Opt
     _save(_DECODERS, module, path, kind, sizes)
 
 
-def _parse_manifest(role, path):
-    file = os.path.join(os.fspath(path), role.manifest)
-    if not os.path.isfile(file):
-        _fail(NotFoundError, file, f"no {role.noun} manifest here")
-    try:
-        with open(file, "rb") as f:
-            m = json.loads(f.read())
-        if m["format"] != role.format or m["version"] != 1:
-            raise ValueError(f"format {m['format']!r} version {m['version']!r}")
-        kind, sizes, weights, crc = str(m["kind"]), {str(k): v for k, v in m["sizes"].items()}, m["weights"], m["crc32"]
-        # Integers only (as the C++ loader: a float is refused, not rounded), within range.
-        for name, value in [*(("sizes." + k, v) for k, v in sizes.items()), ("crc32", crc)]:
-            bound = 2**32 if name == "crc32" else 2**31
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < bound:
-                raise ValueError(f"{name}: expected an integer in [0, {bound - 1}], got {value!r}")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        _fail(DataLossError, file, f"not a valid {role.noun} manifest: {e}")
-    if not isinstance(weights, str) or not weights or "/" in weights or weights.startswith("."):
-        _fail(DataLossError, file, f"expected a file name in weights, got {weights!r}")
-    return kind, sizes, weights, crc
-
-
 def read_encoder_manifest(path) -> Tuple[str, Dict[str, int]]:
     """(kind, sizes) of the encoder saved in the folder `path`."""
-    kind, sizes, _, _ = _parse_manifest(_ENCODERS, path)
-    return kind, sizes
+    return _aios.read_encoder_manifest(os.fspath(path))
 
 
 def read_decoder_manifest(path) -> Tuple[str, Dict[str, int]]:
     """(kind, sizes) of the decoder saved in the folder `path`."""
-    kind, sizes, _, _ = _parse_manifest(_DECODERS, path)
-    return kind, sizes
+    return _aios.read_decoder_manifest(os.fspath(path))
 
 
 def _load(role, path):
-    from safetensors import SafetensorError
-    from safetensors.torch import load as safetensors_load
-
-    kind, sizes, weights, crc = _parse_manifest(role, path)
+    path = os.fspath(path)
+    kind, _ = role.read_manifest(path)
     if kind not in role.registry:
         _fail(NotFoundError, "kind", f"no {role.noun} kind named {kind} is registered (register_{role.noun})")
-    # The weights first: no size may ask for more values than the file holds (as the C++ loader).
-    file = os.path.join(os.fspath(path), weights)
-    if not os.path.isfile(file):
-        _fail(NotFoundError, file, "the weights file the manifest names is missing")
-    with open(file, "rb") as f:
-        data = f.read()
-    if zlib.crc32(data) != crc:
-        _fail(DataLossError, file, f"expected CRC-32 {crc} (from the manifest), got {zlib.crc32(data)}: the file is corrupt")
-    try:
-        tensors = safetensors_load(data)
-    except (SafetensorError, ValueError) as e:
-        _fail(DataLossError, file, f"not a valid safetensors file: {e}")
-    values = sum(t.numel() for t in tensors.values())
-    for name, size in sizes.items():
-        if size > max(values, 1):
-            _fail(DataLossError, f"{os.path.join(os.fspath(path), role.manifest)}: sizes.{name}",
-                  f"{size} is more than the {values} values of the weights file")
+    # The C++ reader checks the weights (CRC-32, structure, no size above the values they hold)
+    # before the module is built from the sizes.
+    kind, sizes, tensors = role.read(path)
     try:
         module = role.registry[kind](sizes)
     except (InvalidArgumentError, KeyError) as e:
-        _fail(DataLossError, os.path.join(os.fspath(path), role.manifest),
-              f"sizes the {kind} {role.noun} cannot take: {e}")
+        _fail(DataLossError, os.path.join(path, role.manifest), f"sizes the {kind} {role.noun} cannot take: {e}")
     state = module.state_dict()
+    file = os.path.join(path, role.manifest)
     if set(tensors) != set(state):
         _fail(DataLossError, file, f"expected tensors {sorted(state)}, got {sorted(tensors)}")
     for name, value in tensors.items():

@@ -12,7 +12,7 @@
 // kill or a crash of the machine, leaves either the previous version or the new one, whole;
 // weight files no manifest names, and temporaries, are removed by the next save. The CRC-32 (zlib's) of the weights file
 // catches flipped bits the safetensors structure cannot. The Python package (aios.adapters)
-// reads and writes the same folders.
+// reads and writes the same folders through save_*_tensors and read_* below.
 #pragma once
 
 #include <functional>
@@ -69,6 +69,24 @@ AdapterManifest read_encoder_manifest(const std::string& path);
 // extra or of the wrong shape).
 std::shared_ptr<torch::nn::Module> load_encoder(const std::string& path);
 
+// The steps under save_encoder and load_encoder for modules that are not torch::nn modules (the
+// Python package's nn.Module): the folder's format written from, or read into, tensors by name.
+//
+// Writes `tensors` (their names are the module's parameter and buffer names; copied to the CPU)
+// with `manifest` to the folder `path`, as save_encoder does. Throws Error(kInvalidArgument) for an
+// empty kind or a dtype safetensors cannot hold here, Error(kUnavailable) when the file system refuses.
+void save_encoder_tensors(const std::map<std::string, at::Tensor>& tensors, const AdapterManifest& manifest,
+                          const std::string& path);
+// The manifest and the tensors of the folder `path`, as load_encoder reads and checks them before
+// building a module: the weights file's CRC-32, its safetensors structure, and no size above the
+// number of values it holds. The tensors are CPU tensors of the stored dtypes. Throws as
+// load_encoder, less what concerns the registry and the module.
+struct StoredAdapter {
+  AdapterManifest manifest;
+  std::map<std::string, at::Tensor> tensors;
+};
+StoredAdapter read_encoder(const std::string& path);
+
 // Decoders: the same, with their own registry (built in: "linear_decoder") and decoder.json.
 void register_decoder(const std::string& kind, AdapterFactory factory);
 AdapterManifest manifest_of(const LinearDecoderImpl& decoder);
@@ -78,6 +96,9 @@ void save_decoder(const torch::nn::ModuleHolder<M>& decoder, const std::string& 
   save_decoder(*decoder, manifest_of(*decoder), path);
 }
 AdapterManifest read_decoder_manifest(const std::string& path);
+void save_decoder_tensors(const std::map<std::string, at::Tensor>& tensors, const AdapterManifest& manifest,
+                          const std::string& path);
+StoredAdapter read_decoder(const std::string& path);
 
 // A loaded decoder: `decoder` (for GenerateOptions::routes) and `module` (its parameters, to train
 // further or save) are the same object.
