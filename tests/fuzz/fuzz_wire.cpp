@@ -31,6 +31,7 @@
 
 #include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
+#include "aios/v1/aios.grpc.pb.h"
 #include "fuzz.h"
 #include "proto_mutator.h"
 #include "tiny_checkpoint.h"
