@@ -32,12 +32,33 @@ const char* kind_name(Segment::Kind kind) {
   return "?";
 }
 
-adapters::AdapterManifest manifest(const std::string& kind, const std::map<std::string, int64_t>& sizes) {
-  return {kind, sizes};
-}
+using Save = void (*)(const std::map<std::string, at::Tensor>&, const adapters::AdapterManifest&, const std::string&);
+using ReadManifest = adapters::AdapterManifest (*)(const std::string&);
+using Read = adapters::StoredAdapter (*)(const std::string&);
 
-py::tuple stored(const adapters::StoredAdapter& s) {
-  return py::make_tuple(s.manifest.kind, s.manifest.sizes, s.tensors);
+// save_NOUN_tensors, read_NOUN_manifest and read_NOUN: the folders of encoders or decoders.
+void bind_folders(py::module_& m, const std::string& noun, Save save, ReadManifest read_manifest, Read read) {
+  m.def(
+      ("save_" + noun + "_tensors").c_str(),
+      [save](const std::map<std::string, at::Tensor>& tensors, const std::string& kind,
+             const std::map<std::string, int64_t>& sizes, const std::string& path) { save(tensors, {kind, sizes}, path); },
+      py::arg("tensors"), py::arg("kind"), py::arg("sizes"), py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+      ("writes tensors by name as the " + noun + " folder path (manifest + weights), atomically").c_str());
+  m.def(
+      ("read_" + noun + "_manifest").c_str(),
+      [read_manifest](const std::string& path) {
+        const adapters::AdapterManifest manifest = read_manifest(path);
+        return py::make_tuple(manifest.kind, manifest.sizes);
+      },
+      py::arg("path"), ("(kind, sizes) of the " + noun + " folder path").c_str());
+  m.def(
+      ("read_" + noun).c_str(),
+      [read](const std::string& path) {
+        const adapters::StoredAdapter s = read(path);
+        return py::make_tuple(s.manifest.kind, s.manifest.sizes, s.tensors);
+      },
+      py::arg("path"),
+      ("(kind, sizes, tensors by name) of the " + noun + " folder path, its weights checked (CRC-32, structure, sizes)").c_str());
 }
 
 }  // namespace
@@ -76,42 +97,8 @@ void bind_adapters(py::module_& m) {
       "(latents, positions, mask, ids, segments) of rows of (kind, tensor) segments (aios/adapters/sequence.h); "
       "a gist segment's tensor may be None only without gist vectors to fill it (an error)");
 
-  m.def(
-      "save_encoder_tensors",
-      [](const std::map<std::string, at::Tensor>& tensors, const std::string& kind,
-         const std::map<std::string, int64_t>& sizes, const std::string& path) {
-        adapters::save_encoder_tensors(tensors, manifest(kind, sizes), path);
-      },
-      py::arg("tensors"), py::arg("kind"), py::arg("sizes"), py::arg("path"), py::call_guard<py::gil_scoped_release>(),
-      "writes tensors by name as the encoder folder path (encoder.json + weights), atomically");
-  m.def(
-      "save_decoder_tensors",
-      [](const std::map<std::string, at::Tensor>& tensors, const std::string& kind,
-         const std::map<std::string, int64_t>& sizes, const std::string& path) {
-        adapters::save_decoder_tensors(tensors, manifest(kind, sizes), path);
-      },
-      py::arg("tensors"), py::arg("kind"), py::arg("sizes"), py::arg("path"), py::call_guard<py::gil_scoped_release>(),
-      "writes tensors by name as the decoder folder path (decoder.json + weights), atomically");
-  m.def(
-      "read_encoder_manifest",
-      [](const std::string& path) {
-        const adapters::AdapterManifest manifest = adapters::read_encoder_manifest(path);
-        return py::make_tuple(manifest.kind, manifest.sizes);
-      },
-      py::arg("path"), "(kind, sizes) of the encoder folder path");
-  m.def(
-      "read_decoder_manifest",
-      [](const std::string& path) {
-        const adapters::AdapterManifest manifest = adapters::read_decoder_manifest(path);
-        return py::make_tuple(manifest.kind, manifest.sizes);
-      },
-      py::arg("path"), "(kind, sizes) of the decoder folder path");
-  m.def(
-      "read_encoder", [](const std::string& path) { return stored(adapters::read_encoder(path)); }, py::arg("path"),
-      "(kind, sizes, tensors by name) of the encoder folder path, its weights checked (CRC-32, structure, sizes)");
-  m.def(
-      "read_decoder", [](const std::string& path) { return stored(adapters::read_decoder(path)); }, py::arg("path"),
-      "(kind, sizes, tensors by name) of the decoder folder path, its weights checked (CRC-32, structure, sizes)");
+  bind_folders(m, "encoder", &adapters::save_encoder_tensors, &adapters::read_encoder_manifest, &adapters::read_encoder);
+  bind_folders(m, "decoder", &adapters::save_decoder_tensors, &adapters::read_decoder_manifest, &adapters::read_decoder);
 }
 
 }  // namespace aios::python
