@@ -217,9 +217,7 @@ std::shared_ptr<Extension> Extension::load(Backbone& backbone, const std::string
   const json& base = member(m, "base");
   expect(base.is_object(), "base", "an object");
   const auto integer = [&](const json& object, const char* key, const std::string& field) {
-    const json& v = member(object, key);
-    expect(v.is_number_integer() && v.get<int64_t>() >= 0, field, "a non-negative integer");
-    return v.get<int64_t>();
+    return json_integer(member(object, key), fmt::format("{}:{}", source, field), 0, INT64_MAX);
   };
   BaseIdentity saved;
   expect(member(base, "architecture").is_string(), "base.architecture", "a string");
@@ -232,9 +230,7 @@ std::shared_ptr<Extension> Extension::load(Backbone& backbone, const std::string
   const json& probe_ids = member(base, "probe_ids");
   expect(probe_ids.is_array() && !probe_ids.empty() && probe_ids.size() <= 64, "base.probe_ids", "1 to 64 ids");
   for (const json& id : probe_ids) {
-    expect(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < saved.vocab_size,
-           "base.probe_ids", "ids in [0, vocab_size)");
-    saved.probe_ids.push_back(id.get<int64_t>());
+    saved.probe_ids.push_back(json_integer(id, fmt::format("{}:base.probe_ids", source), 0, saved.vocab_size - 1));
   }
   // The rows file is named by untrusted text: a plain name inside the folder only.
   const std::string rows_name = member(m, "rows").is_string() ? member(m, "rows").get<std::string>() : "";

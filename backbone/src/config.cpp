@@ -80,21 +80,17 @@ class Fields {
   bool has(const char* key) const { return object_.contains(key) && !object_.at(key).is_null(); }
   std::string name(const char* key) const { return prefix_ + "." + key; }
 
-  int64_t integer(const char* key, std::optional<int64_t> fallback = std::nullopt) const {
-    if (!has(key)) {
-      if (fallback) return *fallback;
-      fail(ErrorCode::kInvalidArgument, name(key), "required integer is missing");
+  // An integer in [min, max] (json_integer's check), or `fallback` (in range too) when absent.
+  int64_t integer(const char* key, int64_t min, int64_t max, std::optional<int64_t> fallback = std::nullopt) const {
+    if (has(key)) return json_integer(object_.at(key), name(key), min, max, ErrorCode::kInvalidArgument);
+    if (!fallback) fail(ErrorCode::kInvalidArgument, name(key), "required integer is missing");
+    if (*fallback < min || *fallback > max) {
+      fail(ErrorCode::kInvalidArgument, name(key), "expected an integer in [{}, {}], got {}", min, max, *fallback);
     }
-    const json& v = object_.at(key);
-    if (!v.is_number_integer()) fail(ErrorCode::kInvalidArgument, name(key), "expected an integer, got {}", json_excerpt(v));
-    return v.get<int64_t>();
+    return *fallback;
   }
   int64_t positive(const char* key, int64_t limit, std::optional<int64_t> fallback = std::nullopt) const {
-    int64_t v = integer(key, fallback);
-    if (v <= 0 || v > limit) {
-      fail(ErrorCode::kInvalidArgument, name(key), "expected an integer in [1, {}], got {}", limit, v);
-    }
-    return v;
+    return integer(key, 1, limit, fallback);
   }
   double number(const char* key, std::optional<double> fallback = std::nullopt) const {
     if (!has(key)) {
@@ -210,7 +206,7 @@ std::vector<std::optional<int64_t>> parse_windows(const Fields& f, const std::st
     }
   } else if (model_type == "qwen2") {
     if (!f.boolean("use_sliding_window", false)) return windows;
-    const int64_t first = f.integer("max_window_layers", layers);
+    const int64_t first = f.integer("max_window_layers", INT64_MIN, INT64_MAX, layers);
     for (int64_t i = 0; i < layers; ++i) windows.emplace_back(i >= first ? std::optional<int64_t>(window) : std::nullopt);
   } else {
     windows.assign(static_cast<std::size_t>(layers), window);
