@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/fail.h"
+#include "unicode.h"
 #include "utf8.h"
 
 namespace aios::tokenizer {
@@ -53,25 +54,12 @@ constexpr PreSplit kPreSplits[] = {
 constexpr std::int64_t kControl = 3;
 constexpr std::int64_t kUserDefined = 4;
 
-// GPT-2's byte alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes for
-// U+0100.. in order.
-bool in_byte_alphabet(std::uint32_t cp) {
-  return (cp >= 33 && cp <= 126) || (cp >= 161 && cp <= 172) || (cp >= 174 && cp <= 255) || (cp >= 256 && cp < 324);
-}
-
-std::string byte_spelling(std::uint8_t b) {
-  int extra = 0;
-  for (int x = 0; x < b; ++x) extra += in_byte_alphabet(static_cast<std::uint32_t>(x)) ? 0 : 1;
-  std::string out;
-  append_utf8(out, in_byte_alphabet(b) ? b : static_cast<std::uint32_t>(256 + extra));
-  return out;
-}
-
-// Whether every code point of `token` (UTF-8) is in the byte alphabet. Malformed UTF-8: false.
+// Whether every code point of `token` (UTF-8) is in GPT-2's byte alphabet. Malformed UTF-8: false.
 bool spelled_in_byte_alphabet(const std::string& token) {
+  const ByteAlphabet& alphabet = byte_alphabet();
   for (std::size_t i = 0, n = 0; i < token.size(); i += n) {
     std::uint32_t cp = 0;
-    if ((n = utf8_length(token, i, &cp)) == 0 || !in_byte_alphabet(cp)) return false;
+    if ((n = utf8_length(token, i, &cp)) == 0 || !alphabet.to_byte.contains(cp)) return false;
   }
   return true;
 }
@@ -183,7 +171,7 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
     if (!byte_level || spelled_in_byte_alphabet(t)) {
       spelled = t;
     } else {
-      for (unsigned char b : t) spelled += byte_spelling(b);
+      for (unsigned char b : t) spelled += byte_alphabet().of_byte[b];
     }
     vocab[spelled] = id;
     ids[spelled] = static_cast<std::int64_t>(id);
