@@ -1,13 +1,9 @@
 #include "requests.h"
 
 #include <ATen/core/grad_mode.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <fmt/ranges.h>
-#include <fstream>
 #include <new>
 #include <random>
-#include <sstream>
 
 #include "aios/io/files.h"
 #include "state_files.h"
@@ -15,65 +11,11 @@
 namespace aios::server {
 namespace fs = std::filesystem;
 
-Caller::Caller(TenantState& tenant) : tenant_(tenant) {
-  if (tenant_.in_flight.fetch_add(1) >= tenant_.quota.max_concurrent) {
-    tenant_.in_flight.fetch_sub(1);
-    fail(ErrorCode::kResourceExhausted, "tenant", "more than {} calls in flight", tenant_.quota.max_concurrent);
-  }
-}
-
-Caller::~Caller() { tenant_.in_flight.fetch_sub(1); }
-
-void check_name(const std::string& name, const std::string& field) {
-  // A leading dot is the host's own (staging folders).
-  const bool plain = !name.empty() && name.size() <= 64 && name[0] != '.' &&
-                     name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") ==
-                         std::string::npos;
-  if (!plain) fail(ErrorCode::kInvalidArgument, field, "expected 1 to 64 characters of [A-Za-z0-9_.-], not starting with .");
-}
-
-namespace {
-
-// Store owners of every host in the process: hosts may share one backbone, and so its store.
-std::atomic<gradient::StoreOwner> next_store_owner{1};
-
-std::array<unsigned char, 32> sha256(std::string_view bytes) {
-  std::array<unsigned char, 32> out{};
-  unsigned int size = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), out.data(), &size, EVP_sha256(), nullptr) != 1 || size != out.size()) {
-    fail(ErrorCode::kInternal, "api_key", "cannot compute SHA-256");
-  }
-  return out;
-}
-
-TenantQuota quota_of(const HostOptions& options, const std::string& tenant) {
-  auto it = options.quotas.find(tenant);
-  return it == options.quotas.end() ? options.quota : it->second;
-}
-
-}  // namespace
-
 Requests::Requests(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options)
-    : backbone_(std::move(backbone)), options_(options), idle_release_(options.release_memory_after),
+    : backbone_(std::move(backbone)), options_(options), tenants_(options_), idle_release_(options.release_memory_after),
       compute_(options.compute_threads) {
-  auto add = [&](const std::string& name) -> TenantState* {
-    auto& state = tenants_[name];
-    if (!state) {
-      state = std::make_unique<TenantState>();
-      state->name = name;
-      state->quota = quota_of(options_, name);
-      state->store_owner = next_store_owner.fetch_add(1);
-    }
-    return state.get();
-  };
-  if (options_.api_keys.empty()) add("");  // the one tenant of a host without keys
-  for (const auto& [key, tenant] : options_.api_keys) {
-    if (key.empty()) fail(ErrorCode::kInvalidArgument, "api_keys", "expected non-empty keys, got an empty one");
-    check_name(tenant, "tenant");
-    keys_.push_back({sha256(key), add(tenant)});
-  }
   // Decoders registered before a restart are still there; what interrupted changes left is not.
-  for (auto& [name, tenant] : tenants_) {
+  for (TenantState* tenant : tenants_.all()) {
     if (options_.state_dir.empty()) break;
     remove_leftovers(state_folder(*tenant, "extensions"));
     remove_leftovers(state_folder(*tenant, "decoders"));
@@ -105,37 +47,6 @@ fs::path Requests::state_folder(const TenantState& tenant, const char* kind) con
     fail(ErrorCode::kUnavailable, "state_dir", "cannot create the host's state folder");
   }
   return folder;
-}
-
-std::vector<TenantState*> Requests::tenants() const {
-  std::vector<TenantState*> out;
-  for (const auto& [name, tenant] : tenants_) out.push_back(tenant.get());
-  return out;
-}
-
-TenantState& Requests::authenticate(const grpc::ServerContext& context) {
-  if (options_.api_keys.empty()) return *tenants_.at("");
-  const auto& metadata = context.client_metadata();
-  auto it = metadata.find("authorization");
-  constexpr std::string_view kBearer = "Bearer ";
-  std::string_view sent;  // no key: compared all the same, matching none (no key digests to "")
-  bool bearer = false;
-  if (it != metadata.end()) {
-    const std::string_view value(it->second.data(), it->second.size());
-    bearer = value.starts_with(kBearer);
-    if (bearer) sent = value.substr(kBearer.size());
-  }
-  // Every stored digest is compared, each in constant time, without stopping at a match: the time
-  // depends on the sent key's length and the number of keys only.
-  const std::array<unsigned char, 32> digest = sha256(sent);
-  TenantState* found = nullptr;
-  for (const KeyDigest& key : keys_) {
-    const bool same = CRYPTO_memcmp(digest.data(), key.digest.data(), digest.size()) == 0;
-    found = same ? key.tenant : found;
-  }
-  if (bearer && !sent.empty() && found != nullptr) return *found;
-  // The message never repeats what was sent: keys stay out of logs and replies.
-  fail(ErrorCode::kPermissionDenied, "api_key", "expected a valid API key in \"authorization: Bearer KEY\"");
 }
 
 at::Tensor Requests::latents(const Caller& caller, const v1::Tensor& t, const std::string& field) {
@@ -268,61 +179,6 @@ grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std
     fmt::print(stderr, "aios serve: internal error: {}\n", e.what());
     return to_status(Error(ErrorCode::kInternal, "", "internal error in the host (see its log)"), context);
   }
-}
-
-KeyFile read_key_file(const std::string& path, const TenantQuota& defaults) {
-  std::ifstream text(path);
-  if (!text) fail(ErrorCode::kNotFound, path, "cannot open the key file");
-  std::ostringstream bytes;
-  bytes << text.rdbuf();
-  return parse_key_file(bytes.str(), path, defaults);
-}
-
-KeyFile parse_key_file(const std::string& text, const std::string& path, const TenantQuota& defaults) {
-  std::istringstream in(text);
-  KeyFile file;
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    const std::string where = fmt::format("{}:{}", path, number);
-    std::istringstream fields(line);
-    std::string tenant, key, extra;
-    if (!(fields >> tenant) || tenant.starts_with("#")) continue;
-    if (!(fields >> key)) fail(ErrorCode::kInvalidArgument, where, "expected \"TENANT KEY [quota=N ...]\"");
-    check_name(tenant, where);
-    if (!file.api_keys.emplace(key, tenant).second) {
-      fail(ErrorCode::kInvalidArgument, where, "this key was given to another tenant already");
-    }
-    // A field that is not a quota may be a key written in the wrong place (a second key, a key
-    // with '=' in it): messages name its position on the line, never its text.
-    for (int position = 3; fields >> extra; ++position) {
-      const auto equals = extra.find('=');
-      const std::string name = extra.substr(0, equals);
-      int64_t value = -1;
-      try {
-        std::size_t used = 0;
-        if (equals != std::string::npos) value = std::stoll(extra.substr(equals + 1), &used);
-        if (used != extra.size() - equals - 1) value = -1;
-      } catch (const std::exception&) {
-        value = -1;
-      }
-      const bool known = name == "max_tokens" || name == "max_store_bytes" || name == "max_concurrent" ||
-                         name == "max_extensions" || name == "max_decoders";
-      if (!known || value < 0) {
-        fail(ErrorCode::kInvalidArgument, where,
-             "expected field {} to be a quota: max_tokens, max_store_bytes, max_concurrent, max_extensions or "
-             "max_decoders, as NAME=N with N >= 0 (the field is not repeated here: it may be a key)",
-             position);
-      }
-      TenantQuota& q = file.quotas.try_emplace(tenant, defaults).first->second;
-      if (name == "max_tokens") q.max_tokens = value;
-      else if (name == "max_store_bytes") q.max_store_bytes = static_cast<std::size_t>(value);
-      else if (name == "max_concurrent") q.max_concurrent = value;
-      else if (name == "max_extensions") q.max_extensions = value;
-      else q.max_decoders = value;
-    }
-  }
-  if (file.api_keys.empty()) fail(ErrorCode::kInvalidArgument, path, "expected at least one \"TENANT KEY\" line, got none");
-  return file;
 }
 
 }  // namespace aios::server
