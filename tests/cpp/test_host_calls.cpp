@@ -1,0 +1,164 @@
+// Calls on a host on loopback while others run: callers that leave before or while their call
+// computes, and forwards waiting behind another computed as one batch.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <condition_variable>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <torch/torch.h>
+
+#include "aios/adapters/storage.h"
+#include "aios/error.h"
+#include "aios/local/local_backbone.h"
+#include "aios/server/host.h"
+#include "aios/server/remote_backbone.h"
+#include "aios/server/wire.h"
+#include "aios/v1/aios.grpc.pb.h"
+#include "batcher.h"
+#include "catch_torch.h"
+#include "error_code.h"
+#include "hosted.h"
+#include "tiny_checkpoint.h"
+
+using aios::Error;
+using aios::ErrorCode;
+using aios_test::code_of;
+using aios::local::LocalBackbone;
+using aios_test::kD;
+using aios_test::kVocab;
+using aios_test::TinyCheckpoint;
+using aios_test::GatedBackbone;
+using aios_test::Loopback;
+using aios_test::raw;
+namespace v1 = aios::v1;
+
+TEST_CASE("a call whose caller left while it waited for a compute thread is never computed", "[server]") {
+  auto gated = std::make_shared<GatedBackbone>(Loopback::get().local);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  options.compute_threads = 1;
+  aios::server::Host host(gated, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+  const at::Tensor latents = torch::randn({1, 4, kD});
+
+  gated->close();
+  auto first = std::async(std::launch::async, [&] {
+    return aios::server::RemoteBackbone::connect(address)->forward(latents).hidden;
+  });
+  gated->wait_for_forwards(1);  // computing on the only compute thread, held there
+  aios::server::ConnectOptions hasty;
+  hasty.timeout = std::chrono::milliseconds(200);
+  auto waiting = aios::server::RemoteBackbone::connect(address, hasty);
+  CHECK(code_of([&] { waiting->forward(latents); }) == ErrorCode::kUnavailable);  // its deadline passed in the queue
+  // The host marks the call cancelled on its own timer, a little after the caller gave up.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  gated->open();
+  CHECK(first.get().sizes() == at::IntArrayRef{1, 4, kD});
+  CHECK(gated->forwards() == 1);  // the hasty call never reached the backbone
+  aios::server::RemoteBackbone::connect(address)->forward(latents);
+  CHECK(gated->forwards() == 2);
+}
+
+TEST_CASE("forwards that wait behind another are computed as one batch, each caller getting its rows", "[server]") {
+  GatedBackbone gated(Loopback::get().local);
+  aios::server::ForwardBatcher batcher(gated, 16);
+  torch::manual_seed(3);
+  const at::Tensor a = torch::randn({1, 4, kD}), b = torch::randn({2, 4, kD}), c = torch::randn({1, 4, kD});
+  const at::Tensor other_shape = torch::randn({1, 5, kD});
+  const at::Tensor not_finite = torch::full({1, 4, kD}, std::numeric_limits<float>::quiet_NaN());
+
+  gated.close();
+  auto first = std::async(std::launch::async, [&] { return batcher.forward(a); });
+  gated.wait_for_forwards(1);  // computing alone, held
+  // Another shape does not wait for it: it reaches the backbone while the first is held there.
+  auto other = std::async(std::launch::async, [&] { return batcher.forward(other_shape); });
+  gated.wait_for_forwards(2);
+  std::vector<std::future<at::Tensor>> queued;
+  for (const at::Tensor* x : {&b, &c}) {
+    queued.push_back(std::async(std::launch::async, [&batcher, x] { return batcher.forward(*x); }));
+  }
+  auto bad = std::async(std::launch::async, [&] { return batcher.forward(not_finite); });
+  while (batcher.waiting() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  gated.open();
+
+  auto& local = *Loopback::get().local;
+  CHECK(torch::equal(first.get(), local.forward(a).hidden));  // alone: exactly the local result
+  CHECK(torch::equal(other.get(), local.forward(other_shape).hidden));
+  CHECK(torch::allclose(queued[0].get(), local.forward(b).hidden, 1e-5, 1e-5));
+  CHECK(torch::allclose(queued[1].get(), local.forward(c).hidden, 1e-5, 1e-5));
+  // The NaN joined b and c's batch: that batch failed, so each of the three ran alone, and only
+  // the caller with the bad latents got the error.
+  CHECK(code_of([&] { bad.get(); }) == ErrorCode::kInvalidArgument);
+  // a; other_shape; the batch [b, c, NaN]; b, c and NaN alone.
+  CHECK(gated.forwards() == 6);
+
+  // Without a forward in front, each computes alone.
+  gated.wait_for_forwards(6);
+  CHECK(torch::equal(batcher.forward(b), local.forward(b).hidden));
+  CHECK(gated.forwards() == 7);
+  CHECK(aios::server::ForwardBatcher::batchable({}));
+  aios::gradient::ForwardOptions with_layers;
+  with_layers.layers = {1};
+  CHECK(!aios::server::ForwardBatcher::batchable(with_layers));
+}
+
+TEST_CASE("a caller that leaves stops its forward or backward between blocks", "[server]") {
+  auto gated = std::make_shared<GatedBackbone>(Loopback::get().local);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  aios::server::Host host(gated, options);
+  const std::string address = "127.0.0.1:" + std::to_string(host.port());
+  const at::Tensor latents = torch::randn({1, 4, kD});
+  aios::server::ConnectOptions hasty;
+  hasty.timeout = std::chrono::milliseconds(1000);
+  auto remote = aios::server::RemoteBackbone::connect(address);
+  auto leaving = aios::server::RemoteBackbone::connect(address, hasty);
+  auto wait_for_the_host_to_see_it = [] { std::this_thread::sleep_for(std::chrono::milliseconds(500)); };
+
+  // Forward: held at its first block while its caller's deadline passes, then told to stop.
+  gated->close();
+  auto forward = std::async(std::launch::async, [&] { return code_of([&] { leaving->forward_keep(latents); }); });
+  gated->wait_for_checks(1);
+  CHECK(forward.get() == ErrorCode::kUnavailable);
+  wait_for_the_host_to_see_it();
+  gated->open();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(gated->stops() == 1);
+  const int forward_checks = gated->checks();
+  CHECK(forward_checks < Loopback::get().local->config().num_layers);  // stopped before its last block
+
+  // Backward: a pass kept by a caller that stays; another Vjp on it leaves during its backward.
+  auto kept = remote->forward_keep(latents);
+  const int checks_kept = gated->checks();
+  gated->close();
+  auto vjp = std::async(std::launch::async, [&] {
+    aios::server::ConnectOptions o = hasty;
+    auto same_tenant = aios::server::RemoteBackbone::connect(address, o);
+    aios::gradient::Cotangents c;
+    c.hidden = torch::ones({1, 4, kD});
+    return code_of([&] { same_tenant->vjp(kept.handle, c); });
+  });
+  gated->wait_for_checks(checks_kept + 1);
+  CHECK(vjp.get() == ErrorCode::kUnavailable);
+  wait_for_the_host_to_see_it();
+  gated->open();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(gated->stops() == 2);
+  CHECK(gated->checks() == checks_kept + 1);  // stopped at the first block boundary of its backward
+  // The pass is intact for its own caller.
+  aios::gradient::Cotangents c;
+  c.hidden = torch::ones({1, 4, kD});
+  CHECK(torch::allclose(remote->vjp(kept.handle, c).latents,
+                        Loopback::get().local->vjp(latents, {}, c).latents, 1e-5, 1e-6));
+  remote->release(kept.handle);
+}
