@@ -3,7 +3,7 @@
 //   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...]
-//   aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
+//   aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
 //                    [--replica N] [--compute-threads N] [--store-bytes N] [--unclaimed-ttl S]
 //                    [--until-stdin-closes]
 //                    [--device ...] [--dtype ...]
@@ -32,7 +32,7 @@ constexpr const char* kUsage =
     "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
-    "       aios serve MODEL [--listen HOST:PORT] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
+    "       aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
     "                        [--replica N] [--compute-threads N] [--store-bytes N]\n"
     "                        [--unclaimed-ttl S] [--until-stdin-closes]\n"
     "                        [--device ...] [--dtype ...]\n"
@@ -145,8 +145,11 @@ int serve(const std::string& path, const aios::local::LoadOptions& options, cons
   const std::shared_ptr<aios::local::LocalBackbone> backbone =
       std::async(std::launch::async, [&] { return aios::local::LocalBackbone::load(path, options, store); }).get();
   aios::server::Host host(backbone, host_options);
-  const std::string address = host_options.listen.substr(0, host_options.listen.rfind(':'));
-  fmt::print("serving {} on {}:{}\n", path, address, host.port());
+  // What a client connects to: the host with the port it took (":0" picks one), or the Unix socket.
+  const std::string& listen = host_options.listen;
+  const std::string address =
+      listen.starts_with("unix:") ? listen : fmt::format("{}:{}", listen.substr(0, listen.rfind(':')), host.port());
+  fmt::print("serving {} on {}\n", path, address);
   std::fflush(stdout);
   if (until_stdin_closes) {
     // Detached: when a signal ends the host first, the process exits with this thread in read().

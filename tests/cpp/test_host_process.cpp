@@ -12,6 +12,7 @@
 
 #include "aios/adapters/storage.h"
 #include "aios/local/local_backbone.h"
+#include "aios/server/remote_backbone.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "catch_torch.h"
 #include "child_process.h"
@@ -410,3 +411,15 @@ TEST_CASE("a host killed at any point of saving an extension or registering a de
   }
   fs::remove_all(root);
 }
+
+TEST_CASE("aios serve on a Unix socket says where it listens, and serves there", "[server][process]") {
+  const fs::path root = fresh_folder("unix_socket");
+  const std::string model = TinyCheckpoint::llama("unix_socket").write();
+  const std::string address = "unix:" + (root / "host.sock").string();
+  ChildProcess serve({AIOS_CLI, "serve", model, "--listen", address, "--until-stdin-closes"}, root / "serve");
+  const auto said = serve.wait_for_output(std::regex("serving .* on (\\S+)\n"));
+  REQUIRE(said);
+  CHECK(*said == address);
+  CHECK(aios::server::RemoteBackbone::connect(address)->config() == LocalBackbone::load(model)->config());
+}
+
