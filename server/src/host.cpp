@@ -439,6 +439,11 @@ Host::Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& opti
   if (options.replica < 0 || options.replica > 0xffff) {
     fail(ErrorCode::kInvalidArgument, "replica", "expected a number in [0, 65535], got {}", options.replica);
   }
+  // The dtypes the wire's model description carries (a client of a float64 host could not read it).
+  const std::string& dtype = backbone->config().dtype;
+  if (dtype != "float32" && dtype != "bfloat16" && dtype != "float16") {
+    fail(ErrorCode::kInvalidArgument, "dtype", "a host serves float32, bfloat16 or float16 backbones, got {}", dtype);
+  }
   impl_ = std::make_unique<Impl>(std::move(backbone), options);
   static std::once_flag quiet_protobuf;
   std::call_once(quiet_protobuf, [] { google::protobuf::SetLogHandler(protobuf_log); });

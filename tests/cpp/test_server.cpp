@@ -132,6 +132,17 @@ TEST_CASE("a host's description of its model crosses the wire whole, and is chec
   refused([](auto& m) { m.add_sliding_windows(4); }, "info.sliding_windows");
 }
 
+TEST_CASE("a host refuses a backbone in a dtype its description cannot carry", "[server]") {
+  aios::local::LoadOptions load;
+  load.dtype = at::kDouble;
+  std::shared_ptr<LocalBackbone> wide = LocalBackbone::load(TinyCheckpoint::llama("server_float64").write(), load);
+  aios::server::HostOptions options;
+  options.listen = "127.0.0.1:0";
+  std::string field;
+  CHECK(code_of([&] { aios::server::Host host(wide, options); }, &field) == ErrorCode::kInvalidArgument);
+  CHECK(field == "dtype");
+}
+
 TEST_CASE("errors cross the wire with their code and field", "[server]") {
   auto& l = Loopback::get();
   std::string field;

@@ -109,7 +109,8 @@ void tune_allocator_for_hosting();
 class Host {
  public:
   // Starts serving `backbone` (its calls may run from several threads at once). Throws
-  // Error(kUnavailable, "listen") when the address cannot be bound.
+  // Error(kUnavailable, "listen") when the address cannot be bound, Error(kInvalidArgument,
+  // "dtype") for a backbone in a dtype other than float32, bfloat16 or float16.
   Host(std::shared_ptr<gradient::Backbone> backbone, const HostOptions& options = {});
   ~Host();  // shuts down, cancelling calls still running after a short grace period
   Host(const Host&) = delete;
