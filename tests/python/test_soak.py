@@ -26,7 +26,9 @@ descriptor counts are back at (or below) the baseline.
 
 AIOS_SOAK_SECONDS=N repeats the hostile and leaving traffic for N seconds (the bounded form, run by
 make test, sends MALFORMED requests once); AIOS_SOAK_MALFORMED sets the count per round.
-The same file is the clients' program: `python test_soak.py ROLE ...` (grpcio only, no torch).
+The same file is the clients' program: `python test_soak.py ROLE ...` (grpcio only, no torch). It is
+one file of some 950 lines for that reason: the test and the processes it starts share one definition
+of the traffic (the methods, the malformations and their expected codes).
 """
 import base64
 import hashlib
