@@ -1,46 +1,25 @@
 // Calls on a host on loopback while others run: callers that leave before or while their call
 // computes, and forwards waiting behind another computed as one batch.
-#include <unistd.h>
-
-#include <filesystem>
-#include <fstream>
-
-#include <condition_variable>
-#include <functional>
+#include <chrono>
 #include <future>
-#include <mutex>
 #include <thread>
+#include <vector>
 
-#include <fmt/format.h>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
 
-#include "aios/adapters/storage.h"
 #include "aios/error.h"
-#include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
 #include "aios/server/remote_backbone.h"
-#include "aios/server/wire.h"
-#include "aios/v1/aios.grpc.pb.h"
 #include "batcher.h"
 #include "catch_torch.h"
 #include "error_code.h"
 #include "hosted.h"
-#include "tiny_checkpoint.h"
 
-using aios::Error;
 using aios::ErrorCode;
 using aios_test::code_of;
-using aios::local::LocalBackbone;
 using aios_test::kD;
-using aios_test::kVocab;
-using aios_test::TinyCheckpoint;
 using aios_test::GatedBackbone;
 using aios_test::Loopback;
-using aios_test::raw;
-namespace v1 = aios::v1;
 
 TEST_CASE("a call whose caller left while it waited for a compute thread is never computed", "[server]") {
   auto gated = std::make_shared<GatedBackbone>(Loopback::get().local);

@@ -37,7 +37,6 @@ using aios::local::LocalBackbone;
 using aios_test::kD;
 using aios_test::kVocab;
 using aios_test::TinyCheckpoint;
-using aios_test::GatedBackbone;
 using aios_test::Loopback;
 using aios_test::raw;
 namespace v1 = aios::v1;
