@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "aios/fail.h"
 #include "aios/local/local_backbone.h"
@@ -65,6 +66,26 @@ std::string with_thousands(int64_t n) {
   return out;
 }
 
+// "bos 1 <|im_start|>, eos 2 <|im_end|>, pad none": the special ids the checkpoint names, with
+// their tokens where the tokenizer has them.
+std::string special_tokens(const aios::ModelInfo& c, const aios::tokenizer::Tokenizer* tokenizer) {
+  const auto named = [&](int64_t id) {
+    std::string out = std::to_string(id);
+    if (tokenizer != nullptr && id >= 0 && id < tokenizer->vocab_size()) {
+      try {
+        out = fmt::format("{} {}", id, tokenizer->id_to_token(static_cast<int32_t>(id)));
+      } catch (const aios::Error&) {
+        // an id without a token: the number says it all
+      }
+    }
+    return out;
+  };
+  std::vector<std::string> eos;
+  for (int64_t id : c.eos_ids) eos.push_back(named(id));
+  return fmt::format("bos {}, eos {}, pad {}", c.bos_id ? named(*c.bos_id) : "none",
+                     eos.empty() ? "none" : fmt::format("{}", fmt::join(eos, " / ")), c.pad_id ? named(*c.pad_id) : "none");
+}
+
 int info(const std::string& path, const aios::local::LoadOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   auto backbone = aios::local::LocalBackbone::load(path, options);
@@ -79,6 +100,7 @@ int info(const std::string& path, const aios::local::LoadOptions& options) {
   fmt::print("vocabulary      {}\n", c.vocab_size);
   fmt::print("max positions   {}\n", c.max_positions);
   fmt::print("output head     {}\n", c.tie_word_embeddings ? "tied to the embedding" : "separate");
+  fmt::print("special tokens  {}\n", special_tokens(c, backbone->tokenizer().get()));
   fmt::print("parameters      {}\n", with_thousands(backbone->parameter_count()));
   fmt::print("dtype           {}\n", c.dtype);
   fmt::print("device          {}\n", c.device);

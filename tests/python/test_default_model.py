@@ -46,6 +46,7 @@ def test_cli_info(default_model):
     assert "LlamaForCausalLM" in result.stdout
     assert "134,515,008" in result.stdout  # transformers' num_parameters() for SmolLM2-135M
     assert "float32" in result.stdout and "load time" in result.stdout
+    assert "eos 2 <|im_end|>" in result.stdout  # the checkpoint's special ids, with their tokens
 
 
 def test_cli_errors_name_the_problem(tmp_path):
