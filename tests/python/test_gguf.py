@@ -308,7 +308,12 @@ def test_gguf_tokenizer_errors_name_the_key(tmp_path):
                "tokenizer.ggml.scores": ([0.0, 0.0], A, gguf.GGUFValueType.FLOAT32)}, aios.DataLossError,
               "token 1 is not UTF-8"),
              ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.merges": (["a b", b"a \xc0\xa1"], A, S)},
-              aios.DataLossError, "merge 1 is not UTF-8")]
+              aios.DataLossError, "merge 1 is not UTF-8"),
+             # The same for a byte-level token: an end-of-sequence token that is not UTF-8 went into
+             # the post-processor as written (found by fuzz_gguf, as a JSON library error again).
+             ({"tokenizer.ggml.model": ("gpt2", S), "tokenizer.ggml.tokens": (["a", b"<un\xd0>"], A, S),
+               "tokenizer.ggml.eos_token_id": (1, U32), "tokenizer.ggml.add_eos_token": (True, gguf.GGUFValueType.BOOL)},
+              aios.DataLossError, "token 1 is not UTF-8")]
     for i, (extra, error, key) in enumerate(cases):
         path = write_gguf(tmp_path / f"t{i}.gguf", "llama", config, {}, extra={**base, **extra})
         with pytest.raises(error, match=key):

@@ -157,16 +157,15 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
     return id;
   };
 
-  // Byte-level BPE spells every token in the byte alphabet; a token written otherwise in the file
-  // is respelled byte by byte. SentencePiece tokens are taken as written, so they must be UTF-8
-  // (GGUF strings are, and transformers' reader refuses others).
+  // Every token must be UTF-8 (GGUF strings are, and transformers' reader refuses others): all of
+  // them go into the tokenizer's JSON text, SentencePiece tokens and the special ones of either
+  // model as written. Byte-level BPE spells its vocabulary in the byte alphabet; a token written
+  // otherwise in the file is respelled byte by byte.
   json vocab = json::object();
   std::unordered_map<std::string, std::int64_t> ids;
   for (std::size_t id = 0; id < tokens.size(); ++id) {
     const std::string& t = tokens[id];
-    if (!byte_level && !valid_utf8(t)) {
-      fail(ErrorCode::kDataLoss, path + ": tokenizer.ggml.tokens", "token {} is not UTF-8", id);
-    }
+    if (!valid_utf8(t)) fail(ErrorCode::kDataLoss, path + ": tokenizer.ggml.tokens", "token {} is not UTF-8", id);
     std::string spelled;
     if (!byte_level || spelled_in_byte_alphabet(t)) {
       spelled = t;
