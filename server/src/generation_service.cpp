@@ -15,12 +15,17 @@ namespace fs = std::filesystem;
 
 constexpr int kMaxRoutes = 64;
 
-class GenerationService final : public v1::Generation::Service {
+class GenerationService final : public Handlers {
  public:
-  explicit GenerationService(Requests& requests) : r_(requests) {}
+  GenerationService(Requests& requests, Calls& calls) : r_(requests) {
+    calls.add("Generation.Generate", this, &GenerationService::generate);
+    calls.add("Generation.RegisterDecoder", this, &GenerationService::register_decoder);
+    calls.add("Generation.ListDecoders", this, &GenerationService::list_decoders);
+    calls.add("Generation.DeleteDecoder", this, &GenerationService::delete_decoder);
+  }
 
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                        grpc::ServerWriter<v1::GenerateStep>* writer) override {
+  grpc::Status generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        const std::function<bool(const v1::GenerateStep&)>& write) {
     // On gRPC's thread, each step computed on a compute thread: a caller that reads its stream
     // slowly (or never) holds no compute thread while its next message waits to be sent.
     return guarded(r_, context, [&](Caller& caller) {
@@ -46,13 +51,13 @@ class GenerationService final : public v1::Generation::Service {
           }
         });
         if (!more) return;
-        if (!writer->Write(out)) fail(ErrorCode::kUnavailable, "generate", "the caller is gone");
+        if (!write(out)) fail(ErrorCode::kUnavailable, "generate", "the caller is gone");
       }
     }, Work::kBookkeeping);
   }
 
-  grpc::Status RegisterDecoder(grpc::ServerContext* context, const v1::RegisterDecoderRequest* request,
-                               v1::Empty*) override {
+  grpc::Status register_decoder(grpc::ServerContext* context, const v1::RegisterDecoderRequest* request,
+                               v1::Empty*) {
     return guarded(r_, context, [&](Caller& caller) {
       check_name(request->name(), "name");
       if (request->files_size() == 0 || request->files_size() > 8) {
@@ -113,15 +118,15 @@ class GenerationService final : public v1::Generation::Service {
     });
   }
 
-  grpc::Status ListDecoders(grpc::ServerContext* context, const v1::ListDecodersRequest*,
-                            v1::DecoderList* out) override {
+  grpc::Status list_decoders(grpc::ServerContext* context, const v1::ListDecodersRequest*,
+                            v1::DecoderList* out) {
     return guarded(r_, context, [&](Caller& caller) {
       std::lock_guard lock(caller.state().mutex);
       for (const auto& [name, folder] : caller.state().decoders) out->add_names(name);
     }, Work::kBookkeeping);
   }
 
-  grpc::Status DeleteDecoder(grpc::ServerContext* context, const v1::DecoderName* request, v1::Empty*) override {
+  grpc::Status delete_decoder(grpc::ServerContext* context, const v1::DecoderName* request, v1::Empty*) {
     return guarded(r_, context, [&](Caller& caller) {
       std::unique_lock files(caller.state().files);
       std::lock_guard lock(caller.state().mutex);
@@ -212,8 +217,8 @@ class GenerationService final : public v1::Generation::Service {
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> make_generation_service(Requests& requests) {
-  return std::make_unique<GenerationService>(requests);
+std::unique_ptr<Handlers> add_generation_calls(Requests& requests, Calls& calls) {
+  return std::make_unique<GenerationService>(requests, calls);
 }
 
 }  // namespace aios::server

@@ -181,4 +181,15 @@ grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std
   }
 }
 
+void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out) {
+  to_wire(output.hidden, out->mutable_hidden());
+  for (const auto& layer : output.layers) to_wire(layer, out->add_layers());
+}
+
+void write_gradients(const gradient::Gradients& g, v1::Gradients* out) {
+  to_wire(g.latents, out->mutable_latents());
+  if (g.embedding_rows.defined()) to_wire(g.embedding_rows, out->mutable_embedding_rows());
+  if (g.classifier_rows.defined()) to_wire(g.classifier_rows, out->mutable_classifier_rows());
+}
+
 }  // namespace aios::server

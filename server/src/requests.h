@@ -70,6 +70,9 @@ class Requests {
 };
 
 void write_rows(const ali::Extension& extension, v1::ExtensionRows* out);
+// Replies of the Latent and Gradient services.
+void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out);
+void write_gradients(const gradient::Gradients& g, v1::Gradients* out);
 
 // Where a call's body runs: tensor work on the host's compute threads (compute.h); bookkeeping that
 // enters none of LibTorch's parallel regions (lookups, the tokenizer, a few embedding rows) on the

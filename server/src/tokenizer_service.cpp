@@ -11,19 +11,30 @@ namespace aios::server {
 namespace {
 namespace fs = std::filesystem;
 
-class TokenizerService final : public v1::Tokenizer::Service {
+class TokenizerService final : public Handlers {
  public:
-  explicit TokenizerService(Requests& requests) : r_(requests) {}
+  TokenizerService(Requests& requests, Calls& calls) : r_(requests) {
+    calls.add("Tokenizer.Definition", this, &TokenizerService::definition);
+    calls.add("Tokenizer.Encode", this, &TokenizerService::encode);
+    calls.add("Tokenizer.Decode", this, &TokenizerService::decode);
+    calls.add("Tokenizer.CreateExtension", this, &TokenizerService::create_extension);
+    calls.add("Tokenizer.ListExtensions", this, &TokenizerService::list_extensions);
+    calls.add("Tokenizer.ReadRows", this, &TokenizerService::read_rows);
+    calls.add("Tokenizer.WriteRows", this, &TokenizerService::write_rows);
+    calls.add("Tokenizer.SaveExtension", this, &TokenizerService::save_extension);
+    calls.add("Tokenizer.LoadExtension", this, &TokenizerService::load_extension);
+    calls.add("Tokenizer.DeleteExtension", this, &TokenizerService::delete_extension);
+  }
 
-  grpc::Status Definition(grpc::ServerContext* context, const v1::DefinitionRequest*,
-                          v1::TokenizerDefinition* out) override {
+  grpc::Status definition(grpc::ServerContext* context, const v1::DefinitionRequest*,
+                          v1::TokenizerDefinition* out) {
     return guarded(r_, context, [&](Caller&) {
       out->set_json(base_tokenizer().definition());
       out->set_chat_template(r_.backbone().chat_template().value_or(""));
     }, Work::kBookkeeping);
   }
 
-  grpc::Status Encode(grpc::ServerContext* context, const v1::EncodeRequest* request, v1::EncodeResponse* out) override {
+  grpc::Status encode(grpc::ServerContext* context, const v1::EncodeRequest* request, v1::EncodeResponse* out) {
     return guarded(r_, context, [&](Caller& caller) {
       const auto t = tokenizer_for(caller, request->extension());
       r_.check_tokens(caller, request->texts_size(), 0, "texts");
@@ -37,7 +48,7 @@ class TokenizerService final : public v1::Tokenizer::Service {
     }, Work::kBookkeeping);
   }
 
-  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request, v1::DecodeResponse* out) override {
+  grpc::Status decode(grpc::ServerContext* context, const v1::DecodeRequest* request, v1::DecodeResponse* out) {
     return guarded(r_, context, [&](Caller& caller) {
       const auto t = tokenizer_for(caller, request->extension());
       int64_t tokens = 0;
@@ -49,8 +60,8 @@ class TokenizerService final : public v1::Tokenizer::Service {
     }, Work::kBookkeeping);
   }
 
-  grpc::Status CreateExtension(grpc::ServerContext* context, const v1::CreateExtensionRequest* request,
-                               v1::ExtensionInfo* out) override {
+  grpc::Status create_extension(grpc::ServerContext* context, const v1::CreateExtensionRequest* request,
+                               v1::ExtensionInfo* out) {
     return guarded(r_, context, [&](Caller& caller) {
       ali::ExtendOptions options;
       switch (request->init()) {
@@ -72,8 +83,8 @@ class TokenizerService final : public v1::Tokenizer::Service {
     });
   }
 
-  grpc::Status ListExtensions(grpc::ServerContext* context, const v1::ListExtensionsRequest*,
-                              v1::ExtensionList* out) override {
+  grpc::Status list_extensions(grpc::ServerContext* context, const v1::ListExtensionsRequest*,
+                              v1::ExtensionList* out) {
     return guarded(r_, context, [&](Caller& caller) {
       {
         std::lock_guard lock(caller.state().mutex);
@@ -91,18 +102,18 @@ class TokenizerService final : public v1::Tokenizer::Service {
     }, Work::kBookkeeping);
   }
 
-  grpc::Status ReadRows(grpc::ServerContext* context, const v1::ExtensionId* request, v1::ExtensionRows* out) override {
+  grpc::Status read_rows(grpc::ServerContext* context, const v1::ExtensionId* request, v1::ExtensionRows* out) {
     return guarded(r_, context, [&](Caller& caller) {
-      write_rows(*r_.extension(caller, request->id(), nullptr, "id"), out);
+      server::write_rows(*r_.extension(caller, request->id(), nullptr, "id"), out);
     });
   }
 
-  grpc::Status WriteRows(grpc::ServerContext* context, const v1::WriteRowsRequest* request, v1::Empty*) override {
+  grpc::Status write_rows(grpc::ServerContext* context, const v1::WriteRowsRequest* request, v1::Empty*) {
     return guarded(r_, context, [&](Caller& caller) { r_.extension(caller, request->id(), &request->rows(), "id"); });
   }
 
-  grpc::Status SaveExtension(grpc::ServerContext* context, const v1::SaveExtensionRequest* request,
-                             v1::Empty*) override {
+  grpc::Status save_extension(grpc::ServerContext* context, const v1::SaveExtensionRequest* request,
+                             v1::Empty*) {
     return guarded(r_, context, [&](Caller& caller) {
       check_name(request->name(), "name");
       const auto extension = r_.extension(caller, request->id(), nullptr, "id");
@@ -116,8 +127,8 @@ class TokenizerService final : public v1::Tokenizer::Service {
     });
   }
 
-  grpc::Status LoadExtension(grpc::ServerContext* context, const v1::LoadExtensionRequest* request,
-                             v1::ExtensionInfo* out) override {
+  grpc::Status load_extension(grpc::ServerContext* context, const v1::LoadExtensionRequest* request,
+                             v1::ExtensionInfo* out) {
     return guarded(r_, context, [&](Caller& caller) {
       check_name(request->name(), "name");
       if (!r_.has_state_dir()) fail(ErrorCode::kNotFound, "name", "this host keeps no saved extensions");
@@ -135,8 +146,8 @@ class TokenizerService final : public v1::Tokenizer::Service {
     });
   }
 
-  grpc::Status DeleteExtension(grpc::ServerContext* context, const v1::DeleteExtensionRequest* request,
-                               v1::Empty*) override {
+  grpc::Status delete_extension(grpc::ServerContext* context, const v1::DeleteExtensionRequest* request,
+                               v1::Empty*) {
     return guarded(r_, context, [&](Caller& caller) {
       if (!request->id().empty()) {
         std::lock_guard lock(caller.state().mutex);
@@ -196,7 +207,7 @@ class TokenizerService final : public v1::Tokenizer::Service {
       caller.state().extensions[id] = extension;
     }
     describe(id, *extension, out);
-    write_rows(*extension, out->mutable_rows());
+    server::write_rows(*extension, out->mutable_rows());
   }
 
   static void describe(const std::string& id, const ali::Extension& extension, v1::ExtensionInfo* out) {
@@ -212,8 +223,8 @@ class TokenizerService final : public v1::Tokenizer::Service {
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> make_tokenizer_service(Requests& requests) {
-  return std::make_unique<TokenizerService>(requests);
+std::unique_ptr<Handlers> add_tokenizer_calls(Requests& requests, Calls& calls) {
+  return std::make_unique<TokenizerService>(requests, calls);
 }
 
 }  // namespace aios::server

@@ -1,16 +1,23 @@
-// Calls on a host on loopback while others run: callers that leave before or while their call
-// computes, and forwards waiting behind another computed as one batch.
+// Calls on a host on loopback: the table of calls that the contract's descriptors fill, callers
+// that leave before or while their call computes, and forwards waiting behind another computed as
+// one batch.
 #include <chrono>
 #include <future>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include <google/protobuf/descriptor.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
 
 #include "aios/error.h"
 #include "aios/server/host.h"
 #include "aios/server/remote_backbone.h"
+#include "aios/v1/aios.grpc.pb.h"
 #include "batcher.h"
+#include "calls.h"
 #include "catch_torch.h"
 #include "error_code.h"
 #include "hosted.h"
@@ -20,6 +27,73 @@ using aios_test::code_of;
 using aios_test::kD;
 using aios_test::GatedBackbone;
 using aios_test::Loopback;
+namespace v1 = aios::v1;
+
+TEST_CASE("the host's table of calls takes only what the contract declares, and all of it", "[server]") {
+  struct Handlers {
+    grpc::Status info(grpc::ServerContext*, const v1::InfoRequest*, v1::ModelInfo*) { return grpc::Status::OK; }
+    grpc::Status embed_as_info(grpc::ServerContext*, const v1::InfoRequest*, v1::Tensor*) { return grpc::Status::OK; }
+    grpc::Status generate(grpc::ServerContext*, const v1::GenerateRequest*,
+                          const std::function<bool(const v1::GenerateStep&)>&) {
+      return grpc::Status::OK;
+    }
+  } handlers;
+  aios::server::Calls calls;
+  CHECK(code_of([&] { calls.add("Latent.Nothing", &handlers, &Handlers::info); }) == ErrorCode::kInternal);
+  CHECK(code_of([&] { calls.add("Latent.Embed", &handlers, &Handlers::embed_as_info); }) == ErrorCode::kInternal);
+  CHECK(code_of([&] { calls.add("Latent.Info", &handlers, &Handlers::generate); }) == ErrorCode::kInternal);
+  CHECK(code_of([&] { calls.add("Chunked.Call", &handlers, &Handlers::info); }) == ErrorCode::kInternal);
+  calls.add("Latent.Info", &handlers, &Handlers::info);
+  calls.add("Generation.Generate", &handlers, &Handlers::generate);
+  CHECK(code_of([&] { calls.add("Latent.Info", &handlers, &Handlers::info); }) == ErrorCode::kInternal);
+  CHECK(calls.unary("/aios.v1.Latent/Info") != nullptr);
+  CHECK(calls.unary("/aios.v1.Generation/Generate") == nullptr);  // streams are not unary calls
+  std::string field;
+  CHECK(code_of([&] { calls.service(); }, &field) == ErrorCode::kInternal);  // the contract's other calls
+  CHECK(field == "calls");
+}
+
+// Each unary method of every service of the contract, with an empty request, directly and through
+// Chunked.Call: the host answers both the same way, never UNIMPLEMENTED.
+TEST_CASE("every unary call of the contract is answered directly and in chunks alike", "[server]") {
+  auto& l = Loopback::get();
+  auto channel = grpc::CreateChannel(l.address, grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  auto chunked = v1::Chunked::NewStub(channel);
+  const google::protobuf::FileDescriptor* contract = v1::Tensor::descriptor()->file();
+  int unary = 0;
+  for (int s = 0; s < contract->service_count(); ++s) {
+    const google::protobuf::ServiceDescriptor* service = contract->service(s);
+    for (int m = 0; m < service->method_count(); ++m) {
+      const google::protobuf::MethodDescriptor* method = service->method(m);
+      if (method->client_streaming() || method->server_streaming()) continue;
+      const std::string path = "/" + service->full_name() + "/" + method->name();
+      INFO(path);
+      ++unary;
+      grpc::ClientContext direct_context;
+      const grpc::Slice empty{std::string()};
+      grpc::ByteBuffer request(&empty, 1), response;
+      std::promise<grpc::Status> done;
+      generic.UnaryCall(&direct_context, path, grpc::StubOptions(), &request, &response,
+                        [&](grpc::Status status) { done.set_value(status); });
+      const grpc::Status direct = done.get_future().get();
+
+      grpc::ClientContext chunked_context;
+      auto stream = chunked->Call(&chunked_context);
+      v1::Chunk chunk;
+      chunk.set_method(path);
+      stream->Write(chunk);
+      stream->WritesDone();
+      while (stream->Read(&chunk)) {
+      }
+      const grpc::Status in_chunks = stream->Finish();
+      CHECK(direct.error_code() != grpc::StatusCode::UNIMPLEMENTED);
+      CHECK(in_chunks.error_code() == direct.error_code());
+      CHECK(in_chunks.error_message() == direct.error_message());
+    }
+  }
+  CHECK(unary >= 20);
+}
 
 TEST_CASE("a call whose caller left while it waited for a compute thread is never computed", "[server]") {
   auto gated = std::make_shared<GatedBackbone>(Loopback::get().local);
