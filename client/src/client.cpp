@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 
 #include "aios/fail.h"
+#include "aios/server/messages.h"
 #include "aios/server/wire.h"
 
 namespace aios::client {
@@ -75,26 +76,8 @@ void write(const Eigen::Tensor<Scalar, N, Eigen::RowMajor>& t, v1::Tensor* out) 
   }
 }
 
-void write_options(const ForwardOptions& o, v1::ForwardOptions* out) {
-  if (o.mask && o.full_mask) {
-    fail(ErrorCode::kInvalidArgument, "mask", "expected a key-padding mask [B,T] or a full mask [B,T,T], got both");
-  }
-  if (o.positions) write(*o.positions, out->mutable_positions());
-  if (o.mask) write(*o.mask, out->mutable_mask());
-  if (o.full_mask) write(*o.full_mask, out->mutable_mask());
-  for (int64_t l : o.layers) out->add_layers(l);
-  out->set_allow_non_finite(o.allow_non_finite);
-  out->set_recompute(o.recompute);
-}
-
-void write_cotangents(const Cotangents& c, v1::Cotangents* out) {
-  if (c.hidden) write(*c.hidden, out->mutable_hidden());
-  for (const auto& layer : c.layers) {
-    v1::Tensor* slot = out->add_layers();  // left empty for an absent (zero) cotangent
-    if (layer) write(*layer, slot);
-  }
-  if (c.logits) write(*c.logits, out->mutable_logits());
-}
+// Every tensor of a request, as the template above writes it.
+constexpr auto kWrite = [](const auto& t, v1::Tensor* out) { write(t, out); };
 
 // ---- replies ---------------------------------------------------------------------------------
 
@@ -159,10 +142,7 @@ float read_scalar(const v1::Tensor& t, const std::string& field) {
 }
 
 ForwardOutput read_output(const v1::ForwardResponse& r) {
-  ForwardOutput out;
-  out.hidden = read_floats<3>(r.hidden(), "hidden");
-  for (const auto& layer : r.layers()) out.layers.push_back(read_floats<3>(layer, "layers"));
-  return out;
+  return server::messages::read_output<ForwardOutput>(r, read_floats<3>);
 }
 
 }  // namespace
@@ -210,7 +190,7 @@ FloatTensor<3> Client::embed(const IdTensor<2>& ids) const {
 ForwardOutput Client::forward(const FloatTensor<3>& latents, const ForwardOptions& options) const {
   v1::ForwardRequest request;
   write(latents, request.mutable_latents());
-  write_options(options, request.mutable_options());
+  server::messages::write_options(options, request.mutable_options(), kWrite);
   v1::ForwardResponse out;
   impl_->call("/aios.v1.Latent/Forward", request, &out);
   return read_output(out);
@@ -235,7 +215,7 @@ FloatTensor<3> Client::classify(const FloatTensor<3>& hidden) const {
 KeptForward Client::forward_keep(const FloatTensor<3>& latents, const ForwardOptions& options) const {
   v1::ForwardRequest request;
   write(latents, request.mutable_latents());
-  write_options(options, request.mutable_options());
+  server::messages::write_options(options, request.mutable_options(), kWrite);
   v1::ForwardResponse out;
   impl_->call("/aios.v1.Gradient/ForwardKeep", request, &out);
   return KeptForward{read_output(out), out.handle()};
@@ -244,7 +224,7 @@ KeptForward Client::forward_keep(const FloatTensor<3>& latents, const ForwardOpt
 FloatTensor<3> Client::vjp(Handle handle, const Cotangents& cotangents) const {
   v1::VjpRequest request;
   request.set_handle(handle);
-  write_cotangents(cotangents, request.mutable_cotangents());
+  server::messages::write_cotangents(cotangents, request.mutable_cotangents(), kWrite);
   v1::Gradients out;
   impl_->call("/aios.v1.Gradient/Vjp", request, &out);
   return read_floats<3>(out.latents(), "latents");
@@ -261,8 +241,8 @@ FloatTensor<3> Client::vjp(const FloatTensor<3>& latents, const ForwardOptions& 
                            const Cotangents& cotangents) const {
   v1::VjpStatelessRequest request;
   write(latents, request.mutable_latents());
-  write_options(options, request.mutable_options());
-  write_cotangents(cotangents, request.mutable_cotangents());
+  server::messages::write_options(options, request.mutable_options(), kWrite);
+  server::messages::write_cotangents(cotangents, request.mutable_cotangents(), kWrite);
   v1::Gradients out;
   impl_->call("/aios.v1.Gradient/VjpStateless", request, &out);
   return read_floats<3>(out.latents(), "latents");
@@ -272,25 +252,8 @@ FusedResult Client::forward_backward(const FloatTensor<3>& latents, const Forwar
                                      const LossOptions& loss) const {
   v1::ForwardBackwardRequest request;
   write(latents, request.mutable_latents());
-  write_options(options, request.mutable_options());
-  request.set_chunk_tokens(loss.chunk_tokens);
-  if (const auto* ce = std::get_if<CrossEntropy>(&loss.loss)) {
-    auto* out = request.mutable_cross_entropy();
-    write(ce->targets, out->mutable_targets());
-    if (ce->weights) write(*ce->weights, out->mutable_weights());
-  } else {
-    const auto& d = std::get<Distillation>(loss.loss);
-    auto* out = request.mutable_distillation();
-    if (d.teacher_logits) write(*d.teacher_logits, out->mutable_teacher_logits());
-    if (d.teacher_probs) write(*d.teacher_probs, out->mutable_teacher_probs());
-    if (d.teacher_latents) {
-      write(*d.teacher_latents, out->mutable_teacher_latents());
-      write_options(d.teacher_options, out->mutable_teacher_options());
-    }
-    if (d.teacher_index) write(*d.teacher_index, out->mutable_teacher_index());
-    if (d.weights) write(*d.weights, out->mutable_weights());
-    out->set_temperature(d.temperature);
-  }
+  server::messages::write_options(options, request.mutable_options(), kWrite);
+  server::messages::write_loss(loss, &request, kWrite);
   v1::FusedResult out;
   impl_->call("/aios.v1.Gradient/ForwardBackward", request, &out);
   FusedResult result;

@@ -7,6 +7,7 @@
 
 #include "aios/fail.h"
 #include "aios/tokenizer_api/tokenizer.h"
+#include "aios/server/messages.h"
 #include "aios/server/wire.h"
 #include "tensors.h"
 
@@ -25,24 +26,13 @@ at::Tensor from_wire(const v1::Tensor& t, const char* field) {
   }
 }
 
-ForwardOutput read_output(const v1::ForwardResponse& r) {
-  ForwardOutput out;
-  out.hidden = from_wire(r.hidden(), "hidden");
-  for (const auto& layer : r.layers()) out.layers.push_back(from_wire(layer, "layers"));
-  return out;
-}
+ForwardOutput read_output(const v1::ForwardResponse& r) { return messages::read_output<ForwardOutput>(r, from_wire); }
+
+// Every tensor of a request goes as it is.
+void write(const at::Tensor& t, v1::Tensor* out) { to_wire(t, out); }
 
 [[noreturn]] void unsupported(const char* what, const char* how) {
   fail(ErrorCode::kUnimplemented, what, "not offered by a hosted backbone: {}", how);
-}
-
-void write_cotangents(const gradient::Cotangents& c, v1::Cotangents* out) {
-  if (c.hidden.defined()) to_wire(c.hidden, out->mutable_hidden());
-  for (const at::Tensor& layer : c.layers) {
-    v1::Tensor* slot = out->add_layers();  // left empty for an undefined (zero) cotangent
-    if (layer.defined()) to_wire(layer, slot);
-  }
-  if (c.logits.defined()) to_wire(c.logits, out->mutable_logits());
 }
 
 // The replica that holds an extension: its id is "REPLICA.EPOCH.N".
@@ -167,17 +157,9 @@ struct RemoteBackbone::Impl {
     }
   }
 
-  void write_options(const ali::ForwardOptions& o, v1::ForwardOptions* out) {
-    if (o.positions) to_wire(*o.positions, out->mutable_positions());
-    if (o.mask) to_wire(*o.mask, out->mutable_mask());
-    for (int64_t l : o.layers) out->add_layers(l);
-    out->set_allow_non_finite(o.allow_non_finite);
-  }
   void write_options(const RemoteBackbone& self, const ForwardOptions& o, v1::ForwardOptions* out, SentRows& sent) {
-    write_options(o, out);
-    out->set_recompute(o.recompute);
+    messages::write_options(o, out, write);
     if (o.extension) ref(self, *o.extension, "extension", out->mutable_extension(), sent);
-    if (o.ids) to_wire(*o.ids, out->mutable_ids());
   }
 
   // The host's copy goes with the local one (a host that cannot be reached drops it with the
@@ -299,7 +281,7 @@ ForwardOutput RemoteBackbone::forward(const at::Tensor& latents, const ali::Forw
   v1::ForwardRequest request;
   to_wire(latents, request.mutable_latents());
   Impl::SentRows sent;
-  impl_->write_options(options, request.mutable_options());
+  messages::write_options(options, request.mutable_options(), write);
   v1::ForwardResponse out;
   impl_->call("/aios.v1.Latent/Forward", request, &out, sent);
   return read_output(out);
@@ -450,7 +432,7 @@ gradient::KeptForward RemoteBackbone::forward_keep(const at::Tensor& latents, co
 gradient::Gradients RemoteBackbone::vjp(gradient::Handle handle, const gradient::Cotangents& cotangents) {
   v1::VjpRequest request;
   request.set_handle(handle);
-  write_cotangents(cotangents, request.mutable_cotangents());
+  messages::write_cotangents(cotangents, request.mutable_cotangents(), write);
   v1::Gradients out;
   impl_->call("/aios.v1.Gradient/Vjp", request, &out, {}, handle);
   return read_gradients(out);
@@ -469,7 +451,7 @@ gradient::Gradients RemoteBackbone::vjp(const at::Tensor& latents, const Forward
   to_wire(latents, request.mutable_latents());
   Impl::SentRows sent;
   impl_->write_options(*this, options, request.mutable_options(), sent);
-  write_cotangents(cotangents, request.mutable_cotangents());
+  messages::write_cotangents(cotangents, request.mutable_cotangents(), write);
   v1::Gradients out;
   impl_->call("/aios.v1.Gradient/VjpStateless", request, &out, sent);
   return read_gradients(out);
@@ -481,24 +463,7 @@ gradient::FusedResult RemoteBackbone::forward_backward(const at::Tensor& latents
   to_wire(latents, request.mutable_latents());
   Impl::SentRows sent;
   impl_->write_options(*this, options, request.mutable_options(), sent);
-  request.set_chunk_tokens(loss.chunk_tokens);
-  if (const auto* ce = std::get_if<gradient::CrossEntropy>(&loss.loss)) {
-    auto* out = request.mutable_cross_entropy();
-    to_wire(ce->targets, out->mutable_targets());
-    if (ce->weights.defined()) to_wire(ce->weights, out->mutable_weights());
-  } else {
-    const auto& d = std::get<gradient::Distillation>(loss.loss);
-    auto* out = request.mutable_distillation();
-    if (d.teacher_probs.defined()) to_wire(d.teacher_probs, out->mutable_teacher_probs());
-    if (d.teacher_logits.defined()) to_wire(d.teacher_logits, out->mutable_teacher_logits());
-    if (d.teacher_latents.defined()) {
-      to_wire(d.teacher_latents, out->mutable_teacher_latents());
-      impl_->write_options(d.teacher_options, out->mutable_teacher_options());
-    }
-    if (d.teacher_index.defined()) to_wire(d.teacher_index, out->mutable_teacher_index());
-    if (d.weights.defined()) to_wire(d.weights, out->mutable_weights());
-    out->set_temperature(d.temperature);
-  }
+  messages::write_loss(loss, &request, write);
   v1::FusedResult out;
   impl_->call("/aios.v1.Gradient/ForwardBackward", request, &out, sent);
   gradient::FusedResult result;
