@@ -22,6 +22,9 @@ class GenerationService final : public Handlers {
     calls.add("Generation.RegisterDecoder", this, &GenerationService::register_decoder);
     calls.add("Generation.ListDecoders", this, &GenerationService::list_decoders);
     calls.add("Generation.DeleteDecoder", this, &GenerationService::delete_decoder);
+    calls.add("Generation.CreateSession", this, &GenerationService::create_session);
+    calls.add("Generation.DescribeSession", this, &GenerationService::describe_session);
+    calls.add("Generation.DeleteSession", this, &GenerationService::delete_session);
   }
 
   grpc::Status generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
@@ -29,8 +32,9 @@ class GenerationService final : public Handlers {
     // On gRPC's thread, each step computed on a compute thread: a caller that reads its stream
     // slowly (or never) holds no compute thread while its next message waits to be sent.
     return guarded(r_, context, [&](Caller& caller) {
+      std::optional<SessionUse> session;  // given back after the generation, however it ends
       std::unique_ptr<ali::Generation> generation;
-      r_.compute(*context, [&] { generation = start(caller, *request); });
+      r_.compute(*context, [&] { generation = start(caller, *request, session); });
       while (true) {
         v1::GenerateStep out;
         bool more = false;
@@ -139,9 +143,128 @@ class GenerationService final : public Handlers {
     }, Work::kBookkeeping);
   }
 
+  grpc::Status create_session(grpc::ServerContext* context, const v1::CreateSessionRequest*, v1::SessionInfo* out) {
+    return guarded(r_, context, [&](Caller& caller) {
+      TenantState& tenant = caller.state();
+      const std::string id = r_.new_id();
+      {
+        std::lock_guard lock(tenant.mutex);
+        prune_sessions(tenant);
+        if (static_cast<int64_t>(tenant.sessions.size()) >= caller.quota().max_sessions) {
+          fail(ErrorCode::kResourceExhausted, "sessions", "the tenant holds {} sessions, its quota (delete some first)",
+               caller.quota().max_sessions);
+        }
+        tenant.sessions[id] = {r_.backbone().new_session(), 0, std::chrono::steady_clock::now(), false};
+      }
+      out->set_id(id);
+    }, Work::kBookkeeping);
+  }
+
+  grpc::Status describe_session(grpc::ServerContext* context, const v1::SessionId* request, v1::SessionInfo* out) {
+    return guarded(r_, context, [&](Caller& caller) {
+      std::lock_guard lock(caller.state().mutex);
+      const TenantState::HeldSession& held = find_session(caller.state(), request->id(), "id");
+      if (held.busy) fail(ErrorCode::kFailedPrecondition, "id", "session \"{}\" is in use by a generation", request->id());
+      out->set_id(request->id());
+      out->set_batch_size(held.session->batch_size());
+      out->set_length(held.session->length());
+      const at::Tensor next = held.session->next_positions();
+      if (next.defined()) to_wire(next, out->mutable_next_positions());
+      out->set_bytes(static_cast<int64_t>(held.session->bytes()));
+    }, Work::kBookkeeping);
+  }
+
+  // A session in use is deleted too: its generation keeps the cache until it ends.
+  grpc::Status delete_session(grpc::ServerContext* context, const v1::SessionId* request, v1::Empty*) {
+    return guarded(r_, context, [&](Caller& caller) {
+      TenantState& tenant = caller.state();
+      std::lock_guard lock(tenant.mutex);
+      find_session(tenant, request->id(), "id");
+      tenant.session_bytes -= tenant.sessions[request->id()].bytes;
+      tenant.sessions.erase(request->id());
+    }, Work::kBookkeeping);
+  }
+
  private:
+  // A session taken by one generation, given back when the generation ends (however it ends): its
+  // cache's bytes counted, its time-to-live started again.
+  class SessionUse {
+   public:
+    SessionUse(TenantState& tenant, std::string id, std::shared_ptr<ali::Session> session)
+        : tenant_(tenant), id_(std::move(id)), session_(std::move(session)) {}
+    SessionUse(const SessionUse&) = delete;
+    SessionUse& operator=(const SessionUse&) = delete;
+    ~SessionUse() {
+      std::lock_guard lock(tenant_.mutex);
+      auto it = tenant_.sessions.find(id_);
+      if (it == tenant_.sessions.end() || it->second.session != session_) return;  // deleted meanwhile
+      tenant_.session_bytes -= it->second.bytes;
+      it->second.bytes = session_->bytes();
+      tenant_.session_bytes += it->second.bytes;
+      it->second.last_use = std::chrono::steady_clock::now();
+      it->second.busy = false;
+    }
+    const std::shared_ptr<ali::Session>& session() const { return session_; }
+
+   private:
+    TenantState& tenant_;
+    std::string id_;
+    std::shared_ptr<ali::Session> session_;
+  };
+
+  // Under the tenant's lock: deletes the sessions no call has used for HostOptions::session_ttl.
+  void prune_sessions(TenantState& tenant) const {
+    const auto now = std::chrono::steady_clock::now();
+    for (auto it = tenant.sessions.begin(); it != tenant.sessions.end();) {
+      if (!it->second.busy && now - it->second.last_use > r_.options().session_ttl) {
+        tenant.session_bytes -= it->second.bytes;
+        it = tenant.sessions.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // Under the tenant's lock: the tenant's live session `id` (NOT_FOUND otherwise: unknown,
+  // deleted, expired, or another tenant's).
+  TenantState::HeldSession& find_session(TenantState& tenant, const std::string& id, const std::string& field) const {
+    prune_sessions(tenant);
+    auto it = tenant.sessions.find(id);
+    if (it == tenant.sessions.end()) {
+      fail(ErrorCode::kNotFound, field, "no session \"{}\" (unknown, deleted or expired)", id);
+    }
+    return it->second;
+  }
+
+  // Takes the tenant's session `id` for a generation of B rows of T prompt positions and up to
+  // `steps` tokens. Its cache may grow to twice the positions it holds (the cache doubles its
+  // capacity), so that bound, with the tenant's other sessions, must fit the byte quota.
+  std::shared_ptr<ali::Session> take_session(Caller& caller, const std::string& id, int64_t B, int64_t T, int64_t steps,
+                                             std::optional<SessionUse>& use) {
+    TenantState& tenant = caller.state();
+    std::lock_guard lock(tenant.mutex);
+    TenantState::HeldSession& held = find_session(tenant, id, "session");
+    if (held.busy) fail(ErrorCode::kFailedPrecondition, "session", "session \"{}\" is in use by another generation", id);
+    const ModelInfo& info = r_.backbone().config();
+    const double slot = 2.0 * static_cast<double>(info.num_layers * info.num_kv_heads * info.head_dim) *
+                            (info.dtype == "float32" ? 4 : 2) + 9;  // keys and values, a position and a flag
+    const double slots = static_cast<double>(std::max<int64_t>(2 * (held.session->length() + T + steps), 16));
+    const double most = static_cast<double>(B) * slots * slot;
+    const double others = static_cast<double>(tenant.session_bytes - held.bytes);
+    if (others + most > static_cast<double>(caller.quota().max_session_bytes)) {
+      fail(ErrorCode::kResourceExhausted, "session",
+           "this generation could grow the tenant's sessions to {:.0f} bytes, beyond its quota of {} (delete sessions "
+           "or generate fewer tokens)",
+           others + most, caller.quota().max_session_bytes);
+    }
+    held.busy = true;
+    use.emplace(tenant, id, held.session);
+    return held.session;
+  }
+
   // Checks the request and runs its prompt.
-  std::unique_ptr<ali::Generation> start(Caller& caller, const v1::GenerateRequest& request) {
+  std::unique_ptr<ali::Generation> start(Caller& caller, const v1::GenerateRequest& request,
+                                         std::optional<SessionUse>& session) {
     const at::Tensor latents = r_.latents(caller, request.latents(), "latents");
     if (request.max_new_tokens() < 1) {
       fail(ErrorCode::kInvalidArgument, "max_new_tokens", "expected >= 1, got {}", request.max_new_tokens());
@@ -161,6 +284,7 @@ class GenerationService final : public Handlers {
     if (s.has_top_p()) options.sampling.top_p = s.top_p();
     if (s.has_seed()) options.sampling.seed = s.seed();
     options.stop_ids.assign(request.stop_ids().begin(), request.stop_ids().end());
+    if (!request.session().empty()) options.session = take_session(caller, request.session(), B, T, steps, session);
     if (request.has_extension()) options.extension = r_.extension(caller, request.extension(), "extension");
     // Each decoder is loaded once per generation, however many routes name it.
     if (request.routes_size() > kMaxRoutes) {

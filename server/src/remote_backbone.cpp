@@ -38,10 +38,10 @@ void write(const at::Tensor& t, v1::Tensor* out) { to_wire(t, out); }
 // The replica that holds an extension: its id is "REPLICA.EPOCH.N".
 std::string replica_of(const std::string& extension_id) { return extension_id.substr(0, extension_id.find('.')); }
 
-// An extension id as hosts make them, "REPLICA.EPOCH.N" (decimal, hex, decimal): it goes back into
-// request metadata (aios-replica), where bytes of another kind would abort the call, so what a host
-// sends is checked first.
-void check_extension_id(const std::string& id) {
+// An id as hosts make them for extensions and sessions, "REPLICA.EPOCH.N" (decimal, hex, decimal):
+// it goes back into request metadata (aios-replica), where bytes of another kind would abort the
+// call, so what a host sends is checked first.
+void check_id(const std::string& id) {
   int dots = 0;
   bool ok = !id.empty() && id.size() <= 64 && id.front() != '.' && id.back() != '.';
   for (std::size_t i = 0; ok && i < id.size(); ++i) {
@@ -52,7 +52,7 @@ void check_extension_id(const std::string& id) {
       ok = (c >= '0' && c <= '9') || (dots == 1 && c >= 'a' && c <= 'f');
     }
   }
-  if (!ok || dots != 2) fail(ErrorCode::kDataLoss, "id", "the host sent an extension id that is not REPLICA.EPOCH.N");
+  if (!ok || dots != 2) fail(ErrorCode::kDataLoss, "id", "the host sent an id that is not REPLICA.EPOCH.N");
 }
 
 gradient::Gradients read_gradients(const v1::Gradients& g) {
@@ -61,6 +61,17 @@ gradient::Gradients read_gradients(const v1::Gradients& g) {
   if (g.has_embedding_rows()) out.embedding_rows = from_wire(g.embedding_rows(), "embedding_rows");
   if (g.has_classifier_rows()) out.classifier_rows = from_wire(g.classifier_rows(), "classifier_rows");
   return out;
+}
+
+// A deletion on the host of what `id` names, for a destructor, which has no one to tell of a
+// failure: best effort, briefly.
+void forget_on_host(Transport& transport, const char* method, const std::string& id,
+                    const google::protobuf::Message& request) {
+  v1::Empty out;
+  try {
+    server::call(transport, {method, {{"aios-replica", replica_of(id)}}, std::chrono::seconds(2)}, request, &out);
+  } catch (const Error&) {
+  }
 }
 
 // Stands for a decoder registered on the host, in the routes of that host's generations.
@@ -179,13 +190,7 @@ struct RemoteBackbone::Impl {
   void delete_on_host(const std::string& id) {
     v1::DeleteExtensionRequest request;
     request.set_id(id);
-    v1::Empty out;
-    try {
-      server::call(*transport, {"/aios.v1.Tokenizer/DeleteExtension", {{"aios-replica", replica_of(id)}}, std::chrono::seconds(2)},
-                   request, &out);
-    } catch (const Error&) {
-      // best effort: a destructor has no one to tell
-    }
+    forget_on_host(*transport, "/aios.v1.Tokenizer/DeleteExtension", id, request);
   }
 
   void read_definition() {
@@ -240,6 +245,49 @@ class RemoteGeneration final : public ali::Generation {
   std::unique_ptr<Transport::Stream> stream_;  // destroyed first: a stream that has not ended is cancelled
   std::function<void()> started_;
   bool done_ = false;
+};
+
+}  // namespace
+
+namespace {
+
+// A KV cache the host keeps for this caller between generations; deleted there with the last
+// reference here (or by the host's time-to-live when this process leaves without a word).
+class RemoteSession final : public ali::Session {
+ public:
+  // `owner` stands for the backbone that made it.
+  RemoteSession(std::shared_ptr<Transport> transport, const void* owner, std::string id)
+      : transport_(std::move(transport)), owner_(owner), id_(std::move(id)) {}
+  ~RemoteSession() override {
+    v1::SessionId request;
+    request.set_id(id_);
+    forget_on_host(*transport_, "/aios.v1.Generation/DeleteSession", id_, request);
+  }
+
+  int64_t batch_size() const override { return describe().batch_size(); }
+  int64_t length() const override { return describe().length(); }
+  at::Tensor next_positions() const override {
+    const v1::SessionInfo info = describe();
+    return info.has_next_positions() ? from_wire(info.next_positions(), "next_positions") : at::Tensor();
+  }
+  std::size_t bytes() const override { return static_cast<std::size_t>(std::max<int64_t>(0, describe().bytes())); }
+
+  const std::string& id() const { return id_; }
+  const void* owner() const { return owner_; }
+
+ private:
+  v1::SessionInfo describe() const {
+    v1::SessionId request;
+    request.set_id(id_);
+    v1::SessionInfo info;
+    server::call(*transport_, {"/aios.v1.Generation/DescribeSession", {{"aios-replica", replica_of(id_)}}, std::nullopt},
+                 request, &info);
+    return info;
+  }
+
+  std::shared_ptr<Transport> transport_;
+  const void* owner_;
+  std::string id_;
 };
 
 }  // namespace
@@ -319,7 +367,7 @@ std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::st
   }
   v1::ExtensionInfo info;
   impl_->call("/aios.v1.Tokenizer/CreateExtension", request, &info);
-  check_extension_id(info.id());
+  check_id(info.id());
 
   std::unique_ptr<ali::Extension> made;
   try {
@@ -360,8 +408,16 @@ std::optional<std::string> RemoteBackbone::chat_template() {
 
 std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tensor& latents,
                                                                   const ali::GenerateOptions& options) {
-  if (options.session) unsupported("session", "generations on the host start from their prompt");
   v1::GenerateRequest request;
+  Impl::SentRows sent;
+  if (options.session) {
+    const auto* session = dynamic_cast<const RemoteSession*>(options.session.get());
+    if (session == nullptr || session->owner() != impl_.get()) {
+      fail(ErrorCode::kInvalidArgument, "session", "expected a session of this backbone (new_session())");
+    }
+    request.set_session(session->id());
+    sent.replica = replica_of(session->id());
+  }
   to_wire(latents, request.mutable_latents());
   if (options.positions) to_wire(*options.positions, request.mutable_positions());
   if (options.mask) to_wire(*options.mask, request.mutable_mask());
@@ -372,7 +428,6 @@ std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tens
   s->set_top_p(options.sampling.top_p);
   if (options.sampling.seed) s->set_seed(*options.sampling.seed);
   for (int64_t id : options.stop_ids) request.add_stop_ids(id);
-  Impl::SentRows sent;
   if (options.extension) impl_->ref(*this, *options.extension, "extension", request.mutable_extension(), sent);
   for (const ali::Route& route : options.routes) {
     const auto* hosted = dynamic_cast<const HostedDecoder*>(route.decoder.get());
@@ -393,7 +448,10 @@ std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tens
 }
 
 std::shared_ptr<ali::Session> RemoteBackbone::new_session() {
-  unsupported("new_session", "generations on the host start from their prompt");
+  v1::SessionInfo info;
+  impl_->call("/aios.v1.Generation/CreateSession", v1::CreateSessionRequest(), &info);
+  check_id(info.id());
+  return std::make_shared<RemoteSession>(impl_->transport, impl_.get(), info.id());
 }
 
 std::shared_ptr<ali::Decoder> RemoteBackbone::register_decoder(const std::string& name, const std::string& path) {

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <filesystem>
+#include <atomic>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -31,6 +33,10 @@ class Requests {
   // The folder of `tenant`'s saved state, `kind` = "extensions" or "decoders" (created on demand).
   std::filesystem::path state_folder(const TenantState& tenant, const char* kind) const;
   bool has_state_dir() const { return !options_.state_dir.empty(); }
+  // An id for what the host keeps for a tenant (an extension, a session), "REPLICA.EPOCH.N": a load
+  // balancer routes calls naming it to this host (RemoteBackbone sends the replica), and a
+  // restarted host does not take the ids of its previous life for its own.
+  std::string new_id() { return fmt::format("{}.{:x}.{}", options_.replica, epoch_, next_id_.fetch_add(1)); }
   IdleRelease& idle_release() { return idle_release_; }
   // Runs `work` on a compute thread unless the caller left (or its deadline passed) while it
   // waited for one: Error(kUnavailable) then, nothing computed.
@@ -67,6 +73,8 @@ class Requests {
   std::filesystem::path scratch_;  // decoders of a host without a state folder
   IdleRelease idle_release_;
   ComputeThreads compute_;
+  const uint32_t epoch_ = std::random_device{}();
+  std::atomic<uint64_t> next_id_{1};
 };
 
 void write_rows(const ali::Extension& extension, v1::ExtensionRows* out);

@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <sstream>
 #include <string_view>
 
@@ -42,6 +43,27 @@ std::array<unsigned char, 32> sha256(std::string_view bytes) {
     fail(ErrorCode::kInternal, "api_key", "cannot compute SHA-256");
   }
   return out;
+}
+
+// The quota fields a key file may set, by their names there.
+struct QuotaField {
+  const char* name;
+  void (*set)(TenantQuota& quota, int64_t value);
+};
+constexpr std::array<QuotaField, 7> kQuotaFields{{
+    {"max_tokens", [](TenantQuota& q, int64_t v) { q.max_tokens = v; }},
+    {"max_store_bytes", [](TenantQuota& q, int64_t v) { q.max_store_bytes = static_cast<std::size_t>(v); }},
+    {"max_concurrent", [](TenantQuota& q, int64_t v) { q.max_concurrent = v; }},
+    {"max_extensions", [](TenantQuota& q, int64_t v) { q.max_extensions = v; }},
+    {"max_decoders", [](TenantQuota& q, int64_t v) { q.max_decoders = v; }},
+    {"max_sessions", [](TenantQuota& q, int64_t v) { q.max_sessions = v; }},
+    {"max_session_bytes", [](TenantQuota& q, int64_t v) { q.max_session_bytes = static_cast<std::size_t>(v); }},
+}};
+
+std::string quota_names() {
+  std::string names;
+  for (const QuotaField& f : kQuotaFields) names += (names.empty() ? "" : ", ") + std::string(f.name);
+  return names;
 }
 
 TenantQuota quota_of(const HostOptions& options, const std::string& tenant) {
@@ -132,20 +154,13 @@ KeyFile parse_key_file(const std::string& text, const std::string& path, const T
       } catch (const std::exception&) {
         value = -1;
       }
-      const bool known = name == "max_tokens" || name == "max_store_bytes" || name == "max_concurrent" ||
-                         name == "max_extensions" || name == "max_decoders";
-      if (!known || value < 0) {
+      const auto field = std::find_if(kQuotaFields.begin(), kQuotaFields.end(), [&](const QuotaField& f) { return name == f.name; });
+      if (field == kQuotaFields.end() || value < 0) {
         fail(ErrorCode::kInvalidArgument, where,
-             "expected field {} to be a quota: max_tokens, max_store_bytes, max_concurrent, max_extensions or "
-             "max_decoders, as NAME=N with N >= 0 (the field is not repeated here: it may be a key)",
-             position);
+             "expected field {} to be a quota: {}, as NAME=N with N >= 0 (the field is not repeated here: it may be a key)",
+             position, quota_names());
       }
-      TenantQuota& q = file.quotas.try_emplace(tenant, defaults).first->second;
-      if (name == "max_tokens") q.max_tokens = value;
-      else if (name == "max_store_bytes") q.max_store_bytes = static_cast<std::size_t>(value);
-      else if (name == "max_concurrent") q.max_concurrent = value;
-      else if (name == "max_extensions") q.max_extensions = value;
-      else q.max_decoders = value;
+      field->set(file.quotas.try_emplace(tenant, defaults).first->second, value);
     }
   }
   if (file.api_keys.empty()) fail(ErrorCode::kInvalidArgument, path, "expected at least one \"TENANT KEY\" line, got none");

@@ -77,6 +77,14 @@ struct TenantState {
   std::size_t kept_bytes = 0;
   std::map<std::string, std::shared_ptr<ali::Extension>> extensions;  // id -> live extension
   std::map<std::string, std::filesystem::path> decoders;              // name -> its folder
+  struct HeldSession {
+    std::shared_ptr<ali::Session> session;
+    std::size_t bytes = 0;  // its cache's, as of its last generation
+    std::chrono::steady_clock::time_point last_use;
+    bool busy = false;  // a generation is using it
+  };
+  std::map<std::string, HeldSession> sessions;  // id -> a KV cache kept between generations
+  std::size_t session_bytes = 0;                // of all of them
 };
 
 // The tenant a call runs for, counted in flight while the Caller lives.

@@ -1,7 +1,4 @@
 // The Tokenizer service: the model's tokenizer and the tenant's vocabulary extensions.
-#include <atomic>
-#include <random>
-
 #include "aios/tokenizer_api/tokenizer.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "services.h"
@@ -198,9 +195,7 @@ class TokenizerService final : public Handlers {
   }
 
   void add(Caller& caller, std::shared_ptr<ali::Extension> extension, v1::ExtensionInfo* out) {
-    // "REPLICA.EPOCH.N": a load balancer routes calls naming it to this host (RemoteBackbone sends
-    // the replica), and a restarted host does not take the ids of its previous life for its own.
-    const std::string id = fmt::format("{}.{:x}.{}", r_.options().replica, epoch_, next_id_.fetch_add(1));
+    const std::string id = r_.new_id();
     {
       std::lock_guard lock(caller.state().mutex);
       check_quota(caller);  // again: another call may have taken the last place meanwhile
@@ -217,8 +212,6 @@ class TokenizerService final : public Handlers {
   }
 
   Requests& r_;
-  const uint32_t epoch_ = std::random_device{}();
-  std::atomic<uint64_t> next_id_{1};
 };
 
 }  // namespace

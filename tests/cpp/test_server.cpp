@@ -155,7 +155,6 @@ TEST_CASE("errors cross the wire with their code and field", "[server]") {
   // The host's limits.
   CHECK(code_of([&] { l.remote->forward(torch::zeros({17, 2, kD})); }, &field) == ErrorCode::kResourceExhausted);
   CHECK(field == "latents");
-  CHECK(code_of([&] { l.remote->new_session(); }) == ErrorCode::kUnimplemented);
   // Requests whose reply or working memory would be out of proportion.
   aios::gradient::ForwardOptions many_layers;
   many_layers.layers = std::vector<int64_t>(200, 0);

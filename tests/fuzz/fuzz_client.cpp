@@ -96,6 +96,17 @@ void use_remote(std::shared_ptr<Script> script) {
     generate.max_new_tokens = 4;
     b->generate(latents, generate);
   });
+  aios::fuzz::refused([&] {
+    auto session = b->new_session();  // what the host says of it: ids, sizes, positions
+    session->batch_size();
+    session->length();
+    session->next_positions();
+    session->bytes();
+    aios::ali::GenerateOptions generate;
+    generate.max_new_tokens = 2;
+    generate.session = session;
+    b->generate(latents, generate);
+  });
 }
 
 void use_thin(std::shared_ptr<Script> script) {

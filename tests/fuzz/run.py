@@ -53,7 +53,7 @@ TARGETS = {
 # The C++ test files of the components that parse untrusted input, run under the sanitizers.
 # (tests/CMakeLists.txt builds just these into the sanitizer build's aios_tests.)
 SANITIZER_TESTS = ["test_error", "test_safetensors", "test_gguf", "test_config", "test_tokenizer", "test_extension",
-                   "test_server", "test_tenants", "test_host_calls", "test_client"]
+                   "test_server", "test_tenants", "test_host_calls", "test_sessions", "test_client"]
 
 # Bounds every run shares: an input that allocates more, or runs longer, is a finding.
 LIMITS = ["-rss_limit_mb=3072", "-malloc_limit_mb=2048", "-timeout=20"]

@@ -85,8 +85,6 @@ def test_the_hosts_errors_arrive_as_the_same_exceptions(pair):
     assert info.value.field == "ids"
     with pytest.raises(aios.InvalidArgumentError):
         remote.forward(torch.full((1, 2, D), float("nan")))
-    with pytest.raises(aios.UnimplementedError):
-        remote.new_session()
     with pytest.raises(aios.UnavailableError):
         aios.connect("127.0.0.1:1", timeout=0.3)
     with pytest.raises(aios.InvalidArgumentError, match="address"):

@@ -4,7 +4,7 @@ Inside each test here, aios.Backbone.load(path) serves the checkpoint with `aios
 (one host per checkpoint for the module) and returns aios.connect(...) to it, so the tests written
 for the in-process backbone check the hosted one: extensions and their row gradients against
 transformers, the Gradient API's losses and cotangents, generation against generation without a
-cache, and the tokenizer. What only an in-process backbone offers (sessions, decoders written in
+cache, sessions, and the tokenizer. What only an in-process backbone offers (decoders written in
 Python, store options, other dtypes) stays in the other files; loads with options stay in-process.
 """
 import pytest
@@ -138,6 +138,7 @@ def test_generation_on_the_host(remote_smollm, default_model):
     test_generation.test_default_model_cache_and_transformers(remote_smollm, default_model)
     test_generation.test_batched_prompts_equal_one_by_one(remote_smollm, "left")
     test_generation.test_stop_tokens_lengths_and_streaming(remote_smollm)
+    test_generation.test_a_session_continues_the_same_context(remote_smollm)
     test_generation.test_sampling_is_reproducible_and_filtered(remote_smollm)
     test_generation.test_latent_prompts_and_extension_tokens(remote_smollm)
 
@@ -153,10 +154,23 @@ def test_generation_equals_local(remote_smollm, default_model):
     assert remote_smollm.chat_template == local.chat_template
 
 
-def test_sessions_and_local_decoders_stay_in_process(remote_smollm):
+def test_a_hosted_session_is_the_hosts_and_continues_as_a_local_one(remote_smollm, default_model):
+    local = aios.Backbone.load(default_model, dtype="float32")
+    ids = [torch.tensor([local.tokenizer.encode(text, add_special_tokens=False)])
+           for text in ("Name three colours:", " Now three animals:")]
+    sessions = {local: local.new_session(), remote_smollm: remote_smollm.new_session()}
+    got = {b: [b.generate(b.embed(i), max_new_tokens=5, session=s).ids for i in ids] for b, s in sessions.items()}
+    assert [t.tolist() for t in got[remote_smollm]] == [t.tolist() for t in got[local]]
+    hosted, here = sessions[remote_smollm], sessions[local]
+    assert (hosted.batch_size, hosted.length, hosted.bytes) == (here.batch_size, here.length, here.bytes)
+    assert torch.equal(hosted.next_positions, here.next_positions)
+    with pytest.raises(aios.InvalidArgumentError) as info:  # a session of another backbone
+        remote_smollm.generate(remote_smollm.embed(ids[0]), max_new_tokens=1, session=here)
+    assert info.value.field == "session"
+
+
+def test_local_decoders_stay_in_process(remote_smollm):
     latents = remote_smollm.embed(torch.tensor([[1, 2, 3]]))
-    with pytest.raises(aios.UnimplementedError):
-        remote_smollm.new_session()
 
     class Echo(aios.Decoder):
         def step(self, row, hidden):

@@ -28,6 +28,10 @@ struct TenantQuota {
   int64_t max_concurrent = 16;   // calls in flight
   int64_t max_extensions = 64;   // live vocabulary extensions
   int64_t max_decoders = 16;     // registered decoders
+  int64_t max_sessions = 16;     // KV caches kept between generations (CreateSession)
+  // Memory of those caches together, checked before each generation against the most its cache
+  // can grow to.
+  std::size_t max_session_bytes = std::size_t{1} << 30;
 };
 
 struct HostOptions {
@@ -53,6 +57,8 @@ struct HostOptions {
   // A kept pass whose handle no Vjp or Release has used for this long after ForwardKeep is
   // released: its caller most likely left before the reply reached it.
   std::chrono::milliseconds unclaimed_ttl = std::chrono::minutes(1);
+  // A session that no call has used for this long is deleted (its caller most likely left).
+  std::chrono::milliseconds session_ttl = std::chrono::minutes(10);
   // TLS: PEM files of the host's certificate (chain) and private key. Both empty: plaintext (for
   // loopback and trusted networks; keys then travel in clear text).
   std::string tls_certificate;
@@ -82,7 +88,7 @@ struct HostOptions {
 };
 
 // A key file: one "TENANT KEY [max_tokens=N] [max_store_bytes=N] [max_concurrent=N]
-// [max_extensions=N] [max_decoders=N]" per line (a tenant's quota fields on any of its lines);
+// [max_extensions=N] [max_decoders=N] [max_sessions=N] [max_session_bytes=N]" per line (a tenant's quota fields on any of its lines);
 // blank lines and lines starting with # are skipped.
 struct KeyFile {
   std::map<std::string, std::string> api_keys;    // key -> tenant

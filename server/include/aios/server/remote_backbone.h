@@ -15,7 +15,9 @@
 //
 // Generation runs on the host and streams its steps. Routes go to decoders on the host: a decoder
 // folder (adapters::save_decoder) registered with register_decoder(); a decoder object of this
-// process cannot run there (Error(kUnimplemented)), and neither can sessions (new_session()).
+// process cannot run there (Error(kUnimplemented)). new_session() makes a session on the host (a
+// KV cache kept for this tenant; its accessors ask the host), deleted there with its last
+// reference here, or by the host's time-to-live.
 #pragma once
 
 #include <chrono>
