@@ -488,56 +488,6 @@ TEST_CASE("a kept pass that no call ever claims is released", "[server]") {
   CHECK(l.local->kept_passes() == before);
 }
 
-TEST_CASE("payloads larger than the host's message limit travel in chunks", "[server]") {
-  auto& l = Loopback::get();
-  aios::server::HostOptions options;
-  options.listen = "127.0.0.1:0";
-  options.max_message_bytes = 64 << 10;
-  aios::server::Host host(l.local, options);
-  const std::string address = "127.0.0.1:" + std::to_string(host.port());
-  const at::Tensor latents = torch::randn({24, 32, kD});  // 96 KiB of float32
-  std::string field;
-
-  // In one message the request is over the limit ...
-  auto whole = aios::server::RemoteBackbone::connect(address);
-  CHECK(code_of([&] { whole->forward(latents); }) == ErrorCode::kResourceExhausted);
-  // ... in chunks of 16 KiB it goes through, and so does the reply (chunked by the host).
-  aios::server::ConnectOptions chunked;
-  chunked.chunk_bytes = 16 << 10;
-  auto remote = aios::server::RemoteBackbone::connect(address, chunked);
-  const auto want = l.local->forward(latents);
-  CHECK(at::equal(remote->forward(latents).hidden, want.hidden));
-  aios::gradient::Cotangents cot;
-  cot.hidden = torch::randn({24, 32, kD});
-  const auto kept = remote->forward_keep(latents);
-  CHECK(at::allclose(remote->vjp(kept.handle, cot).latents, l.local->vjp(latents, {}, cot).latents, 1e-6, 1e-6));
-  remote->release(kept.handle);
-  CHECK(code_of([&] { remote->vjp(kept.handle, cot); }, &field) == ErrorCode::kNotFound);
-  CHECK(field == "handle");
-  // The unary call's errors, with their field.
-  CHECK(code_of([&] { remote->forward(torch::full({24, 32, kD}, NAN)); }, &field) == ErrorCode::kInvalidArgument);
-  CHECK(field == "latents");
-  aios::server::ConnectOptions zero;
-  zero.chunk_bytes = 0;
-  CHECK(code_of([&] { aios::server::RemoteBackbone::connect(address, zero); }) == ErrorCode::kInvalidArgument);
-
-  // Chunks of a method the Chunked service does not carry, or of no valid message.
-  auto stub = v1::Chunked::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  for (const auto& [method, code] : {std::pair{"/aios.v1.Generation/Generate", grpc::StatusCode::UNIMPLEMENTED},
-                                     std::pair{"/aios.v1.Latent/Forward", grpc::StatusCode::INVALID_ARGUMENT}}) {
-    grpc::ClientContext c;
-    auto stream = stub->Call(&c);
-    v1::Chunk chunk;
-    chunk.set_method(method);
-    chunk.set_data(std::string("\xff\xff\xff", 3));
-    stream->Write(chunk);
-    stream->WritesDone();
-    while (stream->Read(&chunk)) {
-    }
-    CHECK(stream->Finish().error_code() == code);
-  }
-}
-
 TEST_CASE("the standard gRPC health service says the host is serving", "[server]") {
   auto& l = Loopback::get();
   grpc::GenericStub stub(grpc::CreateChannel(l.address, grpc::InsecureChannelCredentials()));
