@@ -100,6 +100,7 @@ $(FUZZ_BUILD)/build.ninja: CMakeLists.txt $(STAMPS)/apt $(STAMPS)/venv
 
 build-fuzz: $(FUZZ_BUILD)/build.ninja $(DEFAULT_MODEL)/config.json
 	$(VENV)/bin/ninja -C $(FUZZ_BUILD) -j $(JOBS) aios_fuzz_targets aios_tests
+	@git rev-parse --short HEAD > $(FUZZ_BUILD)/built-at 2>/dev/null || true
 
 # The parsers of untrusted input under ASan+UBSan: the C++ tests of those components, then every
 # committed corpus and reproducer replayed through its fuzz target.

@@ -115,7 +115,12 @@ def test(args):
         sys.exit(f"replay failed: {' '.join(failed)}")
 
 
-def commit():
+def commit(build):
+    """The commit the fuzz targets were built at (`make build-fuzz` writes it; a run may start after
+    later commits), else HEAD's."""
+    built_at = Path(build) / "built-at"
+    if built_at.exists() and built_at.read_text().strip():
+        return built_at.read_text().strip()
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -147,7 +152,7 @@ def fuzz(args):
         if dictionary.exists():
             command.insert(1, f"-dict={dictionary}")
         print(f"== {target}: {args.seconds} s", flush=True)
-        start, at = time.monotonic(), commit()  # what is built: the commit when the run starts
+        start, at = time.monotonic(), commit(args.build)
         result = subprocess.run(command, env=environment(options["leaks"], fuzzing=True), cwd=ROOT, capture_output=True, text=True,
                                 errors="replace")
         output = result.stdout + result.stderr
