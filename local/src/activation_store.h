@@ -15,7 +15,11 @@
 
 #include <ATen/ATen.h>
 
+#include "aios/export.h"
 #include "aios/local/local_backbone.h"
+
+// Exported for the C++ tests, which reach this internal class (not an installed header).
+AIOS_EXPORT_BEGIN
 
 namespace aios::local {
 
@@ -73,3 +77,4 @@ class ActivationStore {
 };
 
 }  // namespace aios::local
+AIOS_EXPORT_END

@@ -14,7 +14,11 @@
 #include <mutex>
 #include <vector>
 
+#include "aios/export.h"
 #include "aios/gradient_api/backbone.h"
+
+// Exported for the C++ tests, which reach this internal class (not an installed header).
+AIOS_EXPORT_BEGIN
 
 namespace aios::server {
 
@@ -53,3 +57,4 @@ class ForwardBatcher {
 };
 
 }  // namespace aios::server
+AIOS_EXPORT_END

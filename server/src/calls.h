@@ -16,6 +16,11 @@
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/sync_stream.h>
 
+#include "aios/export.h"
+
+// Exported for the C++ tests, which reach this internal class (not an installed header).
+AIOS_EXPORT_BEGIN
+
 namespace aios::server {
 
 class Calls {
@@ -78,3 +83,4 @@ class Calls {
 };
 
 }  // namespace aios::server
+AIOS_EXPORT_END

@@ -19,6 +19,11 @@
 #include <thread>
 #include <vector>
 
+#include "aios/export.h"
+
+// Exported for the C++ tests, which reach this internal class (not an installed header).
+AIOS_EXPORT_BEGIN
+
 namespace aios::server {
 
 class ComputeThreads {
@@ -57,3 +62,4 @@ class ComputeThreads {
 };
 
 }  // namespace aios::server
+AIOS_EXPORT_END

@@ -8,6 +8,11 @@
 #include <mutex>
 #include <thread>
 
+#include "aios/export.h"
+
+// Exported for the C++ tests, which reach this internal class (not an installed header).
+AIOS_EXPORT_BEGIN
+
 namespace aios::server {
 
 // Counts the calls in flight; once none has been for `after`, gives the allocator's free memory
@@ -48,3 +53,4 @@ class IdleRelease {
 };
 
 }  // namespace aios::server
+AIOS_EXPORT_END

@@ -5,7 +5,11 @@
 
 #include <ATen/ATen.h>
 
+#include "aios/export.h"
 #include "aios/server/wire.h"
+
+// Exported for aios_remote and aios_server, which convert through it (not an installed header).
+AIOS_EXPORT_BEGIN
 
 namespace aios::server {
 
@@ -21,3 +25,4 @@ at::Tensor to_torch(const v1::Tensor& t, const std::string& field, const WireLim
 void to_wire(const at::Tensor& t, v1::Tensor* out);
 
 }  // namespace aios::server
+AIOS_EXPORT_END

@@ -29,11 +29,31 @@ def test_installed_package_builds_and_runs_an_application(tmp_path, default_mode
     # The hosted form links RemoteBackbone's library, not the host's, and answers the same.
     link = subprocess.run([str(VENV / "bin" / "ninja"), "-C", str(tmp_path), "-t", "commands", "remote_consumer"],
                           capture_output=True, text=True, check=True).stdout.splitlines()[-1]
-    assert "libaios_remote.a" in link and "libaios_server.a" not in link, link
+    assert "libaios_remote.so" in link and "libaios_server" not in link, link
     with aios.serve(default_model) as host:
         hosted = subprocess.run([str(tmp_path / "remote_consumer"), host.address], capture_output=True, text=True,
                                 check=True)
     assert hosted.stdout == result.stdout
+
+
+def test_the_installed_libraries_are_shared_versioned_and_export_only_the_public_api():
+    lib = VENV / "lib"
+    for name in ("core", "tokenizer_api", "backbone", "ali", "local", "adapters", "wire", "wire_torch", "client",
+                 "remote", "server"):
+        dynamic = subprocess.run(["readelf", "-d", str(lib / f"libaios_{name}.so")], capture_output=True, text=True,
+                                 check=True).stdout
+        assert f"Library soname: [libaios_{name}.so.0]" in dynamic, dynamic
+    exported = subprocess.run(["nm", "-D", "-C", "--defined-only", str(lib / "libaios_server.so")],
+                              capture_output=True, text=True, check=True).stdout
+    assert "aios::server::Host::Host(" in exported and "aios::server::read_key_file(" in exported
+    # The host's internals stay inside (its request decoding, its tenants, its services).
+    for internal in ("aios::server::Requests::", "aios::server::Tenants::", "aios::server::guarded("):
+        assert internal not in exported, internal
+    # The Python module links the same libraries, not copies of them.
+    module = next(Path(aios.__file__).parent.glob("_aios*.so"))
+    needed = subprocess.run(["readelf", "-d", str(module)], capture_output=True, text=True, check=True).stdout
+    for name in ("core", "local", "remote"):
+        assert f"Shared library: [libaios_{name}.so.0]" in needed, needed
 
 
 def test_the_cpp_training_example_builds_against_the_package_and_its_loss_falls(tmp_path, default_model):

@@ -9,6 +9,10 @@
 #include <string>
 #include <string_view>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios {
 
 enum class ErrorCode : int {
@@ -67,3 +71,4 @@ class Error : public std::runtime_error {
 };
 
 }  // namespace aios
+AIOS_EXPORT_END

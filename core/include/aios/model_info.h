@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios {
 
 // Rotary position embedding frequencies.
@@ -22,7 +26,7 @@ struct RopeInfo {
   double high_freq_factor = 4.0;  // llama3
   int64_t original_max_positions = 8192;  // llama3
 
-  friend bool operator==(const RopeInfo&, const RopeInfo&);
+  friend AIOS_EXPORT bool operator==(const RopeInfo&, const RopeInfo&);
   friend bool operator!=(const RopeInfo& a, const RopeInfo& b) { return !(a == b); }
 };
 
@@ -61,8 +65,9 @@ struct ModelInfo {
   std::optional<int64_t> pad_id;
 
   // Field by field.
-  friend bool operator==(const ModelInfo&, const ModelInfo&);
+  friend AIOS_EXPORT bool operator==(const ModelInfo&, const ModelInfo&);
   friend bool operator!=(const ModelInfo& a, const ModelInfo& b) { return !(a == b); }
 };
 
 }  // namespace aios
+AIOS_EXPORT_END

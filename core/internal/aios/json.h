@@ -17,6 +17,10 @@
 #include <nlohmann/json.hpp>
 
 #include "aios/error.h"
+#include "aios/export.h"
+
+// Exported for aios's other libraries, which read JSON through it (not an installed header).
+AIOS_EXPORT_BEGIN
 
 namespace aios {
 
@@ -52,3 +56,4 @@ auto reading_json(const std::string& source, ErrorCode code, Read&& read) -> dec
 }
 
 }  // namespace aios
+AIOS_EXPORT_END

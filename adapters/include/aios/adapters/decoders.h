@@ -16,6 +16,9 @@
 
 #include "aios/ali/backbone.h"
 #include "aios/ali/generation.h"
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::adapters {
 
@@ -60,3 +63,4 @@ class LinearDecoderImpl : public torch::nn::Module, public ali::Decoder {
 TORCH_MODULE(LinearDecoder);
 
 }  // namespace aios::adapters
+AIOS_EXPORT_END

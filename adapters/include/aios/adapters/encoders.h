@@ -18,6 +18,9 @@
 #include <torch/nn/pimpl.h>
 
 #include "aios/ali/backbone.h"
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::adapters {
 
@@ -97,3 +100,4 @@ class GistLatentsImpl : public torch::nn::Cloneable<GistLatentsImpl> {
 TORCH_MODULE(GistLatents);
 
 }  // namespace aios::adapters
+AIOS_EXPORT_END

@@ -28,7 +28,10 @@
 #include <ATen/ATen.h>
 
 #include "aios/adapters/encoders.h"
+#include "aios/export.h"
 #include "aios/gradient_api/backbone.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::adapters {
 
@@ -83,3 +86,4 @@ struct Batch {
 Batch build_batch(ali::Backbone& backbone, const std::vector<Row>& rows, const BuildOptions& options = {});
 
 }  // namespace aios::adapters
+AIOS_EXPORT_END

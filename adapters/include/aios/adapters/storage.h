@@ -25,6 +25,9 @@
 #include "aios/adapters/decoders.h"
 #include "aios/adapters/encoders.h"
 #include "aios/ali/generation.h"
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::adapters {
 
@@ -111,3 +114,4 @@ struct LoadedDecoder {
 LoadedDecoder load_decoder(const std::string& path);
 
 }  // namespace aios::adapters
+AIOS_EXPORT_END

@@ -17,7 +17,10 @@
 
 #include "aios/ali/extension.h"
 #include "aios/ali/generation.h"
+#include "aios/export.h"
 #include "aios/model_info.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::ali {
 
@@ -91,3 +94,4 @@ class Backbone {
 };
 
 }  // namespace aios::ali
+AIOS_EXPORT_END

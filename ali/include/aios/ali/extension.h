@@ -24,6 +24,9 @@
 #include <ATen/ATen.h>
 
 #include "aios/backbone/config.h"
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::tokenizer {
 class Tokenizer;
@@ -119,3 +122,4 @@ class Extension {
 };
 
 }  // namespace aios::ali
+AIOS_EXPORT_END

@@ -31,6 +31,9 @@
 #include <ATen/ATen.h>
 
 #include "aios/ali/extension.h"
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::ali {
 
@@ -150,3 +153,4 @@ class Generation {
 GenerationResult run_generation(Generation& generation, const std::function<bool(const GenerationStep&)>& on_step = {});
 
 }  // namespace aios::ali
+AIOS_EXPORT_END

@@ -3,6 +3,10 @@
 
 #include <ATen/ATen.h>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios::ali {
 
 // The gist mask [B,T,T] (bool, true = may attend) for sequences laid out as
@@ -14,3 +18,4 @@ namespace aios::ali {
 at::Tensor gist_mask(int64_t seq_len, const at::Tensor& begin, const at::Tensor& end);
 
 }  // namespace aios::ali
+AIOS_EXPORT_END

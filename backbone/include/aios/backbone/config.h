@@ -6,7 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "aios/export.h"
 #include "aios/model_info.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::backbone {
 
@@ -70,3 +73,4 @@ const char* family_name(Family family);
 ModelInfo describe(const ModelConfig& config);
 
 }  // namespace aios::backbone
+AIOS_EXPORT_END

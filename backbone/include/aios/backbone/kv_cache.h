@@ -16,6 +16,10 @@
 
 #include <ATen/ATen.h>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios::backbone {
 
 class KVCache {
@@ -50,3 +54,4 @@ class KVCache {
 };
 
 }  // namespace aios::backbone
+AIOS_EXPORT_END

@@ -13,6 +13,9 @@
 
 #include "aios/backbone/config.h"
 #include "aios/backbone/kv_cache.h"
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::io {
 class GgufFile;
@@ -119,3 +122,4 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
 std::unique_ptr<Model> load_model(const io::GgufFile& file, const LoadOptions& options = {});
 
 }  // namespace aios::backbone
+AIOS_EXPORT_END

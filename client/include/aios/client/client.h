@@ -27,8 +27,11 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "aios/error.h"
+#include "aios/export.h"
 #include "aios/model_info.h"
 #include "aios/server/connect.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::client {
 
@@ -163,3 +166,4 @@ uint16_t float_to_half(float value);
 uint16_t float_to_bfloat16(float value);
 
 }  // namespace aios::client
+AIOS_EXPORT_END

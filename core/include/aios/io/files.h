@@ -5,6 +5,10 @@
 
 #include <string>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios::io {
 
 // Writes `bytes` to `path` atomically (temporary file, flush, fsync, rename, fsync of the folder).
@@ -32,3 +36,4 @@ void sync_folder(const std::string& path);
 void create_folders(const std::string& path);
 
 }  // namespace aios::io
+AIOS_EXPORT_END

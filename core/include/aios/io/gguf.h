@@ -22,6 +22,10 @@
 #include <variant>
 #include <vector>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios::io {
 
 class MappedFile;
@@ -123,3 +127,4 @@ class GgufFile {
 };
 
 }  // namespace aios::io
+AIOS_EXPORT_END

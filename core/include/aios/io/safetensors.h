@@ -14,6 +14,10 @@
 #include <string>
 #include <vector>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios::io {
 
 class MappedFile;
@@ -81,3 +85,4 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
                        const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace aios::io
+AIOS_EXPORT_END

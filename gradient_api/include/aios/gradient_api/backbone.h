@@ -20,6 +20,9 @@
 #include <vector>
 
 #include "aios/ali/backbone.h"
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::gradient {
 
@@ -134,3 +137,4 @@ class Backbone : public ali::Backbone {
 };
 
 }  // namespace aios::gradient
+AIOS_EXPORT_END

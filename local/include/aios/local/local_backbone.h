@@ -11,7 +11,10 @@
 #include <string>
 
 #include "aios/backbone/model.h"
+#include "aios/export.h"
 #include "aios/gradient_api/backbone.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::local {
 
@@ -75,3 +78,4 @@ class LocalBackbone final : public gradient::Backbone {
 };
 
 }  // namespace aios::local
+AIOS_EXPORT_END

@@ -11,6 +11,10 @@
 #include <utility>
 #include <vector>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios::server {
 
 struct ConnectOptions {
@@ -63,3 +67,4 @@ class Transport {
 };
 
 }  // namespace aios::server
+AIOS_EXPORT_END

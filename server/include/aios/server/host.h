@@ -12,8 +12,11 @@
 #include <memory>
 #include <string>
 
+#include "aios/export.h"
 #include "aios/gradient_api/backbone.h"
 #include "aios/server/wire.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::server {
 
@@ -134,3 +137,4 @@ class Host {
 };
 
 }  // namespace aios::server
+AIOS_EXPORT_END

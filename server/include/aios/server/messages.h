@@ -14,8 +14,11 @@
 #include <type_traits>
 #include <variant>
 
+#include "aios/export.h"
 #include "aios/fail.h"
 #include "aios/v1/aios.pb.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::server::messages {
 
@@ -106,3 +109,4 @@ Output read_output(const v1::ForwardResponse& r, const Read& read) {
 }
 
 }  // namespace aios::server::messages
+AIOS_EXPORT_END

@@ -24,8 +24,11 @@
 #include <memory>
 #include <string>
 
+#include "aios/export.h"
 #include "aios/gradient_api/backbone.h"
 #include "aios/server/connect.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::server {
 
@@ -79,3 +82,4 @@ class RemoteBackbone final : public gradient::Backbone {
 };
 
 }  // namespace aios::server
+AIOS_EXPORT_END

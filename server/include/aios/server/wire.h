@@ -20,9 +20,12 @@
 #include <grpcpp/support/status.h>
 
 #include "aios/error.h"
+#include "aios/export.h"
 #include "aios/model_info.h"
 #include "aios/server/connect.h"
 #include "aios/v1/aios.pb.h"
+
+AIOS_EXPORT_BEGIN
 
 namespace aios::server {
 
@@ -84,3 +87,4 @@ void call(Transport& transport, const Call& call, const google::protobuf::Messag
 bool next(Transport::Stream& stream, google::protobuf::Message* reply);
 
 }  // namespace aios::server
+AIOS_EXPORT_END

@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios::tokenizer {
 
 class Tokenizer;
@@ -30,3 +34,4 @@ std::string render_chat(const std::string& chat_template, const std::vector<Chat
 std::vector<int32_t> end_of_turn_ids(const Tokenizer& tokenizer);
 
 }  // namespace aios::tokenizer
+AIOS_EXPORT_END

@@ -37,6 +37,10 @@
 #include <string_view>
 #include <vector>
 
+#include "aios/export.h"
+
+AIOS_EXPORT_BEGIN
+
 namespace aios::io {
 class GgufFile;
 }
@@ -101,3 +105,4 @@ class Tokenizer {
 };
 
 }  // namespace aios::tokenizer
+AIOS_EXPORT_END
