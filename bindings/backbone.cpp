@@ -347,6 +347,13 @@ void bind_backbone(py::module_& m) {
           "stateless: recomputes the forward of latents and returns d latents [B,T,D] (Gradients with an extension)")
       .def("release", &Interface::release, py::arg("handle"), py::call_guard<py::gil_scoped_release>(),
            "frees a kept pass")
+      .def_property_readonly("store_size",
+                             py::cpp_function(&Interface::kept_passes, py::call_guard<py::gil_scoped_release>()),
+                             "number of kept passes (a hosted backbone: its caller's tenant's)")
+      .def_property_readonly("store_bytes",
+                             py::cpp_function(&Interface::kept_bytes, py::call_guard<py::gil_scoped_release>()),
+                             "estimated bytes of activations held by kept passes (a hosted backbone: its caller's "
+                             "tenant's, what its store quota bounds)")
       .def(
           "forward_backward",
           [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> targets,
@@ -402,11 +409,7 @@ void bind_backbone(py::module_& m) {
 
   py::class_<LocalBackbone, Interface, std::shared_ptr<LocalBackbone>>(m, "LocalBackbone",
                                                                      "A backbone in this process (Backbone.load).")
-      .def_property_readonly("parameter_count", &LocalBackbone::parameter_count)
-      .def_property_readonly("store_bytes", &LocalBackbone::kept_bytes,
-                             "estimated bytes of activations held by kept passes")
-      .def_property_readonly("store_size", &LocalBackbone::kept_passes,
-                             "number of kept passes");
+      .def_property_readonly("parameter_count", &LocalBackbone::parameter_count);
 }
 
 }  // namespace aios::python

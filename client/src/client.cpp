@@ -179,22 +179,63 @@ Client Client::connect(std::shared_ptr<Transport> transport) {
 const ModelInfo& Client::config() const { return impl_->config; }
 const HostLimits& Client::limits() const { return impl_->limits; }
 
-FloatTensor<3> Client::embed(const IdTensor<2>& ids) const {
-  v1::EmbedRequest request;
-  write(ids, request.mutable_ids());
-  v1::Tensor out;
-  impl_->call("/aios.v1.Latent/Embed", request, &out);
-  return read_floats<3>(out, "latents");
-}
+// Each parameter of a generated call in its field: tensors as they are, the options, cotangents
+// and losses by messages.h.
+struct Client::Outgoing {
+  const Impl& impl;
 
-ForwardOutput Client::forward(const FloatTensor<3>& latents, const ForwardOptions& options) const {
-  v1::ForwardRequest request;
-  write(latents, request.mutable_latents());
-  server::messages::write_options(options, request.mutable_options(), kWrite);
-  v1::ForwardResponse out;
-  impl_->call("/aios.v1.Latent/Forward", request, &out);
-  return read_output(out);
-}
+  template <class T, class Make>
+  void write(const T& value, Make make, const char* /*field*/) {
+    server::messages::write_field(value, make, [](const auto& v, auto* out) { put(v, out); });
+  }
+  void write(const LossOptions& loss, v1::ForwardBackwardRequest& request, const char* /*field*/) {
+    server::messages::write_loss(loss, &request, kWrite);
+  }
+  void call(const char* method, const google::protobuf::Message& request, google::protobuf::Message* reply) {
+    impl.call(method, request, reply);
+  }
+  template <class T, class Reply>
+  T read(const Reply& reply, const char* field) {
+    return read_as(std::type_identity<T>(), reply, field);
+  }
+
+ private:
+  template <class Scalar, int N>
+  static void put(const Eigen::Tensor<Scalar, N, Eigen::RowMajor>& t, v1::Tensor* out) {
+    client::write(t, out);
+  }
+  static void put(const ForwardOptions& o, v1::ForwardOptions* out) { server::messages::write_options(o, out, kWrite); }
+  static void put(const Cotangents& c, v1::Cotangents* out) { server::messages::write_cotangents(c, out, kWrite); }
+
+  template <class T>
+  static T read_as(std::type_identity<T>, int64_t v, const char* field) {
+    return server::messages::read_number<T>(v, field);
+  }
+  template <int N>
+  static FloatTensor<N> read_as(std::type_identity<FloatTensor<N>>, const v1::Tensor& t, const char* field) {
+    return read_floats<N>(t, field);
+  }
+  static FloatTensor<3> read_as(std::type_identity<FloatTensor<3>>, const v1::Gradients& g, const char*) {
+    return read_floats<3>(g.latents(), "latents");
+  }
+  static ForwardOutput read_as(std::type_identity<ForwardOutput>, const v1::ForwardResponse& r, const char*) {
+    return read_output(r);
+  }
+  static KeptForward read_as(std::type_identity<KeptForward>, const v1::ForwardResponse& r, const char*) {
+    return KeptForward{read_output(r), r.handle()};
+  }
+  static FusedResult read_as(std::type_identity<FusedResult>, const v1::FusedResult& r, const char*) {
+    FusedResult result;
+    result.loss = read_scalar(r.loss(), "loss");
+    result.losses = read_floats<1>(r.losses(), "losses");
+    result.grad = read_floats<3>(r.grad().latents(), "latents");
+    return result;
+  }
+};
+
+Client::Outgoing Client::outgoing() const { return Outgoing{*impl_}; }
+
+#include "client_calls.inc"
 
 FloatTensor<2> Client::classify(const FloatTensor<2>& hidden) const {
   v1::ClassifyRequest request;
@@ -202,65 +243,6 @@ FloatTensor<2> Client::classify(const FloatTensor<2>& hidden) const {
   v1::Tensor out;
   impl_->call("/aios.v1.Latent/Classify", request, &out);
   return read_floats<2>(out, "logits");
-}
-
-FloatTensor<3> Client::classify(const FloatTensor<3>& hidden) const {
-  v1::ClassifyRequest request;
-  write(hidden, request.mutable_hidden());
-  v1::Tensor out;
-  impl_->call("/aios.v1.Latent/Classify", request, &out);
-  return read_floats<3>(out, "logits");
-}
-
-KeptForward Client::forward_keep(const FloatTensor<3>& latents, const ForwardOptions& options) const {
-  v1::ForwardRequest request;
-  write(latents, request.mutable_latents());
-  server::messages::write_options(options, request.mutable_options(), kWrite);
-  v1::ForwardResponse out;
-  impl_->call("/aios.v1.Gradient/ForwardKeep", request, &out);
-  return KeptForward{read_output(out), out.handle()};
-}
-
-FloatTensor<3> Client::vjp(Handle handle, const Cotangents& cotangents) const {
-  v1::VjpRequest request;
-  request.set_handle(handle);
-  server::messages::write_cotangents(cotangents, request.mutable_cotangents(), kWrite);
-  v1::Gradients out;
-  impl_->call("/aios.v1.Gradient/Vjp", request, &out);
-  return read_floats<3>(out.latents(), "latents");
-}
-
-void Client::release(Handle handle) const {
-  v1::ReleaseRequest request;
-  request.set_handle(handle);
-  v1::Empty out;
-  impl_->call("/aios.v1.Gradient/Release", request, &out);
-}
-
-FloatTensor<3> Client::vjp(const FloatTensor<3>& latents, const ForwardOptions& options,
-                           const Cotangents& cotangents) const {
-  v1::VjpStatelessRequest request;
-  write(latents, request.mutable_latents());
-  server::messages::write_options(options, request.mutable_options(), kWrite);
-  server::messages::write_cotangents(cotangents, request.mutable_cotangents(), kWrite);
-  v1::Gradients out;
-  impl_->call("/aios.v1.Gradient/VjpStateless", request, &out);
-  return read_floats<3>(out.latents(), "latents");
-}
-
-FusedResult Client::forward_backward(const FloatTensor<3>& latents, const ForwardOptions& options,
-                                     const LossOptions& loss) const {
-  v1::ForwardBackwardRequest request;
-  write(latents, request.mutable_latents());
-  server::messages::write_options(options, request.mutable_options(), kWrite);
-  server::messages::write_loss(loss, &request, kWrite);
-  v1::FusedResult out;
-  impl_->call("/aios.v1.Gradient/ForwardBackward", request, &out);
-  FusedResult result;
-  result.loss = read_scalar(out.loss(), "loss");
-  result.losses = read_floats<1>(out.losses(), "losses");
-  result.grad = read_floats<3>(out.grad().latents(), "latents");
-  return result;
 }
 
 }  // namespace aios::client

@@ -136,21 +136,14 @@ class GradientService final : public Handlers {
     calls.add("Gradient.Release", this, &GradientService::release);
     calls.add("Gradient.VjpStateless", this, &GradientService::vjp_stateless);
     calls.add("Gradient.ForwardBackward", this, &GradientService::forward_backward);
+    calls.add("Gradient.Kept", this, &GradientService::kept);
   }
 
   grpc::Status forward_keep(grpc::ServerContext* context, const v1::ForwardRequest* request,
                            v1::ForwardResponse* out) {
     return guarded(r_, context, [&](Caller& caller) {
       // Every tenant's passes that are gone or unclaimed are released before a new one is kept.
-      for (TenantState* tenant : r_.tenants()) {
-        for (gradient::Handle handle : KeptPasses::prune(*tenant, r_.options())) {
-          try {
-            r_.backbone().release(handle);
-          } catch (const Error&) {
-            // evicted meanwhile: nothing left to free
-          }
-        }
-      }
+      for (TenantState* tenant : r_.tenants()) release(KeptPasses::prune(*tenant, r_.options()));
       KeptPasses passes(caller);
       passes.check_room();
       gradient::ForwardOptions options = r_.forward_options(caller, request->options(), "options", *context);
@@ -250,7 +243,29 @@ class GradientService final : public Handlers {
     });
   }
 
+  // The caller's tenant's passes, after those its time-to-lives let go.
+  grpc::Status kept(grpc::ServerContext* context, const v1::KeptRequest*, v1::KeptInfo* out) {
+    return guarded(r_, context, [&](Caller& caller) {
+      TenantState& tenant = caller.state();
+      release(KeptPasses::prune(tenant, r_.options()));
+      std::lock_guard lock(tenant.mutex);
+      out->set_passes(static_cast<int64_t>(tenant.handles.size()));
+      out->set_bytes(static_cast<int64_t>(tenant.kept_bytes));
+    }, Work::kBookkeeping);
+  }
+
  private:
+  // Frees in the backbone the passes a tenant's table let go.
+  void release(const std::vector<gradient::Handle>& gone) {
+    for (gradient::Handle handle : gone) {
+      try {
+        r_.backbone().release(handle);
+      } catch (const Error&) {
+        // evicted meanwhile: nothing left to free
+      }
+    }
+  }
+
   Requests& r_;
   WireHandles handles_;
 };

@@ -26,10 +26,12 @@ at::Tensor from_wire(const v1::Tensor& t, const char* field) {
   }
 }
 
-ForwardOutput read_output(const v1::ForwardResponse& r) { return messages::read_output<ForwardOutput>(r, from_wire); }
+ali::ForwardOutput read_output(const v1::ForwardResponse& r) {
+  return messages::read_output<ali::ForwardOutput>(r, from_wire);
+}
 
 // Every tensor of a request goes as it is.
-void write(const at::Tensor& t, v1::Tensor* out) { to_wire(t, out); }
+constexpr auto kWrite = [](const at::Tensor& t, v1::Tensor* out) { to_wire(t, out); };
 
 [[noreturn]] void unsupported(const char* what, const char* how) {
   fail(ErrorCode::kUnimplemented, what, "not offered by a hosted backbone: {}", how);
@@ -168,8 +170,9 @@ struct RemoteBackbone::Impl {
     }
   }
 
-  void write_options(const RemoteBackbone& self, const ForwardOptions& o, v1::ForwardOptions* out, SentRows& sent) {
-    messages::write_options(o, out, write);
+  void write_options(const RemoteBackbone& self, const gradient::ForwardOptions& o, v1::ForwardOptions* out,
+                     SentRows& sent) {
+    messages::write_options(o, out, kWrite);
     if (o.extension) ref(self, *o.extension, "extension", out->mutable_extension(), sent);
   }
 
@@ -315,36 +318,6 @@ const HostLimits& RemoteBackbone::limits() const { return impl_->limits; }
 c10::Device RemoteBackbone::device() const { return at::kCPU; }
 c10::ScalarType RemoteBackbone::dtype() const { return impl_->dtype; }
 
-at::Tensor RemoteBackbone::embed(const at::Tensor& ids, const ali::Extension* extension) {
-  v1::EmbedRequest request;
-  to_wire(ids, request.mutable_ids());
-  Impl::SentRows sent;
-  if (extension != nullptr) impl_->ref(*this, *extension, "extension", request.mutable_extension(), sent);
-  v1::Tensor out;
-  impl_->call("/aios.v1.Latent/Embed", request, &out, sent);
-  return from_wire(out, "latents");
-}
-
-ForwardOutput RemoteBackbone::forward(const at::Tensor& latents, const ali::ForwardOptions& options) {
-  v1::ForwardRequest request;
-  to_wire(latents, request.mutable_latents());
-  Impl::SentRows sent;
-  messages::write_options(options, request.mutable_options(), write);
-  v1::ForwardResponse out;
-  impl_->call("/aios.v1.Latent/Forward", request, &out, sent);
-  return read_output(out);
-}
-
-at::Tensor RemoteBackbone::classify(const at::Tensor& hidden, const ali::Extension* extension) {
-  v1::ClassifyRequest request;
-  to_wire(hidden, request.mutable_hidden());
-  Impl::SentRows sent;
-  if (extension != nullptr) impl_->ref(*this, *extension, "extension", request.mutable_extension(), sent);
-  v1::Tensor out;
-  impl_->call("/aios.v1.Latent/Classify", request, &out, sent);
-  return from_wire(out, "logits");
-}
-
 std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::string>& tokens,
                                                        const ali::ExtendOptions& options) {
   v1::CreateExtensionRequest request;
@@ -474,61 +447,81 @@ std::shared_ptr<ali::Decoder> RemoteBackbone::register_decoder(const std::string
   return std::make_shared<HostedDecoder>(name, impl_.get());
 }
 
-gradient::KeptForward RemoteBackbone::forward_keep(const at::Tensor& latents, const ForwardOptions& options) {
-  v1::ForwardRequest request;
-  to_wire(latents, request.mutable_latents());
+// Each parameter of a generated call in its field: tensors as they are, extensions by reference
+// (with their rows when they changed), the options, cotangents and losses by messages.h; a handle
+// routes the call to the replica that keeps its pass.
+struct RemoteBackbone::Outgoing {
+  const RemoteBackbone& self;
   Impl::SentRows sent;
-  impl_->write_options(*this, options, request.mutable_options(), sent);
-  v1::ForwardResponse out;
-  impl_->call("/aios.v1.Gradient/ForwardKeep", request, &out, sent);
-  gradient::KeptForward kept;
-  kept.output = read_output(out);
-  kept.handle = out.handle();
-  return kept;
-}
+  std::optional<gradient::Handle> keeper;
 
-gradient::Gradients RemoteBackbone::vjp(gradient::Handle handle, const gradient::Cotangents& cotangents) {
-  v1::VjpRequest request;
-  request.set_handle(handle);
-  messages::write_cotangents(cotangents, request.mutable_cotangents(), write);
-  v1::Gradients out;
-  impl_->call("/aios.v1.Gradient/Vjp", request, &out, {}, handle);
-  return read_gradients(out);
-}
+  template <class T, class Make>
+  void write(const T& value, Make make, const char* field) {
+    messages::write_field(value, make, [&](const auto& v, auto* out) { put(v, out, field); });
+  }
+  template <class Make>
+  void write(gradient::Handle handle, Make make, const char* /*field*/) {
+    make(handle);
+    keeper = handle;
+  }
+  void write(const gradient::LossOptions& loss, v1::ForwardBackwardRequest& request, const char* /*field*/) {
+    messages::write_loss(loss, &request, kWrite);
+  }
+  void call(const char* method, const google::protobuf::Message& request, google::protobuf::Message* reply) {
+    self.impl_->call(method, request, reply, sent, keeper);
+  }
+  template <class T, class Reply>
+  T read(const Reply& reply, const char* field) {
+    return read_as(std::type_identity<T>(), reply, field);
+  }
 
-void RemoteBackbone::release(gradient::Handle handle) {
-  v1::ReleaseRequest request;
-  request.set_handle(handle);
-  v1::Empty out;
-  impl_->call("/aios.v1.Gradient/Release", request, &out, {}, handle);
-}
+ private:
+  void put(const at::Tensor& t, v1::Tensor* out, const char*) { to_wire(t, out); }
+  void put(const ali::Extension* extension, v1::ExtensionRef* out, const char* field) {
+    self.impl_->ref(self, *extension, field, out, sent);
+  }
+  void put(const ali::ForwardOptions& o, v1::ForwardOptions* out, const char*) {
+    messages::write_options(o, out, kWrite);
+  }
+  void put(const gradient::ForwardOptions& o, v1::ForwardOptions* out, const char*) {
+    self.impl_->write_options(self, o, out, sent);
+  }
+  void put(const gradient::Cotangents& c, v1::Cotangents* out, const char*) {
+    messages::write_cotangents(c, out, kWrite);
+  }
 
-gradient::Gradients RemoteBackbone::vjp(const at::Tensor& latents, const ForwardOptions& options,
-                                        const gradient::Cotangents& cotangents) {
-  v1::VjpStatelessRequest request;
-  to_wire(latents, request.mutable_latents());
-  Impl::SentRows sent;
-  impl_->write_options(*this, options, request.mutable_options(), sent);
-  messages::write_cotangents(cotangents, request.mutable_cotangents(), write);
-  v1::Gradients out;
-  impl_->call("/aios.v1.Gradient/VjpStateless", request, &out, sent);
-  return read_gradients(out);
-}
+  template <class T>
+  static T read_as(std::type_identity<T>, int64_t v, const char* field) {
+    return messages::read_number<T>(v, field);
+  }
+  static at::Tensor read_as(std::type_identity<at::Tensor>, const v1::Tensor& t, const char* field) {
+    return from_wire(t, field);
+  }
+  static ali::ForwardOutput read_as(std::type_identity<ali::ForwardOutput>, const v1::ForwardResponse& r, const char*) {
+    return read_output(r);
+  }
+  static gradient::KeptForward read_as(std::type_identity<gradient::KeptForward>, const v1::ForwardResponse& r,
+                                       const char*) {
+    gradient::KeptForward kept;
+    kept.output = read_output(r);
+    kept.handle = r.handle();
+    return kept;
+  }
+  static gradient::Gradients read_as(std::type_identity<gradient::Gradients>, const v1::Gradients& g, const char*) {
+    return read_gradients(g);
+  }
+  static gradient::FusedResult read_as(std::type_identity<gradient::FusedResult>, const v1::FusedResult& r,
+                                       const char*) {
+    gradient::FusedResult result;
+    result.loss = from_wire(r.loss(), "loss").squeeze();
+    result.losses = from_wire(r.losses(), "losses");
+    result.grad = read_gradients(r.grad());
+    return result;
+  }
+};
 
-gradient::FusedResult RemoteBackbone::forward_backward(const at::Tensor& latents, const ForwardOptions& options,
-                                                       const gradient::LossOptions& loss) {
-  v1::ForwardBackwardRequest request;
-  to_wire(latents, request.mutable_latents());
-  Impl::SentRows sent;
-  impl_->write_options(*this, options, request.mutable_options(), sent);
-  messages::write_loss(loss, &request, write);
-  v1::FusedResult out;
-  impl_->call("/aios.v1.Gradient/ForwardBackward", request, &out, sent);
-  gradient::FusedResult result;
-  result.loss = from_wire(out.loss(), "loss").squeeze();
-  result.losses = from_wire(out.losses(), "losses");
-  result.grad = read_gradients(out.grad());
-  return result;
-}
+RemoteBackbone::Outgoing RemoteBackbone::outgoing() const { return Outgoing{*this, {}, std::nullopt}; }
+
+#include "remote_calls.inc"
 
 }  // namespace aios::server

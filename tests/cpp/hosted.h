@@ -148,6 +148,8 @@ class GatedBackbone final : public aios::gradient::Backbone {
                                                const aios::gradient::LossOptions& loss) override {
     return inner_->forward_backward(latents, options, loss);
   }
+  std::size_t kept_passes() const override { return inner_->kept_passes(); }
+  std::size_t kept_bytes() const override { return inner_->kept_bytes(); }
 
  private:
   std::shared_ptr<LocalBackbone> inner_;

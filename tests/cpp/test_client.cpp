@@ -190,11 +190,16 @@ TEST_CASE("the thin client gives what the local backbone gives", "[client]") {
   c.layers = {std::nullopt, floats<3>(cot.layers[1])};
   c.logits = floats<3>(cot.logits);
   const at::Tensor want_grad = local.vjp(latents, options, cot).latents;
+  const std::size_t passes = client.kept_passes(), bytes = client.kept_bytes();
   const auto kept = client.forward_keep(x, o);
+  CHECK(client.kept_passes() == passes + 1);
+  CHECK(client.kept_bytes() > bytes);
   CHECK(at::equal(to_torch(kept.output.hidden), want.hidden));
   CHECK(at::allclose(to_torch(client.vjp(kept.handle, c)), want_grad, 1e-6, 1e-6));
   CHECK(at::allclose(to_torch(client.vjp(x, o, c)), want_grad, 1e-6, 1e-6));
   client.release(kept.handle);
+  CHECK(client.kept_passes() == passes);
+  CHECK(client.kept_bytes() == bytes);
   std::string field;
   CHECK(code_of([&] { client.vjp(kept.handle, c); }, &field) == ErrorCode::kNotFound);
   CHECK(code_of([&] { client.release(kept.handle); }) == ErrorCode::kNotFound);

@@ -281,6 +281,13 @@ TEST_CASE("tenants: making room for a pass evicts only the caller's own, and its
   CHECK(code_of([&] { bob->vjp(b1.handle, cot); }) == ErrorCode::kNotFound);
   CHECK(code_of([&] { bob->vjp(b2.handle, cot); }) == ErrorCode::kNotFound);
   CHECK(local->kept_passes() == 3);
+  // Each caller sees its own tenant's passes.
+  CHECK(alice->kept_passes() == 2);
+  CHECK(alice->kept_bytes() == 2 * pass);
+  CHECK(bob->kept_passes() == 1);
+  CHECK(bob->kept_bytes() == pass);
+  CHECK(carol->kept_passes() == 0);
+  CHECK(carol->kept_bytes() == 0);
   // A tenant with no pass to give up is refused: the store holds the others' passes.
   std::string field;
   CHECK(code_of([&] { carol->forward_keep(latents); }, &field) == ErrorCode::kResourceExhausted);
@@ -300,6 +307,7 @@ TEST_CASE("tenants: making room for a pass evicts only the caller's own, and its
   for (auto [backbone, handle] : {std::pair{alice.get(), a3.handle}, std::pair{bob.get(), b3.handle},
                                   std::pair{carol.get(), c1.handle}}) {
     backbone->release(handle);
+    CHECK(backbone->kept_passes() == 0);
   }
   CHECK(local->kept_passes() == 0);
 }
@@ -320,8 +328,12 @@ TEST_CASE("a tenant's table of kept passes forgets those unused past their time-
   const std::size_t before = l.local->kept_passes();
   const auto kept = remote->forward_keep(latents);
   remote->vjp(kept.handle, cot);  // claimed: only its time-to-live takes it
+  CHECK(remote->kept_passes() == 1);
   std::this_thread::sleep_for(std::chrono::milliseconds(900));
-  // Fits the quota only because the table forgot the first pass (and the store let it go).
+  // The table forgot the first pass, and the store let it go.
+  CHECK(remote->kept_passes() == 0);
+  CHECK(l.local->kept_passes() == before);
+  // So the next fits the quota.
   const auto next = remote->forward_keep(latents);
   CHECK(l.local->kept_passes() == before + 1);
   CHECK(code_of([&] { remote->vjp(kept.handle, cot); }) == ErrorCode::kNotFound);

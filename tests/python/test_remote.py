@@ -40,10 +40,16 @@ def test_latent_and_gradient_calls_agree(pair):
     assert torch.equal(remote.classify(got.hidden), local.classify(want.hidden))
 
     g = torch.randn(2, 7, D)
+    assert remote.store_size == 0 and remote.store_bytes == 0  # the caller's passes on the host
     kept = remote.forward(latents, mask=mask, keep=True)
+    before = local.store_bytes
+    mine = local.forward(latents, mask=mask, keep=True)
+    assert remote.store_size == 1 and remote.store_bytes == local.store_bytes - before > 0  # the same estimate
+    local.release(mine.handle)
     grad = remote.vjp(kept.handle, grad_hidden=g)
     assert torch.allclose(grad, local.vjp(latents, mask=mask, grad_hidden=g), atol=1e-6)
     remote.release(kept.handle)
+    assert remote.store_size == 0 and remote.store_bytes == 0
     with pytest.raises(aios.NotFoundError):
         remote.vjp(kept.handle, grad_hidden=g)
 

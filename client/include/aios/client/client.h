@@ -128,31 +128,17 @@ class Client {
   const ModelInfo& config() const;
   const HostLimits& limits() const;
 
-  // ---- Latent API ----
-  // ids int64 [B,T], each in [0,V) -> latents [B,T,D]: the token embeddings.
-  FloatTensor<3> embed(const IdTensor<2>& ids) const;
-  // latents [B,T,D] -> hidden [B,T,D] after the final norm, and the requested layers.
-  ForwardOutput forward(const FloatTensor<3>& latents, const ForwardOptions& options = {}) const;
+  // The calls of the contract (aios.proto), generated from it with this client's types
+  // (src/client.types): embed, forward, classify, forward_keep, vjp, release, forward_backward.
+#include "aios/client/calls.inc"
+
   // hidden [N,D] -> logits [N,V].
   FloatTensor<2> classify(const FloatTensor<2>& hidden) const;
-  // hidden [B,T,D] -> logits [B,T,V].
-  FloatTensor<3> classify(const FloatTensor<3>& hidden) const;
-
-  // ---- Gradient API ----
-  // As forward, and the host keeps the pass under the returned handle.
-  KeptForward forward_keep(const FloatTensor<3>& latents, const ForwardOptions& options = {}) const;
-  // -> d loss / d latents [B,T,D] of a kept pass (Error(kNotFound) once released, evicted or expired).
-  FloatTensor<3> vjp(Handle handle, const Cotangents& cotangents) const;
-  // Forgets a kept pass (Error(kNotFound) for an unknown handle).
-  void release(Handle handle) const;
-  // Stateless: the host recomputes the forward of latents [B,T,D] -> d loss / d latents [B,T,D].
-  FloatTensor<3> vjp(const FloatTensor<3>& latents, const ForwardOptions& options, const Cotangents& cotangents) const;
-  // Forward, loss and backward in one round trip: latents [B,T,D] -> {loss, losses [B], d latents [B,T,D]}.
-  FusedResult forward_backward(const FloatTensor<3>& latents, const ForwardOptions& options,
-                               const LossOptions& loss) const;
 
  private:
   struct Impl;
+  struct Outgoing;  // one request of a generated call being written, sent and its reply read
+  Outgoing outgoing() const;
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

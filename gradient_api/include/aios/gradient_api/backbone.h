@@ -13,6 +13,7 @@
 // caller can train just those rows.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -134,6 +135,10 @@ class Backbone : public ali::Backbone {
   virtual Gradients vjp(const at::Tensor& latents, const ForwardOptions& options, const Cotangents& cotangents) = 0;
   virtual FusedResult forward_backward(const at::Tensor& latents, const ForwardOptions& options,
                                        const LossOptions& loss) = 0;
+  // What the passes kept under handles hold now: how many, and the sum of their memory estimates
+  // in bytes. A hosted backbone reports its caller's tenant's passes (what its store quota bounds).
+  virtual std::size_t kept_passes() const = 0;
+  virtual std::size_t kept_bytes() const = 0;
 };
 
 }  // namespace aios::gradient

@@ -42,9 +42,6 @@ class LocalBackbone final : public gradient::Backbone {
   int64_t parameter_count() const;
   // The frozen model itself (read-only: its weights never require grad).
   const backbone::Model& model() const;
-  // What the kept passes hold now: how many, and the sum of their memory estimates.
-  std::size_t kept_passes() const;
-  std::size_t kept_bytes() const;
 
   // The Latent API (ali/backbone.h).
   at::Tensor embed(const at::Tensor& ids, const ali::Extension* extension = nullptr) override;
@@ -69,6 +66,8 @@ class LocalBackbone final : public gradient::Backbone {
   gradient::FusedResult forward_backward(const at::Tensor& latents,
                                          const gradient::ForwardOptions& options,
                                          const gradient::LossOptions& loss) override;
+  std::size_t kept_passes() const override;  // of every owner
+  std::size_t kept_bytes() const override;
 
  private:
   LocalBackbone(std::unique_ptr<backbone::Model> model, std::string path,

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <type_traits>
 #include <variant>
 
@@ -42,6 +43,32 @@ bool present(const T& t) {
 template <class T>
 const T& value(const T& t) {
   return t;
+}
+
+// A pointer is present when it is not null.
+template <class T>
+bool present(const T* p) {
+  return p != nullptr;
+}
+
+// What generated client code does with each parameter of a call: `make` either returns the
+// parameter's field, a message, which `put(value, field)` fills (called only for a present
+// value, so that an absent one leaves the field unset), or sets a scalar field with the value.
+template <class T, class Make, class Put>
+void write_field(const T& value, Make make, const Put& put) {
+  if constexpr (std::is_invocable_v<Make>) {
+    if (present(value)) put(value, make());
+  } else {
+    make(value);
+  }
+}
+
+// A number of a reply as the call's type (a count as std::size_t, say): one out of its range is
+// the host's fault, kDataLoss.
+template <class T, class V>
+T read_number(V v, const char* field) {
+  if (!std::in_range<T>(v)) fail(ErrorCode::kDataLoss, field, "malformed reply from the host: {} is out of range", v);
+  return static_cast<T>(v);
 }
 
 // ForwardOptions: positions, mask (and the thin client's full_mask), layers, allow_non_finite, and

@@ -32,9 +32,6 @@ AIOS_EXPORT_BEGIN
 
 namespace aios::server {
 
-using gradient::ForwardOptions;
-using gradient::ForwardOutput;
-
 class RemoteBackbone final : public gradient::Backbone {
  public:
   // Connects to host:port and reads the backbone's description (one call). Throws
@@ -49,9 +46,6 @@ class RemoteBackbone final : public gradient::Backbone {
   c10::Device device() const override;  // the CPU: results arrive there
   c10::ScalarType dtype() const override;  // the host's
 
-  at::Tensor embed(const at::Tensor& ids, const ali::Extension* extension = nullptr) override;
-  ForwardOutput forward(const at::Tensor& latents, const ali::ForwardOptions& options = {}) override;
-  at::Tensor classify(const at::Tensor& hidden, const ali::Extension* extension = nullptr) override;
   std::shared_ptr<ali::Extension> extend(const std::vector<std::string>& tokens,
                                          const ali::ExtendOptions& options = {}) override;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer() override;
@@ -60,13 +54,9 @@ class RemoteBackbone final : public gradient::Backbone {
                                                     const ali::GenerateOptions& options = {}) override;
   std::shared_ptr<ali::Session> new_session() override;
 
-  gradient::KeptForward forward_keep(const at::Tensor& latents, const ForwardOptions& options = {}) override;
-  gradient::Gradients vjp(gradient::Handle handle, const gradient::Cotangents& cotangents) override;
-  void release(gradient::Handle handle) override;
-  gradient::Gradients vjp(const at::Tensor& latents, const ForwardOptions& options,
-                          const gradient::Cotangents& cotangents) override;
-  gradient::FusedResult forward_backward(const at::Tensor& latents, const ForwardOptions& options,
-                                         const gradient::LossOptions& loss) override;
+  // The calls of the contract (aios.proto), generated from it with this client's types
+  // (src/remote.types): embed, forward, classify, forward_keep, vjp, release, forward_backward.
+#include "aios/server/remote_calls.inc"
 
   // Sends the decoder folder `path` (decoder.json and its weights, as adapters::save_decoder
   // writes them) to the host as this tenant's decoder `name`, replacing one of that name. The
@@ -77,6 +67,8 @@ class RemoteBackbone final : public gradient::Backbone {
 
  private:
   struct Impl;
+  struct Outgoing;  // one request of a generated call being written, sent and its reply read
+  Outgoing outgoing() const;
   explicit RemoteBackbone(std::shared_ptr<Impl> impl);
   std::shared_ptr<Impl> impl_;  // shared with the deleters of this backbone's extensions
 };
