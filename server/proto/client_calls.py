@@ -28,9 +28,10 @@ and converts, once per type rather than once per call: in the scope of the gener
 So a call whose types a client knows needs no code in that client; a name a client does not know
 fails the build here, naming that client's .types file.
 
-Two outputs per client: `declare`, the declarations (with the rpc's other comments as their
-documentation) that the client's public header includes in its class, and `define`, their
-definitions, out of the class named by --class, that its source includes.
+Two outputs: `declare`, the declarations (with the rpc's other comments as their documentation)
+that a public header includes in its class (both clients', and LocalBackbone's, which implements
+the same interface as RemoteBackbone and shares its types), and `define`, a client's definitions,
+out of the class named by --class, that its source includes.
 """
 
 import argparse

@@ -129,7 +129,8 @@ class Client {
   const HostLimits& limits() const;
 
   // The calls of the contract (aios.proto), generated from it with this client's types
-  // (src/client.types): embed, forward, classify, forward_keep, vjp, release, forward_backward.
+  // (src/client.types): embed, forward, classify, forward_keep, vjp, release, forward_backward,
+  // kept_passes, kept_bytes.
 #include "aios/client/calls.inc"
 
   // hidden [N,D] -> logits [N,V].

@@ -44,10 +44,6 @@ class LocalBackbone final : public gradient::Backbone {
   const backbone::Model& model() const;
 
   // The Latent API (ali/backbone.h).
-  at::Tensor embed(const at::Tensor& ids, const ali::Extension* extension = nullptr) override;
-  ali::ForwardOutput forward(const at::Tensor& latents,
-                             const ali::ForwardOptions& options = {}) override;
-  at::Tensor classify(const at::Tensor& hidden, const ali::Extension* extension = nullptr) override;
   std::shared_ptr<ali::Extension> extend(const std::vector<std::string>& tokens,
                                          const ali::ExtendOptions& options = {}) override;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer() override;
@@ -56,18 +52,10 @@ class LocalBackbone final : public gradient::Backbone {
       const at::Tensor& latents, const ali::GenerateOptions& options = {}) override;
   std::shared_ptr<ali::Session> new_session() override;
 
-  // The Gradient API (gradient_api/backbone.h).
-  gradient::KeptForward forward_keep(const at::Tensor& latents,
-                                     const gradient::ForwardOptions& options = {}) override;
-  gradient::Gradients vjp(gradient::Handle handle, const gradient::Cotangents& cotangents) override;
-  void release(gradient::Handle handle) override;
-  gradient::Gradients vjp(const at::Tensor& latents, const gradient::ForwardOptions& options,
-                          const gradient::Cotangents& cotangents) override;
-  gradient::FusedResult forward_backward(const at::Tensor& latents,
-                                         const gradient::ForwardOptions& options,
-                                         const gradient::LossOptions& loss) override;
-  std::size_t kept_passes() const override;  // of every owner
-  std::size_t kept_bytes() const override;
+  // The calls of the wire contract (aios.proto), declared from it with the interface's types
+  // (gradient_api/backbone.types): embed, forward, classify (ali/backbone.h); forward_keep, vjp,
+  // release, forward_backward, kept_passes and kept_bytes (of every store owner) (gradient_api/backbone.h).
+#include "aios/local/calls.inc"
 
  private:
   LocalBackbone(std::unique_ptr<backbone::Model> model, std::string path,

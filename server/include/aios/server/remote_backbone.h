@@ -54,8 +54,9 @@ class RemoteBackbone final : public gradient::Backbone {
                                                     const ali::GenerateOptions& options = {}) override;
   std::shared_ptr<ali::Session> new_session() override;
 
-  // The calls of the contract (aios.proto), generated from it with this client's types
-  // (src/remote.types): embed, forward, classify, forward_keep, vjp, release, forward_backward.
+  // The calls of the contract (aios.proto), generated from it with the interface's types
+  // (gradient_api/backbone.types): embed, forward, classify, forward_keep, vjp, release,
+  // forward_backward, kept_passes, kept_bytes.
 #include "aios/server/remote_calls.inc"
 
   // Sends the decoder folder `path` (decoder.json and its weights, as adapters::save_decoder
