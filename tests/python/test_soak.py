@@ -244,6 +244,7 @@ def valid_requests(info, rng, key_suffix=""):
         ("/aios.v1.Gradient/Release", vfield(1, rng.getrandbits(47))),
         ("/aios.v1.Gradient/VjpStateless", bfield(1, x) + bfield(3, cot)),
         ("/aios.v1.Gradient/ForwardBackward", bfield(1, x) + bfield(3, bfield(1, longs([1, 1], [5])))),
+        ("/aios.v1.Gradient/Kept", b""),
         ("/aios.v1.Tokenizer/Definition", b""),
         ("/aios.v1.Tokenizer/Encode", bfield(1, "Hello world") + vfield(2, 1)),
         ("/aios.v1.Tokenizer/Decode", bfield(1, bfield(1, b"".join(varint(i) for i in (1, 2, 3))))),
