@@ -3,6 +3,8 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <string_view>
+#include <type_traits>
 #include <unordered_map>
 
 #include "aios/fail.h"
@@ -458,11 +460,9 @@ struct RemoteBackbone::Outgoing {
   template <class T, class Make>
   void write(const T& value, Make make, const char* field) {
     messages::write_field(value, make, [&](const auto& v, auto* out) { put(v, out, field); });
-  }
-  template <class Make>
-  void write(gradient::Handle handle, Make make, const char* /*field*/) {
-    make(handle);
-    keeper = handle;
+    if constexpr (std::is_same_v<T, gradient::Handle>) {
+      if (std::string_view(field) == "handle") keeper = value;
+    }
   }
   void write(const gradient::LossOptions& loss, v1::ForwardBackwardRequest& request, const char* /*field*/) {
     messages::write_loss(loss, &request, kWrite);
