@@ -235,7 +235,7 @@ struct Client::Outgoing {
 
 Client::Outgoing Client::outgoing() const { return Outgoing{*impl_}; }
 
-#include "client_calls.inc"
+#include "client_definitions.inc"
 
 FloatTensor<2> Client::classify(const FloatTensor<2>& hidden) const {
   v1::ClassifyRequest request;

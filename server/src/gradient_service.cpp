@@ -143,7 +143,7 @@ class GradientService final : public Handlers {
                            v1::ForwardResponse* out) {
     return guarded(r_, context, [&](Caller& caller) {
       // Every tenant's passes that are gone or unclaimed are released before a new one is kept.
-      for (TenantState* tenant : r_.tenants()) release(KeptPasses::prune(*tenant, r_.options()));
+      for (TenantState* tenant : r_.tenants()) free_passes(KeptPasses::prune(*tenant, r_.options()));
       KeptPasses passes(caller);
       passes.check_room();
       gradient::ForwardOptions options = r_.forward_options(caller, request->options(), "options", *context);
@@ -243,11 +243,12 @@ class GradientService final : public Handlers {
     });
   }
 
-  // The caller's tenant's passes, after those its time-to-lives let go.
+  // The caller's tenant's passes, after letting go of those past their time-to-lives (as a
+  // ForwardKeep does first).
   grpc::Status kept(grpc::ServerContext* context, const v1::KeptRequest*, v1::KeptInfo* out) {
     return guarded(r_, context, [&](Caller& caller) {
       TenantState& tenant = caller.state();
-      release(KeptPasses::prune(tenant, r_.options()));
+      free_passes(KeptPasses::prune(tenant, r_.options()));
       std::lock_guard lock(tenant.mutex);
       out->set_passes(static_cast<int64_t>(tenant.handles.size()));
       out->set_bytes(static_cast<int64_t>(tenant.kept_bytes));
@@ -256,7 +257,7 @@ class GradientService final : public Handlers {
 
  private:
   // Frees in the backbone the passes a tenant's table let go.
-  void release(const std::vector<gradient::Handle>& gone) {
+  void free_passes(const std::vector<gradient::Handle>& gone) {
     for (gradient::Handle handle : gone) {
       try {
         r_.backbone().release(handle);

@@ -522,6 +522,6 @@ struct RemoteBackbone::Outgoing {
 
 RemoteBackbone::Outgoing RemoteBackbone::outgoing() const { return Outgoing{*this, {}, std::nullopt}; }
 
-#include "remote_calls.inc"
+#include "remote_definitions.inc"
 
 }  // namespace aios::server

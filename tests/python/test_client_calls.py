@@ -60,7 +60,8 @@ def test_declarations_carry_the_types_of_the_client_and_the_documentation_of_the
     assert ("// latents [B,T,D] -> [B,T,D], times factor.\n"
             "at::Tensor scale(const at::Tensor& latents, double factor, const Loss& how, "
             "const ali::Extension* extension = nullptr) override;") in text
-    assert "std::size_t passes() const override;" in text and "std::size_t bytes() const override;" in text
+    assert ("// How many, and their bytes.\nstd::size_t passes() const override;\n\n"
+            "std::size_t bytes() const override;") in text  # an rpc's comments document its first call
     assert "plain" not in text.lower()  # an rpc without an annotation is no client call
 
 
@@ -96,6 +97,11 @@ def test_a_client_without_a_type_leaves_out_its_parameters(tmp_path):
      "only unary rpcs"),
     (CONTRACT.replace("aios: std::size_t bytes() const -> bytes", "aios: bytes"), TYPES, "expected 'aios: Type"),
     (CONTRACT, TYPES + "Latents at::Tensor\n", "expected 'Name: C++ type'"),
+    (CONTRACT.replace("const How& how", "const How& hwo"), TYPES, "ScaleRequest has no field or oneof 'hwo'"),
+    (CONTRACT.replace("  rpc Plain(Empty)", "  // aios: void plain()\n\n  rpc Plain(Empty)"), TYPES,
+     "must stand right above an rpc on one line, not above 'a blank line'"),
+    (CONTRACT.replace("  rpc Plain(Empty) returns (Empty);", "  // aios: void plain()\n  rpc Plain(Empty)\n"
+                      "      returns (Empty);"), TYPES, "must stand right above an rpc on one line"),
 ])
 def test_mistakes_are_refused_naming_where_they_are(tmp_path, contract, types, expected):
     rc, text, err = generate(tmp_path, contract=contract, types=types)

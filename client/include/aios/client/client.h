@@ -17,6 +17,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -128,9 +129,8 @@ class Client {
   const ModelInfo& config() const;
   const HostLimits& limits() const;
 
-  // The calls of the contract (aios.proto), generated from it with this client's types
-  // (src/client.types): embed, forward, classify, forward_keep, vjp, release, forward_backward,
-  // kept_passes, kept_bytes.
+  // The calls of the contract (the "aios:" comments of aios.proto), generated from it with this
+  // client's types (src/client.types).
 #include "aios/client/calls.inc"
 
   // hidden [N,D] -> logits [N,V].

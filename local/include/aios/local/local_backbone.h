@@ -52,9 +52,9 @@ class LocalBackbone final : public gradient::Backbone {
       const at::Tensor& latents, const ali::GenerateOptions& options = {}) override;
   std::shared_ptr<ali::Session> new_session() override;
 
-  // The calls of the wire contract (aios.proto), declared from it with the interface's types
-  // (gradient_api/backbone.types): embed, forward, classify (ali/backbone.h); forward_keep, vjp,
-  // release, forward_backward, kept_passes and kept_bytes (of every store owner) (gradient_api/backbone.h).
+  // The calls of the contract (the "aios:" comments of aios.proto), declared from it with the
+  // interface's types (gradient_api/backbone.types); kept_passes and kept_bytes count every store
+  // owner's passes.
 #include "aios/local/calls.inc"
 
  private:

@@ -54,9 +54,8 @@ class RemoteBackbone final : public gradient::Backbone {
                                                     const ali::GenerateOptions& options = {}) override;
   std::shared_ptr<ali::Session> new_session() override;
 
-  // The calls of the contract (aios.proto), generated from it with the interface's types
-  // (gradient_api/backbone.types): embed, forward, classify, forward_keep, vjp, release,
-  // forward_backward, kept_passes, kept_bytes.
+  // The calls of the contract (the "aios:" comments of aios.proto), generated from it with the
+  // interface's types (gradient_api/backbone.types).
 #include "aios/server/remote_calls.inc"
 
   // Sends the decoder folder `path` (decoder.json and its weights, as adapters::save_decoder
