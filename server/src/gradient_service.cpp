@@ -106,6 +106,11 @@ class KeptPasses {
     std::lock_guard lock(tenant_.mutex);
     forget(handle);
   }
+  // How many passes the tenant keeps, and their bytes.
+  std::pair<std::size_t, std::size_t> totals() const {
+    std::lock_guard lock(tenant_.mutex);
+    return {tenant_.handles.size(), tenant_.kept_bytes};
+  }
 
  private:
   // Under the tenant's lock.
@@ -247,11 +252,10 @@ class GradientService final : public Handlers {
   // ForwardKeep does first).
   grpc::Status kept(grpc::ServerContext* context, const v1::KeptRequest*, v1::KeptInfo* out) {
     return guarded(r_, context, [&](Caller& caller) {
-      TenantState& tenant = caller.state();
-      free_passes(KeptPasses::prune(tenant, r_.options()));
-      std::lock_guard lock(tenant.mutex);
-      out->set_passes(static_cast<int64_t>(tenant.handles.size()));
-      out->set_bytes(static_cast<int64_t>(tenant.kept_bytes));
+      free_passes(KeptPasses::prune(caller.state(), r_.options()));
+      const auto [passes, bytes] = KeptPasses(caller).totals();
+      out->set_passes(static_cast<int64_t>(passes));
+      out->set_bytes(static_cast<int64_t>(bytes));
     }, Work::kBookkeeping);
   }
 

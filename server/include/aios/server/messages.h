@@ -11,8 +11,8 @@
 
 #include <cstdint>
 #include <optional>
-#include <utility>
 #include <type_traits>
+#include <utility>
 #include <variant>
 
 #include "aios/export.h"
