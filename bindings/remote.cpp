@@ -47,7 +47,7 @@ void bind_remote(py::module_& m) {
         if (!(timeout > 0) || timeout > 1e7) {
           aios::fail(aios::ErrorCode::kInvalidArgument, "timeout", "expected seconds in (0, 1e7], got {}", timeout);
         }
-        aios::server::ConnectOptions options;
+        aios::wire::ConnectOptions options;
         options.api_key = api_key;
         options.tls = tls || !root_certificates.is_none();
         if (!root_certificates.is_none()) {

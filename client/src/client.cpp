@@ -9,8 +9,8 @@
 #include <fmt/ranges.h>
 
 #include "aios/fail.h"
-#include "aios/server/messages.h"
-#include "aios/server/wire.h"
+#include "aios/wire/messages.h"
+#include "aios/wire/wire.h"
 
 namespace aios::client {
 
@@ -56,7 +56,6 @@ uint16_t float_to_bfloat16(float value) {
 namespace {
 
 namespace v1 = aios::v1;
-using server::WireTensor;
 
 // ---- requests --------------------------------------------------------------------------------
 
@@ -76,26 +75,31 @@ void write(const Eigen::Tensor<Scalar, N, Eigen::RowMajor>& t, v1::Tensor* out) 
   }
 }
 
-// Every tensor of a request, as the template above writes it.
+// A mask of either rank.
+void write(const EigenTensors::Mask& mask, v1::Tensor* out) {
+  std::visit([out](const auto& t) { write(t, out); }, mask);
+}
+
+// Every tensor of a request, as the two above write it.
 constexpr auto kWrite = [](const auto& t, v1::Tensor* out) { write(t, out); };
 
 // ---- replies ---------------------------------------------------------------------------------
 
 // Replies are as trusted as the host, but still checked: a tensor must agree with its shape.
-const server::WireLimits kReplyLimits{/*max_rank=*/4, /*max_dim=*/int64_t{1} << 40, /*max_bytes=*/int64_t{1} << 40};
+const wire::TensorLimits kReplyLimits{/*max_rank=*/4, /*max_dim=*/int64_t{1} << 40, /*max_bytes=*/int64_t{1} << 40};
 
 // A reply that does not parse is the host's fault, not the caller's: kDataLoss.
-WireTensor check_reply(const v1::Tensor& t, const std::string& field) {
+wire::CheckedTensor check_reply(const v1::Tensor& t, const std::string& field) {
   try {
-    return server::check_tensor(t, field, kReplyLimits);
+    return wire::check_tensor(t, field, kReplyLimits);
   } catch (const Error& e) {
     fail(ErrorCode::kDataLoss, e.field(), "malformed reply from the host: {}", e.message());
   }
 }
 
 // The floats of a checked reply tensor, converted from its dtype into `out` (room for all of them).
-void convert(const WireTensor& w, const std::string& field, float* out) {
-  const std::size_t count = w.size_bytes / server::itemsize(w.dtype);
+void convert(const wire::CheckedTensor& w, const std::string& field, float* out) {
+  const std::size_t count = w.size_bytes / wire::itemsize(w.dtype);
   switch (w.dtype) {
     case v1::FLOAT32:
       if (count > 0) std::memcpy(out, w.data, w.size_bytes);
@@ -112,13 +116,13 @@ void convert(const WireTensor& w, const std::string& field, float* out) {
     }
     default:
       fail(ErrorCode::kDataLoss, field, "malformed reply from the host: expected float32, bfloat16 or float16, got {}",
-           server::dtype_name(w.dtype));
+           wire::dtype_name(w.dtype));
   }
 }
 
 template <int N>
 FloatTensor<N> read_floats(const v1::Tensor& t, const std::string& field) {
-  const WireTensor w = check_reply(t, field);
+  const wire::CheckedTensor w = check_reply(t, field);
   if (w.shape.size() != N) {
     fail(ErrorCode::kDataLoss, field, "malformed reply from the host: expected rank {}, got shape [{}]", N,
          fmt::join(w.shape, ","));
@@ -131,8 +135,8 @@ FloatTensor<N> read_floats(const v1::Tensor& t, const std::string& field) {
 }
 
 float read_scalar(const v1::Tensor& t, const std::string& field) {
-  const WireTensor w = check_reply(t, field);
-  if (w.size_bytes != server::itemsize(w.dtype)) {
+  const wire::CheckedTensor w = check_reply(t, field);
+  if (w.size_bytes != wire::itemsize(w.dtype)) {
     fail(ErrorCode::kDataLoss, field, "malformed reply from the host: expected one value, got shape [{}]",
          fmt::join(w.shape, ","));
   }
@@ -142,18 +146,18 @@ float read_scalar(const v1::Tensor& t, const std::string& field) {
 }
 
 ForwardOutput read_output(const v1::ForwardResponse& r) {
-  return server::messages::read_output<ForwardOutput>(r, read_floats<3>);
+  return wire::messages::read_output<ForwardOutput>(r, read_floats<3>);
 }
 
 }  // namespace
 
 struct Client::Impl {
-  std::shared_ptr<server::Transport> transport;  // every call goes through it (in chunks when large)
+  std::shared_ptr<wire::Transport> transport;  // every call goes through it (in chunks when large)
   ModelInfo config;
   HostLimits limits;
 
   void call(const char* method, const google::protobuf::Message& request, google::protobuf::Message* reply) const {
-    server::call(*transport, {method, {}, std::nullopt}, request, reply);
+    wire::call(*transport, {method, {}, std::nullopt}, request, reply);
   }
 };
 
@@ -163,7 +167,7 @@ Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;
 
 Client Client::connect(const std::string& address, const ConnectOptions& options) {
-  return connect(server::grpc_transport(address, options));
+  return connect(wire::grpc_transport(address, options));
 }
 
 Client Client::connect(std::shared_ptr<Transport> transport) {
@@ -171,8 +175,8 @@ Client Client::connect(std::shared_ptr<Transport> transport) {
   impl->transport = std::move(transport);
   v1::ModelInfo info;
   impl->call("/aios.v1.Latent/Info", v1::InfoRequest(), &info);
-  impl->config = server::model_info(info);
-  impl->limits = server::host_limits(info);
+  impl->config = wire::model_info(info);
+  impl->limits = wire::host_limits(info);
   return Client(std::move(impl));
 }
 
@@ -186,10 +190,10 @@ struct Client::Outgoing {
 
   template <class T, class Make>
   void write(const T& value, Make make, const char* /*field*/) {
-    server::messages::write_field(value, make, [](const auto& v, auto* out) { put(v, out); });
+    wire::messages::write_field(value, make, [](const auto& v, auto* out) { put(v, out); });
   }
   void write(const LossOptions& loss, v1::ForwardBackwardRequest& request, const char* /*field*/) {
-    server::messages::write_loss(loss, &request, kWrite);
+    wire::messages::write_loss(loss, &request, kWrite);
   }
   void call(const char* method, const google::protobuf::Message& request, google::protobuf::Message* reply) {
     impl.call(method, request, reply);
@@ -204,12 +208,12 @@ struct Client::Outgoing {
   static void put(const Eigen::Tensor<Scalar, N, Eigen::RowMajor>& t, v1::Tensor* out) {
     client::write(t, out);
   }
-  static void put(const ForwardOptions& o, v1::ForwardOptions* out) { server::messages::write_options(o, out, kWrite); }
-  static void put(const Cotangents& c, v1::Cotangents* out) { server::messages::write_cotangents(c, out, kWrite); }
+  static void put(const ForwardOptions& o, v1::ForwardOptions* out) { wire::messages::write_options(o, out, kWrite); }
+  static void put(const Cotangents& c, v1::Cotangents* out) { wire::messages::write_cotangents(c, out, kWrite); }
 
   template <class T>
   static T read_as(std::type_identity<T>, int64_t v, const char* field) {
-    return server::messages::read_number<T>(v, field);
+    return wire::messages::read_number<T>(v, field);
   }
   template <int N>
   static FloatTensor<N> read_as(std::type_identity<FloatTensor<N>>, const v1::Tensor& t, const char* field) {

@@ -16,7 +16,6 @@ using gradient::Cotangents;
 using gradient::CrossEntropy;
 using gradient::Distillation;
 using gradient::FusedResult;
-using gradient::kIgnoredTarget;
 using gradient::LossOptions;
 
 namespace {
@@ -137,7 +136,7 @@ FusedResult LocalBackbone::forward_backward(const at::Tensor& latents, const gra
         fail(ErrorCode::kInvalidArgument, "teacher_latents", "expected [{},T',{}], got {}", B, cfg.hidden_size,
              shape_of(d.teacher_latents));
       }
-      const at::Tensor teacher_hidden = forward(d.teacher_latents, d.teacher_options).hidden;
+      const at::Tensor teacher_hidden = forward(d.teacher_latents, {d.teacher_options, options.cancelled}).hidden;
       const int64_t Tt = teacher_hidden.size(1);
       at::Tensor index;
       if (d.teacher_index.defined()) {

@@ -7,7 +7,7 @@
 #include <grpcpp/support/method_handler.h>
 
 #include "aios/fail.h"
-#include "aios/server/wire.h"
+#include "aios/wire/wire.h"
 #include "aios/v1/aios.pb.h"
 
 namespace aios::server {
@@ -39,7 +39,7 @@ grpc::Status parse(const ByteBuffer& in, const std::string& path, google::protob
   if (grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(&bytes, request).ok()) {
     return grpc::Status::OK;
   }
-  return to_status(Error(ErrorCode::kInvalidArgument, "request",
+  return wire::to_status(Error(ErrorCode::kInvalidArgument, "request",
                          fmt::format("the request's bytes are not a message of {}", path)),
                    context);
 }

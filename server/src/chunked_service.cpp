@@ -35,7 +35,7 @@ class ChunkedService final : public v1::Chunked::Service {
     if (!gathered.ok()) return gathered;
     std::unique_ptr<google::protobuf::Message> message(call->request->New());
     if (!message->ParseFromString(request)) {
-      return to_status(Error(ErrorCode::kInvalidArgument, "data", "the chunks do not form a valid request"), context);
+      return wire::to_status(Error(ErrorCode::kInvalidArgument, "data", "the chunks do not form a valid request"), context);
     }
     std::unique_ptr<google::protobuf::Message> answer(call->reply->New());
     const grpc::Status status = call->unary(context, *message, answer.get());

@@ -45,13 +45,13 @@ class GenerationService final : public Handlers {
           if (!step) return;
           more = true;
           out.set_index(step->index);
-          to_wire(step->ids, out.mutable_ids());
-          to_wire(step->finished, out.mutable_finished());
-          to_wire(step->routes, out.mutable_routes());
-          if (request->return_hidden()) to_wire(step->hidden, out.mutable_hidden());
+          wire::to_wire(step->ids, out.mutable_ids());
+          wire::to_wire(step->finished, out.mutable_finished());
+          wire::to_wire(step->routes, out.mutable_routes());
+          if (request->return_hidden()) wire::to_wire(step->hidden, out.mutable_hidden());
           for (const at::Tensor& output : step->outputs) {
             v1::Tensor* slot = out.add_outputs();  // left empty where no decoder ran
-            if (output.defined()) to_wire(output, slot);
+            if (output.defined()) wire::to_wire(output, slot);
           }
         });
         if (!more) return;
@@ -169,7 +169,7 @@ class GenerationService final : public Handlers {
       out->set_batch_size(held.session->batch_size());
       out->set_length(held.session->length());
       const at::Tensor next = held.session->next_positions();
-      if (next.defined()) to_wire(next, out->mutable_next_positions());
+      if (next.defined()) wire::to_wire(next, out->mutable_next_positions());
       out->set_bytes(static_cast<int64_t>(held.session->bytes()));
     }, Work::kBookkeeping);
   }

@@ -242,8 +242,8 @@ class GradientService final : public Handlers {
       const auto result = r_.backbone().forward_backward(r_.latents(caller, request->latents(), "latents"),
                                                          r_.forward_options(caller, request->options(), "options", *context),
                                                          loss);
-      to_wire(result.loss, out->mutable_loss());
-      to_wire(result.losses, out->mutable_losses());
+      wire::to_wire(result.loss, out->mutable_loss());
+      wire::to_wire(result.losses, out->mutable_losses());
       write_gradients(result.grad, out->mutable_grad());
     });
   }

@@ -32,7 +32,7 @@ class LatentService final : public Handlers {
 
   grpc::Status info(grpc::ServerContext* context, const v1::InfoRequest*, v1::ModelInfo* out) {
     return guarded(r_, context, [&](Caller& caller) {
-      to_wire(r_.backbone().config(), HostLimits{r_.options().max_batch, r_.options().limits.max_bytes}, out);
+      wire::to_wire(r_.backbone().config(), wire::HostLimits{r_.options().max_batch, r_.options().limits.max_bytes}, out);
     }, Work::kBookkeeping);
   }
 
@@ -42,7 +42,7 @@ class LatentService final : public Handlers {
       if (ids.dim() == 2) r_.check_tokens(caller, ids.size(0), ids.numel(), "ids");
       const auto extension =
           request->has_extension() ? r_.extension(caller, request->extension(), "extension") : nullptr;
-      to_wire(r_.backbone().embed(ids, extension.get()), out);
+      wire::to_wire(r_.backbone().embed(ids, extension.get()), out);
     }, few_rows(*request, r_.backbone().config().hidden_size) ? Work::kBookkeeping : Work::kCompute);
   }
 
@@ -52,7 +52,7 @@ class LatentService final : public Handlers {
       const at::Tensor latents = r_.latents(caller, request->latents(), "latents");
       const gradient::ForwardOptions options = r_.forward_options(caller, request->options(), "options", *context);
       if (batcher_ && ForwardBatcher::batchable(options)) {
-        to_wire(batcher_->forward(latents), out->mutable_hidden());
+        wire::to_wire(batcher_->forward(latents), out->mutable_hidden());
       } else {
         write_output(r_.backbone().forward(latents, options), out);
       }
@@ -73,7 +73,7 @@ class LatentService final : public Handlers {
         fail(ErrorCode::kResourceExhausted, "hidden", "{} rows of logits ({} bytes) exceed the host's limit of {} bytes",
              rows, reply, r_.options().limits.max_bytes);
       }
-      to_wire(r_.backbone().classify(hidden, extension.get()), out);
+      wire::to_wire(r_.backbone().classify(hidden, extension.get()), out);
     });
   }
 

@@ -9,31 +9,31 @@
 
 #include "aios/fail.h"
 #include "aios/tokenizer_api/tokenizer.h"
-#include "aios/server/messages.h"
-#include "aios/server/wire.h"
-#include "tensors.h"
+#include "aios/wire/messages.h"
+#include "aios/wire/wire.h"
+#include "aios/wire/tensors.h"
 
 namespace aios::server {
 namespace {
 
 // Responses are as trusted as the host, but still checked: a tensor must agree with its shape.
-const WireLimits kResponseLimits{/*max_rank=*/4, /*max_dim=*/int64_t{1} << 40, /*max_bytes=*/int64_t{1} << 40};
+const wire::TensorLimits kResponseLimits{/*max_rank=*/4, /*max_dim=*/int64_t{1} << 40, /*max_bytes=*/int64_t{1} << 40};
 
 // A reply that does not parse is the host's fault, not the caller's: kDataLoss.
 at::Tensor from_wire(const v1::Tensor& t, const char* field) {
   try {
-    return to_torch(t, field, kResponseLimits);
+    return wire::to_torch(t, field, kResponseLimits);
   } catch (const Error& e) {
     fail(ErrorCode::kDataLoss, e.field(), "malformed reply from the host: {}", e.message());
   }
 }
 
 ali::ForwardOutput read_output(const v1::ForwardResponse& r) {
-  return messages::read_output<ali::ForwardOutput>(r, from_wire);
+  return wire::messages::read_output<ali::ForwardOutput>(r, from_wire);
 }
 
 // Every tensor of a request goes as it is.
-constexpr auto kWrite = [](const at::Tensor& t, v1::Tensor* out) { to_wire(t, out); };
+constexpr auto kWrite = [](const at::Tensor& t, v1::Tensor* out) { wire::to_wire(t, out); };
 
 [[noreturn]] void unsupported(const char* what, const char* how) {
   fail(ErrorCode::kUnimplemented, what, "not offered by a hosted backbone: {}", how);
@@ -69,11 +69,11 @@ gradient::Gradients read_gradients(const v1::Gradients& g) {
 
 // A deletion on the host of what `id` names, for a destructor, which has no one to tell of a
 // failure: best effort, briefly.
-void forget_on_host(Transport& transport, const char* method, const std::string& id,
+void forget_on_host(wire::Transport& transport, const char* method, const std::string& id,
                     const google::protobuf::Message& request) {
   v1::Empty out;
   try {
-    server::call(transport, {method, {{"aios-replica", replica_of(id)}}, std::chrono::seconds(2)}, request, &out);
+    wire::call(transport, {method, {{"aios-replica", replica_of(id)}}, std::chrono::seconds(2)}, request, &out);
   } catch (const Error&) {
   }
 }
@@ -97,9 +97,9 @@ class HostedDecoder final : public ali::Decoder {
 }  // namespace
 
 struct RemoteBackbone::Impl {
-  std::shared_ptr<Transport> transport;
+  std::shared_ptr<wire::Transport> transport;
   ModelInfo config;
-  HostLimits limits;
+  wire::HostLimits limits;
   c10::ScalarType dtype = at::kFloat;
 
   std::once_flag definition_once;
@@ -130,8 +130,8 @@ struct RemoteBackbone::Impl {
   // The call `method`, routed to the replica that holds the extensions it names and, for a call
   // about a kept pass, to the one that keeps it (`keeper`, the top 16 bits of its handle): a load
   // balancer in front of several hosts routes on "aios-replica" (docs/hosting.md).
-  static Call routed(const char* method, const SentRows& sent, std::optional<gradient::Handle> keeper = std::nullopt) {
-    Call call{method, {}, std::nullopt};
+  static wire::Call routed(const char* method, const SentRows& sent, std::optional<gradient::Handle> keeper = std::nullopt) {
+    wire::Call call{method, {}, std::nullopt};
     if (!sent.replica.empty()) call.metadata.emplace_back("aios-replica", sent.replica);
     if (keeper) call.metadata.emplace_back("aios-replica", std::to_string(*keeper >> 48));
     return call;
@@ -139,7 +139,7 @@ struct RemoteBackbone::Impl {
 
   void call(const char* method, const google::protobuf::Message& request, google::protobuf::Message* reply,
             const SentRows& sent = {}, std::optional<gradient::Handle> keeper = std::nullopt) {
-    server::call(*transport, routed(method, sent, keeper), request, reply);
+    wire::call(*transport, routed(method, sent, keeper), request, reply);
     taken(sent);
   }
 
@@ -166,15 +166,15 @@ struct RemoteBackbone::Impl {
     sent.replica = replica_of(mirror.id);
     const int64_t e = extension.embedding_rows()._version(), c = extension.classifier_rows()._version();
     if (e != mirror.embedding_version || c != mirror.classifier_version) {
-      to_wire(extension.embedding_rows(), out->mutable_rows()->mutable_embedding_rows());
-      to_wire(extension.classifier_rows(), out->mutable_rows()->mutable_classifier_rows());
+      wire::to_wire(extension.embedding_rows(), out->mutable_rows()->mutable_embedding_rows());
+      wire::to_wire(extension.classifier_rows(), out->mutable_rows()->mutable_classifier_rows());
       sent.rows.push_back({&extension, e, c});
     }
   }
 
   void write_options(const RemoteBackbone& self, const gradient::ForwardOptions& o, v1::ForwardOptions* out,
                      SentRows& sent) {
-    messages::write_options(o, out, kWrite);
+    wire::messages::write_options(o, out, kWrite);
     if (o.extension) ref(self, *o.extension, "extension", out->mutable_extension(), sent);
   }
 
@@ -221,14 +221,14 @@ class RemoteGeneration final : public ali::Generation {
  public:
   // `owner` keeps the transport alive as long as the stream. `started` runs once the host has
   // answered with a first step.
-  RemoteGeneration(std::shared_ptr<const void> owner, std::unique_ptr<Transport::Stream> stream,
+  RemoteGeneration(std::shared_ptr<const void> owner, std::unique_ptr<wire::Transport::Stream> stream,
                    std::function<void()> started)
       : owner_(std::move(owner)), stream_(std::move(stream)), started_(std::move(started)) {}
 
   std::optional<ali::GenerationStep> next() override {
     if (done_) return std::nullopt;
     v1::GenerateStep m;
-    if (!server::next(*stream_, &m)) {
+    if (!wire::next(*stream_, &m)) {
       done_ = true;
       return std::nullopt;
     }
@@ -247,7 +247,7 @@ class RemoteGeneration final : public ali::Generation {
 
  private:
   std::shared_ptr<const void> owner_;
-  std::unique_ptr<Transport::Stream> stream_;  // destroyed first: a stream that has not ended is cancelled
+  std::unique_ptr<wire::Transport::Stream> stream_;  // destroyed first: a stream that has not ended is cancelled
   std::function<void()> started_;
   bool done_ = false;
 };
@@ -261,7 +261,7 @@ namespace {
 class RemoteSession final : public ali::Session {
  public:
   // `owner` stands for the backbone that made it.
-  RemoteSession(std::shared_ptr<Transport> transport, const void* owner, std::string id)
+  RemoteSession(std::shared_ptr<wire::Transport> transport, const void* owner, std::string id)
       : transport_(std::move(transport)), owner_(owner), id_(std::move(id)) {}
   ~RemoteSession() override {
     v1::SessionId request;
@@ -285,12 +285,12 @@ class RemoteSession final : public ali::Session {
     v1::SessionId request;
     request.set_id(id_);
     v1::SessionInfo info;
-    server::call(*transport_, {"/aios.v1.Generation/DescribeSession", {{"aios-replica", replica_of(id_)}}, std::nullopt},
+    wire::call(*transport_, {"/aios.v1.Generation/DescribeSession", {{"aios-replica", replica_of(id_)}}, std::nullopt},
                  request, &info);
     return info;
   }
 
-  std::shared_ptr<Transport> transport_;
+  std::shared_ptr<wire::Transport> transport_;
   const void* owner_;
   std::string id_;
 };
@@ -300,23 +300,23 @@ class RemoteSession final : public ali::Session {
 RemoteBackbone::RemoteBackbone(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 RemoteBackbone::~RemoteBackbone() = default;
 
-std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(const std::string& address, const ConnectOptions& options) {
-  return connect(grpc_transport(address, options));
+std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(const std::string& address, const wire::ConnectOptions& options) {
+  return connect(wire::grpc_transport(address, options));
 }
 
-std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(std::shared_ptr<Transport> transport) {
+std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(std::shared_ptr<wire::Transport> transport) {
   auto impl = std::make_shared<Impl>();
   impl->transport = std::move(transport);
   v1::ModelInfo info;
   impl->call("/aios.v1.Latent/Info", v1::InfoRequest(), &info);
-  impl->config = model_info(info);
-  impl->limits = host_limits(info);
-  impl->dtype = torch_dtype(info.dtype());
+  impl->config = wire::model_info(info);
+  impl->limits = wire::host_limits(info);
+  impl->dtype = wire::torch_dtype(info.dtype());
   return std::shared_ptr<RemoteBackbone>(new RemoteBackbone(std::move(impl)));
 }
 
 const ModelInfo& RemoteBackbone::config() const { return impl_->config; }
-const HostLimits& RemoteBackbone::limits() const { return impl_->limits; }
+const wire::HostLimits& RemoteBackbone::limits() const { return impl_->limits; }
 c10::Device RemoteBackbone::device() const { return at::kCPU; }
 c10::ScalarType RemoteBackbone::dtype() const { return impl_->dtype; }
 
@@ -336,8 +336,8 @@ std::shared_ptr<ali::Extension> RemoteBackbone::extend(const std::vector<std::st
                                        std::pair{&options.classifier_rows, "init.classifier_rows"}}) {
         if (!rows->defined()) fail(ErrorCode::kInvalidArgument, name, "expected a floating tensor [K,D], got none");
       }
-      to_wire(options.embedding_rows, request.mutable_rows()->mutable_embedding_rows());
-      to_wire(options.classifier_rows, request.mutable_rows()->mutable_classifier_rows());
+      wire::to_wire(options.embedding_rows, request.mutable_rows()->mutable_embedding_rows());
+      wire::to_wire(options.classifier_rows, request.mutable_rows()->mutable_classifier_rows());
       break;
   }
   v1::ExtensionInfo info;
@@ -393,9 +393,9 @@ std::unique_ptr<ali::Generation> RemoteBackbone::start_generation(const at::Tens
     request.set_session(session->id());
     sent.replica = replica_of(session->id());
   }
-  to_wire(latents, request.mutable_latents());
-  if (options.positions) to_wire(*options.positions, request.mutable_positions());
-  if (options.mask) to_wire(*options.mask, request.mutable_mask());
+  wire::to_wire(latents, request.mutable_latents());
+  if (options.positions) wire::to_wire(*options.positions, request.mutable_positions());
+  if (options.mask) wire::to_wire(*options.mask, request.mutable_mask());
   request.set_max_new_tokens(options.max_new_tokens);
   v1::Sampling* s = request.mutable_sampling();
   s->set_temperature(options.sampling.temperature);
@@ -459,13 +459,13 @@ struct RemoteBackbone::Outgoing {
 
   template <class T, class Make>
   void write(const T& value, Make make, const char* field) {
-    messages::write_field(value, make, [&](const auto& v, auto* out) { put(v, out, field); });
+    wire::messages::write_field(value, make, [&](const auto& v, auto* out) { put(v, out, field); });
     if constexpr (std::is_same_v<T, gradient::Handle>) {
       if (std::string_view(field) == "handle") keeper = value;
     }
   }
   void write(const gradient::LossOptions& loss, v1::ForwardBackwardRequest& request, const char* /*field*/) {
-    messages::write_loss(loss, &request, kWrite);
+    wire::messages::write_loss(loss, &request, kWrite);
   }
   void call(const char* method, const google::protobuf::Message& request, google::protobuf::Message* reply) {
     self.impl_->call(method, request, reply, sent, keeper);
@@ -476,23 +476,23 @@ struct RemoteBackbone::Outgoing {
   }
 
  private:
-  void put(const at::Tensor& t, v1::Tensor* out, const char*) { to_wire(t, out); }
+  void put(const at::Tensor& t, v1::Tensor* out, const char*) { wire::to_wire(t, out); }
   void put(const ali::Extension* extension, v1::ExtensionRef* out, const char* field) {
     self.impl_->ref(self, *extension, field, out, sent);
   }
   void put(const ali::ForwardOptions& o, v1::ForwardOptions* out, const char*) {
-    messages::write_options(o, out, kWrite);
+    wire::messages::write_options(o, out, kWrite);
   }
   void put(const gradient::ForwardOptions& o, v1::ForwardOptions* out, const char*) {
     self.impl_->write_options(self, o, out, sent);
   }
   void put(const gradient::Cotangents& c, v1::Cotangents* out, const char*) {
-    messages::write_cotangents(c, out, kWrite);
+    wire::messages::write_cotangents(c, out, kWrite);
   }
 
   template <class T>
   static T read_as(std::type_identity<T>, int64_t v, const char* field) {
-    return messages::read_number<T>(v, field);
+    return wire::messages::read_number<T>(v, field);
   }
   static at::Tensor read_as(std::type_identity<at::Tensor>, const v1::Tensor& t, const char* field) {
     return from_wire(t, field);

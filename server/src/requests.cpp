@@ -150,8 +150,8 @@ void Requests::compute(const grpc::ServerContext& context, const std::function<v
 }
 
 void write_rows(const ali::Extension& extension, v1::ExtensionRows* out) {
-  to_wire(extension.embedding_rows(), out->mutable_embedding_rows());
-  to_wire(extension.classifier_rows(), out->mutable_classifier_rows());
+  wire::to_wire(extension.embedding_rows(), out->mutable_embedding_rows());
+  wire::to_wire(extension.classifier_rows(), out->mutable_classifier_rows());
 }
 
 grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std::function<void(Caller&)>& body,
@@ -169,27 +169,27 @@ grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std
     if (e.code() == ErrorCode::kPermissionDenied && e.field() == "api_key") {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, e.message());
     }
-    return to_status(e, context);
+    return wire::to_status(e, context);
   } catch (const c10::OutOfMemoryError&) {
-    return to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of device memory"), context);
+    return wire::to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of device memory"), context);
   } catch (const std::bad_alloc&) {
-    return to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of memory"), context);
+    return wire::to_status(Error(ErrorCode::kResourceExhausted, "memory", "the host ran out of memory"), context);
   } catch (const std::exception& e) {
     // The details (paths, library internals) stay in the host's log, not in the reply.
     fmt::print(stderr, "aios serve: internal error: {}\n", e.what());
-    return to_status(Error(ErrorCode::kInternal, "", "internal error in the host (see its log)"), context);
+    return wire::to_status(Error(ErrorCode::kInternal, "", "internal error in the host (see its log)"), context);
   }
 }
 
 void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out) {
-  to_wire(output.hidden, out->mutable_hidden());
-  for (const auto& layer : output.layers) to_wire(layer, out->add_layers());
+  wire::to_wire(output.hidden, out->mutable_hidden());
+  for (const auto& layer : output.layers) wire::to_wire(layer, out->add_layers());
 }
 
 void write_gradients(const gradient::Gradients& g, v1::Gradients* out) {
-  to_wire(g.latents, out->mutable_latents());
-  if (g.embedding_rows.defined()) to_wire(g.embedding_rows, out->mutable_embedding_rows());
-  if (g.classifier_rows.defined()) to_wire(g.classifier_rows, out->mutable_classifier_rows());
+  wire::to_wire(g.latents, out->mutable_latents());
+  if (g.embedding_rows.defined()) wire::to_wire(g.embedding_rows, out->mutable_embedding_rows());
+  if (g.classifier_rows.defined()) wire::to_wire(g.classifier_rows, out->mutable_classifier_rows());
 }
 
 }  // namespace aios::server

@@ -19,7 +19,7 @@
 #include "compute.h"
 #include "memory.h"
 #include "tenants.h"
-#include "tensors.h"
+#include "aios/wire/tensors.h"
 
 namespace aios::server {
 
@@ -45,7 +45,7 @@ class Requests {
   std::vector<TenantState*> tenants() const { return tenants_.all(); }
   TenantState& authenticate(const grpc::ServerContext& context) const { return tenants_.authenticate(context); }
 
-  at::Tensor tensor(const v1::Tensor& t, const std::string& field) { return to_torch(t, field, options_.limits); }
+  at::Tensor tensor(const v1::Tensor& t, const std::string& field) { return wire::to_torch(t, field, options_.limits); }
   // [B,T,D] floating latents within the batch limit and the caller's token quota, in the
   // backbone's dtype and device.
   at::Tensor latents(const Caller& caller, const v1::Tensor& t, const std::string& field);

@@ -7,7 +7,7 @@
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
   try {
-    aios::server::ConnectOptions options;
+    aios::wire::ConnectOptions options;
     options.timeout = std::chrono::seconds(60);
     auto backbone = aios::server::RemoteBackbone::connect(argv[1], options);
     const at::Tensor ids = at::zeros({1, 3}, at::kLong);

@@ -109,7 +109,7 @@ TEST_CASE("payloads larger than the host's message limit travel in chunks", "[se
   auto whole = aios::server::RemoteBackbone::connect(address);
   CHECK(code_of([&] { whole->forward(latents); }) == ErrorCode::kResourceExhausted);
   // ... in chunks of 16 KiB it goes through, and so does the reply (chunked by the host).
-  aios::server::ConnectOptions chunked;
+  aios::wire::ConnectOptions chunked;
   chunked.chunk_bytes = 16 << 10;
   auto remote = aios::server::RemoteBackbone::connect(address, chunked);
   const auto want = l.local->forward(latents);
@@ -124,7 +124,7 @@ TEST_CASE("payloads larger than the host's message limit travel in chunks", "[se
   // The unary call's errors, with their field.
   CHECK(code_of([&] { remote->forward(torch::full({24, 32, kD}, NAN)); }, &field) == ErrorCode::kInvalidArgument);
   CHECK(field == "latents");
-  aios::server::ConnectOptions zero;
+  aios::wire::ConnectOptions zero;
   zero.chunk_bytes = 0;
   CHECK(code_of([&] { aios::server::RemoteBackbone::connect(address, zero); }) == ErrorCode::kInvalidArgument);
 
@@ -159,7 +159,7 @@ TEST_CASE("a call whose caller left while it waited for a compute thread is neve
     return aios::server::RemoteBackbone::connect(address)->forward(latents).hidden;
   });
   gated->wait_for_forwards(1);  // computing on the only compute thread, held there
-  aios::server::ConnectOptions hasty;
+  aios::wire::ConnectOptions hasty;
   hasty.timeout = std::chrono::milliseconds(200);
   auto waiting = aios::server::RemoteBackbone::connect(address, hasty);
   CHECK(code_of([&] { waiting->forward(latents); }) == ErrorCode::kUnavailable);  // its deadline passed in the queue
@@ -222,7 +222,7 @@ TEST_CASE("a caller that leaves stops its forward or backward between blocks", "
   aios::server::Host host(gated, options);
   const std::string address = "127.0.0.1:" + std::to_string(host.port());
   const at::Tensor latents = torch::randn({1, 4, kD});
-  aios::server::ConnectOptions hasty;
+  aios::wire::ConnectOptions hasty;
   hasty.timeout = std::chrono::milliseconds(1000);
   auto remote = aios::server::RemoteBackbone::connect(address);
   auto leaving = aios::server::RemoteBackbone::connect(address, hasty);
@@ -245,7 +245,7 @@ TEST_CASE("a caller that leaves stops its forward or backward between blocks", "
   const int checks_kept = gated->checks();
   gated->close();
   auto vjp = std::async(std::launch::async, [&] {
-    aios::server::ConnectOptions o = hasty;
+    aios::wire::ConnectOptions o = hasty;
     auto same_tenant = aios::server::RemoteBackbone::connect(address, o);
     aios::gradient::Cotangents c;
     c.hidden = torch::ones({1, 4, kD});

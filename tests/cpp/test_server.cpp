@@ -22,7 +22,7 @@
 #include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
 #include "aios/server/remote_backbone.h"
-#include "aios/server/wire.h"
+#include "aios/wire/wire.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "batcher.h"
 #include "catch_torch.h"
@@ -103,21 +103,21 @@ TEST_CASE("a host's description of its model crosses the wire whole, and is chec
   described.bos_id = 0;
   described.eos_ids = {1, 2};
   aios::v1::ModelInfo wire;
-  aios::server::to_wire(described, {4, 1024}, &wire);
-  CHECK(aios::server::model_info(wire) == described);
-  CHECK(aios::server::host_limits(wire).max_batch == 4);
-  CHECK(aios::server::host_limits(wire).max_request_bytes == 1024);
+  aios::wire::to_wire(described, {4, 1024}, &wire);
+  CHECK(aios::wire::model_info(wire) == described);
+  CHECK(aios::wire::host_limits(wire).max_batch == 4);
+  CHECK(aios::wire::host_limits(wire).max_request_bytes == 1024);
   described.rope.reset();  // learned positions
   described.pad_id = 3;
   wire.Clear();
-  aios::server::to_wire(described, {}, &wire);
-  CHECK(aios::server::model_info(wire) == described);
+  aios::wire::to_wire(described, {}, &wire);
+  CHECK(aios::wire::model_info(wire) == described);
 
   const auto refused = [&](const std::function<void(aios::v1::ModelInfo&)>& change, const std::string& field) {
     aios::v1::ModelInfo bad = wire;
     change(bad);
     try {
-      aios::server::model_info(bad);
+      aios::wire::model_info(bad);
       FAIL("accepted " << bad.ShortDebugString());
     } catch (const Error& e) {
       CHECK(e.code() == ErrorCode::kDataLoss);
@@ -175,25 +175,25 @@ TEST_CASE("errors cross the wire with their code and field", "[server]") {
   CHECK(at::equal(l.remote->forward(torch::ones({1, 3, kD}), byte_mask).hidden,
                   l.local->forward(torch::ones({1, 3, kD}), byte_mask).hidden));
   // An address nobody serves.
-  aios::server::ConnectOptions quick;
+  aios::wire::ConnectOptions quick;
   quick.timeout = std::chrono::milliseconds(300);
   CHECK(code_of([&] { aios::server::RemoteBackbone::connect("127.0.0.1:1", quick); }) == ErrorCode::kUnavailable);
 }
 
 // A transport over another: what each call carried, and replies spoiled on request.
-class Recording final : public aios::server::Transport {
+class Recording final : public aios::wire::Transport {
  public:
   explicit Recording(std::shared_ptr<Transport> inner) : inner_(std::move(inner)) {}
-  std::string call(const aios::server::Call& call, std::string request) override {
+  std::string call(const aios::wire::Call& call, std::string request) override {
     calls.push_back(call);
     std::string reply = inner_->call(call, std::move(request));
     return spoil ? std::string("\xff\xff\xff") : reply;
   }
-  std::unique_ptr<Stream> stream(const aios::server::Call& call, std::string request) override {
+  std::unique_ptr<Stream> stream(const aios::wire::Call& call, std::string request) override {
     calls.push_back(call);
     return inner_->stream(call, std::move(request));
   }
-  std::vector<aios::server::Call> calls;
+  std::vector<aios::wire::Call> calls;
   bool spoil = false;
 
  private:
@@ -202,7 +202,7 @@ class Recording final : public aios::server::Transport {
 
 TEST_CASE("a remote backbone makes every call through its transport, and checks what comes back", "[server]") {
   auto& l = Loopback::get();
-  auto recording = std::make_shared<Recording>(aios::server::grpc_transport(l.address, {}));
+  auto recording = std::make_shared<Recording>(aios::wire::grpc_transport(l.address, {}));
   auto remote = aios::server::RemoteBackbone::connect(recording);
   CHECK(remote->config() == l.local->config());
   REQUIRE(recording->calls.size() == 1);
@@ -213,7 +213,7 @@ TEST_CASE("a remote backbone makes every call through its transport, and checks 
   aios::gradient::Cotangents cotangents;
   cotangents.hidden = torch::ones({1, 3, kD});
   remote->vjp(kept.handle, cotangents);
-  const aios::server::Call& vjp = recording->calls.back();
+  const aios::wire::Call& vjp = recording->calls.back();
   CHECK(vjp.method == "/aios.v1.Gradient/Vjp");
   CHECK(vjp.metadata == std::vector<std::pair<std::string, std::string>>{{"aios-replica", std::to_string(kept.handle >> 48)}});
   remote->release(kept.handle);
@@ -238,7 +238,7 @@ TEST_CASE("malformed requests get their status and the host keeps serving", "[se
     const grpc::Status status = stub->Forward(&context, request, &response);
     if (field != nullptr) {
       const auto& trailing = context.GetServerTrailingMetadata();
-      auto it = trailing.find(aios::server::kFieldMetadata);
+      auto it = trailing.find(aios::wire::kFieldMetadata);
       *field = it == trailing.end() ? "" : std::string(it->second.data(), it->second.size());
     }
     return status.error_code();
@@ -288,7 +288,7 @@ TEST_CASE("malformed requests get their status and the host keeps serving", "[se
     CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
     CHECK(status.error_message() == fmt::format("the request's bytes are not a message of {}", method));
     const auto& trailing = context.GetServerTrailingMetadata();
-    auto it = trailing.find(aios::server::kFieldMetadata);
+    auto it = trailing.find(aios::wire::kFieldMetadata);
     CHECK((it != trailing.end() && it->second == "request"));
   }
   {
@@ -315,7 +315,7 @@ TEST_CASE("malformed requests get their status and the host keeps serving", "[se
     v1::Empty done;
     const grpc::Status status = generation->RegisterDecoder(&context, request, &done);
     CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-    auto it = context.GetServerTrailingMetadata().find(aios::server::kFieldMetadata);
+    auto it = context.GetServerTrailingMetadata().find(aios::wire::kFieldMetadata);
     CHECK((it != context.GetServerTrailingMetadata().end() && it->second == "files"));
   }
   // Well-formed requests are still answered.

@@ -11,7 +11,7 @@
 #include "aios/error.h"
 #include "aios/server/host.h"
 #include "aios/server/remote_backbone.h"
-#include "aios/server/wire.h"
+#include "aios/wire/wire.h"
 #include "catch_torch.h"
 #include "error_code.h"
 #include "hosted.h"
@@ -35,17 +35,17 @@ at::Tensor continue_in(aios::ali::Backbone& backbone, std::shared_ptr<aios::ali:
 }
 
 // DescribeSession of `id` as a raw call (throws the host's error).
-bool described(aios::server::Transport& transport, const std::string& id) {
+bool described(aios::wire::Transport& transport, const std::string& id) {
   v1::SessionId request;
   request.set_id(id);
   v1::SessionInfo info;
-  aios::server::call(transport, {"/aios.v1.Generation/DescribeSession", {}, std::nullopt}, request, &info);
+  aios::wire::call(transport, {"/aios.v1.Generation/DescribeSession", {}, std::nullopt}, request, &info);
   return info.id() == id;
 }
 
-std::string create(aios::server::Transport& transport) {
+std::string create(aios::wire::Transport& transport) {
   v1::SessionInfo info;
-  aios::server::call(transport, {"/aios.v1.Generation/CreateSession", {}, std::nullopt}, v1::CreateSessionRequest(),
+  aios::wire::call(transport, {"/aios.v1.Generation/CreateSession", {}, std::nullopt}, v1::CreateSessionRequest(),
                      &info);
   return info.id();
 }
@@ -90,12 +90,12 @@ TEST_CASE("hosted sessions: quotas, tenants, deletion and time-to-live", "[serve
   options.session_ttl = std::chrono::milliseconds(300);
   aios::server::Host host(l.local, options);
   const std::string address = "127.0.0.1:" + std::to_string(host.port());
-  aios::server::ConnectOptions alice_key, bob_key;
+  aios::wire::ConnectOptions alice_key, bob_key;
   alice_key.api_key = "key-a";
   bob_key.api_key = "key-b";
   auto alice = aios::server::RemoteBackbone::connect(address, alice_key);
-  auto alice_transport = aios::server::grpc_transport(address, alice_key);
-  auto bob_transport = aios::server::grpc_transport(address, bob_key);
+  auto alice_transport = aios::wire::grpc_transport(address, alice_key);
+  auto bob_transport = aios::wire::grpc_transport(address, bob_key);
   REQUIRE(l.local->config().num_layers * l.local->config().num_kv_heads * l.local->config().head_dim == 2 * 2 * 8);
 
   // The count: a third session is refused until one is deleted (here, by dropping it).

@@ -22,7 +22,7 @@
 #include "aios/local/local_backbone.h"
 #include "aios/server/host.h"
 #include "aios/server/remote_backbone.h"
-#include "aios/server/wire.h"
+#include "aios/wire/wire.h"
 #include "aios/v1/aios.grpc.pb.h"
 #include "batcher.h"
 #include "catch_torch.h"
@@ -55,11 +55,11 @@ TEST_CASE("tenants: keys are required, handles stay with their tenant", "[server
 
   std::string field;
   CHECK(code_of([&] { aios::server::RemoteBackbone::connect(address); }, &field) == ErrorCode::kPermissionDenied);
-  aios::server::ConnectOptions wrong;
+  aios::wire::ConnectOptions wrong;
   wrong.api_key = "key-c";
   CHECK(code_of([&] { aios::server::RemoteBackbone::connect(address, wrong); }) == ErrorCode::kPermissionDenied);
 
-  aios::server::ConnectOptions a, b;
+  aios::wire::ConnectOptions a, b;
   a.api_key = "key-a";
   b.api_key = "key-b";
   auto alice = aios::server::RemoteBackbone::connect(address, a);
@@ -160,7 +160,7 @@ TEST_CASE("quotas hold per tenant: tokens, kept bytes, extensions; extensions st
   CHECK(file.quotas.at("alice").max_concurrent == options.quota.max_concurrent);
   aios::server::Host host(l.local, options);
   const std::string address = "127.0.0.1:" + std::to_string(host.port());
-  aios::server::ConnectOptions a, b;
+  aios::wire::ConnectOptions a, b;
   a.api_key = "key-a";
   b.api_key = "key-b";
   auto alice = aios::server::RemoteBackbone::connect(address, a);
@@ -263,7 +263,7 @@ TEST_CASE("tenants: making room for a pass evicts only the caller's own, and its
   aios::server::Host host(local, options);
   const std::string address = "127.0.0.1:" + std::to_string(host.port());
   auto connect = [&](const char* key) {
-    aios::server::ConnectOptions o;
+    aios::wire::ConnectOptions o;
     o.api_key = key;
     return aios::server::RemoteBackbone::connect(address, o);
   };
@@ -367,7 +367,7 @@ TEST_CASE("quotas: a tenant's registered decoders are bounded, across restarts",
     context.AddMetadata("authorization", std::string("Bearer ") + key);
     const grpc::Status status = rpc(*stub, context);
     const auto& trailing = context.GetServerTrailingMetadata();
-    auto it = trailing.find(aios::server::kFieldMetadata);
+    auto it = trailing.find(aios::wire::kFieldMetadata);
     return std::pair{status.error_code(), it == trailing.end() ? std::string() : std::string(it->second.data(), it->second.size())};
   };
   auto register_as = [&](const aios::server::Host& host, const char* key, const char* name) {
@@ -414,7 +414,7 @@ TEST_CASE("quotas: a tenant's calls in flight are bounded, other tenants' are no
   options.quotas["alice"].max_concurrent = 1;
   aios::server::Host host(gated, options);
   const std::string address = "127.0.0.1:" + std::to_string(host.port());
-  aios::server::ConnectOptions a;
+  aios::wire::ConnectOptions a;
   a.api_key = "key-a";
   auto alice = aios::server::RemoteBackbone::connect(address, a);
   auto stub = v1::Latent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
@@ -424,7 +424,7 @@ TEST_CASE("quotas: a tenant's calls in flight are bounded, other tenants' are no
     v1::ModelInfo out;
     const grpc::StatusCode code = stub->Info(&context, v1::InfoRequest(), &out).error_code();
     if (field != nullptr) {
-      auto it = context.GetServerTrailingMetadata().find(aios::server::kFieldMetadata);
+      auto it = context.GetServerTrailingMetadata().find(aios::wire::kFieldMetadata);
       *field = it == context.GetServerTrailingMetadata().end() ? "" : std::string(it->second.data(), it->second.size());
     }
     return code;

@@ -21,7 +21,7 @@
 #include "aios/client/client.h"
 #include "aios/tokenizer_api/tokenizer.h"
 #include "aios/server/remote_backbone.h"
-#include "aios/server/wire.h"
+#include "aios/wire/wire.h"
 #include "fuzz.h"
 
 namespace fs = std::filesystem;
@@ -30,14 +30,14 @@ namespace v1 = aios::v1;
 namespace {
 
 // The answers of the current input, handed out in call order.
-class Script final : public aios::server::Transport {
+class Script final : public aios::wire::Transport {
  public:
   explicit Script(std::string bytes) : bytes_(std::move(bytes)) {}
 
-  std::string call(const aios::server::Call&, std::string) override { return next(); }
+  std::string call(const aios::wire::Call&, std::string) override { return next(); }
 
   // A stream of at most 8 replies, as a generation's steps.
-  std::unique_ptr<Stream> stream(const aios::server::Call&, std::string) override {
+  std::unique_ptr<Stream> stream(const aios::wire::Call&, std::string) override {
     struct Steps final : Stream {
       Script* script;
       int left = 8;
@@ -52,14 +52,14 @@ class Script final : public aios::server::Transport {
 
  private:
   std::string next() {
-    if (bytes_.size() - at_ < 3) throw aios::server::to_error(14, "", "the script is over");  // UNAVAILABLE
+    if (bytes_.size() - at_ < 3) throw aios::wire::to_error(14, "", "the script is over");  // UNAVAILABLE
     const auto code = static_cast<std::uint8_t>(bytes_[at_]);
     const std::size_t length = static_cast<std::uint8_t>(bytes_[at_ + 1]) |
                                (std::size_t{static_cast<std::uint8_t>(bytes_[at_ + 2])} << 8);
     std::string body = bytes_.substr(at_ + 3, std::min(length, bytes_.size() - at_ - 3));
     at_ = std::min(bytes_.size(), at_ + 3 + length);
     if (code % 17 == 0) return body;
-    throw aios::server::to_error(code % 17, body.substr(0, 16), body);
+    throw aios::wire::to_error(code % 17, body.substr(0, 16), body);
   }
 
   std::string bytes_;

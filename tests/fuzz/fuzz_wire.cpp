@@ -1,4 +1,4 @@
-// Every request of the wire contract (server/proto/aios/v1/aios.proto), unary, streamed and
+// Every request of the wire contract (wire/proto/aios/v1/aios.proto), unary, streamed and
 // chunked, through a Host's validation into a tiny backbone (two Llama blocks of width 32 under the
 // default model's tokenizer, so that the Tokenizer service has a vocabulary). The first input byte
 // picks the method; the rest is the serialized request (for Chunked.Call, one more byte picks the

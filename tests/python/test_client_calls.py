@@ -1,4 +1,4 @@
-"""The generator of the clients' calls (server/proto/client_calls.py): what it makes of the "aios:"
+"""The generator of the clients' calls (wire/client_calls.py): what it makes of the "aios:"
 annotations of a contract, and the mistakes in one that it refuses, naming where they are."""
 import subprocess
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-GENERATOR = Path(__file__).resolve().parents[2] / "server" / "proto" / "client_calls.py"
+GENERATOR = Path(__file__).resolve().parents[2] / "wire" / "client_calls.py"
 
 CONTRACT = """
 syntax = "proto3";

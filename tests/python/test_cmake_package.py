@@ -56,6 +56,21 @@ def test_the_installed_libraries_are_shared_versioned_and_export_only_the_public
         assert f"Shared library: [libaios_{name}.so.0]" in needed, needed
 
 
+def test_the_installed_headers_are_the_public_api_and_need_nothing_left_out():
+    """The wire contract's generated messages and conversions are aios's own: not installed, and no
+    installed header includes them (or anything else that is not installed)."""
+    include = VENV / "include"
+    headers = [h for h in (include / "aios").rglob("*") if h.suffix in (".h", ".inc")]
+    assert (include / "aios" / "wire" / "connect.h") in headers
+    assert not (include / "aios" / "v1").exists()
+    assert not (include / "aios" / "wire" / "wire.h").exists() and not (include / "aios" / "wire" / "messages.h").exists()
+    for header in headers:
+        for line in header.read_text().splitlines():
+            if line.startswith('#include "aios/'):
+                named = line.split('"')[1]
+                assert (include / named).is_file(), f"{header.relative_to(include)} includes {named}, not installed"
+
+
 def test_the_cpp_training_example_builds_against_the_package_and_its_loss_falls(tmp_path, default_model):
     """examples/train_projection: a projection trained in C++ through the frozen backbone."""
     build_against_the_package(HERE.parents[1] / "examples" / "train_projection", tmp_path)

@@ -17,6 +17,7 @@
 
 #include "aios/ali/extension.h"
 #include "aios/ali/generation.h"
+#include "aios/call_options.h"
 #include "aios/export.h"
 #include "aios/model_info.h"
 
@@ -24,19 +25,21 @@ AIOS_EXPORT_BEGIN
 
 namespace aios::ali {
 
-struct ForwardOptions {
-  // int64 [B,T] (or [T], shared by the batch), each in [0, max_positions). Default: 0..T-1 per row.
-  std::optional<at::Tensor> positions;
-  // Either a key-padding mask [B,T] (bool or integer; true/non-zero = a real token), combined with
-  // causal order and the model's sliding window, or a full mask [B,T,T] (bool; [b,t,s] true = query t
-  // may attend key s) used exactly as given instead of causal order and sliding windows (a caller
-  // of a windowed model writes the window into the mask). Any device. Default: causal.
-  std::optional<at::Tensor> mask;
-  // Residual-stream states to return, by index l in [0, num_layers]: the input of block l, and for
-  // l = num_layers the output of the last block before the final norm.
-  std::vector<int64_t> layers;
-  // NaN or Inf in the latents is an error unless this is set.
-  bool allow_non_finite = false;
+// The tensor vocabulary of the in-process interfaces (aios/call_options.h): every tensor is an
+// at::Tensor, on any device, whatever its rank; one that may be absent is undefined when it is.
+// In ForwardOptions, positions may also be [T] (shared by the batch), and a key-padding mask bool or
+// integer (non-zero = a real token).
+struct TorchTensors {
+  template <int N>
+  using Floats = at::Tensor;
+  template <int N>
+  using Ids = at::Tensor;  // int64 (int32 where a call says so)
+  using Mask = at::Tensor;
+  template <class X>
+  using Maybe = X;
+};
+
+struct ForwardOptions : BasicForwardOptions<TorchTensors> {
   // Asked before each block (and by the Gradient API between the blocks of every backward): once
   // it returns true, the call stops with Error(kUnavailable, "cancelled") (a host asks whether its
   // caller has left). Empty: never.

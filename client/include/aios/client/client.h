@@ -27,10 +27,11 @@
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
+#include "aios/call_options.h"
 #include "aios/error.h"
 #include "aios/export.h"
 #include "aios/model_info.h"
-#include "aios/server/connect.h"
+#include "aios/wire/connect.h"
 
 AIOS_EXPORT_BEGIN
 
@@ -49,22 +50,27 @@ using Handle = uint64_t;
 
 // api_key, timeout, TLS, the largest reply, and chunk_bytes: a request larger than that goes to
 // the host in chunks (Chunked.Call), and so does its reply. The options of RemoteBackbone too.
-using ConnectOptions = server::ConnectOptions;
-using Transport = server::Transport;
+using ConnectOptions = wire::ConnectOptions;
+using Transport = wire::Transport;
 
 // The hosted model's description (aios/model_info.h) and what the host allows (the Info reply).
-using server::HostLimits;
+using wire::HostLimits;
 
-// As aios::ali::ForwardOptions.
-struct ForwardOptions {
-  std::optional<IdTensor<2>> positions;  // int64 [B,T], each in [0, max_positions); absent = 0..T-1 per row
-  // At most one of the two masks; absent = causal.
-  std::optional<BoolTensor<2>> mask;       // [B,T] key padding (true = a real token), with causal order
-  std::optional<BoolTensor<3>> full_mask;  // [B,T,T] ([b,t,s] true = query t may attend key s), used as given
-  std::vector<int64_t> layers;  // residual-stream states to return, each in [0, num_layers]
-  bool allow_non_finite = false;  // NaN/Inf in the latents is kInvalidArgument unless set
-  bool recompute = false;         // Gradient calls: recompute blocks in backward instead of keeping them
+// The tensor vocabulary of the client's calls (aios/call_options.h): a row-major Eigen tensor of
+// the argument's rank, std::optional where it may be absent, and a mask of either rank.
+struct EigenTensors {
+  template <int N>
+  using Floats = FloatTensor<N>;
+  template <int N>
+  using Ids = IdTensor<N>;
+  using Mask = std::variant<BoolTensor<2>, BoolTensor<3>>;  // [B,T] key padding or [B,T,T] full
+  template <class X>
+  using Maybe = std::optional<X>;
 };
+
+// As aios::gradient::ForwardOptions, without what only an in-process caller has (cancellation,
+// extensions): positions, mask, layers, allow_non_finite, recompute (gradient calls).
+struct ForwardOptions : BasicForwardOptions<EigenTensors>, GradientPassOptions {};
 
 struct ForwardOutput {
   FloatTensor<3> hidden;               // [B,T,D], after the final norm
@@ -76,37 +82,11 @@ struct KeptForward {
   Handle handle = 0;  // for vjp and release; the host forgets it after release, its budget or time-to-live
 };
 
-// Gradients of a loss with respect to a pass's outputs; absent = zero.
-struct Cotangents {
-  std::optional<FloatTensor<3>> hidden;               // [B,T,D]
-  std::vector<std::optional<FloatTensor<3>>> layers;  // [B,T,D] per ForwardOptions::layers entry (may be shorter)
-  std::optional<FloatTensor<3>> logits;               // [B,T,V]
-};
-
-// Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].
-struct CrossEntropy {
-  IdTensor<2> targets;  // int64 [B,T]: the id position t must predict (no shift), in [0,V) where weighted; -100 = ignored
-  std::optional<FloatTensor<2>> weights;  // [B,T] >= 0, 0 = ignored; absent = all ones
-};
-
-// Distillation: mean over weighted tokens of KL(teacher || student) at `temperature`. The teacher
-// is given as logits or probabilities, or computed by the host from other latents.
-struct Distillation {
-  std::optional<FloatTensor<3>> teacher_logits;   // [B,T,V], or
-  std::optional<FloatTensor<3>> teacher_probs;    // [B,T,V], rows summing to 1, or
-  std::optional<FloatTensor<3>> teacher_latents;  // [B,T',D], run through the backbone with teacher_options
-  ForwardOptions teacher_options;
-  std::optional<IdTensor<2>> teacher_index;  // int64 [B,T]: teacher position per student position, -1 = none;
-                                             // absent = the same position (T' == T)
-  std::optional<FloatTensor<2>> weights;     // [B,T] >= 0; absent = 1 where teacher_index >= 0
-  double temperature = 1.0;
-};
-
-// forward_backward's loss: client.forward_backward(latents, {}, {CrossEntropy{targets, weights}}).
-struct LossOptions {
-  std::variant<CrossEntropy, Distillation> loss;
-  int64_t chunk_tokens = 32;  // tokens per vocabulary chunk of the loss on the host
-};
+// The arguments of the gradient calls, as the in-process ones (aios/call_options.h).
+using Cotangents = BasicCotangents<EigenTensors>;
+using CrossEntropy = BasicCrossEntropy<EigenTensors>;
+using Distillation = BasicDistillation<EigenTensors>;
+using LossOptions = BasicLossOptions<EigenTensors>;  // client.forward_backward(latents, {}, {CrossEntropy{targets, weights}})
 
 struct FusedResult {
   float loss = 0;         // the mean over all weighted tokens

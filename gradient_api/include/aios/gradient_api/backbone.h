@@ -41,10 +41,7 @@ using Handle = std::uint64_t;
 using StoreOwner = std::uint64_t;
 
 // The forward pass of a gradient call: a forward's options, and what only gradients need.
-struct ForwardOptions : ali::ForwardOptions {
-  // Keep just the residual stream between blocks and recompute each block during backward,
-  // trading about one more forward for the memory of the activations inside the blocks.
-  bool recompute = false;
+struct ForwardOptions : ali::ForwardOptions, GradientPassOptions {
   // The vocabulary extension whose classifier rows extend the logits that cotangents and losses
   // refer to (V+K of them), and whose row gradients the call returns.
   std::shared_ptr<const ali::Extension> extension;
@@ -57,12 +54,12 @@ struct ForwardOptions : ali::ForwardOptions {
   StoreOwner store_owner = 0;
 };
 
-// Gradients of the loss with respect to the outputs of a forward pass; undefined = zero.
-struct Cotangents {
-  at::Tensor hidden;               // [B,T,D] for the final hidden state
-  std::vector<at::Tensor> layers;  // [B,T,D] per ForwardOptions::layers entry, in that order (may be shorter)
-  at::Tensor logits;               // [B,T,V] (or [B,T,V+K] with an extension) for classify(hidden)
-};
+// The arguments of aios/call_options.h over LibTorch's tensors (undefined = absent). A teacher's
+// forward (Distillation::teacher_options) is cancelled with the call's own.
+using Cotangents = BasicCotangents<ali::TorchTensors>;
+using CrossEntropy = BasicCrossEntropy<ali::TorchTensors>;
+using Distillation = BasicDistillation<ali::TorchTensors>;
+using LossOptions = BasicLossOptions<ali::TorchTensors>;
 
 // What a gradient call returns, each in the backbone's dtype on its device.
 struct Gradients {
@@ -80,40 +77,6 @@ struct KeptForward {
   // Passes of the same owner (ForwardOptions::store_owner) dropped while keeping this one: evicted
   // to make room, or expired. Their handles are gone. Empty from a hosted backbone.
   std::vector<Handle> dropped;
-};
-
-// The target that marks a token as not scored, as torch.nn.CrossEntropyLoss's ignore_index and
-// transformers' labels use it.
-inline constexpr int64_t kIgnoredTarget = -100;
-
-// Token cross-entropy: mean over weighted tokens of -log softmax(logits[b,t])[targets[b,t]].
-// targets[b,t] is the id position t must predict (no implicit shift). A token whose target is
-// kIgnoredTarget has weight 0; at least one token must be scored.
-struct CrossEntropy {
-  // int64/int32 [B,T]; in [0,V) (or [0,V+K)) wherever the weight is > 0 and the target is not
-  // kIgnoredTarget (anything where the weight is 0)
-  at::Tensor targets;
-  at::Tensor weights;  // float [B,T], >= 0; weight 0 = ignored. Undefined = all ones.
-};
-
-// Distillation: mean over weighted tokens of KL(teacher || student) at `temperature`, with the
-// teacher distribution given (logits or probabilities) or computed by this backbone from another
-// latent batch (the gist case: the teacher sees the whole prompt).
-struct Distillation {
-  at::Tensor teacher_logits;   // [B,T,V] (or [B,T,V+K] with an extension), or
-  at::Tensor teacher_probs;    // the same shape (rows sum to 1), or
-  at::Tensor teacher_latents;  // [B,T',D] run through this backbone with teacher_options
-  ali::ForwardOptions teacher_options;
-  // int64 [B,T]: which teacher position's prediction student position t must match; -1 = none.
-  // Undefined = the same position (requires T' == T).
-  at::Tensor teacher_index;
-  at::Tensor weights;  // float [B,T] >= 0; undefined = 1 where teacher_index >= 0
-  double temperature = 1.0;
-};
-
-struct LossOptions {
-  std::variant<CrossEntropy, Distillation> loss;
-  int64_t chunk_tokens = 32;  // tokens per vocabulary-sized logits chunk ([32,V] float32 logits at a time)
 };
 
 struct FusedResult {

@@ -1,7 +1,7 @@
 // aios/server/host.h — a backbone hosted over gRPC: the Latent, Gradient, Tokenizer and Generation
-// services of server/proto/aios/v1/aios.proto, plus the standard gRPC health service.
+// services of wire/proto/aios/v1/aios.proto, plus the standard gRPC health service.
 //
-// Every request is checked before any work (wire.h for its tensors; HostOptions for batch and
+// Every request is checked before any work (aios/wire/connect.h for its tensors; HostOptions for batch and
 // tenant quotas); errors go back as statuses with the ErrorCode as code and the field in the
 // trailing metadata. Calls run concurrently on gRPC's thread pool (the backbone is thread-safe).
 #pragma once
@@ -14,7 +14,7 @@
 
 #include "aios/export.h"
 #include "aios/gradient_api/backbone.h"
-#include "aios/server/wire.h"
+#include "aios/wire/connect.h"
 
 AIOS_EXPORT_BEGIN
 
@@ -42,7 +42,7 @@ struct HostOptions {
   // (Host::port() tells which). "unix:PATH" listens on a Unix socket (clients connect to the same
   // string; Host::port() is then not a TCP port).
   std::string listen = "127.0.0.1:50051";
-  WireLimits limits;
+  wire::TensorLimits limits;
   // One gRPC message, received or sent. A larger request comes through Chunked.Call (clients of
   // aios split it), whose reply is sent in chunks below this size.
   int64_t max_message_bytes = std::numeric_limits<int32_t>::max();

@@ -26,7 +26,7 @@
 
 #include "aios/export.h"
 #include "aios/gradient_api/backbone.h"
-#include "aios/server/connect.h"
+#include "aios/wire/connect.h"
 
 AIOS_EXPORT_BEGIN
 
@@ -36,13 +36,13 @@ class RemoteBackbone final : public gradient::Backbone {
  public:
   // Connects to host:port and reads the backbone's description (one call). Throws
   // Error(kUnavailable) when the host does not answer within the timeout.
-  static std::shared_ptr<RemoteBackbone> connect(const std::string& address, const ConnectOptions& options = {});
+  static std::shared_ptr<RemoteBackbone> connect(const std::string& address, const wire::ConnectOptions& options = {});
   // The same over `transport` (grpc_transport() is the one above; tests may bring their own).
-  static std::shared_ptr<RemoteBackbone> connect(std::shared_ptr<Transport> transport);
+  static std::shared_ptr<RemoteBackbone> connect(std::shared_ptr<wire::Transport> transport);
   ~RemoteBackbone() override;
 
   const ModelInfo& config() const override;  // the host's description of its model
-  const HostLimits& limits() const;
+  const wire::HostLimits& limits() const;
   c10::Device device() const override;  // the CPU: results arrive there
   c10::ScalarType dtype() const override;  // the host's
 

@@ -1,4 +1,6 @@
-// aios/server/wire.h — tensors and errors on the wire (server/proto/aios/v1/aios.proto); no LibTorch.
+// aios/wire/wire.h — tensors, errors and calls on the wire (wire/proto/aios/v1/aios.proto); no
+// LibTorch. Internal to aios (the host and both clients): not installed, as the generated messages
+// it speaks in are not.
 //
 // A Tensor message is checked before anything is allocated for it: a known dtype, a rank and
 // dimensions within limits, and prod(shape) x itemsize equal to the byte length (and within the
@@ -22,21 +24,15 @@
 #include "aios/error.h"
 #include "aios/export.h"
 #include "aios/model_info.h"
-#include "aios/server/connect.h"
+#include "aios/wire/connect.h"
 #include "aios/v1/aios.pb.h"
 
 AIOS_EXPORT_BEGIN
 
-namespace aios::server {
-
-struct WireLimits {
-  int64_t max_rank = 4;                 // [B,T,T] masks are the highest rank the API takes
-  int64_t max_dim = int64_t{1} << 24;   // any one dimension (vocabularies fit)
-  int64_t max_bytes = int64_t{1} << 30;  // one tensor
-};
+namespace aios::wire {
 
 // A checked view of a Tensor message; the bytes stay in the message.
-struct WireTensor {
+struct CheckedTensor {
   v1::DType dtype = v1::DTYPE_UNSPECIFIED;
   std::vector<int64_t> shape;
   const std::byte* data = nullptr;
@@ -51,14 +47,14 @@ const char* dtype_name(v1::DType dtype);
 // Checks `t`, named `field` in errors. Throws Error(kInvalidArgument) for an unknown dtype, a
 // negative dimension or a byte length that disagrees with the shape; Error(kResourceExhausted)
 // beyond `limits`.
-WireTensor check_tensor(const v1::Tensor& t, const std::string& field, const WireLimits& limits = {});
+CheckedTensor check_tensor(const v1::Tensor& t, const std::string& field, const TensorLimits& limits = {});
 
 // Host side: the Info reply for `info` and `limits`.
 void to_wire(const ModelInfo& info, const HostLimits& limits, v1::ModelInfo* out);
 // Client side: what an Info reply describes, checked as untrusted (a client sizes buffers by it):
 // Error(kDataLoss) naming "info.FIELD" for a dtype that is not float32, bfloat16 or float16, a
 // size outside [1, limits.max_dim], or sliding windows that are not one per layer.
-ModelInfo model_info(const v1::ModelInfo& info, const WireLimits& limits = {});
+ModelInfo model_info(const v1::ModelInfo& info, const TensorLimits& limits = {});
 HostLimits host_limits(const v1::ModelInfo& info);
 
 constexpr const char* kFieldMetadata = "aios-field-bin";
@@ -70,15 +66,6 @@ grpc::Status to_status(const Error& e, grpc::ServerContext* context);
 // is aios's for aios's codes), `field` (trailing metadata kFieldMetadata) and `message`.
 Error to_error(int code, std::string field, std::string message);
 
-// Client side: the transport to the host at `address` ("host:port", "unix:PATH") over gRPC with
-// the options: TLS, the key ("authorization: Bearer KEY"), each call's deadline, the largest
-// reply; a request larger than chunk_bytes goes through Chunked.Call in chunks of that size, and
-// its reply comes back in chunks. A failed call throws the aios::Error its status carries
-// (transport failures: kUnavailable; a missed deadline: kUnavailable naming "deadline").
-// Connects lazily: the first call fails with kUnavailable when no host answers. Throws
-// Error(kInvalidArgument, "chunk_bytes") for chunk_bytes < 1.
-std::shared_ptr<Transport> grpc_transport(const std::string& address, const ConnectOptions& options);
-
 // Client side, every call of both clients: `request` through `transport`, its answer parsed into
 // `reply` (Error(kDataLoss, "reply") when it does not parse: the host's fault, not the caller's).
 void call(Transport& transport, const Call& call, const google::protobuf::Message& request,
@@ -86,5 +73,5 @@ void call(Transport& transport, const Call& call, const google::protobuf::Messag
 // The next reply of `stream` parsed into `reply`; false once the stream has ended.
 bool next(Transport::Stream& stream, google::protobuf::Message* reply);
 
-}  // namespace aios::server
+}  // namespace aios::wire
 AIOS_EXPORT_END

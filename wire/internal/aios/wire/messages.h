@@ -1,11 +1,10 @@
-// aios/server/messages.h — the requests both clients of a host write, and the replies both read,
-// written once over the client's own types: RemoteBackbone's (at::Tensor, undefined = absent) and
-// the thin client's (Eigen tensors, std::optional = absent). No LibTorch.
+// aios/wire/messages.h — the requests both clients of a host write, and the replies both read,
+// written once over the arguments of aios/call_options.h in either tensor vocabulary:
+// RemoteBackbone's (at::Tensor, undefined = absent) and the thin client's (Eigen tensors,
+// std::optional = absent). No LibTorch.
 //
-// `write(tensor, v1::Tensor*)` writes any tensor the client's types hold; `read(v1::Tensor, field)`
-// reads one reply tensor into the client's type. The options, cotangents and losses are read by
-// their field names, so each client keeps its own structs (the thin client's masks are two fields
-// because an Eigen tensor's rank is part of its type) and one conversion serves both.
+// `write(tensor, v1::Tensor*)` writes any tensor (or mask) the client's vocabulary holds;
+// `read(v1::Tensor, field)` reads one reply tensor into the client's type.
 // C++20: included by the clients' sources, never by their public headers.
 #pragma once
 
@@ -15,13 +14,14 @@
 #include <utility>
 #include <variant>
 
+#include "aios/call_options.h"
 #include "aios/export.h"
 #include "aios/fail.h"
 #include "aios/v1/aios.pb.h"
 
 AIOS_EXPORT_BEGIN
 
-namespace aios::server::messages {
+namespace aios::wire::messages {
 
 // An optional tensor, or a tensor whose default value means absent (defined()), or one always there.
 template <class T>
@@ -71,28 +71,23 @@ T read_number(V v, const char* field) {
   return static_cast<T>(v);
 }
 
-// ForwardOptions: positions, mask (and the thin client's full_mask), layers, allow_non_finite, and
-// where the client's options have them, recompute and ids. An extension is the caller's to add.
+// ForwardOptions, with what the client's options add to BasicForwardOptions: recompute (both
+// clients' gradient calls) and ids (an in-process caller's extension ids). An extension is the
+// caller's to add.
 template <class Options, class Write>
 void write_options(const Options& o, v1::ForwardOptions* out, const Write& write) {
   if (o.positions) write(*o.positions, out->mutable_positions());
-  if constexpr (requires { o.full_mask; }) {
-    if (o.mask && o.full_mask) {
-      fail(ErrorCode::kInvalidArgument, "mask", "expected a key-padding mask [B,T] or a full mask [B,T,T], got both");
-    }
-    if (o.full_mask) write(*o.full_mask, out->mutable_mask());
-  }
   if (o.mask) write(*o.mask, out->mutable_mask());
   for (int64_t l : o.layers) out->add_layers(l);
   out->set_allow_non_finite(o.allow_non_finite);
-  if constexpr (requires { o.recompute; }) out->set_recompute(o.recompute);
+  if constexpr (std::is_base_of_v<GradientPassOptions, Options>) out->set_recompute(o.recompute);
   if constexpr (requires { o.ids; }) {
     if (o.ids) write(*o.ids, out->mutable_ids());
   }
 }
 
-template <class Cotangents, class Write>
-void write_cotangents(const Cotangents& c, v1::Cotangents* out, const Write& write) {
+template <class T, class Write>
+void write_cotangents(const BasicCotangents<T>& c, v1::Cotangents* out, const Write& write) {
   if (present(c.hidden)) write(value(c.hidden), out->mutable_hidden());
   for (const auto& layer : c.layers) {
     v1::Tensor* slot = out->add_layers();  // left empty for an absent (zero) cotangent
@@ -101,19 +96,17 @@ void write_cotangents(const Cotangents& c, v1::Cotangents* out, const Write& wri
   if (present(c.logits)) write(value(c.logits), out->mutable_logits());
 }
 
-// The loss of a ForwardBackward request: LossOptions{std::variant<CrossEntropy, Distillation>, chunk_tokens}.
-template <class LossOptions, class Write>
-void write_loss(const LossOptions& loss, v1::ForwardBackwardRequest* out, const Write& write) {
-  using CrossEntropy = std::variant_alternative_t<0, decltype(loss.loss)>;
-  using Distillation = std::variant_alternative_t<1, decltype(loss.loss)>;
+// The loss of a ForwardBackward request.
+template <class T, class Write>
+void write_loss(const BasicLossOptions<T>& loss, v1::ForwardBackwardRequest* out, const Write& write) {
   out->set_chunk_tokens(loss.chunk_tokens);
-  if (const auto* ce = std::get_if<CrossEntropy>(&loss.loss)) {
+  if (const auto* ce = std::get_if<BasicCrossEntropy<T>>(&loss.loss)) {
     auto* m = out->mutable_cross_entropy();
-    write(value(ce->targets), m->mutable_targets());
+    write(ce->targets, m->mutable_targets());
     if (present(ce->weights)) write(value(ce->weights), m->mutable_weights());
     return;
   }
-  const auto& d = std::get<Distillation>(loss.loss);
+  const auto& d = std::get<BasicDistillation<T>>(loss.loss);
   auto* m = out->mutable_distillation();
   if (present(d.teacher_logits)) write(value(d.teacher_logits), m->mutable_teacher_logits());
   if (present(d.teacher_probs)) write(value(d.teacher_probs), m->mutable_teacher_probs());
@@ -135,5 +128,5 @@ Output read_output(const v1::ForwardResponse& r, const Read& read) {
   return out;
 }
 
-}  // namespace aios::server::messages
+}  // namespace aios::wire::messages
 AIOS_EXPORT_END

@@ -1,6 +1,7 @@
-// aios/server/connect.h — how a client reaches a host (`aios serve`): the options both clients of
-// the contract take, RemoteBackbone and the thin aios::client::Client, and the transport their
-// calls go through. No gRPC, no LibTorch.
+// aios/wire/connect.h — how the two ends of the wire contract (wire/proto/aios/v1/aios.proto)
+// meet: the options both clients take (RemoteBackbone and the thin aios::client::Client), the
+// transport their calls go through, and the limits a host sets. The one public header of aios_wire:
+// the messages protoc generates stay internal to aios. No gRPC, no LibTorch.
 #pragma once
 
 #include <chrono>
@@ -15,7 +16,7 @@
 
 AIOS_EXPORT_BEGIN
 
-namespace aios::server {
+namespace aios::wire {
 
 struct ConnectOptions {
   std::string api_key;  // sent as "authorization: Bearer KEY"; empty for a host without keys
@@ -28,6 +29,14 @@ struct ConnectOptions {
   // A request larger than this goes to the host in chunks of this size (Chunked.Call), and its
   // reply comes back in chunks: no single message exceeds what the host or a proxy accepts. >= 1.
   int64_t chunk_bytes = int64_t{32} << 20;
+};
+
+// What one tensor of a request may be (a host's HostOptions::limits; a client reads replies with
+// its own): beyond it the request is kResourceExhausted before anything is allocated for it.
+struct TensorLimits {
+  int64_t max_rank = 4;                 // [B,T,T] masks are the highest rank the API takes
+  int64_t max_dim = int64_t{1} << 24;   // any one dimension (vocabularies fit)
+  int64_t max_bytes = int64_t{1} << 30;  // one tensor
 };
 
 // What a host allows (its Info reply): requests beyond it fail with kResourceExhausted before any work.
@@ -46,7 +55,7 @@ struct Call {
 
 // How the calls of a client reach a host: serialized requests out, serialized replies back. Both
 // clients make every call through one, so a host's bytes reach the same checks whatever carries
-// them. grpc_transport() (wire.h) is the one connect(address) makes; a test or a fuzz target may
+// them. grpc_transport() is the one connect(address) makes; a test or a fuzz target may
 // give a client its own. Implementations are thread-safe.
 class Transport {
  public:
@@ -66,5 +75,14 @@ class Transport {
   virtual std::unique_ptr<Stream> stream(const Call& call, std::string request) = 0;
 };
 
-}  // namespace aios::server
+// The transport to the host at `address` ("host:port", "unix:PATH") over gRPC with the options:
+// TLS, the key ("authorization: Bearer KEY"), each call's deadline, the largest reply; a request
+// larger than chunk_bytes goes through Chunked.Call in chunks of that size, and its reply comes back
+// in chunks. A failed call throws the aios::Error its status carries (transport failures:
+// kUnavailable; a missed deadline: kUnavailable naming "deadline"). Connects lazily: the first call
+// fails with kUnavailable when no host answers. Throws Error(kInvalidArgument, "chunk_bytes") for
+// chunk_bytes < 1.
+std::shared_ptr<Transport> grpc_transport(const std::string& address, const ConnectOptions& options);
+
+}  // namespace aios::wire
 AIOS_EXPORT_END

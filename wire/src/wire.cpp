@@ -1,4 +1,4 @@
-#include "aios/server/wire.h"
+#include "aios/wire/wire.h"
 
 #include <algorithm>
 #include <functional>
@@ -19,7 +19,7 @@
 #include "aios/io/files.h"
 #include "aios/v1/aios.grpc.pb.h"
 
-namespace aios::server {
+namespace aios::wire {
 
 std::size_t itemsize(v1::DType dtype) {
   switch (dtype) {
@@ -45,8 +45,8 @@ const char* dtype_name(v1::DType dtype) {
   }
 }
 
-WireTensor check_tensor(const v1::Tensor& t, const std::string& field, const WireLimits& limits) {
-  WireTensor out;
+CheckedTensor check_tensor(const v1::Tensor& t, const std::string& field, const TensorLimits& limits) {
+  CheckedTensor out;
   out.dtype = t.dtype();
   const std::size_t size = itemsize(t.dtype());
   if (size == 0) fail(ErrorCode::kInvalidArgument, field + ".dtype", "expected a known dtype, got {}", static_cast<int>(t.dtype()));
@@ -117,7 +117,7 @@ void to_wire(const ModelInfo& info, const HostLimits& limits, v1::ModelInfo* out
   out->set_max_request_bytes(limits.max_request_bytes);
 }
 
-ModelInfo model_info(const v1::ModelInfo& in, const WireLimits& limits) {
+ModelInfo model_info(const v1::ModelInfo& in, const TensorLimits& limits) {
   if (in.dtype() != v1::FLOAT32 && in.dtype() != v1::BFLOAT16 && in.dtype() != v1::FLOAT16) {
     fail(ErrorCode::kDataLoss, "info.dtype", "the host describes its dtype as {}", static_cast<int>(in.dtype()));
   }
@@ -193,7 +193,7 @@ Error to_error(const grpc::Status& status, const grpc::ClientContext& context) {
   std::string field;
   const auto& trailing = context.GetServerTrailingMetadata();
   if (auto it = trailing.find(kFieldMetadata); it != trailing.end()) field.assign(it->second.data(), it->second.size());
-  return server::to_error(status.error_code(), std::move(field), status.error_message());
+  return wire::to_error(status.error_code(), std::move(field), status.error_message());
 }
 
 // A buffer that owns `bytes` without copying them.
@@ -338,4 +338,4 @@ bool next(Transport::Stream& stream, google::protobuf::Message* reply) {
   return true;
 }
 
-}  // namespace aios::server
+}  // namespace aios::wire

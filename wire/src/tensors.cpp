@@ -1,10 +1,10 @@
-#include "tensors.h"
+#include "aios/wire/tensors.h"
 
 #include <cstring>
 
 #include "aios/fail.h"
 
-namespace aios::server {
+namespace aios::wire {
 
 at::ScalarType torch_dtype(v1::DType dtype) {
   switch (dtype) {
@@ -30,8 +30,8 @@ v1::DType wire_dtype(at::ScalarType dtype) {
   }
 }
 
-at::Tensor to_torch(const v1::Tensor& t, const std::string& field, const WireLimits& limits) {
-  const WireTensor w = check_tensor(t, field, limits);
+at::Tensor to_torch(const v1::Tensor& t, const std::string& field, const TensorLimits& limits) {
+  const CheckedTensor w = check_tensor(t, field, limits);
   at::Tensor out = at::empty(w.shape, at::TensorOptions().dtype(torch_dtype(w.dtype)));
   if (w.size_bytes > 0) std::memcpy(out.data_ptr(), w.data, w.size_bytes);
   if (w.dtype == v1::BOOL && out.numel() > 0 && out.view(at::kByte).gt(1).any().item<bool>()) {
@@ -52,4 +52,4 @@ void to_wire(const at::Tensor& t, v1::Tensor* out) {
   out->set_data(cpu.data_ptr(), static_cast<std::size_t>(cpu.nbytes()));
 }
 
-}  // namespace aios::server
+}  // namespace aios::wire
