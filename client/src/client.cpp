@@ -172,11 +172,10 @@ Client Client::connect(const std::string& address, const ConnectOptions& options
 
 Client Client::connect(std::shared_ptr<Transport> transport) {
   auto impl = std::make_unique<Impl>();
+  wire::HostDescription host = wire::describe_host(*transport);
   impl->transport = std::move(transport);
-  v1::ModelInfo info;
-  impl->call("/aios.v1.Latent/Info", v1::InfoRequest(), &info);
-  impl->config = wire::model_info(info);
-  impl->limits = wire::host_limits(info);
+  impl->config = std::move(host.model);
+  impl->limits = host.limits;
   return Client(std::move(impl));
 }
 

@@ -306,12 +306,11 @@ std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(const std::string& addre
 
 std::shared_ptr<RemoteBackbone> RemoteBackbone::connect(std::shared_ptr<wire::Transport> transport) {
   auto impl = std::make_shared<Impl>();
+  wire::HostDescription host = wire::describe_host(*transport);
   impl->transport = std::move(transport);
-  v1::ModelInfo info;
-  impl->call("/aios.v1.Latent/Info", v1::InfoRequest(), &info);
-  impl->config = wire::model_info(info);
-  impl->limits = wire::host_limits(info);
-  impl->dtype = wire::torch_dtype(info.dtype());
+  impl->config = std::move(host.model);
+  impl->limits = host.limits;
+  impl->dtype = wire::torch_dtype(host.dtype);
   return std::shared_ptr<RemoteBackbone>(new RemoteBackbone(std::move(impl)));
 }
 

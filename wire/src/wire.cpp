@@ -169,6 +169,12 @@ ModelInfo model_info(const v1::ModelInfo& in, const TensorLimits& limits) {
 
 HostLimits host_limits(const v1::ModelInfo& info) { return {info.max_batch(), info.max_request_bytes()}; }
 
+HostDescription describe_host(Transport& transport) {
+  v1::ModelInfo info;
+  call(transport, {"/aios.v1.Latent/Info", {}, std::nullopt}, v1::InfoRequest(), &info);
+  return {model_info(info), host_limits(info), info.dtype()};
+}
+
 grpc::Status to_status(const Error& e, grpc::ServerContext* context) {
   if (context != nullptr && !e.field().empty()) context->AddTrailingMetadata(kFieldMetadata, e.field());
   return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(e.code())), e.message());

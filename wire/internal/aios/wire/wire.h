@@ -70,6 +70,13 @@ Error to_error(int code, std::string field, std::string message);
 // `reply` (Error(kDataLoss, "reply") when it does not parse: the host's fault, not the caller's).
 void call(Transport& transport, const Call& call, const google::protobuf::Message& request,
           google::protobuf::Message* reply);
+// Client side, the first call of both: the host's Info through `transport`, checked as above.
+struct HostDescription {
+  ModelInfo model;
+  HostLimits limits;
+  v1::DType dtype = v1::DTYPE_UNSPECIFIED;  // model.dtype's wire value: float32, bfloat16 or float16
+};
+HostDescription describe_host(Transport& transport);
 // The next reply of `stream` parsed into `reply`; false once the stream has ended.
 bool next(Transport::Stream& stream, google::protobuf::Message* reply);
 
