@@ -4,10 +4,13 @@
 #include <random>
 
 #include "aios/v1/aios.pb.h"
+#include "aios/wire/messages.h"
 #include "services.h"
 
 namespace aios::server {
 namespace {
+
+namespace messages = wire::messages;
 
 using Clock = std::chrono::steady_clock;
 
@@ -164,7 +167,7 @@ class GradientService final : public Handlers {
         passes.keep(kept, call);
         // A caller that left (disconnected or out of time) never learns the handle: free the pass now.
         if (context->IsCancelled()) fail(ErrorCode::kUnavailable, "handle", "the call was cancelled; its pass is released");
-        write_output(kept.output, out);
+        messages::write_output(kept.output, out, kWriteTensor);
         out->set_handle(handles_.encode(kept.handle));
       } catch (...) {
         passes.remove(kept.handle);
@@ -181,7 +184,7 @@ class GradientService final : public Handlers {
       const std::shared_ptr<CurrentCall> call = passes.use(handle);
       try {
         CurrentCall::Scope computing(*call, *context);
-        write_gradients(r_.backbone().vjp(handle, r_.cotangents(request->cotangents())), out);
+        messages::write_gradients(r_.backbone().vjp(handle, cotangents(request->cotangents())), out, kWriteTensor);
       } catch (const Error& e) {
         if (e.code() == ErrorCode::kNotFound) passes.remove(handle);  // evicted or expired
         throw;
@@ -202,49 +205,26 @@ class GradientService final : public Handlers {
   grpc::Status vjp_stateless(grpc::ServerContext* context, const v1::VjpStatelessRequest* request,
                             v1::Gradients* out) {
     return guarded(r_, context, [&](Caller& caller) {
-      write_gradients(r_.backbone().vjp(r_.latents(caller, request->latents(), "latents"),
-                                        r_.forward_options(caller, request->options(), "options", *context),
-                                        r_.cotangents(request->cotangents())),
-                      out);
+      messages::write_gradients(r_.backbone().vjp(r_.latents(caller, request->latents(), "latents"),
+                                                  r_.forward_options(caller, request->options(), "options", *context),
+                                                  cotangents(request->cotangents())),
+                                out, kWriteTensor);
     });
   }
 
   grpc::Status forward_backward(grpc::ServerContext* context, const v1::ForwardBackwardRequest* request,
                                v1::FusedResult* out) {
     return guarded(r_, context, [&](Caller& caller) {
-      gradient::LossOptions loss;
-      if (request->has_chunk_tokens()) {
-        // One chunk of logits is chunk_tokens x V floats: bounded like a request's tokens.
-        r_.check_tokens(caller, 1, request->chunk_tokens(), "chunk_tokens");
-        loss.chunk_tokens = request->chunk_tokens();
-      }
-      if (request->has_cross_entropy()) {
-        const auto& ce = request->cross_entropy();
-        loss.loss = gradient::CrossEntropy{r_.tensor(ce.targets(), "cross_entropy.targets"),
-                                           ce.has_weights() ? r_.tensor(ce.weights(), "cross_entropy.weights") : at::Tensor()};
-      } else if (request->has_distillation()) {
-        const auto& d = request->distillation();
-        gradient::Distillation out_loss;
-        if (d.has_teacher_logits()) out_loss.teacher_logits = r_.floating(d.teacher_logits(), "distillation.teacher_logits");
-        if (d.has_teacher_probs()) out_loss.teacher_probs = r_.floating(d.teacher_probs(), "distillation.teacher_probs");
-        if (d.has_teacher_latents()) {
-          out_loss.teacher_latents = r_.latents(caller, d.teacher_latents(), "distillation.teacher_latents");
-          out_loss.teacher_options =
-              r_.forward_options(caller, d.teacher_options(), "distillation.teacher_options", *context);
-        }
-        if (d.has_teacher_index()) out_loss.teacher_index = r_.tensor(d.teacher_index(), "distillation.teacher_index");
-        if (d.has_weights()) out_loss.weights = r_.tensor(d.weights(), "distillation.weights");
-        if (d.has_temperature()) out_loss.temperature = d.temperature();
-        loss.loss = out_loss;
-      } else {
-        fail(ErrorCode::kInvalidArgument, "loss", "expected cross_entropy or distillation, got neither");
-      }
+      RequestReader in{r_, caller, *context};
+      const gradient::LossOptions loss = messages::read_loss<ali::TorchTensors>(*request, in);
+      // One chunk of logits is chunk_tokens x V floats: bounded like a request's tokens.
+      if (request->has_chunk_tokens()) r_.check_tokens(caller, 1, loss.chunk_tokens, "chunk_tokens");
       const auto result = r_.backbone().forward_backward(r_.latents(caller, request->latents(), "latents"),
                                                          r_.forward_options(caller, request->options(), "options", *context),
                                                          loss);
       wire::to_wire(result.loss, out->mutable_loss());
       wire::to_wire(result.losses, out->mutable_losses());
-      write_gradients(result.grad, out->mutable_grad());
+      messages::write_gradients(result.grad, out->mutable_grad(), kWriteTensor);
     });
   }
 
@@ -260,6 +240,8 @@ class GradientService final : public Handlers {
   }
 
  private:
+  gradient::Cotangents cotangents(const v1::Cotangents& c) { return messages::read_cotangents<ali::TorchTensors>(c, r_); }
+
   // Frees in the backbone the passes a tenant's table let go.
   void free_passes(const std::vector<gradient::Handle>& gone) {
     for (gradient::Handle handle : gone) {

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>  // at::internal::GRAIN_SIZE
 
 #include "aios/v1/aios.pb.h"
+#include "aios/wire/messages.h"
 #include "batcher.h"
 #include "services.h"
 
@@ -54,7 +55,7 @@ class LatentService final : public Handlers {
       if (batcher_ && ForwardBatcher::batchable(options)) {
         wire::to_wire(batcher_->forward(latents), out->mutable_hidden());
       } else {
-        write_output(r_.backbone().forward(latents, options), out);
+        wire::messages::write_output(r_.backbone().forward(latents, options), out, kWriteTensor);
       }
     });
   }

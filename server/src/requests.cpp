@@ -6,6 +6,7 @@
 #include <random>
 
 #include "aios/io/files.h"
+#include "aios/wire/messages.h"
 #include "state_files.h"
 
 namespace aios::server {
@@ -80,33 +81,14 @@ void Requests::check_tokens(const Caller& caller, int64_t B, int64_t tokens, con
 gradient::ForwardOptions Requests::forward_options(const Caller& caller, const v1::ForwardOptions& o, const std::string& field,
                                                    const grpc::ServerContext& context) {
   gradient::ForwardOptions out;
+  wire::messages::read_options(o, field, *this, &out);
   out.cancelled = [&context] { return context.IsCancelled(); };
-  if (o.has_positions()) out.positions = tensor(o.positions(), field + ".positions");
-  if (o.has_mask()) out.mask = tensor(o.mask(), field + ".mask");
   // Each requested layer is one more [B,T,D] in the reply: at most one per layer index.
   if (o.layers_size() > backbone_->config().num_layers + 1) {
     fail(ErrorCode::kInvalidArgument, field + ".layers", "expected at most {} layers, got {}",
          backbone_->config().num_layers + 1, o.layers_size());
   }
-  out.layers.assign(o.layers().begin(), o.layers().end());
-  out.allow_non_finite = o.allow_non_finite();
-  out.recompute = o.recompute();
   if (o.has_extension()) out.extension = extension(caller, o.extension(), field + ".extension");
-  if (o.has_ids()) out.ids = tensor(o.ids(), field + ".ids");
-  return out;
-}
-
-gradient::Cotangents Requests::cotangents(const v1::Cotangents& c) {
-  gradient::Cotangents out;
-  if (c.has_hidden()) out.hidden = floating(c.hidden(), "cotangents.hidden");
-  for (int i = 0; i < c.layers_size(); ++i) {
-    const v1::Tensor& layer = c.layers(i);
-    // A layer cotangent sent as an empty message stands for zero.
-    out.layers.push_back(layer.dtype() == v1::DTYPE_UNSPECIFIED && layer.shape_size() == 0
-                             ? at::Tensor()
-                             : floating(layer, fmt::format("cotangents.layers[{}]", i)));
-  }
-  if (c.has_logits()) out.logits = floating(c.logits(), "cotangents.logits");
   return out;
 }
 
@@ -179,17 +161,6 @@ grpc::Status guarded(Requests& requests, grpc::ServerContext* context, const std
     fmt::print(stderr, "aios serve: internal error: {}\n", e.what());
     return wire::to_status(Error(ErrorCode::kInternal, "", "internal error in the host (see its log)"), context);
   }
-}
-
-void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out) {
-  wire::to_wire(output.hidden, out->mutable_hidden());
-  for (const auto& layer : output.layers) wire::to_wire(layer, out->add_layers());
-}
-
-void write_gradients(const gradient::Gradients& g, v1::Gradients* out) {
-  wire::to_wire(g.latents, out->mutable_latents());
-  if (g.embedding_rows.defined()) wire::to_wire(g.embedding_rows, out->mutable_embedding_rows());
-  if (g.classifier_rows.defined()) wire::to_wire(g.classifier_rows, out->mutable_classifier_rows());
 }
 
 }  // namespace aios::server

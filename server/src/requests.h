@@ -56,7 +56,6 @@ class Requests {
   // With ForwardOptions::cancelled asking whether `context`'s caller has left.
   gradient::ForwardOptions forward_options(const Caller& caller, const v1::ForwardOptions& o, const std::string& field,
                                            const grpc::ServerContext& context);
-  gradient::Cotangents cotangents(const v1::Cotangents& c);
   // The caller's live extension `id` (NOT_FOUND otherwise), with `rows` written into it first.
   std::shared_ptr<ali::Extension> extension(const Caller& caller, const std::string& id, const v1::ExtensionRows* rows,
                                             const std::string& field);
@@ -78,9 +77,25 @@ class Requests {
 };
 
 void write_rows(const ali::Extension& extension, v1::ExtensionRows* out);
-// Replies of the Latent and Gradient services.
-void write_output(const gradient::ForwardOutput& output, v1::ForwardResponse* out);
-void write_gradients(const gradient::Gradients& g, v1::Gradients* out);
+
+// How the host reads the tensors of one caller's request (wire/messages.h reads its messages
+// through it): as sent, floating in the backbone's dtype and device, latents within the caller's
+// quota, and a teacher's forward options as the call's own.
+struct RequestReader {
+  Requests& requests;
+  const Caller& caller;
+  const grpc::ServerContext& context;
+
+  at::Tensor tensor(const v1::Tensor& t, const std::string& field) { return requests.tensor(t, field); }
+  at::Tensor floating(const v1::Tensor& t, const std::string& field) { return requests.floating(t, field); }
+  at::Tensor latents(const v1::Tensor& t, const std::string& field) { return requests.latents(caller, t, field); }
+  gradient::ForwardOptions options(const v1::ForwardOptions& o, const std::string& field) {
+    return requests.forward_options(caller, o, field, context);
+  }
+};
+
+// Every tensor of a reply.
+inline constexpr auto kWriteTensor = [](const at::Tensor& t, v1::Tensor* out) { wire::to_wire(t, out); };
 
 // Where a call's body runs: tensor work on the host's compute threads (compute.h); bookkeeping that
 // enters none of LibTorch's parallel regions (lookups, the tokenizer, a few embedding rows) on the

@@ -17,7 +17,7 @@
 
 #include "aios/ali/extension.h"
 #include "aios/ali/generation.h"
-#include "aios/call_options.h"
+#include "aios/forward_options.h"
 #include "aios/export.h"
 #include "aios/model_info.h"
 
@@ -25,7 +25,7 @@ AIOS_EXPORT_BEGIN
 
 namespace aios::ali {
 
-// The tensor vocabulary of the in-process interfaces (aios/call_options.h): every tensor is an
+// The tensor vocabulary of the in-process interfaces (aios/forward_options.h): every tensor is an
 // at::Tensor, on any device, whatever its rank; one that may be absent is undefined when it is.
 // In ForwardOptions, positions may also be [T] (shared by the batch), and a key-padding mask bool or
 // integer (non-zero = a real token).

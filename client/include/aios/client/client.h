@@ -27,7 +27,7 @@
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
-#include "aios/call_options.h"
+#include "aios/gradient_options.h"
 #include "aios/error.h"
 #include "aios/export.h"
 #include "aios/model_info.h"
@@ -56,7 +56,7 @@ using Transport = wire::Transport;
 // The hosted model's description (aios/model_info.h) and what the host allows (the Info reply).
 using wire::HostLimits;
 
-// The tensor vocabulary of the client's calls (aios/call_options.h): a row-major Eigen tensor of
+// The tensor vocabulary of the client's calls (aios/forward_options.h): a row-major Eigen tensor of
 // the argument's rank, std::optional where it may be absent, and a mask of either rank.
 struct EigenTensors {
   template <int N>
@@ -82,7 +82,7 @@ struct KeptForward {
   Handle handle = 0;  // for vjp and release; the host forgets it after release, its budget or time-to-live
 };
 
-// The arguments of the gradient calls, as the in-process ones (aios/call_options.h).
+// The arguments of the gradient calls, as the in-process ones (aios/gradient_options.h).
 using Cotangents = BasicCotangents<EigenTensors>;
 using CrossEntropy = BasicCrossEntropy<EigenTensors>;
 using Distillation = BasicDistillation<EigenTensors>;

@@ -22,6 +22,7 @@
 
 #include "aios/ali/backbone.h"
 #include "aios/export.h"
+#include "aios/gradient_options.h"
 
 AIOS_EXPORT_BEGIN
 
@@ -54,7 +55,7 @@ struct ForwardOptions : ali::ForwardOptions, GradientPassOptions {
   StoreOwner store_owner = 0;
 };
 
-// The arguments of aios/call_options.h over LibTorch's tensors (undefined = absent). A teacher's
+// The arguments of aios/gradient_options.h over LibTorch's tensors (undefined = absent). A teacher's
 // forward (Distillation::teacher_options) is cancelled with the call's own.
 using Cotangents = BasicCotangents<ali::TorchTensors>;
 using CrossEntropy = BasicCrossEntropy<ali::TorchTensors>;
