@@ -204,7 +204,7 @@ std::vector<std::optional<int64_t>> parse_windows(const Fields& f, const std::st
              "expected entries full_attention or sliding_attention, got {}", json_excerpt(t));
       }
     }
-  } else if (model_type == "qwen2") {
+  } else if (model_type == "qwen2" || model_type == "qwen3") {
     if (!f.boolean("use_sliding_window", false)) return windows;
     const int64_t first = f.integer("max_window_layers", INT64_MIN, INT64_MAX, layers);
     for (int64_t i = 0; i < layers; ++i) windows.emplace_back(i >= first ? std::optional<int64_t>(window) : std::nullopt);
@@ -242,6 +242,9 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
   } else if (model_type == "llama") {
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
     c.mlp_bias = f.boolean("mlp_bias", false);
+  } else if (model_type == "qwen3") {
+    c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
+    c.qk_norm = true;
   }
   c.sliding_windows = parse_windows(f, model_type, c.num_layers);
   c.attention_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
@@ -294,6 +297,7 @@ struct KnownArchitecture {
 constexpr KnownArchitecture kArchitectures[] = {
     {"LlamaForCausalLM", "llama"},
     {"Qwen2ForCausalLM", "qwen2"},
+    {"Qwen3ForCausalLM", "qwen3"},
     {"MistralForCausalLM", "mistral"},
     {"GPT2LMHeadModel", "gpt2"},
 };

@@ -22,6 +22,7 @@ struct Architecture {
 constexpr Architecture kArchitectures[] = {
     {"llama", "LlamaForCausalLM", true},
     {"qwen2", "Qwen2ForCausalLM", false},
+    {"qwen3", "Qwen3ForCausalLM", false},
 };
 
 const Architecture& architecture_of(const io::GgufFile& file) {
@@ -64,7 +65,8 @@ constexpr LayerName kLayerNames[] = {
     {"self_attn.q_proj.", "attn_q."},     {"self_attn.k_proj.", "attn_k."},
     {"self_attn.v_proj.", "attn_v."},     {"self_attn.o_proj.", "attn_output."},
     {"mlp.gate_proj.", "ffn_gate."},      {"mlp.up_proj.", "ffn_up."},
-    {"mlp.down_proj.", "ffn_down."},
+    {"mlp.down_proj.", "ffn_down."},     {"self_attn.q_norm.", "attn_q_norm."},
+    {"self_attn.k_norm.", "attn_k_norm."},
 };
 
 std::optional<std::string> gguf_name(const std::string& hf) {

@@ -1,4 +1,5 @@
-// The Llama block family: Llama 2/3, SmolLM2, Qwen2 (qkv bias), Mistral (sliding window).
+// The Llama block family: Llama 2/3, SmolLM2, Qwen2 (qkv bias), Qwen3 (q/k norm), Mistral (sliding
+// window).
 //
 // Load-time fusion: q, k, v projections are concatenated into one [(H+2Hkv)*hd, D] matrix and gate
 // and up into one [2I, D] matrix, so each block runs four matrix products instead of seven.
@@ -20,6 +21,8 @@ struct LlamaLayer {
   at::Tensor qkv_bias;    // [(H+2Hkv)*hd] or undefined
   at::Tensor out_weight;  // [D, H*hd]
   at::Tensor out_bias;    // [D] or undefined
+  at::Tensor q_norm;      // [hd] or undefined (ModelConfig::qk_norm)
+  at::Tensor k_norm;      // [hd] or undefined
   at::Tensor mlp_norm;    // [D]
   at::Tensor gate_up_weight;  // [2I, D]
   at::Tensor gate_up_bias;    // [2I] or undefined
@@ -89,6 +92,10 @@ class LlamaModel final : public Model {
       }
       l.out_weight = own(take(p + "self_attn.o_proj.weight", {D, H * hd}));
       if (c.out_bias) l.out_bias = own(take(p + "self_attn.o_proj.bias", {D}));
+      if (c.qk_norm) {
+        l.q_norm = own(take(p + "self_attn.q_norm.weight", {hd}));
+        l.k_norm = own(take(p + "self_attn.k_norm.weight", {hd}));
+      }
       l.gate_up_weight = own(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
       l.down_weight = own(take(p + "mlp.down_proj.weight", {D, I}));
       if (c.mlp_bias) {
@@ -126,8 +133,14 @@ class LlamaModel final : public Model {
     at::Tensor h = rms_norm(x, l.attn_norm, c.norm_eps);
     at::Tensor qkv = at::linear(h, l.qkv_weight, l.qkv_bias);  // [B,T,(H+2K)*hd]
     auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
-    at::Tensor q = parts[0].view({B, T, H, hd}).transpose(1, 2);  // [B,H,T,hd]
-    at::Tensor k = parts[1].view({B, T, K, hd}).transpose(1, 2);  // [B,K,T,hd]
+    at::Tensor q = parts[0].view({B, T, H, hd});
+    at::Tensor k = parts[1].view({B, T, K, hd});
+    if (c.qk_norm) {
+      q = rms_norm(q, l.q_norm, c.norm_eps);
+      k = rms_norm(k, l.k_norm, c.norm_eps);
+    }
+    q = q.transpose(1, 2);  // [B,H,T,hd]
+    k = k.transpose(1, 2);  // [B,K,T,hd]
     at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
     q = q * ctx.cos + rotate_half(q) * ctx.sin;
     k = k * ctx.cos + rotate_half(k) * ctx.sin;

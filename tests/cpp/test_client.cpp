@@ -157,7 +157,7 @@ TEST_CASE("the thin client gives what the local backbone gives", "[client]") {
   for (int b = 0; b < 2; ++b) {
     for (int t = 0; t < 6; ++t) padding(b, t) = options.mask->index({b, t}).item<bool>();
   }
-  o.mask = padding;
+  o.mask = std::move(padding);
   const auto want = local.forward(latents, options);
   const auto got = client.forward(x, o);
   CHECK(at::equal(to_torch(got.hidden), want.hidden));
@@ -179,7 +179,7 @@ TEST_CASE("the thin client gives what the local backbone gives", "[client]") {
       for (int s = 0; s < 6; ++s) causal(b, t, s) = s <= t;
     }
   }
-  f.mask = causal;  // the mask of either rank
+  f.mask = std::move(causal);  // the mask of either rank
   CHECK(at::equal(to_torch(client.forward(x, f).hidden), local.forward(latents, full).hidden));
 
   // Handle form, stateless vjp and the fused losses.
@@ -295,7 +295,7 @@ TEST_CASE("the host's errors reach the thin client as the same aios::Error", "[c
   aios::client::ForwardOptions flat;
   aios::client::BoolTensor<2> too_long(1, 4);
   too_long.setConstant(true);
-  flat.mask = too_long;
+  flat.mask = std::move(too_long);
   CHECK(code_of([&] { client.forward(FloatTensor<3>(1, 3, kD), flat); }, &field) == ErrorCode::kInvalidArgument);
   CHECK(field == "mask");
 

@@ -52,6 +52,12 @@ def _configs():
             vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
             tie_word_embeddings=True), {}),
+        # per-head q/k norm, head_dim apart from hidden/heads, sliding windows (shorter than the test
+        # sequences) on the layers from max_window_layers on, tied head
+        "qwen3_window": (transformers.Qwen3ForCausalLM, transformers.Qwen3Config(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=24, max_position_embeddings=MAX_POSITIONS,
+            use_sliding_window=True, sliding_window=5, max_window_layers=1, tie_word_embeddings=True), {}),
         # sliding window shorter than the test sequences, so the window matters
         "mistral_window": (transformers.MistralForCausalLM, transformers.MistralConfig(
             vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -46,7 +46,7 @@ def ids_with_new_tokens(V, B=2, T=9, seed=1):
     return ids
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "qwen2", "gpt2_untied_sharded"])
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen2", "qwen3_window", "gpt2_untied_sharded"])
 def test_outputs_and_row_gradients_match_an_enlarged_transformers_model(checkpoints, name):
     ckpt = checkpoints[name]
     backbone = aios.Backbone.load(ckpt.path)

@@ -25,7 +25,7 @@ def smollm(default_model):
     return aios.Backbone.load(default_model)
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "mistral_window", "gpt2", "qwen2"])
+@pytest.mark.parametrize("name", ["llama_gqa", "mistral_window", "gpt2", "qwen2", "qwen3_window"])
 def test_cache_equals_no_cache_on_every_family(checkpoints, name):
     backbone = aios.Backbone.load(checkpoints[name].path)
     ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
@@ -35,6 +35,18 @@ def test_cache_equals_no_cache_on_every_family(checkpoints, name):
     assert got.ids[0].tolist() == want
     torch.testing.assert_close(got.hidden, want_hidden, rtol=1e-4, atol=1e-4)
     # The same on the real model, and against transformers' own generate.
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "mistral_window", "qwen3_window"])
+def test_greedy_tokens_equal_transformers_generate(checkpoints, name):
+    """Past the windows of 5: the cache of a windowed layer keeps what the window lets it see."""
+    checkpoint = checkpoints[name]
+    backbone = aios.Backbone.load(checkpoint.path)
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    got = backbone.generate(backbone.embed(ids), max_new_tokens=16)
+    hf = checkpoint.reference.generate(ids, max_new_tokens=16, do_sample=False, attention_mask=torch.ones_like(ids),
+                                       eos_token_id=None, pad_token_id=0)
+    assert got.ids[0].tolist() == hf[0, ids.shape[1]:].tolist()
 
 
 def test_default_model_cache_and_transformers(smollm, default_model):

@@ -50,6 +50,9 @@ def write_gguf(path, arch, config, tensors, raw_types=None, extra=None):
     writer.add_head_count_kv(config["num_key_value_heads"])
     writer.add_rope_freq_base(config["rope_theta"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    if "head_dim" in config:
+        writer.add_key_length(config["head_dim"])
+        writer.add_value_length(config["head_dim"])
     for key, value in (extra or {}).items():
         writer.add_key_value(key, *value)
     for name, array in tensors.items():
@@ -68,7 +71,8 @@ def permute(w, heads):
 
 GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
               "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
 
 
 def hf_to_gguf_tensors(model, arch):
@@ -164,17 +168,21 @@ def test_corrupt_fixture_files_are_clear_errors(name):
         aios.Backbone.load(path)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_tiny_gguf_equals_the_hf_folder(tmp_path, arch):
     """Random transformers models written as F32 GGUF files the way llama.cpp's converter writes
-    them (llama: permuted q/k rows; qwen2: qkv biases, tied head) load equal to their HF folders."""
+    them (llama: permuted q/k rows; qwen2: qkv biases, tied head; qwen3: q/k norms, head size apart
+    from hidden/heads) load equal to their HF folders."""
     torch.manual_seed(7)
     common = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=5000.0)
     if arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, tie_word_embeddings=False))
-    else:
+    elif arch == "qwen2":
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=True))
+    else:
+        common["head_dim"] = 24
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, tie_word_embeddings=True))
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
@@ -182,7 +190,8 @@ def test_tiny_gguf_equals_the_hf_folder(tmp_path, arch):
     model.save_pretrained(tmp_path / "hf")
     path = write_gguf(tmp_path / f"{arch}.gguf", arch, common, hf_to_gguf_tensors(model, arch))
     ours, reference = aios.Backbone.load(path), aios.Backbone.load(tmp_path / "hf")
-    assert ours.config.tie_word_embeddings == (arch == "qwen2")
+    assert ours.config.tie_word_embeddings == (arch != "llama")
+    assert ours.config.head_dim == reference.config.head_dim
     ids = torch.randint(0, 101, (2, 12))
     for got, want in zip(run(ours, ids), run(reference, ids)):
         assert torch.equal(got, want)

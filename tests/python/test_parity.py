@@ -94,20 +94,23 @@ def test_block_diagonal_mask_equals_separate_sequences(checkpoint):
     """Two sequences packed in one row with a [B,T,T] mask give what each gives alone."""
     backbone = aios.Backbone.load(checkpoint.path)
     torch.manual_seed(3)
-    a, b = torch.randint(0, VOCAB, (1, 6)), torch.randint(0, VOCAB, (1, 9))
+    # A full mask is used as given, so a model's sliding window is part of what the caller writes;
+    # one mask serves every layer, so where only some layers have a window the sequences stay within it.
+    windows = set(backbone.config.sliding_windows)
+    window = next(iter(windows)) if len(windows) == 1 and None not in windows else 15
+    n_a, n_b = (6, 9) if len(windows) < 2 else (min(windows - {None}),) * 2
+    a, b = torch.randint(0, VOCAB, (1, n_a)), torch.randint(0, VOCAB, (1, n_b))
     packed = torch.cat([a, b], dim=1)
-    mask = torch.zeros(1, 15, 15, dtype=torch.bool)
-    # A full mask is used as given, so a model's sliding window is part of what the caller writes.
-    window = getattr(checkpoint.reference.config, "sliding_window", None) or 15
-    for begin, n in ((0, 6), (6, 9)):
+    mask = torch.zeros(1, n_a + n_b, n_a + n_b, dtype=torch.bool)
+    for begin, n in ((0, n_a), (n_a, n_b)):
         i = torch.arange(n)
         mask[0, begin:begin + n, begin:begin + n] = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
-    positions = torch.cat([torch.arange(6), torch.arange(9)]).unsqueeze(0)
+    positions = torch.cat([torch.arange(n_a), torch.arange(n_b)]).unsqueeze(0)
     out = backbone.forward(backbone.embed(packed), positions=positions, mask=mask).hidden
     ref_a, _ = reference_states(checkpoint.reference, a)
     ref_b, _ = reference_states(checkpoint.reference, b)
-    assert max_diff(out[:, :6], ref_a[-1]) <= TOL
-    assert max_diff(out[:, 6:], ref_b[-1]) <= TOL
+    assert max_diff(out[:, :n_a], ref_a[-1]) <= TOL
+    assert max_diff(out[:, n_a:], ref_b[-1]) <= TOL
 
 
 def test_full_mask_is_used_as_given(checkpoint):
@@ -118,7 +121,7 @@ def test_full_mask_is_used_as_given(checkpoint):
     latents = backbone.embed(ids)
     causal = torch.ones(1, 8, 8).tril().bool()
     default = backbone.forward(latents).hidden
-    if checkpoint.name != "mistral_window":  # the window trims the causal default there
+    if not any(backbone.config.sliding_windows):  # a window trims the causal default
         assert max_diff(backbone.forward(latents, mask=causal).hidden, default) <= 1e-6
     full = backbone.forward(latents, mask=torch.ones(1, 8, 8, dtype=torch.bool), layers=[1])
     causal_out = backbone.forward(latents, mask=causal, layers=[1])

@@ -74,7 +74,7 @@ def test_the_hosts_description_is_the_local_one(hosted, checkpoints, default_mod
     assert remote.config == local.config
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "qwen2"])
+@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "qwen2", "qwen3_window"])
 def test_parity_with_transformers(hosted, checkpoints, name):
     checkpoint = checkpoints[name]
     test_parity.test_every_layer_and_logits_match(checkpoint)

@@ -15,7 +15,7 @@ namespace aios::backbone {
 
 // The block structure a checkpoint's architecture maps onto.
 enum class Family {
-  kLlama,  // RMSNorm, rotary positions, grouped-query attention, gated MLP: Llama 2/3, SmolLM2, Qwen2, Mistral
+  kLlama,  // RMSNorm, rotary positions, grouped-query attention, gated MLP: Llama 2/3, SmolLM2, Qwen2, Qwen3, Mistral
   kGpt2,   // LayerNorm, learned positions, fused qkv projection, GELU MLP
 };
 
@@ -49,6 +49,7 @@ struct ModelConfig {
   bool qkv_bias = false;       // biases on the q, k, v projections
   bool out_bias = false;       // bias on the attention output projection
   bool mlp_bias = false;       // biases on the MLP projections
+  bool qk_norm = false;        // RMSNorm over each head's query and key before rotary (Qwen3)
   bool tie_word_embeddings = false;
   // Per layer: a key may be attended only if query_index - key_index < window. Empty = no windows.
   std::vector<std::optional<int64_t>> sliding_windows;
