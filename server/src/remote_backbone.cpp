@@ -10,8 +10,8 @@
 #include "aios/fail.h"
 #include "aios/tokenizer_api/tokenizer.h"
 #include "aios/wire/messages.h"
-#include "aios/wire/wire.h"
 #include "aios/wire/tensors.h"
+#include "aios/wire/wire.h"
 
 namespace aios::server {
 namespace {

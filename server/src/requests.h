@@ -3,8 +3,8 @@
 // wrapper that turns a call's failures into its status.
 #pragma once
 
-#include <filesystem>
 #include <atomic>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <random>
@@ -16,10 +16,10 @@
 #include "aios/fail.h"
 #include "aios/gradient_api/backbone.h"
 #include "aios/server/host.h"
+#include "aios/wire/tensors.h"
 #include "compute.h"
 #include "memory.h"
 #include "tenants.h"
-#include "aios/wire/tensors.h"
 
 namespace aios::server {
 
