@@ -2,9 +2,10 @@
 
     python bench/bench_forward.py [--device cpu|cuda] [--dtype float32|bfloat16|float16]
                                   [--shapes 1x128,8x256] [--reps 7] [--threads N] [--profile]
+                                  [--model smollm2|qwen3]
 
-The model is SmolLM2-135M-shaped (30 layers, D=576, 9 query / 3 key-value heads, vocabulary 49152)
-with random weights, written once to .cache/bench/. Both sides start from token ids. Two measures:
+The model is SmolLM2-135M-shaped (30 layers, D=576, 9 query / 3 key-value heads, vocabulary 49152),
+or with --model qwen3 Qwen3-0.6B-shaped, with random weights, written once to .cache/bench/. Both sides start from token ids. Two measures:
   hidden  aios embed+forward            vs  transformers model.model(ids).last_hidden_state
   logits  aios embed+forward+classify   vs  transformers model(ids).logits
 Runs alternate between the two sides so that drift in machine load hits both; the table shows
@@ -22,7 +23,7 @@ import transformers
 
 import aios
 
-from common import VOCAB, ensure_model, machine_line, sync
+from common import MODELS, ensure_model, machine_line, sync
 
 
 def timed(fn, device):
@@ -41,25 +42,27 @@ def main():
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--profile", action="store_true", help="print where aios spends its time")
+    parser.add_argument("--model", default="smollm2", choices=sorted(MODELS))
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    path = ensure_model()
+    path = ensure_model(args.model)
     backbone = aios.Backbone.load(path, device=args.device, dtype=args.dtype)
     anchors = {
-        impl: transformers.LlamaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=impl)
+        impl: transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=impl)
         .to(args.device).eval()
         for impl in ("eager", "sdpa")
     }
-    print(machine_line(args.device, args.dtype))
+    vocab = backbone.config.vocab_size
+    print(machine_line(args.device, args.dtype), f"model {args.model}")
     print(f"{'shape':>7} {'measure':>7} | {'aios ms':>16} | {'eager ms':>16} {'ratio':>6} | "
           f"{'sdpa ms':>16} {'ratio':>6} | max|diff|")
 
     for shape in args.shapes.split(","):
         B, T = (int(x) for x in shape.split("x"))
         torch.manual_seed(1)
-        ids = torch.randint(0, VOCAB, (B, T), device=args.device)
+        ids = torch.randint(0, vocab, (B, T), device=args.device)
         sides = {
             "hidden": {
                 "aios": lambda: backbone.forward(backbone.embed(ids)).hidden,
@@ -88,7 +91,7 @@ def main():
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         B, T = (int(x) for x in args.shapes.split(",")[0].split("x"))
-        ids = torch.randint(0, VOCAB, (B, T), device=args.device)
+        ids = torch.randint(0, vocab, (B, T), device=args.device)
         run = lambda: backbone.classify(backbone.forward(backbone.embed(ids)).hidden)
         run()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])

@@ -10,22 +10,35 @@ import torch
 import transformers
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_DIR = REPO / ".cache/bench/smollm2-135m-random"
 VOCAB = 49152
 
+# The shapes the benchmarks run at: the smallest real release of each family, with random weights
+# (--model NAME).
+MODELS = {
+    # SmolLM2-135M: 30 layers, D=576, 9/3 heads, vocabulary 49152
+    "smollm2": lambda: transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    # Qwen3-0.6B: 28 layers, D=1024, 16/8 heads of 128 with q/k norm, vocabulary 151936
+    "qwen3": lambda: transformers.Qwen3Config(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True),
+}
+MODEL_DIRS = {"smollm2": REPO / ".cache/bench/smollm2-135m-random", "qwen3": REPO / ".cache/bench/qwen3-0.6b-random"}
 
-def ensure_model():
-    """SmolLM2-135M's shape (30 layers, D=576, 9/3 heads, vocabulary 49152) with random weights."""
-    if not (MODEL_DIR / "config.json").exists():
+
+def ensure_model(name="smollm2"):
+    """The folder of model `name` (MODELS), written once with random weights."""
+    folder = MODEL_DIRS[name]
+    if not (folder / "config.json").exists():
         torch.manual_seed(0)
-        config = transformers.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-            num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-            rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
-        tmp = MODEL_DIR.with_suffix(".tmp")
-        transformers.LlamaForCausalLM(config).save_pretrained(tmp)
-        os.replace(tmp, MODEL_DIR)
-    return MODEL_DIR
+        config = MODELS[name]()
+        tmp = folder.with_suffix(".tmp")
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
+        os.replace(tmp, folder)
+    return folder
 
 
 def sync(device):
