@@ -1,8 +1,9 @@
 """The Gradient API against transformers' autograd, same weights, device, dtype and threads.
 
     python bench/bench_gradient.py [--device cpu|cuda] [--dtype float32|bfloat16] [--shapes 1x128,8x256] [--reps 3]
+                                   [--model smollm2|qwen3]
 
-SmolLM2-135M-shaped model with random weights (see common.py). Each side starts from latents and
+SmolLM2-135M-shaped model with random weights, or Qwen3-0.6B-shaped with --model qwen3 (see common.py). Each side starts from latents and
 ends with d loss / d latents:
   vjp     aios forward(keep=True) + vjp(grad_hidden)        vs  transformers model.model(inputs_embeds)
                                                                  + backward(grad_hidden), frozen weights
@@ -23,7 +24,7 @@ import transformers
 
 import aios
 
-from common import VOCAB, ensure_model, exact_cpu_peaks, machine_line, measure
+from common import MODELS, ensure_model, exact_cpu_peaks, machine_line, measure
 
 
 def main():
@@ -33,22 +34,24 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--shapes", default="1x128,8x256")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--model", default="smollm2", choices=sorted(MODELS))
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
-    path = ensure_model()
+    path = ensure_model(args.model)
     backbone = aios.Backbone.load(path, device=args.device, dtype=args.dtype)
-    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
     hf = hf.to(args.device).eval()
-    print(machine_line(args.device, args.dtype))
+    vocab = backbone.config.vocab_size
+    print(machine_line(args.device, args.dtype), f"model {args.model}")
     print(f"{'shape':>7} {'measure':>22} | {'ms':>9} {'peak MB':>8} | {'anchor ms':>9} {'peak MB':>8} | "
           f"{'time':>6} {'memory':>6} | max rel diff")
 
     for shape in args.shapes.split(","):
         B, T = (int(x) for x in shape.split("x"))
         torch.manual_seed(1)
-        latents = backbone.embed(torch.randint(0, VOCAB, (B, T), device=args.device))
+        latents = backbone.embed(torch.randint(0, vocab, (B, T), device=args.device))
         grad_hidden = torch.randn(B, T, backbone.config.hidden_size, device=args.device, dtype=dtype)
-        targets = torch.randint(0, VOCAB, (B, T), device=args.device)
+        targets = torch.randint(0, vocab, (B, T), device=args.device)
 
         def aios_vjp():
             kept = backbone.forward(latents, keep=True)
@@ -67,7 +70,7 @@ def main():
         def hf_fused():
             x = latents.clone().requires_grad_(True)
             logits = hf(inputs_embeds=x).logits
-            F.cross_entropy(logits.float().reshape(-1, VOCAB), targets.reshape(-1)).backward()
+            F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1)).backward()
             return x.grad
 
         def hf_full():
