@@ -147,10 +147,12 @@ void bind_backbone(py::module_& m) {
   py::class_<RopeInfo>(m, "RopeInfo", "Rotary position frequencies of a backbone (read-only; see aios/model_info.h).")
       .def_readonly("type", &RopeInfo::type)
       .def_readonly("theta", &RopeInfo::theta)
+      .def_readonly("rotary_dim", &RopeInfo::rotary_dim)
       .def_readonly("factor", &RopeInfo::factor)
       .def_readonly("low_freq_factor", &RopeInfo::low_freq_factor)
       .def_readonly("high_freq_factor", &RopeInfo::high_freq_factor)
       .def_readonly("original_max_positions", &RopeInfo::original_max_positions)
+      .def_readonly("attention_factor", &RopeInfo::attention_factor)
       .def(py::self == py::self)
       .def(py::self != py::self)
       .def("__repr__", [](const RopeInfo& r) { return fmt::format("RopeInfo(type='{}', theta={})", r.type, r.theta); });

@@ -45,8 +45,13 @@ ModelInfo describe(const ModelConfig& c) {
     switch (c.rope.type) {
       case RopeConfig::Type::kDefault: rope.type = "default"; break;
       case RopeConfig::Type::kLinear: rope.type = "linear"; break;
+      case RopeConfig::Type::kDynamic: rope.type = "dynamic"; break;
+      case RopeConfig::Type::kYarn: rope.type = "yarn"; break;
+      case RopeConfig::Type::kLongrope: rope.type = "longrope"; break;
       case RopeConfig::Type::kLlama3: rope.type = "llama3"; break;
     }
+    rope.rotary_dim = c.rope.rotary_dim;
+    rope.attention_factor = c.rope.attention_factor;
     rope.theta = c.rope.theta;
     rope.factor = c.rope.factor;
     rope.low_freq_factor = c.rope.low_freq_factor;
@@ -149,38 +154,121 @@ Activation parse_activation(const Fields& f, const char* key, const char* fallba
        "expected one of silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, got \"{}\"", act);
 }
 
-RopeConfig parse_rope(const Fields& f) {
+// A list of numbers, one per rotated frequency.
+std::vector<double> frequency_factors(const Fields& p, const char* key, int64_t count) {
+  const json& list = p.at(key);
+  if (!list.is_array() || static_cast<int64_t>(list.size()) != count) {
+    fail(ErrorCode::kInvalidArgument, p.name(key), "expected a list of {} numbers (rotary_dim / 2)", count);
+  }
+  std::vector<double> factors;
+  for (const json& v : list) {
+    if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>())) {
+      fail(ErrorCode::kInvalidArgument, p.name(key), "expected positive finite numbers, got {}", json_excerpt(v));
+    }
+    factors.push_back(v.get<double>());
+  }
+  return factors;
+}
+
+// The rotary embedding of a config whose head_dim and max_positions are read; `partial` says whether
+// the family's attention rotates part of each head (partial_rotary_factor), as transformers' does.
+// Types whose point is to reach past the trained length (dynamic, yarn) raise max_positions to
+// original_max_positions * factor.
+RopeConfig parse_rope(const Fields& f, ModelConfig& c, bool partial) {
   RopeConfig rope;
+  rope.rotary_dim = c.head_dim;
   // transformers 5 writes "rope_parameters" (theta included); older configs "rope_theta" + "rope_scaling".
   const char* key = f.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
   rope.theta = f.number("rope_theta", 10000.0);
-  if (!f.has(key)) return rope;
-  const json& params = f.at(key);
-  if (!params.is_object()) fail(ErrorCode::kInvalidArgument, f.name(key), "expected an object, got {}", json_excerpt(params));
-  Fields p(params, f.name(key));
-  rope.theta = p.number("rope_theta", rope.theta);
-  const std::string type = p.string(p.has("rope_type") ? "rope_type" : "type", std::string("default"));
+  double partial_factor = f.number("partial_rotary_factor", 1.0);
+  const char* partial_field = "partial_rotary_factor";
+  std::optional<Fields> params;
+  if (f.has(key)) {
+    if (!f.at(key).is_object()) fail(ErrorCode::kInvalidArgument, f.name(key), "expected an object, got {}", json_excerpt(f.at(key)));
+    params.emplace(f.at(key), f.name(key));
+    rope.theta = params->number("rope_theta", rope.theta);
+    partial_factor = params->number(partial_field, partial_factor);
+  }
+  const std::string partial_name = params && params->has(partial_field) ? params->name(partial_field) : f.name(partial_field);
+  if (partial_factor != 1.0) {
+    if (!partial) fail(ErrorCode::kInvalidArgument, partial_name, "this family rotates whole heads; expected 1, got {}", partial_factor);
+    rope.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * partial_factor);
+    if (!(partial_factor > 0 && partial_factor <= 1) || rope.rotary_dim <= 0 || rope.rotary_dim % 2 != 0) {
+      fail(ErrorCode::kInvalidArgument, partial_name, "expected a factor in (0, 1] giving an even number of channels of head_dim {}, got {}",
+           c.head_dim, partial_factor);
+    }
+  }
+  if (!(rope.theta > 0)) fail(ErrorCode::kInvalidArgument, (params ? *params : f).name("rope_theta"), "expected > 0, got {}", rope.theta);
+  if (!params) return rope;
+  const Fields& p = *params;
+  const char* type_key = p.has("rope_type") ? "rope_type" : "type";
+  const std::string type = p.string(type_key, std::string("default"));
+  // Scaled types name the pretraining length in their parameters, or (Phi-3) beside them.
+  auto original = [&] {
+    if (p.has("original_max_position_embeddings")) return p.positive("original_max_position_embeddings", kMaxPositions);
+    return f.positive("original_max_position_embeddings", kMaxPositions, c.max_positions);
+  };
+  auto factor = [&](std::optional<double> fallback = std::nullopt) {
+    const double value = p.number("factor", fallback);
+    if (!(value > 0)) fail(ErrorCode::kInvalidArgument, p.name("factor"), "expected > 0, got {}", value);
+    return value;
+  };
+  auto reach = [&] {  // positions these types are meant for
+    const double limit = std::floor(static_cast<double>(rope.original_max_positions) * rope.factor);
+    if (limit > static_cast<double>(kMaxPositions)) fail(ErrorCode::kInvalidArgument, p.name("factor"), "reaches past {} positions", kMaxPositions);
+    c.max_positions = std::max(c.max_positions, static_cast<int64_t>(limit));
+  };
   if (type == "default") {
     rope.type = RopeConfig::Type::kDefault;
   } else if (type == "linear") {
     rope.type = RopeConfig::Type::kLinear;
-    rope.factor = p.number("factor");
+    rope.factor = factor();
+  } else if (type == "dynamic") {
+    rope.type = RopeConfig::Type::kDynamic;
+    rope.factor = factor();
+    rope.original_max_positions = c.max_positions;  // transformers scales past max_position_embeddings
+    if (rope.rotary_dim <= 2) fail(ErrorCode::kInvalidArgument, p.name(type_key), "dynamic scaling needs more than 2 rotated channels");
+    reach();
+  } else if (type == "yarn") {
+    rope.type = RopeConfig::Type::kYarn;
+    rope.original_max_positions = original();
+    rope.factor = factor(static_cast<double>(c.max_positions) / static_cast<double>(rope.original_max_positions));
+    auto mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    const double m = p.number("mscale", 0.0), m_all = p.number("mscale_all_dim", 0.0);
+    rope.attention_factor = p.number("attention_factor", m != 0 && m_all != 0 ? mscale(rope.factor, m) / mscale(rope.factor, m_all)
+                                                                                 : mscale(rope.factor, 1.0));
+    // A zero or absent beta takes the paper's value, as transformers' `or` does.
+    const double fast = p.number("beta_fast", 0.0), slow = p.number("beta_slow", 0.0);
+    rope.beta_fast = fast != 0 ? fast : 32.0;
+    rope.beta_slow = slow != 0 ? slow : 1.0;
+    rope.truncate = p.boolean("truncate", true);
+    reach();
+  } else if (type == "longrope" || type == "su") {
+    rope.type = RopeConfig::Type::kLongrope;
+    rope.original_max_positions = original();
+    rope.short_factors = frequency_factors(p, "short_factor", rope.rotary_dim / 2);
+    rope.long_factors = frequency_factors(p, "long_factor", rope.rotary_dim / 2);
+    rope.factor = factor(static_cast<double>(c.max_positions) / static_cast<double>(rope.original_max_positions));
+    const double fallback = rope.factor <= 1.0 ? 1.0
+        : std::sqrt(1 + std::log(rope.factor) / std::log(static_cast<double>(rope.original_max_positions)));
+    rope.attention_factor = p.number("attention_factor", fallback);
   } else if (type == "llama3") {
     rope.type = RopeConfig::Type::kLlama3;
-    rope.factor = p.number("factor");
+    rope.factor = factor();
     rope.low_freq_factor = p.number("low_freq_factor");
     rope.high_freq_factor = p.number("high_freq_factor");
-    rope.original_max_positions = p.positive("original_max_position_embeddings", kMaxPositions);
+    rope.original_max_positions = original();
     if (!(rope.high_freq_factor > rope.low_freq_factor)) {
       fail(ErrorCode::kInvalidArgument, p.name("high_freq_factor"), "expected more than low_freq_factor {}, got {}",
            rope.low_freq_factor, rope.high_freq_factor);
     }
   } else {
-    fail(ErrorCode::kInvalidArgument, p.name(p.has("rope_type") ? "rope_type" : "type"),
-         "expected one of default, linear, llama3, got \"{}\"", type);
+    fail(ErrorCode::kInvalidArgument, p.name(type_key), "expected one of default, linear, dynamic, yarn, longrope, llama3, got \"{}\"",
+         type);
   }
-  if (!(rope.factor > 0)) fail(ErrorCode::kInvalidArgument, p.name("factor"), "expected > 0, got {}", rope.factor);
-  if (!(rope.theta > 0)) fail(ErrorCode::kInvalidArgument, p.name("rope_theta"), "expected > 0, got {}", rope.theta);
+  if (!(rope.attention_factor > 0)) {
+    fail(ErrorCode::kInvalidArgument, p.name("attention_factor"), "expected > 0, got {}", rope.attention_factor);
+  }
   return rope;
 }
 
@@ -235,7 +323,7 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
   c.max_positions = f.positive("max_position_embeddings", kMaxPositions, 2048);
   c.norm_eps = f.number("rms_norm_eps", 1e-6);
   c.activation = parse_activation(f, "hidden_act", "silu");
-  c.rope = parse_rope(f);
+  c.rope = parse_rope(f, c, /*partial=*/false);
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
   if (model_type == "qwen2") {
     c.qkv_bias = true;

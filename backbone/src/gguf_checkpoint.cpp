@@ -110,14 +110,14 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
     }
   }
   if (auto type = file.string(a + "rope.scaling.type"); type && *type != "none") {
+    nlohmann::json& scaling = config["rope_scaling"] = {{"rope_type", *type}};
     source["config.rope_scaling.rope_type"] = a + "rope.scaling.type";
     source["config.rope_scaling.factor"] = a + "rope.scaling.factor";
-    config["rope_scaling"] = {{"rope_type", *type}};
-    if (auto factor = file.number(a + "rope.scaling.factor")) config["rope_scaling"]["factor"] = *factor;
-  }
-  if (file.find("rope_freqs.weight") != nullptr) {
-    fail(ErrorCode::kInvalidArgument, file.path() + ": rope_freqs.weight",
-         "per-frequency rope factors (Llama 3.1 style scaling stored as a tensor) are not supported");
+    if (auto factor = file.number(a + "rope.scaling.factor")) scaling["factor"] = *factor;
+    source["config.rope_scaling.original_max_position_embeddings"] = a + "rope.scaling.original_context_length";
+    if (auto length = file.integer(a + "rope.scaling.original_context_length")) {
+      scaling["original_max_position_embeddings"] = *length;
+    }
   }
   const io::GgufTensor* embedding = file.find("token_embd.weight");
   if (embedding == nullptr || embedding->shape.size() != 2) {
@@ -141,9 +141,22 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
     auto it = source.find(e.field());
     throw Error(e.code(), file.path() + ": " + (it != source.end() ? it->second : e.field()), e.message());
   }
-  if (auto rotary = file.integer(a + "rope.dimension_count"); rotary && *rotary != c.head_dim) {
+  if (auto rotary = file.integer(a + "rope.dimension_count"); rotary && *rotary != c.rope.rotary_dim) {
     fail(ErrorCode::kInvalidArgument, file.path() + ": " + a + "rope.dimension_count",
-         "expected the head size {} (partial rotary embeddings are not supported), got {}", c.head_dim, *rotary);
+         "expected the rotated channels per head, {}, got {}", c.rope.rotary_dim, *rotary);
+  }
+  // Llama 3.1+ files store their rescaled frequencies as divisors, one per rotated pair.
+  if (const io::GgufTensor* factors = file.find("rope_freqs.weight")) {
+    const std::string field = file.path() + ": rope_freqs.weight";
+    if (c.rope.type != RopeConfig::Type::kDefault) {
+      fail(ErrorCode::kInvalidArgument, field, "per-frequency factors together with rope.scaling.type are not supported");
+    }
+    check_shape(field, {c.rope.rotary_dim / 2}, factors->shape);
+    const at::Tensor values = dequantize(*factors, field).to(at::kDouble).contiguous();
+    if (!(values > 0).all().item<bool>() || !values.isfinite().all().item<bool>()) {
+      fail(ErrorCode::kDataLoss, field, "expected positive finite factors");
+    }
+    c.rope.short_factors.assign(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
   }
   return c;
 }

@@ -10,6 +10,7 @@
 
 #include "architectures.h"
 #include "layers.h"
+#include "rotary.h"
 
 namespace aios::backbone {
 
@@ -31,34 +32,6 @@ struct LlamaLayer {
   std::optional<int64_t> window;
 };
 
-// Inverse rotary frequencies [hd/2], float32, computed exactly as the reference implementation does.
-at::Tensor rope_inverse_frequencies(const ModelConfig& c, c10::Device device) {
-  const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor exponent = at::arange(0, c.head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
-                        static_cast<double>(c.head_dim);
-  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(c.rope.theta, f32), exponent);
-  const RopeConfig& r = c.rope;
-  if (r.type == RopeConfig::Type::kLinear) {
-    inv_freq = inv_freq / r.factor;
-  } else if (r.type == RopeConfig::Type::kLlama3) {
-    const double old_len = static_cast<double>(r.original_max_positions);
-    const double low_freq_wavelen = old_len / r.low_freq_factor;
-    const double high_freq_wavelen = old_len / r.high_freq_factor;
-    at::Tensor wavelen = 2 * M_PI / inv_freq;
-    at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / r.factor, inv_freq);
-    at::Tensor smooth = (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
-    at::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
-    at::Tensor medium = (wavelen < high_freq_wavelen).logical_not().logical_and((wavelen > low_freq_wavelen).logical_not());
-    inv_freq = at::where(medium, smoothed, scaled);
-  }
-  return inv_freq.to(device);
-}
-
-at::Tensor rotate_half(const at::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return at::cat({x.slice(-1, half).neg(), x.slice(-1, 0, half)}, -1);
-}
-
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return at::rms_norm(x, {x.size(-1)}, weight, eps);
   // Reduced precision: normalise in float32, then scale in the model dtype, as the reference does.
@@ -70,14 +43,13 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 class LlamaModel final : public Model {
  public:
   LlamaModel(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
-      : Model(config, options) {
+      : Model(config, options), rotary_(config.rope, options.device) {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads, I = c.intermediate_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
     token_embedding_ = own(take("model.embed_tokens.weight", {c.vocab_size, D}));
     output_head_ = c.tie_word_embeddings ? token_embedding_ : own(take("lm_head.weight", {c.vocab_size, D}));
     final_norm_ = own(take("model.norm.weight", {D}));
-    inv_freq_ = rope_inverse_frequencies(c, device_);
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const std::string p = fmt::format("model.layers.{}.", i);
       LlamaLayer l;
@@ -109,17 +81,13 @@ class LlamaModel final : public Model {
 
   struct Context final : AttentionContext {
     using AttentionContext::AttentionContext;
-    at::Tensor cos, sin;  // [B,1,T,hd] rotary tables in the model dtype
+    at::Tensor cos, sin;  // [B,1,T,rotary_dim] rotary tables in the model dtype
   };
 
   std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention,
                                       KVCache* cache) const override {
     auto context = std::make_unique<Context>(attention, latents.size(1), config_.sliding_windows, cache);
-    // Rotary tables, computed in float32 and cast to the model dtype.
-    at::Tensor freqs = attention.positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B,T,hd/2]
-    at::Tensor angles = at::cat({freqs, freqs}, -1).unsqueeze(1);
-    context->cos = angles.cos().to(dtype_);
-    context->sin = angles.sin().to(dtype_);
+    std::tie(context->cos, context->sin) = rotary_.tables(attention.positions, dtype_);
     return context;
   }
 
@@ -142,8 +110,8 @@ class LlamaModel final : public Model {
     q = q.transpose(1, 2);  // [B,H,T,hd]
     k = k.transpose(1, 2);  // [B,K,T,hd]
     at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
-    q = q * ctx.cos + rotate_half(q) * ctx.sin;
-    k = k * ctx.cos + rotate_half(k) * ctx.sin;
+    q = rotary_.apply(q, ctx.cos, ctx.sin);
+    k = rotary_.apply(k, ctx.cos, ctx.sin);
     std::tie(k, v) = ctx.keys_values(index, k, v);  // with a cache: [B,K,S,hd], every cached slot
     at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale);  // [B,T,H*hd]
     at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
@@ -157,7 +125,7 @@ class LlamaModel final : public Model {
  private:
   std::vector<LlamaLayer> layers_;
   at::Tensor final_norm_;  // [D]
-  at::Tensor inv_freq_;    // [hd/2], float32
+  Rotary rotary_;
 };
 
 }  // namespace

@@ -1,4 +1,6 @@
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -107,6 +109,37 @@ TEST_CASE("family specifics: Qwen2 biases and windows, Mistral windows, Llama bi
   CHECK((c.qkv_bias && c.out_bias && c.mlp_bias));
 }
 
+TEST_CASE("rotary scaling types resolve their defaults as transformers does") {
+  json c = llama();  // head_dim 16, max_position_embeddings 128
+  c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 64}};
+  RopeConfig r = parse_hf_config(c.dump()).rope;
+  CHECK(r.type == RopeConfig::Type::kYarn);
+  CHECK(r.rotary_dim == 16);
+  CHECK(r.attention_factor == Approx(0.1 * std::log(4.0) + 1.0));
+  CHECK((r.beta_fast == 32.0 && r.beta_slow == 1.0 && r.truncate));
+  CHECK(parse_hf_config(c.dump()).max_positions == 256);  // 64 * 4: what YaRN is for
+  c["rope_scaling"]["mscale"] = 1.0;
+  c["rope_scaling"]["mscale_all_dim"] = 1.0;
+  CHECK(parse_hf_config(c.dump()).rope.attention_factor == 1.0);
+
+  c = llama();
+  c["original_max_position_embeddings"] = 32;  // Phi-3 keeps it beside the parameters
+  c["rope_scaling"] = {{"type", "su"}, {"short_factor", std::vector<double>(8, 1.5)}, {"long_factor", std::vector<double>(8, 3.0)}};
+  r = parse_hf_config(c.dump()).rope;
+  CHECK(r.type == RopeConfig::Type::kLongrope);
+  CHECK(r.original_max_positions == 32);
+  CHECK(r.factor == 4.0);  // 128 / 32
+  CHECK(r.attention_factor == Approx(std::sqrt(1 + std::log(4.0) / std::log(32.0))));
+  CHECK((r.short_factors.size() == 8 && r.long_factors[7] == 3.0));
+
+  c = llama();
+  c["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  const auto dynamic = parse_hf_config(c.dump());
+  CHECK(dynamic.rope.type == RopeConfig::Type::kDynamic);
+  CHECK(dynamic.rope.original_max_positions == 128);
+  CHECK(dynamic.max_positions == 256);
+}
+
 TEST_CASE("a GPT-2 config with defaults") {
   const json gpt2 = {{"model_type", "gpt2"}, {"vocab_size", 100}, {"n_embd", 64},
                      {"n_layer", 2},         {"n_head", 4},        {"n_positions", 32}};
@@ -128,8 +161,14 @@ TEST_CASE("unknown architectures and unsupported values name their field") {
   c["model_type"] = "bert";
   expect_invalid(c, "config.model_type", "bert");
   c = llama();
-  c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
-  expect_invalid(c, "config.rope_scaling.rope_type", "yarn");
+  c["rope_scaling"] = {{"rope_type", "ntk-by-parts"}, {"factor", 4.0}};
+  expect_invalid(c, "config.rope_scaling.rope_type", "ntk-by-parts");
+  c = llama();
+  c["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", {1.0, 2.0}}, {"long_factor", {1.0, 2.0}}};
+  expect_invalid(c, "config.rope_scaling.short_factor", "8 numbers");
+  c = llama();
+  c["partial_rotary_factor"] = 0.5;
+  expect_invalid(c, "config.partial_rotary_factor", "whole heads");
   c = llama();
   c["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
   expect_invalid(c, "config.rope_parameters.low_freq_factor", "missing");

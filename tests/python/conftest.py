@@ -47,6 +47,15 @@ def _configs():
         # linear rope scaling, multi-head attention, explicit head_dim different from hidden/heads
         "llama_linear_rope": (transformers.LlamaForCausalLM, _llama(
             num_key_value_heads=4, head_dim=8, rope_scaling={"rope_type": "linear", "factor": 2.0}), {}),
+        # YaRN: a ramp between interpolated and kept frequencies, cos and sin scaled (attention factor
+        # 1 + 0.1 ln 4); 16 trained positions stretched to 64
+        "llama_yarn": (transformers.LlamaForCausalLM, _llama(
+            rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}), {}),
+        # LongRoPE (Phi-3): per-frequency divisors, the long set for passes reaching past 8 positions
+        "llama_longrope": (transformers.LlamaForCausalLM, _llama(
+            rope_scaling={"rope_type": "longrope", "original_max_position_embeddings": 8,
+                          "short_factor": [1.0 + 0.15 * i for i in range(8)],
+                          "long_factor": [1.0 + 0.9 * i for i in range(8)]}), {}),
         # qkv bias, GQA, tied head
         "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
             vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -197,6 +197,56 @@ def test_tiny_gguf_equals_the_hf_folder(tmp_path, arch):
         assert torch.equal(got, want)
 
 
+def llama3_rope_freqs(theta, head_dim, factor, low, high, original):
+    """The per-frequency divisors llama.cpp's converter stores as rope_freqs for Llama 3.1 scaling."""
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
+    out = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < original / high:
+            out.append(1.0)
+        elif wavelen > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def test_llama31_gguf_with_rope_freqs_equals_its_source_folder(tmp_path):
+    """Llama 3.1+ files carry their rescaled frequencies as the rope_freqs tensor (and no scaling type).
+    transformers' GGUF loader drops that tensor, so the file is compared with the folder it was
+    converted from, which transformers reads with its llama3 scaling."""
+    torch.manual_seed(8)
+    common = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=500000.0)
+    scaling = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **common, tie_word_embeddings=False, rope_scaling={"rope_type": "llama3", **scaling})).eval()
+    model.save_pretrained(tmp_path / "hf")
+    tensors = hf_to_gguf_tensors(model, "llama")
+    tensors["rope_freqs.weight"] = llama3_rope_freqs(500000.0, 16, *scaling.values())
+    path = write_gguf(tmp_path / "llama31.gguf", "llama", common, tensors)
+    ours = aios.Backbone.load(path)
+    assert ours.config.rope.type == "default"  # the divisors stand in for the scaling type
+    ids = torch.randint(0, 101, (2, 40))
+    hidden, logits = run(ours, ids)
+    assert (hidden - run(aios.Backbone.load(tmp_path / "hf"), ids)[0]).abs().max() <= 1e-5
+    with torch.no_grad():
+        assert (logits - model(ids).logits).abs().max() <= 1e-4
+    # Without the divisors the file is a different model: they are what is tested here.
+    del tensors["rope_freqs.weight"]
+    plain = aios.Backbone.load(write_gguf(tmp_path / "plain.gguf", "llama", common, tensors))
+    assert (run(plain, ids)[1] - logits).abs().max() > 1e-3
+    # Divisors of the wrong count or value are named.
+    tensors["rope_freqs.weight"] = np.ones(5, dtype=np.float32)
+    with pytest.raises(aios.DataLossError, match="rope_freqs.weight"):
+        aios.Backbone.load(write_gguf(tmp_path / "short.gguf", "llama", common, tensors))
+    tensors["rope_freqs.weight"] = -np.ones(8, dtype=np.float32)
+    with pytest.raises(aios.DataLossError, match="rope_freqs.weight.*positive"):
+        aios.Backbone.load(write_gguf(tmp_path / "negative.gguf", "llama", common, tensors))
+
+
 @pytest.fixture(scope="module")
 def default_gguf():
     """The default model's .gguf file, located by the script that also names the package to install."""

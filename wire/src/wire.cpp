@@ -98,6 +98,8 @@ void to_wire(const ModelInfo& info, const HostLimits& limits, v1::ModelInfo* out
     rope->set_low_freq_factor(info.rope->low_freq_factor);
     rope->set_high_freq_factor(info.rope->high_freq_factor);
     rope->set_original_max_positions(info.rope->original_max_positions);
+    rope->set_rotary_dim(info.rope->rotary_dim);
+    rope->set_attention_factor(info.rope->attention_factor);
   }
   out->set_qkv_bias(info.qkv_bias);
   out->set_out_bias(info.out_bias);
@@ -143,8 +145,15 @@ ModelInfo model_info(const v1::ModelInfo& in, const TensorLimits& limits) {
   info.activation = in.activation();
   if (in.has_rope()) {
     const v1::RopeInfo& r = in.rope();
-    info.rope = RopeInfo{r.type(), r.theta(), r.factor(), r.low_freq_factor(), r.high_freq_factor(),
-                         r.original_max_positions()};
+    RopeInfo& rope = info.rope.emplace();
+    rope.type = r.type();
+    rope.theta = r.theta();
+    rope.rotary_dim = size(r.rotary_dim(), "rope.rotary_dim");
+    rope.factor = r.factor();
+    rope.low_freq_factor = r.low_freq_factor();
+    rope.high_freq_factor = r.high_freq_factor();
+    rope.original_max_positions = r.original_max_positions();
+    rope.attention_factor = r.attention_factor();
   }
   info.qkv_bias = in.qkv_bias();
   info.out_bias = in.out_bias();

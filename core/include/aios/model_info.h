@@ -19,12 +19,16 @@ namespace aios {
 
 // Rotary position embedding frequencies.
 struct RopeInfo {
-  std::string type = "default";  // "default", "linear" (positions / factor), "llama3" (Llama 3.1 low-frequency rescaling)
-  double theta = 10000.0;        // base of the frequencies
-  double factor = 1.0;           // linear, llama3
+  // "default", "linear" (positions / factor), "dynamic" (NTK), "yarn", "longrope", "llama3" (Llama
+  // 3.1 low-frequency rescaling), as transformers names them.
+  std::string type = "default";
+  double theta = 10000.0;  // base of the frequencies
+  int64_t rotary_dim = 0;  // channels rotated per head; the rest of head_dim passes unrotated
+  double factor = 1.0;     // linear, dynamic, yarn, longrope, llama3
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
-  int64_t original_max_positions = 8192;  // llama3
+  int64_t original_max_positions = 8192;  // the pretraining length the scaled types start from
+  double attention_factor = 1.0;          // cos and sin are multiplied by it (yarn, longrope)
 
   friend AIOS_EXPORT bool operator==(const RopeInfo&, const RopeInfo&);
   friend bool operator!=(const RopeInfo& a, const RopeInfo& b) { return !(a == b); }

@@ -21,15 +21,30 @@ enum class Family {
 
 enum class Activation { kSilu, kGeluExact, kGeluTanh };
 
-// Rotary position embedding frequencies. kLlama3 rescales low frequencies as Llama 3.1 does.
+// Rotary position embedding: how the inverse frequencies of the first `rotary_dim` channels of each
+// head are computed, for every rope type transformers defines (modeling_rope_utils.py).
 struct RopeConfig {
-  enum class Type { kDefault, kLinear, kLlama3 };
+  enum class Type {
+    kDefault,
+    kLinear,    // inverse frequencies / factor
+    kDynamic,   // NTK: the base grows with the longest position of a pass past original_max_positions
+    kYarn,      // ramp between interpolated and extrapolated frequencies, cos/sin scaled by attention_factor
+    kLongrope,  // per-frequency divisors, long_factors for passes reaching past original_max_positions
+    kLlama3,    // Llama 3.1's low-frequency rescaling
+  };
   Type type = Type::kDefault;
   double theta = 10000.0;
-  double factor = 1.0;
-  double low_freq_factor = 1.0;
-  double high_freq_factor = 4.0;
-  int64_t original_max_positions = 8192;
+  int64_t rotary_dim = 0;  // channels rotated per head (even, <= head_dim); the rest pass unchanged
+  double factor = 1.0;     // linear, dynamic, yarn, llama3
+  double low_freq_factor = 1.0;   // llama3
+  double high_freq_factor = 4.0;  // llama3
+  int64_t original_max_positions = 8192;  // llama3, yarn, longrope, dynamic: the pretraining length
+  double attention_factor = 1.0;          // cos and sin are multiplied by it (yarn, longrope)
+  double beta_fast = 32.0, beta_slow = 1.0;  // yarn: the ramp's bounds, in rotations
+  bool truncate = true;                      // yarn: round the ramp's bounds to whole dimensions
+  // Divisors of the inverse frequencies, [rotary_dim/2] each, or empty: longrope's short (and long)
+  // factors, or the per-frequency factors a GGUF file stores as rope_freqs (kDefault).
+  std::vector<double> short_factors, long_factors;
 };
 
 struct ModelConfig {
