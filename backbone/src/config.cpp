@@ -302,6 +302,24 @@ std::vector<std::optional<int64_t>> parse_windows(const Fields& f, const std::st
   return windows;
 }
 
+// SmolLM3: no_rope_layers (1 = rotary, 0 = none), or every no_rope_layer_interval-th layer without.
+std::vector<bool> parse_rope_layers(const Fields& f, int64_t layers) {
+  std::vector<bool> rope(static_cast<std::size_t>(layers));
+  if (f.has("no_rope_layers")) {
+    const json& list = f.at("no_rope_layers");
+    if (!list.is_array() || static_cast<int64_t>(list.size()) != layers) {
+      fail(ErrorCode::kInvalidArgument, f.name("no_rope_layers"), "expected a list of {} entries", layers);
+    }
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      rope[i] = json_integer(list[i], fmt::format("{}[{}]", f.name("no_rope_layers"), i), 0, 1, ErrorCode::kInvalidArgument) == 1;
+    }
+    return rope;
+  }
+  const int64_t interval = f.positive("no_rope_layer_interval", kMaxLayers, 4);
+  for (int64_t i = 0; i < layers; ++i) rope[static_cast<std::size_t>(i)] = (i + 1) % interval != 0;
+  return rope;
+}
+
 void parse_llama_family(const Fields& f, const std::string& model_type, ModelConfig& c) {
   c.family = Family::kLlama;
   c.vocab_size = f.positive("vocab_size", kMaxVocab);
@@ -332,7 +350,15 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
     c.mlp_bias = f.boolean("mlp_bias", false);
   } else if (model_type == "qwen3") {
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
-    c.qk_norm = true;
+    c.qk_norm = QkNorm::kPerHead;
+  } else if (model_type == "olmo2") {
+    c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
+    c.qk_norm = QkNorm::kWhole;
+    c.norm_outputs = true;
+  } else if (model_type == "smollm3") {
+    c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
+    c.mlp_bias = f.boolean("mlp_bias", false);
+    c.rope_layers = parse_rope_layers(f, c.num_layers);
   }
   c.sliding_windows = parse_windows(f, model_type, c.num_layers);
   c.attention_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
@@ -386,6 +412,8 @@ constexpr KnownArchitecture kArchitectures[] = {
     {"LlamaForCausalLM", "llama"},
     {"Qwen2ForCausalLM", "qwen2"},
     {"Qwen3ForCausalLM", "qwen3"},
+    {"SmolLM3ForCausalLM", "smollm3"},
+    {"Olmo2ForCausalLM", "olmo2"},
     {"MistralForCausalLM", "mistral"},
     {"GPT2LMHeadModel", "gpt2"},
 };

@@ -1,5 +1,6 @@
-// The Llama block family: Llama 2/3, SmolLM2, Qwen2 (qkv bias), Qwen3 (q/k norm), Mistral (sliding
-// window).
+// The Llama block family: Llama 2/3, SmolLM2, Qwen2 (qkv bias), Qwen3 (q/k norm per head), Mistral
+// (sliding window), SmolLM3 (layers without rotary), OLMo 2 (q/k norm over the projection, norms on
+// the attention and MLP outputs).
 //
 // Load-time fusion: q, k, v projections are concatenated into one [(H+2Hkv)*hd, D] matrix and gate
 // and up into one [2I, D] matrix, so each block runs four matrix products instead of seven.
@@ -17,19 +18,21 @@ namespace aios::backbone {
 namespace {
 
 struct LlamaLayer {
-  at::Tensor attn_norm;   // [D]
+  // [D] each: the attention and MLP inputs' norms, or with ModelConfig::norm_outputs their outputs'.
+  at::Tensor attn_norm;
   at::Tensor qkv_weight;  // [(H+2Hkv)*hd, D]
   at::Tensor qkv_bias;    // [(H+2Hkv)*hd] or undefined
   at::Tensor out_weight;  // [D, H*hd]
   at::Tensor out_bias;    // [D] or undefined
-  at::Tensor q_norm;      // [hd] or undefined (ModelConfig::qk_norm)
-  at::Tensor k_norm;      // [hd] or undefined
-  at::Tensor mlp_norm;    // [D]
+  at::Tensor q_norm;      // [hd] per head, [H*hd] whole, or undefined (ModelConfig::qk_norm)
+  at::Tensor k_norm;      // [hd] per head, [Hkv*hd] whole, or undefined
+  at::Tensor mlp_norm;
   at::Tensor gate_up_weight;  // [2I, D]
   at::Tensor gate_up_bias;    // [2I] or undefined
   at::Tensor down_weight;     // [D, I]
   at::Tensor down_bias;       // [D] or undefined
   std::optional<int64_t> window;
+  bool rope = true;
 };
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -53,8 +56,13 @@ class LlamaModel final : public Model {
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const std::string p = fmt::format("model.layers.{}.", i);
       LlamaLayer l;
-      l.attn_norm = own(take(p + "input_layernorm.weight", {D}));
-      l.mlp_norm = own(take(p + "post_attention_layernorm.weight", {D}));
+      if (c.norm_outputs) {
+        l.attn_norm = own(take(p + "post_attention_layernorm.weight", {D}));
+        l.mlp_norm = own(take(p + "post_feedforward_layernorm.weight", {D}));
+      } else {
+        l.attn_norm = own(take(p + "input_layernorm.weight", {D}));
+        l.mlp_norm = own(take(p + "post_attention_layernorm.weight", {D}));
+      }
       l.qkv_weight = own(at::cat({take(p + "self_attn.q_proj.weight", {H * hd, D}),
                                   take(p + "self_attn.k_proj.weight", {K * hd, D}),
                                   take(p + "self_attn.v_proj.weight", {K * hd, D})}));
@@ -64,9 +72,10 @@ class LlamaModel final : public Model {
       }
       l.out_weight = own(take(p + "self_attn.o_proj.weight", {D, H * hd}));
       if (c.out_bias) l.out_bias = own(take(p + "self_attn.o_proj.bias", {D}));
-      if (c.qk_norm) {
-        l.q_norm = own(take(p + "self_attn.q_norm.weight", {hd}));
-        l.k_norm = own(take(p + "self_attn.k_norm.weight", {hd}));
+      if (c.qk_norm != QkNorm::kNone) {
+        const bool whole = c.qk_norm == QkNorm::kWhole;
+        l.q_norm = own(take(p + "self_attn.q_norm.weight", {whole ? H * hd : hd}));
+        l.k_norm = own(take(p + "self_attn.k_norm.weight", {whole ? K * hd : hd}));
       }
       l.gate_up_weight = own(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
       l.down_weight = own(take(p + "mlp.down_proj.weight", {D, I}));
@@ -75,6 +84,7 @@ class LlamaModel final : public Model {
         l.down_bias = own(take(p + "mlp.down_proj.bias", {D}));
       }
       if (!c.sliding_windows.empty()) l.window = c.sliding_windows[static_cast<std::size_t>(i)];
+      if (!c.rope_layers.empty()) l.rope = c.rope_layers[static_cast<std::size_t>(i)];
       layers_.push_back(std::move(l));
     }
   }
@@ -98,26 +108,35 @@ class LlamaModel final : public Model {
     const ModelConfig& c = config_;
     const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
     const LlamaLayer& l = layers_[static_cast<std::size_t>(index)];
-    at::Tensor h = rms_norm(x, l.attn_norm, c.norm_eps);
+    at::Tensor h = c.norm_outputs ? x : rms_norm(x, l.attn_norm, c.norm_eps);
     at::Tensor qkv = at::linear(h, l.qkv_weight, l.qkv_bias);  // [B,T,(H+2K)*hd]
     auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
-    at::Tensor q = parts[0].view({B, T, H, hd});
-    at::Tensor k = parts[1].view({B, T, K, hd});
-    if (c.qk_norm) {
+    at::Tensor q = parts[0], k = parts[1];
+    if (c.qk_norm == QkNorm::kWhole) {
+      q = rms_norm(q, l.q_norm, c.norm_eps);
+      k = rms_norm(k, l.k_norm, c.norm_eps);
+    }
+    q = q.view({B, T, H, hd});
+    k = k.view({B, T, K, hd});
+    if (c.qk_norm == QkNorm::kPerHead) {
       q = rms_norm(q, l.q_norm, c.norm_eps);
       k = rms_norm(k, l.k_norm, c.norm_eps);
     }
     q = q.transpose(1, 2);  // [B,H,T,hd]
     k = k.transpose(1, 2);  // [B,K,T,hd]
     at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
-    q = rotary_.apply(q, ctx.cos, ctx.sin);
-    k = rotary_.apply(k, ctx.cos, ctx.sin);
+    if (l.rope) {
+      q = rotary_.apply(q, ctx.cos, ctx.sin);
+      k = rotary_.apply(k, ctx.cos, ctx.sin);
+    }
     std::tie(k, v) = ctx.keys_values(index, k, v);  // with a cache: [B,K,S,hd], every cached slot
     at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale);  // [B,T,H*hd]
-    at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
-    h = rms_norm(out, l.mlp_norm, c.norm_eps);
+    at::Tensor a = at::linear(attn, l.out_weight, l.out_bias);
+    at::Tensor out = x + (c.norm_outputs ? rms_norm(a, l.attn_norm, c.norm_eps) : a);
+    h = c.norm_outputs ? out : rms_norm(out, l.mlp_norm, c.norm_eps);
     auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]
-    return out + at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight, l.down_bias);
+    at::Tensor m = at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight, l.down_bias);
+    return out + (c.norm_outputs ? rms_norm(m, l.mlp_norm, c.norm_eps) : m);
   }
 
   at::Tensor final_norm(const at::Tensor& x) const override { return rms_norm(x, final_norm_, config_.norm_eps); }

@@ -13,6 +13,7 @@ using aios::ErrorCode;
 using aios::backbone::Activation;
 using aios::backbone::Family;
 using aios::backbone::parse_hf_config;
+using aios::backbone::QkNorm;
 using aios::backbone::RopeConfig;
 using nlohmann::json;
 
@@ -138,6 +139,24 @@ TEST_CASE("rotary scaling types resolve their defaults as transformers does") {
   CHECK(dynamic.rope.type == RopeConfig::Type::kDynamic);
   CHECK(dynamic.rope.original_max_positions == 128);
   CHECK(dynamic.max_positions == 256);
+}
+
+TEST_CASE("SmolLM3's layers without rotary and OLMo 2's norms") {
+  json c = llama();
+  c["architectures"] = {"SmolLM3ForCausalLM"};
+  c["num_hidden_layers"] = 8;
+  CHECK(parse_hf_config(c.dump()).rope_layers == std::vector<bool>{true, true, true, false, true, true, true, false});
+  c["no_rope_layers"] = {1, 0, 1, 1, 1, 1, 1, 1};
+  CHECK(parse_hf_config(c.dump()).rope_layers[1] == false);
+  c["no_rope_layers"] = {1, 0};
+  expect_invalid(c, "config.no_rope_layers", "8 entries");
+  c["no_rope_layers"] = {1, 2, 1, 1, 1, 1, 1, 1};
+  expect_invalid(c, "config.no_rope_layers[1]", "2");
+
+  c = llama();
+  c["architectures"] = {"Olmo2ForCausalLM"};
+  const auto olmo = parse_hf_config(c.dump());
+  CHECK((olmo.qk_norm == QkNorm::kWhole && olmo.norm_outputs && olmo.rope_layers.empty()));
 }
 
 TEST_CASE("a GPT-2 config with defaults") {

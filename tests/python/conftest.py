@@ -72,6 +72,18 @@ def _configs():
             vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
             sliding_window=5, head_dim=16), {}),
+        # no rotary on every second layer (NoPE), a window of 5 on those, attention biases, tied head
+        "smollm3_nope": (transformers.SmolLM3ForCausalLM, transformers.SmolLM3Config(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            no_rope_layer_interval=2, use_sliding_window=True, sliding_window=5, attention_bias=True,
+            pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
+        # q/k norm over the whole projection, norms on the attention and MLP outputs, untied head
+        "olmo2": (transformers.Olmo2ForCausalLM, transformers.Olmo2Config(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            attention_bias=True, tie_word_embeddings=False, pad_token_id=None, bos_token_id=None,
+            eos_token_id=None), {}),
         "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
             vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=MAX_POSITIONS), {}),
         # untied head, inverse-layer scaling, exact GELU, sharded

@@ -47,6 +47,13 @@ struct RopeConfig {
   std::vector<double> short_factors, long_factors;
 };
 
+// RMSNorm of queries and keys before rotary.
+enum class QkNorm {
+  kNone,
+  kPerHead,  // over each head's channels, one [head_dim] weight (Qwen3)
+  kWhole,    // over all heads' channels of the projection, [H*head_dim] and [Hkv*head_dim] (OLMo 2)
+};
+
 struct ModelConfig {
   std::string architecture;  // the checkpoint's own name, e.g. "LlamaForCausalLM"
   Family family = Family::kLlama;
@@ -64,7 +71,12 @@ struct ModelConfig {
   bool qkv_bias = false;       // biases on the q, k, v projections
   bool out_bias = false;       // bias on the attention output projection
   bool mlp_bias = false;       // biases on the MLP projections
-  bool qk_norm = false;        // RMSNorm over each head's query and key before rotary (Qwen3)
+  QkNorm qk_norm = QkNorm::kNone;
+  // Where a block normalises: its attention and MLP inputs (Llama), or instead their outputs before
+  // each residual add (OLMo 2).
+  bool norm_outputs = false;
+  // Per layer: whether queries and keys are rotated; empty = every layer (SmolLM3 leaves some out).
+  std::vector<bool> rope_layers;
   bool tie_word_embeddings = false;
   // Per layer: a key may be attended only if query_index - key_index < window. Empty = no windows.
   std::vector<std::optional<int64_t>> sliding_windows;
