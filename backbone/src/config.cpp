@@ -170,11 +170,13 @@ std::vector<double> frequency_factors(const Fields& p, const char* key, int64_t 
   return factors;
 }
 
-// The rotary embedding of a config whose head_dim and max_positions are read; `partial` says whether
-// the family's attention rotates part of each head (partial_rotary_factor), as transformers' does.
+// The rotary embedding of a config whose head_dim and max_positions are read. Of the families here
+// only Phi-3's attention rotates part of each head (partial_rotary_factor), and its configs call
+// LongRoPE "su" or "yarn" too, as transformers' Phi3Config reads them.
 // Types whose point is to reach past the trained length (dynamic, yarn) raise max_positions to
 // original_max_positions * factor.
-RopeConfig parse_rope(const Fields& f, ModelConfig& c, bool partial) {
+RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfig& c) {
+  const bool phi3 = model_type == "phi3";
   RopeConfig rope;
   rope.rotary_dim = c.head_dim;
   // transformers 5 writes "rope_parameters" (theta included); older configs "rope_theta" + "rope_scaling".
@@ -191,7 +193,7 @@ RopeConfig parse_rope(const Fields& f, ModelConfig& c, bool partial) {
   }
   const std::string partial_name = params && params->has(partial_field) ? params->name(partial_field) : f.name(partial_field);
   if (partial_factor != 1.0) {
-    if (!partial) fail(ErrorCode::kInvalidArgument, partial_name, "this family rotates whole heads; expected 1, got {}", partial_factor);
+    if (!phi3) fail(ErrorCode::kInvalidArgument, partial_name, "this family rotates whole heads; expected 1, got {}", partial_factor);
     rope.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * partial_factor);
     if (!(partial_factor > 0 && partial_factor <= 1) || rope.rotary_dim <= 0 || rope.rotary_dim % 2 != 0) {
       fail(ErrorCode::kInvalidArgument, partial_name, "expected a factor in (0, 1] giving an even number of channels of head_dim {}, got {}",
@@ -202,7 +204,8 @@ RopeConfig parse_rope(const Fields& f, ModelConfig& c, bool partial) {
   if (!params) return rope;
   const Fields& p = *params;
   const char* type_key = p.has("rope_type") ? "rope_type" : "type";
-  const std::string type = p.string(type_key, std::string("default"));
+  std::string type = p.string(type_key, std::string("default"));
+  if (phi3 && (type == "su" || type == "yarn")) type = "longrope";
   // Scaled types name the pretraining length in their parameters, or (Phi-3) beside them.
   auto original = [&] {
     if (p.has("original_max_position_embeddings")) return p.positive("original_max_position_embeddings", kMaxPositions);
@@ -341,7 +344,7 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
   c.max_positions = f.positive("max_position_embeddings", kMaxPositions, 2048);
   c.norm_eps = f.number("rms_norm_eps", 1e-6);
   c.activation = parse_activation(f, "hidden_act", "silu");
-  c.rope = parse_rope(f, c, /*partial=*/false);
+  c.rope = parse_rope(f, model_type, c);
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
   if (model_type == "qwen2") {
     c.qkv_bias = true;
@@ -355,6 +358,8 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
     c.qk_norm = QkNorm::kWhole;
     c.norm_outputs = true;
+  } else if (model_type == "phi3") {
+    c.packed_projections = true;
   } else if (model_type == "smollm3") {
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
     c.mlp_bias = f.boolean("mlp_bias", false);
@@ -414,6 +419,7 @@ constexpr KnownArchitecture kArchitectures[] = {
     {"Qwen3ForCausalLM", "qwen3"},
     {"SmolLM3ForCausalLM", "smollm3"},
     {"Olmo2ForCausalLM", "olmo2"},
+    {"Phi3ForCausalLM", "phi3"},
     {"MistralForCausalLM", "mistral"},
     {"GPT2LMHeadModel", "gpt2"},
 };

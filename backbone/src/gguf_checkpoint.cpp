@@ -23,6 +23,7 @@ constexpr Architecture kArchitectures[] = {
     {"llama", "LlamaForCausalLM", true},
     {"qwen2", "Qwen2ForCausalLM", false},
     {"qwen3", "Qwen3ForCausalLM", false},
+    {"phi3", "Phi3ForCausalLM", false},
 };
 
 const Architecture& architecture_of(const io::GgufFile& file) {
@@ -66,7 +67,8 @@ constexpr LayerName kLayerNames[] = {
     {"self_attn.v_proj.", "attn_v."},     {"self_attn.o_proj.", "attn_output."},
     {"mlp.gate_proj.", "ffn_gate."},      {"mlp.up_proj.", "ffn_up."},
     {"mlp.down_proj.", "ffn_down."},     {"self_attn.q_norm.", "attn_q_norm."},
-    {"self_attn.k_norm.", "attn_k_norm."},
+    {"self_attn.k_norm.", "attn_k_norm."}, {"self_attn.qkv_proj.", "attn_qkv."},
+    {"mlp.gate_up_proj.", "ffn_up."},
 };
 
 std::optional<std::string> gguf_name(const std::string& hf) {
@@ -91,6 +93,42 @@ at::Tensor unpermute(const at::Tensor& w, int64_t heads) {
   std::vector<int64_t> view = {heads, w.size(0) / heads / 2, 2};
   for (int64_t d = 1; d < w.dim(); ++d) view.push_back(w.size(d));
   return w.reshape(view).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+
+// The factors of a GGUF tensor, as a JSON list for config.json's fields.
+nlohmann::json factors_of(const io::GgufFile& file, const io::GgufTensor& tensor) {
+  const at::Tensor values = dequantize(tensor, file.path() + ": " + tensor.name).to(at::kDouble).contiguous();
+  return std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+}
+
+// What llama.cpp's converter writes for Phi-3 beside the common keys: the window (0 = none), the
+// rotated channels, and LongRoPE's factors as two tensors.
+void phi3_config(const io::GgufFile& file, nlohmann::json& config, std::map<std::string, std::string>& source) {
+  if (auto window = file.integer("phi3.attention.sliding_window"); window && *window != 0) {
+    config["sliding_window"] = *window;
+    source["config.sliding_window"] = "phi3.attention.sliding_window";
+  }
+  const auto rotary = file.integer("phi3.rope.dimension_count");
+  const auto hidden = file.integer("phi3.embedding_length"), heads = file.integer("phi3.attention.head_count");
+  if (rotary && hidden && heads && *heads > 0 && *rotary != *hidden / *heads) {
+    config["partial_rotary_factor"] = static_cast<double>(*rotary) / static_cast<double>(*hidden / *heads);
+    source["config.partial_rotary_factor"] = "phi3.rope.dimension_count";
+  }
+  const io::GgufTensor* long_factors = file.find("rope_factors_long.weight");
+  const io::GgufTensor* short_factors = file.find("rope_factors_short.weight");
+  if (long_factors == nullptr && short_factors == nullptr) return;
+  if (long_factors == nullptr || short_factors == nullptr) {
+    fail(ErrorCode::kDataLoss, file.path() + ": rope_factors_long.weight", "expected both LongRoPE factor tensors, long and short");
+  }
+  nlohmann::json& scaling = config["rope_scaling"] = {{"rope_type", "longrope"},
+                                                      {"long_factor", factors_of(file, *long_factors)},
+                                                      {"short_factor", factors_of(file, *short_factors)}};
+  source["config.rope_scaling.long_factor"] = "rope_factors_long.weight";
+  source["config.rope_scaling.short_factor"] = "rope_factors_short.weight";
+  source["config.rope_scaling.original_max_position_embeddings"] = "phi3.rope.scaling.original_context_length";
+  if (auto length = file.integer("phi3.rope.scaling.original_context_length")) scaling["original_max_position_embeddings"] = *length;
+  source["config.rope_scaling.attention_factor"] = "phi3.rope.scaling.attn_factor";
+  if (auto factor = file.number("phi3.rope.scaling.attn_factor")) scaling["attention_factor"] = *factor;
 }
 
 }  // namespace
@@ -119,6 +157,7 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
       scaling["original_max_position_embeddings"] = *length;
     }
   }
+  if (std::string(arch.gguf) == "phi3") phi3_config(file, config, source);
   const io::GgufTensor* embedding = file.find("token_embd.weight");
   if (embedding == nullptr || embedding->shape.size() != 2) {
     fail(ErrorCode::kDataLoss, file.path() + ": token_embd.weight", "expected a [vocab, hidden] token embedding");

@@ -1,6 +1,6 @@
 // The Llama block family: Llama 2/3, SmolLM2, Qwen2 (qkv bias), Qwen3 (q/k norm per head), Mistral
 // (sliding window), SmolLM3 (layers without rotary), OLMo 2 (q/k norm over the projection, norms on
-// the attention and MLP outputs).
+// the attention and MLP outputs), Phi-3 (packed projections, partial rotary, LongRoPE).
 //
 // Load-time fusion: q, k, v projections are concatenated into one [(H+2Hkv)*hd, D] matrix and gate
 // and up into one [2I, D] matrix, so each block runs four matrix products instead of seven.
@@ -63,9 +63,13 @@ class LlamaModel final : public Model {
         l.attn_norm = own(take(p + "input_layernorm.weight", {D}));
         l.mlp_norm = own(take(p + "post_attention_layernorm.weight", {D}));
       }
-      l.qkv_weight = own(at::cat({take(p + "self_attn.q_proj.weight", {H * hd, D}),
-                                  take(p + "self_attn.k_proj.weight", {K * hd, D}),
-                                  take(p + "self_attn.v_proj.weight", {K * hd, D})}));
+      if (c.packed_projections) {
+        l.qkv_weight = own(take(p + "self_attn.qkv_proj.weight", {(H + 2 * K) * hd, D}));
+      } else {
+        l.qkv_weight = own(at::cat({take(p + "self_attn.q_proj.weight", {H * hd, D}),
+                                    take(p + "self_attn.k_proj.weight", {K * hd, D}),
+                                    take(p + "self_attn.v_proj.weight", {K * hd, D})}));
+      }
       if (c.qkv_bias) {
         l.qkv_bias = own(at::cat({take(p + "self_attn.q_proj.bias", {H * hd}), take(p + "self_attn.k_proj.bias", {K * hd}),
                                   take(p + "self_attn.v_proj.bias", {K * hd})}));
@@ -77,7 +81,9 @@ class LlamaModel final : public Model {
         l.q_norm = own(take(p + "self_attn.q_norm.weight", {whole ? H * hd : hd}));
         l.k_norm = own(take(p + "self_attn.k_norm.weight", {whole ? K * hd : hd}));
       }
-      l.gate_up_weight = own(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
+      l.gate_up_weight = c.packed_projections
+                             ? own(take(p + "mlp.gate_up_proj.weight", {2 * I, D}))
+                             : own(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
       l.down_weight = own(take(p + "mlp.down_proj.weight", {D, I}));
       if (c.mlp_bias) {
         l.gate_up_bias = own(at::cat({take(p + "mlp.gate_proj.bias", {I}), take(p + "mlp.up_proj.bias", {I})}));

@@ -84,6 +84,15 @@ def _configs():
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
             attention_bias=True, tie_word_embeddings=False, pad_token_id=None, bos_token_id=None,
             eos_token_id=None), {}),
+        # packed qkv_proj and gate_up_proj, half of each head rotated, LongRoPE past 8 positions, a
+        # window of 5 on every layer
+        "phi3": (transformers.Phi3ForCausalLM, transformers.Phi3Config(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            original_max_position_embeddings=8, partial_rotary_factor=0.5, sliding_window=5,
+            rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.3, 1.6, 2.0],
+                          "long_factor": [1.0, 2.5, 4.0, 7.0]},
+            tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
         "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
             vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=MAX_POSITIONS), {}),
         # untied head, inverse-layer scaling, exact GELU, sharded

@@ -231,8 +231,9 @@ def test_unknown_architecture_and_unsupported_values(copy_of):
     folder = copy_of()
     cases = [
         (dict(architectures=["FalconForCausalLM"]), "config.architectures", ["FalconForCausalLM"]),
-        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}),
-         "config.rope_parameters.rope_type", ["yarn"]),
+        (dict(rope_parameters={"rope_type": "ntk-by-parts", "rope_theta": 10000.0, "factor": 4.0}),
+         "config.rope_parameters.rope_type", ["ntk-by-parts", "longrope"]),
+        (dict(partial_rotary_factor=0.5), "config.partial_rotary_factor", ["whole heads"]),
         (dict(hidden_act="relu6"), "config.hidden_act", ["relu6"]),
         (dict(num_key_value_heads=3), "config.num_key_value_heads", ["3"]),
         (dict(hidden_size="sixty-four"), "config.hidden_size", ["sixty-four"]),

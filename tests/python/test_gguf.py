@@ -72,7 +72,8 @@ def permute(w, heads):
 GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
               "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+              "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
 
 
 def hf_to_gguf_tensors(model, arch):
@@ -245,6 +246,35 @@ def test_llama31_gguf_with_rope_freqs_equals_its_source_folder(tmp_path):
     tensors["rope_freqs.weight"] = -np.ones(8, dtype=np.float32)
     with pytest.raises(aios.DataLossError, match="rope_freqs.weight.*positive"):
         aios.Backbone.load(write_gguf(tmp_path / "negative.gguf", "llama", common, tensors))
+
+
+def test_phi3_gguf_equals_its_source_folder(checkpoints, tmp_path):
+    """A Phi-3 file as llama.cpp's converter writes it: packed qkv and gate_up tensors, the rotated
+    channels as rope.dimension_count, the window, and LongRoPE's factors as two tensors. transformers'
+    GGUF loader reads none of the last three, so the file is compared with its source folder."""
+    checkpoint = checkpoints["phi3"]
+    model, c = checkpoint.reference, checkpoint.reference.config
+    rope = c.rope_parameters
+    common = dict(max_position_embeddings=c.max_position_embeddings, hidden_size=c.hidden_size,
+                  num_hidden_layers=c.num_hidden_layers, intermediate_size=c.intermediate_size,
+                  num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+                  rope_theta=rope["rope_theta"], rms_norm_eps=c.rms_norm_eps)
+    tensors = hf_to_gguf_tensors(model, "phi3")
+    tensors["rope_factors_long.weight"] = np.array(rope["long_factor"], dtype=np.float32)
+    tensors["rope_factors_short.weight"] = np.array(rope["short_factor"], dtype=np.float32)
+    U32, F32 = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32
+    extra = {"phi3.rope.dimension_count": (8, U32), "phi3.attention.sliding_window": (5, U32),
+             "phi3.rope.scaling.original_context_length": (8, U32),
+             "phi3.rope.scaling.attn_factor": (float((1 + np.log(8) / np.log(8)) ** 0.5), F32)}
+    ours = aios.Backbone.load(write_gguf(tmp_path / "phi3.gguf", "phi3", common, tensors, extra=extra))
+    folder = aios.Backbone.load(checkpoint.path)
+    assert (ours.config.rope.rotary_dim, ours.config.sliding_windows) == (8, [5, 5, 5])
+    ids = torch.randint(0, 101, (2, 12))  # past the 8 trained positions: the long factors
+    for got, want in zip(run(ours, ids), run(folder, ids)):
+        assert (got - want).abs().max() <= 1e-5
+    del tensors["rope_factors_short.weight"]
+    with pytest.raises(aios.DataLossError, match="rope_factors"):
+        aios.Backbone.load(write_gguf(tmp_path / "half.gguf", "phi3", common, tensors, extra=extra))
 
 
 @pytest.fixture(scope="module")

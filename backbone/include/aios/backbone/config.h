@@ -77,6 +77,8 @@ struct ModelConfig {
   bool norm_outputs = false;
   // Per layer: whether queries and keys are rotated; empty = every layer (SmolLM3 leaves some out).
   std::vector<bool> rope_layers;
+  // The checkpoint stores q, k, v as one qkv_proj and gate, up as one gate_up_proj (Phi-3).
+  bool packed_projections = false;
   bool tie_word_embeddings = false;
   // Per layer: a key may be attended only if query_index - key_index < window. Empty = no windows.
   std::vector<std::optional<int64_t>> sliding_windows;
