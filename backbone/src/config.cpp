@@ -1,5 +1,6 @@
 #include "aios/backbone/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -279,30 +280,64 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
 std::vector<std::optional<int64_t>> parse_windows(const Fields& f, const std::string& model_type, int64_t layers) {
   std::vector<std::optional<int64_t>> windows;
   if (!f.has("sliding_window")) return windows;
-  const int64_t window = f.positive("sliding_window", kMaxPositions);
   if (f.has("layer_types")) {
     const json& types = f.at("layer_types");
     if (!types.is_array() || static_cast<int64_t>(types.size()) != layers) {
       fail(ErrorCode::kInvalidArgument, f.name("layer_types"), "expected an array of {} entries", layers);
     }
+    std::vector<bool> sliding;
     for (const json& t : types) {
-      if (t == "sliding_attention") {
-        windows.emplace_back(window);
-      } else if (t == "full_attention") {
-        windows.emplace_back(std::nullopt);
-      } else {
+      if (t != "sliding_attention" && t != "full_attention") {
         fail(ErrorCode::kInvalidArgument, f.name("layer_types"),
              "expected entries full_attention or sliding_attention, got {}", json_excerpt(t));
       }
+      sliding.push_back(t == "sliding_attention");
     }
-  } else if (model_type == "qwen2" || model_type == "qwen3") {
+    // Qwen2-MoE writes a window of 0 when no layer slides.
+    if (std::find(sliding.begin(), sliding.end(), true) == sliding.end()) return windows;
+    const int64_t window = f.positive("sliding_window", kMaxPositions);
+    for (bool s : sliding) windows.emplace_back(s ? std::optional<int64_t>(window) : std::nullopt);
+  } else if (model_type == "qwen2" || model_type == "qwen3" || model_type == "qwen2_moe") {
     if (!f.boolean("use_sliding_window", false)) return windows;
+    const int64_t window = f.positive("sliding_window", kMaxPositions);
     const int64_t first = f.integer("max_window_layers", INT64_MIN, INT64_MAX, layers);
     for (int64_t i = 0; i < layers; ++i) windows.emplace_back(i >= first ? std::optional<int64_t>(window) : std::nullopt);
   } else {
-    windows.assign(static_cast<std::size_t>(layers), window);
+    windows.assign(static_cast<std::size_t>(layers), f.positive("sliding_window", kMaxPositions));
   }
   return windows;
+}
+
+// Mixtral (every layer, top-k renormalised), Qwen2-MoE and Qwen3-MoE (num_experts,
+// moe_intermediate_size, norm_topk_prob, decoder_sparse_step, mlp_only_layers; Qwen2-MoE's shared
+// expert).
+MoeConfig parse_moe(const Fields& f, const std::string& model_type, const ModelConfig& c) {
+  MoeConfig moe;
+  const char* count_key = f.has("num_experts") ? "num_experts" : "num_local_experts";
+  moe.num_experts = f.positive(count_key, kMaxHeads);
+  moe.top_k = f.positive("num_experts_per_tok", moe.num_experts);
+  moe.layers.assign(static_cast<std::size_t>(c.num_layers), true);
+  if (model_type == "mixtral") {
+    moe.expert_size = c.intermediate_size;
+    moe.normalize_top_k = true;
+    moe.mixtral_names = true;
+    return moe;
+  }
+  moe.expert_size = f.positive("moe_intermediate_size", kMaxWidth);
+  moe.normalize_top_k = f.boolean("norm_topk_prob", false);
+  if (model_type == "qwen2_moe") moe.shared_expert_size = f.positive("shared_expert_intermediate_size", kMaxWidth);
+  const int64_t step = f.positive("decoder_sparse_step", kMaxLayers, 1);
+  for (int64_t i = 0; i < c.num_layers; ++i) moe.layers[static_cast<std::size_t>(i)] = (i + 1) % step == 0;
+  if (f.has("mlp_only_layers")) {
+    const json& list = f.at("mlp_only_layers");
+    if (!list.is_array()) fail(ErrorCode::kInvalidArgument, f.name("mlp_only_layers"), "expected a list of layer indices");
+    for (std::size_t j = 0; j < list.size(); ++j) {
+      const int64_t layer = json_integer(list[j], fmt::format("{}[{}]", f.name("mlp_only_layers"), j), 0, c.num_layers - 1,
+                                         ErrorCode::kInvalidArgument);
+      moe.layers[static_cast<std::size_t>(layer)] = false;
+    }
+  }
+  return moe;
 }
 
 // SmolLM3: no_rope_layers (1 = rotary, 0 = none), or every no_rope_layer_interval-th layer without.
@@ -351,9 +386,11 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
   } else if (model_type == "llama") {
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
     c.mlp_bias = f.boolean("mlp_bias", false);
-  } else if (model_type == "qwen3") {
+  } else if (model_type == "qwen3" || model_type == "qwen3_moe") {
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
     c.qk_norm = QkNorm::kPerHead;
+  } else if (model_type == "qwen2_moe") {
+    c.qkv_bias = f.boolean("qkv_bias", true);
   } else if (model_type == "olmo2") {
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
     c.qk_norm = QkNorm::kWhole;
@@ -366,6 +403,7 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
     c.rope_layers = parse_rope_layers(f, c.num_layers);
   }
   c.sliding_windows = parse_windows(f, model_type, c.num_layers);
+  if (model_type == "mixtral" || model_type == "qwen2_moe" || model_type == "qwen3_moe") c.moe = parse_moe(f, model_type, c);
   c.attention_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
 }
 
@@ -421,6 +459,9 @@ constexpr KnownArchitecture kArchitectures[] = {
     {"Olmo2ForCausalLM", "olmo2"},
     {"Phi3ForCausalLM", "phi3"},
     {"MistralForCausalLM", "mistral"},
+    {"MixtralForCausalLM", "mixtral"},
+    {"Qwen2MoeForCausalLM", "qwen2_moe"},
+    {"Qwen3MoeForCausalLM", "qwen3_moe"},
     {"GPT2LMHeadModel", "gpt2"},
 };
 

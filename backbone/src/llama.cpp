@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "architectures.h"
+#include "experts.h"
 #include "layers.h"
 #include "rotary.h"
 
@@ -31,6 +32,10 @@ struct LlamaLayer {
   at::Tensor gate_up_bias;    // [2I] or undefined
   at::Tensor down_weight;     // [D, I]
   at::Tensor down_bias;       // [D] or undefined
+  // A mixture-of-experts layer's experts; the dense fields above then hold its shared expert, if
+  // any ([2S,D], [D,S]), gated per token by shared_gate [1,D].
+  std::optional<Experts> experts;
+  at::Tensor shared_gate;
   std::optional<int64_t> window;
   bool rope = true;
 };
@@ -81,17 +86,62 @@ class LlamaModel final : public Model {
         l.q_norm = own(take(p + "self_attn.q_norm.weight", {whole ? H * hd : hd}));
         l.k_norm = own(take(p + "self_attn.k_norm.weight", {whole ? K * hd : hd}));
       }
-      l.gate_up_weight = c.packed_projections
-                             ? own(take(p + "mlp.gate_up_proj.weight", {2 * I, D}))
-                             : own(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
-      l.down_weight = own(take(p + "mlp.down_proj.weight", {D, I}));
-      if (c.mlp_bias) {
-        l.gate_up_bias = own(at::cat({take(p + "mlp.gate_proj.bias", {I}), take(p + "mlp.up_proj.bias", {I})}));
-        l.down_bias = own(take(p + "mlp.down_proj.bias", {D}));
+      if (!c.moe.layers.empty() && c.moe.layers[static_cast<std::size_t>(i)]) {
+        load_experts(w, p, options, l);
+      } else {
+        load_mlp(w, p + "mlp.", I, options, l);
       }
       if (!c.sliding_windows.empty()) l.window = c.sliding_windows[static_cast<std::size_t>(i)];
       if (!c.rope_layers.empty()) l.rope = c.rope_layers[static_cast<std::size_t>(i)];
       layers_.push_back(std::move(l));
+    }
+  }
+
+  // A gated MLP of width I named "<prefix>gate_proj" ... ("<prefix>gate_up_proj" when packed).
+  void load_mlp(const WeightSource& w, const std::string& prefix, int64_t I, const LoadOptions& options, LlamaLayer& l) {
+    const ModelConfig& c = config_;
+    const int64_t D = c.hidden_size;
+    auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(prefix + name, shape, options); };
+    l.gate_up_weight = c.packed_projections ? own(take("gate_up_proj.weight", {2 * I, D}))
+                                            : own(at::cat({take("gate_proj.weight", {I, D}), take("up_proj.weight", {I, D})}));
+    l.down_weight = own(take("down_proj.weight", {D, I}));
+    if (c.mlp_bias) {
+      l.gate_up_bias = own(at::cat({take("gate_proj.bias", {I}), take("up_proj.bias", {I})}));
+      l.down_bias = own(take("down_proj.bias", {D}));
+    }
+  }
+
+  // The router and experts of layer prefix `p`, stacked [E,...] as a GGUF file stores them or one
+  // expert at a time as a Hugging Face folder does; Qwen2-MoE's shared expert and its gate.
+  void load_experts(const WeightSource& w, const std::string& p, const LoadOptions& options, LlamaLayer& l) {
+    const ModelConfig& c = config_;
+    const MoeConfig& m = c.moe;
+    const int64_t D = c.hidden_size, E = m.num_experts, I = m.expert_size;
+    const std::string block = p + (m.mixtral_names ? "block_sparse_moe." : "mlp.");
+    const char* gate = m.mixtral_names ? "w1" : "gate_proj";
+    const char* up = m.mixtral_names ? "w3" : "up_proj";
+    const char* down = m.mixtral_names ? "w2" : "down_proj";
+    auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
+    // "<block>experts.<name>.weight": all experts in one tensor; "<block>experts.<e>.<name>.weight": one.
+    auto stacked = [&](const char* name, at::IntArrayRef shape) {
+      const std::string all = fmt::format("{}experts.{}.weight", block, name);
+      std::vector<int64_t> full = {E};
+      full.insert(full.end(), shape.begin(), shape.end());
+      if (w.contains(all)) return take(all, full);
+      std::vector<at::Tensor> each;
+      for (int64_t e = 0; e < E; ++e) each.push_back(take(fmt::format("{}experts.{}.{}.weight", block, e, name), shape));
+      return at::stack(each);
+    };
+    Experts& x = l.experts.emplace();
+    x.router = own(take(block + "gate.weight", {E, D}));
+    x.gate_up = own(at::cat({stacked(gate, {I, D}), stacked(up, {I, D})}, 1));  // [E,2I,D]
+    x.down = own(stacked(down, {D, I}));
+    x.top_k = m.top_k;
+    x.normalize = m.normalize_top_k;
+    x.activation = c.activation;
+    if (m.shared_expert_size > 0) {
+      load_mlp(w, block + "shared_expert.", m.shared_expert_size, options, l);
+      l.shared_gate = own(take(block + "shared_expert_gate.weight", {1, D}));
     }
   }
 
@@ -140,8 +190,13 @@ class LlamaModel final : public Model {
     at::Tensor a = at::linear(attn, l.out_weight, l.out_bias);
     at::Tensor out = x + (c.norm_outputs ? rms_norm(a, l.attn_norm, c.norm_eps) : a);
     h = c.norm_outputs ? out : rms_norm(out, l.mlp_norm, c.norm_eps);
-    auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]
-    at::Tensor m = at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight, l.down_bias);
+    at::Tensor m = l.experts ? route(*l.experts, h, ctx.routing != nullptr ? &(*ctx.routing)[index] : nullptr) : at::Tensor();
+    if (l.gate_up_weight.defined()) {  // the dense MLP, or the shared expert beside the experts
+      auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]
+      at::Tensor dense = at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight, l.down_bias);
+      if (l.shared_gate.defined()) dense = at::sigmoid(at::linear(h, l.shared_gate)) * dense;
+      m = m.defined() ? m + dense : dense;
+    }
     return out + (c.norm_outputs ? rms_norm(m, l.mlp_norm, c.norm_eps) : m);
   }
 

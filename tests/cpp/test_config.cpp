@@ -159,6 +159,42 @@ TEST_CASE("SmolLM3's layers without rotary and OLMo 2's norms") {
   CHECK((olmo.qk_norm == QkNorm::kWhole && olmo.norm_outputs && olmo.rope_layers.empty()));
 }
 
+TEST_CASE("mixtures of experts: Mixtral, Qwen2-MoE and Qwen3-MoE") {
+  json c = llama();  // 2 layers
+  c["architectures"] = {"MixtralForCausalLM"};
+  c["num_local_experts"] = 8;
+  c["num_experts_per_tok"] = 2;
+  auto moe = parse_hf_config(c.dump()).moe;
+  CHECK((moe.num_experts == 8 && moe.top_k == 2 && moe.expert_size == 96 && moe.normalize_top_k && moe.mixtral_names));
+  CHECK(moe.layers == std::vector<bool>{true, true});
+  c["num_experts_per_tok"] = 9;
+  expect_invalid(c, "config.num_experts_per_tok", "9");
+
+  c = llama();
+  c["architectures"] = {"Qwen3MoeForCausalLM"};
+  c["num_experts"] = 4;
+  c["num_experts_per_tok"] = 2;
+  c["moe_intermediate_size"] = 32;
+  c["decoder_sparse_step"] = 2;
+  moe = parse_hf_config(c.dump()).moe;
+  CHECK((moe.expert_size == 32 && !moe.normalize_top_k && moe.shared_expert_size == 0));
+  CHECK(moe.layers == std::vector<bool>{false, true});
+  c["decoder_sparse_step"] = 1;
+  c["mlp_only_layers"] = {0};
+  CHECK(parse_hf_config(c.dump()).moe.layers == std::vector<bool>{false, true});
+  c["mlp_only_layers"] = {2};
+  expect_invalid(c, "config.mlp_only_layers[0]", "2");
+
+  c["architectures"] = {"Qwen2MoeForCausalLM"};
+  c.erase("mlp_only_layers");
+  expect_invalid(c, "config.shared_expert_intermediate_size", "missing");
+  c["shared_expert_intermediate_size"] = 48;
+  c["sliding_window"] = 0;  // as Qwen2-MoE writes it when no layer slides
+  c["layer_types"] = {"full_attention", "full_attention"};
+  const auto qwen2 = parse_hf_config(c.dump());
+  CHECK((qwen2.moe.shared_expert_size == 48 && qwen2.qkv_bias && qwen2.sliding_windows.empty()));
+}
+
 TEST_CASE("a GPT-2 config with defaults") {
   const json gpt2 = {{"model_type", "gpt2"}, {"vocab_size", 100}, {"n_embd", 64},
                      {"n_layer", 2},         {"n_head", 4},        {"n_positions", 32}};

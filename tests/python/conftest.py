@@ -93,6 +93,27 @@ def _configs():
             rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.3, 1.6, 2.0],
                           "long_factor": [1.0, 2.5, 4.0, 7.0]},
             tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
+        # top 2 of 4 experts renormalised on layers 0 and 2 (decoder_sparse_step 1, layer 1 in
+        # mlp_only_layers, so dense), per-head q/k norm
+        "qwen3_moe": (transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+            tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
+        # top 2 of 4 on every layer (w1/w3/w2 names), a window of 5, sharded
+        "mixtral_window": (transformers.MixtralForCausalLM, transformers.MixtralConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=48, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            num_local_experts=4, num_experts_per_tok=2, sliding_window=5, tie_word_embeddings=False,
+            pad_token_id=None, bos_token_id=None, eos_token_id=None), {"max_shard_size": "100KB"}),
+        # top 3 of 4 without renormalising, a sigmoid-gated shared expert, experts on every second
+        # layer (decoder_sparse_step 2), qkv biases
+        "qwen2_moe": (transformers.Qwen2MoeForCausalLM, transformers.Qwen2MoeConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+            shared_expert_intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS, num_experts=4,
+            num_experts_per_tok=3, decoder_sparse_step=2, tie_word_embeddings=False,
+            pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
         "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
             vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=MAX_POSITIONS), {}),
         # untied head, inverse-layer scaling, exact GELU, sharded
@@ -113,11 +134,14 @@ def checkpoints(tmp_path_factory):
     for i, (name, (cls, config, save_kw)) in enumerate(_configs().items()):
         torch.manual_seed(1000 + i)
         model = cls(config).eval()
-        # Random init leaves norms at 1 and biases at 0; perturb them so they are exercised.
+        # Random init leaves norms at 1 and biases at 0; perturb them so they are exercised. Routers
+        # get weights large enough that each token's choice of experts is clear, not a near-tie.
         with torch.no_grad():
             for pname, p in model.named_parameters():
                 if p.dim() == 1:
                     p.add_(torch.randn_like(p) * 0.1)
+                if pname.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
+                    p.normal_(0, 1)
         path = root / name
         model.save_pretrained(path, **save_kw)
         reference = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()

@@ -74,7 +74,7 @@ def test_the_hosts_description_is_the_local_one(hosted, checkpoints, default_mod
     assert remote.config == local.config
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "qwen2", "qwen3_window"])
+@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "qwen2", "qwen3_window", "qwen3_moe"])
 def test_parity_with_transformers(hosted, checkpoints, name):
     checkpoint = checkpoints[name]
     test_parity.test_every_layer_and_logits_match(checkpoint)
@@ -84,9 +84,10 @@ def test_parity_with_transformers(hosted, checkpoints, name):
 
 # ---- Gradient API ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen3_moe"])  # a dense family and one with experts
 @pytest.mark.parametrize("mask_kind", ["causal", "padding", "gist"])
-def test_vjp_and_fused_losses_match_transformers(checkpoints, remote_backbones, mask_kind):
-    checkpoint = checkpoints["llama_gqa"]
+def test_vjp_and_fused_losses_match_transformers(checkpoints, remote_backbones, name, mask_kind):
+    checkpoint = checkpoints[name]
     test_gradient.test_vjp_matches_transformers_for_every_cotangent(checkpoint, remote_backbones, mask_kind)
     test_gradient.test_fused_losses_match_transformers(checkpoint, remote_backbones, mask_kind)
 

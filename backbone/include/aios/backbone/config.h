@@ -47,6 +47,20 @@ struct RopeConfig {
   std::vector<double> short_factors, long_factors;
 };
 
+// A mixture of experts in place of the MLP on some layers: each token runs the top `top_k` of
+// `num_experts` gated MLPs of width `expert_size`, weighted by the router's softmax.
+struct MoeConfig {
+  int64_t num_experts = 0;  // E; 0 = every layer has the dense MLP
+  int64_t top_k = 0;
+  int64_t expert_size = 0;
+  bool normalize_top_k = false;  // renormalise the k weights to sum to 1 (Mixtral; Qwen's norm_topk_prob)
+  int64_t shared_expert_size = 0;  // Qwen2-MoE: a sigmoid-gated shared MLP of this width beside them; 0 = none
+  std::vector<bool> layers;        // per layer: experts (true) or the dense MLP of intermediate_size
+  // How the checkpoint names them: Mixtral's block_sparse_moe.experts.N.w1/w3/w2, or
+  // mlp.experts.N.gate_proj/up_proj/down_proj.
+  bool mixtral_names = false;
+};
+
 // RMSNorm of queries and keys before rotary.
 enum class QkNorm {
   kNone,
@@ -79,6 +93,7 @@ struct ModelConfig {
   std::vector<bool> rope_layers;
   // The checkpoint stores q, k, v as one qkv_proj and gate, up as one gate_up_proj (Phi-3).
   bool packed_projections = false;
+  MoeConfig moe;
   bool tie_word_embeddings = false;
   // Per layer: a key may be attended only if query_index - key_index < window. Empty = no windows.
   std::vector<std::optional<int64_t>> sliding_windows;

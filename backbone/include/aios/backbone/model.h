@@ -75,6 +75,9 @@ class Model {
   // What the blocks of one pass share (rotary tables, masks), made once per pass.
   struct BlockContext {
     virtual ~BlockContext() = default;
+    // When set, mixture-of-experts blocks store which experts each position used: entry l (of
+    // num_layers) = int64 [B,T,k] for block l.
+    std::vector<at::Tensor>* routing = nullptr;
   };
   // With a cache, the pass's slots are in it already (KVCache::append_slots).
   virtual std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention,

@@ -1,0 +1,37 @@
+#include "experts.h"
+
+#include "layers.h"
+
+namespace aios::backbone {
+
+at::Tensor route(const Experts& e, const at::Tensor& h, at::Tensor* choices) {
+  const int64_t B = h.size(0), T = h.size(1), D = h.size(2), E = e.router.size(0), k = e.top_k;
+  const at::Tensor x = h.reshape({B * T, D});
+  // In float32 at least, as the reference; a float64 model keeps its precision.
+  const at::ScalarType precise = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor probs = at::softmax(at::linear(x, e.router), -1, precise);  // [N,E]
+  auto [weights, chosen] = probs.topk(k, -1);                                      // [N,k] each
+  if (e.normalize) weights = weights / weights.sum(-1, /*keepdim=*/true);
+  weights = weights.to(x.scalar_type()).reshape(-1);  // [N*k], slot s = token * k + rank
+  if (choices != nullptr) *choices = chosen.reshape({B, T, k});
+
+  // Slots sorted by expert; each expert then runs once, on its own tokens.
+  const at::Tensor flat = chosen.reshape(-1);
+  const at::Tensor order = flat.argsort(/*stable=*/true);
+  const at::Tensor counts = at::bincount(flat, {}, E).cpu();
+  const auto count = counts.accessor<int64_t, 1>();
+  at::Tensor out = at::zeros_like(x);
+  int64_t begin = 0;
+  for (int64_t expert = 0; expert < E; ++expert) {
+    if (count[expert] == 0) continue;
+    const at::Tensor slots = order.narrow(0, begin, count[expert]);
+    begin += count[expert];
+    const at::Tensor tokens = at::floor_divide(slots, k);
+    const auto gate_up = at::linear(x.index_select(0, tokens), e.gate_up[expert]).chunk(2, -1);
+    const at::Tensor y = at::linear(activate(gate_up[0], e.activation) * gate_up[1], e.down[expert]);
+    out = out.index_add(0, tokens, y * weights.index_select(0, slots).unsqueeze(1));
+  }
+  return out.view({B, T, D});
+}
+
+}  // namespace aios::backbone

@@ -1,0 +1,26 @@
+// Internal: a mixture-of-experts MLP, routed (each token runs only the experts it is sent to).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "aios/backbone/config.h"
+
+namespace aios::backbone {
+
+struct Experts {
+  at::Tensor router;   // [E,D]
+  at::Tensor gate_up;  // [E,2I,D]: each expert's gate rows, then its up rows
+  at::Tensor down;     // [E,D,I]
+  int64_t top_k = 1;
+  bool normalize = false;  // the k weights renormalised to sum to 1
+  Activation activation = Activation::kSilu;
+};
+
+// h [B,T,D] -> [B,T,D]: softmax over the router's logits (in float32 at least), the top k experts of each
+// token weighted by their probabilities, as transformers computes it. Tokens are grouped by
+// expert, so the cost grows with k, not with E; experts are summed in ascending order, as the
+// reference does. Differentiable in h (through the experts' outputs and the routing weights).
+// With `choices`, stores which experts each token used: int64 [B,T,k], by decreasing weight.
+at::Tensor route(const Experts& experts, const at::Tensor& h, at::Tensor* choices = nullptr);
+
+}  // namespace aios::backbone
