@@ -40,14 +40,16 @@ using aios::backbone::parse_dtype;
 struct PyForwardOutput {
   at::Tensor hidden;
   std::vector<at::Tensor> layers;
+  std::vector<at::Tensor> routing;
   std::optional<Handle> handle;
 };
 
 ForwardOptions forward_options(std::optional<at::Tensor> positions, std::optional<at::Tensor> mask,
                                std::optional<std::vector<int64_t>> layers, bool allow_non_finite = false,
                                bool recompute = false, std::shared_ptr<Extension> extension = nullptr,
-                               std::optional<at::Tensor> ids = std::nullopt) {
+                               std::optional<at::Tensor> ids = std::nullopt, bool routing = false) {
   ForwardOptions options;
+  options.routing = routing;
   options.extension = std::move(extension);
   options.ids = std::move(ids);
   options.recompute = recompute;
@@ -197,6 +199,9 @@ void bind_backbone(py::module_& m) {
   py::class_<PyForwardOutput>(m, "ForwardOutput", "Result of Backbone.forward.")
       .def_readonly("hidden", &PyForwardOutput::hidden, "[B,T,D] final hidden state, after the final norm")
       .def_readonly("layers", &PyForwardOutput::layers, "list of [B,T,D], one per requested layer index")
+      .def_readonly("routing", &PyForwardOutput::routing,
+                    "with routing=True: one int64 [B,T,k] per block, the experts each position ran by decreasing "
+                    "weight (k = 0 for blocks without experts); else empty")
       .def_readonly("handle", &PyForwardOutput::handle, "handle of the kept pass (keep=True), else None");
 
   m.def(
@@ -299,26 +304,29 @@ void bind_backbone(py::module_& m) {
           "forward",
           [](Interface& b, const at::Tensor& latents, std::optional<at::Tensor> positions,
              std::optional<at::Tensor> mask, std::optional<std::vector<int64_t>> layers, bool allow_non_finite,
-             bool keep, bool recompute, std::shared_ptr<Extension> extension, std::optional<at::Tensor> ids) {
+             bool keep, bool recompute, std::shared_ptr<Extension> extension, std::optional<at::Tensor> ids,
+             bool routing) {
             const ForwardOptions options =
-                forward_options(positions, mask, layers, allow_non_finite, recompute, std::move(extension), ids);
+                forward_options(positions, mask, layers, allow_non_finite, recompute, std::move(extension), ids, routing);
             if (keep) {
               auto kept = b.forward_keep(latents, options);
-              return PyForwardOutput{kept.output.hidden, kept.output.layers, kept.handle};
+              return PyForwardOutput{kept.output.hidden, kept.output.layers, kept.output.routing, kept.handle};
             }
             auto out = b.forward(latents, options);
-            return PyForwardOutput{out.hidden, out.layers, std::nullopt};
+            return PyForwardOutput{out.hidden, out.layers, out.routing, std::nullopt};
           },
           py::arg("latents"), py::kw_only(), py::arg("positions") = py::none(), py::arg("mask") = py::none(),
           py::arg("layers") = py::none(), py::arg("allow_non_finite") = false, py::arg("keep") = false,
           py::arg("recompute") = false, py::arg("extension") = nullptr, py::arg("ids") = py::none(),
+          py::arg("routing") = false,
           py::call_guard<py::gil_scoped_release>(),
           "latents [B,T,D] -> ForwardOutput(hidden [B,T,D], layers, handle). positions: int64 [B,T] or [T]; "
           "mask: [B,T] key padding (with causal order) or [B,T,T] full boolean mask; layers: indices in "
           "[0, num_layers] of residual-stream states to return; keep: keep the pass for vjp under .handle; "
           "recompute: keep only the states between blocks and recompute blocks in vjp; extension (with keep): "
           "logits cotangents span its tokens too and vjp returns its row gradients (embedding rows from ids "
-          "[B,T], the id each latent was embedded from).")
+          "[B,T], the id each latent was embedded from); routing: also return the experts each position ran, "
+          "per block (.routing).")
       .def(
           "vjp",
           [](Interface& b, Handle handle, std::optional<at::Tensor> grad_hidden,

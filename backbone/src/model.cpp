@@ -80,12 +80,17 @@ at::Tensor Model::embed(const at::Tensor& ids, const at::Tensor& extra_rows) con
 
 at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
                           std::vector<at::Tensor>* layer_states, KVCache* cache,
-                          const std::function<void(int64_t, const at::Tensor&)>& before_block) const {
+                          const std::function<void(int64_t, const at::Tensor&)>& before_block,
+                          std::vector<at::Tensor>* routing) const {
   if (cache != nullptr) {
     const at::Tensor valid = attention.key_padding.defined() ? attention.key_padding : attention.positions.ge(0);
     cache->append_slots(valid, attention.positions, config_.num_layers);
   }
   const auto context = begin(latents, attention, cache);
+  if (routing != nullptr) {
+    routing->assign(static_cast<std::size_t>(config_.num_layers), at::Tensor());
+    context->routing = routing;
+  }
   at::Tensor x = input(latents, *context);
   if (!layers.empty()) layer_states->assign(layers.size(), at::Tensor());
   auto record = [&](int64_t index) {
@@ -99,7 +104,16 @@ at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention,
     x = block(i, x, *context);
   }
   record(config_.num_layers);
+  if (routing != nullptr) complete_routing(*routing, latents);
   return final_norm(x);
+}
+
+void Model::complete_routing(std::vector<at::Tensor>& routing, const at::Tensor& latents) {
+  for (at::Tensor& experts : routing) {
+    if (!experts.defined()) {
+      experts = at::empty({latents.size(0), latents.size(1), 0}, latents.options().dtype(at::kLong));
+    }
+  }
 }
 
 at::Tensor Model::classify(const at::Tensor& hidden, const at::Tensor& extra_rows) const {

@@ -134,6 +134,20 @@ FloatTensor<N> read_floats(const v1::Tensor& t, const std::string& field) {
   return out;
 }
 
+template <int N>
+IdTensor<N> read_ids(const v1::Tensor& t, const std::string& field) {
+  const wire::CheckedTensor w = check_reply(t, field);
+  if (w.shape.size() != N || w.dtype != v1::INT64) {
+    fail(ErrorCode::kDataLoss, field, "malformed reply from the host: expected int64 of rank {}, got {} [{}]", N,
+         wire::dtype_name(w.dtype), fmt::join(w.shape, ","));
+  }
+  Eigen::array<Eigen::Index, N> dims;
+  for (int i = 0; i < N; ++i) dims[i] = w.shape[i];
+  IdTensor<N> out(dims);
+  if (w.size_bytes > 0) std::memcpy(out.data(), w.data, w.size_bytes);
+  return out;
+}
+
 float read_scalar(const v1::Tensor& t, const std::string& field) {
   const wire::CheckedTensor w = check_reply(t, field);
   if (w.size_bytes != wire::itemsize(w.dtype)) {
@@ -146,7 +160,7 @@ float read_scalar(const v1::Tensor& t, const std::string& field) {
 }
 
 ForwardOutput read_output(const v1::ForwardResponse& r) {
-  return wire::messages::read_output<ForwardOutput>(r, read_floats<3>);
+  return wire::messages::read_output<ForwardOutput>(r, read_floats<3>, read_ids<3>);
 }
 
 }  // namespace

@@ -32,6 +32,7 @@ struct KeptPass {
   at::Tensor leaf;                  // [B,T,D] the latents (requires grad when a graph is kept)
   at::Tensor hidden;                // [B,T,D] the final hidden state
   std::vector<at::Tensor> layers;   // requested intermediate states, in request order
+  std::vector<at::Tensor> routing;  // with ForwardOptions::routing: int64 [B,T,k] per block
   std::vector<int64_t> layer_index;  // their indices
   std::vector<at::Tensor> states;   // recompute only: num_layers + 1 states [B,T,D] between blocks
   std::shared_ptr<const backbone::Model::BlockContext> context;  // recompute only: what the blocks share

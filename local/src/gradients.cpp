@@ -165,7 +165,8 @@ std::shared_ptr<KeptPass> LocalBackbone::Impl::run(const at::Tensor& latents, co
         });
       }
     };
-    pass->hidden = m.forward(pass->leaf, attention, options.layers, &pass->layers, nullptr, between_blocks);
+    pass->hidden = m.forward(pass->leaf, attention, options.layers, &pass->layers, nullptr, between_blocks,
+                             options.routing ? &pass->routing : nullptr);
     pass->bytes = pass_bytes(latents, options);
     return pass;
   }
@@ -175,10 +176,16 @@ std::shared_ptr<KeptPass> LocalBackbone::Impl::run(const at::Tensor& latents, co
   // The caller may change its latents after this call: the kept state must not alias them.
   at::Tensor x = m.input(latents, *context).clone();
   pass->states.push_back(x);
+  if (options.routing) {
+    pass->routing.assign(static_cast<std::size_t>(cfg.num_layers), at::Tensor());
+    context->routing = &pass->routing;
+  }
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
     ali::stop_if_cancelled(options.cancelled);
     pass->states.push_back(x = m.block(i, x, *context));
   }
+  context->routing = nullptr;  // the recomputations during backward record nothing
+  if (options.routing) backbone::Model::complete_routing(pass->routing, latents);
   pass->hidden = m.final_norm(x);
   for (int64_t l : options.layers) pass->layers.push_back(pass->states[static_cast<std::size_t>(l)]);
   pass->context = context;
@@ -230,6 +237,7 @@ KeptForward LocalBackbone::forward_keep(const at::Tensor& latents, const gradien
   KeptForward out;
   out.output.hidden = pass->hidden.detach();
   for (const at::Tensor& layer : pass->layers) out.output.layers.push_back(layer.detach());
+  out.output.routing = pass->routing;
   out.bytes = pass->bytes;
   Stored stored = impl_->store.put(std::move(pass), options.store_owner);
   out.handle = stored.handle;

@@ -48,7 +48,8 @@ ali::ForwardOutput LocalBackbone::forward(const at::Tensor& latents, const ali::
   at::NoGradGuard no_grad;
   ali::ForwardOutput out;
   out.hidden = impl_->model->forward(latents, attention, options.layers, &out.layers, nullptr,
-                                     [&](int64_t, const at::Tensor&) { ali::stop_if_cancelled(options.cancelled); });
+                                     [&](int64_t, const at::Tensor&) { ali::stop_if_cancelled(options.cancelled); },
+                                     options.routing ? &out.routing : nullptr);
   return out;
 }
 

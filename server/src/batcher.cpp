@@ -6,7 +6,7 @@
 namespace aios::server {
 
 bool ForwardBatcher::batchable(const gradient::ForwardOptions& options) {
-  return !options.positions && !options.mask && options.layers.empty() && !options.allow_non_finite &&
+  return !options.positions && !options.mask && options.layers.empty() && !options.allow_non_finite && !options.routing &&
          !options.extension && !options.ids;
 }
 

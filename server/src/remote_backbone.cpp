@@ -29,7 +29,7 @@ at::Tensor from_wire(const v1::Tensor& t, const char* field) {
 }
 
 ali::ForwardOutput read_output(const v1::ForwardResponse& r) {
-  return wire::messages::read_output<ali::ForwardOutput>(r, from_wire);
+  return wire::messages::read_output<ali::ForwardOutput>(r, from_wire, from_wire);
 }
 
 // Every tensor of a request goes as it is.

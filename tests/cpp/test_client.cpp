@@ -167,6 +167,14 @@ TEST_CASE("the thin client gives what the local backbone gives", "[client]") {
   const FloatTensor<2> rows = got.hidden.chip<0>(1);  // [T,D]
   CHECK(at::equal(to_torch(client.classify(rows)), local.classify(want.hidden[1])));
 
+  // Routing asked of a dense model: one empty [B,T,0] choice per block, as the local backbone gives.
+  aios::client::ForwardOptions routed;
+  routed.routing = true;
+  const auto choices = client.forward(x, routed).routing;
+  REQUIRE(static_cast<int64_t>(choices.size()) == aios_test::kLayers);
+  CHECK((choices[1].dimension(0) == 2 && choices[1].dimension(1) == 6 && choices[1].dimension(2) == 0));
+  CHECK(client.forward(x).routing.empty());
+
   // Positions and a full mask travel too.
   aios::gradient::ForwardOptions full;
   full.positions = torch::tensor({{3, 4, 5, 6, 7, 8}, {0, 1, 2, 3, 4, 5}});

@@ -12,6 +12,7 @@ import torch
 
 import aios
 from conftest import ARCHITECTURES
+import test_experts
 import test_extension
 import test_generation
 import test_gradient
@@ -80,6 +81,11 @@ def test_parity_with_transformers(hosted, checkpoints, name):
     test_parity.test_every_layer_and_logits_match(checkpoint)
     test_parity.test_padded_batch_matches_at_real_tokens(checkpoint, "left")
     test_parity.test_full_mask_is_used_as_given(checkpoint)
+
+
+def test_routing_comes_back_from_the_host(hosted, checkpoints):
+    test_experts.test_routing_is_transformers_choice_of_experts(checkpoints, "qwen3_moe")
+    test_experts.test_kept_passes_return_routing_and_backward_records_nothing(checkpoints)
 
 
 # ---- Gradient API ------------------------------------------------------------------------------

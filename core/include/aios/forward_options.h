@@ -45,6 +45,19 @@ struct BasicForwardOptions {
   std::vector<int64_t> layers;
   // NaN or Inf in the latents is an error unless this is set.
   bool allow_non_finite = false;
+  // Return which experts each position was sent to (BasicForwardOutput::routing).
+  bool routing = false;
+};
+
+// What a forward pass returns.
+template <class T>
+struct BasicForwardOutput {
+  FloatsOf<T, 3> hidden;               // [B,T,D], after the final norm
+  std::vector<FloatsOf<T, 3>> layers;  // one [B,T,D] per BasicForwardOptions::layers entry, in that order
+  // With BasicForwardOptions::routing: one int64 [B,T,k] per block, the experts each position ran,
+  // by decreasing routing weight (k = 0 for a block without experts, and for every block of a
+  // dense model). Empty otherwise.
+  std::vector<IdsOf<T, 3>> routing;
 };
 
 }  // namespace aios

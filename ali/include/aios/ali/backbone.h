@@ -49,10 +49,7 @@ struct ForwardOptions : BasicForwardOptions<TorchTensors> {
 // Throws Error(kUnavailable, "cancelled") when options.cancelled says so.
 void stop_if_cancelled(const std::function<bool()>& cancelled);
 
-struct ForwardOutput {
-  at::Tensor hidden;               // [B,T,D], after the final norm
-  std::vector<at::Tensor> layers;  // one [B,T,D] per ForwardOptions::layers entry, in that order
-};
+using ForwardOutput = BasicForwardOutput<TorchTensors>;
 
 // The interface every backbone implements: in-process (local::LocalBackbone) and hosted
 // (server::RemoteBackbone).

@@ -66,10 +66,14 @@ class Model {
   // the T positions are appended to it (attention.key_padding marks padding; no full_mask) and
   // attend to the cached ones as well.
   // `before_block(i, x)`, when given, sees the residual stream x entering block i (and may throw to
-  // stop the pass).
+  // stop the pass). With `routing`, it receives one int64 [B,T,k] per block: the experts each
+  // position ran (k = 0 for blocks without experts).
   at::Tensor forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
                      std::vector<at::Tensor>* layer_states, KVCache* cache = nullptr,
-                     const std::function<void(int64_t, const at::Tensor&)>& before_block = {}) const;
+                     const std::function<void(int64_t, const at::Tensor&)>& before_block = {},
+                     std::vector<at::Tensor>* routing = nullptr) const;
+  // Blocks that ran no experts get their empty [B,T,0] entry of `routing` (filled by blocks that did).
+  static void complete_routing(std::vector<at::Tensor>& routing, const at::Tensor& latents);
 
   // The same pass one block at a time, for callers that recompute blocks during backward.
   // What the blocks of one pass share (rotary tables, masks), made once per pass.

@@ -72,10 +72,7 @@ struct EigenTensors {
 // extensions): positions, mask, layers, allow_non_finite, recompute (gradient calls).
 struct ForwardOptions : BasicForwardOptions<EigenTensors>, GradientPassOptions {};
 
-struct ForwardOutput {
-  FloatTensor<3> hidden;               // [B,T,D], after the final norm
-  std::vector<FloatTensor<3>> layers;  // one [B,T,D] per ForwardOptions::layers entry, in that order
-};
+using ForwardOutput = BasicForwardOutput<EigenTensors>;
 
 struct KeptForward {
   ForwardOutput output;

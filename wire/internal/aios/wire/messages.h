@@ -87,6 +87,7 @@ void write_options(const Options& o, v1::ForwardOptions* out, const Write& write
   if (o.mask) write(*o.mask, out->mutable_mask());
   for (int64_t l : o.layers) out->add_layers(l);
   out->set_allow_non_finite(o.allow_non_finite);
+  out->set_routing(o.routing);
   if constexpr (std::is_base_of_v<GradientPassOptions, Options>) out->set_recompute(o.recompute);
   if constexpr (requires { o.ids; }) {
     if (o.ids) write(*o.ids, out->mutable_ids());
@@ -134,6 +135,7 @@ void read_options(const v1::ForwardOptions& o, const std::string& field, In& in,
   if (o.has_mask()) out->mask = in.tensor(o.mask(), field + ".mask");
   out->layers.assign(o.layers().begin(), o.layers().end());
   out->allow_non_finite = o.allow_non_finite();
+  out->routing = o.routing();
   if constexpr (std::is_base_of_v<GradientPassOptions, Options>) out->recompute = o.recompute();
   if constexpr (requires { out->ids; }) {
     if (o.has_ids()) out->ids = in.tensor(o.ids(), field + ".ids");
@@ -191,6 +193,7 @@ template <class Output, class Write>
 void write_output(const Output& output, v1::ForwardResponse* out, const Write& write) {
   write(output.hidden, out->mutable_hidden());
   for (const auto& layer : output.layers) write(layer, out->add_layers());
+  for (const auto& experts : output.routing) write(experts, out->add_routing());
 }
 
 // Gradients{latents, embedding_rows, classifier_rows}: the rows where present.
@@ -201,12 +204,13 @@ void write_gradients(const Gradients& g, v1::Gradients* out, const Write& write)
   if (present(g.classifier_rows)) write(value(g.classifier_rows), out->mutable_classifier_rows());
 }
 
-// ForwardOutput{hidden, layers}.
-template <class Output, class Read>
-Output read_output(const v1::ForwardResponse& r, const Read& read) {
+// ForwardOutput{hidden, layers, routing}: `read` gives floating tensors, `read_ids` integer ones.
+template <class Output, class Read, class ReadIds>
+Output read_output(const v1::ForwardResponse& r, const Read& read, const ReadIds& read_ids) {
   Output out;
   out.hidden = read(r.hidden(), "hidden");
   for (const v1::Tensor& layer : r.layers()) out.layers.push_back(read(layer, "layers"));
+  for (const v1::Tensor& experts : r.routing()) out.routing.push_back(read_ids(experts, "routing"));
   return out;
 }
 
