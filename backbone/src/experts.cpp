@@ -29,7 +29,8 @@ at::Tensor route(const Experts& e, const at::Tensor& h, at::Tensor* choices) {
     const at::Tensor tokens = at::floor_divide(slots, k);
     const auto gate_up = at::linear(x.index_select(0, tokens), e.gate_up[expert]).chunk(2, -1);
     const at::Tensor y = at::linear(activate(gate_up[0], e.activation) * gate_up[1], e.down[expert]);
-    out = out.index_add(0, tokens, y * weights.index_select(0, slots).unsqueeze(1));
+    // In place: a copy of the whole [N,D] output per expert would make the cost grow with E.
+    out.index_add_(0, tokens, y * weights.index_select(0, slots).unsqueeze(1));
   }
   return out.view({B, T, D});
 }

@@ -24,6 +24,7 @@ constexpr Architecture kArchitectures[] = {
     {"qwen2", "Qwen2ForCausalLM", false},
     {"qwen3", "Qwen3ForCausalLM", false},
     {"phi3", "Phi3ForCausalLM", false},
+    {"qwen3moe", "Qwen3MoeForCausalLM", false},
 };
 
 const Architecture& architecture_of(const io::GgufFile& file) {
@@ -54,6 +55,9 @@ constexpr Key kKeys[] = {
     {"head_dim", "attention.key_length", true},
     {"rope_theta", "rope.freq_base", false},
     {"rms_norm_eps", "attention.layer_norm_rms_epsilon", false},
+    {"num_experts", "expert_count", true},
+    {"num_experts_per_tok", "expert_used_count", true},
+    {"moe_intermediate_size", "expert_feed_forward_length", true},
 };
 
 // "model.layers.N.<hf>" -> "blk.N.<gguf>", the weight or bias suffix kept.
@@ -69,6 +73,12 @@ constexpr LayerName kLayerNames[] = {
     {"mlp.down_proj.", "ffn_down."},     {"self_attn.q_norm.", "attn_q_norm."},
     {"self_attn.k_norm.", "attn_k_norm."}, {"self_attn.qkv_proj.", "attn_qkv."},
     {"mlp.gate_up_proj.", "ffn_up."},
+    // Experts stacked [E,...] in one tensor each, as the files store them (the model asks for
+    // "<block>experts.<name>.weight" before one expert at a time).
+    {"mlp.gate.", "ffn_gate_inp."},                    {"block_sparse_moe.gate.", "ffn_gate_inp."},
+    {"mlp.experts.gate_proj.", "ffn_gate_exps."},      {"block_sparse_moe.experts.w1.", "ffn_gate_exps."},
+    {"mlp.experts.up_proj.", "ffn_up_exps."},          {"block_sparse_moe.experts.w3.", "ffn_up_exps."},
+    {"mlp.experts.down_proj.", "ffn_down_exps."},      {"block_sparse_moe.experts.w2.", "ffn_down_exps."},
 };
 
 std::optional<std::string> gguf_name(const std::string& hf) {
@@ -137,6 +147,13 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
   const Architecture& arch = architecture_of(file);
   const std::string a = std::string(arch.gguf) + ".";
   nlohmann::json config = {{"architectures", {arch.hf}}};
+  // llama.cpp files Mixtral under llama, with experts.
+  if (std::string(arch.gguf) == "llama" && file.integer(a + "expert_count").value_or(0) > 0) {
+    config["architectures"] = {"MixtralForCausalLM"};
+  }
+  // llama.cpp renormalises Qwen3-MoE's top-k weights whatever the source config said, and its
+  // files do not say; as transformers' GGUF loader does, so does aios.
+  if (std::string(arch.gguf) == "qwen3moe") config["norm_topk_prob"] = true;
   std::map<std::string, std::string> source;  // "config.<hf key>" -> GGUF key, for error messages
   for (const Key& k : kKeys) {
     const std::string key = a + k.gguf;

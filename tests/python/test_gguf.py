@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import safetensors.torch
 import pytest
 import torch
 import transformers
@@ -98,6 +99,17 @@ def hf_to_gguf_tensors(model, arch):
                 w = permute(w, c.num_key_value_heads)
             out[f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"] = w
     return out
+
+
+def saved_without_experts(config, saved):
+    """A stand-in for a model whose state dict is the saved tensors outside the experts and routers,
+    for hf_to_gguf_tensors."""
+    class Saved:
+        pass
+    Saved.config = config
+    Saved.state_dict = staticmethod(lambda: {k: v for k, v in saved.items()
+                                             if ".experts." not in k and not k.endswith(".gate.weight")})
+    return Saved
 
 
 def run(backbone, ids):
@@ -275,6 +287,58 @@ def test_phi3_gguf_equals_its_source_folder(checkpoints, tmp_path):
     del tensors["rope_factors_short.weight"]
     with pytest.raises(aios.DataLossError, match="rope_factors"):
         aios.Backbone.load(write_gguf(tmp_path / "half.gguf", "phi3", common, tensors, extra=extra))
+
+
+def stacked_experts(config, saved, tensors):
+    """Adds each block's experts, stacked into the [E,...] tensors GGUF files store (ffn_*_exps), and
+    its router (ffn_gate_inp), from the checkpoint as saved, as llama.cpp's converter does."""
+    out = dict(tensors)
+    mixtral = config.model_type == "mixtral"
+    block, names = ("block_sparse_moe", ("w1", "w3", "w2")) if mixtral else ("mlp", ("gate_proj", "up_proj", "down_proj"))
+    experts = config.num_local_experts if mixtral else config.num_experts
+    for i in range(config.num_hidden_layers):
+        out[f"blk.{i}.ffn_gate_inp.weight"] = saved[f"model.layers.{i}.{block}.gate.weight"].numpy()
+        for name, gguf_name in zip(names, ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")):
+            out[f"blk.{i}.{gguf_name}.weight"] = np.stack(
+                [saved[f"model.layers.{i}.{block}.experts.{e}.{name}.weight"].numpy() for e in range(experts)])
+    return out
+
+
+@pytest.mark.parametrize("arch", ["qwen3moe", "mixtral"])
+def test_mixture_of_experts_gguf_equals_the_hf_folder(tmp_path, arch):
+    """Qwen3-MoE (qwen3moe) and Mixtral (llama with experts: permuted q/k rows) with their experts
+    stacked as GGUF files store them load equal to their folders; routing comes back the same."""
+    torch.manual_seed(9)
+    common = dict(vocab_size=101, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0)
+    if arch == "mixtral":
+        model = transformers.MixtralForCausalLM(transformers.MixtralConfig(
+            **common, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False))
+        extra = {"llama.expert_count": (4, gguf.GGUFValueType.UINT32), "llama.expert_used_count": (2, gguf.GGUFValueType.UINT32)}
+    else:
+        model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+            **common, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+            tie_word_embeddings=False))
+        extra = {f"{arch}.{k}": (v, gguf.GGUFValueType.UINT32)
+                 for k, v in (("expert_count", 4), ("expert_used_count", 2), ("expert_feed_forward_length", 32))}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+            if name.endswith("mlp.gate.weight"):
+                p.normal_(0, 1)
+    model.save_pretrained(tmp_path / "hf")
+    gguf_arch = "llama" if arch == "mixtral" else arch
+    saved = safetensors.torch.load_file(tmp_path / "hf" / "model.safetensors")
+    tensors = stacked_experts(model.config, saved, hf_to_gguf_tensors(saved_without_experts(model.config, saved), gguf_arch))
+    path = write_gguf(tmp_path / f"{arch}.gguf", gguf_arch, common, tensors, extra=extra)
+    ours, folder = aios.Backbone.load(path), aios.Backbone.load(tmp_path / "hf")
+    assert ours.config.architecture == folder.config.architecture
+    ids = torch.randint(0, 101, (2, 12))
+    for got, want in zip(run(ours, ids), run(folder, ids)):
+        assert torch.equal(got, want)
+    routed = [ours.forward(ours.embed(ids), routing=True).routing, folder.forward(folder.embed(ids), routing=True).routing]
+    assert all(torch.equal(a, b) for a, b in zip(*routed))
 
 
 @pytest.fixture(scope="module")

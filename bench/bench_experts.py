@@ -1,0 +1,109 @@
+"""Mixture-of-experts blocks: aios against transformers eager on the same weights, device, dtype and
+threads, and both against the number of experts at a fixed top-k.
+
+    python bench/bench_experts.py [--device cpu|cuda] [--dtype float32|bfloat16] [--experts 16,64,128]
+                                  [--shape 4x128] [--reps 5] [--layers 1]
+
+The blocks have Qwen3-30B-A3B's shapes (D=2048, 32/4 heads of 128 with q/k norm, experts of width
+768, top 8 renormalised), random weights, a small vocabulary (the head is not what is measured),
+and --layers of its 48 layers (its full size does not fit this machine twice). For each number of
+experts E:
+  forward      aios forward(latents).hidden           vs  transformers model.model(inputs_embeds)
+  forward+vjp  aios forward(keep) + vjp(grad_hidden)  vs  transformers the same + backward, frozen weights
+Every token runs 8 experts whatever E is, so a routed implementation's time stays flat as E grows;
+one that ran every expert on every token would grow with E. Medians in ms; ratio = anchor / aios
+(above 1 = aios is faster).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import transformers
+
+import aios
+
+from common import REPO, machine_line, sync
+
+
+def model_dir(experts, layers):
+    folder = REPO / f".cache/bench/qwen3-moe-e{experts}-l{layers}-random"
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        config = transformers.Qwen3MoeConfig(
+            vocab_size=1024, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+            num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+            num_experts=experts, num_experts_per_tok=8, norm_topk_prob=True, rope_theta=1000000.0,
+            max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=False)
+        model = transformers.Qwen3MoeForCausalLM(config)
+        with torch.no_grad():  # routers decisive enough that tokens spread over the experts
+            for name, p in model.named_parameters():
+                if name.endswith("mlp.gate.weight"):
+                    p.normal_(0, 0.05)
+        tmp = folder.with_suffix(".tmp")
+        model.save_pretrained(tmp)
+        os.replace(tmp, folder)
+    return folder
+
+
+def median_ms(fn, device, reps):
+    times = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--experts", default="16,64,128")
+    parser.add_argument("--shape", default="4x128")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=1)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    B, T = (int(x) for x in args.shape.split("x"))
+    print(machine_line(args.device, args.dtype), f"model qwen3-moe blocks x{args.layers}, shape {args.shape}, top 8")
+    print(f"{'experts':>7} {'measure':>11} | {'aios ms':>9} | {'eager ms':>9} {'ratio':>6} | max rel diff")
+    for experts in (int(e) for e in args.experts.split(",")):
+        path = model_dir(experts, args.layers)
+        backbone = aios.Backbone.load(path, device=args.device, dtype=args.dtype)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+        hf = hf.to(args.device).eval().requires_grad_(False)
+        torch.manual_seed(1)
+        latents = backbone.embed(torch.randint(0, 1024, (B, T), device=args.device))
+        grad_hidden = torch.randn(B, T, 2048, device=args.device, dtype=dtype)
+
+        def aios_vjp():
+            kept = backbone.forward(latents, keep=True)
+            grad = backbone.vjp(kept.handle, grad_hidden=grad_hidden)
+            backbone.release(kept.handle)
+            return grad
+
+        def hf_vjp():
+            x = latents.clone().requires_grad_(True)
+            hf.model(inputs_embeds=x).last_hidden_state.backward(grad_hidden)
+            return x.grad
+
+        forward = {"aios": lambda: backbone.forward(latents).hidden,
+                   "eager": lambda: hf.model(inputs_embeds=latents).last_hidden_state}
+        rows = [("forward", forward, torch.no_grad), ("forward+vjp", {"aios": aios_vjp, "eager": hf_vjp}, torch.enable_grad)]
+        for measure, fns, mode in rows:
+            with mode():
+                outs = {k: f() for k, f in fns.items()}  # warm-up, and the results to compare
+                diff = ((outs["aios"].float() - outs["eager"].float()).norm() / outs["eager"].float().norm()).item()
+                ms = {k: median_ms(f, args.device, args.reps) for k, f in fns.items()}
+            print(f"{experts:>7} {measure:>11} | {ms['aios']:9.1f} | {ms['eager']:9.1f} {ms['eager'] / ms['aios']:5.2f}x | "
+                  f"{diff:.1e}", flush=True)
+        del backbone, hf
+
+
+if __name__ == "__main__":
+    sys.exit(main())
