@@ -17,6 +17,7 @@ namespace aios::backbone {
 const char* family_name(Family family) {
   switch (family) {
     case Family::kLlama: return "llama";
+    case Family::kGemma: return "gemma";
     case Family::kGpt2: return "gpt2";
   }
   return "?";
@@ -40,7 +41,7 @@ ModelInfo describe(const ModelConfig& c) {
     case Activation::kGeluExact: info.activation = "gelu"; break;
     case Activation::kGeluTanh: info.activation = "gelu_tanh"; break;
   }
-  if (c.family == Family::kLlama) {
+  if (c.family != Family::kGpt2) {
     info.norm = "rms_norm";
     RopeInfo& rope = info.rope.emplace();
     switch (c.rope.type) {
@@ -175,8 +176,9 @@ std::vector<double> frequency_factors(const Fields& p, const char* key, int64_t 
 // only Phi-3's attention rotates part of each head (partial_rotary_factor), and its configs call
 // LongRoPE "su" or "yarn" too, as transformers' Phi3Config reads them.
 // Types whose point is to reach past the trained length (dynamic, yarn) raise max_positions to
-// original_max_positions * factor.
-RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfig& c) {
+// original_max_positions * factor. With `layer_type`, the parameters are those nested under that
+// layer type (Gemma 3's "full_attention" and "sliding_attention").
+RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfig& c, const char* layer_type = nullptr) {
   const bool phi3 = model_type == "phi3";
   RopeConfig rope;
   rope.rotary_dim = c.head_dim;
@@ -187,8 +189,15 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
   const char* partial_field = "partial_rotary_factor";
   std::optional<Fields> params;
   if (f.has(key)) {
-    if (!f.at(key).is_object()) fail(ErrorCode::kInvalidArgument, f.name(key), "expected an object, got {}", json_excerpt(f.at(key)));
-    params.emplace(f.at(key), f.name(key));
+    const json* object = &f.at(key);
+    std::string name = f.name(key);
+    if (layer_type != nullptr && object->is_object()) {
+      if (!object->contains(layer_type)) fail(ErrorCode::kInvalidArgument, name, "expected parameters for {}", layer_type);
+      object = &object->at(layer_type);
+      name += std::string(".") + layer_type;
+    }
+    if (!object->is_object()) fail(ErrorCode::kInvalidArgument, name, "expected an object, got {}", json_excerpt(*object));
+    params.emplace(*object, name);
     rope.theta = params->number("rope_theta", rope.theta);
     partial_factor = params->number(partial_field, partial_factor);
   }
@@ -407,6 +416,40 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
   c.attention_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
 }
 
+// Gemma 2 (gemma2) and Gemma 3's text model (gemma3_text): the Llama family's fields, and Gemma's.
+void parse_gemma(const Fields& f, const std::string& model_type, ModelConfig& c) {
+  parse_llama_family(f, model_type, c);
+  c.family = Family::kGemma;
+  c.activation = parse_activation(f, f.has("hidden_activation") ? "hidden_activation" : "hidden_act", "gelu_pytorch_tanh");
+  c.attention_scale = 1.0 / std::sqrt(f.number("query_pre_attn_scalar", static_cast<double>(c.head_dim)));
+  c.embedding_scale = std::sqrt(static_cast<double>(c.hidden_size));
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", true);
+  c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
+  for (auto [key, cap] : {std::pair{"attn_logit_softcapping", &c.attn_logit_softcap},
+                          std::pair{"final_logit_softcapping", &c.final_logit_softcap}}) {
+    *cap = f.number(key, 0.0);
+    if (*cap < 0) fail(ErrorCode::kInvalidArgument, f.name(key), "expected a positive cap or null, got {}", *cap);
+  }
+  if (f.boolean("use_bidirectional_attention", false)) {
+    fail(ErrorCode::kInvalidArgument, f.name("use_bidirectional_attention"), "bidirectional Gemma (an encoder) is not supported");
+  }
+  if (model_type != "gemma3_text") return;
+  c.qk_norm = QkNorm::kPerHead;
+  // transformers 5 nests the parameters per layer type; older configs give the sliding layers' base
+  // as rope_local_base_freq, unscaled.
+  const bool nested = f.has("rope_parameters") && f.at("rope_parameters").contains("full_attention");
+  if (nested) {
+    c.rope = parse_rope(f, model_type, c, "full_attention");
+    c.local_rope = parse_rope(f, model_type, c, "sliding_attention");
+  } else {
+    RopeConfig local;
+    local.rotary_dim = c.head_dim;
+    local.theta = f.number("rope_local_base_freq", 10000.0);
+    if (!(local.theta > 0)) fail(ErrorCode::kInvalidArgument, f.name("rope_local_base_freq"), "expected > 0, got {}", local.theta);
+    c.local_rope = local;
+  }
+}
+
 void parse_gpt2(const Fields& f, ModelConfig& c) {
   c.family = Family::kGpt2;
   c.vocab_size = f.positive("vocab_size", kMaxVocab);
@@ -462,6 +505,8 @@ constexpr KnownArchitecture kArchitectures[] = {
     {"MixtralForCausalLM", "mixtral"},
     {"Qwen2MoeForCausalLM", "qwen2_moe"},
     {"Qwen3MoeForCausalLM", "qwen3_moe"},
+    {"Gemma2ForCausalLM", "gemma2"},
+    {"Gemma3ForCausalLM", "gemma3_text"},
     {"GPT2LMHeadModel", "gpt2"},
 };
 
@@ -502,6 +547,8 @@ ModelConfig parse_config(const json& root) {
   c.architecture = architecture;
   if (std::string(known->model_type) == "gpt2") {
     parse_gpt2(f, c);
+  } else if (std::string(known->model_type).rfind("gemma", 0) == 0) {
+    parse_gemma(f, known->model_type, c);
   } else {
     parse_llama_family(f, known->model_type, c);
   }

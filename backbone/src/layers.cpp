@@ -46,8 +46,19 @@ at::Tensor cached_attention_mask(const KVCache& cache, std::optional<int64_t> wi
 }
 
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                  double scale) {
+                  double scale, double softcap) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), K = k.size(1);
+  if (softcap > 0) {
+    // Capped scores: no fused kernel takes the cap, so the reference's eager steps, float32 softmax.
+    const at::Tensor keys = k.repeat_interleave(H / K, 1), values = v.repeat_interleave(H / K, 1);  // [B,H,S,hd]
+    at::Tensor scores = at::matmul(q, keys.transpose(-1, -2)) * scale;                             // [B,H,T,S]
+    scores = at::tanh(scores / softcap) * softcap;
+    const at::Tensor visible = mask.defined() ? mask : at::ones({T, keys.size(2)}, q.options().dtype(at::kBool)).tril();
+    scores = scores.masked_fill(visible.logical_not(), -INFINITY);
+    const at::ScalarType precise = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    const at::Tensor out = at::matmul(at::softmax(scores, -1, precise).to(q.scalar_type()), values);  // [B,H,T,hd]
+    return out.transpose(1, 2).reshape({B, T, H * hd});
+  }
   if (T == 1 && mask.defined()) {
     // One query (a decoding step): two small matrix products beat the fused kernel's set-up by far.
     // Query heads are grouped by the key/value head they share: head h uses k/v head h / (H/K).

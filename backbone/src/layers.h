@@ -16,9 +16,10 @@ namespace aios::backbone {
 // (padding queries) get their own key so softmax stays finite; their outputs carry no meaning.
 at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::optional<int64_t> window);
 
-// q [B,H,T,hd], k and v [B,Hkv,T,hd] -> [B,T,H*hd] via scaled-dot-product attention.
+// q [B,H,T,hd], k and v [B,Hkv,T,hd] -> [B,T,H*hd] via scaled-dot-product attention. With
+// `softcap` > 0 the scores s become softcap * tanh(s / softcap) before the mask (Gemma 2).
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                  double scale);
+                  double scale, double softcap = 0.0);
 
 at::Tensor activate(const at::Tensor& x, Activation activation);
 

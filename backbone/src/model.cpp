@@ -71,11 +71,18 @@ int64_t Model::parameter_count() const {
 }
 
 at::Tensor Model::embed(const at::Tensor& ids, const at::Tensor& extra_rows) const {
-  if (!extra_rows.defined()) return at::embedding(token_embedding_, ids);
-  const int64_t V = config_.vocab_size;
-  const at::Tensor extended = ids.ge(V).unsqueeze(-1);  // [B,T,1]
-  return at::where(extended, at::embedding(extra_rows, (ids - V).clamp_min(0)),
-                   at::embedding(token_embedding_, ids.clamp_max(V - 1)));
+  at::Tensor rows;
+  if (!extra_rows.defined()) {
+    rows = at::embedding(token_embedding_, ids);
+  } else {
+    const int64_t V = config_.vocab_size;
+    const at::Tensor extended = ids.ge(V).unsqueeze(-1);  // [B,T,1]
+    rows = at::where(extended, at::embedding(extra_rows, (ids - V).clamp_min(0)),
+                     at::embedding(token_embedding_, ids.clamp_max(V - 1)));
+  }
+  if (config_.embedding_scale == 1.0) return rows;
+  // The scale rounded to the model dtype first, as the reference multiplies by it.
+  return rows * at::scalar_tensor(config_.embedding_scale, rows.options());
 }
 
 at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention, const std::vector<int64_t>& layers,
@@ -118,8 +125,9 @@ void Model::complete_routing(std::vector<at::Tensor>& routing, const at::Tensor&
 
 at::Tensor Model::classify(const at::Tensor& hidden, const at::Tensor& extra_rows) const {
   at::Tensor logits = at::linear(hidden, output_head_);
-  if (!extra_rows.defined()) return logits;
-  return at::cat({logits, at::linear(hidden, extra_rows)}, -1);
+  if (extra_rows.defined()) logits = at::cat({logits, at::linear(hidden, extra_rows)}, -1);
+  const double cap = config_.final_logit_softcap;
+  return cap > 0 ? at::tanh(logits / cap) * cap : logits;
 }
 
 namespace {
@@ -128,6 +136,7 @@ std::unique_ptr<Model> build(const ModelConfig& config, const WeightSource& weig
   at::NoGradGuard no_grad;
   switch (config.family) {
     case Family::kLlama: return make_llama(config, weights, options);
+    case Family::kGemma: return make_gemma(config, weights, options);
     case Family::kGpt2: return make_gpt2(config, weights, options);
   }
   fail(ErrorCode::kInternal, "config.family", "unhandled family");

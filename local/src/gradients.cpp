@@ -38,14 +38,16 @@ std::size_t estimate_bytes(const backbone::ModelConfig& c, int64_t B, int64_t T,
   return static_cast<std::size_t>(B * T * (per_layer * c.num_layers + 2 * c.hidden_size)) * c10::elementSize(dtype);
 }
 
-// d loss / d embedding rows [K,D]: d latents summed over the positions holding each new id.
-at::Tensor embedding_rows_grad(const KeptPass& pass, const at::Tensor& grad_latents) {
+// d loss / d embedding rows [K,D]: d latents summed over the positions holding each new id, times
+// the scale embed() multiplies rows by (Gemma's sqrt(D)).
+at::Tensor embedding_rows_grad(const KeptPass& pass, const at::Tensor& grad_latents, double scale) {
   const ali::Extension& e = *pass.extension;
   const at::Tensor rows = pass.ids.flatten() - e.first_id();  // [N]
   const at::Tensor selected = rows.ge(0).logical_and(rows.lt(e.size())).nonzero().flatten();
   const at::Tensor flat = grad_latents.reshape({-1, grad_latents.size(-1)});
-  return at::zeros_like(e.embedding_rows())
-      .index_add_(0, rows.index_select(0, selected), flat.index_select(0, selected));
+  const at::Tensor sum = at::zeros_like(e.embedding_rows())
+                            .index_add_(0, rows.index_select(0, selected), flat.index_select(0, selected));
+  return scale == 1.0 ? sum : sum * at::scalar_tensor(scale, sum.options());
 }
 
 // The final hidden state's contribution to the outputs whose cotangents are given: the hidden
@@ -218,7 +220,7 @@ Gradients LocalBackbone::Impl::backward(const KeptPass& pass, const Cotangents& 
                                       : backward_by_recompute(*model, pass, c, rows);
   if (pass.extension) {
     if (!out.classifier_rows.defined()) out.classifier_rows = at::zeros_like(pass.extension->classifier_rows());
-    if (pass.ids.defined()) out.embedding_rows = embedding_rows_grad(pass, out.latents);
+    if (pass.ids.defined()) out.embedding_rows = embedding_rows_grad(pass, out.latents, model->config().embedding_scale);
   }
   return out;
 }

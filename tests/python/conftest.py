@@ -114,6 +114,25 @@ def _configs():
             num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS, num_experts=4,
             num_experts_per_tok=3, decoder_sparse_step=2, tie_word_embeddings=False,
             pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
+        # (1+w) norms around attention and MLP, sqrt(D)-scaled embeddings, per-head q/k norm, windows of 5
+        # on the first two layers with their own rotary base, linear scaling on the global one, final
+        # logits capped at 0.3 (random weights give small logits: this cap bites), query_pre_attn_scalar
+        # apart from head_dim, tied head
+        "gemma3": (transformers.Gemma3ForCausalLM, transformers.Gemma3TextConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=MAX_POSITIONS,
+            sliding_window=5, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            query_pre_attn_scalar=24, final_logit_softcapping=0.3,
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+            pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
+        # attention scores capped at 0.05 and logits at 0.5 (both bite at these weights), alternating
+        # windows of 5, untied head
+        "gemma2": (transformers.Gemma2ForCausalLM, transformers.Gemma2Config(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=MAX_POSITIONS,
+            sliding_window=5, query_pre_attn_scalar=32, attn_logit_softcapping=0.05, final_logit_softcapping=0.5,
+            tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
         "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
             vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=MAX_POSITIONS), {}),
         # untied head, inverse-layer scaling, exact GELU, sharded

@@ -191,7 +191,7 @@ def test_gradients_hidden_by_the_mask_are_exactly_zero(backbones):
     assert g[0, 4:].abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "qwen2", "qwen3_window", "qwen3_moe"])
+@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "qwen2", "qwen3_window", "qwen3_moe", "gemma2"])
 def test_gradcheck_through_the_torch_bridge(checkpoints, name):
     backbone = aios.Backbone.load(checkpoints[name].path, dtype="float64")
     latents = backbone.embed(torch.randint(0, VOCAB, (1, 4))).requires_grad_(True)

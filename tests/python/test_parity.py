@@ -41,7 +41,7 @@ def test_config_matches_reference(checkpoint):
     assert c.hidden_size == ref.hidden_size
     assert c.num_layers == ref.num_hidden_layers
     assert c.num_heads == ref.num_attention_heads
-    assert c.family == ("gpt2" if ref.model_type == "gpt2" else "llama")
+    assert c.family == {"gpt2": "gpt2", "gemma2": "gemma", "gemma3_text": "gemma"}.get(ref.model_type, "llama")
     assert c.norm_eps == (ref.layer_norm_epsilon if ref.model_type == "gpt2" else ref.rms_norm_eps)
     assert (c.rope is None) == (ref.model_type == "gpt2")
     assert c.tie_word_embeddings == ref.tie_word_embeddings
@@ -184,3 +184,26 @@ def test_outputs_never_require_grad(checkpoint):
     out = backbone.forward(latents.clone().requires_grad_(True))
     assert not out.hidden.requires_grad
     assert not backbone.classify(out.hidden).requires_grad
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_gemma_soft_caps_bite_at_the_tested_scale(checkpoints, name):
+    """The caps of the tiny Gemmas change the logits (and Gemma 2's the attention), so parity tests them."""
+    backbone = aios.Backbone.load(checkpoints[name].path)
+    reference = checkpoints[name].reference
+    cap = reference.config.final_logit_softcapping
+    ids = torch.randint(0, VOCAB, (1, 12))
+    hidden = backbone.forward(backbone.embed(ids)).hidden
+    logits = backbone.classify(hidden)
+    uncapped = hidden @ reference.lm_head.weight.detach().T
+    assert logits.abs().max() < cap and (logits - uncapped).abs().max() > 0.05
+    if cap := reference.config.attn_logit_softcapping:
+        attention = [layer.self_attn for layer in reference.model.layers]
+        with torch.no_grad():
+            for a in attention:
+                a.attn_logit_softcapping = None
+            try:
+                assert max_diff(reference(ids).logits, logits) > 1e-3
+            finally:
+                for a in attention:
+                    a.attn_logit_softcapping = cap

@@ -37,7 +37,9 @@ struct RopeInfo {
 struct ModelInfo {
   std::string architecture;  // the checkpoint's own name, e.g. "LlamaForCausalLM"
   // The block structure: "llama" (RMSNorm, rotary positions, grouped-query attention, gated MLP:
-  // Llama, SmolLM2, Qwen2, Mistral) or "gpt2" (LayerNorm, learned positions, GELU MLP).
+  // Llama, SmolLM2/3, Qwen2/3 and their mixtures of experts, Mistral, Mixtral, OLMo 2, Phi-3),
+  // "gemma" (Gemma 2/3: (1+w) norms before and after attention and MLP, scaled embeddings) or
+  // "gpt2" (LayerNorm, learned positions, GELU MLP).
   std::string family;
   int64_t vocab_size = 0;         // V, without extensions
   int64_t hidden_size = 0;        // D

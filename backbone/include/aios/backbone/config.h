@@ -16,6 +16,7 @@ namespace aios::backbone {
 // The block structure a checkpoint's architecture maps onto.
 enum class Family {
   kLlama,  // RMSNorm, rotary positions, grouped-query attention, gated MLP: Llama 2/3, SmolLM2, Qwen2, Qwen3, Mistral
+  kGemma,  // Gemma 2/3: (1+w) RMSNorm before and after attention and MLP, scaled embeddings, GeGLU
   kGpt2,   // LayerNorm, learned positions, fused qkv projection, GELU MLP
 };
 
@@ -81,7 +82,8 @@ struct ModelConfig {
   int64_t max_positions = 0;  // positions must lie in [0, max_positions)
   double norm_eps = 1e-5;
   Activation activation = Activation::kSilu;
-  RopeConfig rope;             // kLlama only
+  RopeConfig rope;             // kLlama, kGemma (Gemma 3: its global layers')
+  std::optional<RopeConfig> local_rope;  // Gemma 3: the sliding-window layers' own frequencies
   bool qkv_bias = false;       // biases on the q, k, v projections
   bool out_bias = false;       // bias on the attention output projection
   bool mlp_bias = false;       // biases on the MLP projections
@@ -94,6 +96,9 @@ struct ModelConfig {
   // The checkpoint stores q, k, v as one qkv_proj and gate, up as one gate_up_proj (Phi-3).
   bool packed_projections = false;
   MoeConfig moe;
+  double embedding_scale = 1.0;      // embed() returns the rows times this (Gemma: sqrt(D), in the model dtype)
+  double attn_logit_softcap = 0.0;   // attention scores s become cap * tanh(s / cap) (Gemma 2); 0 = none
+  double final_logit_softcap = 0.0;  // logits likewise (Gemma 2, Gemma 3 where configured); 0 = none
   bool tie_word_embeddings = false;
   // Per layer: a key may be attended only if query_index - key_index < window. Empty = no windows.
   std::vector<std::optional<int64_t>> sliding_windows;

@@ -1,0 +1,140 @@
+// Gemma 2 and Gemma 3 text models: RMSNorm scaling by (1 + w) computed in float32, token
+// embeddings scaled by sqrt(D) (ModelConfig::embedding_scale, applied by Model::embed), norms before
+// and after both attention and MLP, GeGLU (tanh GELU), softmax scale query_pre_attn_scalar^-1/2,
+// sliding-window and global layers (Gemma 3: each with its own rotary frequencies), Gemma 2's
+// attention-logit soft-capping, Gemma 3's per-head q/k norms. Final-logit soft-capping is
+// Model::classify's.
+#include <tuple>
+
+#include <fmt/format.h>
+
+#include "architectures.h"
+#include "layers.h"
+#include "rotary.h"
+
+namespace aios::backbone {
+
+namespace {
+
+// Gemma's RMSNorm: x normalised and scaled by (1 + w) in float32 (or float64 for a float64 model:
+// the dtype of one_plus_w), then cast back.
+at::Tensor gemma_norm(const at::Tensor& x, const at::Tensor& one_plus_w, double eps) {
+  const at::Tensor x32 = x.to(one_plus_w.scalar_type());
+  return (x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps) * one_plus_w).to(x.scalar_type());
+}
+
+struct GemmaLayer {
+  at::Tensor input_norm, post_attention_norm, pre_mlp_norm, post_mlp_norm;  // [D] each, 1 + w, float32
+  at::Tensor qkv_weight;      // [(H+2Hkv)*hd, D]
+  at::Tensor qkv_bias;        // [(H+2Hkv)*hd] or undefined
+  at::Tensor out_weight;      // [D, H*hd]
+  at::Tensor out_bias;        // [D] or undefined
+  at::Tensor q_norm, k_norm;  // [hd] each, 1 + w, float32 (Gemma 3) or undefined
+  at::Tensor gate_up_weight;  // [2I, D]
+  at::Tensor down_weight;     // [D, I]
+  std::optional<int64_t> window;
+};
+
+class GemmaModel final : public Model {
+ public:
+  GemmaModel(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
+      : Model(config, options),
+        global_(config.rope, options.device),
+        local_(config.local_rope.value_or(config.rope), options.device) {
+    const ModelConfig& c = config_;
+    const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads, I = c.intermediate_size;
+    auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
+    // (1 + w) in float32, exactly the factor the reference forms on every call.
+    const LoadOptions precise{options.device, options.dtype == at::kDouble ? at::kDouble : at::kFloat};
+    auto norm = [&](const std::string& name, int64_t size) { return own(1.0 + w.take(name, {size}, precise)); };
+    token_embedding_ = own(take("model.embed_tokens.weight", {c.vocab_size, D}));
+    output_head_ = c.tie_word_embeddings ? token_embedding_ : own(take("lm_head.weight", {c.vocab_size, D}));
+    final_norm_ = norm("model.norm.weight", D);
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = fmt::format("model.layers.{}.", i);
+      GemmaLayer l;
+      l.input_norm = norm(p + "input_layernorm.weight", D);
+      l.post_attention_norm = norm(p + "post_attention_layernorm.weight", D);
+      l.pre_mlp_norm = norm(p + "pre_feedforward_layernorm.weight", D);
+      l.post_mlp_norm = norm(p + "post_feedforward_layernorm.weight", D);
+      l.qkv_weight = own(at::cat({take(p + "self_attn.q_proj.weight", {H * hd, D}),
+                                  take(p + "self_attn.k_proj.weight", {K * hd, D}),
+                                  take(p + "self_attn.v_proj.weight", {K * hd, D})}));
+      if (c.qkv_bias) {
+        l.qkv_bias = own(at::cat({take(p + "self_attn.q_proj.bias", {H * hd}), take(p + "self_attn.k_proj.bias", {K * hd}),
+                                  take(p + "self_attn.v_proj.bias", {K * hd})}));
+      }
+      l.out_weight = own(take(p + "self_attn.o_proj.weight", {D, H * hd}));
+      if (c.out_bias) l.out_bias = own(take(p + "self_attn.o_proj.bias", {D}));
+      if (c.qk_norm == QkNorm::kPerHead) {
+        l.q_norm = norm(p + "self_attn.q_norm.weight", hd);
+        l.k_norm = norm(p + "self_attn.k_norm.weight", hd);
+      }
+      l.gate_up_weight = own(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
+      l.down_weight = own(take(p + "mlp.down_proj.weight", {D, I}));
+      if (!c.sliding_windows.empty()) l.window = c.sliding_windows[static_cast<std::size_t>(i)];
+      layers_.push_back(std::move(l));
+    }
+  }
+
+  struct Context final : AttentionContext {
+    using AttentionContext::AttentionContext;
+    at::Tensor cos, sin;              // [B,1,T,rotary_dim]: global layers
+    at::Tensor local_cos, local_sin;  // the same for sliding-window layers
+  };
+
+  std::unique_ptr<BlockContext> begin(const at::Tensor& latents, const Attention& attention,
+                                      KVCache* cache) const override {
+    auto context = std::make_unique<Context>(attention, latents.size(1), config_.sliding_windows, cache);
+    std::tie(context->cos, context->sin) = global_.tables(attention.positions, dtype_);
+    std::tie(context->local_cos, context->local_sin) = local_.tables(attention.positions, dtype_);
+    return context;
+  }
+
+  at::Tensor input(const at::Tensor& latents, const BlockContext&) const override { return latents; }
+
+  at::Tensor block(int64_t index, const at::Tensor& x, const BlockContext& base) const override {
+    const auto& ctx = static_cast<const Context&>(base);
+    const ModelConfig& c = config_;
+    const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
+    const GemmaLayer& l = layers_[static_cast<std::size_t>(index)];
+    at::Tensor h = gemma_norm(x, l.input_norm, c.norm_eps);
+    auto parts = at::linear(h, l.qkv_weight, l.qkv_bias).split_with_sizes({H * hd, K * hd, K * hd}, -1);
+    at::Tensor q = parts[0].view({B, T, H, hd}), k = parts[1].view({B, T, K, hd});
+    if (l.q_norm.defined()) {
+      q = gemma_norm(q, l.q_norm, c.norm_eps);
+      k = gemma_norm(k, l.k_norm, c.norm_eps);
+    }
+    q = q.transpose(1, 2);  // [B,H,T,hd]
+    k = k.transpose(1, 2);  // [B,K,T,hd]
+    at::Tensor v = parts[2].view({B, T, K, hd}).transpose(1, 2);
+    const bool sliding = l.window.has_value();
+    const Rotary& rotary = sliding ? local_ : global_;
+    const at::Tensor& cos = sliding ? ctx.local_cos : ctx.cos;
+    const at::Tensor& sin = sliding ? ctx.local_sin : ctx.sin;
+    q = rotary.apply(q, cos, sin);
+    k = rotary.apply(k, cos, sin);
+    std::tie(k, v) = ctx.keys_values(index, k, v);
+    at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale, c.attn_logit_softcap);  // [B,T,H*hd]
+    at::Tensor out = x + gemma_norm(at::linear(attn, l.out_weight, l.out_bias), l.post_attention_norm, c.norm_eps);
+    h = gemma_norm(out, l.pre_mlp_norm, c.norm_eps);
+    auto gate_up = at::linear(h, l.gate_up_weight).chunk(2, -1);  // 2 × [B,T,I]
+    at::Tensor m = at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight);
+    return out + gemma_norm(m, l.post_mlp_norm, c.norm_eps);
+  }
+
+  at::Tensor final_norm(const at::Tensor& x) const override { return gemma_norm(x, final_norm_, config_.norm_eps); }
+
+ private:
+  std::vector<GemmaLayer> layers_;
+  at::Tensor final_norm_;  // [D], 1 + w, float32
+  Rotary global_, local_;
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_gemma(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options) {
+  return std::make_unique<GemmaModel>(config, weights, options);
+}
+
+}  // namespace aios::backbone
