@@ -42,7 +42,7 @@ class GemmaModel final : public Model {
         global_(config.rope, options.device),
         local_(config.local_rope.value_or(config.rope), options.device) {
     const ModelConfig& c = config_;
-    const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads, I = c.intermediate_size;
+    const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, I = c.intermediate_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
     // (1 + w) in float32, exactly the factor the reference forms on every call.
     const LoadOptions precise{options.device, options.dtype == at::kDouble ? at::kDouble : at::kFloat};
@@ -57,13 +57,9 @@ class GemmaModel final : public Model {
       l.post_attention_norm = norm(p + "post_attention_layernorm.weight", D);
       l.pre_mlp_norm = norm(p + "pre_feedforward_layernorm.weight", D);
       l.post_mlp_norm = norm(p + "post_feedforward_layernorm.weight", D);
-      l.qkv_weight = own(at::cat({take(p + "self_attn.q_proj.weight", {H * hd, D}),
-                                  take(p + "self_attn.k_proj.weight", {K * hd, D}),
-                                  take(p + "self_attn.v_proj.weight", {K * hd, D})}));
-      if (c.qkv_bias) {
-        l.qkv_bias = own(at::cat({take(p + "self_attn.q_proj.bias", {H * hd}), take(p + "self_attn.k_proj.bias", {K * hd}),
-                                  take(p + "self_attn.v_proj.bias", {K * hd})}));
-      }
+      auto [qkv_weight, qkv_bias] = load_qkv(w, p, c, options);
+      l.qkv_weight = own(qkv_weight);
+      l.qkv_bias = own(qkv_bias);
       l.out_weight = own(take(p + "self_attn.o_proj.weight", {D, H * hd}));
       if (c.out_bias) l.out_bias = own(take(p + "self_attn.o_proj.bias", {D}));
       if (c.qk_norm == QkNorm::kPerHead) {

@@ -88,6 +88,24 @@ at::Tensor activate(const at::Tensor& x, Activation activation) {
   return x;
 }
 
+std::pair<at::Tensor, at::Tensor> load_qkv(const WeightSource& w, const std::string& prefix, const ModelConfig& c,
+                                           const LoadOptions& options) {
+  const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads;
+  auto take = [&](const char* name, at::IntArrayRef shape) { return w.take(prefix + name, shape, options); };
+  at::Tensor weight, bias;
+  if (c.packed_projections) {
+    weight = take("self_attn.qkv_proj.weight", {(H + 2 * K) * hd, D});
+  } else {
+    weight = at::cat({take("self_attn.q_proj.weight", {H * hd, D}), take("self_attn.k_proj.weight", {K * hd, D}),
+                      take("self_attn.v_proj.weight", {K * hd, D})});
+  }
+  if (c.qkv_bias) {
+    bias = at::cat({take("self_attn.q_proj.bias", {H * hd}), take("self_attn.k_proj.bias", {K * hd}),
+                    take("self_attn.v_proj.bias", {K * hd})});
+  }
+  return {weight, bias};
+}
+
 AttentionContext::AttentionContext(const Attention& a, int64_t seq_len,
                                    const std::vector<std::optional<int64_t>>& windows, KVCache* kv_cache)
     : attention(a), cache(kv_cache) {

@@ -8,6 +8,7 @@
 #include "aios/backbone/config.h"
 #include "aios/backbone/kv_cache.h"
 #include "aios/backbone/model.h"
+#include "weights.h"
 
 namespace aios::backbone {
 
@@ -22,6 +23,12 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   double scale, double softcap = 0.0);
 
 at::Tensor activate(const at::Tensor& x, Activation activation);
+
+// The attention projections of the layer named by `prefix` ("model.layers.N."): q, k and v as one
+// [(H+2Hkv)*hd, D] matrix (packed in the checkpoint as qkv_proj with ModelConfig::packed_projections),
+// and their biases [(H+2Hkv)*hd] with ModelConfig::qkv_bias (else undefined).
+std::pair<at::Tensor, at::Tensor> load_qkv(const WeightSource& w, const std::string& prefix, const ModelConfig& c,
+                                           const LoadOptions& options);
 
 // The mask [B,1,T,S] of a cached pass whose T slots were appended last to `cache` (S slots in all):
 // each new slot sees the valid slots up to itself, within `window` positions when given. Undefined

@@ -68,17 +68,9 @@ class LlamaModel final : public Model {
         l.attn_norm = own(take(p + "input_layernorm.weight", {D}));
         l.mlp_norm = own(take(p + "post_attention_layernorm.weight", {D}));
       }
-      if (c.packed_projections) {
-        l.qkv_weight = own(take(p + "self_attn.qkv_proj.weight", {(H + 2 * K) * hd, D}));
-      } else {
-        l.qkv_weight = own(at::cat({take(p + "self_attn.q_proj.weight", {H * hd, D}),
-                                    take(p + "self_attn.k_proj.weight", {K * hd, D}),
-                                    take(p + "self_attn.v_proj.weight", {K * hd, D})}));
-      }
-      if (c.qkv_bias) {
-        l.qkv_bias = own(at::cat({take(p + "self_attn.q_proj.bias", {H * hd}), take(p + "self_attn.k_proj.bias", {K * hd}),
-                                  take(p + "self_attn.v_proj.bias", {K * hd})}));
-      }
+      auto [qkv_weight, qkv_bias] = load_qkv(w, p, c, options);
+      l.qkv_weight = own(qkv_weight);
+      l.qkv_bias = own(qkv_bias);
       l.out_weight = own(take(p + "self_attn.o_proj.weight", {D, H * hd}));
       if (c.out_bias) l.out_bias = own(take(p + "self_attn.o_proj.bias", {D}));
       if (c.qk_norm != QkNorm::kNone) {

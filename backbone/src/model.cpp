@@ -55,7 +55,7 @@ Model::Model(ModelConfig config, const LoadOptions& options)
     : config_(std::move(config)), device_(options.device), dtype_(options.dtype) {}
 
 at::Tensor Model::own(at::Tensor weight) {
-  weights_.push_back(weight);
+  if (weight.defined()) weights_.push_back(weight);
   return weight;
 }
 

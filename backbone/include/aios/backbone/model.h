@@ -103,7 +103,8 @@ class Model {
 
  protected:
   Model(ModelConfig config, const LoadOptions& options);
-  // Remembers a loaded weight for weights() and parameter_count(); returns it.
+  // Remembers a loaded weight for weights() and parameter_count(); returns it. An undefined tensor
+  // (an optional weight the config leaves out) passes through unremembered.
   at::Tensor own(at::Tensor weight);
 
   ModelConfig config_;
