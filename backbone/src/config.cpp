@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include <fmt/ranges.h>
@@ -85,6 +86,7 @@ class Fields {
   Fields(const json& object, std::string prefix) : object_(object), prefix_(std::move(prefix)) {}
 
   bool has(const char* key) const { return object_.contains(key) && !object_.at(key).is_null(); }
+  bool written(const char* key) const { return object_.contains(key); }  // null included
   std::string name(const char* key) const { return prefix_ + "." + key; }
 
   // An integer in [min, max] (json_integer's check), or `fallback` (in range too) when absent.
@@ -184,7 +186,9 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
   rope.rotary_dim = c.head_dim;
   // transformers 5 writes "rope_parameters" (theta included); older configs "rope_theta" + "rope_scaling".
   const char* key = f.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
-  rope.theta = f.number("rope_theta", 10000.0);
+  // Gemma 3's global layers default to a base of 1e6 (its sliding ones, and every other family, 1e4).
+  const bool global_gemma3 = model_type == "gemma3_text" && (layer_type == nullptr || std::string(layer_type) == "full_attention");
+  rope.theta = f.number("rope_theta", global_gemma3 ? 1e6 : 1e4);
   double partial_factor = f.number("partial_rotary_factor", 1.0);
   const char* partial_field = "partial_rotary_factor";
   std::optional<Fields> params;
@@ -218,6 +222,8 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
   if (phi3 && (type == "su" || type == "yarn")) type = "longrope";
   // Scaled types name the pretraining length in their parameters, or (Phi-3) beside them.
   auto original = [&] {
+    // Phi3Config's own field (default 4096) wins over the parameters', as transformers reads it.
+    if (phi3) return f.positive("original_max_position_embeddings", kMaxPositions, 4096);
     if (p.has("original_max_position_embeddings")) return p.positive("original_max_position_embeddings", kMaxPositions);
     return f.positive("original_max_position_embeddings", kMaxPositions, c.max_positions);
   };
@@ -254,6 +260,11 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
     const double fast = p.number("beta_fast", 0.0), slow = p.number("beta_slow", 0.0);
     rope.beta_fast = fast != 0 ? fast : 32.0;
     rope.beta_slow = slow != 0 ? slow : 1.0;
+    if (!(rope.beta_fast > 0 && rope.beta_slow > 0)) {
+      fail(ErrorCode::kInvalidArgument, p.name("beta_fast"), "expected positive beta_fast and beta_slow, got {} and {}",
+           rope.beta_fast, rope.beta_slow);
+    }
+    if (rope.theta == 1.0) fail(ErrorCode::kInvalidArgument, p.name("rope_theta"), "YaRN needs a base other than 1");
     rope.truncate = p.boolean("truncate", true);
     reach();
   } else if (type == "longrope" || type == "su") {
@@ -279,8 +290,9 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
     fail(ErrorCode::kInvalidArgument, p.name(type_key), "expected one of default, linear, dynamic, yarn, longrope, llama3, got \"{}\"",
          type);
   }
-  if (!(rope.attention_factor > 0)) {
-    fail(ErrorCode::kInvalidArgument, p.name("attention_factor"), "expected > 0, got {}", rope.attention_factor);
+  if (!(rope.attention_factor > 0) || !std::isfinite(rope.attention_factor)) {
+    fail(ErrorCode::kInvalidArgument, p.name("attention_factor"), "expected a finite number > 0, got {} (an original length of 1?)",
+         rope.attention_factor);
   }
   return rope;
 }
@@ -306,11 +318,20 @@ std::vector<std::optional<int64_t>> parse_windows(const Fields& f, const std::st
     if (std::find(sliding.begin(), sliding.end(), true) == sliding.end()) return windows;
     const int64_t window = f.positive("sliding_window", kMaxPositions);
     for (bool s : sliding) windows.emplace_back(s ? std::optional<int64_t>(window) : std::nullopt);
-  } else if (model_type == "qwen2" || model_type == "qwen3" || model_type == "qwen2_moe") {
+  } else if (model_type == "qwen2" || model_type == "qwen3") {
     if (!f.boolean("use_sliding_window", false)) return windows;
     const int64_t window = f.positive("sliding_window", kMaxPositions);
     const int64_t first = f.integer("max_window_layers", INT64_MIN, INT64_MAX, layers);
     for (int64_t i = 0; i < layers; ++i) windows.emplace_back(i >= first ? std::optional<int64_t>(window) : std::nullopt);
+  } else if (model_type == "qwen2_moe") {  // every other layer below max_window_layers, as Qwen2MoeConfig
+    if (!f.boolean("use_sliding_window", false)) return windows;
+    const int64_t window = f.positive("sliding_window", kMaxPositions);
+    const int64_t below = f.integer("max_window_layers", INT64_MIN, INT64_MAX, 28);
+    for (int64_t i = 0; i < layers; ++i) {
+      windows.emplace_back((i + 1) % 2 != 0 && i < below ? std::optional<int64_t>(window) : std::nullopt);
+    }
+  } else if (model_type == "qwen3_moe" && !f.boolean("use_sliding_window", false)) {
+    return windows;  // Qwen3MoeConfig drops the window unless asked
   } else {
     windows.assign(static_cast<std::size_t>(layers), f.positive("sliding_window", kMaxPositions));
   }
@@ -419,24 +440,44 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
 // Gemma 2 (gemma2) and Gemma 3's text model (gemma3_text): the Llama family's fields, and Gemma's.
 void parse_gemma(const Fields& f, const std::string& model_type, ModelConfig& c) {
   parse_llama_family(f, model_type, c);
+  const bool gemma3 = model_type == "gemma3_text";
   c.family = Family::kGemma;
-  c.activation = parse_activation(f, f.has("hidden_activation") ? "hidden_activation" : "hidden_act", "gelu_pytorch_tanh");
-  c.attention_scale = 1.0 / std::sqrt(f.number("query_pre_attn_scalar", static_cast<double>(c.head_dim)));
+  // transformers' Gemma configs read hidden_activation only, and have these defaults.
+  c.activation = parse_activation(f, "hidden_activation", "gelu_pytorch_tanh");
+  const double scalar = f.number("query_pre_attn_scalar", 256.0);
+  if (!(scalar > 0)) fail(ErrorCode::kInvalidArgument, f.name("query_pre_attn_scalar"), "expected > 0, got {}", scalar);
+  c.attention_scale = 1.0 / std::sqrt(scalar);
   c.embedding_scale = std::sqrt(static_cast<double>(c.hidden_size));
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", true);
   c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
-  for (auto [key, cap] : {std::pair{"attn_logit_softcapping", &c.attn_logit_softcap},
-                          std::pair{"final_logit_softcapping", &c.final_logit_softcap}}) {
-    *cap = f.number(key, 0.0);
+  // Absent: Gemma 2 caps at 50 and 30; null: no cap.
+  for (auto [key, cap, fallback] : {std::tuple{"attn_logit_softcapping", &c.attn_logit_softcap, gemma3 ? 0.0 : 50.0},
+                                    std::tuple{"final_logit_softcapping", &c.final_logit_softcap, gemma3 ? 0.0 : 30.0}}) {
+    *cap = f.written(key) ? f.number(key, 0.0) : fallback;
     if (*cap < 0) fail(ErrorCode::kInvalidArgument, f.name(key), "expected a positive cap or null, got {}", *cap);
   }
   if (f.boolean("use_bidirectional_attention", false)) {
     fail(ErrorCode::kInvalidArgument, f.name("use_bidirectional_attention"), "bidirectional Gemma (an encoder) is not supported");
   }
-  if (model_type != "gemma3_text") return;
+  // Sliding layers from layer_types, or as the configs that predate it imply: every other layer
+  // (Gemma 2), all but every sliding_window_pattern-th (Gemma 3, default 6).
+  std::vector<bool> sliding;
+  if (f.has("layer_types")) {
+    for (const auto& w : parse_windows(f, model_type, c.num_layers)) sliding.push_back(w.has_value());
+    if (sliding.empty()) sliding.assign(static_cast<std::size_t>(c.num_layers), false);
+  } else {
+    const int64_t pattern = gemma3 ? f.positive("sliding_window_pattern", kMaxLayers, 6) : 2;
+    for (int64_t i = 0; i < c.num_layers; ++i) sliding.push_back((i + 1) % pattern != 0);
+  }
+  c.sliding_windows.clear();
+  if (std::find(sliding.begin(), sliding.end(), true) != sliding.end()) {
+    const int64_t window = f.positive("sliding_window", kMaxPositions, 4096);
+    for (bool s : sliding) c.sliding_windows.push_back(s ? std::optional<int64_t>(window) : std::nullopt);
+  }
+  if (!gemma3) return;
   c.qk_norm = QkNorm::kPerHead;
-  // transformers 5 nests the parameters per layer type; older configs give the sliding layers' base
-  // as rope_local_base_freq, unscaled.
+  // transformers 5 nests the parameters per layer type; older configs scale the global layers
+  // (rope_theta, rope_scaling) and give the sliding layers' base as rope_local_base_freq, unscaled.
   const bool nested = f.has("rope_parameters") && f.at("rope_parameters").contains("full_attention");
   if (nested) {
     c.rope = parse_rope(f, model_type, c, "full_attention");

@@ -44,9 +44,10 @@ class GemmaModel final : public Model {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, I = c.intermediate_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
-    // (1 + w) in float32, exactly the factor the reference forms on every call.
-    const LoadOptions precise{options.device, options.dtype == at::kDouble ? at::kDouble : at::kFloat};
-    auto norm = [&](const std::string& name, int64_t size) { return own(1.0 + w.take(name, {size}, precise)); };
+    // (1 + w) in float32 from the weight in the model dtype: the factor the reference forms on every
+    // call (a float64 model keeps float64, for gradient checks).
+    const at::ScalarType precise = options.dtype == at::kDouble ? at::kDouble : at::kFloat;
+    auto norm = [&](const std::string& name, int64_t size) { return own(1.0 + w.take(name, {size}, options).to(precise)); };
     token_embedding_ = own(take("model.embed_tokens.weight", {c.vocab_size, D}));
     output_head_ = c.tie_word_embeddings ? token_embedding_ : own(take("lm_head.weight", {c.vocab_size, D}));
     final_norm_ = norm("model.norm.weight", D);

@@ -40,11 +40,13 @@ struct LlamaLayer {
   bool rope = true;
 };
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+// In reduced precision the reference normalises in float32, then scales in the model dtype (Llama)
+// or, with `scale_in_float32` (OLMo 2), scales in float32 and casts the product.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool scale_in_float32 = false) {
   if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return at::rms_norm(x, {x.size(-1)}, weight, eps);
-  // Reduced precision: normalise in float32, then scale in the model dtype, as the reference does.
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  if (scale_in_float32) return (weight * normed).to(x.scalar_type());
   return weight * normed.to(x.scalar_type());
 }
 
@@ -156,19 +158,20 @@ class LlamaModel final : public Model {
     const ModelConfig& c = config_;
     const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
     const LlamaLayer& l = layers_[static_cast<std::size_t>(index)];
-    at::Tensor h = c.norm_outputs ? x : rms_norm(x, l.attn_norm, c.norm_eps);
+    auto norm = [&](const at::Tensor& t, const at::Tensor& weight) { return rms_norm(t, weight, c.norm_eps, c.norm_outputs); };
+    at::Tensor h = c.norm_outputs ? x : norm(x, l.attn_norm);
     at::Tensor qkv = at::linear(h, l.qkv_weight, l.qkv_bias);  // [B,T,(H+2K)*hd]
     auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
     at::Tensor q = parts[0], k = parts[1];
     if (c.qk_norm == QkNorm::kWhole) {
-      q = rms_norm(q, l.q_norm, c.norm_eps);
-      k = rms_norm(k, l.k_norm, c.norm_eps);
+      q = norm(q, l.q_norm);
+      k = norm(k, l.k_norm);
     }
     q = q.view({B, T, H, hd});
     k = k.view({B, T, K, hd});
     if (c.qk_norm == QkNorm::kPerHead) {
-      q = rms_norm(q, l.q_norm, c.norm_eps);
-      k = rms_norm(k, l.k_norm, c.norm_eps);
+      q = norm(q, l.q_norm);
+      k = norm(k, l.k_norm);
     }
     q = q.transpose(1, 2);  // [B,H,T,hd]
     k = k.transpose(1, 2);  // [B,K,T,hd]
@@ -180,8 +183,8 @@ class LlamaModel final : public Model {
     std::tie(k, v) = ctx.keys_values(index, k, v);  // with a cache: [B,K,S,hd], every cached slot
     at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale);  // [B,T,H*hd]
     at::Tensor a = at::linear(attn, l.out_weight, l.out_bias);
-    at::Tensor out = x + (c.norm_outputs ? rms_norm(a, l.attn_norm, c.norm_eps) : a);
-    h = c.norm_outputs ? out : rms_norm(out, l.mlp_norm, c.norm_eps);
+    at::Tensor out = x + (c.norm_outputs ? norm(a, l.attn_norm) : a);
+    h = c.norm_outputs ? out : norm(out, l.mlp_norm);
     at::Tensor m = l.experts ? route(*l.experts, h, ctx.routing != nullptr ? &(*ctx.routing)[index] : nullptr) : at::Tensor();
     if (l.gate_up_weight.defined()) {  // the dense MLP, or the shared expert beside the experts
       auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]
@@ -189,10 +192,12 @@ class LlamaModel final : public Model {
       if (l.shared_gate.defined()) dense = at::sigmoid(at::linear(h, l.shared_gate)) * dense;
       m = m.defined() ? m + dense : dense;
     }
-    return out + (c.norm_outputs ? rms_norm(m, l.mlp_norm, c.norm_eps) : m);
+    return out + (c.norm_outputs ? norm(m, l.mlp_norm) : m);
   }
 
-  at::Tensor final_norm(const at::Tensor& x) const override { return rms_norm(x, final_norm_, config_.norm_eps); }
+  at::Tensor final_norm(const at::Tensor& x) const override {
+    return rms_norm(x, final_norm_, config_.norm_eps, config_.norm_outputs);
+  }
 
  private:
   std::vector<LlamaLayer> layers_;

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -193,6 +194,63 @@ TEST_CASE("mixtures of experts: Mixtral, Qwen2-MoE and Qwen3-MoE") {
   c["layer_types"] = {"full_attention", "full_attention"};
   const auto qwen2 = parse_hf_config(c.dump());
   CHECK((qwen2.moe.shared_expert_size == 48 && qwen2.qkv_bias && qwen2.sliding_windows.empty()));
+}
+
+TEST_CASE("Gemma configs that predate layer_types, and transformers' defaults") {
+  json g = llama();  // 2 layers, head_dim 16
+  g["architectures"] = {"Gemma2ForCausalLM"};
+  g["num_hidden_layers"] = 4;
+  auto c = parse_hf_config(g.dump());
+  using W = std::vector<std::optional<int64_t>>;
+  CHECK(c.sliding_windows == W{4096, std::nullopt, 4096, std::nullopt});  // every other layer, window 4096
+  CHECK((c.attn_logit_softcap == 50.0 && c.final_logit_softcap == 30.0));
+  CHECK(c.attention_scale == Approx(1.0 / 16.0));  // query_pre_attn_scalar 256
+  g["attn_logit_softcapping"] = nullptr;  // null: no cap
+  CHECK(parse_hf_config(g.dump()).attn_logit_softcap == 0.0);
+  g["query_pre_attn_scalar"] = 0;
+  expect_invalid(g, "config.query_pre_attn_scalar", "> 0");
+
+  json g3 = llama();
+  g3["architectures"] = {"Gemma3ForCausalLM"};
+  g3["num_hidden_layers"] = 7;
+  g3["sliding_window"] = 512;
+  c = parse_hf_config(g3.dump());
+  CHECK(c.sliding_windows == W{512, 512, 512, 512, 512, std::nullopt, 512});  // pattern 6
+  CHECK((c.rope.theta == 1e6 && c.local_rope && c.local_rope->theta == 1e4 && c.final_logit_softcap == 0.0));
+  g3["sliding_window_pattern"] = 2;
+  CHECK(parse_hf_config(g3.dump()).sliding_windows[1] == std::nullopt);
+}
+
+TEST_CASE("Qwen-MoE windows and Phi-3's pretraining length, as their configs define them") {
+  json q = llama();
+  q["architectures"] = {"Qwen3MoeForCausalLM"};
+  q["num_experts"] = 4;
+  q["num_experts_per_tok"] = 2;
+  q["moe_intermediate_size"] = 32;
+  q["sliding_window"] = 8;
+  CHECK(parse_hf_config(q.dump()).sliding_windows.empty());  // not asked for
+  q["use_sliding_window"] = true;
+  CHECK(parse_hf_config(q.dump()).sliding_windows.size() == 2);
+  q["architectures"] = {"Qwen2MoeForCausalLM"};
+  q["shared_expert_intermediate_size"] = 48;
+  q["max_window_layers"] = 1;
+  using W = std::vector<std::optional<int64_t>>;
+  CHECK(parse_hf_config(q.dump()).sliding_windows == W{8, std::nullopt});  // every other layer below 1
+
+  json phi = llama();
+  phi["architectures"] = {"Phi3ForCausalLM"};
+  phi["max_position_embeddings"] = 16384;
+  phi["rope_scaling"] = {{"type", "longrope"}, {"short_factor", std::vector<double>(8, 1.0)}, {"long_factor", std::vector<double>(8, 2.0)},
+                         {"original_max_position_embeddings", 1024}};
+  CHECK(parse_hf_config(phi.dump()).rope.original_max_positions == 4096);  // Phi3Config's field wins, default 4096
+
+  json y = llama();
+  y["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"beta_slow", -1.0}};
+  expect_invalid(y, "config.rope_scaling.beta_fast", "positive");
+  y = llama();
+  y["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", std::vector<double>(8, 1.0)}, {"long_factor", std::vector<double>(8, 2.0)},
+                       {"original_max_position_embeddings", 1}};
+  expect_invalid(y, "config.rope_scaling.attention_factor", "finite");
 }
 
 TEST_CASE("a GPT-2 config with defaults") {

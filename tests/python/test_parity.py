@@ -207,3 +207,24 @@ def test_gemma_soft_caps_bite_at_the_tested_scale(checkpoints, name):
             finally:
                 for a in attention:
                     a.attn_logit_softcapping = cap
+
+
+@pytest.mark.parametrize("name, pattern", [("gemma2", None), ("gemma3", 3)])
+def test_gemma_configs_without_layer_types_match_transformers(checkpoints, tmp_path, name, pattern):
+    """Published Gemma configs predate layer_types: Gemma 2 slides on every other layer, Gemma 3 on all
+    but every sliding_window_pattern-th. A folder without the field loads as transformers reads it."""
+    import json, shutil
+    folder = tmp_path / name
+    shutil.copytree(checkpoints[name].path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["layer_types"]
+    if pattern:
+        config["sliding_window_pattern"] = pattern
+    (folder / "config.json").write_text(json.dumps(config))
+    reference = type(checkpoints[name].reference).from_pretrained(folder, attn_implementation="eager").eval()
+    backbone = aios.Backbone.load(folder)
+    assert backbone.config.sliding_windows == [5 if t == "sliding_attention" else None
+                                               for t in reference.config.layer_types]
+    ids = torch.randint(0, VOCAB, (2, 16))
+    _, ref_logits = reference_states(reference, ids)
+    assert max_diff(backbone.classify(backbone.forward(backbone.embed(ids)).hidden), ref_logits) <= TOL
