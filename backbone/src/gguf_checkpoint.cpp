@@ -135,8 +135,9 @@ void phi3_config(const io::GgufFile& file, nlohmann::json& config, std::map<std:
                                                       {"short_factor", factors_of(file, *short_factors)}};
   source["config.rope_scaling.long_factor"] = "rope_factors_long.weight";
   source["config.rope_scaling.short_factor"] = "rope_factors_short.weight";
-  source["config.rope_scaling.original_max_position_embeddings"] = "phi3.rope.scaling.original_context_length";
-  if (auto length = file.integer("phi3.rope.scaling.original_context_length")) scaling["original_max_position_embeddings"] = *length;
+  // Phi-3's config.json keeps the pretraining length beside the parameters, where it wins.
+  source["config.original_max_position_embeddings"] = "phi3.rope.scaling.original_context_length";
+  if (auto length = file.integer("phi3.rope.scaling.original_context_length")) config["original_max_position_embeddings"] = *length;
   source["config.rope_scaling.attention_factor"] = "phi3.rope.scaling.attn_factor";
   if (auto factor = file.number("phi3.rope.scaling.attn_factor")) scaling["attention_factor"] = *factor;
 }
