@@ -186,14 +186,18 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
   rope.rotary_dim = c.head_dim;
   // transformers 5 writes "rope_parameters" (theta included); older configs "rope_theta" + "rope_scaling".
   const char* key = f.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
+  // GptOssConfig's defaults when the config gives none: YaRN from 4096 positions, base 150000.
+  const bool gpt_oss = model_type == "gpt_oss";
+  static const json kGptOssRope = {{"rope_type", "yarn"}, {"factor", 32.0}, {"beta_fast", 32.0}, {"beta_slow", 1.0},
+                                   {"truncate", false}, {"original_max_position_embeddings", 4096}};
   // Gemma 3's global layers default to a base of 1e6 (its sliding ones, and every other family, 1e4).
   const bool global_gemma3 = model_type == "gemma3_text" && (layer_type == nullptr || std::string(layer_type) == "full_attention");
-  rope.theta = f.number("rope_theta", global_gemma3 ? 1e6 : 1e4);
+  rope.theta = f.number("rope_theta", global_gemma3 ? 1e6 : gpt_oss ? 150000.0 : 1e4);
   double partial_factor = f.number("partial_rotary_factor", 1.0);
   const char* partial_field = "partial_rotary_factor";
   std::optional<Fields> params;
-  if (f.has(key)) {
-    const json* object = &f.at(key);
+  if (f.has(key) || gpt_oss) {
+    const json* object = f.has(key) ? &f.at(key) : &kGptOssRope;
     std::string name = f.name(key);
     if (layer_type != nullptr && object->is_object()) {
       if (!object->contains(layer_type)) fail(ErrorCode::kInvalidArgument, name, "expected parameters for {}", layer_type);
@@ -300,6 +304,12 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
 // Which layers attend within a sliding window, from the family-specific fields.
 std::vector<std::optional<int64_t>> parse_windows(const Fields& f, const std::string& model_type, int64_t layers) {
   std::vector<std::optional<int64_t>> windows;
+  if (model_type == "gpt_oss" && !f.has("layer_types")) {  // GptOssConfig: every other layer, from the first
+    if (f.written("sliding_window") && !f.has("sliding_window")) return windows;
+    const int64_t window = f.positive("sliding_window", kMaxPositions, 128);
+    for (int64_t i = 0; i < layers; ++i) windows.emplace_back(i % 2 == 0 ? std::optional<int64_t>(window) : std::nullopt);
+    return windows;
+  }
   if (!f.has("sliding_window")) return windows;
   if (f.has("layer_types")) {
     const json& types = f.at("layer_types");
@@ -347,10 +357,16 @@ MoeConfig parse_moe(const Fields& f, const std::string& model_type, const ModelC
   moe.num_experts = f.positive(count_key, kMaxHeads);
   moe.top_k = f.positive("num_experts_per_tok", moe.num_experts);
   moe.layers.assign(static_cast<std::size_t>(c.num_layers), true);
-  if (model_type == "mixtral") {
+  if (model_type == "mixtral" || model_type == "gpt_oss") {
     moe.expert_size = c.intermediate_size;
     moe.normalize_top_k = true;
-    moe.mixtral_names = true;
+    moe.layout = model_type == "mixtral" ? MoeConfig::Layout::kMixtral : MoeConfig::Layout::kGptOss;
+    if (model_type == "gpt_oss") {
+      moe.softmax_top_k = true;
+      moe.swiglu_limit = f.number("swiglu_limit", 7.0);
+      moe.swiglu_alpha = f.number("swiglu_alpha", 1.702);
+      if (!(moe.swiglu_limit > 0)) fail(ErrorCode::kInvalidArgument, f.name("swiglu_limit"), "expected > 0, got {}", moe.swiglu_limit);
+    }
     return moe;
   }
   moe.expert_size = f.positive("moe_intermediate_size", kMaxWidth);
@@ -424,16 +440,21 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
   } else if (model_type == "olmo2") {
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
     c.qk_norm = QkNorm::kWhole;
-    c.norm_outputs = true;
+    c.norm_outputs = c.norm_scale_float32 = true;
   } else if (model_type == "phi3") {
     c.packed_projections = true;
+  } else if (model_type == "gpt_oss") {
+    c.qkv_bias = c.out_bias = f.boolean("attention_bias", true);
+    c.attention_sinks = c.norm_scale_float32 = true;
   } else if (model_type == "smollm3") {
     c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
     c.mlp_bias = f.boolean("mlp_bias", false);
     c.rope_layers = parse_rope_layers(f, c.num_layers);
   }
   c.sliding_windows = parse_windows(f, model_type, c.num_layers);
-  if (model_type == "mixtral" || model_type == "qwen2_moe" || model_type == "qwen3_moe") c.moe = parse_moe(f, model_type, c);
+  if (model_type == "mixtral" || model_type == "qwen2_moe" || model_type == "qwen3_moe" || model_type == "gpt_oss") {
+    c.moe = parse_moe(f, model_type, c);
+  }
   c.attention_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
 }
 
@@ -546,8 +567,10 @@ constexpr KnownArchitecture kArchitectures[] = {
     {"MixtralForCausalLM", "mixtral"},
     {"Qwen2MoeForCausalLM", "qwen2_moe"},
     {"Qwen3MoeForCausalLM", "qwen3_moe"},
+    {"GptOssForCausalLM", "gpt_oss"},
     {"Gemma2ForCausalLM", "gemma2"},
     {"Gemma3ForCausalLM", "gemma3_text"},
+    {"Gemma3ForConditionalGeneration", "gemma3"},  // its text tower
     {"GPT2LMHeadModel", "gpt2"},
 };
 
@@ -584,10 +607,35 @@ ModelConfig parse_config(const json& root) {
          architecture);
   }
 
+  // Pre-quantised checkpoints: only gpt-oss's MXFP4 experts, which load dequantised.
+  if (f.has("quantization_config")) {
+    const json& q = f.at("quantization_config");
+    if (!q.is_object()) fail(ErrorCode::kInvalidArgument, f.name("quantization_config"), "expected an object");
+    const Fields quantization(q, f.name("quantization_config"));
+    const std::string method = quantization.string("quant_method", std::string());
+    if (method != "mxfp4") {
+      fail(ErrorCode::kInvalidArgument, quantization.name("quant_method"),
+           "pre-quantised checkpoints other than MXFP4 (gpt-oss) are not supported, got \"{}\"", method);
+    }
+  }
+
   ModelConfig c;
   c.architecture = architecture;
   if (std::string(known->model_type) == "gpt2") {
     parse_gpt2(f, c);
+  } else if (std::string(known->model_type) == "gemma3") {
+    // A vision-language checkpoint: its language model, described by text_config, is the backbone;
+    // the vision tower and projector stay unread.
+    if (!f.has("text_config") || !f.at("text_config").is_object()) {
+      fail(ErrorCode::kInvalidArgument, f.name("text_config"), "expected the language model's config object");
+    }
+    const Fields text(f.at("text_config"), f.name("text_config"));
+    parse_gemma(text, "gemma3_text", c);
+    c.tie_word_embeddings = f.boolean("tie_word_embeddings", text.boolean("tie_word_embeddings", true));
+    c.weight_prefix = "language_model.";
+    c.final_logit_softcap = 0.0;  // the conditional-generation model caps no logits, as transformers' does not
+    parse_special_tokens(text, c);
+    return c;
   } else if (std::string(known->model_type).rfind("gemma", 0) == 0) {
     parse_gemma(f, known->model_type, c);
   } else {

@@ -7,6 +7,7 @@
 #include <c10/util/Half.h>
 
 #include <cstring>
+#include <vector>
 
 #include "aios/fail.h"
 
@@ -138,6 +139,85 @@ void q6_k(const std::uint8_t* b, float* y) {
   }
 }
 
+// Q2_K: scales[16] (low nibble scale, high nibble min, per 16 elements), qs[64], d, dmin. Element
+// e takes bits 2*s of qs[32*h + l], for e = 128*h + 32*s + l.
+void q2_k(const std::uint8_t* b, float* y) {
+  const std::uint8_t* scales = b;
+  const std::uint8_t* qs = b + 16;
+  const float d = half(b + 80), dmin = half(b + 82);
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, s = (e / 32) % 4, l = e % 32;
+    const float dl = d * static_cast<float>(scales[e / 16] & 0x0F), ml = dmin * static_cast<float>(scales[e / 16] >> 4);
+    y[e] = dl * static_cast<float>((qs[32 * h + l] >> (2 * s)) & 3) - ml;
+  }
+}
+
+// Q3_K: hmask[32], qs[64], scales[12] (sixteen 6-bit scales: low nibbles in bytes 0-7, high pairs in
+// 8-11), d. Element e = 128*h + 32*s + l takes two bits 2*s of qs[32*h + l], minus 4 unless bit e/32
+// of hmask[l] is set.
+void q3_k(const std::uint8_t* b, float* y) {
+  const std::uint8_t* hmask = b;
+  const std::uint8_t* qs = b + 32;
+  const std::uint8_t* packed = b + 96;
+  const float d = half(b + 108);
+  float dl[16];
+  for (int i = 0; i < 16; ++i) {
+    const int low = (packed[i % 8] >> (4 * (i / 8))) & 0x0F, high = (packed[8 + i % 4] >> (2 * (i / 4))) & 0x03;
+    dl[i] = d * static_cast<float>(static_cast<std::int8_t>(low | (high << 4)) - 32);
+  }
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, s = (e / 32) % 4, l = e % 32;
+    const int low = (qs[32 * h + l] >> (2 * s)) & 3, offset = ((hmask[l] >> (e / 32)) & 1) != 0 ? 0 : 4;
+    y[e] = dl[e / 16] * static_cast<float>(low - offset);
+  }
+}
+
+// The sixteen levels of IQ4_NL and IQ4_XS.
+constexpr std::int8_t kIq4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// IQ4_NL: d, qs[16]; element j < 16 is level (qs[j] & 15), element 16 + j level (qs[j] >> 4).
+void iq4_nl(const std::uint8_t* b, float* y) {
+  const float d = half(b);
+  const std::uint8_t* qs = b + 2;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>(kIq4Levels[qs[j] & 0x0F]);
+    y[j + 16] = d * static_cast<float>(kIq4Levels[qs[j] >> 4]);
+  }
+}
+
+// IQ4_XS: d, scales_h (u16: two high bits per sub-block), scales_l[4] (a nibble per sub-block),
+// qs[128]; eight sub-blocks of 32 laid out as IQ4_NL's, each with a 6-bit scale minus 32.
+void iq4_xs(const std::uint8_t* b, float* y) {
+  const float d = half(b);
+  std::uint16_t scales_h;
+  std::memcpy(&scales_h, b + 2, 2);
+  const std::uint8_t* scales_l = b + 4;
+  const std::uint8_t* qs = b + 8;
+  for (int i = 0; i < 8; ++i) {
+    const int low = (scales_l[i / 2] >> (4 * (i % 2))) & 0x0F, high = (scales_h >> (2 * i)) & 0x03;
+    const float dl = d * static_cast<float>(static_cast<std::int8_t>(low | (high << 4)) - 32);
+    for (int j = 0; j < 16; ++j) {
+      y[32 * i + j] = dl * static_cast<float>(kIq4Levels[qs[16 * i + j] & 0x0F]);
+      y[32 * i + j + 16] = dl * static_cast<float>(kIq4Levels[qs[16 * i + j] >> 4]);
+    }
+  }
+}
+
+// MXFP4: a shared power of two e (E8M0) and 32 E2M1 values as nibbles (low nibbles first). The levels
+// are stored doubled, so the scale is halved: 2^(e-128), as ggml's e8m0 "half" conversion.
+void mxfp4(const std::uint8_t* b, float* y) {
+  constexpr std::int8_t kLevels[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  const std::uint32_t e = b[0];
+  const std::uint32_t bits = e < 2 ? std::uint32_t{0x00200000} << e : (e - 1) << 23;
+  float d;
+  std::memcpy(&d, &bits, 4);
+  const std::uint8_t* qs = b + 1;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>(kLevels[qs[j] & 0x0F]);
+    y[j + 16] = d * static_cast<float>(kLevels[qs[j] >> 4]);
+  }
+}
+
 struct BlockCodec {
   GgmlType type;
   int block_size;
@@ -148,7 +228,9 @@ struct BlockCodec {
 constexpr BlockCodec kCodecs[] = {
     {GgmlType::kQ8_0, 32, 34, q8_0},   {GgmlType::kQ4_0, 32, 18, q4_0},   {GgmlType::kQ4_1, 32, 20, q4_1},
     {GgmlType::kQ5_0, 32, 22, q5_0},   {GgmlType::kQ5_1, 32, 24, q5_1},   {GgmlType::kQ4_K, 256, 144, q4_k},
-    {GgmlType::kQ5_K, 256, 176, q5_k}, {GgmlType::kQ6_K, 256, 210, q6_k},
+    {GgmlType::kQ5_K, 256, 176, q5_k}, {GgmlType::kQ6_K, 256, 210, q6_k}, {GgmlType::kQ2_K, 256, 84, q2_k},
+    {GgmlType::kQ3_K, 256, 110, q3_k}, {GgmlType::kIQ4_NL, 32, 18, iq4_nl}, {GgmlType::kIQ4_XS, 256, 136, iq4_xs},
+    {GgmlType::kMXFP4, 32, 17, mxfp4},
 };
 
 }  // namespace
@@ -178,8 +260,21 @@ at::Tensor dequantize(const io::GgufTensor& t, const std::string& field) {
     return out;
   }
   fail(ErrorCode::kInvalidArgument, field,
-       "tensor type {} is not supported (expected F32, F16, BF16, F64, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K)",
+       "tensor type {} is not supported (expected F32, F16, BF16, F64, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, "
+       "Q5_K, Q6_K, IQ4_NL, IQ4_XS or MXFP4)",
        io::ggml_type_name(t.type));
+}
+
+at::Tensor dequantize_mxfp4(const at::Tensor& blocks, const at::Tensor& scales) {
+  static const float kValues[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+  const at::Tensor levels = at::from_blob(const_cast<float*>(kValues), {16}, at::TensorOptions().dtype(at::kFloat));
+  const at::Tensor low = levels.index({at::bitwise_and(blocks, 0x0F).to(at::kLong)});
+  const at::Tensor high = levels.index({at::bitwise_right_shift(blocks, 4).to(at::kLong)});
+  std::vector<int64_t> shape = scales.sizes().vec();
+  const at::Tensor values = at::stack({low, high}, -1).flatten(-2);  // [..., G, 32]
+  shape.back() *= 32;
+  return at::ldexp(values, (scales.to(at::kInt) - 127).unsqueeze(-1)).reshape(shape);
 }
 
 }  // namespace aios::backbone

@@ -10,8 +10,14 @@
 namespace aios::backbone {
 
 // The tensor's values as a new float32 CPU tensor of its shape. Types: F32, F16, BF16, F64, Q8_0,
-// Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, each bit-exact with ggml's reference dequantisation.
+// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4, each bit-exact with
+// ggml's reference dequantisation.
 // Throws Error(kInvalidArgument) naming `field` for any other type.
 at::Tensor dequantize(const io::GgufTensor& tensor, const std::string& field);
+
+// MXFP4 as Hugging Face checkpoints store it (gpt-oss's "<name>_blocks" and "<name>_scales"):
+// blocks uint8 [..., G, 16], two E2M1 values per byte (low nibble first), scales uint8 [..., G],
+// powers of two biased by 127 -> float32 [..., G*32], exact.
+at::Tensor dequantize_mxfp4(const at::Tensor& blocks, const at::Tensor& scales);
 
 }  // namespace aios::backbone

@@ -1,17 +1,36 @@
 #include "experts.h"
 
+#include <tuple>
+
 #include "layers.h"
 
 namespace aios::backbone {
+
+namespace {
+
+// The expert's gated activation of its gate and up halves, [n,I] each.
+at::Tensor glu(const Experts& e, const at::Tensor& gate, const at::Tensor& up) {
+  if (e.swiglu_limit <= 0) return activate(gate, e.activation) * up;
+  const at::Tensor g = gate.clamp_max(e.swiglu_limit);
+  return (up.clamp(-e.swiglu_limit, e.swiglu_limit) + 1) * (g * at::sigmoid(g * e.swiglu_alpha));
+}
+
+}  // namespace
 
 at::Tensor route(const Experts& e, const at::Tensor& h, at::Tensor* choices) {
   const int64_t B = h.size(0), T = h.size(1), D = h.size(2), E = e.router.size(0), k = e.top_k;
   const at::Tensor x = h.reshape({B * T, D});
   // In float32 at least, as the reference; a float64 model keeps its precision.
   const at::ScalarType precise = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor probs = at::softmax(at::linear(x, e.router), -1, precise);  // [N,E]
-  auto [weights, chosen] = probs.topk(k, -1);                                      // [N,k] each
-  if (e.normalize) weights = weights / weights.sum(-1, /*keepdim=*/true);
+  const at::Tensor logits = at::linear(x, e.router, e.router_bias);  // [N,E]
+  at::Tensor weights, chosen;                                         // [N,k] each
+  if (e.softmax_top_k) {
+    std::tie(weights, chosen) = logits.topk(k, -1);
+    weights = at::softmax(weights, -1, precise);
+  } else {
+    std::tie(weights, chosen) = at::softmax(logits, -1, precise).topk(k, -1);
+    if (e.normalize) weights = weights / weights.sum(-1, /*keepdim=*/true);
+  }
   weights = weights.to(x.scalar_type()).reshape(-1);  // [N*k], slot s = token * k + rank
   if (choices != nullptr) *choices = chosen.reshape({B, T, k});
 
@@ -27,8 +46,10 @@ at::Tensor route(const Experts& e, const at::Tensor& h, at::Tensor* choices) {
     const at::Tensor slots = order.narrow(0, begin, count[expert]);
     begin += count[expert];
     const at::Tensor tokens = at::floor_divide(slots, k);
-    const auto gate_up = at::linear(x.index_select(0, tokens), e.gate_up[expert]).chunk(2, -1);
-    const at::Tensor y = at::linear(activate(gate_up[0], e.activation) * gate_up[1], e.down[expert]);
+    const at::Tensor gate_up_bias = e.gate_up_bias.defined() ? e.gate_up_bias[expert] : at::Tensor();
+    const at::Tensor down_bias = e.down_bias.defined() ? e.down_bias[expert] : at::Tensor();
+    const auto gate_up = at::linear(x.index_select(0, tokens), e.gate_up[expert], gate_up_bias).chunk(2, -1);
+    const at::Tensor y = at::linear(glu(e, gate_up[0], gate_up[1]), e.down[expert], down_bias);
     // In place: a copy of the whole [N,D] output per expert would make the cost grow with E.
     out.index_add_(0, tokens, y * weights.index_select(0, slots).unsqueeze(1));
   }

@@ -8,18 +8,23 @@
 namespace aios::backbone {
 
 struct Experts {
-  at::Tensor router;   // [E,D]
-  at::Tensor gate_up;  // [E,2I,D]: each expert's gate rows, then its up rows
-  at::Tensor down;     // [E,D,I]
+  at::Tensor router;        // [E,D]
+  at::Tensor router_bias;   // [E] or undefined
+  at::Tensor gate_up;       // [E,2I,D]: each expert's gate rows, then its up rows
+  at::Tensor gate_up_bias;  // [E,2I] or undefined
+  at::Tensor down;          // [E,D,I]
+  at::Tensor down_bias;     // [E,D] or undefined
   int64_t top_k = 1;
-  bool normalize = false;  // the k weights renormalised to sum to 1
+  bool normalize = false;      // the k weights renormalised to sum to 1
+  bool softmax_top_k = false;  // softmax over the k chosen logits only (MoeConfig::softmax_top_k)
   Activation activation = Activation::kSilu;
+  double swiglu_limit = 0.0, swiglu_alpha = 0.0;  // MoeConfig's clamped SwiGLU; limit 0 = none
 };
 
 // h [B,T,D] -> [B,T,D]: softmax over the router's logits (in float32 at least), the top k experts of each
-// token weighted by their probabilities, as transformers computes it. Tokens are grouped by
-// expert, so the cost grows with k, not with E; experts are summed in ascending order, as the
-// reference does. Differentiable in h (through the experts' outputs and the routing weights).
+// token weighted by their probabilities (or by a softmax over the top k logits), as transformers
+// computes it. Tokens are grouped by expert, so the cost grows with k, not with E; experts are
+// summed in ascending order, as the reference does. Differentiable in h (through the experts' outputs and the routing weights).
 // With `choices`, stores which experts each token used: int64 [B,T,k], by decreasing weight.
 at::Tensor route(const Experts& experts, const at::Tensor& h, at::Tensor* choices = nullptr);
 

@@ -2,6 +2,8 @@
 // tensor names (`blk.N.attn_q.weight`, ...) against their Hugging Face counterparts.
 #include "gguf_checkpoint.h"
 
+#include <algorithm>
+#include <functional>
 #include <vector>
 
 #include <fmt/ranges.h>
@@ -18,6 +20,10 @@ struct Architecture {
   const char* gguf;  // general.architecture
   const char* hf;    // config.json "architectures"
   bool permuted_qk;  // llama.cpp's converter permuted q/k rows for rotary embedding
+  // What Hugging Face's post_attention_layernorm is called: the MLP's input norm ("ffn_norm") in
+  // Llama-like blocks, "post_attention_norm" where llama.cpp names it after its place (Gemma, gpt-oss).
+  const char* post_attention_norm = "ffn_norm";
+  bool norms_plus_one = false;  // Gemma: llama.cpp stores every norm weight w as 1 + w
 };
 constexpr Architecture kArchitectures[] = {
     {"llama", "LlamaForCausalLM", true},
@@ -25,6 +31,9 @@ constexpr Architecture kArchitectures[] = {
     {"qwen3", "Qwen3ForCausalLM", false},
     {"phi3", "Phi3ForCausalLM", false},
     {"qwen3moe", "Qwen3MoeForCausalLM", false},
+    {"gemma2", "Gemma2ForCausalLM", false, "post_attention_norm", true},
+    {"gemma3", "Gemma3ForCausalLM", false, "post_attention_norm", true},
+    {"gpt-oss", "GptOssForCausalLM", false, "post_attention_norm"},
 };
 
 const Architecture& architecture_of(const io::GgufFile& file) {
@@ -58,6 +67,9 @@ constexpr Key kKeys[] = {
     {"num_experts", "expert_count", true},
     {"num_experts_per_tok", "expert_used_count", true},
     {"moe_intermediate_size", "expert_feed_forward_length", true},
+    {"sliding_window", "attention.sliding_window", true},
+    {"attn_logit_softcapping", "attn_logit_softcapping", false},
+    {"final_logit_softcapping", "final_logit_softcapping", false},
 };
 
 // "model.layers.N.<hf>" -> "blk.N.<gguf>", the weight or bias suffix kept.
@@ -66,7 +78,8 @@ struct LayerName {
   const char* gguf;
 };
 constexpr LayerName kLayerNames[] = {
-    {"input_layernorm.", "attn_norm."},   {"post_attention_layernorm.", "ffn_norm."},
+    {"input_layernorm.", "attn_norm."},   {"pre_feedforward_layernorm.", "ffn_norm."},
+    {"post_feedforward_layernorm.", "post_ffw_norm."}, {"self_attn.sinks", "attn_sinks.weight"},
     {"self_attn.q_proj.", "attn_q."},     {"self_attn.k_proj.", "attn_k."},
     {"self_attn.v_proj.", "attn_v."},     {"self_attn.o_proj.", "attn_output."},
     {"mlp.gate_proj.", "ffn_gate."},      {"mlp.up_proj.", "ffn_up."},
@@ -76,12 +89,13 @@ constexpr LayerName kLayerNames[] = {
     // Experts stacked [E,...] in one tensor each, as the files store them (the model asks for
     // "<block>experts.<name>.weight" before one expert at a time).
     {"mlp.gate.", "ffn_gate_inp."},                    {"block_sparse_moe.gate.", "ffn_gate_inp."},
+    {"mlp.router.", "ffn_gate_inp."},
     {"mlp.experts.gate_proj.", "ffn_gate_exps."},      {"block_sparse_moe.experts.w1.", "ffn_gate_exps."},
     {"mlp.experts.up_proj.", "ffn_up_exps."},          {"block_sparse_moe.experts.w3.", "ffn_up_exps."},
     {"mlp.experts.down_proj.", "ffn_down_exps."},      {"block_sparse_moe.experts.w2.", "ffn_down_exps."},
 };
 
-std::optional<std::string> gguf_name(const std::string& hf) {
+std::optional<std::string> gguf_name(const std::string& hf, const Architecture& arch) {
   if (hf == "model.embed_tokens.weight") return "token_embd.weight";
   if (hf == "model.norm.weight") return "output_norm.weight";
   if (hf == "lm_head.weight") return "output.weight";
@@ -91,6 +105,10 @@ std::optional<std::string> gguf_name(const std::string& hf) {
   if (dot == std::string::npos) return std::nullopt;
   const std::string layer = hf.substr(prefix.size(), dot - prefix.size());
   const std::string rest = hf.substr(dot + 1);
+  const std::string post_attention = "post_attention_layernorm.";
+  if (rest.rfind(post_attention, 0) == 0) {
+    return fmt::format("blk.{}.{}.{}", layer, arch.post_attention_norm, rest.substr(post_attention.size()));
+  }
   for (const LayerName& n : kLayerNames) {
     const std::string from = n.hf;
     if (rest.rfind(from, 0) == 0) return "blk." + layer + "." + n.gguf + rest.substr(from.size());
@@ -111,13 +129,9 @@ nlohmann::json factors_of(const io::GgufFile& file, const io::GgufTensor& tensor
   return std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
 }
 
-// What llama.cpp's converter writes for Phi-3 beside the common keys: the window (0 = none), the
-// rotated channels, and LongRoPE's factors as two tensors.
+// What llama.cpp's converter writes for Phi-3 beside the common keys: the rotated channels, and
+// LongRoPE's factors as two tensors.
 void phi3_config(const io::GgufFile& file, nlohmann::json& config, std::map<std::string, std::string>& source) {
-  if (auto window = file.integer("phi3.attention.sliding_window"); window && *window != 0) {
-    config["sliding_window"] = *window;
-    source["config.sliding_window"] = "phi3.attention.sliding_window";
-  }
   const auto rotary = file.integer("phi3.rope.dimension_count");
   const auto hidden = file.integer("phi3.embedding_length"), heads = file.integer("phi3.attention.head_count");
   if (rotary && hidden && heads && *heads > 0 && *rotary != *hidden / *heads) {
@@ -140,6 +154,53 @@ void phi3_config(const io::GgufFile& file, nlohmann::json& config, std::map<std:
   if (auto length = file.integer("phi3.rope.scaling.original_context_length")) config["original_max_position_embeddings"] = *length;
   source["config.rope_scaling.attention_factor"] = "phi3.rope.scaling.attn_factor";
   if (auto factor = file.number("phi3.rope.scaling.attn_factor")) scaling["attention_factor"] = *factor;
+}
+
+// Which layers slide, where the file says: attention.sliding_window_pattern, a period n (every n-th
+// layer global, llama.cpp's rule) or one flag per layer (true = sliding), as config.json's layer_types.
+void window_pattern(const io::GgufFile& file, const std::string& a, nlohmann::json& config,
+                    std::map<std::string, std::string>& source) {
+  const std::string key = a + "attention.sliding_window_pattern";
+  const io::GgufValue* value = file.find_metadata(key);
+  const auto layers = file.integer(a + "block_count");
+  if (value == nullptr || !layers) return;
+  source["config.layer_types"] = key;
+  std::vector<bool> sliding;
+  if (value->type == io::GgufType::kArray) {
+    for (const io::GgufValue& e : value->elements) {
+      if (e.type != io::GgufType::kBool) fail(ErrorCode::kDataLoss, file.path() + ": " + key, "expected a period or booleans");
+      sliding.push_back(std::get<bool>(e.scalar));
+    }
+  } else {
+    const auto period = file.integer(key);
+    if (*period <= 0) fail(ErrorCode::kInvalidArgument, file.path() + ": " + key, "expected a period > 0, got {}", *period);
+    for (int64_t i = 0; i < *layers; ++i) sliding.push_back((i + 1) % *period != 0);
+  }
+  nlohmann::json& types = config["layer_types"] = nlohmann::json::array();
+  for (bool s : sliding) types.push_back(s ? "sliding_attention" : "full_attention");
+}
+
+// Gemma: the attention scale, which the files keep only as attention.scale where the converter
+// wrote one; otherwise llama.cpp's rule, 1/sqrt(head_dim) but 1/sqrt(hidden/heads) for the 27B
+// models (46 layers for Gemma 2, 62 for Gemma 3), whose configs say so.
+void gemma_config(const io::GgufFile& file, const Architecture& arch, nlohmann::json& config,
+                  std::map<std::string, std::string>& source) {
+  const std::string a = std::string(arch.gguf) + ".";
+  source["config.query_pre_attn_scalar"] = a + "attention.scale";
+  if (auto scale = file.number(a + "attention.scale")) {
+    config["query_pre_attn_scalar"] = *scale > 0 ? 1.0 / (*scale * *scale) : 0.0;
+    return;
+  }
+  const auto layers = file.integer(a + "block_count"), hidden = file.integer(a + "embedding_length"),
+             heads = file.integer(a + "attention.head_count"), head_dim = file.integer(a + "attention.key_length");
+  const bool large = layers == (std::string(arch.gguf) == "gemma2" ? 46 : 62);
+  if (large && hidden && heads && *heads > 0) {
+    config["query_pre_attn_scalar"] = *hidden / *heads;
+  } else if (head_dim) {
+    config["query_pre_attn_scalar"] = *head_dim;
+  } else if (hidden && heads && *heads > 0) {
+    config["query_pre_attn_scalar"] = *hidden / *heads;
+  }
 }
 
 }  // namespace
@@ -165,6 +226,7 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
       config[k.hf] = *v;
     }
   }
+  if (config.value("sliding_window", 1) == 0) config.erase("sliding_window");  // Phi-3 writes 0 for none
   if (auto type = file.string(a + "rope.scaling.type"); type && *type != "none") {
     nlohmann::json& scaling = config["rope_scaling"] = {{"rope_type", *type}};
     source["config.rope_scaling.rope_type"] = a + "rope.scaling.type";
@@ -174,8 +236,31 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
     if (auto length = file.integer(a + "rope.scaling.original_context_length")) {
       scaling["original_max_position_embeddings"] = *length;
     }
+    for (const auto& [hf, gguf] : {std::pair{"beta_fast", "rope.scaling.yarn_beta_fast"},
+                                   std::pair{"beta_slow", "rope.scaling.yarn_beta_slow"}}) {
+      source[std::string("config.rope_scaling.") + hf] = a + gguf;
+      if (auto v = file.number(a + gguf)) scaling[hf] = *v;
+    }
   }
   if (std::string(arch.gguf) == "phi3") phi3_config(file, config, source);
+  if (std::string(arch.gguf) == "gpt-oss") {
+    // Every gpt-oss release rotates with YaRN untruncated (GptOssConfig's default), which the file
+    // cannot say; its experts are intermediate_size wide.
+    if (config.contains("rope_scaling")) config["rope_scaling"]["truncate"] = false;
+    if (config.contains("moe_intermediate_size")) config["intermediate_size"] = config["moe_intermediate_size"];
+    // The SwiGLU's clamp: llama.cpp's fixed 7 (every release's swiglu_limit) unless the file gives
+    // swiglu_clamp_exp, one limit per layer.
+    const std::string key = a + "swiglu_clamp_exp";
+    if (auto limits = file.numbers(key)) {
+      if (limits->empty() || std::adjacent_find(limits->begin(), limits->end(), std::not_equal_to<>()) != limits->end()) {
+        fail(ErrorCode::kInvalidArgument, file.path() + ": " + key, "expected one limit shared by every layer");
+      }
+      config["swiglu_limit"] = limits->front();
+      source["config.swiglu_limit"] = key;
+    }
+  }
+  if (arch.norms_plus_one) gemma_config(file, arch, config, source);
+  window_pattern(file, a, config, source);
   const io::GgufTensor* embedding = file.find("token_embd.weight");
   if (embedding == nullptr || embedding->shape.size() != 2) {
     fail(ErrorCode::kDataLoss, file.path() + ": token_embd.weight", "expected a [vocab, hidden] token embedding");
@@ -219,25 +304,24 @@ ModelConfig gguf_model_config(const io::GgufFile& file) {
 }
 
 GgufWeights::GgufWeights(const io::GgufFile& file, const ModelConfig& config)
-    : file_(file),
-      permuted_qk_(architecture_of(file).permuted_qk),
-      num_heads_(config.num_heads),
-      num_kv_heads_(config.num_kv_heads) {}
+    : file_(file), num_heads_(config.num_heads), num_kv_heads_(config.num_kv_heads) {}
 
 bool GgufWeights::contains(const std::string& name) const {
-  const auto g = gguf_name(name);
+  const auto g = gguf_name(name, architecture_of(file_));
   return g && file_.find(*g) != nullptr;
 }
 
 at::Tensor GgufWeights::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
-  const auto g = gguf_name(name);
+  const Architecture& arch = architecture_of(file_);
+  const auto g = gguf_name(name, arch);
   const io::GgufTensor* t = g ? file_.find(*g) : nullptr;
   const std::string field = fmt::format("{}: tensor '{}' ({})", file_.path(), g.value_or("?"), name);
   if (t == nullptr) fail(ErrorCode::kDataLoss, field, "tensor missing from the checkpoint");
   check_shape(field, shape, t->shape);
   at::Tensor w = dequantize(*t, field);
-  if (permuted_qk_ && g->find(".attn_q.") != std::string::npos) w = unpermute(w, num_heads_);
-  if (permuted_qk_ && g->find(".attn_k.") != std::string::npos) w = unpermute(w, num_kv_heads_);
+  if (arch.permuted_qk && g->find(".attn_q.") != std::string::npos) w = unpermute(w, num_heads_);
+  if (arch.permuted_qk && g->find(".attn_k.") != std::string::npos) w = unpermute(w, num_kv_heads_);
+  if (arch.norms_plus_one && g->size() >= 11 && g->compare(g->size() - 11, 11, "norm.weight") == 0) w = w - 1;
   return w.to(options.device, options.dtype).contiguous();
 }
 

@@ -8,14 +8,16 @@
 
 namespace aios::backbone {
 
-// Architectures `llama` (Llama 2/3, SmolLM2, ...) and `qwen2`. Throws Error: kInvalidArgument (another
+// Architectures `llama` (Llama 2/3, SmolLM2, Mixtral, ...), `qwen2`, `qwen3`, `qwen3moe`, `phi3`,
+// `gemma2`, `gemma3` and `gpt-oss`. Throws Error: kInvalidArgument (another
 // architecture, an unsupported value, naming the GGUF key), kDataLoss (a required key or tensor
 // missing or of the wrong type).
 ModelConfig gguf_model_config(const io::GgufFile& file);
 
 // The file's tensors, dequantised to float32 and then converted to the requested dtype. For
 // `llama`, the q and k projections are un-permuted back to the Hugging Face row order (llama.cpp's
-// converter interleaves the two rotary halves of each head). Keeps a reference to `file`.
+// converter interleaves the two rotary halves of each head); Gemma's norm weights, stored as 1 + w,
+// come back as w. Keeps a reference to `file`.
 class GgufWeights final : public WeightSource {
  public:
   GgufWeights(const io::GgufFile& file, const ModelConfig& config);
@@ -25,7 +27,6 @@ class GgufWeights final : public WeightSource {
 
  private:
   const io::GgufFile& file_;
-  bool permuted_qk_;
   int64_t num_heads_;
   int64_t num_kv_heads_;
 };

@@ -46,17 +46,25 @@ at::Tensor cached_attention_mask(const KVCache& cache, std::optional<int64_t> wi
 }
 
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                  double scale, double softcap) {
+                  double scale, double softcap, const at::Tensor& sinks) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), K = k.size(1);
-  if (softcap > 0) {
-    // Capped scores: no fused kernel takes the cap, so the reference's eager steps, float32 softmax.
+  if (softcap > 0 || sinks.defined()) {
+    // No fused kernel takes a cap or sinks, so the reference's eager steps, softmax in float32.
     const at::Tensor keys = k.repeat_interleave(H / K, 1), values = v.repeat_interleave(H / K, 1);  // [B,H,S,hd]
-    at::Tensor scores = at::matmul(q, keys.transpose(-1, -2)) * scale;                             // [B,H,T,S]
-    scores = at::tanh(scores / softcap) * softcap;
-    const at::Tensor visible = mask.defined() ? mask : at::ones({T, keys.size(2)}, q.options().dtype(at::kBool)).tril();
+    const int64_t S = keys.size(2);
+    at::Tensor scores = at::matmul(q, keys.transpose(-1, -2)) * scale;  // [B,H,T,S]
+    if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
+    const at::Tensor visible = mask.defined() ? mask : at::ones({T, S}, q.options().dtype(at::kBool)).tril();
     scores = scores.masked_fill(visible.logical_not(), -INFINITY);
     const at::ScalarType precise = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    const at::Tensor out = at::matmul(at::softmax(scores, -1, precise).to(q.scalar_type()), values);  // [B,H,T,hd]
+    at::Tensor probs;
+    if (sinks.defined()) {  // the sink's column joins the softmax, then is dropped: [B,H,T,S+1] -> [B,H,T,S]
+      const at::Tensor sink = sinks.to(scores.scalar_type()).view({1, H, 1, 1}).expand({B, H, T, 1});
+      probs = at::softmax(at::cat({scores, sink}, -1), -1, precise).narrow(-1, 0, S);
+    } else {
+      probs = at::softmax(scores, -1, precise);
+    }
+    const at::Tensor out = at::matmul(probs.to(q.scalar_type()), values);  // [B,H,T,hd]
     return out.transpose(1, 2).reshape({B, T, H * hd});
   }
   if (T == 1 && mask.defined()) {

@@ -18,9 +18,10 @@ namespace aios::backbone {
 at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::optional<int64_t> window);
 
 // q [B,H,T,hd], k and v [B,Hkv,T,hd] -> [B,T,H*hd] via scaled-dot-product attention. With
-// `softcap` > 0 the scores s become softcap * tanh(s / softcap) before the mask (Gemma 2).
+// `softcap` > 0 the scores s become softcap * tanh(s / softcap) before the mask (Gemma 2). With
+// `sinks` [H], each head's sink logit joins its softmax as a key without a value (gpt-oss).
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                  double scale, double softcap = 0.0);
+                  double scale, double softcap = 0.0, const at::Tensor& sinks = {});
 
 at::Tensor activate(const at::Tensor& x, Activation activation);
 

@@ -1,6 +1,7 @@
 // The Llama block family: Llama 2/3, SmolLM2, Qwen2 (qkv bias), Qwen3 (q/k norm per head), Mistral
 // (sliding window), SmolLM3 (layers without rotary), OLMo 2 (q/k norm over the projection, norms on
-// the attention and MLP outputs), Phi-3 (packed projections, partial rotary, LongRoPE).
+// the attention and MLP outputs), Phi-3 (packed projections, partial rotary, LongRoPE), and with
+// experts (experts.h) Mixtral, Qwen2-MoE, Qwen3-MoE and gpt-oss (attention sinks, biased experts).
 //
 // Load-time fusion: q, k, v projections are concatenated into one [(H+2Hkv)*hd, D] matrix and gate
 // and up into one [2I, D] matrix, so each block runs four matrix products instead of seven.
@@ -27,6 +28,7 @@ struct LlamaLayer {
   at::Tensor out_bias;    // [D] or undefined
   at::Tensor q_norm;      // [hd] per head, [H*hd] whole, or undefined (ModelConfig::qk_norm)
   at::Tensor k_norm;      // [hd] per head, [Hkv*hd] whole, or undefined
+  at::Tensor sinks;       // [H] or undefined (ModelConfig::attention_sinks)
   at::Tensor mlp_norm;
   at::Tensor gate_up_weight;  // [2I, D]
   at::Tensor gate_up_bias;    // [2I] or undefined
@@ -41,7 +43,7 @@ struct LlamaLayer {
 };
 
 // In reduced precision the reference normalises in float32, then scales in the model dtype (Llama)
-// or, with `scale_in_float32` (OLMo 2), scales in float32 and casts the product.
+// or, with `scale_in_float32` (OLMo 2, gpt-oss), scales in float32 and casts the product.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool scale_in_float32 = false) {
   if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return at::rms_norm(x, {x.size(-1)}, weight, eps);
   at::Tensor x32 = x.to(at::kFloat);
@@ -80,6 +82,7 @@ class LlamaModel final : public Model {
         l.q_norm = own(take(p + "self_attn.q_norm.weight", {whole ? H * hd : hd}));
         l.k_norm = own(take(p + "self_attn.k_norm.weight", {whole ? K * hd : hd}));
       }
+      if (c.attention_sinks) l.sinks = own(take(p + "self_attn.sinks", {H}));
       if (!c.moe.layers.empty() && c.moe.layers[static_cast<std::size_t>(i)]) {
         load_experts(w, p, options, l);
       } else {
@@ -106,32 +109,53 @@ class LlamaModel final : public Model {
   }
 
   // The router and experts of layer prefix `p`, stacked [E,...] as a GGUF file stores them or one
-  // expert at a time as a Hugging Face folder does; Qwen2-MoE's shared expert and its gate.
+  // expert at a time as a Hugging Face folder does (gpt-oss: stacked, transposed, gate and up
+  // interleaved); Qwen2-MoE's shared expert and its gate.
   void load_experts(const WeightSource& w, const std::string& p, const LoadOptions& options, LlamaLayer& l) {
     const ModelConfig& c = config_;
     const MoeConfig& m = c.moe;
     const int64_t D = c.hidden_size, E = m.num_experts, I = m.expert_size;
-    const std::string block = p + (m.mixtral_names ? "block_sparse_moe." : "mlp.");
-    const char* gate = m.mixtral_names ? "w1" : "gate_proj";
-    const char* up = m.mixtral_names ? "w3" : "up_proj";
-    const char* down = m.mixtral_names ? "w2" : "down_proj";
+    const bool mixtral = m.layout == MoeConfig::Layout::kMixtral, gpt_oss = m.layout == MoeConfig::Layout::kGptOss;
+    const std::string block = p + (mixtral ? "block_sparse_moe." : "mlp.");
+    const char* gate = mixtral ? "w1" : "gate_proj";
+    const char* up = mixtral ? "w3" : "up_proj";
+    const char* down = mixtral ? "w2" : "down_proj";
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
-    // "<block>experts.<name>.weight": all experts in one tensor; "<block>experts.<e>.<name>.weight": one.
-    auto stacked = [&](const char* name, at::IntArrayRef shape) {
-      const std::string all = fmt::format("{}experts.{}.weight", block, name);
+    // "<block>experts.<name>.<kind>": all experts in one tensor; "<block>experts.<e>.<name>.<kind>": one.
+    auto stacked = [&](const char* name, at::IntArrayRef shape, const char* kind = "weight") {
+      const std::string all = fmt::format("{}experts.{}.{}", block, name, kind);
       std::vector<int64_t> full = {E};
       full.insert(full.end(), shape.begin(), shape.end());
       if (w.contains(all)) return take(all, full);
       std::vector<at::Tensor> each;
-      for (int64_t e = 0; e < E; ++e) each.push_back(take(fmt::format("{}experts.{}.{}.weight", block, e, name), shape));
+      for (int64_t e = 0; e < E; ++e) each.push_back(take(fmt::format("{}experts.{}.{}.{}", block, e, name, kind), shape));
       return at::stack(each);
     };
     Experts& x = l.experts.emplace();
-    x.router = own(take(block + "gate.weight", {E, D}));
-    x.gate_up = own(at::cat({stacked(gate, {I, D}), stacked(up, {I, D})}, 1));  // [E,2I,D]
-    x.down = own(stacked(down, {D, I}));
+    x.router = own(take(block + (gpt_oss ? "router.weight" : "gate.weight"), {E, D}));
+    if (gpt_oss && w.contains(block + "experts.gate_up_proj")) {
+      // [E,D,2I] with gate and up channels alternating -> [E,2I,D] gate rows, then up rows.
+      const at::Tensor gate_up = take(block + "experts.gate_up_proj", {E, D, 2 * I}).transpose(1, 2);
+      const at::Tensor bias = take(block + "experts.gate_up_proj_bias", {E, 2 * I});
+      auto halves = [](const at::Tensor& t) { return at::cat({t.slice(1, 0, {}, 2), t.slice(1, 1, {}, 2)}, 1); };
+      x.gate_up = own(halves(gate_up).contiguous());
+      x.gate_up_bias = own(halves(bias).contiguous());
+      x.down = own(take(block + "experts.down_proj", {E, I, D}).transpose(1, 2).contiguous());  // [E,D,I]
+      x.down_bias = own(take(block + "experts.down_proj_bias", {E, D}));
+    } else {
+      x.gate_up = own(at::cat({stacked(gate, {I, D}), stacked(up, {I, D})}, 1));  // [E,2I,D]
+      x.down = own(stacked(down, {D, I}));
+      if (gpt_oss) {
+        x.gate_up_bias = own(at::cat({stacked(gate, {I}, "bias"), stacked(up, {I}, "bias")}, 1));  // [E,2I]
+        x.down_bias = own(stacked(down, {D}, "bias"));
+      }
+    }
+    if (gpt_oss) x.router_bias = own(take(block + "router.bias", {E}));
     x.top_k = m.top_k;
     x.normalize = m.normalize_top_k;
+    x.softmax_top_k = m.softmax_top_k;
+    x.swiglu_limit = m.swiglu_limit;
+    x.swiglu_alpha = m.swiglu_alpha;
     x.activation = c.activation;
     if (m.shared_expert_size > 0) {
       load_mlp(w, block + "shared_expert.", m.shared_expert_size, options, l);
@@ -158,7 +182,7 @@ class LlamaModel final : public Model {
     const ModelConfig& c = config_;
     const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
     const LlamaLayer& l = layers_[static_cast<std::size_t>(index)];
-    auto norm = [&](const at::Tensor& t, const at::Tensor& weight) { return rms_norm(t, weight, c.norm_eps, c.norm_outputs); };
+    auto norm = [&](const at::Tensor& t, const at::Tensor& weight) { return rms_norm(t, weight, c.norm_eps, c.norm_scale_float32); };
     at::Tensor h = c.norm_outputs ? x : norm(x, l.attn_norm);
     at::Tensor qkv = at::linear(h, l.qkv_weight, l.qkv_bias);  // [B,T,(H+2K)*hd]
     auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
@@ -181,7 +205,7 @@ class LlamaModel final : public Model {
       k = rotary_.apply(k, ctx.cos, ctx.sin);
     }
     std::tie(k, v) = ctx.keys_values(index, k, v);  // with a cache: [B,K,S,hd], every cached slot
-    at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale);  // [B,T,H*hd]
+    at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale, 0.0, l.sinks);  // [B,T,H*hd]
     at::Tensor a = at::linear(attn, l.out_weight, l.out_bias);
     at::Tensor out = x + (c.norm_outputs ? norm(a, l.attn_norm) : a);
     h = c.norm_outputs ? out : norm(out, l.mlp_norm);
@@ -196,7 +220,7 @@ class LlamaModel final : public Model {
   }
 
   at::Tensor final_norm(const at::Tensor& x) const override {
-    return rms_norm(x, final_norm_, config_.norm_eps, config_.norm_outputs);
+    return rms_norm(x, final_norm_, config_.norm_eps, config_.norm_scale_float32);
   }
 
  private:

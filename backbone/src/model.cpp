@@ -170,7 +170,9 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   if (fs::is_directory(path, error)) {
     const fs::path config_path = fs::path(path) / "config.json";
     const ModelConfig config = parse_hf_config(io::read_file(config_path.string()), config_path.string());
-    return build(config, SafetensorsWeights(path), options);
+    const SafetensorsWeights weights(path);
+    if (!config.weight_prefix.empty()) return build(config, PrefixedWeights(weights, config.weight_prefix), options);
+    return build(config, weights, options);
   }
   if (fs::is_regular_file(path, error) && fs::path(path).extension() == ".gguf") {
     return load_model(io::GgufFile::open(path), options);

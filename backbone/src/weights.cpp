@@ -9,6 +9,7 @@
 #include "aios/io/files.h"
 #include "aios/fail.h"
 #include "aios/json.h"
+#include "dequantize.h"
 
 namespace aios::backbone {
 
@@ -94,10 +95,39 @@ void check_shape(const std::string& name, at::IntArrayRef expected, at::IntArray
   }
 }
 
-at::Tensor SafetensorsWeights::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+const io::TensorView* SafetensorsWeights::find(const std::string& name) const {
   auto it = where_.find(name);
-  if (it == where_.end()) fail(ErrorCode::kDataLoss, name, "tensor missing from the checkpoint");
-  const io::TensorView& view = *it->second;
+  return it != where_.end() ? it->second : nullptr;
+}
+
+bool SafetensorsWeights::contains(const std::string& name) const {
+  return find(name) != nullptr || (find(name + "_blocks") != nullptr && find(name + "_scales") != nullptr);
+}
+
+at::Tensor SafetensorsWeights::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+  const io::TensorView* found = find(name);
+  const io::TensorView* blocks = find(name + "_blocks");
+  const io::TensorView* scales = find(name + "_scales");
+  if (found == nullptr && blocks != nullptr && scales != nullptr) {
+    auto bytes = [](const io::TensorView& v, const std::string& field) {
+      if (v.dtype != io::DType::kU8) fail(ErrorCode::kDataLoss, field, "expected U8 MXFP4 data, got {}", io::dtype_name(v.dtype));
+      return at::from_blob(const_cast<std::byte*>(v.data), v.shape, at::TensorOptions().dtype(at::kByte));
+    };
+    const std::string field = name + "_blocks";
+    const std::size_t rank = shape.size();
+    // [..., in, out] unquantised <- blocks [..., out, in/32, 16], scales [..., out, in/32]
+    if (rank < 2 || shape[rank - 2] % 32 != 0) fail(ErrorCode::kDataLoss, field, "expected an MXFP4 tensor of rows divisible by 32");
+    std::vector<int64_t> block_shape(shape.begin(), shape.end());
+    std::swap(block_shape[rank - 2], block_shape[rank - 1]);
+    block_shape.back() /= 32;
+    check_shape(name + "_scales", block_shape, scales->shape);
+    block_shape.push_back(16);
+    check_shape(field, block_shape, blocks->shape);
+    const at::Tensor values = dequantize_mxfp4(bytes(*blocks, field), bytes(*scales, name + "_scales"));
+    return values.transpose(-1, -2).to(options.device, options.dtype).contiguous();
+  }
+  if (found == nullptr) fail(ErrorCode::kDataLoss, name, "tensor missing from the checkpoint");
+  const io::TensorView& view = *found;
   check_shape(name, shape, view.shape);
   const c10::ScalarType stored = to_scalar_type(view.dtype);
   if (!c10::isFloatingType(stored)) {

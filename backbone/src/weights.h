@@ -4,6 +4,7 @@
 
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -27,12 +28,32 @@ class SafetensorsWeights final : public WeightSource {
  public:
   explicit SafetensorsWeights(const std::string& folder);
 
-  bool contains(const std::string& name) const override { return where_.count(name) != 0; }
+  bool contains(const std::string& name) const override;
+  // A tensor stored as MXFP4 "<name>_blocks" and "<name>_scales" (gpt-oss's experts, [..., out, in/32,
+  // 16] and [..., out, in/32]) comes back dequantised and transposed to the [..., in, out] of its
+  // unquantised form.
   at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
 
  private:
+  const io::TensorView* find(const std::string& name) const;
+
   std::vector<io::SafetensorsFile> files_;
   std::map<std::string, const io::TensorView*> where_;
+};
+
+// Another source's tensors under `prefix` + name (ModelConfig::weight_prefix).
+class PrefixedWeights final : public WeightSource {
+ public:
+  PrefixedWeights(const WeightSource& inner, std::string prefix) : inner_(inner), prefix_(std::move(prefix)) {}
+
+  bool contains(const std::string& name) const override { return inner_.contains(prefix_ + name); }
+  at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override {
+    return inner_.take(prefix_ + name, shape, options);
+  }
+
+ private:
+  const WeightSource& inner_;
+  std::string prefix_;
 };
 
 // Throws Error(kDataLoss) naming `name` when `actual` differs from `expected`.

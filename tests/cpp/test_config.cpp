@@ -166,7 +166,7 @@ TEST_CASE("mixtures of experts: Mixtral, Qwen2-MoE and Qwen3-MoE") {
   c["num_local_experts"] = 8;
   c["num_experts_per_tok"] = 2;
   auto moe = parse_hf_config(c.dump()).moe;
-  CHECK((moe.num_experts == 8 && moe.top_k == 2 && moe.expert_size == 96 && moe.normalize_top_k && moe.mixtral_names));
+  CHECK((moe.num_experts == 8 && moe.top_k == 2 && moe.expert_size == 96 && moe.normalize_top_k && moe.layout == aios::backbone::MoeConfig::Layout::kMixtral));
   CHECK(moe.layers == std::vector<bool>{true, true});
   c["num_experts_per_tok"] = 9;
   expect_invalid(c, "config.num_experts_per_tok", "9");

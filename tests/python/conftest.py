@@ -114,6 +114,16 @@ def _configs():
             num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS, num_experts=4,
             num_experts_per_tok=3, decoder_sparse_step=2, tie_word_embeddings=False,
             pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
+        # attention sinks (large enough to take a real share), biases everywhere, windows of 5 on layers
+        # 0 and 2, YaRN from 16 positions without truncation, top 2 of 4 biased experts with the
+        # SwiGLU's clamp at 0.1 (it bites at these weights), untied head
+        "gpt_oss": (transformers.GptOssForCausalLM, transformers.GptOssConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=32, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=MAX_POSITIONS,
+            sliding_window=5, num_local_experts=4, num_experts_per_tok=2, swiglu_limit=0.1,
+            rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                             "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False, "rope_theta": 150000.0},
+            tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
         # (1+w) norms around attention and MLP, sqrt(D)-scaled embeddings, per-head q/k norm, windows of 5
         # on the first two layers with their own rotary base, linear scaling on the global one, final
         # logits capped at 0.3 (random weights give small logits: this cap bites), query_pre_attn_scalar
@@ -157,9 +167,9 @@ def checkpoints(tmp_path_factory):
         # get weights large enough that each token's choice of experts is clear, not a near-tie.
         with torch.no_grad():
             for pname, p in model.named_parameters():
-                if p.dim() == 1:
+                if p.dim() == 1 or pname.endswith("_bias"):
                     p.add_(torch.randn_like(p) * 0.1)
-                if pname.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
+                if pname.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight", "mlp.router.weight", "sinks")):
                     p.normal_(0, 1)
         path = root / name
         model.save_pretrained(path, **save_kw)

@@ -230,6 +230,145 @@ GEMMA = (
     "{{ message['content'] | trim }}{% endgeneration %}{% else %}{{ message['content'] | trim }}{% endif %}"
     "{{ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
 
+# Qwen3: reasoning split out of the content at </think>, kept only after the last real user turn,
+# the reverse scan for it, enable_thinking.
+QWEN3 = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}
+    {{- "# Tools\\n\\nYou may call functions.\\n\\n<tools>" }}
+    {%- for tool in tools %}{{- "\\n" + (tool | tojson) }}{%- endfor %}
+    {{- "\\n</tools><|im_end|>\\n" }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string
+          and not (message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- set content = message.content if message.content is string else '' %}
+    {%- if message.role == "user" or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning = message.reasoning_content %}
+        {%- elif '</think>' in content %}
+            {%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+        {%- endif %}
+        {%- if '</think>' in content %}{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}
+        {%- if loop.index0 > ns.last_query_index and (loop.last or reasoning) %}
+            {{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+        {%- else %}
+            {{- '<|im_start|>assistant\\n' + content }}
+        {%- endif %}
+        {%- for call in message.tool_calls or [] %}
+            {%- if not loop.first or content %}{{- '\\n' }}{%- endif %}
+            {%- set f = call.function if call.function is defined else call %}
+            {{- '<tool_call>\\n{"name": "' + f.name + '", "arguments": ' }}
+            {{- f.arguments if f.arguments is string else f.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or messages[loop.index0 - 1].role != "tool" %}{{- '<|im_start|>user' }}{%- endif %}
+        {{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' }}
+        {%- if loop.last or messages[loop.index0 + 1].role != "tool" %}{{- '<|im_end|>\\n' }}{%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}
+{%- endif %}"""
+
+# Phi-3: role tags closed by <|end|>, eos after a conversation without a prompt.
+PHI3 = ("{{ bos_token }}{% for message in messages %}{% if message['role'] in ['system', 'user', 'assistant'] %}"
+        "{{ '<|' + message['role'] + '|>\\n' + (message['content'] or '') + '<|end|>\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+# OLMo 2: role tags, eos after each assistant turn, the prompt inside the loop's last step.
+OLMO2 = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+         "{{ '<|system|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'user' %}"
+         "{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}"
+         "{{ '<|assistant|>\\n' + (message['content'] or '') + eos_token + ('' if loop.last else '\\n') }}{% endif %}"
+         "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}")
+
+# SmolLM3: a metadata system turn with today's date, /think and /no_think flags read out of the system
+# prompt and removed from it, empty think blocks in no-think mode.
+SMOLLM3 = """{%- set ns = namespace(mode="/think", instructions="") %}
+{%- if messages[0].role == "system" %}
+    {%- set system = messages[0].content %}
+    {%- if "/no_think" in system %}{%- set ns.mode = "/no_think" %}{%- endif %}
+    {%- set ns.instructions = system.replace("/no_think", "").replace("/think", "").rstrip() %}
+{%- endif %}
+{%- if enable_thinking is defined and enable_thinking is false %}{%- set ns.mode = "/no_think" %}{%- endif %}
+{{- "<|im_start|>system\\n## Metadata\\n\\nKnowledge Cutoff Date: June 2025\\nToday Date: " + strftime_now("%d %B %Y") }}
+{{- "\\nReasoning Mode: " + ns.mode + "\\n\\n" }}
+{%- if ns.instructions %}{{- "## Custom Instructions\\n\\n" + ns.instructions + "\\n\\n" }}{%- endif %}
+{{- "<|im_end|>\\n" }}
+{%- set empty_think = "" if ns.mode == "/think" else "<think>\\n\\n</think>\\n" %}
+{%- for message in messages %}
+    {%- if message.role in ("user", "tool") %}
+        {{- "<|im_start|>user\\n" + message.content + "<|im_end|>\\n" }}
+    {%- elif message.role == "assistant" %}
+        {{- "<|im_start|>assistant\\n" + empty_think + (message.content or "").lstrip("\\n") + "<|im_end|>\\n" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- "<|im_start|>assistant\\n" + empty_think }}{%- endif %}"""
+
+# gpt-oss (harmony): a system turn with the date and reasoning effort, the system prompt moved to a
+# developer turn with the tools as TypeScript-like signatures, channels, tool calls addressed to
+# functions.NAME, <|return|> closing a finished conversation.
+GPT_OSS = """{%- macro render_tools(tools) -%}
+namespace functions {
+{% for tool in tools %}{%- set t = tool.function if tool.function is defined else tool %}
+// {{ t.description }}
+type {{ t.name }} = (_: {{ t.parameters | tojson }}) => any;
+{% endfor %}} // namespace functions
+{%- endmacro -%}
+{{- '<|start|>system<|message|>You are a large language model.\\nKnowledge cutoff: 2024-06\\nCurrent date: ' }}
+{{- strftime_now('%Y-%m-%d') + '\\n\\nReasoning: ' + (reasoning_effort | default('medium')) }}
+{{- '\\n\\n# Valid channels: analysis, commentary, final.' }}
+{%- if tools %}{{- "\\nCalls to these tools must go to the commentary channel: 'functions'." }}{%- endif %}
+{{- '<|end|>' }}
+{%- set ns = namespace(developer='') %}
+{%- if messages[0].role in ('system', 'developer') %}
+    {%- set ns.developer = messages[0].content %}
+    {%- set messages = messages[1:] %}
+{%- endif %}
+{%- if ns.developer or tools %}
+    {{- '<|start|>developer<|message|>' }}
+    {%- if ns.developer %}{{- '# Instructions\\n\\n' + ns.developer + '\\n\\n' }}{%- endif %}
+    {%- if tools %}{{- '# Tools\\n\\n## functions\\n\\n' + render_tools(tools) }}{%- endif %}
+    {{- '<|end|>' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'user' %}
+        {{- '<|start|>user<|message|>' + message.content + '<|end|>' }}
+    {%- elif message.role == 'assistant' and message.tool_calls %}
+        {%- for call in message.tool_calls %}
+            {%- set f = call.function if call.function is defined else call %}
+            {{- '<|start|>assistant to=functions.' + f.name + '<|channel|>commentary json<|message|>' }}
+            {{- (f.arguments if f.arguments is string else f.arguments | tojson) + '<|call|>' }}
+        {%- endfor %}
+    {%- elif message.role == 'assistant' %}
+        {%- if message.reasoning_content and loop.last %}
+            {{- '<|start|>assistant<|channel|>analysis<|message|>' + message.reasoning_content + '<|end|>' }}
+        {%- endif %}
+        {{- '<|start|>assistant<|channel|>final<|message|>' + message.content }}
+        {{- '<|return|>' if loop.last and not add_generation_prompt else '<|end|>' }}
+    {%- elif message.role == 'tool' %}
+        {{- '<|start|>functions.' + (message.name | default('tool')) + ' to=assistant<|channel|>commentary<|message|>' }}
+        {{- (message.content | tojson) + '<|end|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start|>assistant' }}{%- endif %}"""
+
 # Every filter, test and construct the sandbox wraps, so that wrapping changes none of their results.
 KITCHEN_SINK = """{%- macro turn(role, text, sep='\\n') -%}<{{ role|upper }}>{{ sep }}{{ text }}{{ caller() if caller else '' }}{%- endmacro -%}
 {%- set ns = namespace(n=0, names=[], seen={}) -%}
@@ -307,6 +446,15 @@ def test_smollm2_template_renders_as_transformers_does(reference, smollm2_templa
     ("deepseek", DEEPSEEK, ALTERNATING + [{"role": "assistant", "content": "x</think>\ny",
                                            "reasoning_content": " r "}], {}),
     ("gemma", GEMMA, ALTERNATING[1:], {}),
+    ("qwen3", QWEN3, CONVERSATION + [{"role": "assistant", "content": "<think>\nsunny</think>\n\nSunny."}], {}),
+    ("qwen3-tools-no-thinking", QWEN3, CONVERSATION, {"tools": TOOLS, "enable_thinking": False}),
+    ("phi3", PHI3, ALTERNATING, {}),
+    ("olmo2", OLMO2, ALTERNATING + [{"role": "assistant", "content": "Bye."}], {}),
+    ("smollm3-strftime_now", SMOLLM3, ALTERNATING, {}),
+    ("smollm3-no-think-strftime_now", SMOLLM3, [{"role": "system", "content": "Be brief. /no_think"}] + ALTERNATING[1:],
+     {}),
+    ("gpt-oss-strftime_now", GPT_OSS, CONVERSATION, {"tools": TOOLS, "reasoning_effort": "high"}),
+    ("gpt-oss-plain-strftime_now", GPT_OSS, ALTERNATING, {}),
     ("kitchen-sink", KITCHEN_SINK, CONVERSATION, {"tools": TOOLS}),
 ])
 def test_real_templates_render_as_transformers_does(reference, name, template, messages, kwargs):

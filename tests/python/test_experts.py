@@ -1,4 +1,4 @@
-"""Mixtures of experts beyond parity (conftest's qwen3_moe, mixtral_window and qwen2_moe run every
+"""Mixtures of experts beyond parity (conftest's qwen3_moe, mixtral_window, qwen2_moe and gpt_oss run every
 parity, gradient and generation test): the router's choices, returned on request."""
 import pytest
 import torch
@@ -7,7 +7,7 @@ import aios
 
 from conftest import VOCAB
 
-MOE = ["qwen3_moe", "mixtral_window", "qwen2_moe"]
+MOE = ["qwen3_moe", "mixtral_window", "qwen2_moe", "gpt_oss"]
 
 
 def reference_choices(model, ids):
@@ -51,3 +51,68 @@ def test_kept_passes_return_routing_and_backward_records_nothing(checkpoints):
         backbone.vjp(kept.handle, grad_hidden=torch.ones_like(kept.hidden))  # recomputes blocks
         assert all(torch.equal(a, b) for a, b in zip(kept.routing, want))
         backbone.release(kept.handle)
+
+
+def test_gpt_oss_sinks_and_clamp_bite_at_the_tested_scale(checkpoints):
+    """The tiny gpt-oss's attention sinks and its SwiGLU's clamp change the result, so parity tests them."""
+    checkpoint = checkpoints["gpt_oss"]
+    reference = checkpoint.reference
+    backbone = aios.Backbone.load(checkpoint.path)
+    ids = torch.randint(0, VOCAB, (1, 12))
+    got = backbone.classify(backbone.forward(backbone.embed(ids)).hidden)
+    attention = [layer.self_attn for layer in reference.model.layers]
+    experts = [layer.mlp.experts for layer in reference.model.layers]
+    with torch.no_grad():
+        sinks = [a.sinks.clone() for a in attention]
+        try:
+            for a in attention:
+                a.sinks.fill_(-1e4)  # no sink takes any share
+            assert (reference(ids).logits - got).abs().max() > 1e-3
+        finally:
+            for a, s in zip(attention, sinks):
+                a.sinks.copy_(s)
+        try:
+            for e in experts:
+                e.limit = 1e4
+            assert (reference(ids).logits - got).abs().max() > 1e-3
+        finally:
+            for e in experts:
+                e.limit = reference.config.swiglu_limit
+        assert (reference(ids).logits - got).abs().max() <= 1e-4
+
+
+def test_gpt_oss_mxfp4_folder_loads_as_transformers_dequantises_it(checkpoints, tmp_path):
+    """Released gpt-oss folders store the experts as MXFP4 <name>_blocks and <name>_scales; they load
+    dequantised, as transformers does on a CPU."""
+    import json
+    import transformers
+    from safetensors.torch import load_file, save_file
+    source = checkpoints["gpt_oss"].path
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, value in load_file(source / "model.safetensors").items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            experts, columns, rows = value.shape  # [E, in, out]; stored [E, out, in/32, 16] and [E, out, in/32]
+            tensors[name + "_blocks"] = torch.randint(0, 256, (experts, rows, columns // 32, 16), dtype=torch.uint8,
+                                                      generator=generator)
+            tensors[name + "_scales"] = torch.randint(120, 125, (experts, rows, columns // 32), dtype=torch.uint8,
+                                                      generator=generator)
+        else:
+            tensors[name] = value
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((source / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reference = transformers.GptOssForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    backbone = aios.Backbone.load(tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        want = reference(ids).logits
+    got = backbone.classify(backbone.forward(backbone.embed(ids)).hidden)
+    assert (got - want).abs().max() <= 1e-4
+    # Other pre-quantised formats are refused by name.
+    config["quantization_config"] = {"quant_method": "gptq"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(aios.InvalidArgumentError, match="quantization_config.quant_method.*gptq"):
+        aios.Backbone.load(tmp_path)

@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Quantised by the gguf package itself; the K types it cannot quantise get random blocks with valid
 # fp16 scales (the byte offsets of the scales in each block).
-QUANTISED = [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
-RANDOM_BLOCKS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+QUANTISED = [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.MXFP4]
+RANDOM_BLOCKS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.IQ4_NL: (0,),
+                 Q.IQ4_XS: (0,)}
 
 
 def blocks_of(qtype, rows, cols, rng):
@@ -145,10 +146,10 @@ def test_unsupported_tensor_types_are_named(tmp_path):
     rng = np.random.default_rng(0)
     config = dict(max_position_embeddings=64, hidden_size=256, num_hidden_layers=1, intermediate_size=32,
                   num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
-    raw = rng.integers(0, 256, (8, gguf.GGML_QUANT_SIZES[Q.Q2_K][1]), dtype=np.uint8)
-    path = write_gguf(tmp_path / "q2k.gguf", "llama", config, {"token_embd.weight": raw},
-                      raw_types={"token_embd.weight": Q.Q2_K})
-    with pytest.raises(aios.InvalidArgumentError, match="token_embd.weight.*Q2_K"):
+    raw = rng.integers(0, 256, (8, gguf.GGML_QUANT_SIZES[Q.IQ2_XXS][1]), dtype=np.uint8)
+    path = write_gguf(tmp_path / "iq2xxs.gguf", "llama", config, {"token_embd.weight": raw},
+                      raw_types={"token_embd.weight": Q.IQ2_XXS})
+    with pytest.raises(aios.InvalidArgumentError, match="token_embd.weight.*IQ2_XXS"):
         aios.Backbone.load(path)
 
 
@@ -341,6 +342,110 @@ def test_mixture_of_experts_gguf_equals_the_hf_folder(tmp_path, arch):
     assert all(torch.equal(a, b) for a, b in zip(*routed))
 
 
+def gguf_of_checkpoint(checkpoint, arch, expert_type=None):
+    """A llama.cpp-style GGUF file's keys and tensors for a conftest Gemma or gpt-oss checkpoint: Gemma's
+    norms stored as 1 + w, post_attention_layernorm as post_attention_norm, gpt-oss's interleaved
+    gate/up experts split into ffn_gate_exps and ffn_up_exps (optionally of `expert_type`)."""
+    c = checkpoint.reference.config
+    saved = safetensors.torch.load_file(checkpoint.path / "model.safetensors")
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters)
+    common = dict(max_position_embeddings=c.max_position_embeddings, hidden_size=c.hidden_size,
+                  num_hidden_layers=c.num_hidden_layers, intermediate_size=c.intermediate_size,
+                  num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+                  rope_theta=rope["rope_theta"], rms_norm_eps=c.rms_norm_eps, head_dim=c.head_dim)
+    U32, F32 = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32
+    extra = {f"{arch}.attention.sliding_window": (c.sliding_window, U32),
+             f"{arch}.attention.sliding_window_pattern": ([t == "sliding_attention" for t in c.layer_types],
+                                                          gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.BOOL)}
+    if rope["rope_type"] != "default":
+        extra[f"{arch}.rope.scaling.type"] = (rope["rope_type"], gguf.GGUFValueType.STRING)
+        extra[f"{arch}.rope.scaling.factor"] = (rope["factor"], F32)
+    if "original_max_position_embeddings" in rope:
+        extra[f"{arch}.rope.scaling.original_context_length"] = (rope["original_max_position_embeddings"], U32)
+    names = dict(GGUF_NAMES, post_attention_layernorm="post_attention_norm", pre_feedforward_layernorm="ffn_norm",
+                 post_feedforward_layernorm="post_ffw_norm")
+    tensors, types = {}, {}
+    for name, value in saved.items():
+        w = value.float().numpy()
+        if name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+            out = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                   "lm_head.weight": "output.weight"}[name]
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            if rest == "self_attn.sinks":
+                out = f"blk.{layer}.attn_sinks.weight"
+            elif rest.startswith("mlp.router."):
+                out = f"blk.{layer}.ffn_gate_inp.{rest.rsplit('.', 1)[1]}"
+            elif rest == "mlp.experts.gate_up_proj":  # [E, D, 2I], gate and up interleaved
+                for half, gguf_name in ((0, "ffn_gate_exps"), (1, "ffn_up_exps")):
+                    tensors[f"blk.{layer}.{gguf_name}.weight"] = np.ascontiguousarray(w[..., half::2].swapaxes(1, 2))
+                continue
+            elif rest == "mlp.experts.gate_up_proj_bias":
+                tensors[f"blk.{layer}.ffn_gate_exps.bias"] = np.ascontiguousarray(w[..., 0::2])
+                tensors[f"blk.{layer}.ffn_up_exps.bias"] = np.ascontiguousarray(w[..., 1::2])
+                continue
+            elif rest == "mlp.experts.down_proj":  # [E, I, D]
+                tensors[f"blk.{layer}.ffn_down_exps.weight"] = np.ascontiguousarray(w.swapaxes(1, 2))
+                continue
+            elif rest == "mlp.experts.down_proj_bias":
+                out = f"blk.{layer}.ffn_down_exps.bias"
+            else:
+                module, kind = rest.rsplit(".", 1)
+                out = f"blk.{layer}.{names[module]}.{kind}"
+        if arch.startswith("gemma") and out.endswith("norm.weight"):
+            w = w + 1
+        tensors[out] = w
+    if expert_type is not None:
+        for name in [n for n in tensors if n.endswith("_exps.weight")]:
+            tensors[name] = gguf.quants.quantize(tensors[name], expert_type)
+            types[name] = expert_type
+    return common, extra, tensors, types
+
+
+@pytest.mark.parametrize("name, arch", [("gemma2", "gemma2"), ("gemma3", "gemma3"), ("gpt_oss", "gpt-oss")])
+def test_gemma_and_gpt_oss_gguf_equal_their_source_folders(checkpoints, tmp_path, name, arch):
+    """Files as llama.cpp's converter writes them. transformers' GGUF loader reads neither the Gemma
+    attention scale nor the layer pattern nor gpt-oss's experts as llama.cpp stores them, so each
+    file is compared with the folder it was converted from."""
+    checkpoint = checkpoints[name]
+    c = checkpoint.reference.config
+    common, extra, tensors, types = gguf_of_checkpoint(checkpoint, arch)
+    F32 = gguf.GGUFValueType.FLOAT32
+    if arch.startswith("gemma"):
+        extra[f"{arch}.attention.scale"] = (c.query_pre_attn_scalar ** -0.5, F32)
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if getattr(c, key, None):
+                extra[f"{arch}.{key}"] = (getattr(c, key), F32)
+    else:
+        U32 = gguf.GGUFValueType.UINT32
+        extra.update({f"{arch}.expert_count": (c.num_local_experts, U32),
+                      f"{arch}.expert_used_count": (c.num_experts_per_tok, U32),
+                      f"{arch}.expert_feed_forward_length": (c.intermediate_size, U32),
+                      f"{arch}.swiglu_clamp_exp": ([c.swiglu_limit] * c.num_hidden_layers, gguf.GGUFValueType.ARRAY,
+                                                   F32)})
+    path = write_gguf(tmp_path / f"{name}.gguf", arch, common, tensors, extra=extra)
+    ours, folder = aios.Backbone.load(path), aios.Backbone.load(checkpoint.path)
+    assert ours.config.architecture == folder.config.architecture
+    assert ours.config.sliding_windows == folder.config.sliding_windows
+    ids = torch.randint(0, 101, (2, 12))
+    for got, want in zip(run(ours, ids), run(folder, ids)):
+        assert (got - want).abs().max() <= 1e-5
+    if arch.startswith("gemma"):
+        # Without attention.scale, llama.cpp's rule: 1/sqrt(head_dim) below the 27B models.
+        del extra[f"{arch}.attention.scale"]
+        plain = aios.Backbone.load(write_gguf(tmp_path / "plain.gguf", arch, common, tensors, extra=extra))
+        assert plain.config.attention_scale == pytest.approx(c.head_dim ** -0.5)
+    else:
+        # The experts as MXFP4, as released gpt-oss files store them: equal to the same file with
+        # the experts dequantised by the gguf package.
+        _, _, quantised, types = gguf_of_checkpoint(checkpoint, arch, expert_type=gguf.GGMLQuantizationType.MXFP4)
+        mxfp4 = aios.Backbone.load(write_gguf(tmp_path / "mxfp4.gguf", arch, common, quantised, types, extra))
+        expanded = {n: gguf.quants.dequantize(t, types[n]) if n in types else t for n, t in quantised.items()}
+        expanded = aios.Backbone.load(write_gguf(tmp_path / "expanded.gguf", arch, common, expanded, extra=extra))
+        for got, want in zip(run(mxfp4, ids), run(expanded, ids)):
+            assert torch.equal(got, want)
+
+
 @pytest.fixture(scope="module")
 def default_gguf():
     """The default model's .gguf file, located by the script that also names the package to install."""
@@ -410,21 +515,28 @@ def test_gguf_tokenizer_options_match_transformers(tmp_path):
         assert ours.encode(text, add_special_tokens=False) == reference.encode(text, add_special_tokens=False), text
 
 
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])
 @pytest.mark.parametrize("with_merges", [True, False], ids=["merges", "scores"])
-def test_sentencepiece_gguf_tokenizer_matches_transformers(tmp_path, with_merges):
+def test_sentencepiece_gguf_tokenizer_matches_transformers(tmp_path, with_merges, arch):
     """A Llama-2-style vocabulary (characters, byte fallback) as `llama` tokenizer metadata: with its
-    merges, or with scores only, from which both sides recover the merges."""
+    merges, or with scores only, from which both sides recover the merges. Phi-3 files prepend the
+    space in a normalizer; Gemma files split on spaces, store runs of spaces as real spaces (user
+    tokens) and rank recovered merges by file order, not by their scores (shuffled here)."""
     spec = json.loads(sentencepiece_like(tmp_path, "sp", pre_tokenizer=pre_tokenizers.Metaspace()).read_text())
     vocab = spec["model"]["vocab"]
     tokens = [None] * len(vocab)
     for token, i in vocab.items():
         tokens[i] = token
+    scores = [-float(i) for i in range(len(tokens))]
+    if arch == "gemma3":
+        tokens += ["  ", "   ", "\u2581\u2581\u2581\u2581"]
+        scores = list(np.random.default_rng(0).permutation(len(tokens)).astype(float))
     # llama.cpp's types: 2 unknown, 3 control, 4 user-defined, 6 byte, 1 the rest
-    types = [2 if t == "<unk>" else 3 if t in ("<s>", "</s>") else 4 if t.startswith("<|") else
+    types = [2 if t == "<unk>" else 3 if t in ("<s>", "</s>") else 4 if t.startswith("<|") or not t.strip() else
              6 if t.startswith("<0x") else 1 for t in tokens]
     V = gguf.GGUFValueType
     extra = {"tokenizer.ggml.model": ("llama", V.STRING), "tokenizer.ggml.tokens": (tokens, V.ARRAY, V.STRING),
-             "tokenizer.ggml.scores": ([-float(i) for i in range(len(tokens))], V.ARRAY, V.FLOAT32),
+             "tokenizer.ggml.scores": (scores, V.ARRAY, V.FLOAT32),
              "tokenizer.ggml.token_type": (types, V.ARRAY, V.INT32), "tokenizer.ggml.bos_token_id": (1, V.UINT32),
              "tokenizer.ggml.eos_token_id": (2, V.UINT32), "tokenizer.ggml.unknown_token_id": (0, V.UINT32)}
     if with_merges:
@@ -432,7 +544,7 @@ def test_sentencepiece_gguf_tokenizer_matches_transformers(tmp_path, with_merges
         extra["tokenizer.ggml.merges"] = (merges, V.ARRAY, V.STRING)
     config = dict(max_position_embeddings=64, hidden_size=64, num_hidden_layers=1, intermediate_size=32,
                   num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
-    write_gguf(tmp_path / "sp.gguf", "llama", config, {"token_embd.weight": np.zeros((len(tokens), 64), np.float32)},
+    write_gguf(tmp_path / "sp.gguf", arch, config, {"token_embd.weight": np.zeros((len(tokens), 64), np.float32)},
                extra=extra)
     ours = aios.Tokenizer.load(tmp_path / "sp.gguf")
     reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")

@@ -228,3 +228,29 @@ def test_gemma_configs_without_layer_types_match_transformers(checkpoints, tmp_p
     ids = torch.randint(0, VOCAB, (2, 16))
     _, ref_logits = reference_states(reference, ids)
     assert max_diff(backbone.classify(backbone.forward(backbone.embed(ids)).hidden), ref_logits) <= TOL
+
+
+def test_gemma3_vision_language_checkpoint_loads_its_text_tower(checkpoints, tmp_path):
+    """Gemma3ForConditionalGeneration: the language model under language_model.*, described by
+    text_config, is the backbone; the vision tower and projector are not read."""
+    import transformers
+    text = checkpoints["gemma3"].reference
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=28, patch_size=14)
+    config = transformers.Gemma3Config(text_config=text.config, vision_config=vision, mm_tokens_per_image=4,
+                                       image_token_index=VOCAB - 1, boi_token_index=VOCAB - 3,
+                                       eoi_token_index=VOCAB - 2)
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    model.model.language_model.load_state_dict(text.model.state_dict())
+    model.save_pretrained(tmp_path)
+    reference = transformers.Gemma3ForConditionalGeneration.from_pretrained(
+        tmp_path, attn_implementation="eager").eval()
+    backbone = aios.Backbone.load(tmp_path)
+    assert backbone.config.architecture == "Gemma3ForConditionalGeneration"
+    assert backbone.config.family == "gemma" and backbone.config.tie_word_embeddings
+    ids = torch.randint(0, VOCAB - 3, (2, 12))
+    with torch.no_grad():
+        want = reference(input_ids=ids).logits
+    hidden = backbone.forward(backbone.embed(ids)).hidden
+    assert max_diff(backbone.classify(hidden), want) <= TOL  # no final-logit cap: that class applies none
+    assert max_diff(hidden, text.model(ids).last_hidden_state) <= TOL

@@ -75,6 +75,22 @@ std::vector<std::size_t> code_point_starts(const std::string& s) {
   return starts;
 }
 
+// Whether `token` is whitespace only (as Python's str.isspace) with a space among it: how Gemma
+// files store the runs of spaces that its vocabulary spells with U+2581.
+bool blank_with_space(const std::string& token) {
+  if (token.find(' ') == std::string::npos) return false;
+  for (std::size_t i = 0, n = 0; i < token.size(); i += n) {
+    uint32_t cp = 0;
+    n = utf8_length(token, i, &cp);
+    if (n == 0) return false;
+    const bool space = (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
+                       cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
+                       cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    if (!space) return false;
+  }
+  return true;
+}
+
 // SentencePiece files often list no merges: they are recovered from the vocabulary and its scores
 // as transformers does (generate_merges): every split of a token into two tokens is a merge
 // ranked by the token's score, best first; ties by the halves' lengths in code points, longest
@@ -130,17 +146,13 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
          "expected gpt2 (byte-level BPE) or llama (SentencePiece BPE), got \"{}\"", model);
   }
   const bool byte_level = model == "gpt2";
-  if (!byte_level) {
-    // transformers builds these architectures' SentencePiece vocabularies differently.
-    const std::string arch = file.string("general.architecture").value_or("");
-    for (const char* other : {"gemma", "gemma2", "gemma3", "phi3"}) {
-      if (arch == other) {
-        fail(ErrorCode::kInvalidArgument, path + ": general.architecture",
-             "SentencePiece tokenizers of {} files are not supported", arch);
-      }
-    }
-  }
-  const std::vector<std::string> tokens = required(file.strings("tokenizer.ggml.tokens"), "tokenizer.ggml.tokens");
+  // Two architectures' SentencePiece vocabularies are built differently, as transformers builds them:
+  // Phi-3 prepends its space in a normalizer; Gemma splits on spaces, strips nothing when decoding,
+  // and ranks recovered merges by file order (its scores do not follow it).
+  const std::string arch = file.string("general.architecture").value_or("");
+  const bool gemma = !byte_level && (arch == "gemma" || arch == "gemma2" || arch == "gemma3");
+  const bool phi3 = !byte_level && arch == "phi3";
+  std::vector<std::string> tokens = required(file.strings("tokenizer.ggml.tokens"), "tokenizer.ggml.tokens");
   if (tokens.empty() || tokens.size() >= (std::size_t{1} << 30)) {
     fail(ErrorCode::kDataLoss, path + ": tokenizer.ggml.tokens", "expected 1 to 2^30 tokens, got {}", tokens.size());
   }
@@ -161,11 +173,21 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
   // them go into the tokenizer's JSON text, SentencePiece tokens and the special ones of either
   // model as written. Byte-level BPE spells its vocabulary in the byte alphabet; a token written
   // otherwise in the file is respelled byte by byte.
+  // Gemma files store a token of spaces as real spaces; its vocabulary spells them as U+2581.
+  std::vector<bool> respelled(tokens.size(), false);
+  for (std::size_t id = 0; id < tokens.size(); ++id) {
+    if (!valid_utf8(tokens[id])) fail(ErrorCode::kDataLoss, path + ": tokenizer.ggml.tokens", "token {} is not UTF-8", id);
+    if (gemma && blank_with_space(tokens[id])) {
+      const std::size_t length = code_point_starts(tokens[id]).size() - 1;
+      tokens[id].clear();
+      for (std::size_t k = 0; k < length; ++k) tokens[id] += "\u2581";
+      respelled[id] = true;
+    }
+  }
   json vocab = json::object();
   std::unordered_map<std::string, std::int64_t> ids;
   for (std::size_t id = 0; id < tokens.size(); ++id) {
     const std::string& t = tokens[id];
-    if (!valid_utf8(t)) fail(ErrorCode::kDataLoss, path + ": tokenizer.ggml.tokens", "token {} is not UTF-8", id);
     std::string spelled;
     if (!byte_level || spelled_in_byte_alphabet(t)) {
       spelled = t;
@@ -183,6 +205,10 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
     merges = *listed;
   } else if (byte_level) {
     merges = json::array();
+  } else if (gemma) {
+    std::vector<double> order(tokens.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = -static_cast<double>(i);
+    merges = merges_from_scores(tokens, order, ids);
   } else {
     const std::vector<double> scores = required(file.numbers("tokenizer.ggml.scores"), "tokenizer.ggml.scores");
     if (scores.size() != tokens.size()) {
@@ -201,7 +227,7 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
     const auto id = static_cast<std::int64_t>(i);
     if (!addable(id)) continue;
     if (types[i] == kControl) added[id] = true;
-    if (types[i] == kUserDefined) added.emplace(id, false);
+    if (types[i] == kUserDefined && !respelled[i]) added.emplace(id, false);  // as the file spells it only
   }
   const auto bos = token_id("tokenizer.ggml.bos_token_id");
   const auto eos = token_id("tokenizer.ggml.eos_token_id");
@@ -214,9 +240,18 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
                             {"lstrip", false}, {"rstrip", false}, {"normalized", false}, {"special", special}});
   }
 
+  json normalizer = nullptr;
   json pre_tokenizer = byte_level
       ? json{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}
       : json{{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", false}};
+  const json to_metaspace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\u2581"}};
+  if (phi3) {
+    normalizer = {{"type", "Sequence"}, {"normalizers", {{{"type", "Prepend"}, {"prepend", "\u2581"}}, to_metaspace}}};
+    pre_tokenizer = nullptr;
+  } else if (gemma) {
+    normalizer = to_metaspace;
+    pre_tokenizer = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "MergedWithPrevious"}, {"invert", false}};
+  }
   if (const auto pre = file.string("tokenizer.ggml.pre")) {
     for (const PreSplit& p : kPreSplits) {
       if (*pre != p.name) continue;
@@ -240,7 +275,7 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
   single.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
   if (eos && file.boolean("tokenizer.ggml.add_eos_token").value_or(false)) wrap(eos);
 
-  const json decoder = byte_level
+  json decoder = byte_level
       ? json{{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}
       : json{{"type", "Sequence"},
              {"decoders",
@@ -248,15 +283,18 @@ std::string gguf_tokenizer_json(const io::GgufFile& file) {
                {{"type", "ByteFallback"}},
                {{"type", "Fuse"}},
                {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  if (gemma) decoder["decoders"].erase(3);  // Gemma keeps the leading space
+  // GemmaTokenizer names its unknown token in the model; the others leave it to byte fallback.
+  const json unk = gemma && ids.count("<unk>") != 0 ? json("<unk>") : json(nullptr);
   json root = {
       {"version", "1.0"},
       {"added_tokens", added_tokens},
-      {"normalizer", nullptr},
+      {"normalizer", normalizer},
       {"pre_tokenizer", pre_tokenizer},
       {"post_processor", {{"type", "TemplateProcessing"}, {"single", single}, {"special_tokens", special_tokens}}},
       {"decoder", decoder},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", unk}, {"continuing_subword_prefix", nullptr},
         {"end_of_word_suffix", nullptr}, {"fuse_unk", !byte_level}, {"byte_fallback", !byte_level},
         {"ignore_merges", false}, {"vocab", vocab}, {"merges", merges}}},
   };

@@ -15,7 +15,8 @@ namespace aios::backbone {
 
 // The block structure a checkpoint's architecture maps onto.
 enum class Family {
-  kLlama,  // RMSNorm, rotary positions, grouped-query attention, gated MLP: Llama 2/3, SmolLM2, Qwen2, Qwen3, Mistral
+  kLlama,  // RMSNorm, rotary positions, grouped-query attention, gated MLP or experts: Llama 2/3, SmolLM2,
+           // Qwen2/3, Mistral, Mixtral, Qwen-MoE, SmolLM3, OLMo 2, Phi-3, gpt-oss
   kGemma,  // Gemma 2/3: (1+w) RMSNorm before and after attention and MLP, scaled embeddings, GeGLU
   kGpt2,   // LayerNorm, learned positions, fused qkv projection, GELU MLP
 };
@@ -57,9 +58,18 @@ struct MoeConfig {
   bool normalize_top_k = false;  // renormalise the k weights to sum to 1 (Mixtral; Qwen's norm_topk_prob)
   int64_t shared_expert_size = 0;  // Qwen2-MoE: a sigmoid-gated shared MLP of this width beside them; 0 = none
   std::vector<bool> layers;        // per layer: experts (true) or the dense MLP of intermediate_size
-  // How the checkpoint names them: Mixtral's block_sparse_moe.experts.N.w1/w3/w2, or
-  // mlp.experts.N.gate_proj/up_proj/down_proj.
-  bool mixtral_names = false;
+  // How the checkpoint names them: mlp.experts.N.gate_proj/up_proj/down_proj, Mixtral's
+  // block_sparse_moe.experts.N.w1/w3/w2, or gpt-oss's mlp.router and stacked, transposed
+  // mlp.experts.gate_up_proj (gate and up channels interleaved) and down_proj, with biases.
+  enum class Layout { kQwen, kMixtral, kGptOss };
+  Layout layout = Layout::kQwen;
+  // gpt-oss: the router has a bias and softmaxes only the k chosen logits (the same weights as
+  // renormalising the top k of a full softmax, computed as the reference does); the experts have
+  // biases and a clamped SwiGLU, (clamp(up, ±limit) + 1) * g * sigmoid(alpha * g) with
+  // g = min(gate, limit). swiglu_limit 0 = the plain gated activation.
+  bool softmax_top_k = false;
+  double swiglu_limit = 0.0;
+  double swiglu_alpha = 1.702;
 };
 
 // RMSNorm of queries and keys before rotary.
@@ -91,6 +101,12 @@ struct ModelConfig {
   // Where a block normalises: its attention and MLP inputs (Llama), or instead their outputs before
   // each residual add (OLMo 2).
   bool norm_outputs = false;
+  // In reduced precision RMSNorm multiplies by its weight in float32, then casts (OLMo 2, gpt-oss);
+  // otherwise it casts the normalised input first (Llama).
+  bool norm_scale_float32 = false;
+  // gpt-oss: each head has a learned sink logit, a key with no value that joins the softmax and
+  // takes its share of the attention ([H] weights named self_attn.sinks).
+  bool attention_sinks = false;
   // Per layer: whether queries and keys are rotated; empty = every layer (SmolLM3 leaves some out).
   std::vector<bool> rope_layers;
   // The checkpoint stores q, k, v as one qkv_proj and gate, up as one gate_up_proj (Phi-3).
@@ -100,6 +116,9 @@ struct ModelConfig {
   double attn_logit_softcap = 0.0;   // attention scores s become cap * tanh(s / cap) (Gemma 2); 0 = none
   double final_logit_softcap = 0.0;  // logits likewise (Gemma 2, Gemma 3 where configured); 0 = none
   bool tie_word_embeddings = false;
+  // Prepended to every tensor name: where a multimodal checkpoint keeps its language model
+  // ("language_model." for Gemma3ForConditionalGeneration: language_model.model.layers.N...).
+  std::string weight_prefix;
   // Per layer: a key may be attended only if query_index - key_index < window. Empty = no windows.
   std::vector<std::optional<int64_t>> sliding_windows;
   double attention_scale = 0.0;              // softmax scale; 1/sqrt(head_dim) unless the config says otherwise
