@@ -71,6 +71,7 @@ def model_dir(family, layers):
         torch.manual_seed(0)
         config = FAMILIES[family][1](layers)
         config.vocab_size = VOCAB
+        config.pad_token_id = config.bos_token_id = config.eos_token_id = None
         config.tie_word_embeddings = False
         model = transformers.AutoModelForCausalLM.from_config(config)
         with torch.no_grad():  # routers decisive enough that tokens spread over the experts

@@ -31,6 +31,7 @@ constexpr Architecture kArchitectures[] = {
     {"qwen3", "Qwen3ForCausalLM", false},
     {"phi3", "Phi3ForCausalLM", false},
     {"qwen3moe", "Qwen3MoeForCausalLM", false},
+    {"qwen2moe", "Qwen2MoeForCausalLM", false},
     {"gemma2", "Gemma2ForCausalLM", false, "post_attention_norm", true},
     {"gemma3", "Gemma3ForCausalLM", false, "post_attention_norm", true},
     {"gpt-oss", "GptOssForCausalLM", false, "post_attention_norm"},
@@ -67,6 +68,7 @@ constexpr Key kKeys[] = {
     {"num_experts", "expert_count", true},
     {"num_experts_per_tok", "expert_used_count", true},
     {"moe_intermediate_size", "expert_feed_forward_length", true},
+    {"shared_expert_intermediate_size", "expert_shared_feed_forward_length", true},
     {"sliding_window", "attention.sliding_window", true},
     {"attn_logit_softcapping", "attn_logit_softcapping", false},
     {"final_logit_softcapping", "final_logit_softcapping", false},
@@ -90,6 +92,8 @@ constexpr LayerName kLayerNames[] = {
     // "<block>experts.<name>.weight" before one expert at a time).
     {"mlp.gate.", "ffn_gate_inp."},                    {"block_sparse_moe.gate.", "ffn_gate_inp."},
     {"mlp.router.", "ffn_gate_inp."},
+    {"mlp.shared_expert_gate.", "ffn_gate_inp_shexp."},        {"mlp.shared_expert.gate_proj.", "ffn_gate_shexp."},
+    {"mlp.shared_expert.up_proj.", "ffn_up_shexp."},           {"mlp.shared_expert.down_proj.", "ffn_down_shexp."},
     {"mlp.experts.gate_proj.", "ffn_gate_exps."},      {"block_sparse_moe.experts.w1.", "ffn_gate_exps."},
     {"mlp.experts.up_proj.", "ffn_up_exps."},          {"block_sparse_moe.experts.w3.", "ffn_up_exps."},
     {"mlp.experts.down_proj.", "ffn_down_exps."},      {"block_sparse_moe.experts.w2.", "ffn_down_exps."},
@@ -317,8 +321,11 @@ at::Tensor GgufWeights::take(const std::string& name, at::IntArrayRef shape, con
   const io::GgufTensor* t = g ? file_.find(*g) : nullptr;
   const std::string field = fmt::format("{}: tensor '{}' ({})", file_.path(), g.value_or("?"), name);
   if (t == nullptr) fail(ErrorCode::kDataLoss, field, "tensor missing from the checkpoint");
-  check_shape(field, shape, t->shape);
+  // llama.cpp drops a leading 1 (Qwen2-MoE's shared-expert gate, [1,D] in Hugging Face, is [D]).
+  const bool squeezed = t->shape.size() + 1 == shape.size() && shape[0] == 1;
+  check_shape(field, squeezed ? shape.slice(1) : shape, t->shape);
   at::Tensor w = dequantize(*t, field);
+  if (squeezed) w = w.unsqueeze(0);
   if (arch.permuted_qk && g->find(".attn_q.") != std::string::npos) w = unpermute(w, num_heads_);
   if (arch.permuted_qk && g->find(".attn_k.") != std::string::npos) w = unpermute(w, num_kv_heads_);
   if (arch.norms_plus_one && g->size() >= 11 && g->compare(g->size() - 11, 11, "norm.weight") == 0) w = w - 1;

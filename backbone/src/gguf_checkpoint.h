@@ -8,7 +8,7 @@
 
 namespace aios::backbone {
 
-// Architectures `llama` (Llama 2/3, SmolLM2, Mixtral, ...), `qwen2`, `qwen3`, `qwen3moe`, `phi3`,
+// Architectures `llama` (Llama 2/3, SmolLM2, Mixtral, ...), `qwen2`, `qwen3`, `qwen3moe`, `qwen2moe`, `phi3`,
 // `gemma2`, `gemma3` and `gpt-oss`. Throws Error: kInvalidArgument (another
 // architecture, an unsupported value, naming the GGUF key), kDataLoss (a required key or tensor
 // missing or of the wrong type).

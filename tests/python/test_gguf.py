@@ -75,7 +75,9 @@ GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_n
               "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
               "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-              "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
+              "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up",
+              "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
+              "mlp.shared_expert.down_proj": "ffn_down_shexp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
 
 
 def hf_to_gguf_tensors(model, arch):
@@ -98,6 +100,8 @@ def hf_to_gguf_tensors(model, arch):
                 w = permute(w, c.num_attention_heads)
             if arch == "llama" and module == "self_attn.k_proj":
                 w = permute(w, c.num_key_value_heads)
+            if module == "mlp.shared_expert_gate":
+                w = w[0]  # [1, D] stored as [D]
             out[f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"] = w
     return out
 
@@ -305,10 +309,12 @@ def stacked_experts(config, saved, tensors):
     return out
 
 
-@pytest.mark.parametrize("arch", ["qwen3moe", "mixtral"])
+@pytest.mark.parametrize("arch", ["qwen3moe", "mixtral", "qwen2moe"])
 def test_mixture_of_experts_gguf_equals_the_hf_folder(tmp_path, arch):
-    """Qwen3-MoE (qwen3moe) and Mixtral (llama with experts: permuted q/k rows) with their experts
-    stacked as GGUF files store them load equal to their folders; routing comes back the same."""
+    """Qwen3-MoE (qwen3moe), Mixtral (llama with experts: permuted q/k rows) and Qwen2-MoE (qwen2moe:
+    the shared expert as ffn_*_shexp, its gate squeezed to [D] as llama.cpp stores it) with their
+    experts stacked as GGUF files store them load equal to their folders; routing comes back the
+    same. (transformers' GGUF loader reads no expert widths for qwen2moe, so folders are the anchor.)"""
     torch.manual_seed(9)
     common = dict(vocab_size=101, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0)
@@ -316,6 +322,13 @@ def test_mixture_of_experts_gguf_equals_the_hf_folder(tmp_path, arch):
         model = transformers.MixtralForCausalLM(transformers.MixtralConfig(
             **common, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False))
         extra = {"llama.expert_count": (4, gguf.GGUFValueType.UINT32), "llama.expert_used_count": (2, gguf.GGUFValueType.UINT32)}
+    elif arch == "qwen2moe":
+        model = transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
+            **common, moe_intermediate_size=32, shared_expert_intermediate_size=40, num_experts=4,
+            num_experts_per_tok=2, tie_word_embeddings=False))
+        extra = {f"{arch}.{k}": (v, gguf.GGUFValueType.UINT32)
+                 for k, v in (("expert_count", 4), ("expert_used_count", 2), ("expert_feed_forward_length", 32),
+                              ("expert_shared_feed_forward_length", 40))}
     else:
         model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
             **common, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
