@@ -10,9 +10,10 @@ namespace aios::backbone {
 struct Experts {
   at::Tensor router;        // [E,D]
   at::Tensor router_bias;   // [E] or undefined
-  at::Tensor gate_up;       // [E,2I,D]: each expert's gate rows, then its up rows
+  at::Tensor gate_up;       // [E,2I,D]: each expert's gate rows, then its up rows; [E,D,2I] with in_out
   at::Tensor gate_up_bias;  // [E,2I] or undefined
-  at::Tensor down;          // [E,D,I]
+  at::Tensor down;          // [E,D,I]; [E,I,D] with in_out
+  bool in_out = false;      // the layout keep_in_out() picks (layers.h)
   at::Tensor down_bias;     // [E,D] or undefined
   int64_t top_k = 1;
   bool normalize = false;      // the k weights renormalised to sum to 1

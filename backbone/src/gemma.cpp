@@ -25,20 +25,18 @@ at::Tensor gemma_norm(const at::Tensor& x, const at::Tensor& one_plus_w, double 
 
 struct GemmaLayer {
   at::Tensor input_norm, post_attention_norm, pre_mlp_norm, post_mlp_norm;  // [D] each, 1 + w, float32
-  at::Tensor qkv_weight;      // [(H+2Hkv)*hd, D]
-  at::Tensor qkv_bias;        // [(H+2Hkv)*hd] or undefined
-  at::Tensor out_weight;      // [D, H*hd]
-  at::Tensor out_bias;        // [D] or undefined
+  Linear qkv;                 // D -> (H+2Hkv)*hd
+  Linear out;                 // H*hd -> D
   at::Tensor q_norm, k_norm;  // [hd] each, 1 + w, float32 (Gemma 3) or undefined
-  at::Tensor gate_up_weight;  // [2I, D]
-  at::Tensor down_weight;     // [D, I]
+  Linear gate_up;             // D -> 2I: gate, then up
+  Linear down;                // I -> D
   std::optional<int64_t> window;
 };
 
-class GemmaModel final : public Model {
+class GemmaModel final : public ProjectingModel {
  public:
   GemmaModel(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
-      : Model(config, options),
+      : ProjectingModel(config, options),
         global_(config.rope, options.device),
         local_(config.local_rope.value_or(config.rope), options.device) {
     const ModelConfig& c = config_;
@@ -59,16 +57,15 @@ class GemmaModel final : public Model {
       l.pre_mlp_norm = norm(p + "pre_feedforward_layernorm.weight", D);
       l.post_mlp_norm = norm(p + "post_feedforward_layernorm.weight", D);
       auto [qkv_weight, qkv_bias] = load_qkv(w, p, c, options);
-      l.qkv_weight = own(qkv_weight);
-      l.qkv_bias = own(qkv_bias);
-      l.out_weight = own(take(p + "self_attn.o_proj.weight", {D, H * hd}));
-      if (c.out_bias) l.out_bias = own(take(p + "self_attn.o_proj.bias", {D}));
+      l.qkv = project(qkv_weight, qkv_bias);
+      l.out = project(take(p + "self_attn.o_proj.weight", {D, H * hd}),
+                      c.out_bias ? take(p + "self_attn.o_proj.bias", {D}) : at::Tensor());
       if (c.qk_norm == QkNorm::kPerHead) {
         l.q_norm = norm(p + "self_attn.q_norm.weight", hd);
         l.k_norm = norm(p + "self_attn.k_norm.weight", hd);
       }
-      l.gate_up_weight = own(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
-      l.down_weight = own(take(p + "mlp.down_proj.weight", {D, I}));
+      l.gate_up = project(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
+      l.down = project(take(p + "mlp.down_proj.weight", {D, I}));
       if (!c.sliding_windows.empty()) l.window = c.sliding_windows[static_cast<std::size_t>(i)];
       layers_.push_back(std::move(l));
     }
@@ -96,7 +93,7 @@ class GemmaModel final : public Model {
     const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
     const GemmaLayer& l = layers_[static_cast<std::size_t>(index)];
     at::Tensor h = gemma_norm(x, l.input_norm, c.norm_eps);
-    auto parts = at::linear(h, l.qkv_weight, l.qkv_bias).split_with_sizes({H * hd, K * hd, K * hd}, -1);
+    auto parts = l.qkv(h).split_with_sizes({H * hd, K * hd, K * hd}, -1);
     at::Tensor q = parts[0].view({B, T, H, hd}), k = parts[1].view({B, T, K, hd});
     if (l.q_norm.defined()) {
       q = gemma_norm(q, l.q_norm, c.norm_eps);
@@ -113,10 +110,10 @@ class GemmaModel final : public Model {
     k = rotary.apply(k, cos, sin);
     std::tie(k, v) = ctx.keys_values(index, k, v);
     at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale, c.attn_logit_softcap);  // [B,T,H*hd]
-    at::Tensor out = x + gemma_norm(at::linear(attn, l.out_weight, l.out_bias), l.post_attention_norm, c.norm_eps);
+    at::Tensor out = x + gemma_norm(l.out(attn), l.post_attention_norm, c.norm_eps);
     h = gemma_norm(out, l.pre_mlp_norm, c.norm_eps);
-    auto gate_up = at::linear(h, l.gate_up_weight).chunk(2, -1);  // 2 × [B,T,I]
-    at::Tensor m = at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight);
+    auto gate_up = l.gate_up(h).chunk(2, -1);  // 2 × [B,T,I]
+    at::Tensor m = l.down(activate(gate_up[0], c.activation) * gate_up[1]);
     return out + gemma_norm(m, l.post_mlp_norm, c.norm_eps);
   }
 

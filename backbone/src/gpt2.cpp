@@ -1,7 +1,7 @@
 // GPT-2: pre-LayerNorm blocks, learned absolute positions, fused qkv projection, GELU MLP.
 //
-// Checkpoints store projections as Conv1D weights [in, out]; they are transposed once at load time
-// into the [out, in] layout at::linear expects.
+// Checkpoints store projections as Conv1D weights [in, out]; Linear keeps or transposes them once
+// at load time.
 #include <fmt/format.h>
 
 #include "architectures.h"
@@ -13,25 +13,25 @@ namespace {
 
 struct Gpt2Layer {
   at::Tensor ln1_weight, ln1_bias;    // [D]
-  at::Tensor qkv_weight, qkv_bias;    // [3D, D], [3D]
-  at::Tensor out_weight, out_bias;    // [D, D], [D]
+  Linear qkv;                         // D -> 3D
+  Linear out;                         // D -> D
   at::Tensor ln2_weight, ln2_bias;    // [D]
-  at::Tensor fc_weight, fc_bias;      // [I, D], [I]
-  at::Tensor proj_weight, proj_bias;  // [D, I], [D]
+  Linear fc;                          // D -> I
+  Linear proj;                        // I -> D
   double scale = 1.0;
 };
 
-class Gpt2Model final : public Model {
+class Gpt2Model final : public ProjectingModel {
  public:
   Gpt2Model(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
-      : Model(config, options) {
+      : ProjectingModel(config, options) {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, I = c.intermediate_size;
     // save_pretrained writes "transformer."; original checkpoints have no prefix.
     const std::string prefix = w.contains("transformer.wte.weight") ? "transformer." : "";
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(prefix + name, shape, options); };
-    auto take_conv1d = [&](const std::string& name, int64_t in, int64_t out) {
-      return own(take(name, {in, out}).t().contiguous());
+    auto conv1d = [&](const std::string& name, int64_t in, int64_t out) {
+      return project(take(name + ".weight", {in, out}), take(name + ".bias", {out}), /*in_out=*/true);
     };
     token_embedding_ = own(take("wte.weight", {c.vocab_size, D}));
     output_head_ = c.tie_word_embeddings ? token_embedding_ : own(w.take("lm_head.weight", {c.vocab_size, D}, options));
@@ -43,16 +43,12 @@ class Gpt2Model final : public Model {
       Gpt2Layer l;
       l.ln1_weight = own(take(p + "ln_1.weight", {D}));
       l.ln1_bias = own(take(p + "ln_1.bias", {D}));
-      l.qkv_weight = take_conv1d(p + "attn.c_attn.weight", D, 3 * D);
-      l.qkv_bias = own(take(p + "attn.c_attn.bias", {3 * D}));
-      l.out_weight = take_conv1d(p + "attn.c_proj.weight", D, D);
-      l.out_bias = own(take(p + "attn.c_proj.bias", {D}));
+      l.qkv = conv1d(p + "attn.c_attn", D, 3 * D);
+      l.out = conv1d(p + "attn.c_proj", D, D);
       l.ln2_weight = own(take(p + "ln_2.weight", {D}));
       l.ln2_bias = own(take(p + "ln_2.bias", {D}));
-      l.fc_weight = take_conv1d(p + "mlp.c_fc.weight", D, I);
-      l.fc_bias = own(take(p + "mlp.c_fc.bias", {I}));
-      l.proj_weight = take_conv1d(p + "mlp.c_proj.weight", I, D);
-      l.proj_bias = own(take(p + "mlp.c_proj.bias", {D}));
+      l.fc = conv1d(p + "mlp.c_fc", D, I);
+      l.proj = conv1d(p + "mlp.c_proj", I, D);
       l.scale = c.attention_scale / (c.scale_attn_by_inverse_layer_idx ? static_cast<double>(i + 1) : 1.0);
       layers_.push_back(std::move(l));
     }
@@ -74,13 +70,13 @@ class Gpt2Model final : public Model {
     const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, hd = c.head_dim, D = c.hidden_size;
     const Gpt2Layer& l = layers_[static_cast<std::size_t>(index)];
     at::Tensor h = at::layer_norm(x, {D}, l.ln1_weight, l.ln1_bias, c.norm_eps);
-    auto qkv = at::linear(h, l.qkv_weight, l.qkv_bias).split(D, -1);  // 3 × [B,T,D]
+    auto qkv = l.qkv(h).split(D, -1);  // 3 × [B,T,D]
     auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, hd}).transpose(1, 2); };
     const auto [k, v] = ctx.keys_values(index, heads(qkv[1]), heads(qkv[2]));  // with a cache: every slot's
     at::Tensor attn = attend(heads(qkv[0]), k, v, ctx.mask(std::nullopt), l.scale);
-    at::Tensor out = x + at::linear(attn, l.out_weight, l.out_bias);
+    at::Tensor out = x + l.out(attn);
     h = at::layer_norm(out, {D}, l.ln2_weight, l.ln2_bias, c.norm_eps);
-    return out + at::linear(activate(at::linear(h, l.fc_weight, l.fc_bias), c.activation), l.proj_weight, l.proj_bias);
+    return out + l.proj(activate(l.fc(h), c.activation));
   }
 
   at::Tensor final_norm(const at::Tensor& x) const override {

@@ -1,6 +1,8 @@
 #include "layers.h"
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 namespace aios::backbone {
 
@@ -94,6 +96,27 @@ at::Tensor activate(const at::Tensor& x, Activation activation) {
     case Activation::kGeluTanh: return at::gelu(x, "tanh");
   }
   return x;
+}
+
+bool keep_in_out(c10::ScalarType dtype, c10::Device device) {
+  return device.is_cpu() && (dtype == at::kFloat || dtype == at::kDouble);
+}
+
+Linear Linear::of(const at::Tensor& weight, at::Tensor bias, bool in_out) {
+  Linear l;
+  l.in_out = keep_in_out(weight.scalar_type(), weight.device());
+  l.weight = l.in_out == in_out ? weight : weight.t().contiguous();
+  l.bias = std::move(bias);
+  return l;
+}
+
+at::Tensor Linear::operator()(const at::Tensor& x) const {
+  if (!in_out) return at::linear(x, weight, bias);
+  const int64_t in = weight.size(0);
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = weight.size(1);
+  const at::Tensor rows = x.reshape({-1, in});
+  return (bias.defined() ? at::addmm(bias, rows, weight) : at::mm(rows, weight)).view(shape);
 }
 
 std::pair<at::Tensor, at::Tensor> load_qkv(const WeightSource& w, const std::string& prefix, const ModelConfig& c,

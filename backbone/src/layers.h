@@ -25,6 +25,36 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 at::Tensor activate(const at::Tensor& x, Activation activation);
 
+// Whether a projection weight of this dtype and device is kept as [in,out], its product x·W: on the
+// CPU in float32 and float64, where MKL runs x·W 1.0–1.9× faster than x·Wᵀ at the widths of the
+// supported families (bench/RESULTS.md, "Projection layout"). In bfloat16 and float16 x·W is ten
+// times slower there, and CUDA needs neither, so those keep [out,in], as checkpoints store it.
+bool keep_in_out(c10::ScalarType dtype, c10::Device device);
+
+// A projection x·Wᵀ + b with its weight in the layout keep_in_out() picks.
+struct Linear {
+  // weight [out,in] (or [in,out] when `in_out`, as GPT-2's Conv1D stores it), bias [out] or undefined.
+  static Linear of(const at::Tensor& weight, at::Tensor bias = {}, bool in_out = false);
+  // x [..., in] -> [..., out]
+  at::Tensor operator()(const at::Tensor& x) const;
+
+  at::Tensor weight;  // [in,out] when `in_out`, else [out,in]
+  at::Tensor bias;    // [out] or undefined
+  bool in_out = false;
+};
+
+// The families' base: a Model that builds its projections as Linear, their tensors remembered.
+class ProjectingModel : public Model {
+ protected:
+  using Model::Model;
+  Linear project(const at::Tensor& weight, const at::Tensor& bias = {}, bool in_out = false) {
+    Linear l = Linear::of(weight, bias, in_out);
+    own(l.weight);
+    own(l.bias);
+    return l;
+  }
+};
+
 // The attention projections of the layer named by `prefix` ("model.layers.N."): q, k and v as one
 // [(H+2Hkv)*hd, D] matrix (packed in the checkpoint as qkv_proj with ModelConfig::packed_projections),
 // and their biases [(H+2Hkv)*hd] with ModelConfig::qkv_bias (else undefined).

@@ -22,22 +22,18 @@ namespace {
 struct LlamaLayer {
   // [D] each: the attention and MLP inputs' norms, or with ModelConfig::norm_outputs their outputs'.
   at::Tensor attn_norm;
-  at::Tensor qkv_weight;  // [(H+2Hkv)*hd, D]
-  at::Tensor qkv_bias;    // [(H+2Hkv)*hd] or undefined
-  at::Tensor out_weight;  // [D, H*hd]
-  at::Tensor out_bias;    // [D] or undefined
+  Linear qkv;             // D -> (H+2Hkv)*hd, with or without biases
+  Linear out;             // H*hd -> D
   at::Tensor q_norm;      // [hd] per head, [H*hd] whole, or undefined (ModelConfig::qk_norm)
   at::Tensor k_norm;      // [hd] per head, [Hkv*hd] whole, or undefined
   at::Tensor sinks;       // [H] or undefined (ModelConfig::attention_sinks)
   at::Tensor mlp_norm;
-  at::Tensor gate_up_weight;  // [2I, D]
-  at::Tensor gate_up_bias;    // [2I] or undefined
-  at::Tensor down_weight;     // [D, I]
-  at::Tensor down_bias;       // [D] or undefined
+  Linear gate_up;  // D -> 2I: gate, then up
+  Linear down;     // I -> D
   // A mixture-of-experts layer's experts; the dense fields above then hold its shared expert, if
-  // any ([2S,D], [D,S]), gated per token by shared_gate [1,D].
+  // any (D -> 2S, S -> D), gated per token by shared_gate (D -> 1).
   std::optional<Experts> experts;
-  at::Tensor shared_gate;
+  std::optional<Linear> shared_gate;
   std::optional<int64_t> window;
   bool rope = true;
 };
@@ -52,10 +48,10 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, b
   return weight * normed.to(x.scalar_type());
 }
 
-class LlamaModel final : public Model {
+class LlamaModel final : public ProjectingModel {
  public:
   LlamaModel(const ModelConfig& config, const WeightSource& w, const LoadOptions& options)
-      : Model(config, options), rotary_(config.rope, options.device) {
+      : ProjectingModel(config, options), rotary_(config.rope, options.device) {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads, I = c.intermediate_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
@@ -73,10 +69,9 @@ class LlamaModel final : public Model {
         l.mlp_norm = own(take(p + "post_attention_layernorm.weight", {D}));
       }
       auto [qkv_weight, qkv_bias] = load_qkv(w, p, c, options);
-      l.qkv_weight = own(qkv_weight);
-      l.qkv_bias = own(qkv_bias);
-      l.out_weight = own(take(p + "self_attn.o_proj.weight", {D, H * hd}));
-      if (c.out_bias) l.out_bias = own(take(p + "self_attn.o_proj.bias", {D}));
+      l.qkv = project(qkv_weight, qkv_bias);
+      l.out = project(take(p + "self_attn.o_proj.weight", {D, H * hd}),
+                      c.out_bias ? take(p + "self_attn.o_proj.bias", {D}) : at::Tensor());
       if (c.qk_norm != QkNorm::kNone) {
         const bool whole = c.qk_norm == QkNorm::kWhole;
         l.q_norm = own(take(p + "self_attn.q_norm.weight", {whole ? H * hd : hd}));
@@ -99,13 +94,11 @@ class LlamaModel final : public Model {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(prefix + name, shape, options); };
-    l.gate_up_weight = c.packed_projections ? own(take("gate_up_proj.weight", {2 * I, D}))
-                                            : own(at::cat({take("gate_proj.weight", {I, D}), take("up_proj.weight", {I, D})}));
-    l.down_weight = own(take("down_proj.weight", {D, I}));
-    if (c.mlp_bias) {
-      l.gate_up_bias = own(at::cat({take("gate_proj.bias", {I}), take("up_proj.bias", {I})}));
-      l.down_bias = own(take("down_proj.bias", {D}));
-    }
+    const at::Tensor gate_up = c.packed_projections
+        ? take("gate_up_proj.weight", {2 * I, D})
+        : at::cat({take("gate_proj.weight", {I, D}), take("up_proj.weight", {I, D})});
+    l.gate_up = project(gate_up, c.mlp_bias ? at::cat({take("gate_proj.bias", {I}), take("up_proj.bias", {I})}) : at::Tensor());
+    l.down = project(take("down_proj.weight", {D, I}), c.mlp_bias ? take("down_proj.bias", {D}) : at::Tensor());
   }
 
   // The router and experts of layer prefix `p`, stacked [E,...] as a GGUF file stores them or one
@@ -119,7 +112,7 @@ class LlamaModel final : public Model {
     const std::string block = p + (mixtral ? "block_sparse_moe." : "mlp.");
     const char* gate = mixtral ? "w1" : "gate_proj";
     const char* up = mixtral ? "w3" : "up_proj";
-    const char* down = mixtral ? "w2" : "down_proj";
+    const char* down_name = mixtral ? "w2" : "down_proj";
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
     // "<block>experts.<name>.<kind>": all experts in one tensor; "<block>experts.<e>.<name>.<kind>": one.
     auto stacked = [&](const char* name, at::IntArrayRef shape, const char* kind = "weight") {
@@ -133,23 +126,28 @@ class LlamaModel final : public Model {
     };
     Experts& x = l.experts.emplace();
     x.router = own(take(block + (gpt_oss ? "router.weight" : "gate.weight"), {E, D}));
+    at::Tensor gate_up, down;  // [E,2I,D], [E,D,I]
     if (gpt_oss && w.contains(block + "experts.gate_up_proj")) {
       // [E,D,2I] with gate and up channels alternating -> [E,2I,D] gate rows, then up rows.
-      const at::Tensor gate_up = take(block + "experts.gate_up_proj", {E, D, 2 * I}).transpose(1, 2);
+      gate_up = take(block + "experts.gate_up_proj", {E, D, 2 * I}).transpose(1, 2);
       const at::Tensor bias = take(block + "experts.gate_up_proj_bias", {E, 2 * I});
       auto halves = [](const at::Tensor& t) { return at::cat({t.slice(1, 0, {}, 2), t.slice(1, 1, {}, 2)}, 1); };
-      x.gate_up = own(halves(gate_up).contiguous());
+      gate_up = halves(gate_up);
       x.gate_up_bias = own(halves(bias).contiguous());
-      x.down = own(take(block + "experts.down_proj", {E, I, D}).transpose(1, 2).contiguous());  // [E,D,I]
+      down = take(block + "experts.down_proj", {E, I, D}).transpose(1, 2);  // [E,D,I]
       x.down_bias = own(take(block + "experts.down_proj_bias", {E, D}));
     } else {
-      x.gate_up = own(at::cat({stacked(gate, {I, D}), stacked(up, {I, D})}, 1));  // [E,2I,D]
-      x.down = own(stacked(down, {D, I}));
+      gate_up = at::cat({stacked(gate, {I, D}), stacked(up, {I, D})}, 1);  // [E,2I,D]
+      down = stacked(down_name, {D, I});
       if (gpt_oss) {
         x.gate_up_bias = own(at::cat({stacked(gate, {I}, "bias"), stacked(up, {I}, "bias")}, 1));  // [E,2I]
-        x.down_bias = own(stacked(down, {D}, "bias"));
+        x.down_bias = own(stacked(down_name, {D}, "bias"));
       }
     }
+    // Each expert's products in the layout keep_in_out() picks: [E,D,2I] and [E,I,D] for x·W.
+    x.in_out = keep_in_out(gate_up.scalar_type(), gate_up.device());
+    x.gate_up = own((x.in_out ? gate_up.transpose(1, 2) : gate_up).contiguous());
+    x.down = own((x.in_out ? down.transpose(1, 2) : down).contiguous());
     if (gpt_oss) x.router_bias = own(take(block + "router.bias", {E}));
     x.top_k = m.top_k;
     x.normalize = m.normalize_top_k;
@@ -159,7 +157,7 @@ class LlamaModel final : public Model {
     x.activation = c.activation;
     if (m.shared_expert_size > 0) {
       load_mlp(w, block + "shared_expert.", m.shared_expert_size, options, l);
-      l.shared_gate = own(take(block + "shared_expert_gate.weight", {1, D}));
+      l.shared_gate = project(take(block + "shared_expert_gate.weight", {1, D}));
     }
   }
 
@@ -184,7 +182,7 @@ class LlamaModel final : public Model {
     const LlamaLayer& l = layers_[static_cast<std::size_t>(index)];
     auto norm = [&](const at::Tensor& t, const at::Tensor& weight) { return rms_norm(t, weight, c.norm_eps, c.norm_scale_float32); };
     at::Tensor h = c.norm_outputs ? x : norm(x, l.attn_norm);
-    at::Tensor qkv = at::linear(h, l.qkv_weight, l.qkv_bias);  // [B,T,(H+2K)*hd]
+    at::Tensor qkv = l.qkv(h);  // [B,T,(H+2K)*hd]
     auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
     at::Tensor q = parts[0], k = parts[1];
     if (c.qk_norm == QkNorm::kWhole) {
@@ -206,14 +204,14 @@ class LlamaModel final : public Model {
     }
     std::tie(k, v) = ctx.keys_values(index, k, v);  // with a cache: [B,K,S,hd], every cached slot
     at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale, 0.0, l.sinks);  // [B,T,H*hd]
-    at::Tensor a = at::linear(attn, l.out_weight, l.out_bias);
+    at::Tensor a = l.out(attn);
     at::Tensor out = x + (c.norm_outputs ? norm(a, l.attn_norm) : a);
     h = c.norm_outputs ? out : norm(out, l.mlp_norm);
     at::Tensor m = l.experts ? route(*l.experts, h, ctx.routing != nullptr ? &(*ctx.routing)[index] : nullptr) : at::Tensor();
-    if (l.gate_up_weight.defined()) {  // the dense MLP, or the shared expert beside the experts
-      auto gate_up = at::linear(h, l.gate_up_weight, l.gate_up_bias).chunk(2, -1);  // 2 × [B,T,I]
-      at::Tensor dense = at::linear(activate(gate_up[0], c.activation) * gate_up[1], l.down_weight, l.down_bias);
-      if (l.shared_gate.defined()) dense = at::sigmoid(at::linear(h, l.shared_gate)) * dense;
+    if (l.gate_up.weight.defined()) {  // the dense MLP, or the shared expert beside the experts
+      auto gate_up = l.gate_up(h).chunk(2, -1);  // 2 × [B,T,I]
+      at::Tensor dense = l.down(activate(gate_up[0], c.activation) * gate_up[1]);
+      if (l.shared_gate) dense = at::sigmoid((*l.shared_gate)(h)) * dense;
       m = m.defined() ? m + dense : dense;
     }
     return out + (c.norm_outputs ? norm(m, l.mlp_norm) : m);
