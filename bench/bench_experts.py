@@ -16,16 +16,14 @@ one that ran every expert on every token would grow with E. Medians in ms; ratio
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 import transformers
 
 import aios
 
-from common import REPO, machine_line, sync
+from common import REPO, blocks_against_eager, machine_line
 
 
 def model_dir(experts, layers):
@@ -46,17 +44,6 @@ def model_dir(experts, layers):
         model.save_pretrained(tmp)
         os.replace(tmp, folder)
     return folder
-
-
-def median_ms(fn, device, reps):
-    times = []
-    for _ in range(reps):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main():
@@ -80,27 +67,9 @@ def main():
         torch.manual_seed(1)
         latents = backbone.embed(torch.randint(0, 1024, (B, T), device=args.device))
         grad_hidden = torch.randn(B, T, 2048, device=args.device, dtype=dtype)
-
-        def aios_vjp():
-            kept = backbone.forward(latents, keep=True)
-            grad = backbone.vjp(kept.handle, grad_hidden=grad_hidden)
-            backbone.release(kept.handle)
-            return grad
-
-        def hf_vjp():
-            x = latents.clone().requires_grad_(True)
-            hf.model(inputs_embeds=x).last_hidden_state.backward(grad_hidden)
-            return x.grad
-
-        forward = {"aios": lambda: backbone.forward(latents).hidden,
-                   "eager": lambda: hf.model(inputs_embeds=latents).last_hidden_state}
-        rows = [("forward", forward, torch.no_grad), ("forward+vjp", {"aios": aios_vjp, "eager": hf_vjp}, torch.enable_grad)]
-        for measure, fns, mode in rows:
-            with mode():
-                outs = {k: f() for k, f in fns.items()}  # warm-up, and the results to compare
-                diff = ((outs["aios"].float() - outs["eager"].float()).norm() / outs["eager"].float().norm()).item()
-                ms = {k: median_ms(f, args.device, args.reps) for k, f in fns.items()}
-            print(f"{experts:>7} {measure:>11} | {ms['aios']:9.1f} | {ms['eager']:9.1f} {ms['eager'] / ms['aios']:5.2f}x | "
+        for measure, aios_ms, eager_ms, diff in blocks_against_eager(backbone, hf, latents, grad_hidden, args.device,
+                                                                     args.reps):
+            print(f"{experts:>7} {measure:>11} | {aios_ms:9.1f} | {eager_ms:9.1f} {eager_ms / aios_ms:5.2f}x | "
                   f"{diff:.1e}", flush=True)
         del backbone, hf
 

@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: the SmolLM2-135M-shaped model, timing, memory, machine line."""
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -92,3 +93,41 @@ def machine_line(device, dtype):
     return (f"machine: {cpu}, {os.cpu_count()} cores; device {device}{gpu}; dtype {dtype}; "
             f"threads {torch.get_num_threads()}; torch {torch.__version__}; transformers "
             f"{transformers.__version__}; commit {commit}")
+
+
+def median_ms(fn, device, reps):
+    times = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def blocks_against_eager(backbone, hf, latents, grad_hidden, device, reps):
+    """forward and forward+vjp of the blocks, aios against transformers (`hf`, eager, frozen) on the same
+    latents: rows of (measure, aios ms, eager ms, relative difference of the results)."""
+    def aios_vjp():
+        kept = backbone.forward(latents, keep=True)
+        grad = backbone.vjp(kept.handle, grad_hidden=grad_hidden)
+        backbone.release(kept.handle)
+        return grad
+
+    def hf_vjp():
+        x = latents.clone().requires_grad_(True)
+        hf.model(inputs_embeds=x).last_hidden_state.backward(grad_hidden)
+        return x.grad
+
+    forward = {"aios": lambda: backbone.forward(latents).hidden,
+               "eager": lambda: hf.model(inputs_embeds=latents).last_hidden_state}
+    rows = []
+    for measure, fns, mode in (("forward", forward, torch.no_grad),
+                               ("forward+vjp", {"aios": aios_vjp, "eager": hf_vjp}, torch.enable_grad)):
+        with mode():
+            outs = {k: f() for k, f in fns.items()}  # warm-up, and the results to compare
+            diff = ((outs["aios"].float() - outs["eager"].float()).norm() / outs["eager"].float().norm()).item()
+            ms = {k: median_ms(f, device, reps) for k, f in fns.items()}
+        rows.append((measure, ms["aios"], ms["eager"], diff))
+    return rows
