@@ -23,7 +23,7 @@ import transformers
 
 import aios
 
-from common import REPO, blocks_against_eager, machine_line
+from common import REPO, blocks_against_eager, machine_line, save_random
 
 
 def model_dir(experts, layers):
@@ -35,14 +35,7 @@ def model_dir(experts, layers):
             num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
             num_experts=experts, num_experts_per_tok=8, norm_topk_prob=True, rope_theta=1000000.0,
             max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=False)
-        model = transformers.Qwen3MoeForCausalLM(config)
-        with torch.no_grad():  # routers decisive enough that tokens spread over the experts
-            for name, p in model.named_parameters():
-                if name.endswith("mlp.gate.weight"):
-                    p.normal_(0, 0.05)
-        tmp = folder.with_suffix(".tmp")
-        model.save_pretrained(tmp)
-        os.replace(tmp, folder)
+        save_random(transformers.Qwen3MoeForCausalLM(config), folder)
     return folder
 
 

@@ -20,7 +20,7 @@ import transformers
 
 import aios
 
-from common import REPO, blocks_against_eager, machine_line
+from common import REPO, blocks_against_eager, machine_line, save_random
 
 VOCAB = 1024
 
@@ -71,14 +71,7 @@ def model_dir(family, layers):
         config.vocab_size = VOCAB
         config.pad_token_id = config.bos_token_id = config.eos_token_id = None
         config.tie_word_embeddings = False
-        model = transformers.AutoModelForCausalLM.from_config(config)
-        with torch.no_grad():  # routers decisive enough that tokens spread over the experts
-            for name, p in model.named_parameters():
-                if name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight", "mlp.router.weight")):
-                    p.normal_(0, 0.05)
-        tmp = folder.with_suffix(".tmp")
-        model.save_pretrained(tmp)
-        os.replace(tmp, folder)
+        save_random(transformers.AutoModelForCausalLM.from_config(config), folder)
     return folder
 
 

@@ -131,3 +131,15 @@ def blocks_against_eager(backbone, hf, latents, grad_hidden, device, reps):
             ms = {k: median_ms(f, device, reps) for k, f in fns.items()}
         rows.append((measure, ms["aios"], ms["eager"], diff))
     return rows
+
+
+def save_random(model, folder):
+    """Writes a randomly initialised model to `folder` atomically, its routers (if any) made decisive
+    enough that tokens spread over the experts."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight", "mlp.router.weight")):
+                p.normal_(0, 0.05)
+    tmp = folder.with_suffix(".tmp")
+    model.save_pretrained(tmp)
+    os.replace(tmp, folder)
