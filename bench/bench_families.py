@@ -12,7 +12,6 @@ Medians in ms; ratio = anchor / aios (above 1 = aios is faster); the last column
 difference of the two results.
 """
 import argparse
-import os
 import sys
 
 import torch
