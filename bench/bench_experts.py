@@ -15,7 +15,6 @@ one that ran every expert on every token would grow with E. Medians in ms; ratio
 (above 1 = aios is faster).
 """
 import argparse
-import os
 import sys
 
 import torch
