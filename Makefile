@@ -121,6 +121,9 @@ bench: build $(DEFAULT_MODEL)/config.json
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_remote.py
+	$(PY) bench/bench_experts.py
+	$(PY) bench/bench_families.py --layers 2 --families qwen3,smollm3,olmo2,phi3,gemma2,gemma3,qwen2_moe,gpt_oss
+	$(PY) bench/bench_families.py --layers 1 --families mixtral
 
 clean:
 	rm -rf $(BUILD) $(FUZZ_BUILD)
