@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "aios/fail.h"
+#include "iq_grids.h"
 
 namespace aios::backbone {
 
@@ -218,6 +219,97 @@ void mxfp4(const std::uint8_t* b, float* y) {
   }
 }
 
+// The I-quants: 8 (IQ2) or 4 (IQ3) grid magnitudes per index, signs as bit patterns; the products
+// in the reference's order, (scale * magnitude) * sign.
+float iq_sign(std::uint8_t pattern, int bit) { return ((pattern >> bit) & 1) != 0 ? -1.0f : 1.0f; }
+
+// IQ2_XXS: d, then per 32 elements two u32: four grid indices (bytes), and four 7-bit sign
+// indices plus a 4-bit scale (top bits).
+void iq2_xxs(const std::uint8_t* b, float* y) {
+  const float d = half(b);
+  for (int g = 0; g < 8; ++g) {
+    const std::uint8_t* q = b + 2 + 8 * g;
+    const std::uint32_t aux = u32(q + 4);
+    const float db = d * (0.5f + static_cast<float>(aux >> 28)) * 0.25f;
+    for (int l = 0; l < 4; ++l) {
+      const std::uint8_t signs = kIqSigns[(aux >> (7 * l)) & 127];
+      for (int j = 0; j < 8; ++j) y[32 * g + 8 * l + j] = db * static_cast<float>(kIq2xxsGrid[q[l]][j]) * iq_sign(signs, j);
+    }
+  }
+}
+
+std::uint16_t u16(const std::uint8_t* p) {
+  std::uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// A 4-bit scale per 16 elements (IQ2_XS, IQ2_S): d * (0.5 + s) * 0.25.
+float iq2_scale(float d, const std::uint8_t* scales, int i) {
+  return d * (0.5f + static_cast<float>((scales[i / 2] >> (4 * (i % 2))) & 0x0F)) * 0.25f;
+}
+
+// IQ2_XS: d, 32 u16 (9-bit grid index, 7-bit sign index), 8 bytes of scales.
+void iq2_xs(const std::uint8_t* b, float* y) {
+  const float d = half(b);
+  const std::uint8_t* scales = b + 66;
+  for (int k = 0; k < 32; ++k) {
+    const std::uint16_t q = u16(b + 2 + 2 * k);
+    const float db = iq2_scale(d, scales, k / 2);
+    const std::uint8_t signs = kIqSigns[q >> 9];
+    for (int j = 0; j < 8; ++j) y[8 * k + j] = db * static_cast<float>(kIq2xsGrid[q & 511][j]) * iq_sign(signs, j);
+  }
+}
+
+// IQ2_S: d, qs[32] (low 8 bits of 10-bit grid indices), signs[32] (a bit per element), qh[8] (the
+// indices' high 2 bits), scales[8].
+void iq2_s(const std::uint8_t* b, float* y) {
+  const float d = half(b);
+  const std::uint8_t* qs = b + 2;
+  const std::uint8_t* signs = b + 34;
+  const std::uint8_t* qh = b + 66;
+  const std::uint8_t* scales = b + 74;
+  for (int k = 0; k < 32; ++k) {
+    const int index = qs[k] | (((qh[k / 4] >> (2 * (k % 4))) & 3) << 8);
+    const float db = iq2_scale(d, scales, k / 2);
+    for (int j = 0; j < 8; ++j) y[8 * k + j] = db * static_cast<float>(kIq2sGrid[index][j]) * iq_sign(signs[k], j);
+  }
+}
+
+// IQ3_XXS: d, qs[64] (grid indices, 4 elements each), then per 32 elements a u32 of four 7-bit sign
+// indices and a 4-bit scale.
+void iq3_xxs(const std::uint8_t* b, float* y) {
+  const float d = half(b);
+  const std::uint8_t* qs = b + 2;
+  for (int g = 0; g < 8; ++g) {
+    const std::uint32_t aux = u32(b + 66 + 4 * g);
+    const float db = d * (0.5f + static_cast<float>(aux >> 28)) * 0.5f;
+    for (int l = 0; l < 4; ++l) {
+      const std::uint8_t signs = kIqSigns[(aux >> (7 * l)) & 127];
+      for (int j = 0; j < 8; ++j) {
+        const int e = 32 * g + 8 * l + j;
+        y[e] = db * static_cast<float>(kIq3xxsGrid[qs[e / 4]][j % 4]) * iq_sign(signs, j);
+      }
+    }
+  }
+}
+
+// IQ3_S: d, qs[64] (low 8 bits of 9-bit grid indices), qh[8] (their high bits), signs[32], scales[4]
+// (a nibble per 32 elements: d * (1 + 2s)).
+void iq3_s(const std::uint8_t* b, float* y) {
+  const float d = half(b);
+  const std::uint8_t* qs = b + 2;
+  const std::uint8_t* qh = b + 66;
+  const std::uint8_t* signs = b + 74;
+  const std::uint8_t* scales = b + 106;
+  for (int e = 0; e < 256; ++e) {
+    const int k = e / 4, g = e / 32;
+    const int index = qs[k] | (((qh[k / 8] >> (k % 8)) & 1) << 8);
+    const float db = d * static_cast<float>(1 + 2 * ((scales[g / 2] >> (4 * (g % 2))) & 0x0F));
+    y[e] = db * static_cast<float>(kIq3sGrid[index][e % 4]) * iq_sign(signs[e / 8], e % 8);
+  }
+}
+
 struct BlockCodec {
   GgmlType type;
   int block_size;
@@ -230,7 +322,8 @@ constexpr BlockCodec kCodecs[] = {
     {GgmlType::kQ5_0, 32, 22, q5_0},   {GgmlType::kQ5_1, 32, 24, q5_1},   {GgmlType::kQ4_K, 256, 144, q4_k},
     {GgmlType::kQ5_K, 256, 176, q5_k}, {GgmlType::kQ6_K, 256, 210, q6_k}, {GgmlType::kQ2_K, 256, 84, q2_k},
     {GgmlType::kQ3_K, 256, 110, q3_k}, {GgmlType::kIQ4_NL, 32, 18, iq4_nl}, {GgmlType::kIQ4_XS, 256, 136, iq4_xs},
-    {GgmlType::kMXFP4, 32, 17, mxfp4},
+    {GgmlType::kMXFP4, 32, 17, mxfp4},      {GgmlType::kIQ2_XXS, 256, 66, iq2_xxs}, {GgmlType::kIQ2_XS, 256, 74, iq2_xs},
+    {GgmlType::kIQ2_S, 256, 82, iq2_s},     {GgmlType::kIQ3_XXS, 256, 98, iq3_xxs}, {GgmlType::kIQ3_S, 256, 110, iq3_s},
 };
 
 }  // namespace
@@ -261,7 +354,7 @@ at::Tensor dequantize(const io::GgufTensor& t, const std::string& field) {
   }
   fail(ErrorCode::kInvalidArgument, field,
        "tensor type {} is not supported (expected F32, F16, BF16, F64, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, "
-       "Q5_K, Q6_K, IQ4_NL, IQ4_XS or MXFP4)",
+       "Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS or MXFP4)",
        io::ggml_type_name(t.type));
 }
 

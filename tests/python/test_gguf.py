@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 # fp16 scales (the byte offsets of the scales in each block).
 QUANTISED = [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.MXFP4]
 RANDOM_BLOCKS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.IQ4_NL: (0,),
-                 Q.IQ4_XS: (0,)}
+                 Q.IQ4_XS: (0,), Q.IQ2_XXS: (0,), Q.IQ2_XS: (0,), Q.IQ2_S: (0,), Q.IQ3_XXS: (0,), Q.IQ3_S: (0,)}
 
 
 def blocks_of(qtype, rows, cols, rng):
@@ -150,10 +150,10 @@ def test_unsupported_tensor_types_are_named(tmp_path):
     rng = np.random.default_rng(0)
     config = dict(max_position_embeddings=64, hidden_size=256, num_hidden_layers=1, intermediate_size=32,
                   num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
-    raw = rng.integers(0, 256, (8, gguf.GGML_QUANT_SIZES[Q.IQ2_XXS][1]), dtype=np.uint8)
-    path = write_gguf(tmp_path / "iq2xxs.gguf", "llama", config, {"token_embd.weight": raw},
-                      raw_types={"token_embd.weight": Q.IQ2_XXS})
-    with pytest.raises(aios.InvalidArgumentError, match="token_embd.weight.*IQ2_XXS"):
+    raw = rng.integers(0, 256, (8, gguf.GGML_QUANT_SIZES[Q.IQ1_S][1]), dtype=np.uint8)
+    path = write_gguf(tmp_path / "iq1s.gguf", "llama", config, {"token_embd.weight": raw},
+                      raw_types={"token_embd.weight": Q.IQ1_S})
+    with pytest.raises(aios.InvalidArgumentError, match="token_embd.weight.*IQ1_S"):
         aios.Backbone.load(path)
 
 
