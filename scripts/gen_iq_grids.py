@@ -1,6 +1,6 @@
 """Writes backbone/src/iq_grids.h: the lattice grids and sign table of ggml's I-quant formats
-(IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S), unpacked from the gguf package's copy of them. They are
-format constants: a file's grid indices mean these points.
+(IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M), unpacked from the gguf package's copy of
+them. They are format constants: a file's grid indices mean these points.
 
     .venv/bin/python scripts/gen_iq_grids.py
 """
@@ -12,11 +12,11 @@ from gguf import quants
 OUT = Path(__file__).resolve().parents[1] / "backbone/src/iq_grids.h"
 
 
-def table(name, values, per_line):
+def table(name, values, per_line, ctype="std::uint8_t"):
     flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
     lines = [", ".join(flat[i:i + per_line]) + "," for i in range(0, len(flat), per_line)]
     shape = "".join(f"[{n}]" for n in np.asarray(values).shape)
-    return f"inline constexpr std::uint8_t {name}{shape} = {{\n" + "\n".join("    " + l for l in lines) + "\n};\n"
+    return f"inline constexpr {ctype} {name}{shape} = {{\n" + "\n".join("    " + l for l in lines) + "\n};\n"
 
 
 def main():
@@ -31,6 +31,9 @@ def main():
         grid = cls.grid.reshape(cls.grid_shape)
         assert np.all(grid == np.round(grid)) and grid.min() >= 0 and grid.max() < 256
         parts.append(table(name, grid.astype(np.uint8), 16))
+    quants.IQ1_S.init_grid()  # shared by IQ1_M: points of -1, 0, 1
+    parts.append(table("kIq1sGrid", quants.IQ1_S.grid.reshape(quants.IQ1_S.grid_shape).astype(np.int8), 16,
+                       "std::int8_t"))
     parts.append("}  // namespace aios::backbone\n")
     OUT.write_text("\n".join(parts))
 

@@ -7,6 +7,7 @@
 #include <c10/util/Half.h>
 
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "aios/fail.h"
@@ -310,6 +311,65 @@ void iq3_s(const std::uint8_t* b, float* y) {
   }
 }
 
+// IQ1_S: d, qs[32] (low 8 bits of 11-bit grid indices), then per 32 elements a u16: the indices'
+// high bits (3 per 8 elements), a 3-bit scale (d * (2s + 1)) and the sign of a shift of ±1/8.
+void iq1_s(const std::uint8_t* b, float* y) {
+  const float d = half(b);
+  const std::uint8_t* qs = b + 2;
+  for (int g = 0; g < 8; ++g) {
+    const std::uint16_t h = u16(b + 34 + 2 * g);
+    const float dl = d * static_cast<float>(2 * ((h >> 12) & 7) + 1);
+    const float delta = (h & 0x8000) == 0 ? 0.125f : -0.125f;
+    for (int l = 0; l < 4; ++l) {
+      const int index = qs[4 * g + l] | (((h >> (3 * l)) & 7) << 8);
+      for (int j = 0; j < 8; ++j) y[32 * g + 8 * l + j] = dl * (static_cast<float>(kIq1sGrid[index][j]) + delta);
+    }
+  }
+}
+
+// IQ1_M: qs[32], qh[16] (a nibble per 8 elements: 3 high index bits and the shift's sign), and four
+// u16 holding sixteen 3-bit scales (per 16 elements) with the f16 d spread over their top nibbles.
+void iq1_m(const std::uint8_t* b, float* y) {
+  const std::uint8_t* qs = b;
+  const std::uint8_t* qh = b + 32;
+  std::uint16_t sc[4];
+  for (int i = 0; i < 4; ++i) sc[i] = u16(b + 48 + 2 * i);
+  const std::uint16_t bits = static_cast<std::uint16_t>(((sc[0] & 0xF000) >> 12) | ((sc[1] & 0xF000) >> 8) |
+                                                        ((sc[2] & 0xF000) >> 4) | (sc[3] & 0xF000));
+  const float d = static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+  for (int k = 0; k < 32; ++k) {
+    const int nibble = (qh[k / 2] >> (4 * (k % 2))) & 0x0F;
+    const int index = qs[k] | ((nibble & 7) << 8);
+    const float delta = (nibble & 8) == 0 ? 0.125f : -0.125f;
+    const int s = k / 2;  // the 16-element group
+    const float dl = d * static_cast<float>(2 * ((sc[s / 4] >> (3 * (s % 4))) & 7) + 1);
+    for (int j = 0; j < 8; ++j) y[8 * k + j] = dl * (static_cast<float>(kIq1sGrid[index][j]) + delta);
+  }
+}
+
+// TQ2_0 (ternary): qs[64], d; element 128h + 32s + l is ((qs[32h + l] >> 2s) & 3) - 1.
+void tq2_0(const std::uint8_t* b, float* y) {
+  const float d = half(b + 64);
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, s = (e / 32) % 4, l = e % 32;
+    y[e] = d * static_cast<float>(((b[32 * h + l] >> (2 * s)) & 3) - 1);
+  }
+}
+
+// TQ1_0 (ternary, five trits a byte): qs[48], qh[4], d. Trit m of a byte v is the top of
+// (v * 3^m mod 256) * 3 / 256; bytes 0-31 give 160 elements, 32-47 the next 80, qh the last 16.
+void tq1_0(const std::uint8_t* b, float* y) {
+  static constexpr int kPow3[5] = {1, 3, 9, 27, 81};
+  const float d = half(b + 52);
+  auto trit = [](int v, int m) { return static_cast<float>((((v * kPow3[m]) & 0xFF) * 3 >> 8) - 1); };
+  int e = 0;
+  for (const auto& [begin, count, trits] : {std::tuple{0, 32, 5}, std::tuple{32, 16, 5}, std::tuple{48, 4, 4}}) {
+    for (int m = 0; m < trits; ++m) {
+      for (int l = 0; l < count; ++l) y[e++] = d * trit(b[begin + l], m);
+    }
+  }
+}
+
 struct BlockCodec {
   GgmlType type;
   int block_size;
@@ -324,6 +384,8 @@ constexpr BlockCodec kCodecs[] = {
     {GgmlType::kQ3_K, 256, 110, q3_k}, {GgmlType::kIQ4_NL, 32, 18, iq4_nl}, {GgmlType::kIQ4_XS, 256, 136, iq4_xs},
     {GgmlType::kMXFP4, 32, 17, mxfp4},      {GgmlType::kIQ2_XXS, 256, 66, iq2_xxs}, {GgmlType::kIQ2_XS, 256, 74, iq2_xs},
     {GgmlType::kIQ2_S, 256, 82, iq2_s},     {GgmlType::kIQ3_XXS, 256, 98, iq3_xxs}, {GgmlType::kIQ3_S, 256, 110, iq3_s},
+    {GgmlType::kIQ1_S, 256, 50, iq1_s},     {GgmlType::kIQ1_M, 256, 56, iq1_m},     {GgmlType::kTQ1_0, 256, 54, tq1_0},
+    {GgmlType::kTQ2_0, 256, 66, tq2_0},
 };
 
 }  // namespace
@@ -354,7 +416,7 @@ at::Tensor dequantize(const io::GgufTensor& t, const std::string& field) {
   }
   fail(ErrorCode::kInvalidArgument, field,
        "tensor type {} is not supported (expected F32, F16, BF16, F64, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, "
-       "Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS or MXFP4)",
+       "Q5_K, Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 or MXFP4)",
        io::ggml_type_name(t.type));
 }
 

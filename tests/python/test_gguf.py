@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 # fp16 scales (the byte offsets of the scales in each block).
 QUANTISED = [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.MXFP4]
 RANDOM_BLOCKS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.IQ4_NL: (0,),
-                 Q.IQ4_XS: (0,), Q.IQ2_XXS: (0,), Q.IQ2_XS: (0,), Q.IQ2_S: (0,), Q.IQ3_XXS: (0,), Q.IQ3_S: (0,)}
+                 Q.IQ4_XS: (0,), Q.IQ2_XXS: (0,), Q.IQ2_XS: (0,), Q.IQ2_S: (0,), Q.IQ3_XXS: (0,), Q.IQ3_S: (0,),
+                 Q.IQ1_S: (0,), Q.IQ1_M: (), Q.TQ1_0: (52,), Q.TQ2_0: (64,)}
 
 
 def blocks_of(qtype, rows, cols, rng):
@@ -38,6 +39,10 @@ def blocks_of(qtype, rows, cols, rng):
     raw = rng.integers(0, 256, (rows * cols // block, size), dtype=np.uint8)
     for offset in RANDOM_BLOCKS[qtype]:
         raw[:, offset:offset + 2] = rng.uniform(-0.1, 0.1, (raw.shape[0], 1)).astype(np.float16).view(np.uint8)
+    if qtype == Q.IQ1_M:  # its fp16 scale is spread over the top nibbles of the last four u16
+        d = rng.uniform(-0.1, 0.1, raw.shape[0]).astype(np.float16).view(np.uint16)
+        for i in range(4):
+            raw[:, 49 + 2 * i] = (raw[:, 49 + 2 * i] & 0x0F) | (((d >> (4 * i)) & 0x0F) << 4).astype(np.uint8)
     return raw.reshape(rows, -1)
 
 
@@ -150,10 +155,10 @@ def test_unsupported_tensor_types_are_named(tmp_path):
     rng = np.random.default_rng(0)
     config = dict(max_position_embeddings=64, hidden_size=256, num_hidden_layers=1, intermediate_size=32,
                   num_attention_heads=2, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5)
-    raw = rng.integers(0, 256, (8, gguf.GGML_QUANT_SIZES[Q.IQ1_S][1]), dtype=np.uint8)
-    path = write_gguf(tmp_path / "iq1s.gguf", "llama", config, {"token_embd.weight": raw},
-                      raw_types={"token_embd.weight": Q.IQ1_S})
-    with pytest.raises(aios.InvalidArgumentError, match="token_embd.weight.*IQ1_S"):
+    raw = rng.integers(0, 256, (8 * 8, gguf.GGML_QUANT_SIZES[Q.Q8_1][1]), dtype=np.uint8)
+    path = write_gguf(tmp_path / "q8_1.gguf", "llama", config, {"token_embd.weight": raw.reshape(8, -1)},
+                      raw_types={"token_embd.weight": Q.Q8_1})
+    with pytest.raises(aios.InvalidArgumentError, match="token_embd.weight.*Q8_1"):
         aios.Backbone.load(path)
 
 
