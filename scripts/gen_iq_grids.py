@@ -13,9 +13,15 @@ OUT = Path(__file__).resolve().parents[1] / "backbone/src/iq_grids.h"
 
 
 def table(name, values, per_line, ctype="std::uint8_t"):
-    flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
-    lines = [", ".join(flat[i:i + per_line]) + "," for i in range(0, len(flat), per_line)]
-    shape = "".join(f"[{n}]" for n in np.asarray(values).shape)
+    """A C++ array of `values` (1-D: `per_line` numbers a line; 2-D: braced rows, `per_line` numbers a line)."""
+    values = np.asarray(values)
+    if values.ndim == 1:
+        items = [str(int(v)) for v in values]
+    else:
+        items = ["{" + ", ".join(str(int(v)) for v in row) + "}" for row in values]
+        per_line = max(1, per_line // values.shape[1])
+    lines = [", ".join(items[i:i + per_line]) + "," for i in range(0, len(items), per_line)]
+    shape = "".join(f"[{n}]" for n in values.shape)
     return f"inline constexpr {ctype} {name}{shape} = {{\n" + "\n".join("    " + l for l in lines) + "\n};\n"
 
 
