@@ -6,6 +6,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -207,16 +208,39 @@ void iq4_xs(const std::uint8_t* b, float* y) {
 
 // MXFP4: a shared power of two e (E8M0) and 32 E2M1 values as nibbles (low nibbles first). The levels
 // are stored doubled, so the scale is halved: 2^(e-128), as ggml's e8m0 "half" conversion.
+constexpr std::int8_t kFp4Levels[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
 void mxfp4(const std::uint8_t* b, float* y) {
-  constexpr std::int8_t kLevels[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
   const std::uint32_t e = b[0];
   const std::uint32_t bits = e < 2 ? std::uint32_t{0x00200000} << e : (e - 1) << 23;
   float d;
   std::memcpy(&d, &bits, 4);
   const std::uint8_t* qs = b + 1;
   for (int j = 0; j < 16; ++j) {
-    y[j] = d * static_cast<float>(kLevels[qs[j] & 0x0F]);
-    y[j + 16] = d * static_cast<float>(kLevels[qs[j] >> 4]);
+    y[j] = d * static_cast<float>(kFp4Levels[qs[j] & 0x0F]);
+    y[j + 16] = d * static_cast<float>(kFp4Levels[qs[j] >> 4]);
+  }
+}
+
+// NVFP4: four groups of 16 E2M1 values, each group with its own unsigned E4M3 scale (bias 7, no
+// sign; 0 and 0x7F read as zero), the four scale bytes first, then 8 bytes of nibbles per group (low
+// nibbles first). The levels are MXFP4's doubled ones, so the scale is halved.
+float ue4m3_half(std::uint8_t x) {
+  if (x == 0 || x == 0x7F) return 0.0f;
+  const int exponent = (x >> 3) & 0x0F;
+  const float mantissa = static_cast<float>(x & 0x07);
+  const float value = exponent == 0 ? std::ldexp(mantissa, -9) : std::ldexp(1.0f + mantissa / 8.0f, exponent - 7);
+  return 0.5f * value;
+}
+
+void nvfp4(const std::uint8_t* b, float* y) {
+  const std::uint8_t* qs = b + 4;
+  for (int g = 0; g < 4; ++g) {
+    const float d = ue4m3_half(b[g]);
+    for (int j = 0; j < 8; ++j) {
+      y[16 * g + j] = d * static_cast<float>(kFp4Levels[qs[8 * g + j] & 0x0F]);
+      y[16 * g + j + 8] = d * static_cast<float>(kFp4Levels[qs[8 * g + j] >> 4]);
+    }
   }
 }
 
@@ -385,7 +409,7 @@ constexpr BlockCodec kCodecs[] = {
     {GgmlType::kMXFP4, 32, 17, mxfp4},      {GgmlType::kIQ2_XXS, 256, 66, iq2_xxs}, {GgmlType::kIQ2_XS, 256, 74, iq2_xs},
     {GgmlType::kIQ2_S, 256, 82, iq2_s},     {GgmlType::kIQ3_XXS, 256, 98, iq3_xxs}, {GgmlType::kIQ3_S, 256, 110, iq3_s},
     {GgmlType::kIQ1_S, 256, 50, iq1_s},     {GgmlType::kIQ1_M, 256, 56, iq1_m},     {GgmlType::kTQ1_0, 256, 54, tq1_0},
-    {GgmlType::kTQ2_0, 256, 66, tq2_0},
+    {GgmlType::kTQ2_0, 256, 66, tq2_0},     {GgmlType::kNVFP4, 64, 36, nvfp4},
 };
 
 }  // namespace
@@ -416,7 +440,7 @@ at::Tensor dequantize(const io::GgufTensor& t, const std::string& field) {
   }
   fail(ErrorCode::kInvalidArgument, field,
        "tensor type {} is not supported (expected F32, F16, BF16, F64, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, "
-       "Q5_K, Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 or MXFP4)",
+       "Q5_K, Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4 or NVFP4)",
        io::ggml_type_name(t.type));
 }
 

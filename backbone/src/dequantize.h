@@ -11,7 +11,7 @@ namespace aios::backbone {
 
 // The tensor's values as a new float32 CPU tensor of its shape. Types: F32, F16, BF16, F64, Q8_0,
 // Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S,
-// IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4, each bit-exact with
+// IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4, NVFP4, each bit-exact with
 // ggml's reference dequantisation.
 // Throws Error(kInvalidArgument) naming `field` for any other type.
 at::Tensor dequantize(const io::GgufTensor& tensor, const std::string& field);

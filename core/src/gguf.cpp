@@ -36,6 +36,7 @@ constexpr TypeLayout kLayouts[] = {
     {GgmlType::kF64, "F64", 1, 8},           {GgmlType::kIQ1_M, "IQ1_M", 256, 56},
     {GgmlType::kBF16, "BF16", 1, 2},         {GgmlType::kTQ1_0, "TQ1_0", 256, 54},
     {GgmlType::kTQ2_0, "TQ2_0", 256, 66},    {GgmlType::kMXFP4, "MXFP4", 32, 17},
+    {GgmlType::kNVFP4, "NVFP4", 64, 36},
 };
 
 const TypeLayout* layout_of(std::uint32_t type) {
