@@ -222,12 +222,13 @@ void bind_backbone(py::module_& m) {
       "A frozen backbone, in this process (Backbone.load) or hosted (aios.connect): the same calls either way.")
       .def_static(
           "load",
-          [](const py::object& path, const py::object& device, const py::object& dtype, std::optional<std::size_t> store_bytes,
-             std::optional<double> store_ttl) {
+          [](const py::object& path, const py::object& device, const py::object& dtype, const std::string& weights,
+             std::optional<std::size_t> store_bytes, std::optional<double> store_ttl) {
             const std::string p = py::str(py::module_::import("os").attr("fspath")(path));
             aios::local::LoadOptions options;
             options.device = parse_device(py::str(device));
             options.dtype = parse_dtype(py::str(dtype));
+            options.weights = aios::backbone::parse_weight_storage(weights);
             aios::local::StoreOptions store;
             if (store_bytes) store.max_bytes = *store_bytes;
             if (store_ttl) {
@@ -240,8 +241,10 @@ void bind_backbone(py::module_& m) {
             return std::shared_ptr<LocalBackbone>(LocalBackbone::load(p, options, store));
           },
           py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::kw_only(),
-          py::arg("store_bytes") = py::none(), py::arg("store_ttl") = py::none(),
-          "Loads a Hugging Face checkpoint folder. dtype: float32, bfloat16, float16 or float64 (or a torch.dtype). "
+          py::arg("weights") = "expanded", py::arg("store_bytes") = py::none(), py::arg("store_ttl") = py::none(),
+          "Loads a Hugging Face checkpoint folder or a .gguf file. dtype: float32, bfloat16, float16 or float64 (or a "
+          "torch.dtype), what it computes in. weights: \"expanded\" (converted to dtype at load) or \"stored\" (kept "
+          "as the file stores them, block-quantised GGUF types included, and decoded per product; CPU only). "
           "store_bytes / store_ttl (seconds) bound the activations kept by forward(keep=True).")
       .def_property_readonly("config", &Interface::config, py::return_value_policy::reference_internal)
       .def_property_readonly("device", [](const Interface& b) { return b.device().str(); })

@@ -1,12 +1,12 @@
 // aios — command-line entry point.
 //
-//   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
+//   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--weights expanded|stored]
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
-//                              [--seed S] [--device ...] [--dtype ...]
+//                              [--seed S] [--device ...] [--dtype ...] [--weights ...]
 //   aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
 //                    [--replica N] [--compute-threads N] [--store-bytes N] [--unclaimed-ttl S]
 //                    [--until-stdin-closes]
-//                    [--device ...] [--dtype ...]
+//                    [--device ...] [--dtype ...] [--weights ...]
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
@@ -30,13 +30,13 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
+    "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--weights expanded|stored]\n"
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
-    "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...]\n"
+    "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...] [--weights ...]\n"
     "       aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
     "                        [--replica N] [--compute-threads N] [--store-bytes N]\n"
     "                        [--unclaimed-ttl S] [--until-stdin-closes]\n"
-    "                        [--device ...] [--dtype ...]\n"
+    "                        [--device ...] [--dtype ...] [--weights ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
@@ -55,7 +55,10 @@ constexpr const char* kUsage =
     "             --unclaimed-ttl S: seconds a kept pass that no Vjp or Release has claimed stays\n"
     "             (its caller most likely left before the reply; default 60);\n"
     "             --until-stdin-closes: also stop when standard input ends (a parent that holds a\n"
-    "             pipe to it takes the host down with it, even when killed)\n";
+    "             pipe to it takes the host down with it, even when killed)\n"
+    "\n"
+    "  --weights  expanded: converted to --dtype at load (default); stored: kept as the file stores\n"
+    "             them (a GGUF file's quantised blocks) and decoded per product, CPU only\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -225,6 +228,8 @@ int main(int argc, char** argv) {
         options.device = aios::backbone::parse_device(args[++i], "--device");
       } else if (a == "--dtype" && has_value) {
         options.dtype = aios::backbone::parse_dtype(args[++i], "--dtype");
+      } else if (a == "--weights" && has_value) {
+        options.weights = aios::backbone::parse_weight_storage(args[++i], "--weights");
       } else if (command == "serve" && a == "--listen" && has_value) {
         host_options.listen = args[++i];
       } else if (command == "serve" && a == "--replica" && has_value) {

@@ -394,14 +394,18 @@ void tq1_0(const std::uint8_t* b, float* y) {
   }
 }
 
-struct BlockCodec {
-  GgmlType type;
-  int block_size;
-  int type_size;
-  void (*decode)(const std::uint8_t*, float*);
-};
+
+
+void f32(const std::uint8_t* b, float* y) { std::memcpy(y, b, 4); }
+void f16(const std::uint8_t* b, float* y) { *y = half(b); }
+void bf16(const std::uint8_t* b, float* y) {
+  std::uint16_t bits;
+  std::memcpy(&bits, b, 2);
+  *y = static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()));
+}
 
 constexpr BlockCodec kCodecs[] = {
+    {GgmlType::kF32, 1, 4, f32},       {GgmlType::kF16, 1, 2, f16},       {GgmlType::kBF16, 1, 2, bf16},
     {GgmlType::kQ8_0, 32, 34, q8_0},   {GgmlType::kQ4_0, 32, 18, q4_0},   {GgmlType::kQ4_1, 32, 20, q4_1},
     {GgmlType::kQ5_0, 32, 22, q5_0},   {GgmlType::kQ5_1, 32, 24, q5_1},   {GgmlType::kQ4_K, 256, 144, q4_k},
     {GgmlType::kQ5_K, 256, 176, q5_k}, {GgmlType::kQ6_K, 256, 210, q6_k}, {GgmlType::kQ2_K, 256, 84, q2_k},
@@ -413,6 +417,13 @@ constexpr BlockCodec kCodecs[] = {
 };
 
 }  // namespace
+
+const BlockCodec* block_codec(io::GgmlType type) {
+  for (const BlockCodec& codec : kCodecs) {
+    if (codec.type == type) return &codec;
+  }
+  return nullptr;
+}
 
 at::Tensor dequantize(const io::GgufTensor& t, const std::string& field) {
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
@@ -427,8 +438,8 @@ at::Tensor dequantize(const io::GgufTensor& t, const std::string& field) {
     case GgmlType::kF64: return plain(at::kDouble);
     default: break;
   }
-  for (const BlockCodec& codec : kCodecs) {
-    if (codec.type != t.type) continue;
+  if (const BlockCodec* found = block_codec(t.type)) {
+    const BlockCodec& codec = *found;
     at::Tensor out = at::empty(t.shape, f32);
     const std::int64_t blocks = t.numel() / codec.block_size;  // the reader checked rows are whole blocks
     const auto* in = reinterpret_cast<const std::uint8_t*>(t.data);
@@ -436,6 +447,8 @@ at::Tensor dequantize(const io::GgufTensor& t, const std::string& field) {
     at::parallel_for(0, blocks, 1024, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t i = begin; i < end; ++i) codec.decode(in + i * codec.type_size, y + i * codec.block_size);
     });
+    // A block with a non-finite scale is a corrupt file, whether kept stored or expanded.
+    if (!out.isfinite().all().item<bool>()) fail(ErrorCode::kDataLoss, field, "a block decodes to a non-finite value");
     return out;
   }
   fail(ErrorCode::kInvalidArgument, field,

@@ -46,8 +46,9 @@ class GemmaModel final : public ProjectingModel {
     // call (a float64 model keeps float64, for gradient checks).
     const at::ScalarType precise = options.dtype == at::kDouble ? at::kDouble : at::kFloat;
     auto norm = [&](const std::string& name, int64_t size) { return own(1.0 + w.take(name, {size}, options).to(precise)); };
-    token_embedding_ = own(take("model.embed_tokens.weight", {c.vocab_size, D}));
-    output_head_ = c.tie_word_embeddings ? token_embedding_ : own(take("lm_head.weight", {c.vocab_size, D}));
+    auto matrix = [&](const std::string& name, at::IntArrayRef shape) { return w.take_matrix(name, shape, options); };
+    load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
+                c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
     final_norm_ = norm("model.norm.weight", D);
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const std::string p = fmt::format("model.layers.{}.", i);
@@ -58,14 +59,14 @@ class GemmaModel final : public ProjectingModel {
       l.post_mlp_norm = norm(p + "post_feedforward_layernorm.weight", D);
       auto [qkv_weight, qkv_bias] = load_qkv(w, p, c, options);
       l.qkv = project(qkv_weight, qkv_bias);
-      l.out = project(take(p + "self_attn.o_proj.weight", {D, H * hd}),
+      l.out = project(matrix(p + "self_attn.o_proj.weight", {D, H * hd}),
                       c.out_bias ? take(p + "self_attn.o_proj.bias", {D}) : at::Tensor());
       if (c.qk_norm == QkNorm::kPerHead) {
         l.q_norm = norm(p + "self_attn.q_norm.weight", hd);
         l.k_norm = norm(p + "self_attn.k_norm.weight", hd);
       }
-      l.gate_up = project(at::cat({take(p + "mlp.gate_proj.weight", {I, D}), take(p + "mlp.up_proj.weight", {I, D})}));
-      l.down = project(take(p + "mlp.down_proj.weight", {D, I}));
+      l.gate_up = project(Matrix::stack({matrix(p + "mlp.gate_proj.weight", {I, D}), matrix(p + "mlp.up_proj.weight", {I, D})}));
+      l.down = project(matrix(p + "mlp.down_proj.weight", {D, I}));
       if (!c.sliding_windows.empty()) l.window = c.sliding_windows[static_cast<std::size_t>(i)];
       layers_.push_back(std::move(l));
     }

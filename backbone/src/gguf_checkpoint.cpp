@@ -11,6 +11,7 @@
 
 #include "aios/fail.h"
 #include "dequantize.h"
+#include "packed.h"
 
 namespace aios::backbone {
 
@@ -315,21 +316,50 @@ bool GgufWeights::contains(const std::string& name) const {
   return g && file_.find(*g) != nullptr;
 }
 
-at::Tensor GgufWeights::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
-  const Architecture& arch = architecture_of(file_);
-  const auto g = gguf_name(name, arch);
+std::pair<const io::GgufTensor*, std::string> GgufWeights::find(const std::string& name, at::IntArrayRef shape) const {
+  const auto g = gguf_name(name, architecture_of(file_));
   const io::GgufTensor* t = g ? file_.find(*g) : nullptr;
-  const std::string field = fmt::format("{}: tensor '{}' ({})", file_.path(), g.value_or("?"), name);
+  std::string field = fmt::format("{}: tensor '{}' ({})", file_.path(), g.value_or("?"), name);
   if (t == nullptr) fail(ErrorCode::kDataLoss, field, "tensor missing from the checkpoint");
   // llama.cpp drops a leading 1 (Qwen2-MoE's shared-expert gate, [1,D] in Hugging Face, is [D]).
   const bool squeezed = t->shape.size() + 1 == shape.size() && shape[0] == 1;
   check_shape(field, squeezed ? shape.slice(1) : shape, t->shape);
+  return {t, std::move(field)};
+}
+
+// llama's q and k rows: llama.cpp's converter interleaved each head's two rotary halves.
+int64_t GgufWeights::permuted_heads(const std::string& gguf) const {
+  if (!architecture_of(file_).permuted_qk) return 0;
+  if (gguf.find(".attn_q.") != std::string::npos) return num_heads_;
+  if (gguf.find(".attn_k.") != std::string::npos) return num_kv_heads_;
+  return 0;
+}
+
+at::Tensor GgufWeights::take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+  const Architecture& arch = architecture_of(file_);
+  const auto [t, field] = find(name, shape);
   at::Tensor w = dequantize(*t, field);
-  if (squeezed) w = w.unsqueeze(0);
-  if (arch.permuted_qk && g->find(".attn_q.") != std::string::npos) w = unpermute(w, num_heads_);
-  if (arch.permuted_qk && g->find(".attn_k.") != std::string::npos) w = unpermute(w, num_kv_heads_);
-  if (arch.norms_plus_one && g->size() >= 11 && g->compare(g->size() - 11, 11, "norm.weight") == 0) w = w - 1;
+  if (w.dim() + 1 == static_cast<int64_t>(shape.size())) w = w.unsqueeze(0);
+  if (const int64_t heads = permuted_heads(t->name)) w = unpermute(w, heads);
+  if (arch.norms_plus_one && t->name.size() >= 11 && t->name.compare(t->name.size() - 11, 11, "norm.weight") == 0) w = w - 1;
   return w.to(options.device, options.dtype).contiguous();
+}
+
+Matrix GgufWeights::take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+  const auto [t, field] = find(name, shape);
+  const bool wider = (t->type == io::GgmlType::kF16 && options.dtype != at::kHalf) ||
+                     (t->type == io::GgmlType::kBF16 && options.dtype != at::kBFloat16);
+  const bool quantised = t->type != io::GgmlType::kF32 && t->type != io::GgmlType::kF64 &&
+                         t->type != io::GgmlType::kF16 && t->type != io::GgmlType::kBF16;
+  if (options.weights != WeightStorage::kStored || shape.size() != 2 || !(quantised || wider)) {
+    return {take(name, shape, options), nullptr};
+  }
+  PackedMatrix packed = PackedMatrix::of(*t, field);
+  if (const int64_t heads = permuted_heads(t->name)) {
+    const at::Tensor rows = at::arange(shape[0], at::TensorOptions().dtype(at::kLong)).unsqueeze(1);
+    packed = packed.select_rows(unpermute(rows, heads).flatten());
+  }
+  return {at::Tensor(), std::make_shared<const PackedMatrix>(std::move(packed))};
 }
 
 }  // namespace aios::backbone

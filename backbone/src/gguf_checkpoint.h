@@ -24,8 +24,17 @@ class GgufWeights final : public WeightSource {
 
   bool contains(const std::string& name) const override;
   at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
+  // With WeightStorage::kStored, a matrix stored block-quantised, or 16-bit while the compute dtype
+  // is wider, stays so (its bytes copied out of the file; llama's q/k rows reordered as take()
+  // does); float32 matrices, and every matrix otherwise, come expanded.
+  Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
 
  private:
+  // The tensor behind `name`, checked against `shape`, and its name for messages.
+  std::pair<const io::GgufTensor*, std::string> find(const std::string& name, at::IntArrayRef shape) const;
+  // How many heads' rows of the GGUF tensor `gguf` to un-permute (0: none).
+  int64_t permuted_heads(const std::string& gguf) const;
+
   const io::GgufFile& file_;
   int64_t num_heads_;
   int64_t num_kv_heads_;

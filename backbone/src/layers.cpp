@@ -110,7 +110,19 @@ Linear Linear::of(const at::Tensor& weight, at::Tensor bias, bool in_out) {
   return l;
 }
 
+Linear Linear::of(const Matrix& weight, at::Tensor bias) {
+  if (!weight.packed) return of(weight.dense, std::move(bias));
+  Linear l;
+  l.packed = weight.packed;
+  l.bias = std::move(bias);
+  return l;
+}
+
 at::Tensor Linear::operator()(const at::Tensor& x) const {
+  if (packed) {
+    at::Tensor y = packed_product(x, packed);
+    return bias.defined() ? y + bias : y;
+  }
   if (!in_out) return at::linear(x, weight, bias);
   const int64_t in = weight.size(0);
   std::vector<int64_t> shape = x.sizes().vec();
@@ -119,16 +131,25 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
   return (bias.defined() ? at::addmm(bias, rows, weight) : at::mm(rows, weight)).view(shape);
 }
 
-std::pair<at::Tensor, at::Tensor> load_qkv(const WeightSource& w, const std::string& prefix, const ModelConfig& c,
-                                           const LoadOptions& options) {
+void ProjectingModel::load_tables(const Matrix& embedding, const std::optional<Matrix>& head) {
+  token_embedding_ = own(embedding.dense);
+  packed_embedding_ = own(embedding.packed);
+  output_head_ = head ? own(head->dense) : token_embedding_;
+  packed_head_ = head ? own(head->packed) : packed_embedding_;
+}
+
+std::pair<Matrix, at::Tensor> load_qkv(const WeightSource& w, const std::string& prefix, const ModelConfig& c,
+                                       const LoadOptions& options) {
   const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads;
   auto take = [&](const char* name, at::IntArrayRef shape) { return w.take(prefix + name, shape, options); };
-  at::Tensor weight, bias;
+  auto matrix = [&](const char* name, at::IntArrayRef shape) { return w.take_matrix(prefix + name, shape, options); };
+  Matrix weight;
+  at::Tensor bias;
   if (c.packed_projections) {
-    weight = take("self_attn.qkv_proj.weight", {(H + 2 * K) * hd, D});
+    weight = matrix("self_attn.qkv_proj.weight", {(H + 2 * K) * hd, D});
   } else {
-    weight = at::cat({take("self_attn.q_proj.weight", {H * hd, D}), take("self_attn.k_proj.weight", {K * hd, D}),
-                      take("self_attn.v_proj.weight", {K * hd, D})});
+    weight = Matrix::stack({matrix("self_attn.q_proj.weight", {H * hd, D}), matrix("self_attn.k_proj.weight", {K * hd, D}),
+                            matrix("self_attn.v_proj.weight", {K * hd, D})});
   }
   if (c.qkv_bias) {
     bias = at::cat({take("self_attn.q_proj.bias", {H * hd}), take("self_attn.k_proj.bias", {K * hd}),

@@ -8,6 +8,7 @@
 #include "aios/backbone/config.h"
 #include "aios/backbone/kv_cache.h"
 #include "aios/backbone/model.h"
+#include "packed.h"
 #include "weights.h"
 
 namespace aios::backbone {
@@ -31,15 +32,19 @@ at::Tensor activate(const at::Tensor& x, Activation activation);
 // times slower there, and CUDA needs neither, so those keep [out,in], as checkpoints store it.
 bool keep_in_out(c10::ScalarType dtype, c10::Device device);
 
-// A projection x·Wᵀ + b with its weight in the layout keep_in_out() picks.
+// A projection x·Wᵀ + b with its weight expanded in the layout keep_in_out() picks, or stored.
 struct Linear {
   // weight [out,in] (or [in,out] when `in_out`, as GPT-2's Conv1D stores it), bias [out] or undefined.
   static Linear of(const at::Tensor& weight, at::Tensor bias = {}, bool in_out = false);
+  // weight [out,in], expanded or stored.
+  static Linear of(const Matrix& weight, at::Tensor bias = {});
   // x [..., in] -> [..., out]
   at::Tensor operator()(const at::Tensor& x) const;
+  bool defined() const { return weight.defined() || packed != nullptr; }
 
-  at::Tensor weight;  // [in,out] when `in_out`, else [out,in]
-  at::Tensor bias;    // [out] or undefined
+  at::Tensor weight;                           // [in,out] when `in_out`, else [out,in]; undefined when stored
+  std::shared_ptr<const PackedMatrix> packed;  // [out,in] when stored
+  at::Tensor bias;                             // [out] or undefined
   bool in_out = false;
 };
 
@@ -48,8 +53,16 @@ class ProjectingModel : public Model {
  protected:
   using Model::Model;
   Linear project(const at::Tensor& weight, const at::Tensor& bias = {}, bool in_out = false) {
-    Linear l = Linear::of(weight, bias, in_out);
+    return remember(Linear::of(weight, bias, in_out));
+  }
+  Linear project(const Matrix& weight, const at::Tensor& bias = {}) { return remember(Linear::of(weight, bias)); }
+  // The [V,D] token embedding and output head (the embedding again when tied).
+  void load_tables(const Matrix& embedding, const std::optional<Matrix>& head);
+
+ private:
+  Linear remember(Linear l) {
     own(l.weight);
+    own(l.packed);
     own(l.bias);
     return l;
   }
@@ -58,8 +71,8 @@ class ProjectingModel : public Model {
 // The attention projections of the layer named by `prefix` ("model.layers.N."): q, k and v as one
 // [(H+2Hkv)*hd, D] matrix (packed in the checkpoint as qkv_proj with ModelConfig::packed_projections),
 // and their biases [(H+2Hkv)*hd] with ModelConfig::qkv_bias (else undefined).
-std::pair<at::Tensor, at::Tensor> load_qkv(const WeightSource& w, const std::string& prefix, const ModelConfig& c,
-                                           const LoadOptions& options);
+std::pair<Matrix, at::Tensor> load_qkv(const WeightSource& w, const std::string& prefix, const ModelConfig& c,
+                                       const LoadOptions& options);
 
 // The mask [B,1,T,S] of a cached pass whose T slots were appended last to `cache` (S slots in all):
 // each new slot sees the valid slots up to itself, within `window` positions when given. Undefined

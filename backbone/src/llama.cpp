@@ -55,8 +55,9 @@ class LlamaModel final : public ProjectingModel {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads, I = c.intermediate_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
-    token_embedding_ = own(take("model.embed_tokens.weight", {c.vocab_size, D}));
-    output_head_ = c.tie_word_embeddings ? token_embedding_ : own(take("lm_head.weight", {c.vocab_size, D}));
+    auto matrix = [&](const std::string& name, at::IntArrayRef shape) { return w.take_matrix(name, shape, options); };
+    load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
+                c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
     final_norm_ = own(take("model.norm.weight", {D}));
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const std::string p = fmt::format("model.layers.{}.", i);
@@ -70,7 +71,7 @@ class LlamaModel final : public ProjectingModel {
       }
       auto [qkv_weight, qkv_bias] = load_qkv(w, p, c, options);
       l.qkv = project(qkv_weight, qkv_bias);
-      l.out = project(take(p + "self_attn.o_proj.weight", {D, H * hd}),
+      l.out = project(matrix(p + "self_attn.o_proj.weight", {D, H * hd}),
                       c.out_bias ? take(p + "self_attn.o_proj.bias", {D}) : at::Tensor());
       if (c.qk_norm != QkNorm::kNone) {
         const bool whole = c.qk_norm == QkNorm::kWhole;
@@ -94,11 +95,12 @@ class LlamaModel final : public ProjectingModel {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(prefix + name, shape, options); };
-    const at::Tensor gate_up = c.packed_projections
-        ? take("gate_up_proj.weight", {2 * I, D})
-        : at::cat({take("gate_proj.weight", {I, D}), take("up_proj.weight", {I, D})});
+    auto matrix = [&](const std::string& name, at::IntArrayRef shape) { return w.take_matrix(prefix + name, shape, options); };
+    const Matrix gate_up = c.packed_projections
+        ? matrix("gate_up_proj.weight", {2 * I, D})
+        : Matrix::stack({matrix("gate_proj.weight", {I, D}), matrix("up_proj.weight", {I, D})});
     l.gate_up = project(gate_up, c.mlp_bias ? at::cat({take("gate_proj.bias", {I}), take("up_proj.bias", {I})}) : at::Tensor());
-    l.down = project(take("down_proj.weight", {D, I}), c.mlp_bias ? take("down_proj.bias", {D}) : at::Tensor());
+    l.down = project(matrix("down_proj.weight", {D, I}), c.mlp_bias ? take("down_proj.bias", {D}) : at::Tensor());
   }
 
   // The router and experts of layer prefix `p`, stacked [E,...] as a GGUF file stores them or one
@@ -208,7 +210,7 @@ class LlamaModel final : public ProjectingModel {
     at::Tensor out = x + (c.norm_outputs ? norm(a, l.attn_norm) : a);
     h = c.norm_outputs ? out : norm(out, l.mlp_norm);
     at::Tensor m = l.experts ? route(*l.experts, h, ctx.routing != nullptr ? &(*ctx.routing)[index] : nullptr) : at::Tensor();
-    if (l.gate_up.weight.defined()) {  // the dense MLP, or the shared expert beside the experts
+    if (l.gate_up.defined()) {  // the dense MLP, or the shared expert beside the experts
       auto gate_up = l.gate_up(h).chunk(2, -1);  // 2 × [B,T,I]
       at::Tensor dense = l.down(activate(gate_up[0], c.activation) * gate_up[1]);
       if (l.shared_gate) dense = at::sigmoid((*l.shared_gate)(h)) * dense;

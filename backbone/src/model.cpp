@@ -3,6 +3,8 @@
 
 #include <ATen/core/grad_mode.h>
 #include <filesystem>
+#include <algorithm>
+#include <map>
 #include <set>
 
 #include <fmt/ranges.h>
@@ -10,6 +12,7 @@
 #include "aios/fail.h"
 #include "architectures.h"
 #include "gguf_checkpoint.h"
+#include "packed.h"
 
 namespace aios::backbone {
 
@@ -51,34 +54,93 @@ c10::Device parse_device(const std::string& name, const std::string& field) {
   fail(ErrorCode::kInvalidArgument, field, "expected cpu, cuda or cuda:N, got \"{}\"", name);
 }
 
+WeightStorage parse_weight_storage(const std::string& name, const std::string& field) {
+  if (name == "expanded") return WeightStorage::kExpanded;
+  if (name == "stored") return WeightStorage::kStored;
+  fail(ErrorCode::kInvalidArgument, field, "expected expanded or stored, got \"{}\"", name);
+}
+
+std::string weight_storage_name(WeightStorage storage) {
+  return storage == WeightStorage::kStored ? "stored" : "expanded";
+}
+
 Model::Model(ModelConfig config, const LoadOptions& options)
     : config_(std::move(config)), device_(options.device), dtype_(options.dtype) {}
+
+Model::~Model() = default;
 
 at::Tensor Model::own(at::Tensor weight) {
   if (weight.defined()) weights_.push_back(weight);
   return weight;
 }
 
+std::shared_ptr<const PackedMatrix> Model::own(std::shared_ptr<const PackedMatrix> weight) {
+  if (weight) packed_.push_back(weight);
+  return weight;
+}
+
 const std::vector<at::Tensor>& Model::weights() const { return weights_; }
 
 int64_t Model::parameter_count() const {
-  std::set<const void*> seen;
   int64_t total = 0;
-  for (const at::Tensor& w : weights_) {
-    if (seen.insert(w.data_ptr()).second) total += w.numel();
-  }
+  for (const Storage& s : storage()) total += s.elements;
   return total;
 }
 
+std::vector<Model::Storage> Model::storage() const {
+  std::map<std::string, Storage> kinds;
+  std::set<const void*> seen;  // a tied head counts once
+  for (const at::Tensor& w : weights_) {
+    if (!seen.insert(w.data_ptr()).second) continue;
+    Storage& s = kinds[dtype_name(w.scalar_type())];
+    s.tensors += 1;
+    s.elements += w.numel();
+    s.bytes += w.nbytes();
+  }
+  for (const auto& p : packed_) {
+    if (!seen.insert(p.get()).second) continue;
+    for (const PackedMatrix::Segment& segment : p->segments()) {
+      Storage& s = kinds[io::ggml_type_name(segment.type)];
+      s.tensors += 1;
+      s.elements += segment.bytes.size(0) * p->cols();
+      s.bytes += segment.bytes.nbytes();
+    }
+  }
+  std::vector<Storage> out;
+  for (auto& [kind, s] : kinds) {
+    s.kind = kind;
+    out.push_back(s);
+  }
+  std::sort(out.begin(), out.end(), [](const Storage& a, const Storage& b) { return a.bytes > b.bytes; });
+  return out;
+}
+
+at::Tensor Model::table_rows(Table table, const at::Tensor& ids) const {
+  const bool head = table == Table::kOutputHead;
+  const auto& packed = head ? packed_head_ : packed_embedding_;
+  if (packed) return packed->gather(ids, dtype_);
+  return (head ? output_head_ : token_embedding_).index_select(0, ids);
+}
+
+at::Tensor Model::table_mean(Table table) const {
+  const bool head = table == Table::kOutputHead;
+  const auto& packed = head ? packed_head_ : packed_embedding_;
+  if (packed) return packed->mean_row(dtype_);
+  const at::ScalarType precise = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
+  return (head ? output_head_ : token_embedding_).to(precise).mean(0).to(dtype_);
+}
+
 at::Tensor Model::embed(const at::Tensor& ids, const at::Tensor& extra_rows) const {
+  auto base = [&](const at::Tensor& i) {
+    return packed_embedding_ ? packed_embedding_->gather(i, dtype_) : at::embedding(token_embedding_, i);
+  };
   at::Tensor rows;
   if (!extra_rows.defined()) {
-    rows = at::embedding(token_embedding_, ids);
+    rows = base(ids);
   } else {
     const int64_t V = config_.vocab_size;
     const at::Tensor extended = ids.ge(V).unsqueeze(-1);  // [B,T,1]
-    rows = at::where(extended, at::embedding(extra_rows, (ids - V).clamp_min(0)),
-                     at::embedding(token_embedding_, ids.clamp_max(V - 1)));
+    rows = at::where(extended, at::embedding(extra_rows, (ids - V).clamp_min(0)), base(ids.clamp_max(V - 1)));
   }
   if (config_.embedding_scale == 1.0) return rows;
   // The scale rounded to the model dtype first, as the reference multiplies by it.
@@ -124,7 +186,7 @@ void Model::complete_routing(std::vector<at::Tensor>& routing, const at::Tensor&
 }
 
 at::Tensor Model::classify(const at::Tensor& hidden, const at::Tensor& extra_rows) const {
-  at::Tensor logits = at::linear(hidden, output_head_);
+  at::Tensor logits = packed_head_ ? packed_product(hidden, packed_head_) : at::linear(hidden, output_head_);
   if (extra_rows.defined()) logits = at::cat({logits, at::linear(hidden, extra_rows)}, -1);
   const double cap = config_.final_logit_softcap;
   return cap > 0 ? at::tanh(logits / cap) * cap : logits;
@@ -150,6 +212,10 @@ void check_options(const LoadOptions& options) {
   }
   if (!options.device.is_cpu() && !options.device.is_cuda()) {
     fail(ErrorCode::kInvalidArgument, "device", "expected cpu or cuda, got {}", options.device.str());
+  }
+  if (options.weights == WeightStorage::kStored && !options.device.is_cpu()) {
+    fail(ErrorCode::kInvalidArgument, "weights", "stored weights are decoded on the CPU only, got device {}",
+         options.device.str());
   }
   if (options.device.is_cuda() && !at::hasCUDA()) {
     fail(ErrorCode::kUnavailable, "device", "expected an available device, got {} but this build or machine has no CUDA",

@@ -10,6 +10,7 @@
 #include "aios/fail.h"
 #include "aios/json.h"
 #include "dequantize.h"
+#include "packed.h"
 
 namespace aios::backbone {
 
@@ -136,6 +137,18 @@ at::Tensor SafetensorsWeights::take(const std::string& name, at::IntArrayRef sha
   // The mapping is read-only and dies with this source: copy into memory the model owns.
   at::Tensor mapped = at::from_blob(const_cast<std::byte*>(view.data), view.shape, at::TensorOptions().dtype(stored));
   return mapped.to(options.device, options.dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+}
+
+Matrix Matrix::stack(const std::vector<Matrix>& parts) {
+  const bool stored = std::any_of(parts.begin(), parts.end(), [](const Matrix& m) { return m.packed != nullptr; });
+  if (!stored) {
+    std::vector<at::Tensor> dense;
+    for (const Matrix& m : parts) dense.push_back(m.dense);
+    return {at::cat(dense), nullptr};
+  }
+  std::vector<PackedMatrix> packed;
+  for (const Matrix& m : parts) packed.push_back(m.packed ? *m.packed : PackedMatrix::of(m.dense));
+  return {at::Tensor(), std::make_shared<const PackedMatrix>(PackedMatrix::stack(packed))};
 }
 
 }  // namespace aios::backbone

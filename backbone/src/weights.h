@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,6 +15,17 @@
 
 namespace aios::backbone {
 
+// A weight matrix [rows, cols] as the architectures receive it: expanded to the compute dtype, or
+// kept as stored (LoadOptions::weights); exactly one of the two is set.
+struct Matrix {
+  at::Tensor dense;
+  std::shared_ptr<const PackedMatrix> packed;
+
+  // The parts' rows one after another: stored when any part is (the others join as float32/16-bit
+  // segments), else one dense tensor.
+  static Matrix stack(const std::vector<Matrix>& parts);
+};
+
 class WeightSource {
  public:
   virtual ~WeightSource() = default;
@@ -21,6 +33,11 @@ class WeightSource {
   // The tensor `name` converted to options' dtype and device, checked against `shape`.
   // Throws Error(kDataLoss) naming the tensor when it is missing or shaped otherwise.
   virtual at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const = 0;
+  // The matrix `name` [rows, cols] as options.weights asks, where the source can keep it so; else
+  // expanded, as take().
+  virtual Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+    return {take(name, shape, options), nullptr};
+  }
 };
 
 // model.safetensors, or the shards listed by model.safetensors.index.json, in a folder.
@@ -49,6 +66,9 @@ class PrefixedWeights final : public WeightSource {
   bool contains(const std::string& name) const override { return inner_.contains(prefix_ + name); }
   at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override {
     return inner_.take(prefix_ + name, shape, options);
+  }
+  Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override {
+    return inner_.take_matrix(prefix_ + name, shape, options);
   }
 
  private:

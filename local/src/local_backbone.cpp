@@ -63,22 +63,25 @@ at::Tensor LocalBackbone::classify(const at::Tensor& hidden, const ali::Extensio
 std::shared_ptr<ali::Extension> LocalBackbone::extend(const std::vector<std::string>& tokens,
                                                       const ali::ExtendOptions& options) {
   const backbone::Model& m = *impl_->model;
+  using Table = backbone::Model::Table;
   const auto K = static_cast<int64_t>(tokens.size()), D = config().hidden_size, V = config().vocab_size;
   at::NoGradGuard no_grad;
   ali::Extension::Parts parts;
   switch (options.init) {
     case ali::ExtendOptions::Init::kMean:
       // Accumulated in float32 at least: a bfloat16 sum over tens of thousands of rows loses digits.
-      parts.embedding_rows = m.token_embedding().to(at::kFloat).mean(0).to(dtype()).expand({K, D}).clone();
-      parts.classifier_rows = m.output_head().to(at::kFloat).mean(0).to(dtype()).expand({K, D}).clone();
+      parts.embedding_rows = m.table_mean(Table::kTokenEmbedding).expand({K, D}).clone();
+      parts.classifier_rows = m.table_mean(Table::kOutputHead).expand({K, D}).clone();
       break;
-    case ali::ExtendOptions::Init::kToken:
+    case ali::ExtendOptions::Init::kToken: {
       if (options.token < 0 || options.token >= V) {
         fail(ErrorCode::kInvalidArgument, "init.token", "expected a base id in [0, {}), got {}", V, options.token);
       }
-      parts.embedding_rows = m.token_embedding()[options.token].expand({K, D}).clone();
-      parts.classifier_rows = m.output_head()[options.token].expand({K, D}).clone();
+      const at::Tensor token = at::full({1}, options.token, at::TensorOptions().dtype(at::kLong).device(device()));
+      parts.embedding_rows = m.table_rows(Table::kTokenEmbedding, token).expand({K, D}).clone();
+      parts.classifier_rows = m.table_rows(Table::kOutputHead, token).expand({K, D}).clone();
       break;
+    }
     case ali::ExtendOptions::Init::kTensors:
       for (const auto& [rows, name] : {std::pair{&options.embedding_rows, "init.embedding_rows"},
                                        std::pair{&options.classifier_rows, "init.classifier_rows"}}) {

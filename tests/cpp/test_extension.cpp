@@ -56,7 +56,7 @@ TEST_CASE("extension rows train on their own and the base does not move") {
       // The classifier rows' gradient is that of an ordinary autograd graph over [W; rows].
       const at::Tensor hidden = backbone->forward(backbone->embed(ids, ext.get())).hidden;
       const at::Tensor rows = ext->classifier_rows().detach().requires_grad_(true);
-      const at::Tensor logits = at::cat({at::linear(hidden, backbone->model().output_head()), at::linear(hidden, rows)}, -1);
+      const at::Tensor logits = at::cat({backbone->model().classify(hidden), at::linear(hidden, rows)}, -1);
       const at::Tensor w = weights.flatten();
       const at::Tensor ce = at::cross_entropy_loss(logits.view({-1, kVocab + 2}), targets.flatten().clamp_min(0),
                                                    {}, at::Reduction::None);

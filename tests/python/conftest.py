@@ -192,5 +192,13 @@ def default_model():
     return Path(path)
 
 
+@pytest.fixture(scope="session")
+def default_model_gguf():
+    """The default model's .gguf file (Q4_1), as the set-up installs it."""
+    out = subprocess.run([sys.executable, str(REPO / "scripts/default_model.py"), "gguf"], capture_output=True,
+                         text=True, check=True)
+    return Path(out.stdout.strip())
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still runs in make test)")

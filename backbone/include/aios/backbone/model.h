@@ -23,10 +23,23 @@ class GgufFile;
 
 namespace aios::backbone {
 
+class PackedMatrix;  // internal (backbone/src/packed.h): a frozen matrix kept as its checkpoint stores it
+
+// How the frozen weight matrices are held in memory (docs/latent_api.md, "Weight storage").
+enum class WeightStorage {
+  kExpanded,  // converted to the compute dtype at load
+  kStored,    // as the checkpoint stores them (GGUF block-quantised or 16-bit types), decoded per product
+};
+
 struct LoadOptions {
   c10::Device device = c10::kCPU;
   c10::ScalarType dtype = c10::kFloat;  // kFloat, kBFloat16 or kHalf; kDouble for gradient checks
+  WeightStorage weights = WeightStorage::kExpanded;
 };
+
+// "expanded" | "stored" -> storage. Throws Error(kInvalidArgument) naming `field` for anything else.
+WeightStorage parse_weight_storage(const std::string& name, const std::string& field = "weights");
+std::string weight_storage_name(WeightStorage storage);
 
 // "float32" | "bfloat16" | "float16" | "float64" (also "torch.float32", "float", "half", "double") -> dtype. Throws
 // Error(kInvalidArgument) naming `field` for anything else.
@@ -47,15 +60,24 @@ struct Attention {
 
 class Model {
  public:
-  virtual ~Model() = default;
+  virtual ~Model();
 
   const ModelConfig& config() const { return config_; }
   c10::Device device() const { return device_; }
   c10::ScalarType dtype() const { return dtype_; }
-  // Every weight tensor (read-only; none requires grad).
+  // Every weight tensor held expanded (read-only; none requires grad).
   const std::vector<at::Tensor>& weights() const;
-  // Number of distinct weight elements (a tied head counts once).
+  // Number of distinct weight elements, expanded or stored (a tied head counts once).
   int64_t parameter_count() const;
+  // How much memory the weights take.
+  struct Storage {
+    std::string kind;         // "float32", "Q4_1", ...: the dtype or stored type
+    int64_t tensors = 0;      // distinct tensors (or stored segments) of that kind
+    int64_t elements = 0;     // their values
+    std::size_t bytes = 0;    // their resident bytes
+  };
+  // One entry per kind, largest first.
+  std::vector<Storage> storage() const;
 
   // ids int64 [B,T] on device() -> latents [B,T,D] in dtype(). With `extra_rows` [K,D] (a
   // vocabulary extension's embedding rows), ids V..V+K-1 take those rows; the table is not copied.
@@ -97,24 +119,33 @@ class Model {
   // hidden [..., D] -> logits [..., V], or [..., V+K] with `extra_rows` [K,D] (a vocabulary
   // extension's classifier rows, whose logits follow the base vocabulary's).
   at::Tensor classify(const at::Tensor& hidden, const at::Tensor& extra_rows = {}) const;
-  // The frozen tables that vocabulary extensions are initialised from: [V,D] each.
-  const at::Tensor& token_embedding() const { return token_embedding_; }
-  const at::Tensor& output_head() const { return output_head_; }
+  // The frozen tables that vocabulary extensions are initialised from, each [V,D].
+  enum class Table { kTokenEmbedding, kOutputHead };
+  // ids int64 [N] -> the table's rows [N,D] in dtype() (embedding rows unscaled).
+  at::Tensor table_rows(Table table, const at::Tensor& ids) const;
+  // The mean row [D] in dtype(), accumulated in float32 (float64 for a float64 model).
+  at::Tensor table_mean(Table table) const;
 
  protected:
   Model(ModelConfig config, const LoadOptions& options);
-  // Remembers a loaded weight for weights() and parameter_count(); returns it. An undefined tensor
-  // (an optional weight the config leaves out) passes through unremembered.
+  // Remembers a loaded weight for weights(), parameter_count() and storage(); returns it. An
+  // undefined tensor (an optional weight the config leaves out) passes through unremembered.
   at::Tensor own(at::Tensor weight);
+  std::shared_ptr<const PackedMatrix> own(std::shared_ptr<const PackedMatrix> weight);
 
   ModelConfig config_;
   c10::Device device_;
   c10::ScalarType dtype_;
-  at::Tensor token_embedding_;  // [V,D]
-  at::Tensor output_head_;      // [V,D]; the same storage as token_embedding_ when tied
+  // [V,D] each, expanded (the tensor) or stored (the packed matrix; the tensor then undefined). A
+  // tied head shares the embedding's.
+  at::Tensor token_embedding_;
+  at::Tensor output_head_;
+  std::shared_ptr<const PackedMatrix> packed_embedding_;
+  std::shared_ptr<const PackedMatrix> packed_head_;
 
  private:
   std::vector<at::Tensor> weights_;
+  std::vector<std::shared_ptr<const PackedMatrix>> packed_;
 };
 
 // Loads a Hugging Face checkpoint folder (config.json with model.safetensors, or with

@@ -1,0 +1,303 @@
+#include "packed.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "aios/fail.h"
+#include "packed_simd.h"
+
+namespace aios::backbone {
+
+namespace {
+
+using io::GgmlType;
+
+// Rows of x at or below which float32 products run fused: decoding steps and small batches, where
+// each weight is read once per call and the product is bound by that read.
+constexpr int64_t kFusedRows = 16;
+// Elements of one tile of decoded rows on the dense path (256 KB of float32).
+constexpr int64_t kTileElements = int64_t{1} << 16;
+// Rows of x from which products decode chunks of W (4 MB of float32) for one threaded product each.
+constexpr int64_t kLargeRows = 64;
+constexpr int64_t kChunkElements = int64_t{1} << 20;
+
+int64_t row_bytes(const BlockCodec& codec, int64_t cols) { return cols / codec.block_size * codec.type_size; }
+
+// x [M,K] float32 -> y [M,N]: each weight row decoded once into a buffer that stays in cache.
+at::Tensor fused_forward(const at::Tensor& x, const PackedMatrix& w) {
+  const int64_t M = x.size(0), K = w.cols(), N = w.rows();
+  at::Tensor y = at::empty({M, N}, x.options());
+  const float* xs = x.data_ptr<float>();
+  float* ys = y.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(static_cast<std::size_t>(K));
+    for (int64_t r = begin; r < end; ++r) {
+      w.decode_row(r, row.data());
+      for (int64_t m = 0; m < M; ++m) ys[m * N + r] = simd::dot(row.data(), xs + m * K, K);
+    }
+  });
+  return y;
+}
+
+// g [M,N] float32 -> g · W [M,K]: each thread sums its rows' contributions into its own [M,K].
+at::Tensor fused_backward(const at::Tensor& g, const PackedMatrix& w) {
+  const int64_t M = g.size(0), K = w.cols(), N = w.rows();
+  const int threads = at::get_num_threads();
+  at::Tensor partial = at::zeros({threads, M, K}, g.options());
+  const float* gs = g.data_ptr<float>();
+  float* ps = partial.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    float* mine = ps + static_cast<int64_t>(at::get_thread_num()) * M * K;
+    std::vector<float> row(static_cast<std::size_t>(K));
+    for (int64_t r = begin; r < end; ++r) {
+      w.decode_row(r, row.data());
+      for (int64_t m = 0; m < M; ++m) simd::axpy(gs[m * N + r], row.data(), mine + m * K, K);
+    }
+  });
+  return threads == 1 ? partial[0] : partial.sum(0);
+}
+
+// Rows of one tile of the dense path: about 256 KB of decoded float32, which stays in the cache of the
+// core that decodes it while that core's matrix product reads it.
+int64_t tile_rows(const PackedMatrix& w) { return std::min(w.rows(), std::max<int64_t>(kTileElements / w.cols(), 8)); }
+
+// Rows [begin, end) decoded into `buffer` (at least [end-begin, cols], contiguous) in its dtype.
+at::Tensor decode_into(const PackedMatrix& w, int64_t begin, int64_t end, at::Tensor& buffer, at::Tensor& scratch) {
+  const int64_t n = end - begin, K = w.cols();
+  float* out = (buffer.scalar_type() == at::kFloat ? buffer : scratch).data_ptr<float>();
+  for (int64_t r = begin; r < end; ++r) w.decode_row(r, out + (r - begin) * K);
+  if (buffer.scalar_type() != at::kFloat) buffer.narrow(0, 0, n).copy_(scratch.narrow(0, 0, n));
+  return buffer.narrow(0, 0, n);
+}
+
+// Calls tile(begin, end, rows) for every tile of w's rows, in parallel: `rows` is that tile
+// decoded in x's dtype, in a buffer of the calling thread.
+template <typename Tile>
+void for_each_tile(const PackedMatrix& w, c10::ScalarType dtype, const Tile& tile) {
+  const int64_t N = w.rows(), R = tile_rows(w), tiles = (N + R - 1) / R;
+  at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+    at::Tensor buffer = at::empty({R, w.cols()}, at::TensorOptions().dtype(dtype));
+    at::Tensor scratch = dtype == at::kFloat ? buffer : at::empty({R, w.cols()}, at::TensorOptions().dtype(at::kFloat));
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t begin = t * R, end = std::min(N, begin + R);
+      tile(begin, end, decode_into(w, begin, end, buffer, scratch));
+    }
+  });
+}
+
+// Many rows of x (M >= kLargeRows) make the product compute-bound: chunks of W decoded in parallel,
+// each used by one threaded product, beat tiles that would each re-pack all of x.
+int64_t chunk_rows(const PackedMatrix& w) { return std::max<int64_t>(1, kChunkElements / w.cols()); }
+
+// x [M,K] -> y [M,N] by dense products: yᵀ's rows of a tile (or chunk) are W_tile · xᵀ.
+at::Tensor dense_forward(const at::Tensor& x, const PackedMatrix& w) {
+  at::Tensor yt = at::empty({w.rows(), x.size(0)}, x.options());
+  const at::Tensor xt = x.t();
+  if (x.size(0) >= kLargeRows) {
+    for (int64_t r = 0, step = chunk_rows(w); r < w.rows(); r += step) {
+      const int64_t end = std::min(w.rows(), r + step);
+      at::Tensor out = yt.narrow(0, r, end - r);
+      at::mm_out(out, w.decode(r, end, x.scalar_type()), xt);
+    }
+  } else {
+    for_each_tile(w, x.scalar_type(), [&](int64_t begin, int64_t end, const at::Tensor& rows) {
+      at::Tensor out = yt.narrow(0, begin, end - begin);
+      at::mm_out(out, rows, xt);
+    });
+  }
+  return yt.t().contiguous();
+}
+
+// g [M,N] -> g · W [M,K]: chunk by chunk, or each thread summing its tiles' products into its own [M,K].
+at::Tensor dense_backward(const at::Tensor& g, const PackedMatrix& w) {
+  if (g.size(0) >= kLargeRows) {
+    at::Tensor gx = at::zeros({g.size(0), w.cols()}, g.options());
+    for (int64_t r = 0, step = chunk_rows(w); r < w.rows(); r += step) {
+      const int64_t end = std::min(w.rows(), r + step);
+      gx.addmm_(g.narrow(1, r, end - r), w.decode(r, end, g.scalar_type()));
+    }
+    return gx;
+  }
+  const int threads = at::get_num_threads();
+  at::Tensor partial = at::zeros({threads, g.size(0), w.cols()}, g.options());
+  for_each_tile(w, g.scalar_type(), [&](int64_t begin, int64_t end, const at::Tensor& rows) {
+    partial[at::get_thread_num()].addmm_(g.narrow(1, begin, end - begin), rows);
+  });
+  return threads == 1 ? partial[0] : partial.sum(0);
+}
+
+bool fused(const at::Tensor& x) { return x.scalar_type() == at::kFloat && x.size(0) <= kFusedRows; }
+
+// What a backward pass keeps of the product: the packed matrix itself.
+struct Held : torch::CustomClassHolder {
+  explicit Held(std::shared_ptr<const PackedMatrix> matrix) : w(std::move(matrix)) {}
+  std::shared_ptr<const PackedMatrix> w;
+};
+
+struct PackedProduct : torch::autograd::Function<PackedProduct> {
+  // x [M,K] contiguous -> [M,N]
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const std::shared_ptr<const PackedMatrix>& w) {
+    ctx->saved_data["w"] = c10::IValue::make_capsule(c10::make_intrusive<Held>(w));
+    return fused(x) ? fused_forward(x, *w) : dense_forward(x, *w);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto held = c10::static_intrusive_pointer_cast<Held>(ctx->saved_data["w"].toCapsule());
+    const at::Tensor g = grads[0].contiguous();
+    return {fused(g) ? fused_backward(g, *held->w) : dense_backward(g, *held->w), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+PackedMatrix::PackedMatrix(std::vector<Segment> segments, int64_t cols, const std::string& field)
+    : segments_(std::move(segments)), cols_(cols) {
+  starts_.push_back(0);
+  for (const Segment& s : segments_) {
+    const BlockCodec* codec = block_codec(s.type);
+    if (codec == nullptr) {
+      fail(ErrorCode::kInvalidArgument, field, "tensor type {} cannot be kept packed", io::ggml_type_name(s.type));
+    }
+    if (cols % codec->block_size != 0 || s.bytes.dim() != 2 || s.bytes.size(1) != row_bytes(*codec, cols)) {
+      fail(ErrorCode::kDataLoss, field, "expected rows of {} {} values in whole blocks of {}", cols,
+           io::ggml_type_name(s.type), codec->block_size);
+    }
+    codecs_.push_back(codec);
+    vector_decoders_.push_back(simd::row_decoder(s.type));
+    starts_.push_back(starts_.back() + s.bytes.size(0));
+  }
+}
+
+PackedMatrix PackedMatrix::of(const io::GgufTensor& t, const std::string& field) {
+  const BlockCodec* codec = block_codec(t.type);
+  if (t.shape.size() != 2 || codec == nullptr) {
+    fail(ErrorCode::kInvalidArgument, field, "expected a matrix of a decodable type, got {} [{}]",
+         io::ggml_type_name(t.type), t.shape.size());
+  }
+  const int64_t rows = t.shape[0], cols = t.shape[1];
+  if (cols % codec->block_size != 0 || static_cast<std::size_t>(rows * row_bytes(*codec, cols)) != t.size_bytes) {
+    fail(ErrorCode::kDataLoss, field, "expected rows of whole {} blocks", io::ggml_type_name(t.type));
+  }
+  at::Tensor bytes = at::empty({rows, row_bytes(*codec, cols)}, at::TensorOptions().dtype(at::kByte));
+  std::memcpy(bytes.data_ptr(), t.data, t.size_bytes);
+  PackedMatrix packed({{t.type, std::move(bytes)}}, cols, field);
+  // Decoded once, as expanding it would, a row at a time (no scratch the size of the matrix): a
+  // block with a non-finite scale is a corrupt file.
+  std::atomic<int64_t> bad_row{-1};
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(static_cast<std::size_t>(cols));
+    for (int64_t r = begin; r < end && bad_row.load() < 0; ++r) {
+      packed.decode_row(r, row.data());
+      if (!std::all_of(row.begin(), row.end(), [](float v) { return std::isfinite(v); })) bad_row = r;
+    }
+  });
+  if (bad_row >= 0) fail(ErrorCode::kDataLoss, field, "row {} decodes to a non-finite value", bad_row.load());
+  return packed;
+}
+
+PackedMatrix PackedMatrix::of(const at::Tensor& dense) {
+  GgmlType type = GgmlType::kF32;
+  at::Tensor values = dense.cpu().contiguous();
+  if (values.scalar_type() == at::kHalf) {
+    type = GgmlType::kF16;
+  } else if (values.scalar_type() == at::kBFloat16) {
+    type = GgmlType::kBF16;
+  } else {
+    values = values.to(at::kFloat);
+  }
+  at::Tensor bytes = values.view(at::kByte).view({values.size(0), -1});
+  return PackedMatrix({{type, std::move(bytes)}}, values.size(1), "weight");
+}
+
+PackedMatrix PackedMatrix::stack(const std::vector<PackedMatrix>& parts) {
+  std::vector<Segment> segments;
+  for (const PackedMatrix& p : parts) segments.insert(segments.end(), p.segments_.begin(), p.segments_.end());
+  return PackedMatrix(std::move(segments), parts.front().cols_, "weight");
+}
+
+PackedMatrix PackedMatrix::select_rows(const at::Tensor& order) const {
+  // Rows move only within their segment: each segment's rows are selected on their own.
+  std::vector<Segment> segments;
+  for (std::size_t s = 0; s < segments_.size(); ++s) {
+    const at::Tensor local = order.slice(0, starts_[s], starts_[s + 1]) - starts_[s];
+    segments.push_back({segments_[s].type, segments_[s].bytes.index_select(0, local)});
+  }
+  return PackedMatrix(std::move(segments), cols_, "weight");
+}
+
+std::size_t PackedMatrix::bytes() const {
+  std::size_t total = 0;
+  for (const Segment& s : segments_) total += s.bytes.nbytes();
+  return total;
+}
+
+void PackedMatrix::decode_row(int64_t row, float* out) const {
+  const auto s = static_cast<std::size_t>(std::upper_bound(starts_.begin(), starts_.end(), row) - starts_.begin() - 1);
+  const BlockCodec& codec = *codecs_[s];
+  const int64_t size = segments_[s].bytes.size(1);
+  const std::uint8_t* in = segments_[s].bytes.data_ptr<std::uint8_t>() + (row - starts_[s]) * size;
+  if (const simd::RowDecoder vector = vector_decoders_[s]) return vector(in, cols_ / codec.block_size, out);
+  switch (codec.type) {
+    case GgmlType::kF32: std::memcpy(out, in, static_cast<std::size_t>(cols_) * 4); return;
+    case GgmlType::kF16: {
+      const auto* h = reinterpret_cast<const c10::Half*>(in);
+      for (int64_t i = 0; i < cols_; ++i) out[i] = static_cast<float>(h[i]);
+      return;
+    }
+    case GgmlType::kBF16: {
+      const auto* h = reinterpret_cast<const c10::BFloat16*>(in);
+      for (int64_t i = 0; i < cols_; ++i) out[i] = static_cast<float>(h[i]);
+      return;
+    }
+    default:
+      for (int64_t b = 0; b < cols_ / codec.block_size; ++b) codec.decode(in + b * codec.type_size, out + b * codec.block_size);
+  }
+}
+
+at::Tensor PackedMatrix::decode(int64_t begin, int64_t end, c10::ScalarType dtype) const {
+  at::Tensor out = at::empty({end - begin, cols_}, at::TensorOptions().dtype(at::kFloat));
+  float* y = out.data_ptr<float>();
+  at::parallel_for(begin, end, 4, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) decode_row(r, y + (r - begin) * cols_);
+  });
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+at::Tensor PackedMatrix::gather(const at::Tensor& ids, c10::ScalarType dtype) const {
+  const at::Tensor flat = ids.reshape({-1}).to(at::kCPU, at::kLong).contiguous();
+  const int64_t n = flat.numel();
+  at::Tensor out = at::empty({n, cols_}, at::TensorOptions().dtype(at::kFloat));
+  const int64_t* index = flat.data_ptr<int64_t>();
+  float* y = out.data_ptr<float>();
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) decode_row(index[i], y + i * cols_);
+  });
+  std::vector<int64_t> shape = ids.sizes().vec();
+  shape.push_back(cols_);
+  return out.view(shape).to(ids.device(), dtype);
+}
+
+at::Tensor PackedMatrix::mean_row(c10::ScalarType dtype) const {
+  const at::ScalarType precise = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor sum = at::zeros({cols_}, at::TensorOptions().dtype(precise));
+  for (int64_t r = 0, step = chunk_rows(*this); r < rows(); r += step) sum += decode(r, std::min(rows(), r + step), precise).sum(0);
+  return (sum / static_cast<double>(rows())).to(dtype);
+}
+
+at::Tensor packed_product(const at::Tensor& x, const std::shared_ptr<const PackedMatrix>& w) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = w->rows();
+  return PackedProduct::apply(x.reshape({-1, w->cols()}).contiguous(), w).view(shape);
+}
+
+}  // namespace aios::backbone

@@ -1,0 +1,68 @@
+// Internal: frozen weight matrices kept as a checkpoint stores them (ggml block-quantised, or 16-bit),
+// and the products that compute through them without expanding the whole matrix.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "aios/io/gguf.h"
+#include "dequantize.h"
+
+namespace aios::backbone {
+
+// A frozen matrix [rows, cols] held as row segments, each in one ggml type: a Q4_K_M file mixes
+// types, and the fused projections stack tensors of different types. Immutable once built, so
+// concurrent passes share it without locks.
+class PackedMatrix {
+ public:
+  struct Segment {
+    io::GgmlType type;
+    at::Tensor bytes;  // uint8 [rows, cols / block_size * type_size], CPU, contiguous
+  };
+  // Throws Error(kInvalidArgument) naming `field` for a type aios cannot decode, or rows that are
+  // not whole blocks.
+  PackedMatrix(std::vector<Segment> segments, int64_t cols, const std::string& field);
+
+  // A GGUF tensor [rows, cols], its bytes copied out of the file.
+  static PackedMatrix of(const io::GgufTensor& tensor, const std::string& field);
+  // A dense CPU tensor [rows, cols] of float32, float16 or bfloat16 as one segment of that type.
+  static PackedMatrix of(const at::Tensor& dense);
+  // The parts' rows one after another (equal cols).
+  static PackedMatrix stack(const std::vector<PackedMatrix>& parts);
+  // Row i of the result is row order[i] (int64 [rows]); each segment keeps its rows.
+  PackedMatrix select_rows(const at::Tensor& order) const;
+
+  int64_t rows() const { return starts_.back(); }
+  int64_t cols() const { return cols_; }
+  const std::vector<Segment>& segments() const { return segments_; }
+  std::size_t bytes() const;  // resident bytes of all segments
+
+  // Row `row` decoded to float32, exactly as ggml's reference dequantisation: out [cols].
+  void decode_row(int64_t row, float* out) const;
+  // Rows [begin, end) as a new tensor [end-begin, cols] in `dtype` (decoded in parallel).
+  at::Tensor decode(int64_t begin, int64_t end, c10::ScalarType dtype) const;
+  // ids int64 [...] (each in [0, rows)) -> [..., cols] in `dtype`: an embedding lookup.
+  at::Tensor gather(const at::Tensor& ids, c10::ScalarType dtype) const;
+  // The mean of all rows [cols], accumulated in float32 (float64 when `dtype` is), in `dtype`.
+  at::Tensor mean_row(c10::ScalarType dtype) const;
+
+ private:
+  std::vector<Segment> segments_;
+  std::vector<const BlockCodec*> codecs_;  // per segment
+  std::vector<void (*)(const std::uint8_t*, int64_t, float*)> vector_decoders_;  // per segment, or nullptr
+  std::vector<int64_t> starts_;            // first row of each segment, then rows()
+  int64_t cols_ = 0;
+};
+
+// x [..., cols] (CPU; float32, float64, bfloat16 or float16) -> x · Wᵀ [..., rows] in x's dtype,
+// equal to the product with W expanded to that dtype up to summation order. Differentiable in x
+// (grad_x = grad_y · W, decoded again from the same rows): a backward pass keeps `w`, never an
+// expanded copy. A few rows of float32 x (a decoding step) run fused (each weight row decoded into
+// a cache-resident buffer and dotted with every x row); more run as dense products over chunks of
+// decoded rows.
+at::Tensor packed_product(const at::Tensor& x, const std::shared_ptr<const PackedMatrix>& w);
+
+}  // namespace aios::backbone

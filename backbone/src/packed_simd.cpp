@@ -1,0 +1,191 @@
+// Compiled with -mavx2 -mfma -mf16c -ffp-contract=off on x86-64 (backbone/CMakeLists.txt): nothing
+// here runs unless the CPU reports all three. Decoding keeps the reference's separate multiply and
+// add (no contraction into FMA), so that stored and expanded weights hold the same values.
+#include "packed_simd.h"
+
+#include <cstring>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define AIOS_SIMD_AVX2 1
+#include <immintrin.h>
+#endif
+
+namespace aios::backbone::simd {
+
+namespace {
+
+#if AIOS_SIMD_AVX2
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return has;
+}
+
+float half(const std::uint8_t* p) {
+  std::uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return _cvtsh_ss(bits);
+}
+
+// The low 8 of 16 signed or unsigned bytes as 8 floats.
+__m256 low_i8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+__m256 low_u8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+__m128i load16(const std::uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+__m128i low_nibbles(__m128i v) { return _mm_and_si128(v, _mm_set1_epi8(0x0F)); }
+__m128i high_nibbles(__m128i v) { return _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F)); }
+
+// 16 signed bytes times d: out[0..16).
+void scale16(__m128i q, __m256 d, float* out) {
+  _mm256_storeu_ps(out, _mm256_mul_ps(d, low_i8(q)));
+  _mm256_storeu_ps(out + 8, _mm256_mul_ps(d, low_i8(_mm_srli_si128(q, 8))));
+}
+
+void q8_0(const std::uint8_t* b, std::int64_t blocks, float* y) {
+  for (std::int64_t i = 0; i < blocks; ++i, b += 34, y += 32) {
+    const __m256 d = _mm256_set1_ps(half(b));
+    scale16(load16(b + 2), d, y);
+    scale16(load16(b + 18), d, y + 16);
+  }
+}
+
+void q4_0(const std::uint8_t* b, std::int64_t blocks, float* y) {
+  const __m128i eight = _mm_set1_epi8(8);
+  for (std::int64_t i = 0; i < blocks; ++i, b += 18, y += 32) {
+    const __m256 d = _mm256_set1_ps(half(b));
+    const __m128i q = load16(b + 2);
+    scale16(_mm_sub_epi8(low_nibbles(q), eight), d, y);
+    scale16(_mm_sub_epi8(high_nibbles(q), eight), d, y + 16);
+  }
+}
+
+void q4_1(const std::uint8_t* b, std::int64_t blocks, float* y) {
+  for (std::int64_t i = 0; i < blocks; ++i, b += 20, y += 32) {
+    const __m256 d = _mm256_set1_ps(half(b)), m = _mm256_set1_ps(half(b + 2));
+    const __m128i q = load16(b + 4);
+    for (const auto& [part, out] : {std::pair{low_nibbles(q), y}, std::pair{high_nibbles(q), y + 16}}) {
+      _mm256_storeu_ps(out, _mm256_add_ps(_mm256_mul_ps(d, low_u8(part)), m));
+      _mm256_storeu_ps(out + 8, _mm256_add_ps(_mm256_mul_ps(d, low_u8(_mm_srli_si128(part, 8))), m));
+    }
+  }
+}
+
+void scale_min_k4(const std::uint8_t* s, int j, int* scale, int* min) {
+  if (j < 4) {
+    *scale = s[j] & 63;
+    *min = s[j + 4] & 63;
+  } else {
+    *scale = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+    *min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+void q4_k(const std::uint8_t* b, std::int64_t blocks, float* y) {
+  for (std::int64_t i = 0; i < blocks; ++i, b += 144, y += 256) {
+    const float d = half(b), dmin = half(b + 2);
+    const std::uint8_t* qs = b + 16;
+    for (int j = 0; j < 8; ++j) {
+      int sc, m;
+      scale_min_k4(b + 4, j, &sc, &m);
+      const __m256 dl = _mm256_set1_ps(d * static_cast<float>(sc)), ml = _mm256_set1_ps(dmin * static_cast<float>(m));
+      for (int half16 = 0; half16 < 2; ++half16) {
+        const __m128i raw = load16(qs + 32 * (j / 2) + 16 * half16);
+        const __m128i q = j % 2 == 0 ? low_nibbles(raw) : high_nibbles(raw);
+        float* out = y + 32 * j + 16 * half16;
+        _mm256_storeu_ps(out, _mm256_sub_ps(_mm256_mul_ps(dl, low_u8(q)), ml));
+        _mm256_storeu_ps(out + 8, _mm256_sub_ps(_mm256_mul_ps(dl, low_u8(_mm_srli_si128(q, 8))), ml));
+      }
+    }
+  }
+}
+
+void q6_k(const std::uint8_t* b, std::int64_t blocks, float* y) {
+  const __m128i three = _mm_set1_epi8(3), bias = _mm_set1_epi8(32);
+  for (std::int64_t i = 0; i < blocks; ++i, b += 210, y += 256) {
+    const std::uint8_t* ql = b;
+    const std::uint8_t* qh = b + 128;
+    const auto* scales = reinterpret_cast<const std::int8_t*>(b + 192);
+    const float d = half(b + 208);
+    for (int h = 0; h < 2; ++h) {
+      for (int g = 0; g < 8; ++g) {  // elements 16g .. 16g+15 of this half share one scale
+        const int first = 16 * g;
+        const __m128i low = load16(ql + 64 * h + first % 64);
+        const __m128i lo = first / 64 == 0 ? low_nibbles(low) : high_nibbles(low);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(load16(qh + 32 * h + first % 32), 2 * (first / 32)), three);
+        const __m128i q = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), bias);
+        const int e = 128 * h + first;
+        scale16(q, _mm256_set1_ps(d * static_cast<float>(scales[e / 16])), y + e);
+      }
+    }
+  }
+}
+
+float dot_avx2(const float* a, const float* b, std::int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+    acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  const __m256 acc = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
+  const __m128 four = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+  float sum = _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+void axpy_avx2(float a, const float* x, float* y, std::int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+#endif  // AIOS_SIMD_AVX2
+
+}  // namespace
+
+RowDecoder row_decoder(io::GgmlType type) {
+#if AIOS_SIMD_AVX2
+  if (!cpu_has_avx2()) return nullptr;
+  switch (type) {
+    case io::GgmlType::kQ8_0: return q8_0;
+    case io::GgmlType::kQ4_0: return q4_0;
+    case io::GgmlType::kQ4_1: return q4_1;
+    case io::GgmlType::kQ4_K: return q4_k;
+    case io::GgmlType::kQ6_K: return q6_k;
+    default: return nullptr;
+  }
+#else
+  (void)type;
+  return nullptr;
+#endif
+}
+
+float dot(const float* a, const float* b, std::int64_t n) {
+#if AIOS_SIMD_AVX2
+  if (cpu_has_avx2()) return dot_avx2(a, b, n);
+#endif
+  // Eight independent sums, which the compiler turns into vector code where it can.
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+void axpy(float a, const float* x, float* y, std::int64_t n) {
+#if AIOS_SIMD_AVX2
+  if (cpu_has_avx2()) return axpy_avx2(a, x, y, n);
+#endif
+  for (std::int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace aios::backbone::simd

@@ -1,0 +1,24 @@
+// Internal: vector kernels behind PackedMatrix, chosen at run time. One translation unit is compiled
+// for AVX2 (with FMA and F16C) and used only where the CPU has those; elsewhere the portable loops
+// of dequantize.cpp and packed.cpp run.
+#pragma once
+
+#include <cstdint>
+
+#include "aios/io/gguf.h"
+
+namespace aios::backbone::simd {
+
+// Decodes `blocks` consecutive blocks of one type into float32, bit for bit as dequantize.cpp does.
+using RowDecoder = void (*)(const std::uint8_t* in, std::int64_t blocks, float* out);
+
+// The vector decoder of `type` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) when this CPU runs the vector kernels;
+// nullptr otherwise.
+RowDecoder row_decoder(io::GgmlType type);
+
+// sum a[i] * b[i] over n floats, and y += a * x over n floats: vector kernels where the CPU runs
+// them, else portable loops.
+float dot(const float* a, const float* b, std::int64_t n);
+void axpy(float a, const float* x, float* y, std::int64_t n);
+
+}  // namespace aios::backbone::simd
