@@ -159,6 +159,18 @@ void bind_backbone(py::module_& m) {
       .def(py::self != py::self)
       .def("__repr__", [](const RopeInfo& r) { return fmt::format("RopeInfo(type='{}', theta={})", r.type, r.theta); });
 
+  py::class_<aios::WeightKind>(m, "WeightKind", "The resident memory of one kind of frozen weights.")
+      .def_readonly("kind", &aios::WeightKind::kind, "\"float32\", ... or a stored GGUF type (\"Q4_1\", ...)")
+      .def_readonly("tensors", &aios::WeightKind::tensors)
+      .def_readonly("elements", &aios::WeightKind::elements)
+      .def_readonly("bytes", &aios::WeightKind::bytes)
+      .def(py::self == py::self)
+      .def(py::self != py::self)
+      .def("__repr__", [](const aios::WeightKind& k) {
+        return fmt::format("WeightKind(kind='{}', tensors={}, elements={}, bytes={})", k.kind, k.tensors, k.elements,
+                           k.bytes);
+      });
+
   // The same description from a local and a hosted backbone (the host sends its own).
   py::class_<ModelInfo>(m, "Config", "The model a backbone runs (read-only; see aios/model_info.h).")
       .def_readonly("architecture", &ModelInfo::architecture)
@@ -187,6 +199,16 @@ void bind_backbone(py::module_& m) {
       .def_readonly("bos_id", &ModelInfo::bos_id)
       .def_readonly("eos_ids", &ModelInfo::eos_ids)
       .def_readonly("pad_id", &ModelInfo::pad_id)
+      .def_readonly("weights", &ModelInfo::weights, "\"expanded\" or \"stored\"")
+      .def_readonly("storage", &ModelInfo::storage, "[WeightKind]: the weights' memory per kind, largest first")
+      .def_property_readonly(
+          "weight_bytes",
+          [](const ModelInfo& c) {
+            int64_t total = 0;
+            for (const aios::WeightKind& k : c.storage) total += k.bytes;
+            return total;
+          },
+          "resident bytes of all weights")
       .def(py::self == py::self)
       .def(py::self != py::self)
       .def("__repr__", [](const ModelInfo& c) {
@@ -241,10 +263,11 @@ void bind_backbone(py::module_& m) {
             return std::shared_ptr<LocalBackbone>(LocalBackbone::load(p, options, store));
           },
           py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::kw_only(),
-          py::arg("weights") = "expanded", py::arg("store_bytes") = py::none(), py::arg("store_ttl") = py::none(),
+          py::arg("weights") = "auto", py::arg("store_bytes") = py::none(), py::arg("store_ttl") = py::none(),
           "Loads a Hugging Face checkpoint folder or a .gguf file. dtype: float32, bfloat16, float16 or float64 (or a "
-          "torch.dtype), what it computes in. weights: \"expanded\" (converted to dtype at load) or \"stored\" (kept "
-          "as the file stores them, block-quantised GGUF types included, and decoded per product; CPU only). "
+          "torch.dtype), what it computes in. weights: \"auto\" (stored on the CPU, else expanded), \"expanded\" "
+          "(converted to dtype at load) or \"stored\" (kept as a GGUF file stores them, block-quantised types "
+          "included, and decoded per product; CPU only). "
           "store_bytes / store_ttl (seconds) bound the activations kept by forward(keep=True).")
       .def_property_readonly("config", &Interface::config, py::return_value_policy::reference_internal)
       .def_property_readonly("device", [](const Interface& b) { return b.device().str(); })

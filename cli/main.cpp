@@ -1,6 +1,6 @@
 // aios — command-line entry point.
 //
-//   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--weights expanded|stored]
+//   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--weights auto|expanded|stored]
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...] [--weights ...]
 //   aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
@@ -30,7 +30,7 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--weights expanded|stored]\n"
+    "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--weights auto|expanded|stored]\n"
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...] [--weights ...]\n"
     "       aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
@@ -57,8 +57,9 @@ constexpr const char* kUsage =
     "             --until-stdin-closes: also stop when standard input ends (a parent that holds a\n"
     "             pipe to it takes the host down with it, even when killed)\n"
     "\n"
-    "  --weights  expanded: converted to --dtype at load (default); stored: kept as the file stores\n"
-    "             them (a GGUF file's quantised blocks) and decoded per product, CPU only\n";
+    "  --weights  stored: kept as a GGUF file stores them (its quantised blocks) and decoded per\n"
+    "             product, CPU only; expanded: converted to --dtype at load; auto (default): stored\n"
+    "             on the CPU, expanded elsewhere\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -105,6 +106,13 @@ int info(const std::string& path, const aios::local::LoadOptions& options) {
   fmt::print("output head     {}\n", c.tie_word_embeddings ? "tied to the embedding" : "separate");
   fmt::print("special tokens  {}\n", special_tokens(c, backbone->tokenizer().get()));
   fmt::print("parameters      {}\n", with_thousands(backbone->parameter_count()));
+  int64_t total = 0;
+  for (const aios::WeightKind& k : c.storage) total += k.bytes;
+  fmt::print("weights         {}, {:.1f} MB resident\n", c.weights, static_cast<double>(total) / 1e6);
+  for (const aios::WeightKind& k : c.storage) {
+    fmt::print("  {:<13} {:>5} tensors {:>15} values {:>10.1f} MB\n", k.kind, k.tensors, with_thousands(k.elements),
+               static_cast<double>(k.bytes) / 1e6);
+  }
   fmt::print("dtype           {}\n", c.dtype);
   fmt::print("device          {}\n", c.device);
   fmt::print("load time       {:.3f} s\n", seconds);

@@ -351,7 +351,9 @@ Matrix GgufWeights::take_matrix(const std::string& name, at::IntArrayRef shape, 
                      (t->type == io::GgmlType::kBF16 && options.dtype != at::kBFloat16);
   const bool quantised = t->type != io::GgmlType::kF32 && t->type != io::GgmlType::kF64 &&
                          t->type != io::GgmlType::kF16 && t->type != io::GgmlType::kBF16;
-  if (options.weights != WeightStorage::kStored || shape.size() != 2 || !(quantised || wider)) {
+  const bool keep = options.weights == WeightStorage::kStored ||
+                    (options.weights == WeightStorage::kAuto && options.device.is_cpu());
+  if (!keep || shape.size() != 2 || !(quantised || wider)) {
     return {take(name, shape, options), nullptr};
   }
   PackedMatrix packed = PackedMatrix::of(*t, field);

@@ -24,8 +24,8 @@ class GgufWeights final : public WeightSource {
 
   bool contains(const std::string& name) const override;
   at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
-  // With WeightStorage::kStored, a matrix stored block-quantised, or 16-bit while the compute dtype
-  // is wider, stays so (its bytes copied out of the file; llama's q/k rows reordered as take()
+  // With WeightStorage::kStored (kAuto on the CPU), a matrix stored block-quantised, or 16-bit while
+  // the compute dtype is wider, stays so (its bytes copied out of the file; llama's q/k rows reordered as take()
   // does); float32 matrices, and every matrix otherwise, come expanded.
   Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
 

@@ -55,13 +55,19 @@ c10::Device parse_device(const std::string& name, const std::string& field) {
 }
 
 WeightStorage parse_weight_storage(const std::string& name, const std::string& field) {
+  if (name == "auto") return WeightStorage::kAuto;
   if (name == "expanded") return WeightStorage::kExpanded;
   if (name == "stored") return WeightStorage::kStored;
-  fail(ErrorCode::kInvalidArgument, field, "expected expanded or stored, got \"{}\"", name);
+  fail(ErrorCode::kInvalidArgument, field, "expected auto, expanded or stored, got \"{}\"", name);
 }
 
 std::string weight_storage_name(WeightStorage storage) {
-  return storage == WeightStorage::kStored ? "stored" : "expanded";
+  switch (storage) {
+    case WeightStorage::kAuto: return "auto";
+    case WeightStorage::kExpanded: return "expanded";
+    case WeightStorage::kStored: return "stored";
+  }
+  return "?";
 }
 
 Model::Model(ModelConfig config, const LoadOptions& options)
@@ -83,35 +89,35 @@ const std::vector<at::Tensor>& Model::weights() const { return weights_; }
 
 int64_t Model::parameter_count() const {
   int64_t total = 0;
-  for (const Storage& s : storage()) total += s.elements;
+  for (const WeightKind& s : storage()) total += s.elements;
   return total;
 }
 
-std::vector<Model::Storage> Model::storage() const {
-  std::map<std::string, Storage> kinds;
+std::vector<WeightKind> Model::storage() const {
+  std::map<std::string, WeightKind> kinds;
   std::set<const void*> seen;  // a tied head counts once
   for (const at::Tensor& w : weights_) {
     if (!seen.insert(w.data_ptr()).second) continue;
-    Storage& s = kinds[dtype_name(w.scalar_type())];
+    WeightKind& s = kinds[dtype_name(w.scalar_type())];
     s.tensors += 1;
     s.elements += w.numel();
-    s.bytes += w.nbytes();
+    s.bytes += static_cast<int64_t>(w.nbytes());
   }
   for (const auto& p : packed_) {
     if (!seen.insert(p.get()).second) continue;
     for (const PackedMatrix::Segment& segment : p->segments()) {
-      Storage& s = kinds[io::ggml_type_name(segment.type)];
+      WeightKind& s = kinds[io::ggml_type_name(segment.type)];
       s.tensors += 1;
       s.elements += segment.bytes.size(0) * p->cols();
-      s.bytes += segment.bytes.nbytes();
+      s.bytes += static_cast<int64_t>(segment.bytes.nbytes());
     }
   }
-  std::vector<Storage> out;
+  std::vector<WeightKind> out;
   for (auto& [kind, s] : kinds) {
     s.kind = kind;
     out.push_back(s);
   }
-  std::sort(out.begin(), out.end(), [](const Storage& a, const Storage& b) { return a.bytes > b.bytes; });
+  std::sort(out.begin(), out.end(), [](const WeightKind& a, const WeightKind& b) { return a.bytes > b.bytes; });
   return out;
 }
 

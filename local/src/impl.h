@@ -28,6 +28,8 @@ struct LocalBackbone::Impl {
     info = backbone::describe(this->model->config());
     info.dtype = backbone::dtype_name(this->model->dtype());
     info.device = this->model->device().str();
+    info.weights = this->model->stored() ? "stored" : "expanded";
+    info.storage = this->model->storage();
   }
 
   const LocalBackbone& self;  // what extensions are checked against

@@ -487,9 +487,14 @@ def test_default_gguf_matches_transformers_and_the_hf_folder(default_gguf, defau
     hidden, logits = run(backbone, ids)
     assert (hidden - ref.hidden_states[-1]).abs().max().item() <= 1e-4
     assert (logits - ref.logits).abs().max().item() <= 1e-4
-    # The exported folder holds transformers' dequantisation of the same file: the same numbers.
+    # The exported folder holds transformers' dequantisation of the same file: the same numbers when
+    # expanded; kept stored (the default), the same up to summation order.
+    assert backbone.config.weights == "stored"
     folder_hidden, folder_logits = run(aios.Backbone.load(default_model), ids)
-    assert torch.equal(hidden, folder_hidden) and torch.equal(logits, folder_logits)
+    expanded_hidden, expanded_logits = run(aios.Backbone.load(default_gguf, weights="expanded"), ids)
+    assert torch.equal(expanded_hidden, folder_hidden) and torch.equal(expanded_logits, folder_logits)
+    for got, want in ((hidden, folder_hidden), (logits, folder_logits)):
+        assert ((got - want).norm() / want.norm()).item() <= 1e-5
 
 
 @pytest.mark.slow
@@ -607,8 +612,10 @@ def test_a_gguf_backbone_brings_its_tokenizer_chat_template_and_extensions(defau
     backbone = aios.Backbone.load(default_gguf)
     assert backbone.tokenizer is not None and "<|im_start|>" in backbone.chat_template
     folder = aios.Backbone.load(default_model)
-    # The file's metadata (special tokens from tokenizer.ggml.*) describes the model its export does.
-    assert backbone.config == folder.config and backbone.config.eos_ids == [2]
+    # The file's metadata (special tokens from tokenizer.ggml.*) describes the model its export does,
+    # held the same way once expanded.
+    assert aios.Backbone.load(default_gguf, weights="expanded").config == folder.config
+    assert backbone.config.eos_ids == [2] and backbone.config.weights == "stored"
     assert backbone.generate_text("What is the capital of France?", chat=True, max_new_tokens=12) == \
         folder.generate_text("What is the capital of France?", chat=True, max_new_tokens=12)
     ext = backbone.extend(["<sox>"])

@@ -115,6 +115,14 @@ void to_wire(const ModelInfo& info, const HostLimits& limits, v1::ModelInfo* out
   if (info.bos_id) out->set_bos_id(*info.bos_id);
   for (int64_t id : info.eos_ids) out->add_eos_ids(id);
   if (info.pad_id) out->set_pad_id(*info.pad_id);
+  out->set_weights(info.weights);
+  for (const WeightKind& k : info.storage) {
+    v1::WeightKind* kind = out->add_storage();
+    kind->set_kind(k.kind);
+    kind->set_tensors(k.tensors);
+    kind->set_elements(k.elements);
+    kind->set_bytes(k.bytes);
+  }
   out->set_max_batch(limits.max_batch);
   out->set_max_request_bytes(limits.max_request_bytes);
 }
@@ -173,6 +181,8 @@ ModelInfo model_info(const v1::ModelInfo& in, const TensorLimits& limits) {
   if (in.has_bos_id()) info.bos_id = in.bos_id();
   info.eos_ids.assign(in.eos_ids().begin(), in.eos_ids().end());
   if (in.has_pad_id()) info.pad_id = in.pad_id();
+  info.weights = in.weights();
+  for (const v1::WeightKind& k : in.storage()) info.storage.push_back({k.kind(), k.tensors(), k.elements(), k.bytes()});
   return info;
 }
 

@@ -34,6 +34,19 @@ struct RopeInfo {
   friend bool operator!=(const RopeInfo& a, const RopeInfo& b) { return !(a == b); }
 };
 
+// The resident memory of one kind of frozen weights.
+struct WeightKind {
+  // "float32", "bfloat16", ... (weights converted to that dtype), or the GGUF type a stored
+  // tensor keeps ("Q4_1", "Q8_0", "F16", ...).
+  std::string kind;
+  int64_t tensors = 0;   // distinct tensors (stored: row segments of one type) of that kind
+  int64_t elements = 0;  // their values
+  int64_t bytes = 0;     // their resident bytes
+
+  friend AIOS_EXPORT bool operator==(const WeightKind&, const WeightKind&);
+  friend bool operator!=(const WeightKind& a, const WeightKind& b) { return !(a == b); }
+};
+
 struct ModelInfo {
   std::string architecture;  // the checkpoint's own name, e.g. "LlamaForCausalLM"
   // The block structure: "llama" (RMSNorm, rotary positions, grouped-query attention, gated MLP:
@@ -69,6 +82,11 @@ struct ModelInfo {
   std::optional<int64_t> bos_id;
   std::vector<int64_t> eos_ids;
   std::optional<int64_t> pad_id;
+  // How the frozen weights are held: "expanded" (converted to dtype at load) or "stored" (the
+  // checkpoint's own types, block-quantised GGUF matrices included, decoded per product), and the
+  // memory each kind takes, largest first.
+  std::string weights;
+  std::vector<WeightKind> storage;
 
   // Field by field.
   friend AIOS_EXPORT bool operator==(const ModelInfo&, const ModelInfo&);

@@ -27,17 +27,19 @@ class PackedMatrix;  // internal (backbone/src/packed.h): a frozen matrix kept a
 
 // How the frozen weight matrices are held in memory (docs/latent_api.md, "Weight storage").
 enum class WeightStorage {
+  kAuto,      // kStored on the CPU, kExpanded elsewhere
   kExpanded,  // converted to the compute dtype at load
-  kStored,    // as the checkpoint stores them (GGUF block-quantised or 16-bit types), decoded per product
+  kStored,    // as the checkpoint stores them (GGUF block-quantised or 16-bit types), decoded per
+              // product; CPU only. Safetensors folders load expanded either way.
 };
 
 struct LoadOptions {
   c10::Device device = c10::kCPU;
   c10::ScalarType dtype = c10::kFloat;  // kFloat, kBFloat16 or kHalf; kDouble for gradient checks
-  WeightStorage weights = WeightStorage::kExpanded;
+  WeightStorage weights = WeightStorage::kAuto;
 };
 
-// "expanded" | "stored" -> storage. Throws Error(kInvalidArgument) naming `field` for anything else.
+// "auto" | "expanded" | "stored" -> storage. Throws Error(kInvalidArgument) naming `field` for anything else.
 WeightStorage parse_weight_storage(const std::string& name, const std::string& field = "weights");
 std::string weight_storage_name(WeightStorage storage);
 
@@ -69,15 +71,10 @@ class Model {
   const std::vector<at::Tensor>& weights() const;
   // Number of distinct weight elements, expanded or stored (a tied head counts once).
   int64_t parameter_count() const;
-  // How much memory the weights take.
-  struct Storage {
-    std::string kind;         // "float32", "Q4_1", ...: the dtype or stored type
-    int64_t tensors = 0;      // distinct tensors (or stored segments) of that kind
-    int64_t elements = 0;     // their values
-    std::size_t bytes = 0;    // their resident bytes
-  };
-  // One entry per kind, largest first.
-  std::vector<Storage> storage() const;
+  // The memory the weights take: one entry per kind (dtype or stored GGUF type), largest first.
+  std::vector<WeightKind> storage() const;
+  // Whether any weight is kept stored (WeightStorage::kStored).
+  bool stored() const { return !packed_.empty(); }
 
   // ids int64 [B,T] on device() -> latents [B,T,D] in dtype(). With `extra_rows` [K,D] (a
   // vocabulary extension's embedding rows), ids V..V+K-1 take those rows; the table is not copied.
