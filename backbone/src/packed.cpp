@@ -37,9 +37,16 @@ at::Tensor fused_forward(const at::Tensor& x, const PackedMatrix& w) {
   at::Tensor y = at::empty({M, N}, x.options());
   const float* xs = x.data_ptr<float>();
   float* ys = y.data_ptr<float>();
+  // x's sums over each 32 values, for the kernels of types with a per-block minimum.
+  const at::Tensor sums = K % 32 == 0 ? x.view({M, K / 32, 32}).sum(-1).contiguous() : at::Tensor();
+  const float* ss = sums.defined() ? sums.data_ptr<float>() : nullptr;
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(static_cast<std::size_t>(K));
+    std::vector<float> row(static_cast<std::size_t>(K)), dots(static_cast<std::size_t>(M));
     for (int64_t r = begin; r < end; ++r) {
+      if (ss != nullptr && w.dot_row(r, xs, M, ss, dots.data())) {
+        for (int64_t m = 0; m < M; ++m) ys[m * N + r] = dots[static_cast<std::size_t>(m)];
+        continue;
+      }
       w.decode_row(r, row.data());
       for (int64_t m = 0; m < M; ++m) ys[m * N + r] = simd::dot(row.data(), xs + m * K, K);
     }
@@ -174,6 +181,7 @@ PackedMatrix::PackedMatrix(std::vector<Segment> segments, int64_t cols, const st
     }
     codecs_.push_back(codec);
     vector_decoders_.push_back(simd::row_decoder(s.type));
+    row_dots_.push_back(simd::row_dot(s.type));
     starts_.push_back(starts_.back() + s.bytes.size(0));
   }
 }
@@ -241,8 +249,21 @@ std::size_t PackedMatrix::bytes() const {
   return total;
 }
 
+std::size_t PackedMatrix::segment_of(int64_t row) const {
+  return static_cast<std::size_t>(std::upper_bound(starts_.begin(), starts_.end(), row) - starts_.begin() - 1);
+}
+
+bool PackedMatrix::dot_row(int64_t row, const float* x, int64_t M, const float* sums, float* out) const {
+  const std::size_t s = segment_of(row);
+  if (row_dots_[s] == nullptr) return false;
+  const int64_t size = segments_[s].bytes.size(1);
+  row_dots_[s](segments_[s].bytes.data_ptr<std::uint8_t>() + (row - starts_[s]) * size, cols_ / codecs_[s]->block_size,
+               x, M, cols_, sums, out);
+  return true;
+}
+
 void PackedMatrix::decode_row(int64_t row, float* out) const {
-  const auto s = static_cast<std::size_t>(std::upper_bound(starts_.begin(), starts_.end(), row) - starts_.begin() - 1);
+  const std::size_t s = segment_of(row);
   const BlockCodec& codec = *codecs_[s];
   const int64_t size = segments_[s].bytes.size(1);
   const std::uint8_t* in = segments_[s].bytes.data_ptr<std::uint8_t>() + (row - starts_[s]) * size;

@@ -42,6 +42,10 @@ class PackedMatrix {
 
   // Row `row` decoded to float32, exactly as ggml's reference dequantisation: out [cols].
   void decode_row(int64_t row, float* out) const;
+  // out[m] = row `row` · x[m] for m < M (x float32 [M, cols]), fused without decoding to memory,
+  // where the row's type has a vector kernel (sums: x's sums over each 32 values, [M, cols/32]);
+  // false otherwise.
+  bool dot_row(int64_t row, const float* x, int64_t M, const float* sums, float* out) const;
   // Rows [begin, end) as a new tensor [end-begin, cols] in `dtype` (decoded in parallel).
   at::Tensor decode(int64_t begin, int64_t end, c10::ScalarType dtype) const;
   // ids int64 [...] (each in [0, rows)) -> [..., cols] in `dtype`: an embedding lookup.
@@ -50,9 +54,13 @@ class PackedMatrix {
   at::Tensor mean_row(c10::ScalarType dtype) const;
 
  private:
+  std::size_t segment_of(int64_t row) const;
+
   std::vector<Segment> segments_;
   std::vector<const BlockCodec*> codecs_;  // per segment
   std::vector<void (*)(const std::uint8_t*, int64_t, float*)> vector_decoders_;  // per segment, or nullptr
+  std::vector<void (*)(const std::uint8_t*, int64_t, const float*, int64_t, int64_t, const float*, float*)>
+      row_dots_;  // per segment, or nullptr
   std::vector<int64_t> starts_;            // first row of each segment, then rows()
   int64_t cols_ = 0;
 };

@@ -3,6 +3,7 @@
 // add (no contraction into FMA), so that stored and expanded weights hold the same values.
 #include "packed_simd.h"
 
+#include <algorithm>
 #include <cstring>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -120,6 +121,113 @@ void q6_k(const std::uint8_t* b, std::int64_t blocks, float* y) {
   }
 }
 
+// Fused row products: out[m] = sum_k W[k] x[m,k] for one weight row and up to four rows of x at a
+// time, the quantised values converted in registers and never stored. A block's scale (and min)
+// multiply its partial sums, sum_k (d q_k - m) x_k = d (sum_k q_k x_k) - m (sum_k x_k), with
+// sum_k x_k per 32 values precomputed once per product (`sums`, [M, K/32]): the same products
+// summed in another order.
+float hsum(__m256 v) {
+  const __m128 four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+  return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+}
+
+// sum of 16 byte values (signed or unsigned as converted) times x[0..16).
+template <bool kSigned>
+__m256 dot16(__m128i q, const float* x) {
+  const __m256 lo = kSigned ? low_i8(q) : low_u8(q);
+  const __m256 hi = kSigned ? low_i8(_mm_srli_si128(q, 8)) : low_u8(_mm_srli_si128(q, 8));
+  return _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + 8), _mm256_mul_ps(lo, _mm256_loadu_ps(x)));
+}
+
+// Runs `block(b, x_m, acc_m, min_m)` for every block b and rows m of x in groups of four, each
+// group's accumulators in registers; out[m] = hsum(acc_m) + min_m.
+template <typename Block>
+void for_rows(std::int64_t blocks, const float* x, std::int64_t M, std::int64_t K, float* out, const Block& block) {
+  for (std::int64_t m0 = 0; m0 < M; m0 += 4) {
+    const int rows = static_cast<int>(std::min<std::int64_t>(4, M - m0));
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float mins[4] = {0, 0, 0, 0};
+    for (std::int64_t b = 0; b < blocks; ++b) block(b, x + m0 * K, rows, K, m0, acc, mins);
+    for (int r = 0; r < rows; ++r) out[m0 + r] = hsum(acc[r]) + mins[r];
+  }
+}
+
+void dot_q8_0(const std::uint8_t* w, std::int64_t blocks, const float* x, std::int64_t M, std::int64_t K, const float*,
+              float* out) {
+  for_rows(blocks, x, M, K, out, [&](std::int64_t b, const float* xs, int rows, std::int64_t ld, std::int64_t, __m256* acc, float*) {
+    const std::uint8_t* p = w + 34 * b;
+    const __m256 d = _mm256_set1_ps(half(p));
+    const __m128i q0 = load16(p + 2), q1 = load16(p + 18);
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = xs + r * ld + 32 * b;
+      acc[r] = _mm256_fmadd_ps(d, _mm256_add_ps(dot16<true>(q0, xr), dot16<true>(q1, xr + 16)), acc[r]);
+    }
+  });
+}
+
+void dot_q4_1(const std::uint8_t* w, std::int64_t blocks, const float* x, std::int64_t M, std::int64_t K,
+              const float* sums, float* out) {
+  const std::int64_t groups = K / 32;
+  for_rows(blocks, x, M, K, out, [&](std::int64_t b, const float* xs, int rows, std::int64_t ld, std::int64_t m0, __m256* acc, float* mins) {
+    const std::uint8_t* p = w + 20 * b;
+    const __m256 d = _mm256_set1_ps(half(p));
+    const float m = half(p + 2);
+    const __m128i q = load16(p + 4), lo = low_nibbles(q), hi = high_nibbles(q);
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = xs + r * ld + 32 * b;
+      acc[r] = _mm256_fmadd_ps(d, _mm256_add_ps(dot16<false>(lo, xr), dot16<false>(hi, xr + 16)), acc[r]);
+      mins[r] += m * sums[(m0 + r) * groups + b];
+    }
+  });
+}
+
+void dot_q4_k(const std::uint8_t* w, std::int64_t blocks, const float* x, std::int64_t M, std::int64_t K,
+              const float* sums, float* out) {
+  const std::int64_t groups = K / 32;
+  for_rows(blocks, x, M, K, out, [&](std::int64_t b, const float* xs, int rows, std::int64_t ld, std::int64_t m0, __m256* acc, float* mins) {
+    const std::uint8_t* p = w + 144 * b;
+    const float d = half(p), dmin = half(p + 2);
+    const std::uint8_t* qs = p + 16;
+    for (int j = 0; j < 8; ++j) {
+      int sc, mn;
+      scale_min_k4(p + 4, j, &sc, &mn);
+      const __m256 dl = _mm256_set1_ps(d * static_cast<float>(sc));
+      const float ml = dmin * static_cast<float>(mn);
+      const __m128i raw0 = load16(qs + 32 * (j / 2)), raw1 = load16(qs + 32 * (j / 2) + 16);
+      const __m128i q0 = j % 2 == 0 ? low_nibbles(raw0) : high_nibbles(raw0);
+      const __m128i q1 = j % 2 == 0 ? low_nibbles(raw1) : high_nibbles(raw1);
+      for (int r = 0; r < rows; ++r) {
+        const float* xr = xs + r * ld + 256 * b + 32 * j;
+        acc[r] = _mm256_fmadd_ps(dl, _mm256_add_ps(dot16<false>(q0, xr), dot16<false>(q1, xr + 16)), acc[r]);
+        mins[r] -= ml * sums[(m0 + r) * groups + 8 * b + j];
+      }
+    }
+  });
+}
+
+void dot_q6_k(const std::uint8_t* w, std::int64_t blocks, const float* x, std::int64_t M, std::int64_t K, const float*,
+              float* out) {
+  const __m128i three = _mm_set1_epi8(3), bias = _mm_set1_epi8(32);
+  for_rows(blocks, x, M, K, out, [&](std::int64_t b, const float* xs, int rows, std::int64_t ld, std::int64_t, __m256* acc, float*) {
+    const std::uint8_t* p = w + 210 * b;
+    const auto* scales = reinterpret_cast<const std::int8_t*>(p + 192);
+    const float d = half(p + 208);
+    for (int h = 0; h < 2; ++h) {
+      for (int g = 0; g < 8; ++g) {
+        const int first = 16 * g;
+        const __m128i low = load16(p + 64 * h + first % 64);
+        const __m128i lo = first / 64 == 0 ? low_nibbles(low) : high_nibbles(low);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(load16(p + 128 + 32 * h + first % 32), 2 * (first / 32)), three);
+        const __m128i q = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), bias);
+        const int e = 128 * h + first;
+        const __m256 ds = _mm256_set1_ps(d * static_cast<float>(scales[e / 16]));
+        for (int r = 0; r < rows; ++r) acc[r] = _mm256_fmadd_ps(ds, dot16<true>(q, xs + r * ld + 256 * b + e), acc[r]);
+      }
+    }
+  });
+}
+
 float dot_avx2(const float* a, const float* b, std::int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
   std::int64_t i = 0;
@@ -158,6 +266,22 @@ RowDecoder row_decoder(io::GgmlType type) {
     case io::GgmlType::kQ4_1: return q4_1;
     case io::GgmlType::kQ4_K: return q4_k;
     case io::GgmlType::kQ6_K: return q6_k;
+    default: return nullptr;
+  }
+#else
+  (void)type;
+  return nullptr;
+#endif
+}
+
+RowDot row_dot(io::GgmlType type) {
+#if AIOS_SIMD_AVX2
+  if (!cpu_has_avx2()) return nullptr;
+  switch (type) {
+    case io::GgmlType::kQ8_0: return dot_q8_0;
+    case io::GgmlType::kQ4_1: return dot_q4_1;
+    case io::GgmlType::kQ4_K: return dot_q4_k;
+    case io::GgmlType::kQ6_K: return dot_q6_k;
     default: return nullptr;
   }
 #else

@@ -16,6 +16,15 @@ using RowDecoder = void (*)(const std::uint8_t* in, std::int64_t blocks, float* 
 // nullptr otherwise.
 RowDecoder row_decoder(io::GgmlType type);
 
+// out[m] = sum_k W[k] x[m*K + k] for m < M, W one row of `blocks` blocks of one type, without
+// decoding W to memory; sums[m*(K/32) + j] = the sum of x[m*K + 32j ...] over 32 values (types with
+// a per-block minimum use it). The same products as decoding then dotting, summed in another order.
+using RowDot = void (*)(const std::uint8_t* row, std::int64_t blocks, const float* x, std::int64_t M, std::int64_t K,
+                        const float* sums, float* out);
+// The fused row product of `type` (Q8_0, Q4_1, Q4_K, Q6_K) on CPUs that run the vector kernels;
+// nullptr otherwise.
+RowDot row_dot(io::GgmlType type);
+
 // sum a[i] * b[i] over n floats, and y += a * x over n floats: vector kernels where the CPU runs
 // them, else portable loops.
 float dot(const float* a, const float* b, std::int64_t n);
