@@ -31,7 +31,8 @@ constexpr int64_t kChunkElements = int64_t{1} << 20;
 
 int64_t row_bytes(const BlockCodec& codec, int64_t cols) { return cols / codec.block_size * codec.type_size; }
 
-// x [M,K] float32 -> y [M,N]: each weight row decoded once into a buffer that stays in cache.
+// x [M,K] float32 -> y [M,N], a weight row at a time: dotted in registers by the type's fused kernel
+// where it has one (simd::row_dot), else decoded into a buffer that stays in cache and dotted.
 at::Tensor fused_forward(const at::Tensor& x, const PackedMatrix& w) {
   const int64_t M = x.size(0), K = w.cols(), N = w.rows();
   at::Tensor y = at::empty({M, N}, x.options());
