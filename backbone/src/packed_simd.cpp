@@ -19,6 +19,10 @@ namespace {
 
 #if AIOS_SIMD_AVX2
 
+// half() and scale_min_k4() restate dequantize.cpp's on purpose: a helper shared through a header
+// would be compiled here with AVX2 too, and the linker may keep this copy for the portable callers,
+// which then fault on CPUs without AVX2.
+
 bool cpu_has_avx2() {
   // F16C from CPUID leaf 1 (ECX bit 29): not every compiler's __builtin_cpu_supports names it.
   static const bool has = [] {
