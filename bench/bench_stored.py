@@ -1,10 +1,11 @@
 """Stored (quantised) weights against the same model expanded to float32, in the same run.
 
-    python bench/bench_stored.py [--models default,1b-q4_k,1b-q8_0] [--reps 3] [--threads N] [--hosted-7b]
-                                 [--large-shapes default]
+    python bench/bench_stored.py [--models default,1b-q4_k,1b-q8_0,hf] [--reps 3] [--threads N] [--hosted-7b]
+                                 [--large-shapes default,hf] [--llama-cpp]
 
-Each model loads twice, weights="expanded" and weights="stored", each in a fresh process (so that
-resident memory is that load's alone), alternating nothing else on the machine:
+Each GGUF model loads twice, weights="expanded" and weights="stored", and the Hugging Face one
+(`hf`: the default model's float32 safetensors export) three times, "expanded", "int8" and "int4"
+(groups of 128), each in a fresh process (so that resident memory is that load's alone):
   memory    resident bytes the load added to the process (VmRSS after - before)
   load      seconds to load
   fwd       forward of the blocks, 1x128, and 8x256 for the models in --large-shapes (a float32
@@ -14,6 +15,9 @@ resident memory is that load's alone), alternating nothing else on the machine:
   decode    generated tokens/s at batch 1 and 8 (16-token prompt, 32 steps after the first)
 Ratios are stored / expanded for memory and time (below 1 = stored smaller or faster) and
 stored / expanded tokens/s for decode (above 1 = stored faster).
+With --llama-cpp, llama.cpp runs the same GGUF files as the anchor (bench_llamacpp.py: forward from
+embeddings, decode), in a benchmark-only environment built on first use under .cache/bench/llama-venv
+(llama-cpp-python compiled from source; minutes); its ratio is stored / llama.cpp, as above.
 Models: `default` is the default model's Q4_1 file (SmolLM2-135M-Instruct); `1b-q4_k` and `1b-q8_0`
 are Llama-3.2-1B-shaped files (D=2048, 16 layers, I=8192, 32/8 heads, vocabulary 128256, tied)
 with random weights of that type, written once under .cache/bench. With --hosted-7b, a
@@ -58,7 +62,8 @@ def random_blocks(qtype, rows, cols, rng):
 
 
 def write_random_gguf(path, shape, qtype):
-    """A Llama GGUF file of `shape` whose matrices are random blocks of `qtype`."""
+    """A Llama GGUF file of `shape` whose matrices are random blocks of `qtype`, with a placeholder
+    SentencePiece vocabulary (llama.cpp needs one to load a file)."""
     s, rng = SHAPES[shape], np.random.default_rng(0)
     D, I, L, H, K, V = s["hidden"], s["intermediate"], s["layers"], s["heads"], s["kv_heads"], s["vocab"]
     hd = D // H
@@ -72,6 +77,12 @@ def write_random_gguf(path, shape, qtype):
     writer.add_head_count_kv(K)
     writer.add_rope_freq_base(500000.0)
     writer.add_layer_norm_rms_eps(1e-5)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256  # unknown, control, byte
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens + [f"t{i}" for i in range(V - len(tokens))])
+    writer.add_token_scores([0.0] * V)
+    writer.add_token_types(types + [1] * (V - len(types)))
     matrices = {"token_embd.weight": (V, D)}
     if not s["tied"]:
         matrices["output.weight"] = (V, D)
@@ -98,8 +109,10 @@ def model_path(name):
     if name == "default":
         return subprocess.run([sys.executable, str(REPO / "scripts/default_model.py"), "gguf"], capture_output=True,
                               text=True, check=True).stdout.strip()
+    if name == "hf":
+        return os.environ.get("AIOS_DEFAULT_MODEL") or str(REPO / ".cache/models/smollm2-135m-instruct")
     shape, qtype = name.split("-")
-    path = REPO / f".cache/bench/{shape}-{qtype}-random.gguf"
+    path = REPO / f".cache/bench/{shape}-{qtype}-random-vocab.gguf"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_random_gguf(path, shape, Q[qtype.upper()])
@@ -114,7 +127,7 @@ def rss():
 
 
 def child(path, weights, reps, large):
-    """One load and its measurements, as JSON on stdout."""
+    """One load and its measurements, as JSON on stdout (int4 in groups of 128)."""
     import aios
     before = rss()
     start = time.perf_counter()
@@ -151,13 +164,33 @@ def child(path, weights, reps, large):
     print(json.dumps(out))
 
 
-def measure(path, weights, reps, large):
-    result = subprocess.run([sys.executable, __file__, "--child", path, weights, "--reps", str(reps)] +
-                            (["--large-shapes", "yes"] if large else ["--large-shapes", ""]),
+def measure(path, weights, reps, large, threads):
+    if weights == "llama.cpp":
+        command = [str(llama_cpp_python()), str(REPO / "bench/bench_llamacpp.py"), path, "--threads", str(threads)]
+    else:
+        command = [sys.executable, __file__, "--child", path, weights, "--threads", str(threads)]
+    result = subprocess.run(command + ["--reps", str(reps), "--large-shapes", "yes" if large else ""],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+
+def llama_cpp_python():
+    """The benchmark-only environment's interpreter, with llama-cpp-python built from source on first use."""
+    venv = REPO / ".cache/bench/llama-venv"
+    python = venv / "bin/python"
+    stamp = venv / LLAMA_CPP_PYTHON
+    if not stamp.exists():
+        print(f"building {LLAMA_CPP_PYTHON} from source into {venv} (minutes, once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-binary", "llama-cpp-python", "numpy",
+                        LLAMA_CPP_PYTHON], check=True)
+        stamp.touch()
+    return python
 
 
 def hosted_7b():
@@ -194,11 +227,12 @@ def hosted_7b():
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="default,1b-q4_k,1b-q8_0")
+    parser.add_argument("--models", default="default,1b-q4_k,1b-q8_0,hf")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--hosted-7b", action="store_true")
-    parser.add_argument("--large-shapes", default="default", help="models (or, in a child, any text) run at 8x256 too")
+    parser.add_argument("--large-shapes", default="default,hf", help="models (or, in a child, any text) run at 8x256 too")
+    parser.add_argument("--llama-cpp", action="store_true", help="llama.cpp on the same GGUF files, as the anchor")
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -208,16 +242,27 @@ def main():
     for name in args.models.split(","):
         path = model_path(name)
         large = name in args.large_shapes.split(",")
-        expanded, stored = measure(path, "expanded", args.reps, large), measure(path, "stored", args.reps, large)
+        variants = ["expanded", "int8", "int4"] if name == "hf" else ["expanded", "stored"]
+        if args.llama_cpp and name != "hf":
+            variants.append("llama.cpp")
+        results = {v: measure(path, v, args.reps, large, args.threads) for v in variants}
+        base = results["expanded"]
         print(f"\n{name}: {path}")
-        print(f"{'measure':<18}{'expanded':>12}{'stored':>12}{'ratio':>8}")
-        for key in expanded:
+        header = "".join(f"{v:>12}" for v in variants)
+        ratios = "".join(f"{v + '/exp':>12}" for v in variants[1:])
+        if "llama.cpp" in results:
+            ratios += f"{'stored/llama':>14}"
+        print(f"{'measure':<18}{header}{ratios}")
+        for key in base:
             unit = {"memory": 1e6}.get(key, 1)
-            ratio = stored[key] / expanded[key]
             label = key + (" MB" if key == "memory" else " s" if key == "load_s" else " tok/s" if "decode" in key
                            else " ms")
-            print(f"{label.replace('_s s', ' s'):<18}{expanded[key] / unit:>12.1f}{stored[key] / unit:>12.1f}"
-                  f"{ratio:>7.2f}x")
+            cells = "".join(f"{results[v][key] / unit:>12.1f}" if key in results[v] else f"{'-':>12}" for v in variants)
+            cells += "".join(f"{results[v][key] / base[key]:>11.2f}x" if key in results[v] else f"{'-':>12}"
+                             for v in variants[1:])
+            if "llama.cpp" in results and key in results["llama.cpp"]:
+                cells += f"{results['stored'][key] / results['llama.cpp'][key]:>13.2f}x"
+            print(f"{label.replace('_s s', ' s'):<18}{cells}")
     if args.hosted_7b:
         hosted_7b()
 

@@ -199,7 +199,7 @@ void bind_backbone(py::module_& m) {
       .def_readonly("bos_id", &ModelInfo::bos_id)
       .def_readonly("eos_ids", &ModelInfo::eos_ids)
       .def_readonly("pad_id", &ModelInfo::pad_id)
-      .def_readonly("weights", &ModelInfo::weights, "\"expanded\" or \"stored\"")
+      .def_readonly("weights", &ModelInfo::weights, "\"expanded\", \"stored\", \"int8\" or \"int4\"")
       .def_readonly("storage", &ModelInfo::storage, "[WeightKind]: the weights' memory per kind, largest first")
       .def_property_readonly(
           "weight_bytes",
@@ -245,12 +245,13 @@ void bind_backbone(py::module_& m) {
       .def_static(
           "load",
           [](const py::object& path, const py::object& device, const py::object& dtype, const std::string& weights,
-             std::optional<std::size_t> store_bytes, std::optional<double> store_ttl) {
+             int64_t group_size, std::optional<std::size_t> store_bytes, std::optional<double> store_ttl) {
             const std::string p = py::str(py::module_::import("os").attr("fspath")(path));
             aios::local::LoadOptions options;
             options.device = parse_device(py::str(device));
             options.dtype = parse_dtype(py::str(dtype));
             options.weights = aios::backbone::parse_weight_storage(weights);
+            options.group_size = group_size;
             aios::local::StoreOptions store;
             if (store_bytes) store.max_bytes = *store_bytes;
             if (store_ttl) {
@@ -263,11 +264,13 @@ void bind_backbone(py::module_& m) {
             return std::shared_ptr<LocalBackbone>(LocalBackbone::load(p, options, store));
           },
           py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::kw_only(),
-          py::arg("weights") = "auto", py::arg("store_bytes") = py::none(), py::arg("store_ttl") = py::none(),
+          py::arg("weights") = "auto", py::arg("group_size") = aios::backbone::LoadOptions{}.group_size,
+          py::arg("store_bytes") = py::none(), py::arg("store_ttl") = py::none(),
           "Loads a Hugging Face checkpoint folder or a .gguf file. dtype: float32, bfloat16, float16 or float64 (or a "
           "torch.dtype), what it computes in. weights: \"auto\" (stored on the CPU, else expanded), \"expanded\" "
-          "(converted to dtype at load) or \"stored\" (kept as a GGUF file stores them, block-quantised types "
-          "included, and decoded per product; CPU only). "
+          "(converted to dtype at load), \"stored\" (kept as a GGUF file stores them, block-quantised types "
+          "included, and decoded per product; CPU only), \"int8\" (float matrices quantised at load per row; "
+          "CPU only) or \"int4\" (in groups of group_size values along each row; CPU only). "
           "store_bytes / store_ttl (seconds) bound the activations kept by forward(keep=True).")
       .def_property_readonly("config", &Interface::config, py::return_value_policy::reference_internal)
       .def_property_readonly("device", [](const Interface& b) { return b.device().str(); })

@@ -1,6 +1,7 @@
 // aios — command-line entry point.
 //
-//   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--weights auto|expanded|stored]
+//   aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
+//                   [--weights auto|expanded|stored|int8|int4] [--group-size N]
 //   aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                              [--seed S] [--device ...] [--dtype ...] [--weights ...]
 //   aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
@@ -30,7 +31,8 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--weights auto|expanded|stored]\n"
+    "usage: aios info MODEL [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
+    "                       [--weights auto|expanded|stored|int8|int4] [--group-size N]\n"
     "       aios generate MODEL PROMPT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]\n"
     "                                  [--top-p P] [--seed S] [--device ...] [--dtype ...] [--weights ...]\n"
     "       aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
@@ -59,7 +61,9 @@ constexpr const char* kUsage =
     "\n"
     "  --weights  stored: kept as a GGUF file stores them (its quantised blocks) and decoded per\n"
     "             product, CPU only; expanded: converted to --dtype at load; auto (default): stored\n"
-    "             on the CPU, expanded elsewhere\n";
+    "             on the CPU, expanded elsewhere; int8: float matrices quantised at load per row (a\n"
+    "             GGUF file's quantised ones kept), CPU only; int4: the same in groups of\n"
+    "             --group-size values along each row (default 128)\n";
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n), out;
@@ -229,6 +233,14 @@ int main(int argc, char** argv) {
       }
       aios::fail(aios::ErrorCode::kInvalidArgument, args[i], "expected a number, got \"{}\"", args[i + 1]);
     };
+    auto whole = [&](std::size_t i, double lo, double hi) {
+      const double value = number(i);
+      if (!(value >= lo && value <= hi) || value != static_cast<double>(static_cast<int64_t>(value))) {
+        aios::fail(aios::ErrorCode::kInvalidArgument, args[i], "expected a whole number in [{}, {}], got \"{}\"", lo, hi,
+                   args[i + 1]);
+      }
+      return static_cast<int64_t>(value);
+    };
     for (std::size_t i = 1; i < args.size(); ++i) {
       const std::string& a = args[i];
       const bool has_value = i + 1 < args.size();
@@ -238,30 +250,20 @@ int main(int argc, char** argv) {
         options.dtype = aios::backbone::parse_dtype(args[++i], "--dtype");
       } else if (a == "--weights" && has_value) {
         options.weights = aios::backbone::parse_weight_storage(args[++i], "--weights");
+      } else if (a == "--group-size" && has_value) {
+        options.group_size = whole(i++, 1, 1 << 30);
       } else if (command == "serve" && a == "--listen" && has_value) {
         host_options.listen = args[++i];
       } else if (command == "serve" && a == "--replica" && has_value) {
-        const double replica = number(i++);
-        if (!(replica >= 0 && replica <= 0xffff) || replica != static_cast<double>(static_cast<int64_t>(replica))) {
-          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number in [0, 65535], got \"{}\"", args[i]);
-        }
-        host_options.replica = static_cast<int64_t>(replica);
+        host_options.replica = whole(i++, 0, 0xffff);
       } else if (command == "serve" && a == "--keys" && has_value) {
         aios::server::KeyFile keys = aios::server::read_key_file(args[++i], host_options.quota);
         host_options.api_keys = std::move(keys.api_keys);
         host_options.quotas = std::move(keys.quotas);
       } else if (command == "serve" && a == "--compute-threads" && has_value) {
-        const double threads = number(i++);
-        if (!(threads >= 1 && threads <= 256) || threads != static_cast<double>(static_cast<int64_t>(threads))) {
-          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number in [1, 256], got \"{}\"", args[i]);
-        }
-        host_options.compute_threads = static_cast<int64_t>(threads);
+        host_options.compute_threads = whole(i++, 1, 256);
       } else if (command == "serve" && a == "--store-bytes" && has_value) {
-        const double bytes = number(i++);
-        if (!(bytes >= 1 && bytes <= 9.0e18) || bytes != static_cast<double>(static_cast<int64_t>(bytes))) {
-          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected a whole number of bytes >= 1, got \"{}\"", args[i]);
-        }
-        store.max_bytes = static_cast<std::size_t>(bytes);
+        store.max_bytes = static_cast<std::size_t>(whole(i++, 1, 9.0e18));
       } else if (command == "serve" && a == "--unclaimed-ttl" && has_value) {
         const double seconds = number(i++);
         if (!(seconds > 0 && seconds <= 86400)) {

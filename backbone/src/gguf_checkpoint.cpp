@@ -351,7 +351,9 @@ Matrix GgufWeights::take_matrix(const std::string& name, at::IntArrayRef shape, 
                      (t->type == io::GgmlType::kBF16 && options.dtype != at::kBFloat16);
   const bool quantised = t->type != io::GgmlType::kF32 && t->type != io::GgmlType::kF64 &&
                          t->type != io::GgmlType::kF16 && t->type != io::GgmlType::kBF16;
-  const bool keep = options.weights == WeightStorage::kStored ||
+  // int8/int4 quantise the float matrices and keep the quantised ones as they are.
+  if (quantizes(options) && !quantised) return WeightSource::take_matrix(name, shape, options);
+  const bool keep = options.weights == WeightStorage::kStored || quantizes(options) ||
                     (options.weights == WeightStorage::kAuto && options.device.is_cpu());
   if (!keep || shape.size() != 2 || !(quantised || wider)) {
     return {take(name, shape, options), nullptr};

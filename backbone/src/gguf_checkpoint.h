@@ -26,7 +26,8 @@ class GgufWeights final : public WeightSource {
   at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
   // With WeightStorage::kStored (kAuto on the CPU), a matrix stored block-quantised, or 16-bit while
   // the compute dtype is wider, stays so (its bytes copied out of the file; llama's q/k rows reordered as take()
-  // does); float32 matrices, and every matrix otherwise, come expanded.
+  // does); float32 matrices, and every matrix otherwise, come expanded. With kInt8/kInt4 the
+  // block-quantised matrices stay so and the float ones are quantised (WeightSource::take_matrix).
   Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
 
  private:

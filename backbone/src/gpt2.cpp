@@ -31,10 +31,16 @@ class Gpt2Model final : public ProjectingModel {
     const std::string prefix = w.contains("transformer.wte.weight") ? "transformer." : "";
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(prefix + name, shape, options); };
     auto conv1d = [&](const std::string& name, int64_t in, int64_t out) {
-      return project(take(name + ".weight", {in, out}), take(name + ".bias", {out}), /*in_out=*/true);
+      const at::Tensor bias = take(name + ".bias", {out});
+      if (!quantizes(options)) return project(take(name + ".weight", {in, out}), bias, /*in_out=*/true);
+      // Conv1D stores [in,out]: quantised along the rows of its [out,in] transpose, as the other families'.
+      LoadOptions exact = options;
+      exact.dtype = at::kFloat;
+      return project(quantize(w.take(prefix + name + ".weight", {in, out}, exact).t(), options, name), bias);
     };
-    token_embedding_ = own(take("wte.weight", {c.vocab_size, D}));
-    output_head_ = c.tie_word_embeddings ? token_embedding_ : own(w.take("lm_head.weight", {c.vocab_size, D}, options));
+    load_tables(w.take_matrix(prefix + "wte.weight", {c.vocab_size, D}, options),
+                c.tie_word_embeddings ? std::nullopt
+                                      : std::optional<Matrix>(w.take_matrix("lm_head.weight", {c.vocab_size, D}, options)));
     position_embedding_ = own(take("wpe.weight", {c.max_positions, D}));
     final_weight_ = own(take("ln_f.weight", {D}));
     final_bias_ = own(take("ln_f.bias", {D}));

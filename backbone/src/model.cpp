@@ -58,7 +58,9 @@ WeightStorage parse_weight_storage(const std::string& name, const std::string& f
   if (name == "auto") return WeightStorage::kAuto;
   if (name == "expanded") return WeightStorage::kExpanded;
   if (name == "stored") return WeightStorage::kStored;
-  fail(ErrorCode::kInvalidArgument, field, "expected auto, expanded or stored, got \"{}\"", name);
+  if (name == "int8") return WeightStorage::kInt8;
+  if (name == "int4") return WeightStorage::kInt4;
+  fail(ErrorCode::kInvalidArgument, field, "expected auto, expanded, stored, int8 or int4, got \"{}\"", name);
 }
 
 std::string weight_storage_name(WeightStorage storage) {
@@ -66,14 +68,21 @@ std::string weight_storage_name(WeightStorage storage) {
     case WeightStorage::kAuto: return "auto";
     case WeightStorage::kExpanded: return "expanded";
     case WeightStorage::kStored: return "stored";
+    case WeightStorage::kInt8: return "int8";
+    case WeightStorage::kInt4: return "int4";
   }
   return "?";
 }
 
 Model::Model(ModelConfig config, const LoadOptions& options)
-    : config_(std::move(config)), device_(options.device), dtype_(options.dtype) {}
+    : config_(std::move(config)), device_(options.device), dtype_(options.dtype), requested_storage_(options.weights) {}
 
 Model::~Model() = default;
+
+WeightStorage Model::weight_storage() const {
+  if (packed_.empty()) return WeightStorage::kExpanded;
+  return requested_storage_ == WeightStorage::kAuto ? WeightStorage::kStored : requested_storage_;
+}
 
 at::Tensor Model::own(at::Tensor weight) {
   if (weight.defined()) weights_.push_back(weight);
@@ -106,7 +115,7 @@ std::vector<WeightKind> Model::storage() const {
   for (const auto& p : packed_) {
     if (!seen.insert(p.get()).second) continue;
     for (const PackedMatrix::Segment& segment : p->segments()) {
-      WeightKind& s = kinds[io::ggml_type_name(segment.type)];
+      WeightKind& s = kinds[segment.kind()];
       s.tensors += 1;
       s.elements += segment.bytes.size(0) * p->cols();
       s.bytes += static_cast<int64_t>(segment.bytes.nbytes());
@@ -219,9 +228,13 @@ void check_options(const LoadOptions& options) {
   if (!options.device.is_cpu() && !options.device.is_cuda()) {
     fail(ErrorCode::kInvalidArgument, "device", "expected cpu or cuda, got {}", options.device.str());
   }
-  if (options.weights == WeightStorage::kStored && !options.device.is_cpu()) {
-    fail(ErrorCode::kInvalidArgument, "weights", "stored weights are decoded on the CPU only, got device {}",
-         options.device.str());
+  if (options.weights != WeightStorage::kAuto && options.weights != WeightStorage::kExpanded &&
+      !options.device.is_cpu()) {
+    fail(ErrorCode::kInvalidArgument, "weights", "{} weights are decoded on the CPU only, got device {}",
+         weight_storage_name(options.weights), options.device.str());
+  }
+  if (options.group_size < 1) {
+    fail(ErrorCode::kInvalidArgument, "group_size", "expected at least 1 value per group, got {}", options.group_size);
   }
   if (options.device.is_cuda() && !at::hasCUDA()) {
     fail(ErrorCode::kUnavailable, "device", "expected an available device, got {} but this build or machine has no CUDA",

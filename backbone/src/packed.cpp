@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <ATen/Parallel.h>
+#include <fmt/format.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -142,6 +143,46 @@ at::Tensor dense_backward(const at::Tensor& g, const PackedMatrix& w) {
   return threads == 1 ? partial[0] : partial.sum(0);
 }
 
+// One row of aios's own schemes (PackedMatrix::Scheme kInt8, kInt4) decoded: q·s, or q·s + m.
+void decode_quantized(const PackedMatrix::Segment& segment, const std::uint8_t* in, int64_t cols, float* out) {
+  if (segment.scheme == PackedMatrix::Scheme::kInt8) {
+    float scale;
+    std::memcpy(&scale, in, 4);
+    const auto* q = reinterpret_cast<const std::int8_t*>(in + 4);
+    for (int64_t k = 0; k < cols; ++k) out[k] = static_cast<float>(q[k]) * scale;
+    return;
+  }
+  const int64_t group = segment.group, groups = (cols + group - 1) / group;
+  const std::uint8_t* nibbles = in + 8 * groups;
+  for (int64_t g = 0; g < groups; ++g) {
+    float scale, min;
+    std::memcpy(&scale, in + 4 * g, 4);
+    std::memcpy(&min, in + 4 * (groups + g), 4);
+    int64_t k = g * group;
+    const int64_t end = std::min(cols, k + group);
+    if (k % 2 == 1) {  // an odd group size starts every other group on a high nibble
+      out[k] = static_cast<float>(nibbles[k / 2] >> 4) * scale + min;
+      ++k;
+    }
+    for (; k + 1 < end; k += 2) {  // a byte at a time: both its values are in this group
+      const std::uint8_t b = nibbles[k / 2];
+      out[k] = static_cast<float>(b & 0x0F) * scale + min;
+      out[k + 1] = static_cast<float>(b >> 4) * scale + min;
+    }
+    if (k < end) out[k] = static_cast<float>(nibbles[k / 2] & 0x0F) * scale + min;
+  }
+}
+
+// Row `in` of `cols` values of dtype (float32, float16, bfloat16) as float32: in itself, or converted into `buffer`.
+const float* row_as_float(const std::uint8_t* in, c10::ScalarType dtype, int64_t cols, float* buffer) {
+  if (dtype == at::kFloat) return reinterpret_cast<const float*>(in);
+  for (int64_t k = 0; k < cols; ++k) {
+    buffer[k] = dtype == at::kHalf ? static_cast<float>(reinterpret_cast<const c10::Half*>(in)[k])
+                                   : static_cast<float>(reinterpret_cast<const c10::BFloat16*>(in)[k]);
+  }
+  return buffer;
+}
+
 bool fused(const at::Tensor& x) { return x.scalar_type() == at::kFloat && x.size(0) <= kFusedRows; }
 
 // What a backward pass keeps of the product: the packed matrix itself.
@@ -168,21 +209,42 @@ struct PackedProduct : torch::autograd::Function<PackedProduct> {
 
 }  // namespace
 
+int64_t PackedMatrix::Segment::row_bytes(int64_t cols) const {
+  switch (scheme) {
+    case Scheme::kInt8: return 4 + cols;
+    case Scheme::kInt4: return 8 * ((cols + group - 1) / group) + (cols + 1) / 2;
+    case Scheme::kGgml: break;
+  }
+  const BlockCodec* codec = block_codec(type);
+  return codec == nullptr ? -1 : backbone::row_bytes(*codec, cols);
+}
+
+std::string PackedMatrix::Segment::kind() const {
+  switch (scheme) {
+    case Scheme::kInt8: return "int8";
+    case Scheme::kInt4: return "int4";
+    case Scheme::kGgml: break;
+  }
+  return io::ggml_type_name(type);
+}
+
 PackedMatrix::PackedMatrix(std::vector<Segment> segments, int64_t cols, const std::string& field)
     : segments_(std::move(segments)), cols_(cols) {
   starts_.push_back(0);
   for (const Segment& s : segments_) {
-    const BlockCodec* codec = block_codec(s.type);
-    if (codec == nullptr) {
+    const bool ggml = s.scheme == Scheme::kGgml;
+    const BlockCodec* codec = ggml ? block_codec(s.type) : nullptr;
+    if (ggml && codec == nullptr) {
       fail(ErrorCode::kInvalidArgument, field, "tensor type {} cannot be kept packed", io::ggml_type_name(s.type));
     }
-    if (cols % codec->block_size != 0 || s.bytes.dim() != 2 || s.bytes.size(1) != row_bytes(*codec, cols)) {
-      fail(ErrorCode::kDataLoss, field, "expected rows of {} {} values in whole blocks of {}", cols,
-           io::ggml_type_name(s.type), codec->block_size);
+    if (s.scheme == Scheme::kInt4 && s.group <= 0) fail(ErrorCode::kInvalidArgument, field, "expected int4 groups of at least one value");
+    if ((codec != nullptr && cols % codec->block_size != 0) || s.bytes.dim() != 2 || s.bytes.size(1) != s.row_bytes(cols)) {
+      fail(ErrorCode::kDataLoss, field, "expected rows of {} {} values{}", cols, s.kind(),
+           codec != nullptr ? fmt::format(" in whole blocks of {}", codec->block_size) : std::string());
     }
     codecs_.push_back(codec);
-    vector_decoders_.push_back(simd::row_decoder(s.type));
-    row_dots_.push_back(simd::row_dot(s.type));
+    vector_decoders_.push_back(ggml ? simd::row_decoder(s.type) : nullptr);
+    row_dots_.push_back(ggml ? simd::row_dot(s.type) : nullptr);
     starts_.push_back(starts_.back() + s.bytes.size(0));
   }
 }
@@ -228,6 +290,65 @@ PackedMatrix PackedMatrix::of(const at::Tensor& dense) {
   return PackedMatrix({{type, std::move(bytes)}}, values.size(1), "weight");
 }
 
+PackedMatrix PackedMatrix::quantize(const at::Tensor& dense, Scheme scheme, int64_t group, const std::string& field) {
+  at::Tensor values = dense.cpu().contiguous();  // no copy of a contiguous CPU tensor
+  const c10::ScalarType dtype = values.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) values = values.to(at::kFloat);
+  const int64_t rows = values.size(0), cols = values.size(1);
+  Segment segment{io::GgmlType::kF32, at::Tensor(), scheme, scheme == Scheme::kInt4 ? group : 0};
+  if (scheme == Scheme::kGgml || (scheme == Scheme::kInt4 && group <= 0)) {
+    fail(ErrorCode::kInvalidArgument, field, "expected int8, or int4 with groups of at least one value");
+  }
+  const int64_t size = segment.row_bytes(cols);
+  segment.bytes = at::empty({rows, size}, at::TensorOptions().dtype(at::kByte));
+  const auto* w = static_cast<const std::uint8_t*>(values.data_ptr());
+  const int64_t element = static_cast<int64_t>(values.element_size());
+  std::uint8_t* out = segment.bytes.data_ptr<std::uint8_t>();
+  std::atomic<int64_t> bad_row{-1};
+  // Divisions, not products with reciprocals, and round-half-even (std::nearbyint): the scheme's
+  // reference in Python computes each value the same way.
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(static_cast<std::size_t>(cols));  // a 16-bit row as float32
+    for (int64_t r = begin; r < end; ++r) {
+      const float* x = row_as_float(w + r * cols * element, values.scalar_type(), cols, row.data());
+      std::uint8_t* o = out + r * size;
+      if (!std::all_of(x, x + cols, [](float v) { return std::isfinite(v); })) {
+        bad_row = r;
+        return;
+      }
+      if (scheme == Scheme::kInt8) {
+        float amax = 0;
+        for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(x[k]));
+        const float scale = amax / 127.0f;
+        std::memcpy(o, &scale, 4);
+        for (int64_t k = 0; k < cols; ++k) {
+          const float q = scale > 0 ? std::clamp(std::nearbyint(x[k] / scale), -127.0f, 127.0f) : 0.0f;
+          o[4 + k] = static_cast<std::uint8_t>(static_cast<std::int8_t>(q));
+        }
+        continue;
+      }
+      const int64_t groups = (cols + group - 1) / group;
+      std::uint8_t* nibbles = o + 8 * groups;
+      std::memset(nibbles, 0, static_cast<std::size_t>((cols + 1) / 2));
+      for (int64_t g = 0; g < groups; ++g) {
+        const float* first = x + g * group;
+        const float* last = x + std::min(cols, (g + 1) * group);
+        const auto [lo, hi] = std::minmax_element(first, last);
+        const float scale = (*hi - *lo) / 15.0f, min = *lo;
+        std::memcpy(o + 4 * g, &scale, 4);
+        std::memcpy(o + 4 * (groups + g), &min, 4);
+        for (const float* v = first; v < last; ++v) {
+          const int64_t k = v - x;
+          const float q = scale > 0 ? std::clamp(std::nearbyint((*v - min) / scale), 0.0f, 15.0f) : 0.0f;
+          nibbles[k / 2] |= static_cast<std::uint8_t>(static_cast<int>(q) << (k % 2 == 0 ? 0 : 4));
+        }
+      }
+    }
+  });
+  if (bad_row >= 0) fail(ErrorCode::kDataLoss, field, "row {} holds a non-finite value", bad_row.load());
+  return PackedMatrix({std::move(segment)}, cols, field);
+}
+
 PackedMatrix PackedMatrix::stack(const std::vector<PackedMatrix>& parts) {
   std::vector<Segment> segments;
   for (const PackedMatrix& p : parts) segments.insert(segments.end(), p.segments_.begin(), p.segments_.end());
@@ -239,7 +360,8 @@ PackedMatrix PackedMatrix::select_rows(const at::Tensor& order) const {
   std::vector<Segment> segments;
   for (std::size_t s = 0; s < segments_.size(); ++s) {
     const at::Tensor local = order.slice(0, starts_[s], starts_[s + 1]) - starts_[s];
-    segments.push_back({segments_[s].type, segments_[s].bytes.index_select(0, local)});
+    segments.push_back(segments_[s]);
+    segments.back().bytes = segments_[s].bytes.index_select(0, local);
   }
   return PackedMatrix(std::move(segments), cols_, "weight");
 }
@@ -265,9 +387,10 @@ bool PackedMatrix::dot_row(int64_t row, const float* x, int64_t M, const float* 
 
 void PackedMatrix::decode_row(int64_t row, float* out) const {
   const std::size_t s = segment_of(row);
-  const BlockCodec& codec = *codecs_[s];
   const int64_t size = segments_[s].bytes.size(1);
   const std::uint8_t* in = segments_[s].bytes.data_ptr<std::uint8_t>() + (row - starts_[s]) * size;
+  if (codecs_[s] == nullptr) return decode_quantized(segments_[s], in, cols_, out);
+  const BlockCodec& codec = *codecs_[s];
   if (const simd::RowDecoder vector = vector_decoders_[s]) return vector(in, cols_ / codec.block_size, out);
   switch (codec.type) {
     case GgmlType::kF32: std::memcpy(out, in, static_cast<std::size_t>(cols_) * 4); return;

@@ -13,14 +13,29 @@
 
 namespace aios::backbone {
 
-// A frozen matrix [rows, cols] held as row segments, each in one ggml type: a Q4_K_M file mixes
+// A frozen matrix [rows, cols] held as row segments, each in one encoding: a Q4_K_M file mixes
 // types, and the fused projections stack tensors of different types. Immutable once built, so
 // concurrent passes share it without locks.
 class PackedMatrix {
  public:
+  // How a segment encodes its rows: a ggml type as a GGUF file stores it, or a weight-only
+  // quantisation aios makes at load from float weights (LoadOptions::weights kInt8, kInt4).
+  enum class Scheme {
+    kGgml,
+    kInt8,  // per row: float32 s = max|w| / 127, then int8 q = round(w / s) in [-127, 127]; w = q·s
+    kInt4,  // per group of `group` values along the row (the last may be shorter): float32
+            // s = (max - min) / 15 and min m, then 4-bit q = round((w - m) / s) in [0, 15]; w = q·s + m.
+            // Row layout: every group's s, every group's m, then the values two to a byte (low nibble first).
+  };
   struct Segment {
-    io::GgmlType type;
-    at::Tensor bytes;  // uint8 [rows, cols / block_size * type_size], CPU, contiguous
+    io::GgmlType type;  // kGgml: the type
+    at::Tensor bytes;   // uint8 [rows, row_bytes(cols)], CPU, contiguous
+    Scheme scheme = Scheme::kGgml;
+    int64_t group = 0;  // kInt4: values per group
+
+    int64_t row_bytes(int64_t cols) const;
+    // What storage reports call it: the ggml type's name, "int8" or "int4".
+    std::string kind() const;
   };
   // Throws Error(kInvalidArgument) naming `field` for a type aios cannot decode, or rows that are
   // not whole blocks.
@@ -30,6 +45,9 @@ class PackedMatrix {
   static PackedMatrix of(const io::GgufTensor& tensor, const std::string& field);
   // A dense CPU tensor [rows, cols] of float32, float16 or bfloat16 as one segment of that type.
   static PackedMatrix of(const at::Tensor& dense);
+  // A dense CPU tensor [rows, cols] quantised (scheme kInt8, or kInt4 with `group` > 0 values per
+  // group) from its float32 values. Throws Error(kDataLoss) naming `field` for a non-finite value.
+  static PackedMatrix quantize(const at::Tensor& dense, Scheme scheme, int64_t group, const std::string& field);
   // The parts' rows one after another (equal cols).
   static PackedMatrix stack(const std::vector<PackedMatrix>& parts);
   // Row i of the result is row order[i] (int64 [rows]); each segment keeps its rows.

@@ -127,6 +127,12 @@ at::Tensor SafetensorsWeights::take(const std::string& name, at::IntArrayRef sha
     const at::Tensor values = dequantize_mxfp4(bytes(*blocks, field), bytes(*scales, name + "_scales"));
     return values.transpose(-1, -2).to(options.device, options.dtype).contiguous();
   }
+  // The mapping is read-only and dies with this source: copy into memory the model owns.
+  return mapped(name, shape).to(options.device, options.dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+}
+
+at::Tensor SafetensorsWeights::mapped(const std::string& name, at::IntArrayRef shape) const {
+  const io::TensorView* found = find(name);
   if (found == nullptr) fail(ErrorCode::kDataLoss, name, "tensor missing from the checkpoint");
   const io::TensorView& view = *found;
   check_shape(name, shape, view.shape);
@@ -134,9 +140,30 @@ at::Tensor SafetensorsWeights::take(const std::string& name, at::IntArrayRef sha
   if (!c10::isFloatingType(stored)) {
     fail(ErrorCode::kDataLoss, name, "expected a floating-point tensor, got {}", io::dtype_name(view.dtype));
   }
-  // The mapping is read-only and dies with this source: copy into memory the model owns.
-  at::Tensor mapped = at::from_blob(const_cast<std::byte*>(view.data), view.shape, at::TensorOptions().dtype(stored));
-  return mapped.to(options.device, options.dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  return at::from_blob(const_cast<std::byte*>(view.data), view.shape, at::TensorOptions().dtype(stored));
+}
+
+Matrix SafetensorsWeights::take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+  // Quantised straight from the mapping, a row at a time: the load never holds a float copy of a
+  // matrix, whose freed memory would stay resident between the small quantised ones.
+  if (quantizes(options) && shape.size() == 2 && find(name) != nullptr) return quantize(mapped(name, shape), options, name);
+  return WeightSource::take_matrix(name, shape, options);
+}
+
+bool quantizes(const LoadOptions& options) {
+  return options.weights == WeightStorage::kInt8 || options.weights == WeightStorage::kInt4;
+}
+
+Matrix quantize(const at::Tensor& dense, const LoadOptions& options, const std::string& name) {
+  const auto scheme = options.weights == WeightStorage::kInt8 ? PackedMatrix::Scheme::kInt8 : PackedMatrix::Scheme::kInt4;
+  return {at::Tensor(), std::make_shared<const PackedMatrix>(PackedMatrix::quantize(dense, scheme, options.group_size, name))};
+}
+
+Matrix WeightSource::take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
+  if (!quantizes(options) || shape.size() != 2) return {take(name, shape, options), nullptr};
+  LoadOptions exact = options;
+  exact.dtype = at::kFloat;
+  return quantize(take(name, shape, exact), options, name);
 }
 
 Matrix Matrix::stack(const std::vector<Matrix>& parts) {

@@ -33,12 +33,17 @@ class WeightSource {
   // The tensor `name` converted to options' dtype and device, checked against `shape`.
   // Throws Error(kDataLoss) naming the tensor when it is missing or shaped otherwise.
   virtual at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const = 0;
-  // The matrix `name` [rows, cols] as options.weights asks, where the source can keep it so; else
-  // expanded, as take().
-  virtual Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
-    return {take(name, shape, options), nullptr};
-  }
+  // The matrix `name` [rows, cols] as options.weights asks: quantised from its float32 values
+  // (kInt8, kInt4), or kept as the source stores it where the source can (kStored); else expanded,
+  // as take().
+  virtual Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const;
 };
+
+// Whether options.weights quantises float matrices at load (kInt8, kInt4).
+bool quantizes(const LoadOptions& options);
+// dense [rows, cols] (CPU, any float dtype) quantised row by row as options.weights asks (kInt8,
+// kInt4), from its values as float32. Throws Error(kDataLoss) naming `name` for a non-finite value.
+Matrix quantize(const at::Tensor& dense, const LoadOptions& options, const std::string& name);
 
 // model.safetensors, or the shards listed by model.safetensors.index.json, in a folder.
 class SafetensorsWeights final : public WeightSource {
@@ -50,9 +55,12 @@ class SafetensorsWeights final : public WeightSource {
   // 16] and [..., out, in/32]) comes back dequantised and transposed to the [..., in, out] of its
   // unquantised form.
   at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
+  Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
 
  private:
   const io::TensorView* find(const std::string& name) const;
+  // The tensor `name` in its stored dtype, a view of the mapped file (valid while this source lives).
+  at::Tensor mapped(const std::string& name, at::IntArrayRef shape) const;
 
   std::vector<io::SafetensorsFile> files_;
   std::map<std::string, const io::TensorView*> where_;

@@ -28,7 +28,7 @@ struct LocalBackbone::Impl {
     info = backbone::describe(this->model->config());
     info.dtype = backbone::dtype_name(this->model->dtype());
     info.device = this->model->device().str();
-    info.weights = this->model->stored() ? "stored" : "expanded";
+    info.weights = backbone::weight_storage_name(this->model->weight_storage());
     info.storage = this->model->storage();
   }
 

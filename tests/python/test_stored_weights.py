@@ -1,6 +1,8 @@
-"""Weights kept as a GGUF file stores them (weights="stored"): every call equals the same model with its
-weights expanded to the compute dtype, up to summation order; the default model's memory stays near
-its file's size; corrupt and unsupported tensors are coded errors naming the tensor."""
+"""Weights kept as a GGUF file stores them (weights="stored") or quantised at load (weights="int8",
+"int4"): every call equals the same model with those values expanded to the compute dtype, up to
+summation order; the default model's memory stays near its file's size (stored) or the quantised
+size (int8, int4); corrupt and unsupported tensors are coded errors naming the tensor."""
+import copy
 import json
 import subprocess
 import sys
@@ -96,8 +98,10 @@ def pair(request, tmp_path_factory):
             aios.Backbone.load(path, dtype="float64", weights="expanded"))
 
 
-def test_every_call_equals_the_expanded_model(pair):
-    stored, expanded, exact = pair
+def check_every_call(stored, expanded, exact):
+    """Every call of `stored` equals `expanded` (the same values, expanded), with float64 `exact` as the
+    judge of gradients (as_exact)."""
+    V, D, L = stored.config.vocab_size, stored.config.hidden_size, stored.config.num_layers
     f64 = lambda t: t.double() if torch.is_tensor(t) and t.is_floating_point() else t
     torch.manual_seed(0)
     # 2x5 rows run the fused kernel, 3x30 the tiled products, 2x40 the chunked ones.
@@ -108,8 +112,8 @@ def test_every_call_equals_the_expanded_model(pair):
         mask = torch.ones(B, T, dtype=torch.bool)
         mask[-1, :2] = False  # left padding
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        got = stored.forward(latents, mask=mask, positions=positions, layers=[1, LAYERS])
-        want = expanded.forward(latents, mask=mask, positions=positions, layers=[1, LAYERS])
+        got = stored.forward(latents, mask=mask, positions=positions, layers=[1, L])
+        want = expanded.forward(latents, mask=mask, positions=positions, layers=[1, L])
         assert rel(got.hidden[mask], want.hidden[mask]) <= REL
         for g, w in zip(got.layers, want.layers):
             assert rel(g[mask], w[mask]) <= REL
@@ -135,13 +139,77 @@ def test_every_call_equals_the_expanded_model(pair):
                 B, T, kwargs.keys(), rel(got_loss.grad_latents.double(), truth.grad_latents),
                 rel(want_loss.grad_latents.double(), truth.grad_latents))
 
-
-def test_greedy_generation_equals_the_expanded_model(pair):
-    stored, expanded, _ = pair
     ids = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(1))
     got = stored.generate(stored.embed(ids), max_new_tokens=12)
     want = expanded.generate(expanded.embed(ids), max_new_tokens=12)
     assert torch.equal(got.ids, want.ids)
+
+
+def test_every_call_equals_the_expanded_model(pair):
+    check_every_call(*pair)
+
+
+def fake_quantise(w, weights, group):
+    """The values aios keeps of a float matrix [rows, cols] loaded with weights="int8" or "int4"
+    (docs/latent_api.md, "Weight storage"), computed here independently."""
+    w = w.float()
+    if weights == "int8":  # symmetric, one scale per row
+        s = w.abs().amax(1, keepdim=True) / 127
+        return torch.where(s > 0, torch.round(w / s), 0).clamp(-127, 127) * s
+    out = torch.empty_like(w)
+    for start in range(0, w.shape[1], group):  # asymmetric, a scale and minimum per group of a row
+        g = w[:, start:start + group]
+        lo, hi = g.amin(1, keepdim=True), g.amax(1, keepdim=True)
+        s = (hi - lo) / 15
+        out[:, start:start + group] = torch.where(s > 0, torch.round((g - lo) / s), 0).clamp(0, 15) * s + lo
+    return out
+
+
+def fake_quantised_checkpoint(checkpoint, weights, group, path):
+    """checkpoint's model with every projection and table aios quantises replaced by its quantised
+    values, saved as float32: what the quantised load must equal."""
+    from transformers.pytorch_utils import Conv1D
+    model = copy.deepcopy(checkpoint.reference)
+    seen = set()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Embedding, Conv1D)) or name.endswith("wpe"):
+                continue  # GPT-2's position table stays expanded
+            if id(module.weight) in seen:
+                continue  # a tied head is the embedding
+            seen.add(id(module.weight))
+            if isinstance(module, Conv1D):  # [in,out]: quantised along the rows of its transpose
+                module.weight.copy_(fake_quantise(module.weight.t(), weights, group).t())
+            else:
+                module.weight.copy_(fake_quantise(module.weight, weights, group))
+    model.save_pretrained(path)
+    return path
+
+
+# int4 groups of 32 divide the 64-wide rows of these models; 48 leaves a last group of 16; 37 starts
+# every other group on a byte's high nibble.
+@pytest.mark.parametrize("weights,group", [("int8", 128), ("int4", 32), ("int4", 48), ("int4", 37)])
+@pytest.mark.parametrize("name", ["llama_gqa", "phi3", "gemma3", "gpt2_untied_sharded"])
+def test_quantised_at_load_equals_the_same_quantisation_in_python(checkpoints, name, weights, group, tmp_path):
+    checkpoint = checkpoints[name]
+    reference = fake_quantised_checkpoint(checkpoint, weights, group, tmp_path / "reference")
+    quantised = aios.Backbone.load(checkpoint.path, weights=weights, group_size=group)
+    assert quantised.config.weights == weights
+    kinds = {k.kind: k for k in quantised.config.storage}
+    assert weights in kinds and "float32" in kinds  # norms, biases (and GPT-2's position table) stay
+    full = aios.Backbone.load(checkpoint.path, weights="expanded").config.weight_bytes
+    assert quantised.config.weight_bytes < (0.5 if weights == "int8" else 0.45) * full
+    check_every_call(quantised, aios.Backbone.load(reference, weights="expanded"),
+                     aios.Backbone.load(reference, dtype="float64", weights="expanded"))
+
+
+def test_gguf_quantised_at_load_keeps_its_quantised_tensors(tmp_path):
+    path = tiny_gguf(tmp_path / "f16.gguf", Q.F16)
+    kinds = [k.kind for k in aios.Backbone.load(path, weights="int8").config.storage]
+    assert "int8" in kinds and "F16" not in kinds
+    path = tiny_gguf(tmp_path / "q4_k.gguf", Q.Q4_K)
+    kinds = [k.kind for k in aios.Backbone.load(path, weights="int4").config.storage]
+    assert "Q4_K" in kinds and "int4" not in kinds
 
 
 def test_extensions_over_stored_tables(default_model_gguf):
@@ -173,8 +241,11 @@ def test_options_are_checked(tmp_path):
     path = tiny_gguf(tmp_path / "q8_0.gguf", Q.Q8_0)
     with pytest.raises(aios.InvalidArgumentError, match="weights"):
         aios.Backbone.load(path, weights="int3")
-    with pytest.raises((aios.InvalidArgumentError, aios.UnavailableError), match="weights|device"):
-        aios.Backbone.load(path, device="cuda", weights="stored")
+    for weights in ("stored", "int8", "int4"):
+        with pytest.raises((aios.InvalidArgumentError, aios.UnavailableError), match="weights|device"):
+            aios.Backbone.load(path, device="cuda", weights=weights)
+    with pytest.raises(aios.InvalidArgumentError, match="group_size"):
+        aios.Backbone.load(path, weights="int4", group_size=0)
 
 
 def test_corrupt_and_unsupported_tensors_are_named(tmp_path):
@@ -206,20 +277,41 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
 before = rss()
-backbone = aios.Backbone.load(sys.argv[1], weights=sys.argv[2])
+backbone = aios.Backbone.load(sys.argv[1], weights=sys.argv[2], group_size=128)
 print(json.dumps({"grown": rss() - before, "parameters": backbone.parameter_count}))
 """
 
 
+def grown(path, weights):
+    """The process's resident memory grown by loading `path`, measured in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(path), weights], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)
+
+
 def test_the_default_model_stays_near_its_file_size(default_model_gguf):
-    # Measured from the process's resident memory around the load, in a fresh interpreter.
-    def grown(weights):
-        out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(default_model_gguf), weights],
-                             capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)
-    stored, expanded = grown("stored"), grown("expanded")
+    stored, expanded = grown(default_model_gguf, "stored"), grown(default_model_gguf, "expanded")
     float32_bytes = 4 * stored["parameters"]
     file_bytes = default_model_gguf.stat().st_size
     assert stored["grown"] < 0.3 * float32_bytes, stored
     assert stored["grown"] < 1.3 * file_bytes, stored
     assert expanded["grown"] > 0.9 * float32_bytes, expanded  # the measurement sees the difference
+
+
+def test_the_default_model_quantised_at_load_takes_its_quantised_size(default_model):
+    # The Hugging Face checkpoint (float32 safetensors): int8 keeps about a byte per value, int4 (groups
+    # of 128) about 0.56; norms stay float32.
+    int8, int4 = grown(default_model, "int8"), grown(default_model, "int4")
+    float32_bytes = 4 * int8["parameters"]
+    assert int8["grown"] < 0.35 * float32_bytes, int8
+    assert int4["grown"] < 0.22 * float32_bytes, int4
+
+
+def test_non_finite_weights_are_named_when_quantising(checkpoints, tmp_path):
+    model = copy.deepcopy(checkpoints["llama_gqa"].reference)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    model.save_pretrained(tmp_path)
+    for weights in ("int8", "int4"):
+        with pytest.raises(aios.DataLossError, match="model.layers.1.mlp.up_proj.weight.*non-finite"):
+            aios.Backbone.load(tmp_path, weights=weights)

@@ -23,7 +23,7 @@ class HostProcess:
     """A running `aios serve`; `address` is its HOST:PORT."""
 
     def __init__(self, model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None, store_bytes=None,
-                 unclaimed_ttl=None, weights=None):
+                 unclaimed_ttl=None, weights=None, group_size=None):
         command = [str(Path(sys.executable).parent / "aios"), "serve", os.fspath(model), "--listen", listen,
                    "--until-stdin-closes"]
         if keys is not None:
@@ -43,6 +43,8 @@ class HostProcess:
             command += ["--unclaimed-ttl", str(float(unclaimed_ttl))]
         if weights is not None:
             command += ["--weights", str(weights)]
+        if group_size is not None:
+            command += ["--group-size", str(int(group_size))]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True)
         line = self._process.stdout.readline()
@@ -99,12 +101,13 @@ class HostProcess:
 
 
 def serve(model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None, store_bytes=None,
-          unclaimed_ttl=None, weights=None) -> HostProcess:
+          unclaimed_ttl=None, weights=None, group_size=None) -> HostProcess:
     """Starts `aios serve model` (listen: HOST:PORT, port 0 = a free one; keys: a key file; state: a
     folder for saved extensions and registered decoders; tls: (certificate, private key) PEM files;
     replica: its number among replicas behind a load balancer, see docs/hosting.md; store_bytes:
     the activation store's budget for all tenants' kept passes; unclaimed_ttl: seconds a kept pass
-    no Vjp or Release claimed stays, default 60; weights: "expanded" or "stored", as Backbone.load)
+    no Vjp or Release claimed stays, default 60; weights and group_size: how the host holds the
+    frozen weights, as Backbone.load)
     and returns once it listens.
     UnavailableError when it does not start."""
-    return HostProcess(model, listen, keys, state, tls, replica, store_bytes, unclaimed_ttl, weights)
+    return HostProcess(model, listen, keys, state, tls, replica, store_bytes, unclaimed_ttl, weights, group_size)

@@ -31,15 +31,19 @@ enum class WeightStorage {
   kExpanded,  // converted to the compute dtype at load
   kStored,    // as the checkpoint stores them (GGUF block-quantised or 16-bit types), decoded per
               // product; CPU only. Safetensors folders load expanded either way.
+  kInt8,      // float matrices quantised at load, per row (symmetric int8); GGUF's quantised ones
+              // stay as stored. CPU only.
+  kInt4,      // the same with 4-bit groups of LoadOptions::group_size values (scale and minimum each)
 };
 
 struct LoadOptions {
   c10::Device device = c10::kCPU;
   c10::ScalarType dtype = c10::kFloat;  // kFloat, kBFloat16 or kHalf; kDouble for gradient checks
   WeightStorage weights = WeightStorage::kAuto;
+  int64_t group_size = 128;  // values per int4 group (kInt4), >= 1; a row's last group holds the rest
 };
 
-// "auto" | "expanded" | "stored" -> storage. Throws Error(kInvalidArgument) naming `field` for anything else.
+// "auto" | "expanded" | "stored" | "int8" | "int4" -> storage. Throws Error(kInvalidArgument) naming `field` for anything else.
 WeightStorage parse_weight_storage(const std::string& name, const std::string& field = "weights");
 std::string weight_storage_name(WeightStorage storage);
 
@@ -73,8 +77,9 @@ class Model {
   int64_t parameter_count() const;
   // The memory the weights take: one entry per kind (dtype or stored GGUF type), largest first.
   std::vector<WeightKind> storage() const;
-  // Whether any weight is kept stored (WeightStorage::kStored).
-  bool stored() const { return !packed_.empty(); }
+  // How the weight matrices are held: kExpanded when none is packed, else the option they were
+  // loaded with (kAuto resolved to kStored).
+  WeightStorage weight_storage() const;
 
   // ids int64 [B,T] on device() -> latents [B,T,D] in dtype(). With `extra_rows` [K,D] (a
   // vocabulary extension's embedding rows), ids V..V+K-1 take those rows; the table is not copied.
@@ -143,6 +148,7 @@ class Model {
  private:
   std::vector<at::Tensor> weights_;
   std::vector<std::shared_ptr<const PackedMatrix>> packed_;
+  WeightStorage requested_storage_;
 };
 
 // Loads a Hugging Face checkpoint folder (config.json with model.safetensors, or with
