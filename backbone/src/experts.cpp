@@ -2,7 +2,6 @@
 
 #include <tuple>
 
-#include "layers.h"
 
 namespace aios::backbone {
 
@@ -46,10 +45,8 @@ at::Tensor route(const Experts& e, const at::Tensor& h, at::Tensor* choices) {
     const at::Tensor slots = order.narrow(0, begin, count[expert]);
     begin += count[expert];
     const at::Tensor tokens = at::floor_divide(slots, k);
-    const at::Tensor gate_up_bias = e.gate_up_bias.defined() ? e.gate_up_bias[expert] : at::Tensor();
-    const at::Tensor down_bias = e.down_bias.defined() ? e.down_bias[expert] : at::Tensor();
-    const auto gate_up = Linear{e.gate_up[expert], nullptr, gate_up_bias, e.in_out}(x.index_select(0, tokens)).chunk(2, -1);
-    const at::Tensor y = Linear{e.down[expert], nullptr, down_bias, e.in_out}(glu(e, gate_up[0], gate_up[1]));
+    const auto gate_up = e.gate_up[static_cast<std::size_t>(expert)](x.index_select(0, tokens)).chunk(2, -1);
+    const at::Tensor y = e.down[static_cast<std::size_t>(expert)](glu(e, gate_up[0], gate_up[1]));
     // In place: a copy of the whole [N,D] output per expert would make the cost grow with E.
     out.index_add_(0, tokens, y * weights.index_select(0, slots).unsqueeze(1));
   }

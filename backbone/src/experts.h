@@ -1,20 +1,20 @@
 // Internal: a mixture-of-experts MLP, routed (each token runs only the experts it is sent to).
 #pragma once
 
+#include <vector>
+
 #include <ATen/ATen.h>
 
 #include "aios/backbone/config.h"
+#include "layers.h"
 
 namespace aios::backbone {
 
 struct Experts {
-  at::Tensor router;        // [E,D]
-  at::Tensor router_bias;   // [E] or undefined
-  at::Tensor gate_up;       // [E,2I,D]: each expert's gate rows, then its up rows; [E,D,2I] with in_out
-  at::Tensor gate_up_bias;  // [E,2I] or undefined
-  at::Tensor down;          // [E,D,I]; [E,I,D] with in_out
-  bool in_out = false;      // the layout keep_in_out() picks (layers.h)
-  at::Tensor down_bias;     // [E,D] or undefined
+  at::Tensor router;          // [E,D]
+  at::Tensor router_bias;     // [E] or undefined
+  std::vector<Linear> gate_up;  // E of D -> 2I: each expert's gate rows, then its up rows (expanded or stored)
+  std::vector<Linear> down;     // E of I -> D
   int64_t top_k = 1;
   bool normalize = false;      // the k weights renormalised to sum to 1
   bool softmax_top_k = false;  // softmax over the k chosen logits only (MoeConfig::softmax_top_k)

@@ -345,25 +345,38 @@ at::Tensor GgufWeights::take(const std::string& name, at::IntArrayRef shape, con
   return w.to(options.device, options.dtype).contiguous();
 }
 
+bool GgufWeights::keeps(const io::GgufTensor& t, const LoadOptions& options) {
+  const bool wider = (t.type == io::GgmlType::kF16 && options.dtype != at::kHalf) ||
+                     (t.type == io::GgmlType::kBF16 && options.dtype != at::kBFloat16);
+  const bool quantised = t.type != io::GgmlType::kF32 && t.type != io::GgmlType::kF64 &&
+                         t.type != io::GgmlType::kF16 && t.type != io::GgmlType::kBF16;
+  // int8/int4 keep the quantised matrices (and quantise the float ones, WeightSource::take_matrix).
+  if (quantizes(options)) return quantised;
+  const bool keep = options.weights == WeightStorage::kStored ||
+                    (options.weights == WeightStorage::kAuto && options.device.is_cpu());
+  return keep && (quantised || wider);
+}
+
 Matrix GgufWeights::take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
   const auto [t, field] = find(name, shape);
-  const bool wider = (t->type == io::GgmlType::kF16 && options.dtype != at::kHalf) ||
-                     (t->type == io::GgmlType::kBF16 && options.dtype != at::kBFloat16);
-  const bool quantised = t->type != io::GgmlType::kF32 && t->type != io::GgmlType::kF64 &&
-                         t->type != io::GgmlType::kF16 && t->type != io::GgmlType::kBF16;
-  // int8/int4 quantise the float matrices and keep the quantised ones as they are.
-  if (quantizes(options) && !quantised) return WeightSource::take_matrix(name, shape, options);
-  const bool keep = options.weights == WeightStorage::kStored || quantizes(options) ||
-                    (options.weights == WeightStorage::kAuto && options.device.is_cpu());
-  if (!keep || shape.size() != 2 || !(quantised || wider)) {
-    return {take(name, shape, options), nullptr};
-  }
+  if (shape.size() != 2 || !keeps(*t, options)) return WeightSource::take_matrix(name, shape, options);
   PackedMatrix packed = PackedMatrix::of(*t, field);
   if (const int64_t heads = permuted_heads(t->name)) {
     const at::Tensor rows = at::arange(shape[0], at::TensorOptions().dtype(at::kLong)).unsqueeze(1);
     packed = packed.select_rows(unpermute(rows, heads).flatten());
   }
   return {at::Tensor(), std::make_shared<const PackedMatrix>(std::move(packed))};
+}
+
+std::vector<Matrix> GgufWeights::take_matrices(const std::string& name, at::IntArrayRef shape,
+                                               const LoadOptions& options) const {
+  const auto [t, field] = find(name, shape);
+  if (shape.size() != 3 || !keeps(*t, options)) return WeightSource::take_matrices(name, shape, options);
+  std::vector<Matrix> out;
+  for (int64_t i = 0; i < shape[0]; ++i) {
+    out.push_back({at::Tensor(), std::make_shared<const PackedMatrix>(PackedMatrix::of(*t, field, i))});
+  }
+  return out;
 }
 
 }  // namespace aios::backbone

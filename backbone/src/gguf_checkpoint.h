@@ -29,10 +29,15 @@ class GgufWeights final : public WeightSource {
   // does); float32 matrices, and every matrix otherwise, come expanded. With kInt8/kInt4 the
   // block-quantised matrices stay so and the float ones are quantised (WeightSource::take_matrix).
   Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override;
+  // Experts stacked [E, rows, cols], each kept as take_matrix keeps a matrix.
+  std::vector<Matrix> take_matrices(const std::string& name, at::IntArrayRef shape,
+                                    const LoadOptions& options) const override;
 
  private:
   // The tensor behind `name`, checked against `shape`, and its name for messages.
   std::pair<const io::GgufTensor*, std::string> find(const std::string& name, at::IntArrayRef shape) const;
+  // Whether `t` stays as stored under `options` (take_matrix).
+  static bool keeps(const io::GgufTensor& t, const LoadOptions& options);
   // How many heads' rows of the GGUF tensor `gguf` to un-permute (0: none).
   int64_t permuted_heads(const std::string& gguf) const;
 

@@ -126,30 +126,45 @@ class LlamaModel final : public ProjectingModel {
       for (int64_t e = 0; e < E; ++e) each.push_back(take(fmt::format("{}experts.{}.{}.{}", block, e, name, kind), shape));
       return at::stack(each);
     };
+    // The same for weight matrices, each expert's kept as options.weights asks.
+    auto matrices = [&](const char* name, int64_t rows, int64_t cols) {
+      const std::string all = fmt::format("{}experts.{}.weight", block, name);
+      if (w.contains(all)) return w.take_matrices(all, {E, rows, cols}, options);
+      std::vector<Matrix> each;
+      for (int64_t e = 0; e < E; ++e) each.push_back(w.take_matrix(fmt::format("{}experts.{}.{}.weight", block, e, name), {rows, cols}, options));
+      return each;
+    };
     Experts& x = l.experts.emplace();
     x.router = own(take(block + (gpt_oss ? "router.weight" : "gate.weight"), {E, D}));
-    at::Tensor gate_up, down;  // [E,2I,D], [E,D,I]
+    std::vector<Matrix> gate_up, down;  // E of [2I,D] and [D,I]
+    at::Tensor gate_up_bias, down_bias;  // [E,2I], [E,D] or undefined
     if (gpt_oss && w.contains(block + "experts.gate_up_proj")) {
       // [E,D,2I] with gate and up channels alternating -> [E,2I,D] gate rows, then up rows.
-      gate_up = take(block + "experts.gate_up_proj", {E, D, 2 * I}).transpose(1, 2);
-      const at::Tensor bias = take(block + "experts.gate_up_proj_bias", {E, 2 * I});
+      LoadOptions exact = options;
+      if (quantizes(options)) exact.dtype = at::kFloat;
       auto halves = [](const at::Tensor& t) { return at::cat({t.slice(1, 0, {}, 2), t.slice(1, 1, {}, 2)}, 1); };
-      gate_up = halves(gate_up);
-      x.gate_up_bias = own(halves(bias).contiguous());
-      down = take(block + "experts.down_proj", {E, I, D}).transpose(1, 2);  // [E,D,I]
-      x.down_bias = own(take(block + "experts.down_proj_bias", {E, D}));
+      const at::Tensor all_gate_up = halves(w.take(block + "experts.gate_up_proj", {E, D, 2 * I}, exact).transpose(1, 2));
+      const at::Tensor all_down = w.take(block + "experts.down_proj", {E, I, D}, exact).transpose(1, 2);  // [E,D,I]
+      for (int64_t e = 0; e < E; ++e) {
+        const std::string name = fmt::format("{}experts[{}]", block, e);
+        gate_up.push_back(quantizes(options) ? quantize(all_gate_up[e], options, name) : Matrix{all_gate_up[e], nullptr});
+        down.push_back(quantizes(options) ? quantize(all_down[e], options, name) : Matrix{all_down[e], nullptr});
+      }
+      gate_up_bias = halves(take(block + "experts.gate_up_proj_bias", {E, 2 * I}));
+      down_bias = take(block + "experts.down_proj_bias", {E, D});
     } else {
-      gate_up = at::cat({stacked(gate, {I, D}), stacked(up, {I, D})}, 1);  // [E,2I,D]
-      down = stacked(down_name, {D, I});
+      const std::vector<Matrix> gates = matrices(gate, I, D), ups = matrices(up, I, D);
+      for (int64_t e = 0; e < E; ++e) gate_up.push_back(Matrix::stack({gates[e], ups[e]}));
+      down = matrices(down_name, D, I);
       if (gpt_oss) {
-        x.gate_up_bias = own(at::cat({stacked(gate, {I}, "bias"), stacked(up, {I}, "bias")}, 1));  // [E,2I]
-        x.down_bias = own(stacked(down_name, {D}, "bias"));
+        gate_up_bias = at::cat({stacked(gate, {I}, "bias"), stacked(up, {I}, "bias")}, 1);  // [E,2I]
+        down_bias = stacked(down_name, {D}, "bias");
       }
     }
-    // Each expert's products in the layout keep_in_out() picks: [E,D,2I] and [E,I,D] for x·W.
-    x.in_out = keep_in_out(gate_up.scalar_type(), gate_up.device());
-    x.gate_up = own((x.in_out ? gate_up.transpose(1, 2) : gate_up).contiguous());
-    x.down = own((x.in_out ? down.transpose(1, 2) : down).contiguous());
+    for (int64_t e = 0; e < E; ++e) {
+      x.gate_up.push_back(project(gate_up[e], gate_up_bias.defined() ? gate_up_bias[e].contiguous() : at::Tensor()));
+      x.down.push_back(project(down[e], down_bias.defined() ? down_bias[e].contiguous() : at::Tensor()));
+    }
     if (gpt_oss) x.router_bias = own(take(block + "router.bias", {E}));
     x.top_k = m.top_k;
     x.normalize = m.normalize_top_k;

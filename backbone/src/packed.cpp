@@ -244,23 +244,26 @@ PackedMatrix::PackedMatrix(std::vector<Segment> segments, int64_t cols, const st
     }
     codecs_.push_back(codec);
     vector_decoders_.push_back(ggml ? simd::row_decoder(s.type) : nullptr);
-    row_dots_.push_back(ggml ? simd::row_dot(s.type) : nullptr);
+    row_dots_.push_back(ggml ? simd::row_dot(s.type) : s.scheme == Scheme::kInt8 ? simd::int8_row_dot() : nullptr);
+    group_dots_.push_back(s.scheme == Scheme::kInt4 ? simd::int4_row_dot(s.group) : nullptr);
     starts_.push_back(starts_.back() + s.bytes.size(0));
   }
 }
 
-PackedMatrix PackedMatrix::of(const io::GgufTensor& t, const std::string& field) {
+PackedMatrix PackedMatrix::of(const io::GgufTensor& t, const std::string& field, int64_t slice) {
   const BlockCodec* codec = block_codec(t.type);
-  if (t.shape.size() != 2 || codec == nullptr) {
+  const std::size_t rank = slice < 0 ? 2 : 3;
+  if (t.shape.size() != rank || codec == nullptr || (slice >= 0 && slice >= t.shape[0])) {
     fail(ErrorCode::kInvalidArgument, field, "expected a matrix of a decodable type, got {} [{}]",
          io::ggml_type_name(t.type), t.shape.size());
   }
-  const int64_t rows = t.shape[0], cols = t.shape[1];
-  if (cols % codec->block_size != 0 || static_cast<std::size_t>(rows * row_bytes(*codec, cols)) != t.size_bytes) {
+  const int64_t slices = rank == 3 ? t.shape[0] : 1, rows = t.shape[rank - 2], cols = t.shape[rank - 1];
+  if (cols % codec->block_size != 0 ||
+      static_cast<std::size_t>(slices * rows * row_bytes(*codec, cols)) != t.size_bytes) {
     fail(ErrorCode::kDataLoss, field, "expected rows of whole {} blocks", io::ggml_type_name(t.type));
   }
   at::Tensor bytes = at::empty({rows, row_bytes(*codec, cols)}, at::TensorOptions().dtype(at::kByte));
-  std::memcpy(bytes.data_ptr(), t.data, t.size_bytes);
+  std::memcpy(bytes.data_ptr(), t.data + std::max<int64_t>(slice, 0) * bytes.nbytes(), bytes.nbytes());
   PackedMatrix packed({{t.type, std::move(bytes)}}, cols, field);
   // Decoded once, as expanding it would, a row at a time (no scratch the size of the matrix): a
   // block with a non-finite scale is a corrupt file.
@@ -378,10 +381,14 @@ std::size_t PackedMatrix::segment_of(int64_t row) const {
 
 bool PackedMatrix::dot_row(int64_t row, const float* x, int64_t M, const float* sums, float* out) const {
   const std::size_t s = segment_of(row);
+  const Segment& segment = segments_[s];
+  const std::uint8_t* in = segment.bytes.data_ptr<std::uint8_t>() + (row - starts_[s]) * segment.bytes.size(1);
+  if (group_dots_[s] != nullptr) {
+    group_dots_[s](in, segment.group, x, M, cols_, sums, out);
+    return true;
+  }
   if (row_dots_[s] == nullptr) return false;
-  const int64_t size = segments_[s].bytes.size(1);
-  row_dots_[s](segments_[s].bytes.data_ptr<std::uint8_t>() + (row - starts_[s]) * size, cols_ / codecs_[s]->block_size,
-               x, M, cols_, sums, out);
+  row_dots_[s](in, cols_ / (codecs_[s] != nullptr ? codecs_[s]->block_size : 32), x, M, cols_, sums, out);
   return true;
 }
 

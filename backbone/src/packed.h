@@ -10,6 +10,7 @@
 
 #include "aios/io/gguf.h"
 #include "dequantize.h"
+#include "packed_simd.h"
 
 namespace aios::backbone {
 
@@ -41,8 +42,9 @@ class PackedMatrix {
   // not whole blocks.
   PackedMatrix(std::vector<Segment> segments, int64_t cols, const std::string& field);
 
-  // A GGUF tensor [rows, cols], its bytes copied out of the file.
-  static PackedMatrix of(const io::GgufTensor& tensor, const std::string& field);
+  // A GGUF tensor [rows, cols], or matrix `slice` of a stacked tensor [n, rows, cols] (a mixture of
+  // experts' weights), its bytes copied out of the file.
+  static PackedMatrix of(const io::GgufTensor& tensor, const std::string& field, int64_t slice = -1);
   // A dense CPU tensor [rows, cols] of float32, float16 or bfloat16 as one segment of that type.
   static PackedMatrix of(const at::Tensor& dense);
   // A dense CPU tensor [rows, cols] quantised (scheme kInt8, or kInt4 with `group` > 0 values per
@@ -75,11 +77,11 @@ class PackedMatrix {
   std::size_t segment_of(int64_t row) const;
 
   std::vector<Segment> segments_;
-  std::vector<const BlockCodec*> codecs_;  // per segment
-  std::vector<void (*)(const std::uint8_t*, int64_t, float*)> vector_decoders_;  // per segment, or nullptr
-  std::vector<void (*)(const std::uint8_t*, int64_t, const float*, int64_t, int64_t, const float*, float*)>
-      row_dots_;  // per segment, or nullptr
-  std::vector<int64_t> starts_;            // first row of each segment, then rows()
+  std::vector<const BlockCodec*> codecs_;          // per segment; nullptr for int8/int4
+  std::vector<simd::RowDecoder> vector_decoders_;  // per segment, or nullptr
+  std::vector<simd::RowDot> row_dots_;             // per segment, or nullptr
+  std::vector<simd::GroupDot> group_dots_;         // per segment: int4's fused product, or nullptr
+  std::vector<int64_t> starts_;                    // first row of each segment, then rows()
   int64_t cols_ = 0;
 };
 

@@ -238,6 +238,44 @@ void dot_q6_k(const std::uint8_t* w, std::int64_t blocks, const float* x, std::i
   });
 }
 
+// aios's own schemes (PackedMatrix::Scheme): int8 rows are [float32 scale][K int8]; int4 rows are
+// [scales][minimums][K/2 bytes, value 2j in byte j's low nibble, 2j+1 in its high], groups of a
+// multiple of 32 values, so that each 32-value block lies in one group.
+void dot_int8(const std::uint8_t* w, std::int64_t blocks, const float* x, std::int64_t M, std::int64_t K, const float*,
+              float* out) {
+  float scale;
+  std::memcpy(&scale, w, 4);
+  const std::uint8_t* q = w + 4;
+  for_rows(blocks, x, M, K, out, [&](std::int64_t b, const float* xs, int rows, std::int64_t ld, std::int64_t, __m256* acc, float*) {
+    const __m128i q0 = load16(q + 32 * b), q1 = load16(q + 32 * b + 16);
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = xs + r * ld + 32 * b;
+      acc[r] = _mm256_add_ps(acc[r], _mm256_add_ps(dot16<true>(q0, xr), dot16<true>(q1, xr + 16)));
+    }
+  });
+  for (std::int64_t m = 0; m < M; ++m) out[m] *= scale;
+}
+
+void dot_int4(const std::uint8_t* w, std::int64_t group, const float* x, std::int64_t M, std::int64_t K,
+              const float* sums, float* out) {
+  const std::int64_t groups = (K + group - 1) / group, blocks = K / 32, per_group = group / 32;
+  const std::uint8_t* nibbles = w + 8 * groups;
+  for_rows(blocks, x, M, K, out, [&](std::int64_t b, const float* xs, int rows, std::int64_t ld, std::int64_t m0, __m256* acc, float* mins) {
+    const std::int64_t g = b / per_group;
+    float scale, min;
+    std::memcpy(&scale, w + 4 * g, 4);
+    std::memcpy(&min, w + 4 * (groups + g), 4);
+    const __m256 d = _mm256_set1_ps(scale);
+    const __m128i v = load16(nibbles + 16 * b), lo = low_nibbles(v), hi = high_nibbles(v);
+    const __m128i q0 = _mm_unpacklo_epi8(lo, hi), q1 = _mm_unpackhi_epi8(lo, hi);  // values 0..15, 16..31
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = xs + r * ld + 32 * b;
+      acc[r] = _mm256_fmadd_ps(d, _mm256_add_ps(dot16<false>(q0, xr), dot16<false>(q1, xr + 16)), acc[r]);
+      mins[r] += min * sums[(m0 + r) * blocks + b];
+    }
+  });
+}
+
 float dot_avx2(const float* a, const float* b, std::int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
   std::int64_t i = 0;
@@ -298,6 +336,21 @@ RowDot row_dot(io::GgmlType type) {
   (void)type;
   return nullptr;
 #endif
+}
+
+RowDot int8_row_dot() {
+#if AIOS_SIMD_AVX2
+  if (cpu_has_avx2()) return dot_int8;
+#endif
+  return nullptr;
+}
+
+GroupDot int4_row_dot(std::int64_t group) {
+#if AIOS_SIMD_AVX2
+  if (cpu_has_avx2() && group % 32 == 0) return dot_int4;
+#endif
+  (void)group;
+  return nullptr;
 }
 
 float dot(const float* a, const float* b, std::int64_t n) {

@@ -25,6 +25,13 @@ using RowDot = void (*)(const std::uint8_t* row, std::int64_t blocks, const floa
 // nullptr otherwise.
 RowDot row_dot(io::GgmlType type);
 
+// The same for PackedMatrix's int8 rows (`blocks` = K/32) and int4 rows in groups of `group`
+// values (a multiple of 32), on CPUs that run the vector kernels; nullptr otherwise.
+using GroupDot = void (*)(const std::uint8_t* row, std::int64_t group, const float* x, std::int64_t M, std::int64_t K,
+                          const float* sums, float* out);
+RowDot int8_row_dot();
+GroupDot int4_row_dot(std::int64_t group);
+
 // sum a[i] * b[i] over n floats, and y += a * x over n floats: vector kernels where the CPU runs
 // them, else portable loops.
 float dot(const float* a, const float* b, std::int64_t n);

@@ -166,6 +166,18 @@ Matrix WeightSource::take_matrix(const std::string& name, at::IntArrayRef shape,
   return quantize(take(name, shape, exact), options, name);
 }
 
+std::vector<Matrix> WeightSource::take_matrices(const std::string& name, at::IntArrayRef shape,
+                                                const LoadOptions& options) const {
+  LoadOptions exact = options;
+  if (quantizes(options)) exact.dtype = at::kFloat;
+  const at::Tensor all = take(name, shape, exact);
+  std::vector<Matrix> out;
+  for (int64_t i = 0; i < shape[0]; ++i) {
+    out.push_back(quantizes(options) ? quantize(all[i], options, fmt::format("{}[{}]", name, i)) : Matrix{all[i], nullptr});
+  }
+  return out;
+}
+
 Matrix Matrix::stack(const std::vector<Matrix>& parts) {
   const bool stored = std::any_of(parts.begin(), parts.end(), [](const Matrix& m) { return m.packed != nullptr; });
   if (!stored) {

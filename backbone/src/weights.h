@@ -37,6 +37,10 @@ class WeightSource {
   // (kInt8, kInt4), or kept as the source stores it where the source can (kStored); else expanded,
   // as take().
   virtual Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const;
+  // The stacked matrices `name` [n, rows, cols] (a mixture of experts' weights), each as take_matrix
+  // would give it.
+  virtual std::vector<Matrix> take_matrices(const std::string& name, at::IntArrayRef shape,
+                                            const LoadOptions& options) const;
 };
 
 // Whether options.weights quantises float matrices at load (kInt8, kInt4).
@@ -77,6 +81,10 @@ class PrefixedWeights final : public WeightSource {
   }
   Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override {
     return inner_.take_matrix(prefix_ + name, shape, options);
+  }
+  std::vector<Matrix> take_matrices(const std::string& name, at::IntArrayRef shape,
+                                    const LoadOptions& options) const override {
+    return inner_.take_matrices(prefix_ + name, shape, options);
   }
 
  private:

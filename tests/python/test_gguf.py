@@ -380,6 +380,12 @@ def gguf_of_checkpoint(checkpoint, arch, expert_type=None):
         extra[f"{arch}.rope.scaling.factor"] = (rope["factor"], F32)
     if "original_max_position_embeddings" in rope:
         extra[f"{arch}.rope.scaling.original_context_length"] = (rope["original_max_position_embeddings"], U32)
+    if arch == "gpt-oss":
+        extra.update({f"{arch}.expert_count": (c.num_local_experts, U32),
+                      f"{arch}.expert_used_count": (c.num_experts_per_tok, U32),
+                      f"{arch}.expert_feed_forward_length": (c.intermediate_size, U32),
+                      f"{arch}.swiglu_clamp_exp": ([c.swiglu_limit] * c.num_hidden_layers, gguf.GGUFValueType.ARRAY,
+                                                   F32)})
     names = dict(GGUF_NAMES, post_attention_layernorm="post_attention_norm", pre_feedforward_layernorm="ffn_norm",
                  post_feedforward_layernorm="post_ffw_norm")
     tensors, types = {}, {}
@@ -434,13 +440,6 @@ def test_gemma_and_gpt_oss_gguf_equal_their_source_folders(checkpoints, tmp_path
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if getattr(c, key, None):
                 extra[f"{arch}.{key}"] = (getattr(c, key), F32)
-    else:
-        U32 = gguf.GGUFValueType.UINT32
-        extra.update({f"{arch}.expert_count": (c.num_local_experts, U32),
-                      f"{arch}.expert_used_count": (c.num_experts_per_tok, U32),
-                      f"{arch}.expert_feed_forward_length": (c.intermediate_size, U32),
-                      f"{arch}.swiglu_clamp_exp": ([c.swiglu_limit] * c.num_hidden_layers, gguf.GGUFValueType.ARRAY,
-                                                   F32)})
     path = write_gguf(tmp_path / f"{name}.gguf", arch, common, tensors, extra=extra)
     ours, folder = aios.Backbone.load(path), aios.Backbone.load(checkpoint.path)
     assert ours.config.architecture == folder.config.architecture
@@ -454,10 +453,11 @@ def test_gemma_and_gpt_oss_gguf_equal_their_source_folders(checkpoints, tmp_path
         plain = aios.Backbone.load(write_gguf(tmp_path / "plain.gguf", arch, common, tensors, extra=extra))
         assert plain.config.attention_scale == pytest.approx(c.head_dim ** -0.5)
     else:
-        # The experts as MXFP4, as released gpt-oss files store them: equal to the same file with
-        # the experts dequantised by the gguf package.
+        # The experts as MXFP4, as released gpt-oss files store them, expanded at load: equal to the
+        # same file with the experts dequantised by the gguf package.
         _, _, quantised, types = gguf_of_checkpoint(checkpoint, arch, expert_type=gguf.GGMLQuantizationType.MXFP4)
-        mxfp4 = aios.Backbone.load(write_gguf(tmp_path / "mxfp4.gguf", arch, common, quantised, types, extra))
+        mxfp4 = aios.Backbone.load(write_gguf(tmp_path / "mxfp4.gguf", arch, common, quantised, types, extra),
+                                   weights="expanded")
         expanded = {n: gguf.quants.dequantize(t, types[n]) if n in types else t for n, t in quantised.items()}
         expanded = aios.Backbone.load(write_gguf(tmp_path / "expanded.gguf", arch, common, expanded, extra=extra))
         for got, want in zip(run(mxfp4, ids), run(expanded, ids)):

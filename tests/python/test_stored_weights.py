@@ -172,9 +172,15 @@ def fake_quantised_checkpoint(checkpoint, weights, group, path):
     model = copy.deepcopy(checkpoint.reference)
     seen = set()
     with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):  # [E, out, in] each
+                for e in range(p.shape[0]):
+                    p[e] = fake_quantise(p[e], weights, group)
         for name, module in model.named_modules():
             if not isinstance(module, (torch.nn.Linear, torch.nn.Embedding, Conv1D)) or name.endswith("wpe"):
                 continue  # GPT-2's position table stays expanded
+            if name.rsplit(".", 1)[-1] in ("gate", "router", "shared_expert_gate"):
+                continue  # routers stay expanded
             if id(module.weight) in seen:
                 continue  # a tied head is the embedding
             seen.add(id(module.weight))
@@ -189,7 +195,7 @@ def fake_quantised_checkpoint(checkpoint, weights, group, path):
 # int4 groups of 32 divide the 64-wide rows of these models; 48 leaves a last group of 16; 37 starts
 # every other group on a byte's high nibble.
 @pytest.mark.parametrize("weights,group", [("int8", 128), ("int4", 32), ("int4", 48), ("int4", 37)])
-@pytest.mark.parametrize("name", ["llama_gqa", "phi3", "gemma3", "gpt2_untied_sharded"])
+@pytest.mark.parametrize("name", ["llama_gqa", "phi3", "gemma3", "gpt2_untied_sharded", "qwen3_moe", "qwen2_moe"])
 def test_quantised_at_load_equals_the_same_quantisation_in_python(checkpoints, name, weights, group, tmp_path):
     checkpoint = checkpoints[name]
     reference = fake_quantised_checkpoint(checkpoint, weights, group, tmp_path / "reference")
@@ -210,6 +216,19 @@ def test_gguf_quantised_at_load_keeps_its_quantised_tensors(tmp_path):
     path = tiny_gguf(tmp_path / "q4_k.gguf", Q.Q4_K)
     kinds = [k.kind for k in aios.Backbone.load(path, weights="int4").config.storage]
     assert "Q4_K" in kinds and "int4" not in kinds
+
+
+@pytest.mark.parametrize("expert_type", [Q.MXFP4, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
+def test_stored_experts_equal_the_expanded_model(checkpoints, tmp_path, expert_type):
+    # gpt-oss as llama.cpp files store it, its experts (with biases) quantised: each expert's
+    # matrices stay stored, and every call equals the same file expanded.
+    from test_gguf import gguf_of_checkpoint
+    common, extra, tensors, types = gguf_of_checkpoint(checkpoints["gpt_oss"], "gpt-oss", expert_type=expert_type)
+    path = write_gguf(tmp_path / "experts.gguf", "gpt-oss", common, tensors, types, extra)
+    stored = aios.Backbone.load(path)  # the default on the CPU
+    assert expert_type.name in {k.kind for k in stored.config.storage}
+    check_every_call(stored, aios.Backbone.load(path, weights="expanded"),
+                     aios.Backbone.load(path, dtype="float64", weights="expanded"))
 
 
 def test_extensions_over_stored_tables(default_model_gguf):
