@@ -34,9 +34,7 @@ class Gpt2Model final : public ProjectingModel {
       const at::Tensor bias = take(name + ".bias", {out});
       if (!quantizes(options)) return project(take(name + ".weight", {in, out}), bias, /*in_out=*/true);
       // Conv1D stores [in,out]: quantised along the rows of its [out,in] transpose, as the other families'.
-      LoadOptions exact = options;
-      exact.dtype = at::kFloat;
-      return project(quantize(w.take(prefix + name + ".weight", {in, out}, exact).t(), options, name), bias);
+      return project(kept(w.take(prefix + name + ".weight", {in, out}, taking(options)).t(), options, name), bias);
     };
     load_tables(w.take_matrix(prefix + "wte.weight", {c.vocab_size, D}, options),
                 c.tie_word_embeddings ? std::nullopt

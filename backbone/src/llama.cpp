@@ -140,15 +140,13 @@ class LlamaModel final : public ProjectingModel {
     at::Tensor gate_up_bias, down_bias;  // [E,2I], [E,D] or undefined
     if (gpt_oss && w.contains(block + "experts.gate_up_proj")) {
       // [E,D,2I] with gate and up channels alternating -> [E,2I,D] gate rows, then up rows.
-      LoadOptions exact = options;
-      if (quantizes(options)) exact.dtype = at::kFloat;
       auto halves = [](const at::Tensor& t) { return at::cat({t.slice(1, 0, {}, 2), t.slice(1, 1, {}, 2)}, 1); };
-      const at::Tensor all_gate_up = halves(w.take(block + "experts.gate_up_proj", {E, D, 2 * I}, exact).transpose(1, 2));
-      const at::Tensor all_down = w.take(block + "experts.down_proj", {E, I, D}, exact).transpose(1, 2);  // [E,D,I]
+      const at::Tensor all_gate_up = halves(w.take(block + "experts.gate_up_proj", {E, D, 2 * I}, taking(options)).transpose(1, 2));
+      const at::Tensor all_down = w.take(block + "experts.down_proj", {E, I, D}, taking(options)).transpose(1, 2);  // [E,D,I]
       for (int64_t e = 0; e < E; ++e) {
         const std::string name = fmt::format("{}experts[{}]", block, e);
-        gate_up.push_back(quantizes(options) ? quantize(all_gate_up[e], options, name) : Matrix{all_gate_up[e], nullptr});
-        down.push_back(quantizes(options) ? quantize(all_down[e], options, name) : Matrix{all_down[e], nullptr});
+        gate_up.push_back(kept(all_gate_up[e], options, name));
+        down.push_back(kept(all_down[e], options, name));
       }
       gate_up_bias = halves(take(block + "experts.gate_up_proj_bias", {E, 2 * I}));
       down_bias = take(block + "experts.down_proj_bias", {E, D});

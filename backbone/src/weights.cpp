@@ -146,7 +146,7 @@ at::Tensor SafetensorsWeights::mapped(const std::string& name, at::IntArrayRef s
 Matrix SafetensorsWeights::take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
   // Quantised straight from the mapping, a row at a time: the load never holds a float copy of a
   // matrix, whose freed memory would stay resident between the small quantised ones.
-  if (quantizes(options) && shape.size() == 2 && find(name) != nullptr) return quantize(mapped(name, shape), options, name);
+  if (quantizes(options) && shape.size() == 2 && find(name) != nullptr) return kept(mapped(name, shape), options, name);
   return WeightSource::take_matrix(name, shape, options);
 }
 
@@ -154,27 +154,27 @@ bool quantizes(const LoadOptions& options) {
   return options.weights == WeightStorage::kInt8 || options.weights == WeightStorage::kInt4;
 }
 
-Matrix quantize(const at::Tensor& dense, const LoadOptions& options, const std::string& name) {
+LoadOptions taking(const LoadOptions& options) {
+  LoadOptions out = options;
+  if (quantizes(options)) out.dtype = at::kFloat;
+  return out;
+}
+
+Matrix kept(const at::Tensor& dense, const LoadOptions& options, const std::string& name) {
+  if (!quantizes(options)) return {dense, nullptr};
   const auto scheme = options.weights == WeightStorage::kInt8 ? PackedMatrix::Scheme::kInt8 : PackedMatrix::Scheme::kInt4;
   return {at::Tensor(), std::make_shared<const PackedMatrix>(PackedMatrix::quantize(dense, scheme, options.group_size, name))};
 }
 
 Matrix WeightSource::take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const {
-  if (!quantizes(options) || shape.size() != 2) return {take(name, shape, options), nullptr};
-  LoadOptions exact = options;
-  exact.dtype = at::kFloat;
-  return quantize(take(name, shape, exact), options, name);
+  return kept(take(name, shape, taking(options)), options, name);
 }
 
 std::vector<Matrix> WeightSource::take_matrices(const std::string& name, at::IntArrayRef shape,
                                                 const LoadOptions& options) const {
-  LoadOptions exact = options;
-  if (quantizes(options)) exact.dtype = at::kFloat;
-  const at::Tensor all = take(name, shape, exact);
+  const at::Tensor all = take(name, shape, taking(options));
   std::vector<Matrix> out;
-  for (int64_t i = 0; i < shape[0]; ++i) {
-    out.push_back(quantizes(options) ? quantize(all[i], options, fmt::format("{}[{}]", name, i)) : Matrix{all[i], nullptr});
-  }
+  for (int64_t i = 0; i < shape[0]; ++i) out.push_back(kept(all[i], options, fmt::format("{}[{}]", name, i)));
   return out;
 }
 

@@ -45,9 +45,12 @@ class WeightSource {
 
 // Whether options.weights quantises float matrices at load (kInt8, kInt4).
 bool quantizes(const LoadOptions& options);
-// dense [rows, cols] (CPU, any float dtype) quantised row by row as options.weights asks (kInt8,
-// kInt4), from its values as float32. Throws Error(kDataLoss) naming `name` for a non-finite value.
-Matrix quantize(const at::Tensor& dense, const LoadOptions& options, const std::string& name);
+// The options to take a float matrix with before kept(): float32 where it will be quantised.
+LoadOptions taking(const LoadOptions& options);
+// dense [rows, cols] as options.weights keeps a float matrix: quantised row by row from its values as
+// float32 (kInt8, kInt4; dense on the CPU, any float dtype), else as it is. Throws Error(kDataLoss)
+// naming `name` for a non-finite value quantised.
+Matrix kept(const at::Tensor& dense, const LoadOptions& options, const std::string& name);
 
 // model.safetensors, or the shards listed by model.safetensors.index.json, in a folder.
 class SafetensorsWeights final : public WeightSource {
