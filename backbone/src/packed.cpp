@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -173,12 +174,19 @@ void decode_quantized(const PackedMatrix::Segment& segment, const std::uint8_t* 
   }
 }
 
-// Row `in` of `cols` values of dtype (float32, float16, bfloat16) as float32: in itself, or converted into `buffer`.
+// Row `in` of `cols` values of dtype (float32, float16, bfloat16) as float32: in itself, or converted
+// into `buffer` (also a float32 row a mapped file leaves unaligned).
 const float* row_as_float(const std::uint8_t* in, c10::ScalarType dtype, int64_t cols, float* buffer) {
-  if (dtype == at::kFloat) return reinterpret_cast<const float*>(in);
+  if (dtype == at::kFloat) {
+    if (reinterpret_cast<std::uintptr_t>(in) % alignof(float) == 0) return reinterpret_cast<const float*>(in);
+    std::memcpy(buffer, in, static_cast<std::size_t>(cols) * sizeof(float));
+    return buffer;
+  }
   for (int64_t k = 0; k < cols; ++k) {
-    buffer[k] = dtype == at::kHalf ? static_cast<float>(reinterpret_cast<const c10::Half*>(in)[k])
-                                   : static_cast<float>(reinterpret_cast<const c10::BFloat16*>(in)[k]);
+    std::uint16_t bits;
+    std::memcpy(&bits, in + 2 * k, 2);
+    buffer[k] = dtype == at::kHalf ? static_cast<float>(c10::Half(bits, c10::Half::from_bits()))
+                                   : static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()));
   }
   return buffer;
 }
