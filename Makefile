@@ -124,7 +124,7 @@ bench: build $(DEFAULT_MODEL)/config.json
 	$(PY) bench/bench_experts.py
 	$(PY) bench/bench_families.py --layers 2 --families qwen3,smollm3,olmo2,phi3,gemma2,gemma3,qwen2_moe,gpt_oss
 	$(PY) bench/bench_families.py --layers 1 --families mixtral
-	$(PY) bench/bench_stored.py --hosted-7b
+	AIOS_DEFAULT_MODEL=$(abspath $(DEFAULT_MODEL)) $(PY) bench/bench_stored.py --hosted-7b --llama-cpp
 
 clean:
 	rm -rf $(BUILD) $(FUZZ_BUILD)
