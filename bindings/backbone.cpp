@@ -160,7 +160,8 @@ void bind_backbone(py::module_& m) {
       .def("__repr__", [](const RopeInfo& r) { return fmt::format("RopeInfo(type='{}', theta={})", r.type, r.theta); });
 
   py::class_<aios::WeightKind>(m, "WeightKind", "The resident memory of one kind of frozen weights.")
-      .def_readonly("kind", &aios::WeightKind::kind, "\"float32\", ... or a stored GGUF type (\"Q4_1\", ...)")
+      .def_readonly("kind", &aios::WeightKind::kind,
+                    "\"float32\", ..., a stored GGUF type (\"Q4_1\", ...), or \"int8\"/\"int4\" (quantised at load)")
       .def_readonly("tensors", &aios::WeightKind::tensors)
       .def_readonly("elements", &aios::WeightKind::elements)
       .def_readonly("bytes", &aios::WeightKind::bytes)

@@ -34,6 +34,18 @@ def test_serve_listens_on_loopback_and_stops_on_a_signal(checkpoints, stop):
         process.kill()
 
 
+def test_a_host_serves_weights_quantised_at_load(checkpoints):
+    path = checkpoints["llama_gqa"].path
+    local = aios.Backbone.load(path, weights="int4", group_size=32)
+    with aios.serve(path, weights="int4", group_size=32) as host:
+        remote = aios.connect(host.address)
+        assert remote.config.weights == "int4"
+        assert [(k.kind, k.bytes) for k in remote.config.storage] == [(k.kind, k.bytes) for k in local.config.storage]
+        ids = torch.randint(0, remote.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+        got, want = remote.forward(remote.embed(ids)).hidden, local.forward(local.embed(ids)).hidden
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_serve_names_a_bad_address(checkpoints):
     result = subprocess.run([str(AIOS), "serve", str(checkpoints["llama_gqa"].path), "--listen", "256.0.0.1:99999"],
                             capture_output=True, text=True, timeout=60)

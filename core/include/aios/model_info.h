@@ -36,8 +36,8 @@ struct RopeInfo {
 
 // The resident memory of one kind of frozen weights.
 struct WeightKind {
-  // "float32", "bfloat16", ... (weights converted to that dtype), or the GGUF type a stored
-  // tensor keeps ("Q4_1", "Q8_0", "F16", ...).
+  // "float32", "bfloat16", ... (weights converted to that dtype), the GGUF type a stored
+  // tensor keeps ("Q4_1", "Q8_0", "F16", ...), or "int8"/"int4" (quantised at load).
   std::string kind;
   int64_t tensors = 0;   // distinct tensors (stored: row segments of one type) of that kind
   int64_t elements = 0;  // their values
@@ -82,9 +82,10 @@ struct ModelInfo {
   std::optional<int64_t> bos_id;
   std::vector<int64_t> eos_ids;
   std::optional<int64_t> pad_id;
-  // How the frozen weights are held: "expanded" (converted to dtype at load) or "stored" (the
-  // checkpoint's own types, block-quantised GGUF matrices included, decoded per product), and the
-  // memory each kind takes, largest first.
+  // How the frozen weights are held: "expanded" (converted to dtype at load), "stored" (the
+  // checkpoint's own types, block-quantised GGUF matrices included, decoded per product) or
+  // "int8"/"int4" (quantised at load, docs/latent_api.md), and the memory each kind takes,
+  // largest first.
   std::string weights;
   std::vector<WeightKind> storage;
 
