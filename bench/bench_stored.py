@@ -249,7 +249,7 @@ def main():
         base = results["expanded"]
         print(f"\n{name}: {path}")
         header = "".join(f"{v:>12}" for v in variants)
-        ratios = "".join(f"{v + '/exp':>12}" for v in variants[1:])
+        ratios = "".join(f"{v + '/exp':>15}" for v in variants[1:])
         if "llama.cpp" in results:
             ratios += f"{'stored/llama':>14}"
         print(f"{'measure':<18}{header}{ratios}")
@@ -258,7 +258,7 @@ def main():
             label = key + (" MB" if key == "memory" else " s" if key == "load_s" else " tok/s" if "decode" in key
                            else " ms")
             cells = "".join(f"{results[v][key] / unit:>12.1f}" if key in results[v] else f"{'-':>12}" for v in variants)
-            cells += "".join(f"{results[v][key] / base[key]:>11.2f}x" if key in results[v] else f"{'-':>12}"
+            cells += "".join(f"{results[v][key] / base[key]:>14.2f}x" if key in results[v] else f"{'-':>15}"
                              for v in variants[1:])
             if "llama.cpp" in results and key in results["llama.cpp"]:
                 cells += f"{results['stored'][key] / results['llama.cpp'][key]:>13.2f}x"
