@@ -252,6 +252,7 @@ PackedMatrix::PackedMatrix(std::vector<Segment> segments, int64_t cols, const st
     }
     codecs_.push_back(codec);
     vector_decoders_.push_back(ggml ? simd::row_decoder(s.type) : nullptr);
+    scheme_decoders_.push_back(ggml ? nullptr : s.scheme == Scheme::kInt8 ? simd::int8_row_decoder() : simd::int4_row_decoder());
     row_dots_.push_back(ggml ? simd::row_dot(s.type) : s.scheme == Scheme::kInt8 ? simd::int8_row_dot() : nullptr);
     group_dots_.push_back(s.scheme == Scheme::kInt4 ? simd::int4_row_dot(s.group) : nullptr);
     starts_.push_back(starts_.back() + s.bytes.size(0));
@@ -404,6 +405,7 @@ void PackedMatrix::decode_row(int64_t row, float* out) const {
   const std::size_t s = segment_of(row);
   const int64_t size = segments_[s].bytes.size(1);
   const std::uint8_t* in = segments_[s].bytes.data_ptr<std::uint8_t>() + (row - starts_[s]) * size;
+  if (const simd::SchemeDecoder vector = scheme_decoders_[s]) return vector(in, segments_[s].group, cols_, out);
   if (codecs_[s] == nullptr) return decode_quantized(segments_[s], in, cols_, out);
   const BlockCodec& codec = *codecs_[s];
   if (const simd::RowDecoder vector = vector_decoders_[s]) return vector(in, cols_ / codec.block_size, out);

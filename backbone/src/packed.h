@@ -77,11 +77,12 @@ class PackedMatrix {
   std::size_t segment_of(int64_t row) const;
 
   std::vector<Segment> segments_;
-  std::vector<const BlockCodec*> codecs_;          // per segment; nullptr for int8/int4
-  std::vector<simd::RowDecoder> vector_decoders_;  // per segment, or nullptr
-  std::vector<simd::RowDot> row_dots_;             // per segment, or nullptr
-  std::vector<simd::GroupDot> group_dots_;         // per segment: int4's fused product, or nullptr
-  std::vector<int64_t> starts_;                    // first row of each segment, then rows()
+  std::vector<const BlockCodec*> codecs_;             // per segment; nullptr for int8/int4
+  std::vector<simd::RowDecoder> vector_decoders_;     // per ggml segment, or nullptr
+  std::vector<simd::SchemeDecoder> scheme_decoders_;  // per int8/int4 segment, or nullptr
+  std::vector<simd::RowDot> row_dots_;                // per segment, or nullptr
+  std::vector<simd::GroupDot> group_dots_;            // per segment: int4's fused product, or nullptr
+  std::vector<int64_t> starts_;                       // first row of each segment, then rows()
   int64_t cols_ = 0;
 };
 

@@ -276,6 +276,46 @@ void dot_int4(const std::uint8_t* w, std::int64_t group, const float* x, std::in
   });
 }
 
+// PackedMatrix's int8 row: [float32 s][cols int8], value q·s.
+void int8_row(const std::uint8_t* w, std::int64_t, std::int64_t cols, float* y) {
+  float scale;
+  std::memcpy(&scale, w, 4);
+  const __m256 d = _mm256_set1_ps(scale);
+  const std::uint8_t* q = w + 4;
+  std::int64_t k = 0;
+  for (; k + 16 <= cols; k += 16) scale16(load16(q + k), d, y + k);
+  for (; k < cols; ++k) y[k] = static_cast<float>(static_cast<std::int8_t>(q[k])) * scale;
+}
+
+// PackedMatrix's int4 row: [groups float32 s][groups float32 m][nibbles, even index low], value q·s + m.
+// Whole 32-value runs of a group go through vectors; an odd group size leaves scalar ends.
+void int4_row(const std::uint8_t* w, std::int64_t group, std::int64_t cols, float* y) {
+  const std::int64_t groups = (cols + group - 1) / group;
+  const std::uint8_t* nibbles = w + 8 * groups;
+  const auto value = [&](std::int64_t k, float scale, float min) {
+    const std::uint8_t b = nibbles[k / 2];
+    return static_cast<float>(k % 2 == 0 ? b & 0x0F : b >> 4) * scale + min;
+  };
+  for (std::int64_t g = 0; g < groups; ++g) {
+    float scale, min;
+    std::memcpy(&scale, w + 4 * g, 4);
+    std::memcpy(&min, w + 4 * (groups + g), 4);
+    const __m256 d = _mm256_set1_ps(scale), m = _mm256_set1_ps(min);
+    std::int64_t k = g * group;
+    const std::int64_t end = std::min(cols, k + group);
+    if (k % 2 == 1) y[k] = value(k, scale, min), ++k;
+    for (; k + 32 <= end; k += 32) {
+      const __m128i v = load16(nibbles + k / 2), lo = low_nibbles(v), hi = high_nibbles(v);
+      const __m128i q0 = _mm_unpacklo_epi8(lo, hi), q1 = _mm_unpackhi_epi8(lo, hi);  // values k..k+15, k+16..k+31
+      _mm256_storeu_ps(y + k, _mm256_add_ps(_mm256_mul_ps(d, low_u8(q0)), m));
+      _mm256_storeu_ps(y + k + 8, _mm256_add_ps(_mm256_mul_ps(d, low_u8(_mm_srli_si128(q0, 8))), m));
+      _mm256_storeu_ps(y + k + 16, _mm256_add_ps(_mm256_mul_ps(d, low_u8(q1)), m));
+      _mm256_storeu_ps(y + k + 24, _mm256_add_ps(_mm256_mul_ps(d, low_u8(_mm_srli_si128(q1, 8))), m));
+    }
+    for (; k < end; ++k) y[k] = value(k, scale, min);
+  }
+}
+
 float dot_avx2(const float* a, const float* b, std::int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
   std::int64_t i = 0;
@@ -341,6 +381,20 @@ RowDot row_dot(io::GgmlType type) {
 RowDot int8_row_dot() {
 #if AIOS_SIMD_AVX2
   if (cpu_has_avx2()) return dot_int8;
+#endif
+  return nullptr;
+}
+
+SchemeDecoder int8_row_decoder() {
+#if AIOS_SIMD_AVX2
+  if (cpu_has_avx2()) return int8_row;
+#endif
+  return nullptr;
+}
+
+SchemeDecoder int4_row_decoder() {
+#if AIOS_SIMD_AVX2
+  if (cpu_has_avx2()) return int4_row;
 #endif
   return nullptr;
 }
