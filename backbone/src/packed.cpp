@@ -31,6 +31,25 @@ constexpr int64_t kTileElements = int64_t{1} << 16;
 constexpr int64_t kLargeRows = 64;
 constexpr int64_t kChunkElements = int64_t{1} << 20;
 
+// The first row a parallel scan finds failing a check: a thread stops at rows past one already
+// found, so the row an error names does not depend on how the rows were split between threads.
+class FirstRow {
+ public:
+  bool past(int64_t r) const {
+    const int64_t found = row_.load();
+    return found >= 0 && found < r;
+  }
+  void found(int64_t r) {
+    int64_t first = row_.load();
+    while ((first < 0 || r < first) && !row_.compare_exchange_weak(first, r)) {
+    }
+  }
+  int64_t row() const { return row_.load(); }
+
+ private:
+  std::atomic<int64_t> row_{-1};
+};
+
 int64_t row_bytes(const BlockCodec& codec, int64_t cols) { return cols / codec.block_size * codec.type_size; }
 
 // x [M,K] float32 -> y [M,N], a weight row at a time: dotted in registers by the type's fused kernel
@@ -40,9 +59,16 @@ at::Tensor fused_forward(const at::Tensor& x, const PackedMatrix& w) {
   at::Tensor y = at::empty({M, N}, x.options());
   const float* xs = x.data_ptr<float>();
   float* ys = y.data_ptr<float>();
-  // x's sums over each 32 values, for the kernels of types with a per-block minimum.
-  const at::Tensor sums = K % 32 == 0 ? x.view({M, K / 32, 32}).sum(-1).contiguous() : at::Tensor();
-  const float* ss = sums.defined() ? sums.data_ptr<float>() : nullptr;
+  // x's sums over each 32 values, for the kernels of types with a per-block minimum (a plain loop:
+  // an ATen reduction costs more than the sums themselves at a decoding step's size).
+  std::vector<float> sums(K % 32 == 0 ? static_cast<std::size_t>(M * K / 32) : 0);
+  for (std::size_t j = 0; j < sums.size(); ++j) {
+    const float* block = xs + 32 * j;
+    float sum = 0;
+    for (int i = 0; i < 32; ++i) sum += block[i];
+    sums[j] = sum;
+  }
+  const float* ss = sums.empty() ? nullptr : sums.data();
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> row(static_cast<std::size_t>(K)), dots(static_cast<std::size_t>(M));
     for (int64_t r = begin; r < end; ++r) {
@@ -94,6 +120,9 @@ template <typename Tile>
 void for_each_tile(const PackedMatrix& w, c10::ScalarType dtype, const Tile& tile) {
   const int64_t N = w.rows(), R = tile_rows(w), tiles = (N + R - 1) / R;
   at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+    // OpenMP's threads do not inherit the caller's grad mode, and these products (of an autograd
+    // function's inputs) must not record.
+    at::NoGradGuard no_grad;
     at::Tensor buffer = at::empty({R, w.cols()}, at::TensorOptions().dtype(dtype));
     at::Tensor scratch = dtype == at::kFloat ? buffer : at::empty({R, w.cols()}, at::TensorOptions().dtype(at::kFloat));
     for (int64_t t = first; t < last; ++t) {
@@ -276,15 +305,15 @@ PackedMatrix PackedMatrix::of(const io::GgufTensor& t, const std::string& field,
   PackedMatrix packed({{t.type, std::move(bytes)}}, cols, field);
   // Decoded once, as expanding it would, a row at a time (no scratch the size of the matrix): a
   // block with a non-finite scale is a corrupt file.
-  std::atomic<int64_t> bad_row{-1};
+  FirstRow bad;
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> row(static_cast<std::size_t>(cols));
-    for (int64_t r = begin; r < end && bad_row.load() < 0; ++r) {
+    for (int64_t r = begin; r < end && !bad.past(r); ++r) {
       packed.decode_row(r, row.data());
-      if (!std::all_of(row.begin(), row.end(), [](float v) { return std::isfinite(v); })) bad_row = r;
+      if (!std::all_of(row.begin(), row.end(), [](float v) { return std::isfinite(v); })) return bad.found(r);
     }
   });
-  if (bad_row >= 0) fail(ErrorCode::kDataLoss, field, "row {} decodes to a non-finite value", bad_row.load());
+  if (bad.row() >= 0) fail(ErrorCode::kDataLoss, field, "row {} decodes to a non-finite value", bad.row());
   return packed;
 }
 
@@ -316,18 +345,15 @@ PackedMatrix PackedMatrix::quantize(const at::Tensor& dense, Scheme scheme, int6
   const auto* w = static_cast<const std::uint8_t*>(values.data_ptr());
   const int64_t element = static_cast<int64_t>(values.element_size());
   std::uint8_t* out = segment.bytes.data_ptr<std::uint8_t>();
-  std::atomic<int64_t> bad_row{-1};
+  FirstRow bad;
   // Divisions, not products with reciprocals, and round-half-even (std::nearbyint): the scheme's
   // reference in Python computes each value the same way.
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> row(static_cast<std::size_t>(cols));  // a 16-bit row as float32
-    for (int64_t r = begin; r < end; ++r) {
+    for (int64_t r = begin; r < end && !bad.past(r); ++r) {
       const float* x = row_as_float(w + r * cols * element, values.scalar_type(), cols, row.data());
       std::uint8_t* o = out + r * size;
-      if (!std::all_of(x, x + cols, [](float v) { return std::isfinite(v); })) {
-        bad_row = r;
-        return;
-      }
+      if (!std::all_of(x, x + cols, [](float v) { return std::isfinite(v); })) return bad.found(r);
       if (scheme == Scheme::kInt8) {
         float amax = 0;
         for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(x[k]));
@@ -357,7 +383,7 @@ PackedMatrix PackedMatrix::quantize(const at::Tensor& dense, Scheme scheme, int6
       }
     }
   });
-  if (bad_row >= 0) fail(ErrorCode::kDataLoss, field, "row {} holds a non-finite value", bad_row.load());
+  if (bad.row() >= 0) fail(ErrorCode::kDataLoss, field, "row {} holds a non-finite value", bad.row());
   return PackedMatrix({std::move(segment)}, cols, field);
 }
 
