@@ -4,7 +4,65 @@
 #include <utility>
 #include <vector>
 
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
 namespace aios::backbone {
+
+namespace {
+
+struct RmsNorm : torch::autograd::Function<RmsNorm> {
+  // x [..., D] float32 contiguous, weight [D] float32 contiguous
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            double eps) {
+    const int64_t D = x.size(-1), rows = x.numel() / D;
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = 1;
+    at::Tensor y = at::empty_like(x), scale = at::empty(shape, x.options());  // scale: rsqrt(mean(x²) + eps)
+    const float* xs = x.data_ptr<float>();
+    const float* w = weight.data_ptr<float>();
+    float* ys = y.data_ptr<float>();
+    float* rs = scale.data_ptr<float>();
+    const float epsilon = static_cast<float>(eps);
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float* xr = xs + r * D;
+        float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // eight sums, which the compiler keeps in a vector
+        int64_t i = 0;
+        for (; i + 8 <= D; i += 8) {
+          for (int j = 0; j < 8; ++j) lanes[j] += xr[i + j] * xr[i + j];
+        }
+        float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        for (; i < D; ++i) sum += xr[i] * xr[i];
+        const float s = 1.0f / std::sqrt(sum / static_cast<float>(D) + epsilon);
+        rs[r] = s;
+        for (int64_t k = 0; k < D; ++k) ys[r * D + k] = xr[k] * s * w[k];
+      }
+    });
+    ctx->save_for_backward({x, scale});
+    ctx->saved_data["weight"] = weight;
+    return y;
+  }
+
+  // grad_x = s·(g⊙w) − x·s³·mean((g⊙w)⊙x), with s = rsqrt(mean(x²) + eps) per row.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &s = saved[1];
+    const at::Tensor gw = grads[0] * ctx->saved_data["weight"].toTensor();
+    return {gw * s - x * (s.pow(3) * (gw * x).mean(-1, /*keepdim=*/true)), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+      !weight.requires_grad()) {
+    return RmsNorm::apply(x.contiguous(), weight.contiguous(), eps);
+  }
+  return at::rms_norm(x, {x.size(-1)}, weight, eps);
+}
 
 at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::optional<int64_t> window) {
   const bool windowed = window.has_value() && *window < seq_len;

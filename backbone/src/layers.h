@@ -24,6 +24,12 @@ at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::opti
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                   double scale, double softcap = 0.0, const at::Tensor& sinks = {});
 
+// x [..., D] -> x · rsqrt(mean(x²) + eps) · weight [D] over the last dimension, differentiable in
+// x (weight is frozen). Float32 on the CPU runs one pass per row; ATen's rms_norm runs as six
+// operations there, which at a decoding step's size cost more than the arithmetic. Other dtypes
+// and devices use ATen's.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
 at::Tensor activate(const at::Tensor& x, Activation activation);
 
 // Whether a projection weight of this dtype and device is kept as [in,out], its product x·W: on the

@@ -40,8 +40,8 @@ struct LlamaLayer {
 
 // In reduced precision the reference normalises in float32, then scales in the model dtype (Llama)
 // or, with `scale_in_float32` (OLMo 2, gpt-oss), scales in float32 and casts the product.
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool scale_in_float32 = false) {
-  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return at::rms_norm(x, {x.size(-1)}, weight, eps);
+at::Tensor llama_norm(const at::Tensor& x, const at::Tensor& weight, double eps, bool scale_in_float32) {
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return rms_norm(x, weight, eps);
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
   if (scale_in_float32) return (weight * normed).to(x.scalar_type());
@@ -195,7 +195,7 @@ class LlamaModel final : public ProjectingModel {
     const ModelConfig& c = config_;
     const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
     const LlamaLayer& l = layers_[static_cast<std::size_t>(index)];
-    auto norm = [&](const at::Tensor& t, const at::Tensor& weight) { return rms_norm(t, weight, c.norm_eps, c.norm_scale_float32); };
+    auto norm = [&](const at::Tensor& t, const at::Tensor& weight) { return llama_norm(t, weight, c.norm_eps, c.norm_scale_float32); };
     at::Tensor h = c.norm_outputs ? x : norm(x, l.attn_norm);
     at::Tensor qkv = l.qkv(h);  // [B,T,(H+2K)*hd]
     auto parts = qkv.split_with_sizes({H * hd, K * hd, K * hd}, -1);
@@ -233,7 +233,7 @@ class LlamaModel final : public ProjectingModel {
   }
 
   at::Tensor final_norm(const at::Tensor& x) const override {
-    return rms_norm(x, final_norm_, config_.norm_eps, config_.norm_scale_float32);
+    return llama_norm(x, final_norm_, config_.norm_eps, config_.norm_scale_float32);
   }
 
  private:
