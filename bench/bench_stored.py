@@ -239,7 +239,7 @@ def main():
     if args.child:
         return child(*args.child, args.reps, bool(args.large_shapes))
     print(machine_line("cpu", "float32"))
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):  # --models "" with --hosted-7b: the 7B line only
         path = model_path(name)
         large = name in args.large_shapes.split(",")
         variants = ["expanded", "int8", "int4"] if name == "hf" else ["expanded", "stored"]
