@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "packed_simd.h"
+
 namespace aios::backbone {
 
 namespace {
@@ -27,14 +29,7 @@ struct RmsNorm : torch::autograd::Function<RmsNorm> {
     at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float* xr = xs + r * D;
-        float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // eight sums, which the compiler keeps in a vector
-        int64_t i = 0;
-        for (; i + 8 <= D; i += 8) {
-          for (int j = 0; j < 8; ++j) lanes[j] += xr[i + j] * xr[i + j];
-        }
-        float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-        for (; i < D; ++i) sum += xr[i] * xr[i];
-        const float s = 1.0f / std::sqrt(sum / static_cast<float>(D) + epsilon);
+        const float s = 1.0f / std::sqrt(simd::dot(xr, xr, D) / static_cast<float>(D) + epsilon);
         rs[r] = s;
         for (int64_t k = 0; k < D; ++k) ys[r * D + k] = xr[k] * s * w[k];
       }

@@ -25,19 +25,19 @@ using RowDot = void (*)(const std::uint8_t* row, std::int64_t blocks, const floa
 // nullptr otherwise.
 RowDot row_dot(io::GgmlType type);
 
-// Decodes one PackedMatrix int8 row (`group` unused) or int4 row in groups of `group` values, `cols`
-// values in all, into float32 bit for bit as the portable decoder does; nullptr where the CPU does
-// not run the vector kernels.
-using SchemeDecoder = void (*)(const std::uint8_t* row, std::int64_t group, std::int64_t cols, float* out);
-SchemeDecoder int8_row_decoder();
-SchemeDecoder int4_row_decoder();
-
 // The same for PackedMatrix's int8 rows (`blocks` = K/32) and int4 rows in groups of `group`
 // values (a multiple of 32), on CPUs that run the vector kernels; nullptr otherwise.
 using GroupDot = void (*)(const std::uint8_t* row, std::int64_t group, const float* x, std::int64_t M, std::int64_t K,
                           const float* sums, float* out);
 RowDot int8_row_dot();
 GroupDot int4_row_dot(std::int64_t group);
+
+// Decodes one PackedMatrix int8 row (`group` unused) or int4 row in groups of `group` values, `cols`
+// values in all, into float32 bit for bit as the portable decoder does; nullptr where the CPU does
+// not run the vector kernels.
+using SchemeDecoder = void (*)(const std::uint8_t* row, std::int64_t group, std::int64_t cols, float* out);
+SchemeDecoder int8_row_decoder();
+SchemeDecoder int4_row_decoder();
 
 // sum a[i] * b[i] over n floats, and y += a * x over n floats: vector kernels where the CPU runs
 // them, else portable loops.
