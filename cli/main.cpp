@@ -7,7 +7,11 @@
 //   aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]
 //                    [--replica N] [--compute-threads N] [--store-bytes N] [--unclaimed-ttl S]
 //                    [--until-stdin-closes]
+//                    [--stages N | --world N --rendezvous HOST:PORT] [--stage-blocks N0,N1,...]
+//                    [--stage-timeout S] [--devices D0,D1,...]
 //                    [--device ...] [--dtype ...] [--weights ...]
+//   aios stage MODEL --rank R --world N --rendezvous HOST:PORT [--address A] [--stage-timeout S]
+//                    [--until-stdin-closes] [--device ...] [--dtype ...] [--weights ...]
 #include <chrono>
 #include <csignal>
 #include <pthread.h>
@@ -17,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -24,6 +30,7 @@
 
 #include "aios/fail.h"
 #include "aios/local/local_backbone.h"
+#include "aios/pipeline/pipeline.h"
 #include "aios/server/host.h"
 #include "aios/tokenizer_api/chat.h"
 #include "aios/tokenizer_api/tokenizer.h"
@@ -38,7 +45,11 @@ constexpr const char* kUsage =
     "       aios serve MODEL [--listen HOST:PORT | unix:PATH] [--keys FILE] [--state DIR] [--tls-cert PEM --tls-key PEM]\n"
     "                        [--replica N] [--compute-threads N] [--store-bytes N]\n"
     "                        [--unclaimed-ttl S] [--until-stdin-closes]\n"
+    "                        [--stages N | --world N --rendezvous HOST:PORT] [--stage-blocks N0,N1,...]\n"
+    "                        [--stage-timeout S] [--devices D0,D1,...]\n"
     "                        [--device ...] [--dtype ...] [--weights ...]\n"
+    "       aios stage MODEL --rank R --world N --rendezvous HOST:PORT [--address A] [--stage-timeout S]\n"
+    "                        [--until-stdin-closes] [--device ...] [--dtype ...] [--weights ...]\n"
     "\n"
     "  info       load a checkpoint and print what it holds\n"
     "  generate   stream the model's continuation of PROMPT (--chat: as the reply of a chat turn,\n"
@@ -57,7 +68,19 @@ constexpr const char* kUsage =
     "             --unclaimed-ttl S: seconds a kept pass that no Vjp or Release has claimed stays\n"
     "             (its caller most likely left before the reply; default 60);\n"
     "             --until-stdin-closes: also stop when standard input ends (a parent that holds a\n"
-    "             pipe to it takes the host down with it, even when killed)\n"
+    "             pipe to it takes the host down with it, even when killed);\n"
+    "             --stages N: split the model's blocks over N processes on this machine, this\n"
+    "             one (the front: tables, first blocks, the gRPC host) and N-1 stage workers it\n"
+    "             starts; --world N --rendezvous HOST:PORT: the same with the N-1 workers started\n"
+    "             elsewhere by `aios stage`, meeting at HOST:PORT, which this process serves;\n"
+    "             --stage-blocks: blocks per process, front first (default: balanced by weights);\n"
+    "             --stage-timeout S: the longest wait for another process within a call (default\n"
+    "             600; past it the pipeline is lost and calls fail with unavailable);\n"
+    "             --devices: one device per process, front first (default: --device for all)\n"
+    "  stage      serve blocks of MODEL as stage R of N for the front at HOST:PORT (RANK,\n"
+    "             WORLD_SIZE, MASTER_ADDR and MASTER_PORT are read when the flags are absent);\n"
+    "             --address: where the other processes reach this one (default: this machine's\n"
+    "             address on its route to HOST)\n"
     "\n"
     "  --weights  stored: kept as a GGUF file stores them (its quantised blocks) and decoded per\n"
     "             product, CPU only; expanded: converted to --dtype at load; auto (default): stored\n"
@@ -162,10 +185,88 @@ int generate(const std::string& path, const aios::local::LoadOptions& options, c
   return 0;
 }
 
+// How `serve` splits the model over processes (world 1: all in this one).
+struct Split {
+  int64_t world = 1;
+  bool local_workers = false;  // --stages: this process starts the workers
+  aios::pipeline::PipelineOptions options;
+  std::vector<c10::Device> devices;  // per process, front first; empty: LoadOptions::device for all
+};
+
+// Starts `aios stage` for rank `rank` from this executable; the worker dies with this process.
+pid_t start_stage(const std::string& path, const aios::local::LoadOptions& options, int64_t rank, const Split& split,
+                  int port) {
+  std::vector<std::string> args = {
+      "aios", "stage", path, "--rank", std::to_string(rank), "--world", std::to_string(split.world),
+      "--rendezvous", fmt::format("127.0.0.1:{}", port), "--stage-timeout",
+      fmt::format("{}", static_cast<double>(split.options.timeout.count()) / 1000.0), "--device",
+      (split.devices.empty() ? options.device : split.devices[static_cast<std::size_t>(rank)]).str(), "--dtype",
+      aios::backbone::dtype_name(options.dtype), "--weights", aios::backbone::weight_storage_name(options.weights),
+      "--group-size", std::to_string(options.group_size), "--until-stdin-closes"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  // The worker reads a pipe whose other end only this process holds: it leaves when the pipe
+  // ends, that is when this process does, however it ends.
+  int pipe_ends[2];
+  if (pipe2(pipe_ends, O_CLOEXEC) != 0) aios::fail(aios::ErrorCode::kUnavailable, "stages", "cannot make a pipe");
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Only async-signal-safe calls until exec: no inherited signal mask, the pipe as standard
+    // input, logs to stderr (the front's stdout announces the address).
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    dup2(pipe_ends[0], STDIN_FILENO);
+    dup2(STDERR_FILENO, STDOUT_FILENO);
+    execv("/proc/self/exe", argv.data());
+    _exit(127);
+  }
+  close(pipe_ends[0]);
+  if (pid < 0) {
+    close(pipe_ends[1]);
+    aios::fail(aios::ErrorCode::kUnavailable, "stages", "cannot start a stage worker");
+  }
+  return pid;  // pipe_ends[1] stays open for this process's life
+}
+
+// Waits up to `patience` for the workers to leave, then kills the rest.
+void end_stages(std::vector<pid_t>& workers, std::chrono::milliseconds patience) {
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  for (pid_t pid : workers) {
+    while (waitpid(pid, nullptr, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  workers.clear();
+}
+
+std::shared_ptr<aios::local::LocalBackbone> load_backbone(const std::string& path, const aios::local::LoadOptions& options,
+                                                          const aios::local::StoreOptions& store, const Split& split,
+                                                          std::vector<pid_t>& workers) {
+  if (split.world == 1) return aios::local::LocalBackbone::load(path, options, store);
+  aios::local::LoadOptions front = options;
+  if (!split.devices.empty()) front.device = split.devices[0];
+  try {
+    return aios::pipeline::load_front(path, front, store, split.options, [&](int port) {
+      if (!split.local_workers) return;
+      for (int64_t r = 1; r < split.world; ++r) workers.push_back(start_stage(path, options, r, split, port));
+    });
+  } catch (...) {
+    end_stages(workers, std::chrono::milliseconds(0));
+    throw;
+  }
+}
+
 // Serves until SIGINT or SIGTERM (or the end of standard input, with `until_stdin_closes`), then
 // drains the calls in flight.
 int serve(const std::string& path, const aios::local::LoadOptions& options, const aios::local::StoreOptions& store,
-          const aios::server::HostOptions& host_options, bool until_stdin_closes) {
+          const aios::server::HostOptions& host_options, bool until_stdin_closes, const Split& split) {
   // Blocked here, before any thread starts, so that every thread inherits the mask and the
   // signals wait for sigwait below instead of interrupting a call.
   sigset_t signals;
@@ -174,32 +275,51 @@ int serve(const std::string& path, const aios::local::LoadOptions& options, cons
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   aios::server::tune_allocator_for_hosting();
-  // Loaded on a thread that ends before serving: a thread that ran LibTorch's parallel regions
-  // keeps its team of OpenMP workers for good, and with more such threads than cores OpenMP's
-  // workers sleep between regions instead of spinning, so the host's compute threads would run
-  // 1.2-1.3x slower beside an idle team of this one.
-  // (The future's end joins the thread.)
-  const std::shared_ptr<aios::local::LocalBackbone> backbone =
-      std::async(std::launch::async, [&] { return aios::local::LocalBackbone::load(path, options, store); }).get();
-  aios::server::Host host(backbone, host_options);
-  // What a client connects to: the host with the port it took (":0" picks one), or the Unix socket.
-  const std::string& listen = host_options.listen;
-  const std::string address =
-      listen.starts_with("unix:") ? listen : fmt::format("{}:{}", listen.substr(0, listen.rfind(':')), host.port());
-  fmt::print("serving {} on {}\n", path, address);
-  std::fflush(stdout);
+  std::vector<pid_t> workers;
+  {
+    // Loaded on a thread that ends before serving: a thread that ran LibTorch's parallel regions
+    // keeps its team of OpenMP workers for good, and with more such threads than cores OpenMP's
+    // workers sleep between regions instead of spinning, so the host's compute threads would run
+    // 1.2-1.3x slower beside an idle team of this one.
+    // (The future's end joins the thread.)
+    const std::shared_ptr<aios::local::LocalBackbone> backbone =
+        std::async(std::launch::async, [&] { return load_backbone(path, options, store, split, workers); }).get();
+    aios::server::Host host(backbone, host_options);
+    // What a client connects to: the host with the port it took (":0" picks one), or the Unix socket.
+    const std::string& listen = host_options.listen;
+    const std::string address =
+        listen.starts_with("unix:") ? listen : fmt::format("{}:{}", listen.substr(0, listen.rfind(':')), host.port());
+    fmt::print("serving {} on {}\n", path, address);
+    std::fflush(stdout);
+    if (until_stdin_closes) {
+      // Detached: when a signal ends the host first, the process exits with this thread in read().
+      std::thread([] {
+        char buffer[256];
+        while (read(STDIN_FILENO, buffer, sizeof buffer) > 0) {
+        }
+        kill(getpid(), SIGTERM);
+      }).detach();
+    }
+    int received = 0;
+    sigwait(&signals, &received);
+    host.shutdown();
+  }  // the backbone's end tells the stages to leave
+  end_stages(workers, std::chrono::seconds(10));
+  return 0;
+}
+
+// One stage worker, until the front shuts it down.
+int stage(const std::string& path, const aios::local::LoadOptions& options, int64_t rank,
+          const aios::pipeline::PipelineOptions& pipeline, bool until_stdin_closes) {
   if (until_stdin_closes) {
-    // Detached: when a signal ends the host first, the process exits with this thread in read().
     std::thread([] {
       char buffer[256];
       while (read(STDIN_FILENO, buffer, sizeof buffer) > 0) {
       }
-      kill(getpid(), SIGTERM);
+      _exit(0);
     }).detach();
   }
-  int received = 0;
-  sigwait(&signals, &received);
-  host.shutdown();
+  aios::pipeline::serve_stage(path, options, rank, pipeline);
   return 0;
 }
 
@@ -213,9 +333,12 @@ int main(int argc, char** argv) {
       return args.empty() ? 2 : 0;
     }
     const std::string command = args[0];
-    if (command != "info" && command != "generate" && command != "serve") {
-      aios::fail(aios::ErrorCode::kInvalidArgument, "command", "expected info, generate or serve, got \"{}\"", command);
+    if (command != "info" && command != "generate" && command != "serve" && command != "stage") {
+      aios::fail(aios::ErrorCode::kInvalidArgument, "command", "expected info, generate, serve or stage, got \"{}\"",
+                 command);
     }
+    Split split;
+    int64_t rank = -1;
     aios::server::HostOptions host_options;
     aios::local::StoreOptions store;
     aios::local::LoadOptions options;
@@ -240,6 +363,24 @@ int main(int argc, char** argv) {
                    args[i + 1]);
       }
       return static_cast<int64_t>(value);
+    };
+    auto split_list = [](const std::string& text) {
+      std::vector<std::string> out;
+      std::size_t start = 0;
+      for (std::size_t comma; (comma = text.find(',', start)) != std::string::npos; start = comma + 1) {
+        out.push_back(text.substr(start, comma - start));
+      }
+      out.push_back(text.substr(start));
+      return out;
+    };
+    auto count = [](const std::string& text, const std::string& field) -> int64_t {
+      try {
+        std::size_t used = 0;
+        const long long value = std::stoll(text, &used);
+        if (used == text.size() && value >= 0) return value;
+      } catch (const std::exception&) {
+      }
+      aios::fail(aios::ErrorCode::kInvalidArgument, field, "expected a whole number, got \"{}\"", text);
     };
     for (std::size_t i = 1; i < args.size(); ++i) {
       const std::string& a = args[i];
@@ -270,7 +411,7 @@ int main(int argc, char** argv) {
           aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected seconds in (0, 86400], got \"{}\"", args[i]);
         }
         host_options.unclaimed_ttl = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
-      } else if (command == "serve" && a == "--until-stdin-closes") {
+      } else if ((command == "serve" || command == "stage") && a == "--until-stdin-closes") {
         until_stdin_closes = true;
       } else if (command == "serve" && a == "--state" && has_value) {
         host_options.state_dir = args[++i];
@@ -278,6 +419,29 @@ int main(int argc, char** argv) {
         host_options.tls_certificate = args[++i];
       } else if (command == "serve" && a == "--tls-key" && has_value) {
         host_options.tls_private_key = args[++i];
+      } else if (command == "serve" && a == "--stages" && has_value) {
+        split.world = whole(i++, 1, 1024);
+        split.local_workers = true;
+      } else if ((command == "serve" || command == "stage") && a == "--world" && has_value) {
+        split.world = whole(i++, 1, 1024);
+      } else if ((command == "serve" || command == "stage") && a == "--rendezvous" && has_value) {
+        split.options.rendezvous = args[++i];
+      } else if (command == "stage" && a == "--rank" && has_value) {
+        rank = whole(i++, 1, 1023);
+      } else if ((command == "serve" || command == "stage") && a == "--address" && has_value) {
+        split.options.address = args[++i];
+      } else if (command == "serve" && a == "--stage-blocks" && has_value) {
+        split.options.blocks.clear();
+        for (const std::string& n : split_list(args[++i])) split.options.blocks.push_back(count(n, a));
+      } else if (command == "serve" && a == "--devices" && has_value) {
+        split.devices.clear();
+        for (const std::string& d : split_list(args[++i])) split.devices.push_back(aios::backbone::parse_device(d, a));
+      } else if ((command == "serve" || command == "stage") && a == "--stage-timeout" && has_value) {
+        const double seconds = number(i++);
+        if (!(seconds > 0 && seconds <= 86400)) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, a, "expected seconds in (0, 86400], got \"{}\"", args[i]);
+        }
+        split.options.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
       } else if (command == "generate" && a == "--chat") {
         chat = true;
       } else if (command == "generate" && a == "--max-new-tokens" && has_value) {
@@ -298,7 +462,35 @@ int main(int argc, char** argv) {
     }
     if (positional.empty()) aios::fail(aios::ErrorCode::kInvalidArgument, "MODEL", "expected a checkpoint");
     if (command == "info") return info(positional[0], options);
-    if (command == "serve") return serve(positional[0], options, store, host_options, until_stdin_closes);
+    if (command == "serve") {
+      if (split.world > 1) {
+        split.options.world = split.world;
+        if (!split.local_workers && split.options.rendezvous.ends_with(":0")) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, "--rendezvous",
+                     "expected HOST:PORT with a port the stage workers are told, got \"{}\"", split.options.rendezvous);
+        }
+        if (!split.devices.empty() && static_cast<int64_t>(split.devices.size()) != split.world) {
+          aios::fail(aios::ErrorCode::kInvalidArgument, "--devices", "expected {} devices (one per process), got {}",
+                     split.world, split.devices.size());
+        }
+      }
+      return serve(positional[0], options, store, host_options, until_stdin_closes, split);
+    }
+    if (command == "stage") {
+      // torchrun's variables stand in for absent flags.
+      auto env = [](const char* name) -> std::string {
+        const char* value = std::getenv(name);
+        return value != nullptr ? value : "";
+      };
+      if (rank < 0 && !env("RANK").empty()) rank = count(env("RANK"), "RANK");
+      if (split.world == 1 && !env("WORLD_SIZE").empty()) split.world = count(env("WORLD_SIZE"), "WORLD_SIZE");
+      if (split.options.rendezvous == aios::pipeline::PipelineOptions{}.rendezvous && !env("MASTER_ADDR").empty()) {
+        split.options.rendezvous = env("MASTER_ADDR") + ":" + env("MASTER_PORT");
+      }
+      if (rank < 0) aios::fail(aios::ErrorCode::kInvalidArgument, "--rank", "expected the stage's rank (or RANK)");
+      split.options.world = split.world;
+      return stage(positional[0], options, rank, split.options, until_stdin_closes);
+    }
     if (positional.size() < 2) aios::fail(aios::ErrorCode::kInvalidArgument, "PROMPT", "expected a prompt");
     return generate(positional[0], options, positional[1], chat, generation);
   } catch (const aios::Error& e) {

@@ -47,12 +47,18 @@ class GemmaModel final : public ProjectingModel {
     const at::ScalarType precise = options.dtype == at::kDouble ? at::kDouble : at::kFloat;
     auto norm = [&](const std::string& name, int64_t size) { return own(1.0 + w.take(name, {size}, options).to(precise)); };
     auto matrix = [&](const std::string& name, at::IntArrayRef shape) { return w.take_matrix(name, shape, options); };
-    load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
-                c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
-    final_norm_ = norm("model.norm.weight", D);
+    if (options.tables) {
+      load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
+                  c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
+      final_norm_ = norm("model.norm.weight", D);
+    }
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const std::string p = fmt::format("model.layers.{}.", i);
       GemmaLayer l;
+      if (!loads_block(options, i)) {
+        layers_.push_back(std::move(l));
+        continue;
+      }
       l.input_norm = norm(p + "input_layernorm.weight", D);
       l.post_attention_norm = norm(p + "post_attention_layernorm.weight", D);
       l.pre_mlp_norm = norm(p + "pre_feedforward_layernorm.weight", D);

@@ -36,15 +36,21 @@ class Gpt2Model final : public ProjectingModel {
       // Conv1D stores [in,out]: quantised along the rows of its [out,in] transpose, as the other families'.
       return project(kept(w.take(prefix + name + ".weight", {in, out}, taking(options)).t(), options, name), bias);
     };
-    load_tables(w.take_matrix(prefix + "wte.weight", {c.vocab_size, D}, options),
-                c.tie_word_embeddings ? std::nullopt
-                                      : std::optional<Matrix>(w.take_matrix("lm_head.weight", {c.vocab_size, D}, options)));
-    position_embedding_ = own(take("wpe.weight", {c.max_positions, D}));
-    final_weight_ = own(take("ln_f.weight", {D}));
-    final_bias_ = own(take("ln_f.bias", {D}));
+    if (options.tables) {
+      load_tables(w.take_matrix(prefix + "wte.weight", {c.vocab_size, D}, options),
+                  c.tie_word_embeddings ? std::nullopt
+                                        : std::optional<Matrix>(w.take_matrix("lm_head.weight", {c.vocab_size, D}, options)));
+      position_embedding_ = own(take("wpe.weight", {c.max_positions, D}));
+      final_weight_ = own(take("ln_f.weight", {D}));
+      final_bias_ = own(take("ln_f.bias", {D}));
+    }
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const std::string p = fmt::format("h.{}.", i);
       Gpt2Layer l;
+      if (!loads_block(options, i)) {
+        layers_.push_back(std::move(l));
+        continue;
+      }
       l.ln1_weight = own(take(p + "ln_1.weight", {D}));
       l.ln1_bias = own(take(p + "ln_1.bias", {D}));
       l.qkv = conv1d(p + "attn.c_attn", D, 3 * D);

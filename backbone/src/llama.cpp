@@ -56,12 +56,18 @@ class LlamaModel final : public ProjectingModel {
     const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads, I = c.intermediate_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
     auto matrix = [&](const std::string& name, at::IntArrayRef shape) { return w.take_matrix(name, shape, options); };
-    load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
-                c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
-    final_norm_ = own(take("model.norm.weight", {D}));
+    if (options.tables) {
+      load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
+                  c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
+      final_norm_ = own(take("model.norm.weight", {D}));
+    }
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const std::string p = fmt::format("model.layers.{}.", i);
       LlamaLayer l;
+      if (!loads_block(options, i)) {
+        layers_.push_back(std::move(l));
+        continue;
+      }
       if (c.norm_outputs) {
         l.attn_norm = own(take(p + "post_attention_layernorm.weight", {D}));
         l.mlp_norm = own(take(p + "post_feedforward_layernorm.weight", {D}));

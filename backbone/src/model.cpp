@@ -78,6 +78,9 @@ Model::Model(ModelConfig config, const LoadOptions& options)
     : config_(std::move(config)), device_(options.device), dtype_(options.dtype), requested_storage_(options.weights) {}
 
 Model::~Model() = default;
+RemoteBlocks::~RemoteBlocks() = default;
+
+void Model::set_remote_blocks(std::shared_ptr<RemoteBlocks> remote) { remote_ = std::move(remote); }
 
 WeightStorage Model::weight_storage() const {
   if (packed_.empty()) return WeightStorage::kExpanded;
@@ -122,6 +125,14 @@ std::vector<WeightKind> Model::storage() const {
     }
   }
   std::vector<WeightKind> out;
+  if (remote_) {
+    for (const WeightKind& k : remote_->storage()) {
+      WeightKind& s = kinds[k.kind];
+      s.tensors += k.tensors;
+      s.elements += k.elements;
+      s.bytes += k.bytes;
+    }
+  }
   for (auto& [kind, s] : kinds) {
     s.kind = kind;
     out.push_back(s);
@@ -182,10 +193,16 @@ at::Tensor Model::forward(const at::Tensor& latents, const Attention& attention,
       if (layers[j] == index) (*layer_states)[j] = x;
     }
   };
-  for (int64_t i = 0; i < config_.num_layers; ++i) {
+  const int64_t local_end = remote_ ? remote_->first_block() : config_.num_layers;
+  for (int64_t i = 0; i < local_end; ++i) {
     record(i);
     if (before_block) before_block(i, x);
     x = block(i, x, *context);
+  }
+  if (remote_) {
+    record(local_end);
+    if (before_block) before_block(local_end, x);
+    x = remote_->run(x, attention, layers, layer_states, cache, routing, /*recompute=*/false);
   }
   record(config_.num_layers);
   if (routing != nullptr) complete_routing(*routing, latents);
@@ -211,6 +228,12 @@ namespace {
 
 std::unique_ptr<Model> build(const ModelConfig& config, const WeightSource& weights, const LoadOptions& options) {
   at::NoGradGuard no_grad;
+  const int64_t L = config.num_layers;
+  if (options.first_block < 0 || options.first_block > L ||
+      (options.end_block >= 0 && (options.end_block < options.first_block || options.end_block > L))) {
+    fail(ErrorCode::kInvalidArgument, "first_block", "expected blocks [first, end) within [0, {}], got [{}, {})", L,
+         options.first_block, options.end_block);
+  }
   switch (config.family) {
     case Family::kLlama: return make_llama(config, weights, options);
     case Family::kGemma: return make_gemma(config, weights, options);
@@ -261,6 +284,19 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   }
   if (fs::is_regular_file(path, error) && fs::path(path).extension() == ".gguf") {
     return load_model(io::GgufFile::open(path), options);
+  }
+  fail(fs::exists(path, error) ? ErrorCode::kInvalidArgument : ErrorCode::kNotFound, path,
+       "expected a checkpoint folder or a .gguf file");
+}
+
+ModelConfig read_config(const std::string& path) {
+  std::error_code error;
+  if (fs::is_directory(path, error)) {
+    const fs::path config_path = fs::path(path) / "config.json";
+    return parse_hf_config(io::read_file(config_path.string()), config_path.string());
+  }
+  if (fs::is_regular_file(path, error) && fs::path(path).extension() == ".gguf") {
+    return gguf_model_config(io::GgufFile::open(path));
   }
   fail(fs::exists(path, error) ? ErrorCode::kInvalidArgument : ErrorCode::kNotFound, path,
        "expected a checkpoint folder or a .gguf file");

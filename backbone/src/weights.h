@@ -43,6 +43,11 @@ class WeightSource {
                                             const LoadOptions& options) const;
 };
 
+// Whether `options` asks for block `index` (LoadOptions::first_block, end_block).
+inline bool loads_block(const LoadOptions& options, int64_t index) {
+  return index >= options.first_block && (options.end_block < 0 || index < options.end_block);
+}
+
 // Whether options.weights quantises float matrices at load (kInt8, kInt4).
 bool quantizes(const LoadOptions& options);
 // The options to take a float matrix with before kept(): float32 where it will be quantised.

@@ -34,7 +34,12 @@ struct KeptPass {
   std::vector<at::Tensor> layers;   // requested intermediate states, in request order
   std::vector<at::Tensor> routing;  // with ForwardOptions::routing: int64 [B,T,k] per block
   std::vector<int64_t> layer_index;  // their indices
-  std::vector<at::Tensor> states;   // recompute only: num_layers + 1 states [B,T,D] between blocks
+  // recompute only: num_layers + 1 states [B,T,D] between blocks. With remote blocks
+  // (backbone::RemoteBlocks) those entering them are undefined; the last one and the layers
+  // the remote blocks return keep their graph back to remote_input, which the remote side
+  // backs through.
+  std::vector<at::Tensor> states;
+  at::Tensor remote_input;          // recompute with remote blocks: [B,T,D], the leaf they start from
   std::shared_ptr<const backbone::Model::BlockContext> context;  // recompute only: what the blocks share
   std::size_t bytes = 0;            // estimate of the memory the pass holds
   std::shared_ptr<const ali::Extension> extension;  // the vocabulary the pass's logits span, or null

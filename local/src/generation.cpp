@@ -31,7 +31,7 @@ class LocalSession final : public Session {
   int64_t batch_size() const override { return cache_.batch_size(); }
   int64_t length() const override { return cache_.length(); }
   at::Tensor next_positions() const override { return next_positions_.defined() ? next_positions_.cpu() : at::Tensor(); }
-  std::size_t bytes() const override { return cache_.bytes(); }
+  std::size_t bytes() const override { return owner_->model().cache_bytes(cache_); }
 
   const LocalBackbone* owner_;
   backbone::KVCache cache_;

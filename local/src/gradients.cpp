@@ -98,10 +98,12 @@ Gradients backward_through_graph(const backbone::Model& m, const KeptPass& pass,
   return out;
 }
 
-// Walks the blocks backwards, recomputing each from its kept input with autograd on.
+// Walks the blocks backwards, recomputing each from its kept input with autograd on (remote blocks
+// back through their own node, keeping it for later calls when `retain_graph`).
 Gradients backward_by_recompute(const backbone::Model& m, const KeptPass& pass, const Cotangents& c,
-                                const at::Tensor& rows) {
+                                const at::Tensor& rows, bool retain_graph) {
   const int64_t L = m.config().num_layers;
+  const int64_t local_end = pass.remote_input.defined() ? m.remote_blocks()->first_block() : L;
   const backbone::Model::BlockContext& context = *pass.context;
   at::AutoGradMode grad_mode(true);
   Gradients out;
@@ -121,7 +123,18 @@ Gradients backward_by_recompute(const backbone::Model& m, const KeptPass& pass, 
     if (rows.defined()) out.classifier_rows = g[1];
   }
   add_layer_cotangents(L);
-  for (int64_t i = L - 1; i >= 0; --i) {
+  if (local_end < L) {
+    std::vector<at::Tensor> outputs{pass.states.back()}, grads{state_grad};
+    for (std::size_t j = 0; j < c.layers.size(); ++j) {
+      if (c.layers[j].defined() && pass.layer_index[j] > local_end && pass.layer_index[j] < L) {
+        outputs.push_back(pass.layers[j]);
+        grads.push_back(c.layers[j]);
+      }
+    }
+    state_grad = grad(outputs, {pass.remote_input}, grads, retain_graph)[0];
+    add_layer_cotangents(local_end);
+  }
+  for (int64_t i = local_end - 1; i >= 0; --i) {
     ali::stop_if_cancelled(pass.cancelled);
     const at::Tensor x = pass.states[static_cast<std::size_t>(i)].detach().requires_grad_(true);
     state_grad = torch::autograd::grad({m.block(i, x, context)}, {x}, {state_grad})[0];
@@ -182,14 +195,30 @@ std::shared_ptr<KeptPass> LocalBackbone::Impl::run(const at::Tensor& latents, co
     pass->routing.assign(static_cast<std::size_t>(cfg.num_layers), at::Tensor());
     context->routing = &pass->routing;
   }
-  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+  backbone::RemoteBlocks* remote = m.remote_blocks();
+  const int64_t local_end = remote != nullptr ? remote->first_block() : cfg.num_layers;
+  for (int64_t i = 0; i < local_end; ++i) {
     ali::stop_if_cancelled(options.cancelled);
     pass->states.push_back(x = m.block(i, x, *context));
   }
+  std::vector<at::Tensor> remote_layers;
+  if (remote != nullptr) {
+    // The remote blocks keep their own states for recomputation; here, their graph's one node.
+    ali::stop_if_cancelled(options.cancelled);
+    at::AutoGradMode grad_mode(true);
+    pass->remote_input = x.detach().requires_grad_(true);
+    remote_layers.assign(options.layers.size(), at::Tensor());
+    pass->states.resize(static_cast<std::size_t>(cfg.num_layers));
+    pass->states.push_back(x = remote->run(pass->remote_input, attention, options.layers, &remote_layers, nullptr,
+                                           options.routing ? &pass->routing : nullptr, /*recompute=*/true));
+  }
   context->routing = nullptr;  // the recomputations during backward record nothing
   if (options.routing) backbone::Model::complete_routing(pass->routing, latents);
-  pass->hidden = m.final_norm(x);
-  for (int64_t l : options.layers) pass->layers.push_back(pass->states[static_cast<std::size_t>(l)]);
+  pass->hidden = m.final_norm(x.detach());
+  for (std::size_t j = 0; j < options.layers.size(); ++j) {
+    const auto l = static_cast<std::size_t>(options.layers[j]);
+    pass->layers.push_back(remote_layers.empty() || !remote_layers[j].defined() ? pass->states[l] : remote_layers[j]);
+  }
   pass->context = context;
   pass->bytes = pass_bytes(latents, options);
   return pass;
@@ -217,7 +246,7 @@ Gradients LocalBackbone::Impl::backward(const KeptPass& pass, const Cotangents& 
                               ? pass.extension->classifier_rows().detach().requires_grad_(true)
                               : at::Tensor();
   Gradients out = pass.states.empty() ? backward_through_graph(*model, pass, c, rows, retain_graph)
-                                      : backward_by_recompute(*model, pass, c, rows);
+                                      : backward_by_recompute(*model, pass, c, rows, retain_graph);
   if (pass.extension) {
     if (!out.classifier_rows.defined()) out.classifier_rows = at::zeros_like(pass.extension->classifier_rows());
     if (pass.ids.defined()) out.embedding_rows = embedding_rows_grad(pass, out.latents, model->config().embedding_scale);

@@ -24,6 +24,11 @@ std::unique_ptr<LocalBackbone> LocalBackbone::load(const std::string& path, cons
   return std::unique_ptr<LocalBackbone>(new LocalBackbone(backbone::load_model(path, options), path, store));
 }
 
+std::unique_ptr<LocalBackbone> LocalBackbone::wrap(std::unique_ptr<backbone::Model> model, const std::string& path,
+                                                   const StoreOptions& store) {
+  return std::unique_ptr<LocalBackbone>(new LocalBackbone(std::move(model), path, store));
+}
+
 const ModelInfo& LocalBackbone::config() const { return impl_->info; }
 c10::Device LocalBackbone::device() const { return impl_->model->device(); }
 c10::ScalarType LocalBackbone::dtype() const { return impl_->model->dtype(); }

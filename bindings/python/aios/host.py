@@ -23,7 +23,8 @@ class HostProcess:
     """A running `aios serve`; `address` is its HOST:PORT."""
 
     def __init__(self, model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None, store_bytes=None,
-                 unclaimed_ttl=None, weights=None, group_size=None):
+                 unclaimed_ttl=None, weights=None, group_size=None, stages=None, stage_blocks=None,
+                 stage_timeout=None):
         command = [str(Path(sys.executable).parent / "aios"), "serve", os.fspath(model), "--listen", listen,
                    "--until-stdin-closes"]
         if keys is not None:
@@ -45,6 +46,12 @@ class HostProcess:
             command += ["--weights", str(weights)]
         if group_size is not None:
             command += ["--group-size", str(int(group_size))]
+        if stages is not None:
+            command += ["--stages", str(int(stages))]
+        if stage_blocks is not None:
+            command += ["--stage-blocks", ",".join(str(int(n)) for n in stage_blocks)]
+        if stage_timeout is not None:
+            command += ["--stage-timeout", str(float(stage_timeout))]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True)
         line = self._process.stdout.readline()
@@ -101,13 +108,18 @@ class HostProcess:
 
 
 def serve(model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None, store_bytes=None,
-          unclaimed_ttl=None, weights=None, group_size=None) -> HostProcess:
+          unclaimed_ttl=None, weights=None, group_size=None, stages=None, stage_blocks=None,
+          stage_timeout=None) -> HostProcess:
     """Starts `aios serve model` (listen: HOST:PORT, port 0 = a free one; keys: a key file; state: a
     folder for saved extensions and registered decoders; tls: (certificate, private key) PEM files;
     replica: its number among replicas behind a load balancer, see docs/hosting.md; store_bytes:
     the activation store's budget for all tenants' kept passes; unclaimed_ttl: seconds a kept pass
     no Vjp or Release claimed stays, default 60; weights and group_size: how the host holds the
-    frozen weights, as Backbone.load)
+    frozen weights, as Backbone.load; stages: split the blocks over that many processes on this
+    machine, this host and stages - 1 workers it starts (docs/pipeline-parallel.md); stage_blocks:
+    blocks per process, the host's first, default balanced; stage_timeout: seconds a call waits for
+    a stage before the pipeline counts as lost, default 600)
     and returns once it listens.
     UnavailableError when it does not start."""
-    return HostProcess(model, listen, keys, state, tls, replica, store_bytes, unclaimed_ttl, weights, group_size)
+    return HostProcess(model, listen, keys, state, tls, replica, store_bytes, unclaimed_ttl, weights, group_size,
+                       stages, stage_blocks, stage_timeout)

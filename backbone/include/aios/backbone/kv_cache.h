@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -28,6 +29,7 @@ class KVCache {
 
   int64_t batch_size() const { return valid_.defined() ? valid_.size(0) : 0; }
   int64_t length() const { return length_; }  // slots in use
+  int64_t capacity() const { return capacity_; }  // slots every layer's keys and values have room for
   // bool [B, length()]: which slots hold real tokens.
   at::Tensor valid() const { return valid_.defined() ? valid_.narrow(1, 0, length_) : at::Tensor(); }
   // int64 [B, length()]: the position of each slot.
@@ -44,6 +46,14 @@ class KVCache {
   // The slots appended last start here.
   int64_t pass_begin() const { return pass_begin_; }
 
+  // For blocks run elsewhere (Model::RemoteBlocks): the id their share of this cache is kept
+  // under (0: none yet), and what releases that share when this cache goes.
+  uint64_t remote_id() const { return remote_id_; }
+  void attach_remote(uint64_t id, std::shared_ptr<const void> share) {
+    remote_id_ = id;
+    remote_share_ = std::move(share);
+  }
+
  private:
   void reserve(int64_t capacity);
 
@@ -51,6 +61,8 @@ class KVCache {
   at::Tensor valid_;                        // bool [B, capacity]
   at::Tensor positions_;                    // int64 [B, capacity]
   int64_t length_ = 0, capacity_ = 0, pass_begin_ = 0;
+  uint64_t remote_id_ = 0;
+  std::shared_ptr<const void> remote_share_;
 };
 
 }  // namespace aios::backbone

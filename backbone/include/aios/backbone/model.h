@@ -41,6 +41,13 @@ struct LoadOptions {
   c10::ScalarType dtype = c10::kFloat;  // kFloat, kBFloat16 or kHalf; kDouble for gradient checks
   WeightStorage weights = WeightStorage::kAuto;
   int64_t group_size = 128;  // values per int4 group (kInt4), >= 1; a row's last group holds the rest
+  // The share of the checkpoint to load (a pipeline stage's, aios/pipeline): blocks
+  // [first_block, end_block) (end_block -1: through the last) and, with `tables`, the token
+  // embedding, the output head, GPT-2's position embeddings and the final norm. Only those tensors
+  // are read. A model loaded without some of them must not be asked to run them.
+  int64_t first_block = 0;
+  int64_t end_block = -1;
+  bool tables = true;
 };
 
 // "auto" | "expanded" | "stored" | "int8" | "int4" -> storage. Throws Error(kInvalidArgument) naming `field` for anything else.
@@ -64,6 +71,28 @@ struct Attention {
   at::Tensor full_mask;    // bool [B,T,T] (true = query t sees key s), replaces causal order; or undefined
 };
 
+// Blocks [first_block(), num_layers) of a model run elsewhere: in pipeline stages of other
+// processes (aios/pipeline). Model::forward hands them the residual stream entering first_block().
+class RemoteBlocks {
+ public:
+  virtual ~RemoteBlocks();
+  virtual int64_t first_block() const = 0;
+  // x [B,T,D] entering block first_block() -> the stream leaving the last block [B,T,D]. For each
+  // index j with first_block() < layers[j] < num_layers, (*states)[j] becomes the stream entering
+  // block layers[j] (states is sized like layers; other entries are left alone). With `routing`
+  // (num_layers entries), the remote blocks' entries are filled. With a cache, the remote blocks
+  // append to their share of it. With grad mode on and x requiring grad, the outputs are
+  // differentiable in x; `recompute` then asks the remote side to keep only the states between
+  // blocks and recompute each block during backward (ForwardOptions::recompute).
+  virtual at::Tensor run(const at::Tensor& x, const Attention& attention, const std::vector<int64_t>& layers,
+                         std::vector<at::Tensor>* states, KVCache* cache, std::vector<at::Tensor>* routing,
+                         bool recompute) = 0;
+  // The bytes the remote blocks' share of `cache` holds (their keys and values).
+  virtual std::size_t cache_bytes(const KVCache& cache) const = 0;
+  // The memory the remote blocks' weights take, as Model::storage() counts it.
+  virtual std::vector<WeightKind> storage() const = 0;
+};
+
 class Model {
  public:
   virtual ~Model();
@@ -75,7 +104,8 @@ class Model {
   const std::vector<at::Tensor>& weights() const;
   // Number of distinct weight elements, expanded or stored (a tied head counts once).
   int64_t parameter_count() const;
-  // The memory the weights take: one entry per kind (dtype or stored GGUF type), largest first.
+  // The memory the weights take: one entry per kind (dtype or stored GGUF type), largest first;
+  // remote blocks' included.
   std::vector<WeightKind> storage() const;
   // How the weight matrices are held: kExpanded when none is packed, else the option they were
   // loaded with (kAuto resolved to kStored).
@@ -96,6 +126,14 @@ class Model {
                      std::vector<at::Tensor>* layer_states, KVCache* cache = nullptr,
                      const std::function<void(int64_t, const at::Tensor&)>& before_block = {},
                      std::vector<at::Tensor>* routing = nullptr) const;
+  // The bytes `cache` holds for this model: KVCache::bytes() and the remote blocks' share.
+  std::size_t cache_bytes(const KVCache& cache) const {
+    return cache.bytes() + (remote_ ? remote_->cache_bytes(cache) : 0);
+  }
+  // Hands blocks [remote->first_block(), num_layers) to `remote` from now on (set once, before the
+  // model is shared; this model then holds none of those blocks).
+  void set_remote_blocks(std::shared_ptr<RemoteBlocks> remote);
+  RemoteBlocks* remote_blocks() const { return remote_.get(); }
   // Blocks that ran no experts get their empty [B,T,0] entry of `routing` (filled by blocks that did).
   static void complete_routing(std::vector<at::Tensor>& routing, const at::Tensor& latents);
 
@@ -149,6 +187,7 @@ class Model {
   std::vector<at::Tensor> weights_;
   std::vector<std::shared_ptr<const PackedMatrix>> packed_;
   WeightStorage requested_storage_;
+  std::shared_ptr<RemoteBlocks> remote_;
 };
 
 // Loads a Hugging Face checkpoint folder (config.json with model.safetensors, or with
@@ -159,6 +198,8 @@ class Model {
 // mis-shaped tensors), kInvalidArgument (unknown architecture or tensor type, unsupported config
 // value, bad options).
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
+// The configuration of the checkpoint at `path` (as load_model reads it), without its weights.
+ModelConfig read_config(const std::string& path);
 // The same from a GGUF file already read (io::GgufFile::open, or io::GgufFile::parse of bytes in
 // memory); the model keeps no reference to it.
 std::unique_ptr<Model> load_model(const io::GgufFile& file, const LoadOptions& options = {});

@@ -34,6 +34,11 @@ class LocalBackbone final : public gradient::Backbone {
   static std::unique_ptr<LocalBackbone> load(const std::string& path,
                                              const LoadOptions& options = {},
                                              const StoreOptions& store = {});
+  // The same over a model loaded already (backbone::load_model with a share of the checkpoint and
+  // remote blocks: a pipeline's front, aios/pipeline). `path` is the checkpoint it came from, where
+  // the tokenizer and chat template are read.
+  static std::unique_ptr<LocalBackbone> wrap(std::unique_ptr<backbone::Model> model, const std::string& path,
+                                             const StoreOptions& store = {});
   ~LocalBackbone() override;
 
   const ModelInfo& config() const override;

@@ -1,0 +1,235 @@
+#include "front.h"
+
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+
+#include "aios/fail.h"
+
+namespace aios::pipeline {
+
+namespace {
+
+// What the stages keep under an id (a pass or a cache) for as long as this lives.
+class Share {
+ public:
+  Share(std::weak_ptr<Stages> stages, Op drop, uint64_t id) : stages_(std::move(stages)), drop_(drop), id_(id) {}
+  ~Share() {
+    if (const std::shared_ptr<Stages> stages = stages_.lock()) stages->drop(drop_, id_);
+  }
+  Share(const Share&) = delete;
+  Share& operator=(const Share&) = delete;
+  uint64_t id() const { return id_; }
+
+ private:
+  std::weak_ptr<Stages> stages_;
+  Op drop_;
+  uint64_t id_;
+};
+
+// The stages' blocks in the front's autograd graph: outputs y [B,T,D] and the stages' requested
+// layer states, input x [B,T,D]; backward asks the stages.
+class RemoteBackward final : public torch::autograd::Node {
+ public:
+  RemoteBackward(std::weak_ptr<Stages> stages, std::shared_ptr<Share> pass, std::vector<int64_t> layers,
+                 const at::Tensor& output)
+      : stages_(std::move(stages)), pass_(std::move(pass)), layers_(std::move(layers)),
+        output_sizes_(output.sizes().vec()), output_options_(output.options()) {}
+
+  std::string name() const override { return "aios::pipeline::RemoteBackward"; }
+
+  // Output k >= 1 is layers_[slots[k-1]]'s state.
+  std::vector<std::size_t> slots;
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    const std::shared_ptr<Stages> stages = stages_.lock();
+    if (!stages || !pass_) {
+      fail(ErrorCode::kNotFound, "handle", "the pipeline stages no longer hold this pass");
+    }
+    const at::Tensor d_output = grads[0].defined() ? grads[0] : at::zeros(output_sizes_, output_options_);
+    std::vector<at::Tensor> d_layers(layers_.size());
+    for (std::size_t k = 1; k < grads.size(); ++k) d_layers[slots[k - 1]] = grads[k];
+    return {stages->backward(pass_->id(), d_output, layers_, d_layers)};
+  }
+
+  void release_variables() override { pass_.reset(); }
+
+ private:
+  std::weak_ptr<Stages> stages_;
+  std::shared_ptr<Share> pass_;
+  std::vector<int64_t> layers_;
+  std::vector<int64_t> output_sizes_;  // [B,T,D]
+  at::TensorOptions output_options_;
+};
+
+}  // namespace
+
+Stages::Stages(std::unique_ptr<Rendezvous> rendezvous, std::unique_ptr<Link> link, Layout layout,
+               std::vector<WeightKind> storage, std::size_t kv_bytes, std::chrono::milliseconds timeout)
+    : rendezvous_(std::move(rendezvous)), link_(std::move(link)), layout_(std::move(layout)),
+      storage_(std::move(storage)), kv_bytes_(kv_bytes), timeout_(timeout) {}
+
+std::size_t Stages::cache_bytes(const backbone::KVCache& cache) const {
+  if (cache.batch_size() == 0) return 0;
+  const auto layers = static_cast<std::size_t>(layout_.num_layers() - layout_.first(1));
+  return layers * static_cast<std::size_t>(cache.batch_size() * cache.capacity()) * kv_bytes_;
+}
+
+Stages::~Stages() {
+  try {
+    std::lock_guard lock(dispatch_mutex_);
+    if (link_->broken()) return;
+    Control c;
+    c.op = Op::kShutdown;
+    for (int r = 1; r < layout_.world(); ++r) link_->send(r, Tag::kControl, c.encode());
+    link_->flush();
+  } catch (const std::exception&) {
+    // The stages are gone already; nothing to tell them.
+  }
+}
+
+uint64_t Stages::dispatch(const std::function<void()>& sends) {
+  std::lock_guard lock(dispatch_mutex_);
+  if (link_->broken()) {
+    fail(ErrorCode::kUnavailable, "pipeline", "a pipeline stage was lost; the host serves again once the stages are restarted");
+  }
+  sends();
+  return next_ticket_++;
+}
+
+void Stages::answer(uint64_t ticket, const std::function<void()>& receives) {
+  {
+    std::unique_lock lock(turn_mutex_);
+    turn_.wait(lock, [&] { return serving_ == ticket; });
+  }
+  auto pass_turn = [&] {
+    std::lock_guard lock(turn_mutex_);
+    ++serving_;
+    turn_.notify_all();
+  };
+  answer_error_.reset();
+  try {
+    receives();
+  } catch (...) {
+    pass_turn();
+    throw;
+  }
+  std::optional<Error> error = std::move(answer_error_);
+  pass_turn();
+  if (error) throw *error;
+}
+
+at::Tensor Stages::take(int rank, Tag tag) {
+  Received r = link_->receive(rank, tag, timeout_);
+  if (r.error && !answer_error_) answer_error_ = std::move(r.error);
+  return r.tensor;
+}
+
+at::Tensor Stages::run(const at::Tensor& x, const backbone::Attention& attention, const std::vector<int64_t>& layers,
+                       std::vector<at::Tensor>* states, backbone::KVCache* cache, std::vector<at::Tensor>* routing,
+                       bool recompute) {
+  const int world = layout_.world();
+  const bool keep = at::GradMode::is_enabled() && x.requires_grad();
+  Control c;
+  c.op = Op::kForward;
+  c.layers = layers;
+  if (routing != nullptr) c.flags |= kRouting;
+  if (attention.key_padding.defined()) c.flags |= kKeyPadding;
+  if (attention.full_mask.defined()) c.flags |= kFullMask;
+  if (cache != nullptr) {
+    if (cache->remote_id() == 0) {
+      const uint64_t id = next_id_++;
+      cache->attach_remote(id, std::make_shared<Share>(weak_from_this(), Op::kDropCache, id));
+    }
+    c.cache = cache->remote_id();
+  }
+  // Created before anything is sent: however this call ends, the stages' parts are dropped with it.
+  std::shared_ptr<Share> pass;
+  if (keep) {
+    pass = std::make_shared<Share>(weak_from_this(), Op::kRelease, next_id_++);
+    c.pass = pass->id();
+    c.flags |= kKeep;
+    if (recompute) c.flags |= kRecompute;
+  }
+  const at::Tensor control = c.encode();
+  const uint64_t ticket = dispatch([&] {
+    for (int r = 1; r < world; ++r) {
+      link_->send(r, Tag::kControl, control);
+      link_->send(r, Tag::kControl, attention.positions);
+      if (attention.key_padding.defined()) link_->send(r, Tag::kControl, attention.key_padding);
+      if (attention.full_mask.defined()) link_->send(r, Tag::kControl, attention.full_mask);
+    }
+    link_->send(1, Tag::kForward, x.detach());
+  });
+  std::vector<at::Tensor> layer_states(layers.size());
+  at::Tensor y;
+  answer(ticket, [&] {
+    for (int r = 1; r < world; ++r) {
+      for (std::size_t j = 0; j < layers.size(); ++j) {
+        if (layout_.owner(layers[j]) == r) layer_states[j] = take(r, Tag::kToFront);
+      }
+      if (routing != nullptr) {
+        for (int64_t i = layout_.first(r); i < layout_.end(r); ++i) {
+          (*routing)[static_cast<std::size_t>(i)] = take(r, Tag::kToFront).to(x.device());
+        }
+      }
+    }
+    y = take(world - 1, Tag::kForward);
+  });
+  y = y.to(x.device());
+  c10::intrusive_ptr<RemoteBackward> node;
+  if (keep) {
+    node = c10::make_intrusive<RemoteBackward>(weak_from_this(), pass, layers, y);
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    torch::autograd::set_history(y, node);
+  }
+  for (std::size_t j = 0; j < layers.size(); ++j) {
+    if (!layer_states[j].defined()) continue;
+    at::Tensor state = layer_states[j].to(x.device());
+    if (node) {
+      torch::autograd::set_history(state, node);
+      node->slots.push_back(j);
+    }
+    (*states)[j] = state;
+  }
+  return y;
+}
+
+at::Tensor Stages::backward(uint64_t pass, const at::Tensor& d_output, const std::vector<int64_t>& layers,
+                            const std::vector<at::Tensor>& d_layers) {
+  const int world = layout_.world();
+  Control c;
+  c.op = Op::kBackward;
+  c.pass = pass;
+  c.layers = layers;
+  for (const at::Tensor& d : d_layers) c.present.push_back(d.defined() ? 1 : 0);
+  const at::Tensor control = c.encode();
+  const uint64_t ticket = dispatch([&] {
+    for (int r = 1; r < world; ++r) {
+      link_->send(r, Tag::kControl, control);
+      for (std::size_t j = 0; j < layers.size(); ++j) {
+        if (d_layers[j].defined() && layout_.owner(layers[j]) == r) link_->send(r, Tag::kControl, d_layers[j]);
+      }
+    }
+    link_->send(world - 1, Tag::kBackward, d_output);
+  });
+  at::Tensor d_input;
+  answer(ticket, [&] { d_input = take(1, Tag::kBackward); });
+  return d_input.to(d_output.device());
+}
+
+void Stages::drop(Op op, uint64_t id) noexcept {
+  try {
+    std::lock_guard lock(dispatch_mutex_);
+    if (link_->broken()) return;
+    Control c;
+    c.op = op;
+    (op == Op::kDropCache ? c.cache : c.pass) = id;
+    const at::Tensor control = c.encode();
+    for (int r = 1; r < layout_.world(); ++r) link_->send(r, Tag::kControl, control);
+  } catch (const std::exception&) {
+    // A lost link has dropped everything the stages held.
+  }
+}
+
+}  // namespace aios::pipeline
