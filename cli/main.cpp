@@ -16,7 +16,9 @@
 #include <csignal>
 #include <pthread.h>
 #include <cstdio>
+#include <atomic>
 #include <future>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -246,19 +248,32 @@ void end_stages(std::vector<pid_t>& workers, std::chrono::milliseconds patience)
   workers.clear();
 }
 
+// The stage workers this process started, replaced whole when the pipeline is formed again.
+struct Workers {
+  std::mutex mutex;
+  std::vector<pid_t> pids;
+};
+
 std::shared_ptr<aios::local::LocalBackbone> load_backbone(const std::string& path, const aios::local::LoadOptions& options,
                                                           const aios::local::StoreOptions& store, const Split& split,
-                                                          std::vector<pid_t>& workers) {
+                                                          Workers& workers, std::atomic<aios::server::Host*>& host) {
   if (split.world == 1) return aios::local::LocalBackbone::load(path, options, store);
   aios::local::LoadOptions front = options;
   if (!split.devices.empty()) front.device = split.devices[0];
+  auto launch = [&, path, options, split](int port) {
+    if (!split.local_workers) return;
+    std::lock_guard lock(workers.mutex);
+    end_stages(workers.pids, std::chrono::milliseconds(0));  // a hung worker would never rejoin
+    for (int64_t r = 1; r < split.world; ++r) workers.pids.push_back(start_stage(path, options, r, split, port));
+  };
+  auto serving = [&host](bool serving) {
+    if (aios::server::Host* h = host.load()) h->set_serving(serving);
+  };
   try {
-    return aios::pipeline::load_front(path, front, store, split.options, [&](int port) {
-      if (!split.local_workers) return;
-      for (int64_t r = 1; r < split.world; ++r) workers.push_back(start_stage(path, options, r, split, port));
-    });
+    return aios::pipeline::load_front(path, front, store, split.options, launch, serving);
   } catch (...) {
-    end_stages(workers, std::chrono::milliseconds(0));
+    std::lock_guard lock(workers.mutex);
+    end_stages(workers.pids, std::chrono::milliseconds(0));
     throw;
   }
 }
@@ -275,7 +290,8 @@ int serve(const std::string& path, const aios::local::LoadOptions& options, cons
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   aios::server::tune_allocator_for_hosting();
-  std::vector<pid_t> workers;
+  Workers workers;
+  std::atomic<aios::server::Host*> serving_host{nullptr};
   {
     // Loaded on a thread that ends before serving: a thread that ran LibTorch's parallel regions
     // keeps its team of OpenMP workers for good, and with more such threads than cores OpenMP's
@@ -283,8 +299,10 @@ int serve(const std::string& path, const aios::local::LoadOptions& options, cons
     // 1.2-1.3x slower beside an idle team of this one.
     // (The future's end joins the thread.)
     const std::shared_ptr<aios::local::LocalBackbone> backbone =
-        std::async(std::launch::async, [&] { return load_backbone(path, options, store, split, workers); }).get();
+        std::async(std::launch::async, [&] { return load_backbone(path, options, store, split, workers, serving_host); })
+            .get();
     aios::server::Host host(backbone, host_options);
+    serving_host = &host;
     // What a client connects to: the host with the port it took (":0" picks one), or the Unix socket.
     const std::string& listen = host_options.listen;
     const std::string address =
@@ -302,9 +320,11 @@ int serve(const std::string& path, const aios::local::LoadOptions& options, cons
     }
     int received = 0;
     sigwait(&signals, &received);
+    serving_host = nullptr;
     host.shutdown();
   }  // the backbone's end tells the stages to leave
-  end_stages(workers, std::chrono::seconds(10));
+  std::lock_guard lock(workers.mutex);
+  end_stages(workers.pids, std::chrono::seconds(10));
   return 0;
 }
 

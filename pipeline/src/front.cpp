@@ -64,10 +64,13 @@ class RemoteBackward final : public torch::autograd::Node {
 
 }  // namespace
 
-Stages::Stages(std::unique_ptr<Rendezvous> rendezvous, std::unique_ptr<Link> link, Layout layout,
-               std::vector<WeightKind> storage, std::size_t kv_bytes, std::chrono::milliseconds timeout)
-    : rendezvous_(std::move(rendezvous)), link_(std::move(link)), layout_(std::move(layout)),
-      storage_(std::move(storage)), kv_bytes_(kv_bytes), timeout_(timeout) {}
+Stages::Stages(std::unique_ptr<Link> first, Form form, Layout layout, std::vector<WeightKind> storage,
+               std::size_t kv_bytes, std::chrono::milliseconds timeout, std::function<void(bool)> serving)
+    : form_(std::move(form)), layout_(std::move(layout)), storage_(std::move(storage)), kv_bytes_(kv_bytes),
+      timeout_(timeout), serving_(std::move(serving)) {
+  current_ = std::make_shared<Epoch>(std::move(first));
+  supervisor_ = std::thread([this] { supervise(); });
+}
 
 std::size_t Stages::cache_bytes(const backbone::KVCache& cache) const {
   if (cache.batch_size() == 0) return 0;
@@ -76,53 +79,117 @@ std::size_t Stages::cache_bytes(const backbone::KVCache& cache) const {
 }
 
 Stages::~Stages() {
+  {
+    std::lock_guard lock(state_mutex_);
+    stopping_ = true;
+  }
+  state_.notify_all();
+  supervisor_.join();
   try {
     std::lock_guard lock(dispatch_mutex_);
-    if (link_->broken()) return;
+    Link& link = *current_->link;
+    if (link.broken()) return;
     Control c;
     c.op = Op::kShutdown;
-    for (int r = 1; r < layout_.world(); ++r) link_->send(r, Tag::kControl, c.encode());
-    link_->flush();
+    for (int r = 1; r < layout_.world(); ++r) link.send(r, Tag::kControl, c.encode());
+    link.flush();
   } catch (const std::exception&) {
     // The stages are gone already; nothing to tell them.
   }
 }
 
-uint64_t Stages::dispatch(const std::function<void()>& sends) {
-  std::lock_guard lock(dispatch_mutex_);
-  if (link_->broken()) {
-    fail(ErrorCode::kUnavailable, "pipeline", "a pipeline stage was lost; the host serves again once the stages are restarted");
+void Stages::lost(const std::shared_ptr<Epoch>& epoch) {
+  {
+    std::lock_guard lock(dispatch_mutex_);
+    if (epoch != current_) return;
   }
-  sends();
-  return next_ticket_++;
+  {
+    std::lock_guard lock(state_mutex_);
+    lost_ = epoch;
+  }
+  state_.notify_all();
 }
 
-void Stages::answer(uint64_t ticket, const std::function<void()>& receives) {
+void Stages::supervise() {
+  std::unique_lock lock(state_mutex_);
+  for (;;) {
+    state_.wait(lock, [&] { return lost_ != nullptr || stopping_; });
+    if (stopping_) return;
+    lost_ = nullptr;
+    lock.unlock();
+    fmt::print(stderr, "aios: pipeline: a stage was lost; not serving until the stages are back\n");
+    if (serving_) serving_(false);
+    std::unique_ptr<Link> link;
+    while (!link) {
+      {
+        std::lock_guard stop(state_mutex_);
+        if (stopping_) return;
+      }
+      try {
+        link = form_(++epoch_number_);
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "aios: pipeline: forming the stages' link failed, trying again: {}\n", e.what());
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+    }
+    {
+      std::lock_guard swap(dispatch_mutex_);
+      current_ = std::make_shared<Epoch>(std::move(link));
+    }
+    fmt::print(stderr, "aios: pipeline: the stages are back (link {})\n", epoch_number_);
+    if (serving_) serving_(true);
+    lock.lock();
+  }
+}
+
+Stages::Ticket Stages::dispatch(const std::function<void(Link&)>& sends) {
+  Ticket ticket;
   {
-    std::unique_lock lock(turn_mutex_);
-    turn_.wait(lock, [&] { return serving_ == ticket; });
+    std::lock_guard lock(dispatch_mutex_);
+    ticket.epoch = current_;
+    if (!ticket.epoch->link->broken()) {
+      try {
+        sends(*ticket.epoch->link);
+        ticket.number = ticket.epoch->next_ticket++;
+        return ticket;
+      } catch (const Error&) {
+        if (!ticket.epoch->link->broken()) throw;
+      }
+    }
+  }
+  lost(ticket.epoch);
+  fail(ErrorCode::kUnavailable, "pipeline", "a pipeline stage was lost; calls succeed again once the stages are back");
+}
+
+void Stages::answer(const Ticket& ticket, const std::function<void(const Take&)>& receives) {
+  Epoch& epoch = *ticket.epoch;
+  {
+    std::unique_lock lock(epoch.turn_mutex);
+    epoch.turn.wait(lock, [&] { return epoch.serving == ticket.number; });
   }
   auto pass_turn = [&] {
-    std::lock_guard lock(turn_mutex_);
-    ++serving_;
-    turn_.notify_all();
+    std::lock_guard lock(epoch.turn_mutex);
+    ++epoch.serving;
+    epoch.turn.notify_all();
   };
-  answer_error_.reset();
+  std::optional<Error> error;
+  const Take take = [&](int rank, Tag tag) {
+    Received r = epoch.link->receive(rank, tag, timeout_);
+    if (r.error && !error) error = std::move(r.error);
+    return r.tensor;
+  };
   try {
-    receives();
+    receives(take);
+  } catch (const Error&) {
+    pass_turn();
+    if (epoch.link->broken()) lost(ticket.epoch);
+    throw;
   } catch (...) {
     pass_turn();
     throw;
   }
-  std::optional<Error> error = std::move(answer_error_);
   pass_turn();
   if (error) throw *error;
-}
-
-at::Tensor Stages::take(int rank, Tag tag) {
-  Received r = link_->receive(rank, tag, timeout_);
-  if (r.error && !answer_error_) answer_error_ = std::move(r.error);
-  return r.tensor;
 }
 
 at::Tensor Stages::run(const at::Tensor& x, const backbone::Attention& attention, const std::vector<int64_t>& layers,
@@ -140,6 +207,7 @@ at::Tensor Stages::run(const at::Tensor& x, const backbone::Attention& attention
     if (cache->remote_id() == 0) {
       const uint64_t id = next_id_++;
       cache->attach_remote(id, std::make_shared<Share>(weak_from_this(), Op::kDropCache, id));
+      c.flags |= kNewCache;
     }
     c.cache = cache->remote_id();
   }
@@ -152,18 +220,18 @@ at::Tensor Stages::run(const at::Tensor& x, const backbone::Attention& attention
     if (recompute) c.flags |= kRecompute;
   }
   const at::Tensor control = c.encode();
-  const uint64_t ticket = dispatch([&] {
+  const Ticket ticket = dispatch([&](Link& link) {
     for (int r = 1; r < world; ++r) {
-      link_->send(r, Tag::kControl, control);
-      link_->send(r, Tag::kControl, attention.positions);
-      if (attention.key_padding.defined()) link_->send(r, Tag::kControl, attention.key_padding);
-      if (attention.full_mask.defined()) link_->send(r, Tag::kControl, attention.full_mask);
+      link.send(r, Tag::kControl, control);
+      link.send(r, Tag::kControl, attention.positions);
+      if (attention.key_padding.defined()) link.send(r, Tag::kControl, attention.key_padding);
+      if (attention.full_mask.defined()) link.send(r, Tag::kControl, attention.full_mask);
     }
-    link_->send(1, Tag::kForward, x.detach());
+    link.send(1, Tag::kForward, x.detach());
   });
   std::vector<at::Tensor> layer_states(layers.size());
   at::Tensor y;
-  answer(ticket, [&] {
+  answer(ticket, [&](const Take& take) {
     for (int r = 1; r < world; ++r) {
       for (std::size_t j = 0; j < layers.size(); ++j) {
         if (layout_.owner(layers[j]) == r) layer_states[j] = take(r, Tag::kToFront);
@@ -204,29 +272,30 @@ at::Tensor Stages::backward(uint64_t pass, const at::Tensor& d_output, const std
   c.layers = layers;
   for (const at::Tensor& d : d_layers) c.present.push_back(d.defined() ? 1 : 0);
   const at::Tensor control = c.encode();
-  const uint64_t ticket = dispatch([&] {
+  const Ticket ticket = dispatch([&](Link& link) {
     for (int r = 1; r < world; ++r) {
-      link_->send(r, Tag::kControl, control);
+      link.send(r, Tag::kControl, control);
       for (std::size_t j = 0; j < layers.size(); ++j) {
-        if (d_layers[j].defined() && layout_.owner(layers[j]) == r) link_->send(r, Tag::kControl, d_layers[j]);
+        if (d_layers[j].defined() && layout_.owner(layers[j]) == r) link.send(r, Tag::kControl, d_layers[j]);
       }
     }
-    link_->send(world - 1, Tag::kBackward, d_output);
+    link.send(world - 1, Tag::kBackward, d_output);
   });
   at::Tensor d_input;
-  answer(ticket, [&] { d_input = take(1, Tag::kBackward); });
+  answer(ticket, [&](const Take& take) { d_input = take(1, Tag::kBackward); });
   return d_input.to(d_output.device());
 }
 
 void Stages::drop(Op op, uint64_t id) noexcept {
+  Control c;
+  c.op = op;
+  (op == Op::kDropCache ? c.cache : c.pass) = id;
   try {
-    std::lock_guard lock(dispatch_mutex_);
-    if (link_->broken()) return;
-    Control c;
-    c.op = op;
-    (op == Op::kDropCache ? c.cache : c.pass) = id;
-    const at::Tensor control = c.encode();
-    for (int r = 1; r < layout_.world(); ++r) link_->send(r, Tag::kControl, control);
+    // Ids are unique across epochs: a newer link's stages never held this one and ignore it.
+    dispatch([&](Link& link) {
+      const at::Tensor control = c.encode();
+      for (int r = 1; r < layout_.world(); ++r) link.send(r, Tag::kControl, control);
+    });
   } catch (const std::exception&) {
     // A lost link has dropped everything the stages held.
   }

@@ -9,6 +9,11 @@
 // ticket; their answers are taken in the same order. A call's sends do not wait for earlier calls'
 // answers, so while the last stage works on one call the first works on the next: requests from
 // several callers fill the pipeline.
+//
+// Failures: a lost link (a stage died or did not answer in time) fails the calls on it with
+// kUnavailable; a supervisor thread then forms a new link (a new epoch: local workers relaunched,
+// remote ones rejoining), and calls succeed again. Kept passes and caches of the lost epoch are
+// gone from the stages, which say kNotFound when asked for them.
 #pragma once
 
 #include <chrono>
@@ -18,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "aios/backbone/model.h"
@@ -28,10 +34,15 @@ namespace aios::pipeline {
 
 class Stages final : public backbone::RemoteBlocks, public std::enable_shared_from_this<Stages> {
  public:
-  // `rendezvous` is kept for the link's life (its store serves the stages).
+  // Forms the link of `epoch` (0, 1, ...) with every stage: relaunches what must be, waits for each
+  // stage to load and join; throws Error when it cannot.
+  using Form = std::function<std::unique_ptr<Link>(int64_t epoch)>;
+
+  // Serves over `first`, epoch 0's link. When a link is lost, calls `serving(false)`, forms the
+  // next epoch's until one holds, then calls `serving(true)`.
   // kv_bytes: the bytes one slot of one layer's keys and values takes (2 * Hkv * hd * element size).
-  Stages(std::unique_ptr<Rendezvous> rendezvous, std::unique_ptr<Link> link, Layout layout,
-         std::vector<WeightKind> storage, std::size_t kv_bytes, std::chrono::milliseconds timeout);
+  Stages(std::unique_ptr<Link> first, Form form, Layout layout, std::vector<WeightKind> storage, std::size_t kv_bytes,
+         std::chrono::milliseconds timeout, std::function<void(bool)> serving);
   ~Stages() override;  // tells the stages to leave
 
   int64_t first_block() const override { return layout_.first(1); }
@@ -40,7 +51,7 @@ class Stages final : public backbone::RemoteBlocks, public std::enable_shared_fr
                  bool recompute) override;
   std::vector<WeightKind> storage() const override { return storage_; }
   // Each stage's caches grow with the front's (the same slots appended), each of its layers holding
-  // keys and values [B, kv_width / head_dim, capacity, head_dim].
+  // keys and values [B, Hkv, capacity, hd].
   std::size_t cache_bytes(const backbone::KVCache& cache) const override;
 
   // The kept pass `pass`: d output [B,T,D] and d layers[j] (undefined where not given; only the
@@ -50,31 +61,50 @@ class Stages final : public backbone::RemoteBlocks, public std::enable_shared_fr
   // Tells the stages to drop a kept pass or a cache (nothing when the link is gone). Never throws.
   void drop(Op op, uint64_t id) noexcept;
 
-  const Layout& layout() const { return layout_; }
-
  private:
-  // Runs `sends` for one request, in ticket order; returns the ticket its answers are taken under.
-  uint64_t dispatch(const std::function<void()>& sends);
-  // Waits for `ticket`'s turn, runs `receives`, passes the turn on. An error a stage sent in place of
-  // a tensor is thrown after the request's last message is taken.
-  void answer(uint64_t ticket, const std::function<void()>& receives);
-  // The next message from `rank` under `tag` for the request being answered.
-  at::Tensor take(int rank, Tag tag);
+  // One link's life: its requests' tickets and whose answers are taken now.
+  struct Epoch {
+    explicit Epoch(std::unique_ptr<Link> link) : link(std::move(link)) {}
+    std::unique_ptr<Link> link;
+    uint64_t next_ticket = 0;  // under Stages::dispatch_mutex_
+    std::mutex turn_mutex;
+    std::condition_variable turn;
+    uint64_t serving = 0;  // under turn_mutex
+  };
+  struct Ticket {
+    std::shared_ptr<Epoch> epoch;
+    uint64_t number = 0;
+  };
+  // The next message from `rank` under `tag` for the request being answered; an error a stage sent
+  // in its place is kept (the first one) and thrown once the request's last message is taken.
+  using Take = std::function<at::Tensor(int rank, Tag tag)>;
 
-  std::unique_ptr<Rendezvous> rendezvous_;
-  std::unique_ptr<Link> link_;
+  // Runs `sends` for one request on the current link; returns the ticket its answers are taken under.
+  Ticket dispatch(const std::function<void(Link&)>& sends);
+  // Waits for the ticket's turn, runs `receives`, passes the turn on.
+  void answer(const Ticket& ticket, const std::function<void(const Take&)>& receives);
+  // After a transport failure on `epoch`'s link: wakes the supervisor if that link is still the
+  // current one (failures of a link already replaced are old news).
+  void lost(const std::shared_ptr<Epoch>& epoch);
+  void supervise();
+
+  Form form_;
   Layout layout_;
   std::vector<WeightKind> storage_;
   std::size_t kv_bytes_;
   std::chrono::milliseconds timeout_;
+  std::function<void(bool)> serving_;
 
-  std::atomic<uint64_t> next_id_{1};  // kept passes and caches
+  std::atomic<uint64_t> next_id_{1};  // kept passes and caches, unique across epochs
   std::mutex dispatch_mutex_;
-  uint64_t next_ticket_ = 0;          // under dispatch_mutex_
-  std::mutex turn_mutex_;
-  std::condition_variable turn_;
-  uint64_t serving_ = 0;              // under turn_mutex_: the ticket whose answers are taken now
-  std::optional<Error> answer_error_;  // the first error a stage sent for the request being answered
+  std::shared_ptr<Epoch> current_;    // under dispatch_mutex_
+  int64_t epoch_number_ = 0;
+
+  std::mutex state_mutex_;
+  std::condition_variable state_;
+  std::shared_ptr<Epoch> lost_;  // under state_mutex_: the current link, found broken
+  bool stopping_ = false;        // under state_mutex_
+  std::thread supervisor_;
 };
 
 }  // namespace aios::pipeline

@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 
+#include <future>
 #include <numeric>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -122,7 +124,8 @@ std::vector<int64_t> balanced_blocks(const backbone::ModelConfig& c, int64_t wor
 
 std::unique_ptr<local::LocalBackbone> load_front(const std::string& path, const backbone::LoadOptions& load,
                                                  const local::StoreOptions& store, const PipelineOptions& options,
-                                                 const std::function<void(int port)>& started) {
+                                                 const std::function<void(int port)>& launch,
+                                                 const std::function<void(bool serving)>& serving) {
   check_world(options);
   const auto [host, port] = host_and_port(options.rendezvous);
   const backbone::ModelConfig config = backbone::read_config(path);
@@ -137,22 +140,32 @@ std::unique_ptr<local::LocalBackbone> load_front(const std::string& path, const 
   }
   layout = Layout::parse(layout.text(), "blocks");
 
-  auto rendezvous = std::make_unique<Rendezvous>(host, port, /*server=*/true, world, options.join_timeout);
+  auto rendezvous = std::make_shared<Rendezvous>(host, port, /*server=*/true, world, options.join_timeout);
   rendezvous->set("layout", layout.text());
-  if (started) started(rendezvous->port());
-  std::unique_ptr<Link> link = Link::join(*rendezvous, "link0", options.address.empty() ? host : options.address, 0,
-                                          world, options.timeout);
+  auto storage = std::make_shared<std::vector<WeightKind>>();
+  const std::string address = options.address.empty() ? host : options.address;
+  // Epoch e: (re)launch the local workers, wait until every stage has loaded (or said why it could
+  // not), then form the link under its own prefix.
+  Stages::Form form = [=](int64_t epoch) {
+    const std::string prefix = fmt::format("link{}", epoch);
+    rendezvous->set("epoch", std::to_string(epoch));
+    if (launch) launch(rendezvous->port());
+    storage->clear();
+    for (int r = 1; r < world; ++r) add_ready(rendezvous->get(fmt::format("{}/ready/{}", prefix, r)), r, *storage);
+    return Link::join(*rendezvous, prefix, address, 0, world, options.timeout);
+  };
+  // The front's share loads while the stages load theirs.
   backbone::LoadOptions own = load;
   own.first_block = 0;
   own.end_block = layout.end(0);
   own.tables = true;
-  std::unique_ptr<backbone::Model> model = backbone::load_model(path, own);
-  std::vector<WeightKind> storage;
-  for (int r = 1; r < world; ++r) add_ready(rendezvous->get(fmt::format("ready/{}", r)), r, storage);
+  std::future<std::unique_ptr<backbone::Model>> loading =
+      std::async(std::launch::async, [&] { return backbone::load_model(path, own); });
+  std::unique_ptr<Link> first = form(0);
+  std::unique_ptr<backbone::Model> model = loading.get();
   const std::size_t kv_bytes = static_cast<std::size_t>(2 * config.num_kv_heads * config.head_dim) *
                                c10::elementSize(model->dtype());
-  auto stages = std::make_shared<Stages>(std::move(rendezvous), std::move(link), layout, std::move(storage),
-                                         kv_bytes, options.timeout);
+  auto stages = std::make_shared<Stages>(std::move(first), form, layout, *storage, kv_bytes, options.timeout, serving);
   model->set_remote_blocks(stages);
   return local::LocalBackbone::wrap(std::move(model), path, store);
 }
@@ -174,8 +187,8 @@ void serve_stage(const std::string& path, const backbone::LoadOptions& load, int
   }
   const std::string address =
       options.address.empty() ? Rendezvous::local_address_towards(host, port) : options.address;
-  std::unique_ptr<Link> link =
-      Link::join(rendezvous, "link0", address, static_cast<int>(rank), world, options.timeout);
+  auto epoch = [&] { return std::stoll(rendezvous.get("epoch")); };
+  int64_t joined = epoch();
   backbone::LoadOptions own = load;
   own.first_block = layout.first(static_cast<int>(rank));
   own.end_block = layout.end(static_cast<int>(rank));
@@ -184,11 +197,32 @@ void serve_stage(const std::string& path, const backbone::LoadOptions& load, int
   try {
     model = backbone::load_model(path, own);
   } catch (const Error& e) {
-    rendezvous.set(fmt::format("ready/{}", rank), error_text(e));
+    rendezvous.set(fmt::format("link{}/ready/{}", joined, rank), error_text(e));
     throw;
   }
-  rendezvous.set(fmt::format("ready/{}", rank), ready_text(model->storage()));
-  serve_requests(*link, *model, layout, options.timeout);
+  for (;;) {
+    const std::string prefix = fmt::format("link{}", joined);
+    rendezvous.set(prefix + "/ready/" + std::to_string(rank), ready_text(model->storage()));
+    try {
+      std::unique_ptr<Link> link = Link::join(rendezvous, prefix, address, static_cast<int>(rank), world, options.timeout);
+      serve_requests(*link, *model, layout, options.timeout);
+      return;
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::kUnavailable) throw;
+      fmt::print(stderr, "aios: stage {}: the link was lost ({}); waiting for the front to form a new one\n", rank,
+                 e.what());
+    }
+    // The front forms the next link under a new epoch; a front that is gone ends this wait with an
+    // error (its store goes with it).
+    const auto deadline = std::chrono::steady_clock::now() + options.join_timeout;
+    while (epoch() <= joined) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        fail(ErrorCode::kUnavailable, "rendezvous", "the front formed no new link in time");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    joined = epoch();
+  }
 }
 
 }  // namespace aios::pipeline

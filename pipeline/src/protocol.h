@@ -30,6 +30,7 @@ enum Flag : int64_t {
   kRouting = 4,      // return each block's experts (int64 [B,T,k]) to the front
   kKeyPadding = 8,   // a key-padding mask bool [B,T] follows the positions
   kFullMask = 16,    // a full mask bool [B,T,T] follows the positions
+  kNewCache = 32,    // the first pass into Control::cache (any other names a cache the stage holds)
 };
 
 struct Control {

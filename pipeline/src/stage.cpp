@@ -87,7 +87,14 @@ class Stage {
     at::Tensor y;
     const std::optional<Error> error = attempt(std::move(in.error), [&] {
       const bool keep = (c.flags & kKeep) != 0, recompute = (c.flags & kRecompute) != 0;
-      backbone::KVCache* cache = c.cache != 0 ? &caches_[c.cache] : nullptr;
+      backbone::KVCache* cache = nullptr;
+      if (c.cache != 0) {
+        if ((c.flags & kNewCache) == 0 && caches_.count(c.cache) == 0) {
+          fail(ErrorCode::kNotFound, "session",
+               "pipeline stage {} no longer holds this session's cache (the stage was restarted)", rank_);
+        }
+        cache = &caches_[c.cache];
+      }
       if (cache != nullptr) {
         const at::Tensor valid = attention.key_padding.defined() ? attention.key_padding : attention.positions.ge(0);
         cache->append_slots(valid, attention.positions, layout_.num_layers());

@@ -114,6 +114,8 @@ Host::~Host() { shutdown(std::chrono::seconds(1)); }
 
 int Host::port() const { return impl_->port; }
 
+void Host::set_serving(bool serving) { impl_->server->GetHealthCheckService()->SetServingStatus(serving); }
+
 void Host::wait() { impl_->server->Wait(); }
 
 void Host::shutdown(std::chrono::milliseconds grace) {

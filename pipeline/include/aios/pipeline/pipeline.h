@@ -27,7 +27,7 @@ namespace aios::pipeline {
 struct PipelineOptions {
   int64_t world = 2;  // processes: the front and world - 1 stage workers
   // HOST:PORT of the rendezvous, which the front serves. Port 0 (front only) takes a free one,
-  // which `started` is told (for workers on the same machine).
+  // which `launch` is told (for workers on the same machine).
   std::string rendezvous = "127.0.0.1:0";
   // The address this process's peers reach it at; empty: the front's is the rendezvous host, a
   // stage's the local address on its route to the rendezvous.
@@ -47,17 +47,23 @@ struct PipelineOptions {
 // Throws Error(kInvalidArgument) when the model has fewer than world - 1 blocks.
 std::vector<int64_t> balanced_blocks(const backbone::ModelConfig& config, int64_t world);
 
-// The front: serves the rendezvous, tells `started` its port, publishes the layout, waits for every
-// stage to join and load, loads its own share and returns the backbone. Throws aios::Error: a
+// The front: serves the rendezvous, publishes the layout, calls `launch(port)` (to start the
+// stage workers of this machine, replacing any started before), waits for every stage to load
+// its share and join while it loads its own, and returns the backbone. Throws aios::Error: a
 // stage's own error when its load failed (with its rank), kUnavailable when one did not come in
 // time, kInvalidArgument for bad options.
+// Later, when a stage is lost, calls fail with kUnavailable; the front calls `serving(false)`,
+// launches again and forms a new link with the stages (those still alive rejoin it), then calls
+// `serving(true)`.
 std::unique_ptr<local::LocalBackbone> load_front(const std::string& path, const backbone::LoadOptions& load,
                                                  const local::StoreOptions& store, const PipelineOptions& options,
-                                                 const std::function<void(int port)>& started = {});
+                                                 const std::function<void(int port)>& launch = {},
+                                                 const std::function<void(bool serving)>& serving = {});
 
 // A stage worker of rank `rank` (1..world-1): joins the rendezvous, loads its share of the
-// checkpoint and serves the front until the front shuts it down (returns) or is lost (throws
-// Error(kUnavailable)).
+// checkpoint and serves the front until the front shuts it down (returns). When the link is lost
+// it waits for the front to form a new one and joins it, keeping its weights; it throws
+// Error(kUnavailable) when the front is gone.
 void serve_stage(const std::string& path, const backbone::LoadOptions& load, int64_t rank,
                  const PipelineOptions& options);
 

@@ -126,6 +126,9 @@ class Host {
   Host& operator=(const Host&) = delete;
 
   int port() const;
+  // What the gRPC health service says (SERVING from the start): false while the backbone cannot
+  // compute (a pipeline stage lost), true once it can again.
+  void set_serving(bool serving);
   // Blocks until shutdown() is called from another thread.
   void wait();
   // Stops taking calls and lets those in flight finish for up to `grace`, then cancels them.
