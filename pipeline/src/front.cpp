@@ -93,6 +93,7 @@ Stages::~Stages() {
     c.op = Op::kShutdown;
     for (int r = 1; r < layout_.world(); ++r) link.send(r, Tag::kControl, c.encode());
     link.flush();
+    fmt::print(stderr, "aios: {}\n", link.traffic_line());
   } catch (const std::exception&) {
     // The stages are gone already; nothing to tell them.
   }
@@ -142,7 +143,7 @@ void Stages::supervise() {
   }
 }
 
-Stages::Ticket Stages::dispatch(const std::function<void(Link&)>& sends) {
+Stages::Ticket Stages::dispatch(const std::function<void(Link&)>& sends, bool answered) {
   Ticket ticket;
   {
     std::lock_guard lock(dispatch_mutex_);
@@ -150,7 +151,7 @@ Stages::Ticket Stages::dispatch(const std::function<void(Link&)>& sends) {
     if (!ticket.epoch->link->broken()) {
       try {
         sends(*ticket.epoch->link);
-        ticket.number = ticket.epoch->next_ticket++;
+        if (answered) ticket.number = ticket.epoch->next_ticket++;
         return ticket;
       } catch (const Error&) {
         if (!ticket.epoch->link->broken()) throw;
@@ -292,10 +293,12 @@ void Stages::drop(Op op, uint64_t id) noexcept {
   (op == Op::kDropCache ? c.cache : c.pass) = id;
   try {
     // Ids are unique across epochs: a newer link's stages never held this one and ignore it.
-    dispatch([&](Link& link) {
-      const at::Tensor control = c.encode();
-      for (int r = 1; r < layout_.world(); ++r) link.send(r, Tag::kControl, control);
-    });
+    dispatch(
+        [&](Link& link) {
+          const at::Tensor control = c.encode();
+          for (int r = 1; r < layout_.world(); ++r) link.send(r, Tag::kControl, control);
+        },
+        /*answered=*/false);
   } catch (const std::exception&) {
     // A lost link has dropped everything the stages held.
   }

@@ -79,8 +79,9 @@ class Stages final : public backbone::RemoteBlocks, public std::enable_shared_fr
   // in its place is kept (the first one) and thrown once the request's last message is taken.
   using Take = std::function<at::Tensor(int rank, Tag tag)>;
 
-  // Runs `sends` for one request on the current link; returns the ticket its answers are taken under.
-  Ticket dispatch(const std::function<void(Link&)>& sends);
+  // Runs `sends` for one request on the current link; returns the ticket its answers are taken under
+  // (with `answered`: every such ticket must be answered, or the turns stop there).
+  Ticket dispatch(const std::function<void(Link&)>& sends, bool answered = true);
   // Waits for the ticket's turn, runs `receives`, passes the turn on.
   void answer(const Ticket& ticket, const std::function<void(const Take&)>& receives);
   // After a transport failure on `epoch`'s link: wakes the supervisor if that link is still the

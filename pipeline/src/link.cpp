@@ -31,6 +31,11 @@ enum Kind : int64_t { kTensor = 1, kError = 2 };
 
 }  // namespace
 
+std::string Link::traffic_line() const {
+  return fmt::format("pipeline rank {} sent {} bytes in {} messages", rank_, sent_bytes_.load(),
+                     sent_messages_.load());
+}
+
 void Link::lose(const std::string& what, const std::exception& e) {
   broken_ = true;
   fail(ErrorCode::kUnavailable, "pipeline", "{}: {}", what, e.what());
@@ -189,6 +194,8 @@ class GlooLink final : public Link {
   void post(int peer, Tag tag, at::Tensor buffer) {
     if (broken_) fail(ErrorCode::kUnavailable, "pipeline", "the pipeline's link is broken");
     std::vector<at::Tensor> buffers{buffer};
+    sent_messages_ += 1;
+    sent_bytes_ += buffer.nbytes();
     Pending oldest;
     {
       std::lock_guard lock(mutex_);

@@ -81,6 +81,14 @@ class Link {
   // Waits until every send so far has been delivered (bounded by the link's timeout).
   virtual void flush() = 0;
 
+  // What this process has sent so far: messages and bytes (headers included).
+  struct Traffic {
+    uint64_t messages = 0, bytes = 0;
+  };
+  Traffic sent() const { return {sent_messages_, sent_bytes_}; }
+  // "rank R sent B bytes in M messages", for the process's log.
+  std::string traffic_line() const;
+
  protected:
   Link(int rank, int world) : rank_(rank), world_(world) {}
   // Marks the link broken and throws Error(kUnavailable) describing `what` failed.
@@ -88,6 +96,7 @@ class Link {
 
   int rank_, world_;
   std::atomic<bool> broken_{false};
+  std::atomic<uint64_t> sent_messages_{0}, sent_bytes_{0};
 };
 
 }  // namespace aios::pipeline

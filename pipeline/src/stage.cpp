@@ -39,7 +39,10 @@ class Stage {
         case Op::kBackward: backward(c); break;
         case Op::kRelease: passes_.erase(c.pass); break;
         case Op::kDropCache: caches_.erase(c.cache); break;
-        case Op::kShutdown: link_.flush(); return;
+        case Op::kShutdown:
+          link_.flush();
+          fmt::print(stderr, "aios: {}\n", link_.traffic_line());
+          return;
         default: fail(ErrorCode::kInternal, "pipeline", "unknown request {}", static_cast<int64_t>(c.op));
       }
     }

@@ -8,9 +8,15 @@ fused losses; extensions and their rows; generation, sessions and routed decoder
 them says the split changes nothing a caller sees.
 """
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +51,46 @@ def hosted(monkeypatch, hosts, stages):
 
     monkeypatch.setattr(aios.Backbone, "load", staticmethod(load_hosted))
     return load_hosted
+
+
+# ---- Concurrency -------------------------------------------------------------------------------
+
+def test_concurrent_clients_with_kept_passes_interleaved(checkpoints, stages):
+    """Several callers at once, each keeping passes, taking vjps and releasing them out of step with
+    the others: every result is the in-process one."""
+    path = checkpoints["qwen2"].path
+    local = aios.Backbone.load(path, dtype="float32")
+    with aios.serve(path, stages=stages, stage_timeout=60) as host:
+        errors = []
+
+        def client(seed):
+            try:
+                backbone = aios.connect(host.address, timeout=60)
+                g = torch.Generator().manual_seed(seed)
+                for _ in range(6):
+                    latents = torch.randn(1 + seed % 2, 5 + seed, 64, generator=g)
+                    cot = torch.randn(latents.shape, generator=g)
+                    kept = [backbone.forward(latents, keep=True, recompute=bool(seed % 2), layers=[1, 2])
+                            for _ in range(2)]
+                    want = local.forward(latents, keep=True, layers=[1, 2])
+                    expected = local.vjp(want.handle, grad_hidden=cot, grad_layers=[None, cot])
+                    local.release(want.handle)
+                    for k in kept:
+                        torch.testing.assert_close(k.hidden, want.hidden, rtol=1e-5, atol=1e-6)
+                        torch.testing.assert_close(backbone.vjp(k.handle, grad_hidden=cot, grad_layers=[None, cot]),
+                                                   expected, rtol=1e-5, atol=1e-6)
+                        backbone.release(k.handle)
+                    torch.testing.assert_close(backbone.forward(latents).hidden, want.hidden, rtol=1e-5, atol=1e-6)
+            except Exception as e:  # noqa: BLE001 (reported below, with the thread's seed)
+                errors.append((seed, e))
+
+        threads = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not any(t.is_alive() for t in threads)
+        assert not errors, errors
 
 
 # ---- Failures ----------------------------------------------------------------------------------
@@ -151,3 +197,88 @@ def test_blocks_per_process_can_be_set_and_are_checked(checkpoints):
     for blocks in ([1, 1], [2, 0, 1], [1, 1, 1, 1]):
         with pytest.raises(aios.UnavailableError, match="blocks"):
             aios.serve(path, stages=3, stage_blocks=blocks)
+
+
+# ---- Across hosts ------------------------------------------------------------------------------
+
+NAMESPACES = ["aios-test-stage1", "aios-test-stage2"]
+BRIDGE = "aios-test-br"
+
+
+def ip(*args):
+    return subprocess.run(["ip", *args], capture_output=True, text=True)
+
+
+def clean_namespaces():
+    for ns in NAMESPACES:
+        ip("netns", "del", ns)
+    ip("link", "del", BRIDGE)
+
+
+def make_namespaces():
+    """A bridge 10.77.0.1/24 here and one namespace per stage at 10.77.0.2, .3 behind a veth pair:
+    separate hosts as far as TCP can tell. Returns the failure's message, or None."""
+    clean_namespaces()
+    steps = [("link", "add", BRIDGE, "type", "bridge"), ("addr", "add", "10.77.0.1/24", "dev", BRIDGE),
+             ("link", "set", BRIDGE, "up")]
+    for i, ns in enumerate(NAMESPACES, start=1):
+        steps += [("netns", "add", ns), ("link", "add", f"aios-test-v{i}", "type", "veth", "peer", "name", "eth0",
+                                         "netns", ns),
+                  ("link", "set", f"aios-test-v{i}", "master", BRIDGE, "up"),
+                  ("-n", ns, "addr", "add", f"10.77.0.{i + 1}/24", "dev", "eth0"),
+                  ("-n", ns, "link", "set", "eth0", "up"), ("-n", ns, "link", "set", "lo", "up")]
+    for step in steps:
+        done = ip(*step)
+        if done.returncode != 0:
+            clean_namespaces()
+            return f"ip {' '.join(step)}: {done.stderr.strip()}"
+    return None
+
+
+def free_port(address):
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def test_stages_as_separate_hosts_over_tcp(checkpoints):
+    """Three processes, each stage in its own network namespace: activations and cotangents cross
+    veth links between hosts. Where namespaces are forbidden, the same runs on loopback, and says so."""
+    path = checkpoints["llama3_bias_tied_sharded"].path
+    local = aios.Backbone.load(path, dtype="float32")
+    failure = make_namespaces() if shutil.which("ip") else "no ip command"
+    if failure:
+        warnings.warn(f"network namespaces are not available here ({failure}): stages on loopback instead")
+    front_address = "127.0.0.1" if failure else "10.77.0.1"
+    rendezvous = f"{front_address}:{free_port(front_address)}"
+    aios_command = str(Path(sys.executable).parent / "aios")
+    workers, host = [], None
+    try:
+        for rank, ns in enumerate(NAMESPACES, start=1):
+            where = [] if failure else ["ip", "netns", "exec", ns]
+            workers.append(subprocess.Popen(where + [aios_command, "stage", str(path), "--rank", str(rank), "--world", "3",
+                                                     "--rendezvous", rendezvous, "--stage-timeout", "60"]))
+        host = aios.serve(path, world=3, rendezvous=rendezvous, stage_blocks=[1, 1, 1])
+        sent = 0 if failure else int(Path("/sys/class/net/aios-test-v2/statistics/rx_bytes").read_text())
+        hosted = aios.connect(host.address, timeout=60)
+        latents = local.embed(torch.randint(0, 101, (2, 16)))
+        out = hosted.forward(latents, keep=True, layers=[2])
+        want = local.forward(latents, keep=True, layers=[2])
+        torch.testing.assert_close(out.hidden, want.hidden, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.layers[0], want.layers[0], rtol=1e-5, atol=1e-6)
+        cot = torch.randn_like(latents)
+        torch.testing.assert_close(hosted.vjp(out.handle, grad_hidden=cot, grad_layers=[cot]),
+                                   local.vjp(want.handle, grad_hidden=cot, grad_layers=[cot]), rtol=1e-5, atol=1e-6)
+        if not failure:  # stage 2's link (its veth, seen from the bridge) carried its [2,16,64] float32 streams
+            assert int(Path("/sys/class/net/aios-test-v2/statistics/rx_bytes").read_text()) - sent > 2 * 16 * 64 * 4
+    finally:
+        if host is not None:
+            host.stop()
+        for w in workers:
+            try:
+                w.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        if not failure:
+            clean_namespaces()

@@ -24,7 +24,7 @@ class HostProcess:
 
     def __init__(self, model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None, store_bytes=None,
                  unclaimed_ttl=None, weights=None, group_size=None, stages=None, stage_blocks=None,
-                 stage_timeout=None):
+                 stage_timeout=None, world=None, rendezvous=None):
         command = [str(Path(sys.executable).parent / "aios"), "serve", os.fspath(model), "--listen", listen,
                    "--until-stdin-closes"]
         if keys is not None:
@@ -50,6 +50,8 @@ class HostProcess:
             command += ["--stages", str(int(stages))]
         if stage_blocks is not None:
             command += ["--stage-blocks", ",".join(str(int(n)) for n in stage_blocks)]
+        if world is not None:
+            command += ["--world", str(int(world)), "--rendezvous", str(rendezvous)]
         if stage_timeout is not None:
             command += ["--stage-timeout", str(float(stage_timeout))]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -109,7 +111,7 @@ class HostProcess:
 
 def serve(model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=None, store_bytes=None,
           unclaimed_ttl=None, weights=None, group_size=None, stages=None, stage_blocks=None,
-          stage_timeout=None) -> HostProcess:
+          stage_timeout=None, world=None, rendezvous=None) -> HostProcess:
     """Starts `aios serve model` (listen: HOST:PORT, port 0 = a free one; keys: a key file; state: a
     folder for saved extensions and registered decoders; tls: (certificate, private key) PEM files;
     replica: its number among replicas behind a load balancer, see docs/hosting.md; store_bytes:
@@ -118,8 +120,9 @@ def serve(model, listen="127.0.0.1:0", keys=None, state=None, tls=None, replica=
     frozen weights, as Backbone.load; stages: split the blocks over that many processes on this
     machine, this host and stages - 1 workers it starts (docs/pipeline-parallel.md); stage_blocks:
     blocks per process, the host's first, default balanced; stage_timeout: seconds a call waits for
-    a stage before the pipeline counts as lost, default 600)
+    a stage before the pipeline counts as lost, default 600; world and rendezvous: the same with
+    world - 1 workers started elsewhere by `aios stage`, meeting at rendezvous, HOST:PORT)
     and returns once it listens.
     UnavailableError when it does not start."""
     return HostProcess(model, listen, keys, state, tls, replica, store_bytes, unclaimed_ttl, weights, group_size,
-                       stages, stage_blocks, stage_timeout)
+                       stages, stage_blocks, stage_timeout, world, rendezvous)
