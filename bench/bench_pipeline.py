@@ -22,13 +22,13 @@ shapes, random weights, 2.4 GB in float32: large enough that the split matters).
 import argparse
 import os
 import re
-import statistics
 import threading
 import time
 
 import torch
 
 import aios
+from bench_remote import forward_vjp as step, timed
 from common import REPO, ensure_model, machine_line
 
 
@@ -50,22 +50,6 @@ def workers_of(pid):
             if int(fields[1]) == pid:
                 out.append(int(entry))
     return sorted(out)
-
-
-def step(backbone, latents, cotangent):
-    kept = backbone.forward(latents, keep=True)
-    backbone.vjp(kept.handle, grad_hidden=cotangent)
-    backbone.release(kept.handle)
-
-
-def timed(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def throughput(address, D, clients, seconds):
@@ -137,12 +121,13 @@ def main():
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     print(machine_line("cpu", "float32"))
-    paths = {"default": os.environ.get("AIOS_DEFAULT_MODEL", str(REPO / ".cache/models/smollm2-135m-instruct")),
-             "qwen3": str(ensure_model("qwen3"))}
+    paths = {"default": lambda: os.environ.get("AIOS_DEFAULT_MODEL", str(REPO / ".cache/models/smollm2-135m-instruct")),
+             "qwen3": lambda: str(ensure_model("qwen3"))}
     for name in args.models.split(","):
-        rows = {n: measure(paths[name], n, args) for n in (int(s) for s in args.stages.split(","))}
+        path = paths[name]()
+        rows = {n: measure(path, n, args) for n in (int(s) for s in args.stages.split(","))}
         base = rows[min(rows)]
-        print(f"\n{name} ({paths[name]}), D = {base['D']}")
+        print(f"\n{name} ({path}), D = {base['D']}")
         header = ("| processes | resident MB per process (front first) | largest | fwd+vjp 1x128 s | ratio "
                   "| fwd+vjp 8x256 s | ratio | " + " | ".join(f"req/s {c} clients | ratio" for c in args.clients)
                   + " | bytes/token sent | arithmetic |")
