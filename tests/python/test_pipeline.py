@@ -93,6 +93,30 @@ def test_concurrent_clients_with_kept_passes_interleaved(checkpoints, stages):
         assert not errors, errors
 
 
+def test_tenants_and_quotas_hold_at_the_front(checkpoints, tmp_path):
+    """Keys, quotas and whose handles are whose are the front's, as on one process."""
+    keys = tmp_path / "keys"
+    keys.write_text("alice secret-a max_tokens=16\nbob secret-b\n")
+    path = checkpoints["llama_gqa"].path
+    local = aios.Backbone.load(path, dtype="float32")
+    with aios.serve(path, keys=keys, stages=2, stage_timeout=60) as host:
+        with pytest.raises(aios.PermissionDeniedError):
+            aios.connect(host.address, timeout=30)
+        alice = aios.connect(host.address, api_key="secret-a", timeout=30)
+        bob = aios.connect(host.address, api_key="secret-b", timeout=30)
+        latents = local.embed(torch.randint(0, 101, (1, 8)))
+        kept = alice.forward(latents, keep=True)
+        with pytest.raises(aios.NotFoundError):
+            bob.vjp(kept.handle, grad_hidden=torch.ones_like(kept.hidden))
+        torch.testing.assert_close(alice.vjp(kept.handle, grad_hidden=torch.ones_like(kept.hidden)),
+                                   local.vjp(local.forward(latents, keep=True).handle,
+                                             grad_hidden=torch.ones_like(kept.hidden)), rtol=1e-5, atol=1e-6)
+        long = local.embed(torch.randint(0, 101, (1, 32)))
+        with pytest.raises(aios.ResourceExhaustedError):
+            alice.forward(long)
+        torch.testing.assert_close(bob.forward(long).hidden, local.forward(long).hidden, rtol=1e-5, atol=1e-6)
+
+
 # ---- Failures ----------------------------------------------------------------------------------
 
 def workers_of(pid):
