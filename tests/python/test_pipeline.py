@@ -25,6 +25,12 @@ import aios
 from test_remote_suite import *  # noqa: F401,F403 (the suite's tests and fixtures, collected here again)
 
 
+def assert_relative(got, want, tolerance=1e-5):
+    """|got - want| <= tolerance * |want| (norms): gradients summed in another order, in other
+    processes, differ in their last bits, most visibly in their smallest elements."""
+    assert (got - want).norm() <= tolerance * want.norm(), ((got - want).norm(), want.norm())
+
+
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}stages")
 def stages(request):
     return request.param
@@ -77,8 +83,7 @@ def test_concurrent_clients_with_kept_passes_interleaved(checkpoints, stages):
                     local.release(want.handle)
                     for k in kept:
                         torch.testing.assert_close(k.hidden, want.hidden, rtol=1e-5, atol=1e-6)
-                        torch.testing.assert_close(backbone.vjp(k.handle, grad_hidden=cot, grad_layers=[None, cot]),
-                                                   expected, rtol=1e-5, atol=1e-6)
+                        assert_relative(backbone.vjp(k.handle, grad_hidden=cot, grad_layers=[None, cot]), expected)
                         backbone.release(k.handle)
                     torch.testing.assert_close(backbone.forward(latents).hidden, want.hidden, rtol=1e-5, atol=1e-6)
             except Exception as e:  # noqa: BLE001 (reported below, with the thread's seed)
@@ -108,9 +113,8 @@ def test_tenants_and_quotas_hold_at_the_front(checkpoints, tmp_path):
         kept = alice.forward(latents, keep=True)
         with pytest.raises(aios.NotFoundError):
             bob.vjp(kept.handle, grad_hidden=torch.ones_like(kept.hidden))
-        torch.testing.assert_close(alice.vjp(kept.handle, grad_hidden=torch.ones_like(kept.hidden)),
-                                   local.vjp(local.forward(latents, keep=True).handle,
-                                             grad_hidden=torch.ones_like(kept.hidden)), rtol=1e-5, atol=1e-6)
+        assert_relative(alice.vjp(kept.handle, grad_hidden=torch.ones_like(kept.hidden)),
+                        local.vjp(local.forward(latents, keep=True).handle, grad_hidden=torch.ones_like(kept.hidden)))
         long = local.embed(torch.randint(0, 101, (1, 32)))
         with pytest.raises(aios.ResourceExhaustedError):
             alice.forward(long)
@@ -293,8 +297,8 @@ def test_stages_as_separate_hosts_over_tcp(checkpoints):
         torch.testing.assert_close(out.hidden, want.hidden, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(out.layers[0], want.layers[0], rtol=1e-5, atol=1e-6)
         cot = torch.randn_like(latents)
-        torch.testing.assert_close(hosted.vjp(out.handle, grad_hidden=cot, grad_layers=[cot]),
-                                   local.vjp(want.handle, grad_hidden=cot, grad_layers=[cot]), rtol=1e-5, atol=1e-6)
+        assert_relative(hosted.vjp(out.handle, grad_hidden=cot, grad_layers=[cot]),
+                        local.vjp(want.handle, grad_hidden=cot, grad_layers=[cot]))
         if not failure:  # stage 2's link (its veth, seen from the bridge) carried its [2,16,64] float32 streams
             assert int(Path("/sys/class/net/aios-test-v2/statistics/rx_bytes").read_text()) - sent > 2 * 16 * 64 * 4
     finally:
