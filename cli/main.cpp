@@ -187,6 +187,17 @@ int generate(const std::string& path, const aios::local::LoadOptions& options, c
   return 0;
 }
 
+// Calls `leave` once standard input ends (a parent holding a pipe to it is gone). Detached: when
+// the process ends first, it exits with this thread in read().
+void on_stdin_end(void (*leave)()) {
+  std::thread([leave] {
+    char buffer[256];
+    while (read(STDIN_FILENO, buffer, sizeof buffer) > 0) {
+    }
+    leave();
+  }).detach();
+}
+
 // How `serve` splits the model over processes (world 1: all in this one).
 struct Split {
   int64_t world = 1;
@@ -309,15 +320,7 @@ int serve(const std::string& path, const aios::local::LoadOptions& options, cons
         listen.starts_with("unix:") ? listen : fmt::format("{}:{}", listen.substr(0, listen.rfind(':')), host.port());
     fmt::print("serving {} on {}\n", path, address);
     std::fflush(stdout);
-    if (until_stdin_closes) {
-      // Detached: when a signal ends the host first, the process exits with this thread in read().
-      std::thread([] {
-        char buffer[256];
-        while (read(STDIN_FILENO, buffer, sizeof buffer) > 0) {
-        }
-        kill(getpid(), SIGTERM);
-      }).detach();
-    }
+    if (until_stdin_closes) on_stdin_end([] { kill(getpid(), SIGTERM); });
     int received = 0;
     sigwait(&signals, &received);
     serving_host = nullptr;
@@ -331,14 +334,7 @@ int serve(const std::string& path, const aios::local::LoadOptions& options, cons
 // One stage worker, until the front shuts it down.
 int stage(const std::string& path, const aios::local::LoadOptions& options, int64_t rank,
           const aios::pipeline::PipelineOptions& pipeline, bool until_stdin_closes) {
-  if (until_stdin_closes) {
-    std::thread([] {
-      char buffer[256];
-      while (read(STDIN_FILENO, buffer, sizeof buffer) > 0) {
-      }
-      _exit(0);
-    }).detach();
-  }
+  if (until_stdin_closes) on_stdin_end([] { _exit(0); });
   aios::pipeline::serve_stage(path, options, rank, pipeline);
   return 0;
 }
