@@ -20,6 +20,7 @@ const char* family_name(Family family) {
     case Family::kLlama: return "llama";
     case Family::kGemma: return "gemma";
     case Family::kGpt2: return "gpt2";
+    case Family::kQwen3Next: return "qwen3_next";
   }
   return "?";
 }
@@ -174,9 +175,15 @@ std::vector<double> frequency_factors(const Fields& p, const char* key, int64_t 
   return factors;
 }
 
+// Qwen3-Next and Qwen3.5's language models (Family::kQwen3Next).
+bool hybrid_type(const std::string& model_type) {
+  return model_type == "qwen3_next" || model_type == "qwen3_5_text" || model_type == "qwen3_5_moe_text";
+}
+
 // The rotary embedding of a config whose head_dim and max_positions are read. Of the families here
-// only Phi-3's attention rotates part of each head (partial_rotary_factor), and its configs call
-// LongRoPE "su" or "yarn" too, as transformers' Phi3Config reads them.
+// Phi-3's and Qwen3-Next's attention rotate part of each head (partial_rotary_factor; Qwen3-Next's
+// configs default to a quarter), and Phi-3's configs call LongRoPE "su" or "yarn" too, as
+// transformers' Phi3Config reads them.
 // Types whose point is to reach past the trained length (dynamic, yarn) raise max_positions to
 // original_max_positions * factor. With `layer_type`, the parameters are those nested under that
 // layer type (Gemma 3's "full_attention" and "sliding_attention").
@@ -193,7 +200,8 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
   // Gemma 3's global layers default to a base of 1e6 (its sliding ones, and every other family, 1e4).
   const bool global_gemma3 = model_type == "gemma3_text" && (layer_type == nullptr || std::string(layer_type) == "full_attention");
   rope.theta = f.number("rope_theta", global_gemma3 ? 1e6 : gpt_oss ? 150000.0 : 1e4);
-  double partial_factor = f.number("partial_rotary_factor", 1.0);
+  const bool hybrid = hybrid_type(model_type);
+  double partial_factor = f.number("partial_rotary_factor", hybrid ? 0.25 : 1.0);
   const char* partial_field = "partial_rotary_factor";
   std::optional<Fields> params;
   if (f.has(key) || gpt_oss) {
@@ -211,7 +219,9 @@ RopeConfig parse_rope(const Fields& f, const std::string& model_type, ModelConfi
   }
   const std::string partial_name = params && params->has(partial_field) ? params->name(partial_field) : f.name(partial_field);
   if (partial_factor != 1.0) {
-    if (!phi3) fail(ErrorCode::kInvalidArgument, partial_name, "this family rotates whole heads; expected 1, got {}", partial_factor);
+    if (!phi3 && !hybrid) {
+      fail(ErrorCode::kInvalidArgument, partial_name, "this family rotates whole heads; expected 1, got {}", partial_factor);
+    }
     rope.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * partial_factor);
     if (!(partial_factor > 0 && partial_factor <= 1) || rope.rotary_dim <= 0 || rope.rotary_dim % 2 != 0) {
       fail(ErrorCode::kInvalidArgument, partial_name, "expected a factor in (0, 1] giving an even number of channels of head_dim {}, got {}",
@@ -408,7 +418,10 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
   c.family = Family::kLlama;
   c.vocab_size = f.positive("vocab_size", kMaxVocab);
   c.hidden_size = f.positive("hidden_size", kMaxWidth);
-  c.intermediate_size = f.positive("intermediate_size", kMaxWidth);
+  // Qwen3.5-MoE has experts on every layer and no dense width: its experts' stands in.
+  c.intermediate_size = model_type == "qwen3_5_moe_text" && !f.has("intermediate_size")
+                            ? f.positive("moe_intermediate_size", kMaxWidth, 512)
+                            : f.positive("intermediate_size", kMaxWidth);
   c.num_layers = f.positive("num_hidden_layers", kMaxLayers);
   c.num_heads = f.positive("num_attention_heads", kMaxHeads);
   c.num_kv_heads = f.positive("num_key_value_heads", kMaxHeads, c.num_heads);
@@ -456,6 +469,60 @@ void parse_llama_family(const Fields& f, const std::string& model_type, ModelCon
     c.moe = parse_moe(f, model_type, c);
   }
   c.attention_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+}
+
+// Qwen3-Next (qwen3_next) and Qwen3.5/3.6's language models (qwen3_5_text, qwen3_5_moe_text): the
+// Llama family's fields, which layers are Gated DeltaNet (layer_types, or every
+// full_attention_interval-th layer attends), the DeltaNet's shape, and experts where configured:
+// Qwen3-Next's as Qwen2-MoE's (shared expert, decoder_sparse_step, mlp_only_layers, norm_topk_prob),
+// Qwen3.5-MoE's on every layer, renormalised.
+void parse_qwen3_next(const Fields& f, const std::string& model_type, ModelConfig& c) {
+  parse_llama_family(f, model_type, c);
+  c.family = Family::kQwen3Next;
+  c.qkv_bias = c.out_bias = f.boolean("attention_bias", false);
+  c.qk_norm = QkNorm::kPerHead;
+  c.sliding_windows.clear();
+  DeltaNetConfig& d = c.delta_net;
+  if (f.has("layer_types")) {
+    const json& types = f.at("layer_types");
+    if (!types.is_array() || static_cast<int64_t>(types.size()) != c.num_layers) {
+      fail(ErrorCode::kInvalidArgument, f.name("layer_types"), "expected an array of {} entries", c.num_layers);
+    }
+    for (const json& t : types) {
+      if (t != "linear_attention" && t != "full_attention") {
+        fail(ErrorCode::kInvalidArgument, f.name("layer_types"),
+             "expected entries linear_attention or full_attention, got {}", json_excerpt(t));
+      }
+      d.layers.push_back(t == "linear_attention");
+    }
+  } else {
+    const int64_t interval = f.positive("full_attention_interval", kMaxLayers, 4);
+    for (int64_t i = 0; i < c.num_layers; ++i) d.layers.push_back((i + 1) % interval != 0);
+  }
+  d.num_key_heads = f.positive("linear_num_key_heads", kMaxHeads, 16);
+  d.num_value_heads = f.positive("linear_num_value_heads", kMaxHeads, 32);
+  if (d.num_value_heads % d.num_key_heads != 0) {
+    fail(ErrorCode::kInvalidArgument, f.name("linear_num_value_heads"), "expected a multiple of linear_num_key_heads {}, got {}",
+         d.num_key_heads, d.num_value_heads);
+  }
+  d.key_head_dim = f.positive("linear_key_head_dim", kMaxWidth, 128);
+  d.value_head_dim = f.positive("linear_value_head_dim", kMaxWidth, 128);
+  d.conv_kernel = f.positive("linear_conv_kernel_dim", 64, 4);
+  d.grouped = model_type == "qwen3_next";
+  if (model_type == "qwen3_5_text") return;
+  if (model_type == "qwen3_5_moe_text") {
+    c.moe.num_experts = f.positive("num_experts", kMaxHeads, 256);
+    c.moe.top_k = f.positive("num_experts_per_tok", c.moe.num_experts, std::min<int64_t>(8, c.moe.num_experts));
+    c.moe.expert_size = f.positive("moe_intermediate_size", kMaxWidth, 512);
+    c.moe.normalize_top_k = true;
+    c.moe.layers.assign(static_cast<std::size_t>(c.num_layers), true);
+  } else if (f.integer("num_experts", 0, kMaxHeads, 512) > 0) {
+    c.moe = parse_moe(f, model_type, c);
+    c.moe.normalize_top_k = f.boolean("norm_topk_prob", true);
+  } else {
+    return;
+  }
+  c.moe.shared_expert_size = f.positive("shared_expert_intermediate_size", kMaxWidth, 512);
 }
 
 // Gemma 2 (gemma2) and Gemma 3's text model (gemma3_text): the Llama family's fields, and Gemma's.
@@ -568,6 +635,11 @@ constexpr KnownArchitecture kArchitectures[] = {
     {"Qwen2MoeForCausalLM", "qwen2_moe"},
     {"Qwen3MoeForCausalLM", "qwen3_moe"},
     {"GptOssForCausalLM", "gpt_oss"},
+    {"Qwen3NextForCausalLM", "qwen3_next"},
+    {"Qwen3_5ForCausalLM", "qwen3_5_text"},
+    {"Qwen3_5MoeForCausalLM", "qwen3_5_moe_text"},
+    {"Qwen3_5ForConditionalGeneration", "qwen3_5"},  // its text tower
+    {"Qwen3_5MoeForConditionalGeneration", "qwen3_5_moe"},
     {"Gemma2ForCausalLM", "gemma2"},
     {"Gemma3ForCausalLM", "gemma3_text"},
     {"Gemma3ForConditionalGeneration", "gemma3"},  // its text tower
@@ -636,6 +708,20 @@ ModelConfig parse_config(const json& root) {
     c.final_logit_softcap = 0.0;  // the conditional-generation model caps no logits, as transformers' does not
     parse_special_tokens(text, c);
     return c;
+  } else if (std::string(known->model_type) == "qwen3_5" || std::string(known->model_type) == "qwen3_5_moe") {
+    // Likewise: the language model of a vision-language checkpoint, under model.language_model.
+    if (!f.has("text_config") || !f.at("text_config").is_object()) {
+      fail(ErrorCode::kInvalidArgument, f.name("text_config"), "expected the language model's config object");
+    }
+    const Fields text(f.at("text_config"), f.name("text_config"));
+    parse_qwen3_next(text, std::string(known->model_type) + "_text", c);
+    c.tie_word_embeddings = f.boolean("tie_word_embeddings", text.boolean("tie_word_embeddings", false));
+    c.weight_prefix = "model.language_model.";
+    c.weight_prefix_replaces = "model.";
+    parse_special_tokens(text, c);
+    return c;
+  } else if (hybrid_type(known->model_type)) {
+    parse_qwen3_next(f, known->model_type, c);
   } else if (std::string(known->model_type).rfind("gemma", 0) == 0) {
     parse_gemma(f, known->model_type, c);
   } else {

@@ -1,6 +1,7 @@
 // Internal: a mixture-of-experts MLP, routed (each token runs only the experts it is sent to).
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -28,5 +29,17 @@ struct Experts {
 // summed in ascending order, as the reference does. Differentiable in h (through the experts' outputs and the routing weights).
 // With `choices`, stores which experts each token used: int64 [B,T,k], by decreasing weight.
 at::Tensor route(const Experts& experts, const at::Tensor& h, at::Tensor* choices = nullptr);
+
+// A block's MLP: gated and dense, or a mixture of experts with, beside it, an optional shared MLP
+// weighted per token by sigmoid(shared_gate(h)) (Qwen2-MoE, Qwen3-Next). ProjectingModel::load_mlp
+// and load_experts build it.
+struct FeedForward {
+  Linear gate_up;  // D -> 2I: gate, then up (the dense MLP or the shared expert); undefined without either
+  Linear down;     // I -> D
+  std::optional<Experts> experts;
+  std::optional<Linear> shared_gate;  // D -> 1
+  // h [B,T,D] -> [B,T,D]. With `choices`, the experts each position ran (route()).
+  at::Tensor operator()(const at::Tensor& h, Activation activation, at::Tensor* choices = nullptr) const;
+};
 
 }  // namespace aios::backbone

@@ -16,13 +16,6 @@ namespace aios::backbone {
 
 namespace {
 
-// Gemma's RMSNorm: x normalised and scaled by (1 + w) in float32 (or float64 for a float64 model:
-// the dtype of one_plus_w), then cast back.
-at::Tensor gemma_norm(const at::Tensor& x, const at::Tensor& one_plus_w, double eps) {
-  const at::Tensor x32 = x.to(one_plus_w.scalar_type());
-  return (x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps) * one_plus_w).to(x.scalar_type());
-}
-
 struct GemmaLayer {
   at::Tensor input_norm, post_attention_norm, pre_mlp_norm, post_mlp_norm;  // [D] each, 1 + w, float32
   Linear qkv;                 // D -> (H+2Hkv)*hd
@@ -99,12 +92,12 @@ class GemmaModel final : public ProjectingModel {
     const ModelConfig& c = config_;
     const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
     const GemmaLayer& l = layers_[static_cast<std::size_t>(index)];
-    at::Tensor h = gemma_norm(x, l.input_norm, c.norm_eps);
+    at::Tensor h = offset_rms_norm(x, l.input_norm, c.norm_eps);
     auto parts = l.qkv(h).split_with_sizes({H * hd, K * hd, K * hd}, -1);
     at::Tensor q = parts[0].view({B, T, H, hd}), k = parts[1].view({B, T, K, hd});
     if (l.q_norm.defined()) {
-      q = gemma_norm(q, l.q_norm, c.norm_eps);
-      k = gemma_norm(k, l.k_norm, c.norm_eps);
+      q = offset_rms_norm(q, l.q_norm, c.norm_eps);
+      k = offset_rms_norm(k, l.k_norm, c.norm_eps);
     }
     q = q.transpose(1, 2);  // [B,H,T,hd]
     k = k.transpose(1, 2);  // [B,K,T,hd]
@@ -117,14 +110,14 @@ class GemmaModel final : public ProjectingModel {
     k = rotary.apply(k, cos, sin);
     std::tie(k, v) = ctx.keys_values(index, k, v);
     at::Tensor attn = attend(q, k, v, ctx.mask(l.window), c.attention_scale, c.attn_logit_softcap);  // [B,T,H*hd]
-    at::Tensor out = x + gemma_norm(l.out(attn), l.post_attention_norm, c.norm_eps);
-    h = gemma_norm(out, l.pre_mlp_norm, c.norm_eps);
+    at::Tensor out = x + offset_rms_norm(l.out(attn), l.post_attention_norm, c.norm_eps);
+    h = offset_rms_norm(out, l.pre_mlp_norm, c.norm_eps);
     auto gate_up = l.gate_up(h).chunk(2, -1);  // 2 × [B,T,I]
     at::Tensor m = l.down(activate(gate_up[0], c.activation) * gate_up[1]);
-    return out + gemma_norm(m, l.post_mlp_norm, c.norm_eps);
+    return out + offset_rms_norm(m, l.post_mlp_norm, c.norm_eps);
   }
 
-  at::Tensor final_norm(const at::Tensor& x) const override { return gemma_norm(x, final_norm_, config_.norm_eps); }
+  at::Tensor final_norm(const at::Tensor& x) const override { return offset_rms_norm(x, final_norm_, config_.norm_eps); }
 
  private:
   std::vector<GemmaLayer> layers_;

@@ -9,6 +9,9 @@ std::size_t KVCache::bytes() const {
   for (const auto* tensors : {&keys_, &values_}) {
     for (const at::Tensor& t : *tensors) total += t.defined() ? t.nbytes() : 0;
   }
+  for (const LayerState& s : states_) {
+    for (const at::Tensor* t : {&s.conv, &s.recurrent}) total += t->defined() ? t->nbytes() : 0;
+  }
   return total;
 }
 
@@ -17,6 +20,7 @@ void KVCache::append_slots(const at::Tensor& valid, const at::Tensor& positions,
   if (!valid_.defined()) {
     keys_.assign(static_cast<std::size_t>(layers), at::Tensor());
     values_.assign(static_cast<std::size_t>(layers), at::Tensor());
+    states_.assign(static_cast<std::size_t>(layers), LayerState());
     valid_ = at::zeros({B, 0}, valid.options().dtype(at::kBool));
     positions_ = at::zeros({B, 0}, positions.options().dtype(at::kLong));
   }

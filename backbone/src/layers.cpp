@@ -59,6 +59,12 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return at::rms_norm(x, {x.size(-1)}, weight, eps);
 }
 
+at::Tensor offset_rms_norm(const at::Tensor& x, const at::Tensor& one_plus_w, double eps) {
+  if (x.scalar_type() == one_plus_w.scalar_type()) return rms_norm(x, one_plus_w, eps);
+  const at::Tensor x32 = x.to(one_plus_w.scalar_type());
+  return (x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps) * one_plus_w).to(x.scalar_type());
+}
+
 at::Tensor attention_mask(const Attention& attention, int64_t seq_len, std::optional<int64_t> window) {
   const bool windowed = window.has_value() && *window < seq_len;
   if (!attention.full_mask.defined() && !attention.key_padding.defined() && !windowed) return {};

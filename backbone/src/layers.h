@@ -30,6 +30,10 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 // and devices use ATen's.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// RMSNorm scaling by (1 + w) (Gemma, Qwen3-Next): x normalised and multiplied by `one_plus_w` [D]
+// in its dtype (float32, or float64 for a float64 model), then cast back, as the references compute.
+at::Tensor offset_rms_norm(const at::Tensor& x, const at::Tensor& one_plus_w, double eps);
+
 at::Tensor activate(const at::Tensor& x, Activation activation);
 
 // Whether a projection weight of this dtype and device is kept as [in,out], its product x·W: on the
@@ -54,10 +58,19 @@ struct Linear {
   bool in_out = false;
 };
 
+struct FeedForward;  // experts.h
+
 // The families' base: a Model that builds its projections as Linear, their tensors remembered.
 class ProjectingModel : public Model {
  protected:
   using Model::Model;
+  // The gated MLP of width I under `prefix` ("model.layers.N.mlp."): gate_proj, up_proj, down_proj
+  // (gate_up_proj with ModelConfig::packed_projections), with biases when ModelConfig::mlp_bias.
+  FeedForward load_mlp(const WeightSource& w, const std::string& prefix, int64_t I, const LoadOptions& options);
+  // The router and experts of the layer named by `prefix` as ModelConfig::moe names them, stacked
+  // [E,...] (one tensor per kind, fused gate_up_proj included) or one expert at a time; the shared
+  // expert and its gate when MoeConfig::shared_expert_size > 0.
+  FeedForward load_experts(const WeightSource& w, const std::string& prefix, const LoadOptions& options);
   Linear project(const at::Tensor& weight, const at::Tensor& bias = {}, bool in_out = false) {
     return remember(Linear::of(weight, bias, in_out));
   }

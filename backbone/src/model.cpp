@@ -238,6 +238,7 @@ std::unique_ptr<Model> build(const ModelConfig& config, const WeightSource& weig
     case Family::kLlama: return make_llama(config, weights, options);
     case Family::kGemma: return make_gemma(config, weights, options);
     case Family::kGpt2: return make_gpt2(config, weights, options);
+    case Family::kQwen3Next: return make_qwen3_next(config, weights, options);
   }
   fail(ErrorCode::kInternal, "config.family", "unhandled family");
 }
@@ -279,7 +280,9 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     const fs::path config_path = fs::path(path) / "config.json";
     const ModelConfig config = parse_hf_config(io::read_file(config_path.string()), config_path.string());
     const SafetensorsWeights weights(path);
-    if (!config.weight_prefix.empty()) return build(config, PrefixedWeights(weights, config.weight_prefix), options);
+    if (!config.weight_prefix.empty()) {
+      return build(config, PrefixedWeights(weights, config.weight_prefix, config.weight_prefix_replaces), options);
+    }
     return build(config, weights, options);
   }
   if (fs::is_regular_file(path, error) && fs::path(path).extension() == ".gguf") {

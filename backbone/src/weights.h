@@ -78,26 +78,32 @@ class SafetensorsWeights final : public WeightSource {
   std::map<std::string, const io::TensorView*> where_;
 };
 
-// Another source's tensors under `prefix` + name (ModelConfig::weight_prefix).
+// Another source's tensors, names that begin with `replaced` beginning with `prefix` there instead
+// (ModelConfig::weight_prefix and weight_prefix_replaces); other names unchanged.
 class PrefixedWeights final : public WeightSource {
  public:
-  PrefixedWeights(const WeightSource& inner, std::string prefix) : inner_(inner), prefix_(std::move(prefix)) {}
+  PrefixedWeights(const WeightSource& inner, std::string prefix, std::string replaced = {})
+      : inner_(inner), prefix_(std::move(prefix)), replaced_(std::move(replaced)) {}
 
-  bool contains(const std::string& name) const override { return inner_.contains(prefix_ + name); }
+  bool contains(const std::string& name) const override { return inner_.contains(renamed(name)); }
   at::Tensor take(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override {
-    return inner_.take(prefix_ + name, shape, options);
+    return inner_.take(renamed(name), shape, options);
   }
   Matrix take_matrix(const std::string& name, at::IntArrayRef shape, const LoadOptions& options) const override {
-    return inner_.take_matrix(prefix_ + name, shape, options);
+    return inner_.take_matrix(renamed(name), shape, options);
   }
   std::vector<Matrix> take_matrices(const std::string& name, at::IntArrayRef shape,
                                     const LoadOptions& options) const override {
-    return inner_.take_matrices(prefix_ + name, shape, options);
+    return inner_.take_matrices(renamed(name), shape, options);
   }
 
  private:
+  std::string renamed(const std::string& name) const {
+    return name.rfind(replaced_, 0) == 0 ? prefix_ + name.substr(replaced_.size()) : name;
+  }
+
   const WeightSource& inner_;
-  std::string prefix_;
+  std::string prefix_, replaced_;
 };
 
 // Throws Error(kDataLoss) naming `name` when `actual` differs from `expected`.

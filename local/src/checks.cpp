@@ -75,6 +75,12 @@ backbone::Attention LocalBackbone::Impl::prepare(const at::Tensor& latents, cons
     if (m.dim() == 2 && m.size(0) == B && m.size(1) == T) {
       attention.key_padding = checked_bool_tensor(m, "mask", model->device());
     } else if (m.dim() == 3 && m.size(0) == B && m.size(1) == T && m.size(2) == T) {
+      if (backbone::has_recurrent_layers(c)) {
+        fail(ErrorCode::kInvalidArgument, "mask",
+             "expected a key-padding mask [B,T], got a full mask {}: {}'s recurrent (Gated DeltaNet) layers read every "
+             "earlier valid slot of a row and cannot follow a [B,T,T] mask (no gist slots, no packed sequences)",
+             shape_of(m), c.architecture);
+      }
       attention.full_mask = checked_bool_tensor(m, "mask", model->device());
     } else {
       fail(ErrorCode::kInvalidArgument, "mask", "expected shape [{},{}] (key padding) or [{},{},{}] (full), got {}", B,

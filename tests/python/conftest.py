@@ -33,6 +33,21 @@ def _llama(**kw):
     return transformers.LlamaConfig(**base)
 
 
+def _hybrid(**kw):
+    """The shape shared by the Qwen3-Next family's tiny checkpoints."""
+    base = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=16, max_position_embeddings=MAX_POSITIONS, linear_num_key_heads=2, linear_num_value_heads=4,
+                linear_key_head_dim=8, linear_value_head_dim=12,
+                layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+                pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    base.update(kw)
+    return base
+
+
+# Checkpoints whose recurrent layers refuse full [B,T,T] masks (ModelConfig: has_recurrent_layers).
+RECURRENT = {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
+
+
 def _configs():
     return {
         # grouped-query attention, untied head
@@ -143,6 +158,19 @@ def _configs():
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=MAX_POSITIONS,
             sliding_window=5, query_pre_attn_scalar=32, attn_logit_softcapping=0.05, final_logit_softcapping=0.5,
             tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None), {}),
+        # Gated DeltaNet on layers 0, 2 and 3 (grouped in_proj_qkvz and in_proj_ba; 4 value heads per
+        # 2 key heads), gated attention with a quarter of each head rotated on layer 1, top 2 of 4
+        # experts beside a gated shared expert except on layer 1 (mlp_only_layers), untied head
+        "qwen3_next": (transformers.Qwen3NextForCausalLM, transformers.Qwen3NextConfig(
+            intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4,
+            num_experts_per_tok=2, mlp_only_layers=[1], **_hybrid()), {}),
+        # Qwen3.5's separate in_proj_qkv, z, b, a, a dense MLP, tied head
+        "qwen3_5": (transformers.Qwen3_5ForCausalLM, transformers.Qwen3_5TextConfig(
+            intermediate_size=96, tie_word_embeddings=True, **_hybrid()), {}),
+        # experts on every layer, renormalised, beside the shared expert
+        "qwen3_5_moe": (transformers.Qwen3_5MoeForCausalLM, transformers.Qwen3_5MoeTextConfig(
+            moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4, num_experts_per_tok=2,
+            **_hybrid()), {}),
         "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
             vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=MAX_POSITIONS), {}),
         # untied head, inverse-layer scaling, exact GELU, sharded

@@ -27,7 +27,7 @@ def smollm(default_model):
 
 @pytest.mark.parametrize("name", ["llama_gqa", "llama_yarn", "mistral_window", "gpt2", "qwen2", "qwen3_window",
                                   "smollm3_nope", "olmo2", "qwen3_moe", "mixtral_window", "qwen2_moe",
-                                  "gemma3", "gemma2", "gpt_oss"])
+                                  "gemma3", "gemma2", "gpt_oss", "qwen3_next", "qwen3_5", "qwen3_5_moe"])
 def test_cache_equals_no_cache_on_every_family(checkpoints, name):
     backbone = aios.Backbone.load(checkpoints[name].path)
     ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
@@ -41,7 +41,7 @@ def test_cache_equals_no_cache_on_every_family(checkpoints, name):
 
 @pytest.mark.parametrize("name", ["llama_gqa", "llama_yarn", "llama_longrope", "mistral_window", "qwen3_window",
                                   "smollm3_nope", "olmo2", "phi3", "qwen3_moe", "mixtral_window", "qwen2_moe",
-                                  "gemma3", "gemma2", "gpt_oss"])
+                                  "gemma3", "gemma2", "gpt_oss", "qwen3_next", "qwen3_5", "qwen3_5_moe"])
 def test_greedy_tokens_equal_transformers_generate(checkpoints, name):
     """Past the windows of 5: the cache of a windowed layer keeps what the window lets it see. Past
     LongRoPE's 8 trained positions: the later steps take the long factors, the cached keys keep theirs."""

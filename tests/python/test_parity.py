@@ -4,7 +4,7 @@ import torch
 
 import aios
 
-from conftest import MAX_POSITIONS, VOCAB
+from conftest import MAX_POSITIONS, RECURRENT, VOCAB
 
 TOL = 1e-4
 
@@ -41,7 +41,8 @@ def test_config_matches_reference(checkpoint):
     assert c.hidden_size == ref.hidden_size
     assert c.num_layers == ref.num_hidden_layers
     assert c.num_heads == ref.num_attention_heads
-    assert c.family == {"gpt2": "gpt2", "gemma2": "gemma", "gemma3_text": "gemma"}.get(ref.model_type, "llama")
+    assert c.family == {"gpt2": "gpt2", "gemma2": "gemma", "gemma3_text": "gemma", "qwen3_next": "qwen3_next",
+                        "qwen3_5_text": "qwen3_next", "qwen3_5_moe_text": "qwen3_next"}.get(ref.model_type, "llama")
     assert c.norm_eps == (ref.layer_norm_epsilon if ref.model_type == "gpt2" else ref.rms_norm_eps)
     assert (c.rope is None) == (ref.model_type == "gpt2")
     assert c.tie_word_embeddings == ref.tie_word_embeddings
@@ -90,9 +91,17 @@ def test_explicit_positions_match(checkpoint):
     assert max_diff(shared.hidden, ref_shared[-1]) <= TOL
 
 
+def refuses_full_masks(backbone, T):
+    """A model with recurrent layers refuses any [B,T,T] mask, naming the field."""
+    with pytest.raises(aios.InvalidArgumentError, match="mask.*recurrent"):
+        backbone.forward(backbone.embed(torch.zeros(1, T, dtype=torch.long)), mask=torch.ones(1, T, T, dtype=torch.bool))
+
+
 def test_block_diagonal_mask_equals_separate_sequences(checkpoint):
     """Two sequences packed in one row with a [B,T,T] mask give what each gives alone."""
     backbone = aios.Backbone.load(checkpoint.path)
+    if checkpoint.name in RECURRENT:
+        return refuses_full_masks(backbone, 14)
     torch.manual_seed(3)
     # A full mask is used as given, so a model's sliding window is part of what the caller writes;
     # one mask serves every layer, so where only some layers have a window the sequences stay within it.
@@ -118,6 +127,8 @@ def test_block_diagonal_mask_equals_separate_sequences(checkpoint):
 def test_full_mask_is_used_as_given(checkpoint):
     """A full mask replaces causal order: a bidirectional mask lets early tokens see later ones."""
     backbone = aios.Backbone.load(checkpoint.path)
+    if checkpoint.name in RECURRENT:
+        return refuses_full_masks(backbone, 8)
     torch.manual_seed(4)
     ids = torch.randint(0, VOCAB, (1, 8))
     latents = backbone.embed(ids)

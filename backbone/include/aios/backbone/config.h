@@ -19,6 +19,9 @@ enum class Family {
            // Qwen2/3, Mistral, Mixtral, Qwen-MoE, SmolLM3, OLMo 2, Phi-3, gpt-oss
   kGemma,  // Gemma 2/3: (1+w) RMSNorm before and after attention and MLP, scaled embeddings, GeGLU
   kGpt2,   // LayerNorm, learned positions, fused qkv projection, GELU MLP
+  kQwen3Next,  // Qwen3-Next, Qwen3.5/3.6: Gated DeltaNet layers (a recurrent state, no KV cache) between
+               // gated attention layers, (1+w) RMSNorm, partial rotary, a dense MLP or experts with a
+               // shared expert
 };
 
 enum class Activation { kSilu, kGeluExact, kGeluTanh };
@@ -72,6 +75,21 @@ struct MoeConfig {
   double swiglu_alpha = 1.702;
 };
 
+// Gated DeltaNet, the linear attention of Family::kQwen3Next's recurrent layers: per layer a causal
+// depthwise convolution over the q, k, v projections and a state [Hv, dk, dv] updated by the gated
+// delta rule at every position.
+struct DeltaNetConfig {
+  std::vector<bool> layers;  // per layer: Gated DeltaNet (true) or gated full attention; empty: none
+  int64_t num_key_heads = 0;    // Hk (queries and keys); Hv % Hk == 0
+  int64_t num_value_heads = 0;  // Hv
+  int64_t key_head_dim = 0;     // dk
+  int64_t value_head_dim = 0;   // dv
+  int64_t conv_kernel = 0;      // the convolution's width
+  // How the checkpoint stores the input projections: Qwen3-Next's in_proj_qkvz and in_proj_ba,
+  // grouped per key head, or Qwen3.5's separate in_proj_qkv, in_proj_z, in_proj_b, in_proj_a.
+  bool grouped = false;
+};
+
 // RMSNorm of queries and keys before rotary.
 enum class QkNorm {
   kNone,
@@ -112,13 +130,17 @@ struct ModelConfig {
   // The checkpoint stores q, k, v as one qkv_proj and gate, up as one gate_up_proj (Phi-3).
   bool packed_projections = false;
   MoeConfig moe;
+  DeltaNetConfig delta_net;  // kQwen3Next
   double embedding_scale = 1.0;      // embed() returns the rows times this (Gemma: sqrt(D), in the model dtype)
   double attn_logit_softcap = 0.0;   // attention scores s become cap * tanh(s / cap) (Gemma 2); 0 = none
   double final_logit_softcap = 0.0;  // logits likewise (Gemma 2, Gemma 3 where configured); 0 = none
   bool tie_word_embeddings = false;
-  // Prepended to every tensor name: where a multimodal checkpoint keeps its language model
-  // ("language_model." for Gemma3ForConditionalGeneration: language_model.model.layers.N...).
+  // Where a multimodal checkpoint keeps its language model: tensor names that begin with
+  // `weight_prefix_replaces` begin with `weight_prefix` there instead ("" -> "language_model." for
+  // Gemma3ForConditionalGeneration: language_model.model.layers.N...; "model." ->
+  // "model.language_model." for Qwen3_5ForConditionalGeneration, whose lm_head keeps its name).
   std::string weight_prefix;
+  std::string weight_prefix_replaces;
   // Per layer: a key may be attended only if query_index - key_index < window. Empty = no windows.
   std::vector<std::optional<int64_t>> sliding_windows;
   double attention_scale = 0.0;              // softmax scale; 1/sqrt(head_dim) unless the config says otherwise
@@ -129,6 +151,10 @@ struct ModelConfig {
   std::vector<int64_t> eos_ids;
   std::optional<int64_t> pad_id;
 };
+
+// Whether some layers keep a recurrent state instead of keys and values (DeltaNetConfig). Such a
+// model reads each row's positions in slot order and cannot follow a full [B,T,T] mask.
+inline bool has_recurrent_layers(const ModelConfig& c) { return !c.delta_net.layers.empty(); }
 
 // Parses a Hugging Face config.json text. Throws Error(kInvalidArgument) for an unknown architecture
 // or an unsupported or inconsistent value, naming the field ("config.rope_scaling.rope_type", ...).

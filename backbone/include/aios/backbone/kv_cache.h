@@ -8,7 +8,10 @@
 // whose position lies within the window).
 //
 // Storage per layer: keys and values [B, Hkv, capacity, hd] in the model's dtype, grown by
-// doubling, so appending is amortised O(1) per slot. A cache is used by one pass at a time.
+// doubling, so appending is amortised O(1) per slot. A recurrent layer (Gated DeltaNet) keeps its
+// state instead, a fixed size whatever the length: the last inputs of its convolution and the
+// delta rule's matrix per head, updated by the valid slots of each pass only (padding leaves it
+// unchanged). A cache is used by one pass at a time.
 #pragma once
 
 #include <cstdint>
@@ -34,8 +37,18 @@ class KVCache {
   at::Tensor valid() const { return valid_.defined() ? valid_.narrow(1, 0, length_) : at::Tensor(); }
   // int64 [B, length()]: the position of each slot.
   at::Tensor positions() const { return positions_.defined() ? positions_.narrow(1, 0, length_) : at::Tensor(); }
-  // Bytes held by keys and values (capacity, not just the slots in use).
+  // Bytes held by keys and values (capacity, not just the slots in use) and recurrent states.
   std::size_t bytes() const;
+
+  // What a recurrent layer carries from one pass to the next in place of keys and values.
+  struct LayerState {
+    at::Tensor conv;       // [B,C,kernel-1] in the model's dtype: its convolution's last inputs
+    at::Tensor recurrent;  // [B,Hv,dk,dv] float32: the delta rule's state
+  };
+  // For the architectures: layer `layer`'s state after the passes so far (undefined tensors before
+  // its first pass), and its replacement after this pass.
+  const LayerState& state(int64_t layer) const { return states_[static_cast<std::size_t>(layer)]; }
+  void set_state(int64_t layer, LayerState state) { states_[static_cast<std::size_t>(layer)] = std::move(state); }
 
   // For the architectures. Appends T slots (valid: bool [B,T], positions: int64 [B,T]) before the
   // blocks of a pass run; the first call fixes B, the layer count and the key/value shape.
@@ -58,6 +71,7 @@ class KVCache {
   void reserve(int64_t capacity);
 
   std::vector<at::Tensor> keys_, values_;  // per layer [B,Hkv,capacity,hd], created on first store
+  std::vector<LayerState> states_;          // per layer, set by recurrent layers only
   at::Tensor valid_;                        // bool [B, capacity]
   at::Tensor positions_;                    // int64 [B, capacity]
   int64_t length_ = 0, capacity_ = 0, pass_begin_ = 0;
