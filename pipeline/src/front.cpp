@@ -65,8 +65,8 @@ class RemoteBackward final : public torch::autograd::Node {
 }  // namespace
 
 Stages::Stages(std::unique_ptr<Link> first, Form form, Layout layout, std::vector<WeightKind> storage,
-               std::size_t kv_bytes, std::chrono::milliseconds timeout, std::function<void(bool)> serving)
-    : form_(std::move(form)), layout_(std::move(layout)), storage_(std::move(storage)), kv_bytes_(kv_bytes),
+               CacheCost cache_cost, std::chrono::milliseconds timeout, std::function<void(bool)> serving)
+    : form_(std::move(form)), layout_(std::move(layout)), storage_(std::move(storage)), cache_cost_(cache_cost),
       timeout_(timeout), serving_(std::move(serving)) {
   current_ = std::make_shared<Epoch>(std::move(first));
   supervisor_ = std::thread([this] { supervise(); });
@@ -74,8 +74,8 @@ Stages::Stages(std::unique_ptr<Link> first, Form form, Layout layout, std::vecto
 
 std::size_t Stages::cache_bytes(const backbone::KVCache& cache) const {
   if (cache.batch_size() == 0) return 0;
-  const auto layers = static_cast<std::size_t>(layout_.num_layers() - layout_.first(1));
-  return layers * static_cast<std::size_t>(cache.batch_size() * cache.capacity()) * kv_bytes_;
+  return static_cast<std::size_t>(cache.batch_size()) *
+         (static_cast<std::size_t>(cache.capacity()) * cache_cost_.per_slot + cache_cost_.per_row);
 }
 
 Stages::~Stages() {

@@ -32,6 +32,13 @@
 
 namespace aios::pipeline {
 
+// What the stages' share of a session's cache holds per row: bytes per slot (their attention
+// layers' keys and values) and a fixed part (their recurrent layers' states).
+struct CacheCost {
+  std::size_t per_slot = 0;
+  std::size_t per_row = 0;
+};
+
 class Stages final : public backbone::RemoteBlocks, public std::enable_shared_from_this<Stages> {
  public:
   // Forms the link of `epoch` (0, 1, ...) with every stage: relaunches what must be, waits for each
@@ -40,8 +47,8 @@ class Stages final : public backbone::RemoteBlocks, public std::enable_shared_fr
 
   // Serves over `first`, epoch 0's link. When a link is lost, calls `serving(false)`, forms the
   // next epoch's until one holds, then calls `serving(true)`.
-  // kv_bytes: the bytes one slot of one layer's keys and values takes (2 * Hkv * hd * element size).
-  Stages(std::unique_ptr<Link> first, Form form, Layout layout, std::vector<WeightKind> storage, std::size_t kv_bytes,
+  // cache_cost: what the stages' share of a cache holds per row.
+  Stages(std::unique_ptr<Link> first, Form form, Layout layout, std::vector<WeightKind> storage, CacheCost cache_cost,
          std::chrono::milliseconds timeout, std::function<void(bool)> serving);
   ~Stages() override;  // tells the stages to leave
 
@@ -92,7 +99,7 @@ class Stages final : public backbone::RemoteBlocks, public std::enable_shared_fr
   Form form_;
   Layout layout_;
   std::vector<WeightKind> storage_;
-  std::size_t kv_bytes_;
+  CacheCost cache_cost_;
   std::chrono::milliseconds timeout_;
   std::function<void(bool)> serving_;
 

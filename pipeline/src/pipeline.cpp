@@ -163,9 +163,20 @@ std::unique_ptr<local::LocalBackbone> load_front(const std::string& path, const 
       std::async(std::launch::async, [&] { return backbone::load_model(path, own); });
   std::unique_ptr<Link> first = form(0);
   std::unique_ptr<backbone::Model> model = loading.get();
-  const std::size_t kv_bytes = static_cast<std::size_t>(2 * config.num_kv_heads * config.head_dim) *
-                               c10::elementSize(model->dtype());
-  auto stages = std::make_shared<Stages>(std::move(first), form, layout, *storage, kv_bytes, options.timeout, serving);
+  CacheCost cost;
+  const auto element = static_cast<int64_t>(c10::elementSize(model->dtype()));
+  const backbone::DeltaNetConfig& d = config.delta_net;
+  for (int64_t l = layout.first(1); l < layout.num_layers(); ++l) {
+    const bool recurrent = !d.layers.empty() && d.layers[static_cast<std::size_t>(l)];
+    const int64_t channels = 2 * d.num_key_heads * d.key_head_dim + d.num_value_heads * d.value_head_dim;
+    if (recurrent) {  // KVCache::LayerState: convolution inputs in the model dtype, the state in float32
+      cost.per_row += static_cast<std::size_t>(channels * (d.conv_kernel - 1) * element +
+                                               d.num_value_heads * d.key_head_dim * d.value_head_dim * 4);
+    } else {
+      cost.per_slot += static_cast<std::size_t>(2 * config.num_kv_heads * config.head_dim * element);
+    }
+  }
+  auto stages = std::make_shared<Stages>(std::move(first), form, layout, *storage, cost, options.timeout, serving);
   model->set_remote_blocks(stages);
   return local::LocalBackbone::wrap(std::move(model), path, store);
 }
