@@ -79,7 +79,14 @@ void add_ready(const std::string& text, int64_t rank, std::vector<WeightKind>& t
 // Elements of block `i`'s weights (projections, norms aside).
 double block_weights(const backbone::ModelConfig& c, int64_t i) {
   const double D = static_cast<double>(c.hidden_size), hd = static_cast<double>(c.head_dim);
-  const double attention = D * hd * static_cast<double>(2 * c.num_heads + 2 * c.num_kv_heads);
+  const backbone::DeltaNetConfig& d = c.delta_net;
+  const bool recurrent = !d.layers.empty() && d.layers[static_cast<std::size_t>(i)];
+  // Gated DeltaNet: q, k, v, z, b, a in and the output back; gated attention: a gate beside q.
+  const double attention =
+      recurrent ? D * static_cast<double>(2 * d.num_key_heads * d.key_head_dim + 3 * d.num_value_heads * d.value_head_dim +
+                                          2 * d.num_value_heads)
+                : D * hd * static_cast<double>((c.family == backbone::Family::kQwen3Next ? 3 : 2) * c.num_heads +
+                                               2 * c.num_kv_heads);
   const bool experts = !c.moe.layers.empty() && c.moe.layers[static_cast<std::size_t>(i)];
   const double mlp = experts ? 3.0 * D * static_cast<double>(c.moe.num_experts * c.moe.expert_size + c.moe.shared_expert_size)
                              : 3.0 * D * static_cast<double>(c.intermediate_size);

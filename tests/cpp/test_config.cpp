@@ -374,3 +374,52 @@ TEST_CASE("the public description says what the config says") {
   CHECK(g != info);
   CHECK(g == aios::backbone::describe(parse_hf_config(gpt2.dump())));
 }
+
+TEST_CASE("Qwen3-Next family configs: the layer pattern, the DeltaNet's shape, experts, the text tower") {
+  json next = llama();
+  next["architectures"] = {"Qwen3NextForCausalLM"};
+  next["num_hidden_layers"] = 8;
+  next["head_dim"] = 16;
+  next["linear_num_key_heads"] = 2;
+  next["linear_num_value_heads"] = 4;
+  next["linear_key_head_dim"] = 8;
+  next["linear_value_head_dim"] = 12;
+  next["num_experts"] = 4;
+  next["num_experts_per_tok"] = 2;
+  next["moe_intermediate_size"] = 32;
+  next["shared_expert_intermediate_size"] = 48;
+  next["mlp_only_layers"] = {1};
+  auto c = parse_hf_config(next.dump());
+  CHECK(c.family == Family::kQwen3Next);
+  CHECK(aios::backbone::has_recurrent_layers(c));
+  // Without layer_types, every full_attention_interval-th layer (default 4) attends.
+  CHECK(c.delta_net.layers == std::vector<bool>{true, true, true, false, true, true, true, false});
+  CHECK(c.delta_net.grouped);
+  CHECK(c.delta_net.conv_kernel == 4);
+  CHECK(c.rope.rotary_dim == 4);  // a quarter of each head by default
+  CHECK(c.qk_norm == QkNorm::kPerHead);
+  CHECK(c.moe.shared_expert_size == 48);
+  CHECK(c.moe.normalize_top_k);  // norm_topk_prob defaults to true here
+  CHECK(c.moe.layers == std::vector<bool>{true, false, true, true, true, true, true, true});
+
+  next["full_attention_interval"] = 2;
+  CHECK(parse_hf_config(next.dump()).delta_net.layers == std::vector<bool>{true, false, true, false, true, false, true, false});
+  next["layer_types"] = json::array({"full_attention", "linear_attention", "full_attention", "linear_attention",
+                                     "full_attention", "linear_attention", "full_attention", "sliding_attention"});
+  expect_invalid(next, "config.layer_types", "linear_attention or full_attention");
+  next.erase("layer_types");
+  next["linear_num_value_heads"] = 3;
+  expect_invalid(next, "config.linear_num_value_heads", "multiple of linear_num_key_heads 2");
+
+  // A vision-language checkpoint: its text tower, renamed from model. to model.language_model.
+  json vl = {{"architectures", {"Qwen3_5ForConditionalGeneration"}}, {"text_config", llama()}};
+  vl["text_config"]["head_dim"] = 16;
+  c = parse_hf_config(vl.dump());
+  CHECK(c.family == Family::kQwen3Next);
+  CHECK_FALSE(c.delta_net.grouped);
+  CHECK(c.moe.num_experts == 0);
+  CHECK(c.weight_prefix == "model.language_model.");
+  CHECK(c.weight_prefix_replaces == "model.");
+  vl.erase("text_config");
+  expect_invalid(vl, "config.text_config", "language model's config");
+}

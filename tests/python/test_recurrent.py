@@ -168,3 +168,25 @@ def test_hosted_equals_local(checkpoints):
         assert sessions[0].bytes == sessions[1].bytes > 0
         with pytest.raises(aios.InvalidArgumentError, match="mask"):
             remote.forward(latents, mask=torch.ones(2, 9, 9, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("name", ["qwen3_next", "qwen3_5"])
+def test_bfloat16_tracks_float32_and_transformers(checkpoints, name):
+    checkpoint = checkpoints[name]
+    full = aios.Backbone.load(checkpoint.path)
+    half = aios.Backbone.load(checkpoint.path, dtype=torch.bfloat16)
+    ids = torch.randint(0, VOCAB, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, :6] = False
+    ref = full.classify(full.forward(full.embed(ids), mask=mask).hidden)
+    got = half.classify(half.forward(half.embed(ids), mask=mask).hidden)
+    assert got.dtype == torch.bfloat16
+    spread = ref.abs().max().item()
+    assert (got.float() - ref)[mask].abs().max().item() <= 0.05 * spread
+    with torch.no_grad():
+        hf = type(checkpoint.reference).from_pretrained(checkpoint.path, dtype=torch.bfloat16,
+                                                        attn_implementation="eager").eval()
+        want = hf(ids, attention_mask=mask.long()).logits
+    assert (got.float() - want.float())[mask].abs().max().item() <= 0.05 * spread
+    # Generation in bfloat16 runs (state in float32, convolution inputs in bfloat16).
+    assert half.generate(half.embed(ids[:1]), max_new_tokens=4).ids.shape == (1, 4)
