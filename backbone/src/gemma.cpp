@@ -35,14 +35,10 @@ class GemmaModel final : public ProjectingModel {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, I = c.intermediate_size;
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
-    // (1 + w) in float32 from the weight in the model dtype: the factor the reference forms on every
-    // call (a float64 model keeps float64, for gradient checks).
-    const at::ScalarType precise = options.dtype == at::kDouble ? at::kDouble : at::kFloat;
-    auto norm = [&](const std::string& name, int64_t size) { return own(1.0 + w.take(name, {size}, options).to(precise)); };
+    auto norm = [&](const std::string& name, int64_t size) { return load_offset_norm(w, name, size, options); };
     auto matrix = [&](const std::string& name, at::IntArrayRef shape) { return w.take_matrix(name, shape, options); };
     if (options.tables) {
-      load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
-                  c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
+      load_tables(w, options);
       final_norm_ = norm("model.norm.weight", D);
     }
     for (int64_t i = 0; i < c.num_layers; ++i) {

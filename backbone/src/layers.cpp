@@ -197,6 +197,18 @@ void ProjectingModel::load_tables(const Matrix& embedding, const std::optional<M
   packed_head_ = head ? own(head->packed) : packed_embedding_;
 }
 
+void ProjectingModel::load_tables(const WeightSource& w, const LoadOptions& options) {
+  const int64_t V = config_.vocab_size, D = config_.hidden_size;
+  load_tables(w.take_matrix("model.embed_tokens.weight", {V, D}, options),
+              config_.tie_word_embeddings ? std::nullopt : std::optional(w.take_matrix("lm_head.weight", {V, D}, options)));
+}
+
+at::Tensor ProjectingModel::load_offset_norm(const WeightSource& w, const std::string& name, int64_t size,
+                                             const LoadOptions& options) {
+  const at::ScalarType precise = options.dtype == at::kDouble ? at::kDouble : at::kFloat;
+  return own(1.0 + w.take(name, {size}, options).to(precise));
+}
+
 std::pair<Matrix, at::Tensor> load_qkv(const WeightSource& w, const std::string& prefix, const ModelConfig& c,
                                        const LoadOptions& options) {
   const int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, K = c.num_kv_heads;

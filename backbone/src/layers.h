@@ -77,6 +77,11 @@ class ProjectingModel : public Model {
   Linear project(const Matrix& weight, const at::Tensor& bias = {}) { return remember(Linear::of(weight, bias)); }
   // The [V,D] token embedding and output head (the embedding again when tied).
   void load_tables(const Matrix& embedding, const std::optional<Matrix>& head);
+  // The same from a Hugging Face folder's model.embed_tokens.weight and, unless tied, lm_head.weight.
+  void load_tables(const WeightSource& w, const LoadOptions& options);
+  // A (1 + w) norm's factor [size] from its weight `name` in the model dtype, held in float32 (float64
+  // for a float64 model): the factor the references form on every call (Gemma, Qwen3-Next).
+  at::Tensor load_offset_norm(const WeightSource& w, const std::string& name, int64_t size, const LoadOptions& options);
 
  private:
   Linear remember(Linear l) {

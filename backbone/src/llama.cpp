@@ -52,8 +52,7 @@ class LlamaModel final : public ProjectingModel {
     auto take = [&](const std::string& name, at::IntArrayRef shape) { return w.take(name, shape, options); };
     auto matrix = [&](const std::string& name, at::IntArrayRef shape) { return w.take_matrix(name, shape, options); };
     if (options.tables) {
-      load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
-                  c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
+      load_tables(w, options);
       final_norm_ = own(take("model.norm.weight", {D}));
     }
     for (int64_t i = 0; i < c.num_layers; ++i) {

@@ -55,12 +55,9 @@ class Qwen3NextModel final : public ProjectingModel {
       : ProjectingModel(config, options), rotary_(config.rope, options.device) {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, I = c.intermediate_size;
-    const at::ScalarType precise = options.dtype == at::kDouble ? at::kDouble : at::kFloat;
-    auto norm = [&](const std::string& name, int64_t size) { return own(1.0 + w.take(name, {size}, options).to(precise)); };
-    auto matrix = [&](const std::string& name, at::IntArrayRef shape) { return w.take_matrix(name, shape, options); };
+    auto norm = [&](const std::string& name, int64_t size) { return load_offset_norm(w, name, size, options); };
     if (options.tables) {
-      load_tables(matrix("model.embed_tokens.weight", {c.vocab_size, D}),
-                  c.tie_word_embeddings ? std::nullopt : std::optional(matrix("lm_head.weight", {c.vocab_size, D})));
+      load_tables(w, options);
       final_norm_ = norm("model.norm.weight", D);
     }
     for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -153,7 +150,6 @@ class Qwen3NextModel final : public ProjectingModel {
   GatedAttention load_attention(const WeightSource& w, const std::string& p, const LoadOptions& options) {
     const ModelConfig& c = config_;
     const int64_t D = c.hidden_size, H = c.num_heads, K = c.num_kv_heads, hd = c.head_dim;
-    const at::ScalarType precise = options.dtype == at::kDouble ? at::kDouble : at::kFloat;
     auto dense = [&](const std::string& name, at::IntArrayRef shape) { return w.take(p + name, shape, taking(options)); };
     // q_proj holds each head's query [hd] then its gate [hd].
     auto query_gate = [&](const at::Tensor& t) { return t.view({H, 2, hd, -1}).unbind(1); };  // rows or a bias
@@ -170,8 +166,8 @@ class Qwen3NextModel final : public ProjectingModel {
     a.qkv = project(kept(weight, options, p + "q_proj"), bias);
     a.out = project(w.take_matrix(p + "o_proj.weight", {D, H * hd}, options),
                     c.out_bias ? w.take(p + "o_proj.bias", {D}, options) : at::Tensor());
-    a.q_norm = own(1.0 + w.take(p + "q_norm.weight", {hd}, options).to(precise));
-    a.k_norm = own(1.0 + w.take(p + "k_norm.weight", {hd}, options).to(precise));
+    a.q_norm = load_offset_norm(w, p + "q_norm.weight", hd, options);
+    a.k_norm = load_offset_norm(w, p + "k_norm.weight", hd, options);
     return a;
   }
 

@@ -23,7 +23,7 @@ import torch
 
 import aios
 from test_remote_suite import *  # noqa: F401,F403 (the suite's tests and fixtures, collected here again)
-from conftest import VOCAB
+from test_recurrent import hosted_like_local
 
 
 def assert_relative(got, want, tolerance=1e-5):
@@ -105,21 +105,7 @@ def test_recurrent_layers_across_stages(checkpoints):
     path = checkpoints["qwen3_next"].path
     local = aios.Backbone.load(path)
     with aios.serve(path, stages=3, stage_blocks=[1, 1, 2], stage_timeout=60) as host:
-        remote = aios.connect(host, timeout=60)
-        ids = torch.randint(0, VOCAB, (2, 9))
-        mask = torch.ones(2, 9, dtype=torch.bool)
-        mask[1, 3:5] = False
-        latents = local.embed(ids)
-        assert_relative(remote.forward(latents, mask=mask).hidden, local.forward(latents, mask=mask).hidden)
-        cotangent = torch.randn(2, 9, local.config.hidden_size)
-        assert_relative(remote.vjp(latents, mask=mask, grad_hidden=cotangent),
-                        local.vjp(latents, mask=mask, grad_hidden=cotangent))
-        sessions = remote.new_session(), local.new_session()
-        for prompt in (ids, ids[:, :4]):
-            got, want = (b.generate(b.embed(prompt), max_new_tokens=5, session=s)
-                         for b, s in zip((remote, local), sessions))
-            assert got.ids.tolist() == want.ids.tolist()
-        assert sessions[0].bytes == sessions[1].bytes > 0
+        hosted_like_local(aios.connect(host, timeout=60), local, assert_relative)
 
 
 def test_tenants_and_quotas_hold_at_the_front(checkpoints, tmp_path):

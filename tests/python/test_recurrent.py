@@ -147,27 +147,35 @@ def test_vision_language_checkpoint_loads_its_text_tower(tmp_path):
     assert (backbone.classify(backbone.forward(backbone.embed(ids)).hidden) - want).abs().max() <= TOL
 
 
+def hosted_like_local(remote, local, same):
+    """A padded forward, a stateless vjp and two generations continuing one session on each, compared
+    by `same`; the sessions' tokens and bytes equal."""
+    ids = torch.randint(0, VOCAB, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 4:6] = False
+    latents = local.embed(ids)
+    same(remote.forward(latents, mask=mask).hidden, local.forward(latents, mask=mask).hidden)
+    cotangent = torch.randn(2, 9, local.config.hidden_size)
+    same(remote.vjp(latents, mask=mask, grad_hidden=cotangent), local.vjp(latents, mask=mask, grad_hidden=cotangent))
+    sessions = remote.new_session(), local.new_session()
+    for prompt in (ids, ids[:, :4]):
+        got, want = (b.generate(b.embed(prompt), max_new_tokens=5, session=s) for b, s in zip((remote, local), sessions))
+        assert got.ids.tolist() == want.ids.tolist()
+    assert sessions[0].bytes == sessions[1].bytes > 0
+
+
 def test_hosted_equals_local(checkpoints):
     path = checkpoints["qwen3_next"].path
     local = aios.Backbone.load(path)
     with aios.serve(path) as host:
         remote = aios.connect(host, timeout=60)
-        ids = torch.randint(0, VOCAB, (2, 9))
-        mask = torch.ones(2, 9, dtype=torch.bool)
-        mask[1, 4:6] = False
-        latents = local.embed(ids)
-        assert torch.equal(remote.forward(latents, mask=mask).hidden, local.forward(latents, mask=mask).hidden)
-        cotangent = torch.randn(2, 9, local.config.hidden_size)
-        assert torch.equal(remote.vjp(latents, mask=mask, grad_hidden=cotangent),
-                           local.vjp(latents, mask=mask, grad_hidden=cotangent))
-        sessions = remote.new_session(), local.new_session()
-        for prompt in (ids, ids[:, :4]):
-            got, want = (b.generate(b.embed(prompt), max_new_tokens=5, session=s)
-                         for b, s in zip((remote, local), sessions))
-            assert got.ids.tolist() == want.ids.tolist()
-        assert sessions[0].bytes == sessions[1].bytes > 0
+
+        def same(got, want):
+            assert torch.equal(got, want)
+
+        hosted_like_local(remote, local, same)
         with pytest.raises(aios.InvalidArgumentError, match="mask"):
-            remote.forward(latents, mask=torch.ones(2, 9, 9, dtype=torch.bool))
+            remote.forward(local.embed(torch.zeros(1, 4, dtype=torch.long)), mask=torch.ones(1, 4, 4, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("name", ["qwen3_next", "qwen3_5"])
