@@ -59,8 +59,12 @@ std::pair<at::Tensor, at::Tensor> chunked_delta_rule(const at::Tensor& q_in, con
       (decay.unsqueeze(-1) - decay.unsqueeze(-2)).masked_fill(upper, -std::numeric_limits<float>::infinity()).exp();
   const at::Tensor system = at::matmul(k_beta, k.transpose(-1, -2)) * pairwise;  // I + its strict lower part, solved below
   const at::Tensor intra = at::matmul(q, k.transpose(-1, -2)) * pairwise;        // the chunk's own attention
-  const at::Tensor values = at::linalg_solve_triangular(system, v_beta, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
-  const at::Tensor keys_read = at::linalg_solve_triangular(system, k_beta * decay.exp().unsqueeze(-1), false, true, true);
+  // One solve for both right-hand sides: the values written and the keys that read the old state.
+  const auto solved = at::linalg_solve_triangular(system, at::cat({v_beta, k_beta * decay.exp().unsqueeze(-1)}, -1),
+                                                  /*upper=*/false, /*left=*/true, /*unitriangular=*/true)
+                          .split_with_sizes({v.size(-1), k.size(-1)}, -1);
+  const at::Tensor& values = solved[0];
+  const at::Tensor& keys_read = solved[1];
   const at::Tensor q_decayed = q * decay.exp().unsqueeze(-1);
   const at::Tensor last = decay.narrow(-1, C - 1, 1);                            // [B,H,N,1]
   const at::Tensor k_decayed = k * (last - decay).exp().unsqueeze(-1);
