@@ -137,6 +137,15 @@ def config_seeds():
                                            "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64,
                                            "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
                                            "scale_attn_by_inverse_layer_idx": True}))
+    hybrid = {**llama, "head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+              "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4,
+              "layer_types": ["linear_attention", "full_attention"],
+              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}}
+    out("fuzz_config", "qwen3-next", json.dumps({**hybrid, "architectures": ["Qwen3NextForCausalLM"],
+                                                 "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                                                 "shared_expert_intermediate_size": 16, "mlp_only_layers": [1]}))
+    out("fuzz_config", "qwen3.5-vl", json.dumps({"architectures": ["Qwen3_5ForConditionalGeneration"],
+                                                 "text_config": {**hybrid, "model_type": "qwen3_5_text"}}))
     out("fuzz_config", "model-type-only", json.dumps({**{k: v for k, v in llama.items() if k != "architectures"},
                                                       "model_type": "llama"}))
 
