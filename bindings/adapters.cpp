@@ -3,6 +3,7 @@
 // Python: its nn.Module classes and the registries of their factories.
 #include <fmt/format.h>
 
+#include "aios/adapters/audio.h"
 #include "aios/adapters/sequence.h"
 #include "aios/adapters/storage.h"
 #include "aios/fail.h"
@@ -96,6 +97,24 @@ void bind_adapters(py::module_& m) {
       py::arg("backbone"), py::arg("rows"), py::arg("padding"), py::arg("extension"), py::arg("full_mask"),
       "(latents, positions, mask, ids, segments) of rows of (kind, tensor) segments (aios/adapters/sequence.h); "
       "a gist segment's tensor may be None only without gist vectors to fill it (an error)");
+
+  auto features = [](int64_t sample_rate, int64_t n_fft, int64_t hop_length, int64_t n_mels) {
+    return adapters::LogMelOptions{sample_rate, n_fft, hop_length, n_mels};
+  };
+  m.def(
+      "log_mel",
+      [features](const at::Tensor& waveform, int64_t sample_rate, int64_t n_fft, int64_t hop_length, int64_t n_mels) {
+        return adapters::log_mel(waveform, features(sample_rate, n_fft, hop_length, n_mels));
+      },
+      py::arg("waveform"), py::arg("sample_rate"), py::arg("n_fft"), py::arg("hop_length"), py::arg("n_mels"),
+      py::call_guard<py::gil_scoped_release>(), "float32 log-mel features [(B,)F,n_mels] of waveform [(B,)N] (aios/adapters/audio.h)");
+  m.def(
+      "mel_filters",
+      [features](int64_t sample_rate, int64_t n_fft, int64_t hop_length, int64_t n_mels) {
+        return adapters::mel_filters(features(sample_rate, n_fft, hop_length, n_mels));
+      },
+      py::arg("sample_rate"), py::arg("n_fft"), py::arg("hop_length"), py::arg("n_mels"),
+      "float32 [n_mels, n_fft/2+1]: the triangular filters log_mel applies");
 
   bind_folders(m, "encoder", &adapters::save_encoder_tensors, &adapters::read_encoder_manifest, &adapters::read_encoder);
   bind_folders(m, "decoder", &adapters::save_decoder_tensors, &adapters::read_decoder_manifest, &adapters::read_decoder);

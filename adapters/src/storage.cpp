@@ -114,6 +114,13 @@ const Role& encoders() {
       o.init_std = 0;  // the file's values replace them: skip drawing random numbers
       return std::make_shared<GistLatentsImpl>(o);
     };
+    r->factories["audio_encoder"] = [](const AdapterSizes& s) -> std::shared_ptr<torch::nn::Module> {
+      AudioEncoderOptions o(size_of(s, "out_features"));
+      o.features = {size_of(s, "sample_rate"), size_of(s, "n_fft"), size_of(s, "hop_length"), size_of(s, "n_mels")};
+      o.channels = size_of(s, "channels");
+      o.layers = size_of(s, "layers");
+      return std::make_shared<AudioEncoderImpl>(o);
+    };
     return r;
   }();
   static const Role role{"encoder", "encoder.json", "aios.encoder", "weights-", *r};
@@ -200,9 +207,15 @@ ParsedManifest parse_manifest(const Role& role, const std::string& path) {
 }
 
 
+// Sizes of built-in kinds that describe the input, not the parameters: the audio encoder's
+// feature settings (the factory bounds them instead: LogMelOptions' limits).
+bool describes_input(const std::string& kind, const std::string& name) {
+  return kind == "audio_encoder" && (name == "sample_rate" || name == "n_fft" || name == "hop_length");
+}
+
 // The weights of the folder whose manifest is `p`, checked before anything is built from the
-// manifest's sizes: those must not ask for more than the file can fill (every size is a dimension
-// or a count of the module's parameters, so none exceeds the number of values the file holds).
+// manifest's sizes: those must not ask for more than the file can fill (every other size is a
+// dimension or a count of the module's parameters, so none exceeds the number of values the file holds).
 StoredAdapter read_stored(const Role& role, const std::string& path, ParsedManifest p) {
   const std::string weights = (fs::path(path) / p.weights).string();
   std::error_code error;
@@ -215,7 +228,7 @@ StoredAdapter read_stored(const Role& role, const std::string& path, ParsedManif
   int64_t values = 0;
   for (const io::TensorView& view : file.tensors()) values += view.numel();
   for (const auto& [name, size] : p.manifest.sizes) {
-    if (size > std::max<int64_t>(values, 1)) {
+    if (size > std::max<int64_t>(values, 1) && !describes_input(p.manifest.kind, name)) {
       fail(ErrorCode::kDataLoss, (fs::path(path) / role.manifest).string() + ": sizes." + name,
            "{} is more than the {} values of the weights file", size, values);
     }
@@ -286,6 +299,18 @@ AdapterManifest manifest_of(const MlpProjectionImpl& e) {
 
 AdapterManifest manifest_of(const GistLatentsImpl& e) {
   return {"gist_latents", {{"count", e.options.count}, {"dim", e.options.dim}}};
+}
+
+AdapterManifest manifest_of(const AudioEncoderImpl& e) {
+  const LogMelOptions& f = e.options.features;
+  return {"audio_encoder",
+          {{"out_features", e.options.out_features},
+           {"sample_rate", f.sample_rate},
+           {"n_fft", f.n_fft},
+           {"hop_length", f.hop_length},
+           {"n_mels", f.n_mels},
+           {"channels", e.options.channels},
+           {"layers", e.options.layers}}};
 }
 
 AdapterManifest manifest_of(const LinearDecoderImpl& d) {

@@ -7,10 +7,12 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "aios/adapters/audio.h"
 #include "aios/adapters/encoders.h"
 #include "aios/adapters/sequence.h"
 #include "aios/adapters/storage.h"
 #include "aios/error.h"
+#include "aios/io/safetensors.h"
 #include "aios/local/local_backbone.h"
 #include "catch_torch.h"
 #include "error_code.h"
@@ -411,6 +413,24 @@ void fill_fixture_values(torch::nn::Module& module) {
   }
 }
 
+// The shared audio fixture: small sizes, fixture values (tests/python/test_adapters.py has the same).
+AudioEncoder fixture_audio_encoder() {
+  AudioEncoderOptions o(4);
+  o.features = {800, 16, 8, 5};  // sample_rate, n_fft, hop_length, n_mels
+  o.channels = 3;
+  o.layers = 2;
+  AudioEncoder e(o);
+  fill_fixture_values(*e);
+  return e;
+}
+
+at::Tensor reference_tensor(const aios::io::SafetensorsFile& file, const std::string& name) {
+  const aios::io::TensorView* t = file.find(name);
+  REQUIRE(t != nullptr);
+  REQUIRE(t->dtype == aios::io::DType::kF32);
+  return torch::from_blob(const_cast<std::byte*>(t->data), t->shape, torch::kFloat).clone();
+}
+
 }  // namespace
 
 // Run by hand (aios_tests "[.generate]") to rewrite tests/data/encoders/cpp_mlp and
@@ -422,6 +442,8 @@ TEST_CASE("write the C++ adapter fixtures", "[.generate]") {
   LinearDecoder decoder(4, 3, 2);
   fill_fixture_values(*decoder);
   save_decoder(decoder, std::string(AIOS_TEST_DATA_DIR) + "/decoders/cpp_linear");
+  AudioEncoder audio = fixture_audio_encoder();
+  save_encoder(audio, std::string(AIOS_TEST_DATA_DIR) + "/encoders/cpp_audio");
 }
 
 TEST_CASE("encoder folders written by Python and by C++ load in C++") {
@@ -433,6 +455,89 @@ TEST_CASE("encoder folders written by Python and by C++ load in C++") {
     fill_fixture_values(*want);
     for (const auto& p : want->named_parameters()) CHECK(at::equal(p.value(), loaded->named_parameters()[p.key()]));
   }
+}
+
+// tests/data/encoders/audio_reference.safetensors: a waveform and what the Python package computes
+// from it (log_mel, and the fixture encoder's latents), written by tests/python/test_adapters.py.
+TEST_CASE("audio encoder folders written by Python and by C++ load in C++ and encode as Python does") {
+  const auto reference = aios::io::SafetensorsFile::open(std::string(AIOS_TEST_DATA_DIR) + "/encoders/audio_reference.safetensors");
+  const at::Tensor waveform = reference_tensor(reference, "waveform");
+  AudioEncoder want = fixture_audio_encoder();
+  CHECK(at::allclose(log_mel(waveform, want->options.features), reference_tensor(reference, "features"), 1e-5, 1e-6));
+  for (const char* name : {"python_audio", "cpp_audio"}) {
+    INFO(name);
+    auto loaded = std::dynamic_pointer_cast<AudioEncoderImpl>(load_encoder(std::string(AIOS_TEST_DATA_DIR) + "/encoders/" + name));
+    REQUIRE(loaded);
+    CHECK(manifest_of(*loaded).sizes == manifest_of(*want).sizes);
+    for (const auto& p : want->named_parameters()) CHECK(at::equal(p.value(), loaded->named_parameters()[p.key()]));
+    torch::NoGradGuard no_grad;
+    CHECK(at::allclose(loaded->encode(waveform), reference_tensor(reference, "latents"), 1e-5, 1e-6));
+  }
+}
+
+TEST_CASE("log-mel features put a tone in its mel band and name bad input") {
+  LogMelOptions o;  // 16 kHz, 25 ms windows, 10 ms hops, 64 bands
+  const at::Tensor t = torch::arange(16000, torch::kDouble) / 16000.0;
+  const at::Tensor filters = mel_filters(o);
+  REQUIRE(filters.sizes() == at::IntArrayRef{64, 201});
+  for (double hz : {300.0, 1000.0, 3000.0}) {
+    INFO(hz);
+    const at::Tensor tone = at::sin(t * (2 * M_PI * hz)).to(torch::kFloat);
+    const at::Tensor f = log_mel(tone, o);
+    REQUIRE(f.sizes() == at::IntArrayRef{frame_count(16000, o), 64});
+    CHECK(frame_count(16000, o) == 101);
+    // The loudest band in the middle frame is one whose filter covers the tone's nearest bin.
+    const int64_t bin = static_cast<int64_t>(std::lround(hz * o.n_fft / o.sample_rate));
+    CHECK(filters[f[50].argmax().item<int64_t>()][bin].item<float>() > 0);
+  }
+  // A batch is its rows alone, and the features lie in Whisper's range: at most (max + 4) / 4, at
+  // least 2 below it.
+  const at::Tensor batch = torch::randn({2, 4000}) * 0.1;
+  const at::Tensor both = log_mel(batch, o);
+  CHECK(at::allclose(both[1], log_mel(batch[1], o), 1e-5, 1e-6));
+  CHECK((both[0].max() - both[0].min()).item<float>() <= 2.0f + 1e-5f);
+  CHECK(code_of([&] { log_mel(torch::zeros({200}), o); }) == ErrorCode::kInvalidArgument);  // N <= n_fft / 2
+  CHECK(code_of([&] { log_mel(torch::zeros({1000}, torch::kInt), o); }) == ErrorCode::kInvalidArgument);
+  CHECK(code_of([&] { log_mel(torch::zeros({1, 1, 1000}), o); }) == ErrorCode::kInvalidArgument);
+  LogMelOptions bad;
+  bad.n_mels = 0;
+  CHECK(code_of([&] { log_mel(torch::zeros({1000}), bad); }) == ErrorCode::kInvalidArgument);
+}
+
+TEST_CASE("an audio encoder maps frames to a latent per 2^layers frames and trains through the backbone") {
+  torch::manual_seed(1);
+  AudioEncoderOptions o(kD);
+  o.features.n_mels = 16;
+  o.channels = 8;
+  o.layers = 2;
+  AudioEncoder encoder(o);
+  encoder->check_fits(*tiny_backbone());
+  for (int64_t frames : {1, 4, 5, 9}) {
+    CHECK(encoder->forward(torch::randn({frames, 16})).sizes() == at::IntArrayRef{encoder->latent_count(frames), kD});
+  }
+  CHECK(encoder->latent_count(9) == 3);
+  const at::Tensor features = torch::randn({2, 12, 16});
+  const at::Tensor latents = encoder->forward(features);  // [2, 3, D]
+  CHECK(at::allclose(latents[1], encoder->forward(features[1]), 1e-5, 1e-6));
+  auto backbone = tiny_backbone();
+  const at::Tensor grad = torch::randn_like(latents);
+  auto kept = backbone->forward_keep(latents.detach());
+  aios::gradient::Cotangents cotangents;
+  cotangents.hidden = grad;
+  latents.backward(backbone->vjp(kept.handle, cotangents).latents);
+  backbone->release(kept.handle);
+  for (const auto& p : encoder->named_parameters()) {
+    INFO(p.key());
+    CHECK(p.value().grad().defined());
+    CHECK(p.value().grad().abs().sum().item<float>() > 0);
+  }
+  CHECK(code_of([&] { encoder->forward(torch::randn({3, 15})); }) == ErrorCode::kInvalidArgument);
+  CHECK(code_of([&] { encoder->forward(torch::randn({0, 16})); }) == ErrorCode::kInvalidArgument);
+  AudioEncoderOptions wide(kD + 1);
+  CHECK(code_of([&] { AudioEncoder(wide)->check_fits(*backbone); }) == ErrorCode::kInvalidArgument);
+  AudioEncoderOptions negative(kD);
+  negative.layers = -1;
+  CHECK(code_of([&] { AudioEncoder{negative}; }) == ErrorCode::kInvalidArgument);
 }
 
 TEST_CASE("decoder folders written by Python and by C++ load in C++") {

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import aios
-from aios.adapters import (Gist, GistLatents, LinearDecoder, LinearProjection, MlpProjection, SequenceBuilder, Text,
-                           build_batch, load_decoder, load_encoder, read_decoder_manifest, read_encoder_manifest,
+from aios.adapters import (AudioEncoder, Gist, GistLatents, LinearDecoder, LinearProjection, MlpProjection, SequenceBuilder, Text,
+                           build_batch, load_decoder, load_encoder, log_mel, mel_filters, read_decoder_manifest, read_encoder_manifest,
                            register_decoder, register_encoder, save_decoder, save_encoder)
 
 LAYOUTS = Path(__file__).resolve().parents[1] / "data" / "sequence_layouts.json"
@@ -212,7 +212,9 @@ def test_fused_gradients_reach_extension_rows_through_batch_ids(tiny):
 
 
 @pytest.mark.parametrize("make", [lambda: LinearProjection(5, 64, bias=False), lambda: MlpProjection(5, 64, 12),
-                                  lambda: GistLatents(3, 64, init_std=1.0)], ids=["linear", "mlp", "gist"])
+                                  lambda: GistLatents(3, 64, init_std=1.0),
+                                  lambda: AudioEncoder(64, channels=8, layers=2, n_mels=16, hop_length=80)],
+                         ids=["linear", "mlp", "gist", "audio"])
 def test_encoders_save_and_load_bit_exactly(tmp_path, make):
     module = make()
     save_encoder(module, tmp_path / "enc")
@@ -312,6 +314,105 @@ def test_encoder_folders_written_by_either_language_load_in_python(name):
     loaded, want = load_encoder(ENCODERS / name), _fixture_mlp()
     for key, value in want.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+
+
+def _fixture_audio():
+    return _fixture_values(AudioEncoder(4, channels=3, layers=2, sample_rate=800, n_fft=16, hop_length=8, n_mels=5))
+
+
+def _reference_waveform():
+    t = torch.arange(100, dtype=torch.float64) / 800
+    return (0.5 * torch.sin(2 * torch.pi * 90 * t) + 0.2 * torch.sin(2 * torch.pi * 310 * t * (1 + t))).float()
+
+
+def test_audio_reference_is_what_this_package_computes():
+    # ENCODERS / "audio_reference.safetensors" is written here when absent (delete it to rewrite):
+    # the waveform, its log-mel features and the fixture encoder's latents. The C++ tests read it.
+    from safetensors.torch import load_file, save_file
+
+    encoder, waveform = _fixture_audio(), _reference_waveform()
+    with torch.no_grad():
+        now = {"waveform": waveform, "features": log_mel(waveform, **encoder.features), "latents": encoder.encode(waveform)}
+    path = ENCODERS / "audio_reference.safetensors"
+    if not path.exists():
+        save_file(now, path)
+    for name, value in load_file(path).items():
+        torch.testing.assert_close(now[name], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["python_audio", "cpp_audio"])
+def test_audio_encoder_folders_written_by_either_language_load_in_python(name):
+    # python_audio: save_encoder(_fixture_audio(), ENCODERS / "python_audio"); cpp_audio: the C++ test
+    # tagged [.generate]. The C++ tests load both and encode the reference waveform as well.
+    loaded, want = load_encoder(ENCODERS / name), _fixture_audio()
+    assert isinstance(loaded, AudioEncoder) and loaded.sizes() == want.sizes()
+    for key, value in want.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_audio_feature_settings_are_bounded_by_the_kind_not_by_the_weights(tmp_path):
+    """sample_rate, n_fft and hop_length describe the input, so they may exceed the number of values
+    the weights hold; the kind bounds them instead."""
+    folder = tmp_path / "audio"
+    save_encoder(_fixture_audio(), folder)  # 130 values, sample rate 800
+    manifest = json.loads((folder / "encoder.json").read_text())
+    for key, value, loads in [("sample_rate", 48000, True), ("n_fft", 2048, True), ("sample_rate", 10 ** 9, False),
+                              ("n_fft", 10 ** 6, False), ("channels", 10 ** 6, False)]:
+        (folder / "encoder.json").write_text(json.dumps({**manifest, "sizes": {**manifest["sizes"], key: value}}))
+        if loads:
+            assert load_encoder(folder).sizes()[key] == value
+        else:
+            with pytest.raises(aios.DataLossError):
+                load_encoder(folder)
+
+
+def test_log_mel_is_the_documented_computation():
+    """An independent restatement: numpy's FFT of Hann-windowed, reflect-padded frames, HTK mel
+    triangles, log10, the 8-below-max floor and (x + 4) / 4."""
+    import numpy as np
+
+    sr, n_fft, hop, n_mels = 16000, 400, 160, 64
+    g = torch.Generator().manual_seed(0)
+    waveform = torch.randn(2, 4000, generator=g) * 0.1
+    x = np.pad(waveform.double().numpy(), ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    frames = np.stack([x[:, i * hop:i * hop + n_fft] * window for i in range(4000 // hop + 1)], axis=1)
+    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2  # [B,F,n_fft/2+1]
+    mel = lambda hz: 2595 * np.log10(1 + hz / 700)
+    corners = 700 * (10 ** (np.linspace(mel(0), mel(sr / 2), n_mels + 2) / 2595) - 1)
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    filters = np.zeros((n_mels, freqs.size))
+    for m in range(n_mels):
+        lo, mid, hi = corners[m:m + 3]
+        filters[m] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
+    torch.testing.assert_close(mel_filters(), torch.from_numpy(filters).float(), rtol=1e-5, atol=1e-6)
+    logs = np.log10(np.maximum(power @ filters.T, 1e-10))
+    logs = (np.maximum(logs, logs.max(axis=(1, 2), keepdims=True) - 8) + 4) / 4
+    torch.testing.assert_close(log_mel(waveform), torch.from_numpy(logs).float(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(aios.InvalidArgumentError, match="waveform"):
+        log_mel(torch.zeros(100))
+    with pytest.raises(aios.InvalidArgumentError, match="n_mels"):
+        log_mel(torch.zeros(1000), n_mels=0)
+
+
+def test_audio_encoder_trains_through_the_backbone(tiny):
+    backbone, _ = tiny
+    D = backbone.config.hidden_size
+    torch.manual_seed(0)
+    encoder = AudioEncoder(D, channels=16, layers=2, n_mels=16)
+    encoder.check_fits(backbone)
+    with pytest.raises(aios.InvalidArgumentError, match="out_features"):
+        AudioEncoder(D + 1).check_fits(backbone)
+    with pytest.raises(aios.InvalidArgumentError, match="layers"):
+        AudioEncoder(D, layers=-1)
+    waveform = torch.randn(2, 1600) * 0.1
+    latents = encoder.encode(waveform)  # 11 frames -> 3 latents
+    assert latents.shape == (2, encoder.latent_count(11), D) == (2, 3, D)
+    torch.testing.assert_close(latents[1], encoder.encode(waveform[1]))
+    hidden = aios.torch.forward(backbone, latents)
+    hidden.square().mean().backward()
+    for name, p in encoder.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize("name", ["python_linear", "cpp_linear"])

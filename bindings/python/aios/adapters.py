@@ -42,7 +42,7 @@ from torch import nn
 from . import _aios
 from .errors import AlreadyExistsError, DataLossError, InvalidArgumentError, NotFoundError
 
-__all__ = ["LinearProjection", "MlpProjection", "GistLatents", "LinearDecoder", "Text", "Latents", "Gist", "Batch",
+__all__ = ["LinearProjection", "MlpProjection", "GistLatents", "AudioEncoder", "log_mel", "mel_filters", "LinearDecoder", "Text", "Latents", "Gist", "Batch",
            "SequenceBuilder", "build_batch", "save_encoder", "load_encoder", "read_encoder_manifest", "register_encoder",
            "save_decoder", "load_decoder", "read_decoder_manifest", "register_decoder"]
 
@@ -168,6 +168,80 @@ class GistLatents(nn.Module):
 
 
 # ---- the sequence builder -------------------------------------------------------------------
+
+def log_mel(waveform, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160, n_mels: int = 64):
+    """Whisper-style log-mel features, C++'s own (aios/adapters/audio.h): waveform floating [N] or
+    [B,N] at sample_rate, N > n_fft // 2 -> float32 [F,n_mels] or [B,F,n_mels], F = N // hop_length + 1.
+    Power spectrum of a periodic-Hann STFT (centred, reflect-padded), HTK mel filters from 0 Hz to
+    sample_rate / 2, log10 (floor 1e-10), values more than 8 below each clip's maximum raised to
+    it, then (x + 4) / 4. InvalidArgumentError names "waveform" or the option at fault."""
+    return _aios.log_mel(waveform, sample_rate, n_fft, hop_length, n_mels)
+
+
+def mel_filters(sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160, n_mels: int = 64):
+    """float32 [n_mels, n_fft // 2 + 1]: the triangular filters log_mel applies."""
+    return _aios.mel_filters(sample_rate, n_fft, hop_length, n_mels)
+
+
+class AudioEncoder(nn.Module):
+    """Sound into latents, the C++ AudioEncoder's layers and parameter names: log-mel frames
+    [(B,)F,n_mels] -> Conv1d(n_mels, channels, 3) + GELU -> `layers` x [Conv1d(channels, channels,
+    3, stride 2) + GELU] -> LayerNorm -> Linear(channels, out_features) -> [(B,)L,D], one latent
+    per 2**layers frames (12.5 per second with the defaults). encode(waveform) computes the
+    features with the encoder's own log-mel options first, so a saved encoder carries them."""
+
+    kind = "audio_encoder"
+
+    def __init__(self, out_features: int, channels: int = 256, layers: int = 3, sample_rate: int = 16000,
+                 n_fft: int = 400, hop_length: int = 160, n_mels: int = 64):
+        super().__init__()
+        for value, name in ((out_features, "out_features"), (channels, "channels"), (sample_rate, "sample_rate"),
+                            (n_fft, "n_fft"), (hop_length, "hop_length"), (n_mels, "n_mels")):
+            _positive(value, name)
+        if not isinstance(layers, int) or layers < 0:
+            _fail(InvalidArgumentError, "layers", f"expected >= 0, got {layers!r}")
+        self.out_features, self.channels, self.layers = out_features, channels, layers
+        self.features = {"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels}
+        self.conv_in = nn.Conv1d(n_mels, channels, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, stride=2, padding=1) for _ in range(layers))
+        self.norm = nn.LayerNorm(channels)
+        self.proj = nn.Linear(channels, out_features)
+
+    def forward(self, features):
+        """features floating [F,n_mels] or [B,F,n_mels], F >= 1 -> latents [L,D] or [B,L,D]."""
+        n_mels = self.features["n_mels"]
+        _check_input(features, n_mels)
+        if features.dim() not in (2, 3) or features.shape[-2] < 1:
+            _fail(InvalidArgumentError, "x", f"expected features [F,{n_mels}] or [B,F,{n_mels}] with F >= 1, "
+                  f"got {list(features.shape)}")
+        x = (features.unsqueeze(0) if features.dim() == 2 else features).to(self.conv_in.weight.dtype).transpose(1, 2)
+        x = F.gelu(self.conv_in(x))
+        for conv in self.convs:
+            x = F.gelu(conv(x))
+        x = self.proj(self.norm(x.transpose(1, 2)))
+        return x.squeeze(0) if features.dim() == 2 else x
+
+    def encode(self, waveform):
+        """waveform [N] or [B,N] at the encoder's sample rate -> latents: forward(log_mel(waveform))."""
+        return self.forward(log_mel(waveform, **self.features))
+
+    def latent_count(self, frames: int) -> int:
+        """Latents of `frames` frames: halved, rounded up, once per layer."""
+        for _ in range(self.layers):
+            frames = (frames + 1) // 2
+        return frames
+
+    def check_fits(self, backbone):
+        _fits(self.out_features, backbone, "out_features")
+
+    def sizes(self):
+        return {"out_features": self.out_features, **self.features, "channels": self.channels, "layers": self.layers}
+
+    @classmethod
+    def from_sizes(cls, sizes):
+        return cls(sizes["out_features"], sizes["channels"], sizes["layers"], sizes["sample_rate"], sizes["n_fft"],
+                   sizes["hop_length"], sizes["n_mels"])
+
 
 class LinearDecoder(_aios.Decoder, nn.Module):
     """A decoder for routed generation (Backbone.generate/stream routes=[(start, end, decoder)])
@@ -323,7 +397,7 @@ class _Role:
 
 
 _ENCODERS = _Role("encoder", "encoder.json", _aios.save_encoder_tensors, _aios.read_encoder_manifest, _aios.read_encoder,
-                  {cls.kind: cls.from_sizes for cls in (LinearProjection, MlpProjection, GistLatents)})
+                  {cls.kind: cls.from_sizes for cls in (LinearProjection, MlpProjection, GistLatents, AudioEncoder)})
 _DECODERS = _Role("decoder", "decoder.json", _aios.save_decoder_tensors, _aios.read_decoder_manifest, _aios.read_decoder,
                   {LinearDecoder.kind: LinearDecoder.from_sizes})
 

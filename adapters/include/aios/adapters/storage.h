@@ -22,6 +22,7 @@
 
 #include <torch/nn/module.h>
 
+#include "aios/adapters/audio.h"
 #include "aios/adapters/decoders.h"
 #include "aios/adapters/encoders.h"
 #include "aios/ali/generation.h"
@@ -42,7 +43,8 @@ struct AdapterManifest {
   AdapterSizes sizes;
 };
 
-// Registers a kind for load_encoder. Built in: "linear_projection", "mlp_projection", "gist_latents".
+// Registers a kind for load_encoder. Built in: "linear_projection", "mlp_projection", "gist_latents",
+// "audio_encoder".
 // Throws Error(kAlreadyExists, "kind") when the kind is taken, Error(kInvalidArgument) for an empty
 // kind or factory. Thread-safe.
 void register_encoder(const std::string& kind, AdapterFactory factory);
@@ -51,6 +53,7 @@ void register_encoder(const std::string& kind, AdapterFactory factory);
 AdapterManifest manifest_of(const LinearProjectionImpl& encoder);
 AdapterManifest manifest_of(const MlpProjectionImpl& encoder);
 AdapterManifest manifest_of(const GistLatentsImpl& encoder);
+AdapterManifest manifest_of(const AudioEncoderImpl& encoder);
 
 // Writes `encoder` (its parameters and buffers, copied to the CPU) to the folder `path`, created
 // if missing. Throws Error(kUnavailable) when the file system refuses.
