@@ -202,6 +202,7 @@ class AudioEncoder(nn.Module):
             _fail(InvalidArgumentError, "layers", f"expected >= 0, got {layers!r}")
         self.out_features, self.channels, self.layers = out_features, channels, layers
         self.features = {"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels}
+        mel_filters(**self.features)  # C++'s checks of the settings, bounds included
         self.conv_in = nn.Conv1d(n_mels, channels, 3, padding=1)
         self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, stride=2, padding=1) for _ in range(layers))
         self.norm = nn.LayerNorm(channels)
