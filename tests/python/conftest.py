@@ -228,5 +228,24 @@ def default_model_gguf():
     return Path(out.stdout.strip())
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test (item.report[when]), so that a fixture's teardown can
+    tell whether the test failed and attach what it knows (a host's log, say) to the failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if not hasattr(item, "report"):
+        item.report = {}
+    item.report[report.when] = report
+
+
+def attach_on_failure(request, title, text):
+    """Adds `text` to the report of the test `request` runs for, if that test failed: pytest then
+    prints it with the failure."""
+    report = getattr(request.node, "report", {}).get("call")
+    if report is not None and report.failed and text:
+        report.sections.append((title, text))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still runs in make test)")

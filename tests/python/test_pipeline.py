@@ -23,6 +23,7 @@ import torch
 
 import aios
 from test_remote_suite import *  # noqa: F401,F403 (the suite's tests and fixtures, collected here again)
+from conftest import attach_on_failure
 from test_recurrent import hosted_like_local
 
 
@@ -149,12 +150,13 @@ def workers_of(pid):
 
 
 @pytest.fixture
-def pipelined_default(default_model):
+def pipelined_default(default_model, request):
     host = aios.serve(default_model, stages=2, stage_timeout=4)
     yield host, aios.connect(host.address, timeout=120)
     for pid in workers_of(host.pid):  # a stopped worker would not leave by itself
         os.kill(pid, signal.SIGKILL)
-    host.stop()
+    # The front's and its workers' "aios: pipeline: ..." lines tell what the stages went through.
+    attach_on_failure(request, "aios serve --stages 2: stderr", host.stop())
 
 
 def health(address):
