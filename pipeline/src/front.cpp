@@ -101,11 +101,11 @@ Stages::~Stages() {
 
 void Stages::lost(const std::shared_ptr<Epoch>& epoch) {
   {
+    // Checked and recorded under dispatch_mutex_, which the supervisor holds to replace the link:
+    // a loss is recorded only for the link that is current at that moment.
     std::lock_guard lock(dispatch_mutex_);
     if (epoch != current_) return;
-  }
-  {
-    std::lock_guard lock(state_mutex_);
+    std::lock_guard state(state_mutex_);
     lost_ = epoch;
   }
   state_.notify_all();
@@ -136,6 +136,11 @@ void Stages::supervise() {
     {
       std::lock_guard swap(dispatch_mutex_);
       current_ = std::make_shared<Epoch>(std::move(link));
+      // Calls that failed on the old link while the new one formed (a stateless call's pass
+      // dropped as it failed, say) reported its loss again; that is old news, and acting on it
+      // would tear down the link just formed (and, with local workers, kill them again).
+      std::lock_guard state(state_mutex_);
+      lost_ = nullptr;
     }
     fmt::print(stderr, "aios: pipeline: the stages are back (link {})\n", epoch_number_);
     if (serving_) serving_(true);

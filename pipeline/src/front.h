@@ -27,8 +27,12 @@
 #include <vector>
 
 #include "aios/backbone/model.h"
+#include "aios/export.h"
 #include "link.h"
 #include "protocol.h"
+
+// Exported for the C++ tests, which reach this internal class (not an installed header).
+AIOS_EXPORT_BEGIN
 
 namespace aios::pipeline {
 
@@ -110,9 +114,14 @@ class Stages final : public backbone::RemoteBlocks, public std::enable_shared_fr
 
   std::mutex state_mutex_;
   std::condition_variable state_;
-  std::shared_ptr<Epoch> lost_;  // under state_mutex_: the current link, found broken
-  bool stopping_ = false;        // under state_mutex_
+  // Under state_mutex_: the current link, found broken. Set only while that link is current and
+  // cleared when it is replaced, both under dispatch_mutex_ too (taken first), so that it never
+  // names a link already replaced.
+  std::shared_ptr<Epoch> lost_;
+  bool stopping_ = false;  // under state_mutex_
   std::thread supervisor_;
 };
 
 }  // namespace aios::pipeline
+
+AIOS_EXPORT_END

@@ -21,6 +21,10 @@
 #include <ATen/ATen.h>
 
 #include "aios/error.h"
+#include "aios/export.h"
+
+// Exported for the C++ tests, which reach these internal classes (not an installed header).
+AIOS_EXPORT_BEGIN
 
 namespace aios::pipeline {
 
@@ -100,3 +104,5 @@ class Link {
 };
 
 }  // namespace aios::pipeline
+
+AIOS_EXPORT_END

@@ -1,5 +1,9 @@
-// Pipeline stages' pieces that need no second process: how blocks are shared out, and loading a
-// share of a checkpoint (tests/python/test_pipeline.py runs the processes).
+// Pipeline stages' pieces that need no second process: how blocks are shared out, loading a
+// share of a checkpoint, and the front's recovery from a lost link over links that break when told
+// (tests/python/test_pipeline.py runs the processes).
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <numeric>
 
 #include "aios/backbone/model.h"
@@ -7,6 +11,7 @@
 #include "aios/pipeline/pipeline.h"
 #include "catch_torch.h"
 #include "error_code.h"
+#include "front.h"
 #include "tiny_checkpoint.h"
 
 using aios::ErrorCode;
@@ -14,6 +19,7 @@ using aios::backbone::LoadOptions;
 using aios::backbone::load_model;
 using aios::pipeline::balanced_blocks;
 using aios_test::TinyCheckpoint;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -28,6 +34,24 @@ aios::backbone::ModelConfig llama70b() {
                                                         {"tie_word_embeddings", false}}
                                              .dump());
 }
+
+// A link to nowhere that breaks when told: sends go nowhere until then, and fail after.
+class BreakingLink final : public aios::pipeline::Link {
+ public:
+  BreakingLink() : Link(0, 2) {}
+  void breaks() { broken_ = true; }
+  void send(int, aios::pipeline::Tag, const at::Tensor&) override { check(); }
+  void send_error(int, aios::pipeline::Tag, const aios::Error&) override { check(); }
+  aios::pipeline::Received receive(int, aios::pipeline::Tag, std::chrono::milliseconds) override {
+    throw aios::Error(ErrorCode::kUnavailable, "pipeline", "nothing ever comes over this link");
+  }
+  void flush() override { check(); }
+
+ private:
+  void check() const {
+    if (broken_) throw aios::Error(ErrorCode::kUnavailable, "pipeline", "the pipeline's link is broken");
+  }
+};
 
 int64_t elements(const aios::backbone::Model& m) {
   int64_t n = 0;
@@ -81,4 +105,61 @@ TEST_CASE("a share of a checkpoint holds only its blocks and, if asked, the tabl
   std::string field;
   CHECK(aios_test::code_of([&] { load_model(path, outside); }, &field) == ErrorCode::kInvalidArgument);
   CHECK(field == "first_block");
+}
+
+TEST_CASE("a loss of the old link reported while the new one forms leaves the new one serving") {
+  // What the supervisor did, and the links it formed; forming waits until `release`.
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<bool> said;  // serving(...) calls
+  std::vector<BreakingLink*> formed;
+  bool release = false;
+  auto first = std::make_unique<BreakingLink>();
+  BreakingLink* old = first.get();
+  aios::pipeline::Stages::Form form = [&](int64_t) -> std::unique_ptr<aios::pipeline::Link> {
+    auto link = std::make_unique<BreakingLink>();
+    std::unique_lock lock(mutex);
+    formed.push_back(link.get());
+    changed.notify_all();
+    changed.wait(lock, [&] { return release; });
+    return link;
+  };
+  auto serving = [&](bool s) {
+    std::lock_guard lock(mutex);
+    said.push_back(s);
+    changed.notify_all();
+  };
+  aios::pipeline::Layout layout;
+  layout.bounds = {0, 1, 2};
+  auto stages = std::make_shared<aios::pipeline::Stages>(std::move(first), form, layout,
+                                                         std::vector<aios::WeightKind>{}, aios::pipeline::CacheCost{},
+                                                         1s, serving);
+  auto until = [&](auto done) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, 10s, done);
+  };
+
+  old->breaks();
+  stages->drop(aios::pipeline::Op::kRelease, 1);  // finds the link broken: the supervisor forms link 1
+  REQUIRE(until([&] { return formed.size() == 1; }));
+  // Another call fails on the old link while link 1 forms (a failed stateless call's pass, dropped).
+  stages->drop(aios::pipeline::Op::kRelease, 2);
+  {
+    std::lock_guard lock(mutex);
+    release = true;
+  }
+  changed.notify_all();
+  REQUIRE(until([&] { return said == std::vector<bool>{false, true}; }));
+  // That second report is old news: link 1 stays (with local workers, forming it again would kill
+  // the workers that just joined, under the callers told it serves).
+  {
+    std::unique_lock lock(mutex);
+    CHECK_FALSE(changed.wait_for(lock, 500ms, [&] { return formed.size() > 1; }));
+  }
+  // A loss of link 1 itself is still noticed.
+  formed[0]->breaks();
+  stages->drop(aios::pipeline::Op::kRelease, 3);
+  REQUIRE(until([&] { return said == std::vector<bool>{false, true, false, true}; }));
+  CHECK(formed.size() == 2);
+  formed[1]->breaks();  // nothing to tell on the way out
 }
