@@ -105,8 +105,14 @@ void Stages::lost(const std::shared_ptr<Epoch>& epoch) {
     // a loss is recorded only for the link that is current at that moment.
     std::lock_guard lock(dispatch_mutex_);
     if (epoch != current_) return;
-    std::lock_guard state(state_mutex_);
-    lost_ = epoch;
+    {
+      std::lock_guard state(state_mutex_);
+      lost_ = epoch;
+    }
+    // Said here, before the call that found the link lost fails: a caller told kUnavailable finds
+    // the health service agreeing (the supervisor may not run for a while). Under dispatch_mutex_,
+    // so that it never comes after the next link's serving(true).
+    if (serving_) serving_(false);
   }
   state_.notify_all();
 }
@@ -119,7 +125,6 @@ void Stages::supervise() {
     lost_ = nullptr;
     lock.unlock();
     fmt::print(stderr, "aios: pipeline: a stage was lost; not serving until the stages are back\n");
-    if (serving_) serving_(false);
     std::unique_ptr<Link> link;
     while (!link) {
       {
@@ -139,11 +144,15 @@ void Stages::supervise() {
       // Calls that failed on the old link while the new one formed (a stateless call's pass
       // dropped as it failed, say) reported its loss again; that is old news, and acting on it
       // would tear down the link just formed (and, with local workers, kill them again).
-      std::lock_guard state(state_mutex_);
-      lost_ = nullptr;
+      {
+        std::lock_guard state(state_mutex_);
+        lost_ = nullptr;
+      }
+      fmt::print(stderr, "aios: pipeline: the stages are back (link {})\n", epoch_number_);
+      // With the link swapped in, under the same lock: a loss of the new link says NOT_SERVING
+      // after this, never before it.
+      if (serving_) serving_(true);
     }
-    fmt::print(stderr, "aios: pipeline: the stages are back (link {})\n", epoch_number_);
-    if (serving_) serving_(true);
     lock.lock();
   }
 }

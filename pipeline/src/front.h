@@ -49,8 +49,9 @@ class Stages final : public backbone::RemoteBlocks, public std::enable_shared_fr
   // stage to load and join; throws Error when it cannot.
   using Form = std::function<std::unique_ptr<Link>(int64_t epoch)>;
 
-  // Serves over `first`, epoch 0's link. When a link is lost, calls `serving(false)`, forms the
-  // next epoch's until one holds, then calls `serving(true)`.
+  // Serves over `first`, epoch 0's link. When a call finds a link lost, calls `serving(false)`
+  // before that call fails; the supervisor then forms the next epoch's until one holds, and calls
+  // `serving(true)`.
   // cache_cost: what the stages' share of a cache holds per row.
   Stages(std::unique_ptr<Link> first, Form form, Layout layout, std::vector<WeightKind> storage, CacheCost cache_cost,
          std::chrono::milliseconds timeout, std::function<void(bool)> serving);
