@@ -144,7 +144,7 @@ def sentence(rng, words):
     return rng.sample(words, rng.choice([2, 3]))
 
 
-def make(seed=0, train=1200, test=240, fast=False):
+def make(seed=0, train=1200, test=200, fast=False):
     """{"train": (waveforms float32 [N,SAMPLES], facts), "test": ...}. Test clips: half by held-out
     voices (words seen, new combinations), a quarter with held-out words, a quarter by the named
     voices saying sentences training never has (for the which-voice question)."""
@@ -182,7 +182,7 @@ def make(seed=0, train=1200, test=240, fast=False):
 def load(folder, seed=0, fast=False):
     """The clips of `seed`, from folder/clips.pt when it holds them, else made and saved there."""
     folder = Path(folder)
-    key = {"seed": seed, "fast": fast, "samples": SAMPLES, "version": 1}
+    key = {"seed": seed, "fast": fast, "samples": SAMPLES, "version": 2}
     path = folder / "clips.pt"
     if path.exists():
         stored = torch.load(path, weights_only=True)
