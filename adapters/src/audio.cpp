@@ -1,8 +1,10 @@
 #include "aios/adapters/audio.h"
 
 #include <cmath>
+#include <vector>
 
 #include <ATen/ATen.h>
+#include <torch/nn/init.h>
 #include <fmt/ranges.h>
 
 #include "aios/fail.h"
@@ -82,6 +84,16 @@ void AudioEncoderImpl::reset() {
   convs = register_module("convs", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.layers; ++i) {
     convs->push_back(torch::nn::Conv1d(torch::nn::Conv1dOptions(C, C, 3).stride(2).padding(1)));
+  }
+  // He initialisation for the GELU convolutions: torch's default (uniform, gain 1/sqrt(3)) shrinks
+  // activations about threefold per layer, so after a few layers every clip's latents look alike and
+  // training through a frozen backbone barely moves them.
+  torch::NoGradGuard no_grad;
+  std::vector<torch::nn::Conv1dImpl*> layers{conv_in.get()};
+  for (const auto& layer : *convs) layers.push_back(layer->as<torch::nn::Conv1d>());
+  for (torch::nn::Conv1dImpl* conv : layers) {
+    torch::nn::init::kaiming_normal_(conv->weight, 0, torch::kFanIn, torch::kReLU);
+    conv->bias.zero_();
   }
   norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({C})));
   proj = register_module("proj", torch::nn::Linear(C, options.out_features));

@@ -533,6 +533,15 @@ TEST_CASE("an audio encoder maps frames to a latent per 2^layers frames and trai
   }
   CHECK(code_of([&] { encoder->forward(torch::randn({3, 15})); }) == ErrorCode::kInvalidArgument);
   CHECK(code_of([&] { encoder->forward(torch::randn({0, 16})); }) == ErrorCode::kInvalidArgument);
+  // He initialisation: activations keep their scale through the strided layers (torch's default
+  // initialisation leaves about a thirtieth of it after three layers here).
+  AudioEncoderOptions deep(kD);
+  deep.channels = 64;
+  AudioEncoder fresh(deep);
+  torch::NoGradGuard no_grad;
+  at::Tensor x = at::gelu(fresh->conv_in->forward(torch::randn({4, 64, 40})));
+  for (const auto& layer : *fresh->convs) x = at::gelu(layer->as<torch::nn::Conv1d>()->forward(x));
+  CHECK(x.std().item<float>() > 0.2f);
   AudioEncoderOptions wide(kD + 1);
   CHECK(code_of([&] { AudioEncoder(wide)->check_fits(*backbone); }) == ErrorCode::kInvalidArgument);
   AudioEncoderOptions negative(kD);

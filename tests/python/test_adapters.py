@@ -405,6 +405,14 @@ def test_audio_encoder_trains_through_the_backbone(tiny):
         AudioEncoder(D + 1).check_fits(backbone)
     with pytest.raises(aios.InvalidArgumentError, match="layers"):
         AudioEncoder(D, layers=-1)
+    # He initialisation: activations keep their scale through the strided layers (torch's default
+    # initialisation leaves about a thirtieth of it after three layers here).
+    fresh = AudioEncoder(D, channels=64)
+    with torch.no_grad():
+        x = F.gelu(fresh.conv_in(torch.randn(4, 64, 40)))
+        for conv in fresh.convs:
+            x = F.gelu(conv(x))
+    assert x.std() > 0.2
     waveform = torch.randn(2, 1600) * 0.1
     latents = encoder.encode(waveform)  # 11 frames -> 3 latents
     assert latents.shape == (2, encoder.latent_count(11), D) == (2, 3, D)

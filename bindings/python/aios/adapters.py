@@ -205,6 +205,12 @@ class AudioEncoder(nn.Module):
         mel_filters(**self.features)  # C++'s checks of the settings, bounds included
         self.conv_in = nn.Conv1d(n_mels, channels, 3, padding=1)
         self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, stride=2, padding=1) for _ in range(layers))
+        # He initialisation for the GELU convolutions, as C++: torch's default shrinks activations about
+        # threefold per layer, so every clip's latents would start alike and barely move in training.
+        with torch.no_grad():
+            for conv in [self.conv_in, *self.convs]:
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                conv.bias.zero_()
         self.norm = nn.LayerNorm(channels)
         self.proj = nn.Linear(channels, out_features)
 
