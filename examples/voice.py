@@ -33,12 +33,12 @@ parameters) and the untrained rows and decoder.
 Writes metrics.json, loss.png (three curves), routes.png (accuracy per question and route),
 sounds/*.wav, and the trained encoder, extension and decoder (loadable from C++ and Python).
 """
+import functools
 import math
 import random
 import re
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -268,16 +268,15 @@ def render(params):
     return 0.5 * torch.cat([pulse] * int(min(4, max(1, round(pulses)))) + [silence])
 
 
-BAND_HZ = None
+@functools.lru_cache(maxsize=1)
+def band_hz():
+    """The centre of each mel band of log_mel's defaults: the frequency where its filter peaks."""
+    return torch.linspace(0, voice_data.RATE / 2, 201)[mel_filters().argmax(1)]
 
 
 def analyse(samples):
     """What the log-mel features show of a sound: pulses (runs of loud frames), their lengths in
     seconds, the dominant pitch of the first and last loud frames, and the median pitch."""
-    global BAND_HZ
-    if BAND_HZ is None:  # the centre of each mel band: where its filter peaks
-        freqs = torch.linspace(0, voice_data.RATE / 2, 201)
-        BAND_HZ = freqs[mel_filters().argmax(1)]
     x = torch.as_tensor(samples, dtype=torch.float32)
     if x.numel() < 400:
         return {"pulses": 0}
@@ -292,7 +291,7 @@ def analyse(samples):
             start = None
     if not runs:
         return {"pulses": 0}
-    pitch = BAND_HZ[f.argmax(1)]
+    pitch = band_hz()[f.argmax(1)]
     first, last = pitch[runs[0][0]:runs[0][0] + 3], pitch[runs[-1][1] - 3:runs[-1][1]]
     voiced = torch.cat([pitch[a:b] for a, b in runs])
     return {"pulses": len(runs), "seconds": [(b - a) / 100 for a, b in runs],
