@@ -278,7 +278,8 @@ TEST_CASE("the host's errors reach the thin client as the same aios::Error", "[c
   const Client client = Client::connect(h.address);
 
   // The same code, field and message as the local backbone's.
-  const FloatTensor<3> wrong(1, 3, kD + 1);
+  FloatTensor<3> wrong(1, 3, kD + 1);
+  wrong.setZero();
   aios::Error local_error(ErrorCode::kInternal, "", "");
   try {
     h.local->forward(torch::zeros({1, 3, kD + 1}));
@@ -304,7 +305,9 @@ TEST_CASE("the host's errors reach the thin client as the same aios::Error", "[c
   aios::client::BoolTensor<2> too_long(1, 4);
   too_long.setConstant(true);
   flat.mask = std::move(too_long);
-  CHECK(code_of([&] { client.forward(FloatTensor<3>(1, 3, kD), flat); }, &field) == ErrorCode::kInvalidArgument);
+  FloatTensor<3> zeros(1, 3, kD);
+  zeros.setZero();  // Eigen leaves new tensors uninitialised: garbage could be non-finite, refused first
+  CHECK(code_of([&] { client.forward(zeros, flat); }, &field) == ErrorCode::kInvalidArgument);
   CHECK(field == "mask");
 
   // Keys: none or a wrong one is permission denied; nobody listening is unavailable.
