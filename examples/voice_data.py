@@ -1,7 +1,7 @@
 """The sounds of examples/voice.py, made on this machine from a seed: speech from espeak-ng and
 non-speech sounds synthesised with numpy, mixed into clips of 2.5 s at 16 kHz.
 
-    python examples/voice_data.py [--seed 0] [--fast] [--out DIR]     writes DIR/clips.pt, DIR/clips.json
+    python examples/voice_data.py [--seed 0] [--fast] [--out DIR]     writes DIR/clips.safetensors
                                                                        and a few WAV files to listen to
 
 Clips and what is known about each (the labels the questions ask about):
@@ -16,7 +16,7 @@ training (the other evaluation sentences are new combinations of training words)
 training voices have names ("Adam", "Beth", "Carl", "Dana") and a question asks which one spoke;
 that question is evaluated on their held-out sentences. Everything is drawn from one
 random.Random(seed) and espeak-ng is deterministic, so a seed gives the same clips on every run;
-clips.pt caches them (keyed by the seed and the sizes).
+clips.safetensors caches them (keyed by the seed and the sizes).
 """
 import argparse
 import json
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 RATE = 16000
 SECONDS = 2.5
@@ -180,23 +182,22 @@ def make(seed=0, train=1200, test=200, fast=False):
 
 
 def load(folder, seed=0, fast=False):
-    """The clips of `seed`, from folder/clips.pt when it holds them, else made and saved there."""
+    """The clips of `seed`, from folder/clips.safetensors when it holds them, else made and saved there."""
     folder = Path(folder)
     key = {"seed": seed, "fast": fast, "samples": SAMPLES, "version": 2}
-    path = folder / "clips.pt"
+    path = folder / "clips.safetensors"
     if path.exists():
-        stored = torch.load(path, weights_only=True)
-        if json.loads(stored["key"]) == key:
-            return {name: (stored[name], json.loads(stored[name + "_facts"])) for name in ("train", "test")}
+        with safe_open(path, "pt") as stored:
+            meta = stored.metadata() or {}
+            if json.loads(meta.get("key", "null")) == key:
+                return {name: (stored.get_tensor(name), json.loads(meta[name + "_facts"])) for name in ("train", "test")}
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         raise SystemExit("examples/voice.py needs espeak-ng and sox (make setup installs them)")
     data = make(seed, fast=fast)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"key": json.dumps(key)}
-    for name, (waves, facts) in data.items():
-        record[name], record[name + "_facts"] = waves, json.dumps(facts)
-    torch.save(record, folder / "clips.pt.tmp")
-    os.replace(folder / "clips.pt.tmp", path)
+    meta = {"key": json.dumps(key), **{name + "_facts": json.dumps(facts) for name, (_, facts) in data.items()}}
+    save_file({name: waves.contiguous() for name, (waves, _) in data.items()}, folder / "clips.tmp", metadata=meta)
+    os.replace(folder / "clips.tmp", path)
     return data
 
 
