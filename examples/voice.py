@@ -116,13 +116,7 @@ class Listening:
             return build_batch(self.backbone, rows, padding=padding), None, None
         spans = [self.encode(" " + a) + [self.end] for a in answers]
         batch = build_batch(self.backbone, [r + [s] for r, s in zip(rows, spans)], padding=padding)
-        rows_targets = [(len(r), 0, s) for r, s in zip(rows, spans)]
-        B, T = batch.ids.shape
-        targets, weights = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T)
-        for b, (j, _, ids) in enumerate(rows_targets):
-            _, begin, _ = batch.segments[b][j]
-            for k, t in enumerate(ids):  # each answer token predicted by the position before it
-                targets[b, begin + k - 1], weights[b, begin + k - 1] = t, 1.0
+        targets, weights = common.text_targets(batch, [(len(r), 0, s) for r, s in zip(rows, spans)])
         return batch, targets, weights
 
     def rows(self, route, items, encoder=None, soft=None):
