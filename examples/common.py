@@ -185,15 +185,16 @@ def report(args, title: str, metrics: dict, losses: list, started: float, backbo
 
 
 def text_targets(batch, rows):
-    """Cross-entropy targets for text the backbone should produce. rows[b] = (j, first, ids): in
-    row b, text segment j holds `ids` and its tokens from index `first` on are to be predicted
-    (each by the position before it). Returns targets int64 [B,T] and weights float [B,T]."""
+    """Cross-entropy targets for text the backbone should produce. rows[b] = (j, first, ids), or a
+    list of them: in row b, text segment j holds `ids` and its tokens from index `first` on are to
+    be predicted (each by the position before it). Returns targets int64 [B,T] and weights float [B,T]."""
     B, T = batch.ids.shape
     targets = torch.zeros(B, T, dtype=torch.long)
     weights = torch.zeros(B, T)
-    for b, (j, first, ids) in enumerate(rows):
-        _, begin, _ = batch.segments[b][j]
-        for k in range(first, len(ids)):
-            targets[b, begin + k - 1] = ids[k]
-            weights[b, begin + k - 1] = 1.0
+    for b, spans in enumerate(rows):
+        for j, first, ids in [spans] if isinstance(spans, tuple) else spans:
+            _, begin, _ = batch.segments[b][j]
+            for k in range(first, len(ids)):
+                targets[b, begin + k - 1] = ids[k]
+                weights[b, begin + k - 1] = 1.0
     return targets, weights

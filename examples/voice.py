@@ -49,37 +49,42 @@ from aios.adapters import AudioEncoder, GistLatents, LinearDecoder, build_batch,
 import common
 import voice_data
 
-QUESTIONS = {  # name -> (question, closed answer set or None for free text)
+QUESTIONS = {  # name -> (question, closed answer set or None for free text); every clip answers all
     "said": ("What was said?", None),
-    "pitch": ("Was the voice high or low?", ["high", "low"]),
-    "speed": ("Was the speech fast or slow?", ["fast", "slow"]),
-    "voice": ("Who spoke?", list(voice_data.NAMED_VOICES)),
+    "pitch": ("Was the voice high or low?", ["high", "low", "none"]),
+    "speed": ("Was the speech fast or slow?", ["fast", "slow", "none"]),
+    "voice": ("Who spoke?", list(voice_data.NAMED_VOICES) + ["someone else", "nobody"]),
     "sound": ("What sound was there besides any speech?", ["none"] + voice_data.SOUNDS),
-    "beeps": ("How many beeps were there?", voice_data.COUNT_WORDS),
+    "beeps": ("How many beeps were there?", ["zero"] + voice_data.COUNT_WORDS),
     "overlap": ("Did the speech and the sound overlap?", ["yes", "no"]),
 }
 NAMES = {v: k for k, v in voice_data.NAMED_VOICES.items()}
-SOFT_PROMPT = 4  # transcript route: trainable vectors before the transcript
+SOFT_PROMPT = 4  # trainable vectors that start both routes' prompts
+SOFT_LR, ENCODER_LR, PROJECTION_LR = 1e-2, 3e-4, 2e-4
 
 
-def questions_of(facts):
-    """[(question name, answer text)] that a clip's facts answer."""
-    out = []
-    if facts["text"]:
-        out += [("said", facts["text"]), ("pitch", "high" if facts["high"] else "low"),
-                ("speed", "fast" if facts["fast"] else "slow")]
-        if facts["voice"] in NAMES:
-            out.append(("voice", NAMES[facts["voice"]]))
-    out.append(("sound", facts["sound"]))
-    if facts["sound"] == "beeps":
-        out.append(("beeps", voice_data.COUNT_WORDS[facts["beeps"] - 1]))
-    if "overlap" in facts:
-        out.append(("overlap", "yes" if facts["overlap"] else "no"))
-    return out
+def questions_of(facts, every=False):
+    """[(question name, answer text)] about a clip. Evaluated: the questions its facts make
+    meaningful (pitch of a voice, count of beeps). every=True adds the others with their "none"
+    answers; training asks all of them, so which questions are asked says nothing of the clip."""
+    speech, beeping = bool(facts["text"]), facts["sound"] == "beeps"
+    out = [("said", facts["text"] or "nothing"),
+           ("pitch", ("high" if facts["high"] else "low") if speech else "none"),
+           ("speed", ("fast" if facts["fast"] else "slow") if speech else "none"),
+           ("voice", NAMES.get(facts["voice"], "someone else") if speech else "nobody"),
+           ("sound", facts["sound"]),
+           ("beeps", voice_data.COUNT_WORDS[facts["beeps"] - 1] if beeping else "zero"),
+           ("overlap", "yes" if facts.get("overlap") else "no")]
+    if every:
+        return out
+    meaningful = {"said", "pitch", "speed"} if speech else set()
+    meaningful |= {"sound"} | ({"voice"} if facts.get("voice") in NAMES else set())
+    meaningful |= ({"beeps"} if beeping else set()) | ({"overlap"} if "overlap" in facts else set())
+    return [(q, a) for q, a in out if q in meaningful]
 
 
 class Listening:
-    """Sequences for the question-answering routes, their training steps and their evaluation."""
+    """Prompts of the question-answering routes, their training steps and their evaluation."""
 
     def __init__(self, backbone, clips):
         self.backbone, self.tok = backbone, backbone.tokenizer
@@ -97,53 +102,55 @@ class Listening:
         return self.tok.encode(text, add_special_tokens=False)
 
     def items(self, indices):
-        """(clip, question, answer) for every question each clip answers."""
+        """(clip, question, answer) for every meaningful question about each clip."""
         return [(i, q, a) for i in indices for q, a in questions_of(self.facts[i])]
 
-    def row(self, route, clip, question, latents=None, soft=None):
-        """Segments of one prompt, up to "Answer:". route: "audio" (latents [L,D] or None for no
-        audio), "transcript" (soft prompt [n,D] + the clip's exact text)."""
-        ask = self.encode(f"\nQuestion: {QUESTIONS[question][0]}\nAnswer:")
+    def context(self, route, clip, soft, latents=None):
+        """Segments that start a prompt: the soft prompt [n,D], then for "audio" the clip's latents
+        [L,D] (None: no audio) or for "transcript" the clip's exact text."""
         if route == "audio":
-            return [self.audio_prefix] + ([latents] if latents is not None else []) + [ask]
-        text = self.facts[clip]["text"]
-        return [soft, self.encode(f'Transcript: "{text}"') + ask]
+            return [soft, self.audio_prefix] + ([latents] if latents is not None else [])
+        return [soft, self.encode(f'Transcript: "{self.facts[clip]["text"]}"')]
 
-    def batch(self, rows, answers=None, padding="right"):
-        """build_batch of rows; with answers, each row continues with " answer<|im_end|>" and the
-        targets and weights score those tokens."""
-        if answers is None:
-            return build_batch(self.backbone, rows, padding=padding), None, None
-        spans = [self.encode(" " + a) + [self.end] for a in answers]
-        batch = build_batch(self.backbone, [r + [s] for r, s in zip(rows, spans)], padding=padding)
-        targets, weights = common.text_targets(batch, [(len(r), 0, s) for r, s in zip(rows, spans)])
-        return batch, targets, weights
+    def ask(self, question):
+        return self.encode(f"\nQuestion: {QUESTIONS[question][0]}\nAnswer:")
 
-    def rows(self, route, items, encoder=None, soft=None):
-        if route == "audio" and encoder is not None:
-            latents = encoder.encode(self.waves[[i for i, _, _ in items]])
-            return [self.row("audio", i, q, latents=latents[b]) for b, (i, q, _) in enumerate(items)]
-        return [self.row(route, i, q, soft=soft) for i, q, _ in items]
+    def latents(self, clips, encoder):
+        return encoder.encode(self.waves[clips]) if encoder is not None else [None] * len(clips)
 
-    def train_step(self, route, items, encoder=None, soft=None):
-        """One Gradient API step on `items`; gradients land in the encoder's or soft prompt's
-        parameters. Returns the loss."""
-        soft_rows = soft(1)[0] if soft is not None else None
-        batch, targets, weights = self.batch(self.rows(route, items, encoder, soft_rows), [a for _, _, a in items])
+    def train_step(self, route, clips, rng, soft, encoder=None):
+        """One Gradient API step: per clip one sequence that asks every question in a random order,
+        each answer (" answer<|im_end|>") scored; gradients land in the soft prompt's and the
+        encoder's parameters. Returns the loss."""
+        soft_rows, latents = soft(1)[0], self.latents(clips, encoder)
+        rows, spans = [], []
+        for i, lat in zip(clips, latents):
+            row, scored = self.context(route, i, soft_rows, lat), []
+            for q, a in rng.sample(questions_of(self.facts[i], every=True), len(QUESTIONS)):
+                ids = self.encode(" " + a) + [self.end]
+                row.append(self.ask(q))
+                scored.append((len(row), 0, ids))
+                row.append(ids)
+            rows.append(row)
+            spans.append(scored)
+        batch = build_batch(self.backbone, rows)
+        targets, weights = common.text_targets(batch, spans)
         r = self.backbone.forward_backward(batch.latents.detach(), targets=targets, weights=weights,
                                            **batch.forward_options())
         batch.latents.backward(r.grad_latents)
         return float(r.loss)
 
     @torch.no_grad()
-    def answer(self, route, items, encoder=None, soft=None, chunk=48):
-        """Per item: the closed-set answer whose first token scores highest, or for "said" the
-        greedy reply (up to <|im_end|>, at most 8 tokens)."""
+    def answer(self, route, items, soft, encoder=None, audio=True, chunk=48):
+        """Per item, asked alone: the closed-set answer whose first token scores highest, or for
+        "said" the greedy reply (up to <|im_end|>, at most 8 tokens). audio=False: no latents."""
         out = [None] * len(items)
-        soft_rows = soft(1)[0] if soft is not None else None
+        soft_rows = soft(1)[0]
         for start in range(0, len(items), chunk):
             part = items[start:start + chunk]
-            batch, _, _ = self.batch(self.rows(route, part, encoder, soft_rows), padding="left")
+            latents = self.latents([i for i, _, _ in part], encoder if audio else None)
+            rows = [self.context(route, i, soft_rows, lat) + [self.ask(q)] for (i, q, _), lat in zip(part, latents)]
+            batch = build_batch(self.backbone, rows, padding="left")
             hidden = self.backbone.forward(batch.latents, positions=batch.positions, mask=batch.mask).hidden[:, -1]
             logits = self.backbone.classify(hidden)
             said = [b for b, (_, q, _) in enumerate(part) if q == "said"]
@@ -190,22 +197,17 @@ def chance(train_items, test_items, facts):
     return scores(picked, [common_answer[q] for _, q, _ in picked], facts)
 
 
-def train_route(listening, route, items, module, args, rng, label, lr):
-    """Adam on `module` (the encoder or the soft prompt) for args.steps steps of args.batch items,
-    question types drawn evenly. Returns the per-step losses."""
-    by_question = {}
-    for item in items:
-        by_question.setdefault(item[1], []).append(item)
-    kinds = sorted(by_question)
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+def train_route(listening, route, clips, groups, soft, encoder, args, rng, label):
+    """Adam over `groups` (parameter groups with their learning rates) for args.steps steps of
+    args.batch clips, each asked every question. Returns the per-step losses."""
+    optimizer = torch.optim.Adam(groups)
     losses = []
     bar = common.progress(args.steps, label)
-    fixed = items[:args.batch] if args.fast else None  # --fast: one fixed batch, to see the loss fall
     for _ in range(args.steps):
-        batch = fixed or [rng.choice(by_question[rng.choice(kinds)]) for _ in range(args.batch)]
+        # --fast: the same sequences every step, to see the loss fall
+        batch, order = (clips[:args.batch], random.Random(args.seed)) if args.fast else (rng.sample(clips, args.batch), rng)
         optimizer.zero_grad()
-        kwargs = {"encoder": module} if route == "audio" else {"soft": module}
-        losses.append(listening.train_step(route, batch, **kwargs))
+        losses.append(listening.train_step(route, batch, order, soft, encoder))
         optimizer.step()
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.update()
@@ -217,6 +219,7 @@ def train_route(listening, route, items, module, args, rng, label, lr):
 HIGH_HZ, LOW_HZ, GAP = 1500.0, 400.0, 0.12
 PITCH_WORDS = {"high": ["high", "high-pitched", "shrill"], "low": ["low", "deep", "low-pitched"]}
 COUNT_TEXT = {1: "a short", 2: "two short", 3: "three short"}
+SOUND_BATCH = (7, 3)  # requests and text questions (answered as before) per step
 TRAIN_TEMPLATES = ["Answer with a sound: {}.", "Make the sound of {}.", "Please play {}.", "Respond with {} as audio."]
 TEST_TEMPLATES = ["Imitate {}.", "Reply with the sound of {}."]
 TEXT_QUESTIONS = ["What is the capital of {}?".format(c) for c in ["France", "Spain", "Italy", "Japan", "Peru",
@@ -433,8 +436,8 @@ def plot_routes(path, table, title):
 
 
 def main():
-    args = common.arguments("voice", __doc__.splitlines()[0], steps=120, fast_steps=6,
-                            batch=(10, 6, "questions per step"), sound_steps=(80, 6, "training steps of <sos>/<eos>"))
+    args = common.arguments("voice", __doc__.splitlines()[0], steps=60, fast_steps=10,
+                            batch=(8, 3, "clips per step, each asked every question"), sound_steps=(80, 6, "training steps of <sos>/<eos>"))
     started = time.perf_counter()
     rng = random.Random(args.seed)
     data = voice_data.load(common.REPO / ".cache" / "voice", args.seed, args.fast)
@@ -458,19 +461,28 @@ def main():
             encoder.proj.weight.mul_(0.25)
         untrained = AudioEncoder(D, channels=192, layers=4)
         untrained.load_state_dict(encoder.state_dict())
-        soft = GistLatents(SOFT_PROMPT, D)
+        audio_soft, text_soft = GistLatents(SOFT_PROMPT, D), GistLatents(SOFT_PROMPT, D)
+        train_clips = list(range(len(train_facts)))
 
-        # The same steps and batches for both routes, each at a learning rate that suits it: the
-        # soft prompt's vectors move from a small start, the encoder's weights from a fresh init.
-        audio_losses = train_route(listening, "audio", train_items, encoder, args, rng, "training the audio encoder",
-                                   lr=2e-3)
-        text_losses = train_route(listening, "transcript", train_items, soft, args, rng,
-                                  "training the transcript route's soft prompt", lr=1e-2)
+        # The same soft prompt, steps, batches and questions for both routes; the audio route also
+        # trains the encoder. Adam moves every weight by about its learning rate, so the encoder's
+        # projection (small weights, read directly by the backbone) takes a smaller one than its
+        # convolutions and the soft prompt.
+        head = [p for n, p in encoder.named_parameters() if n.startswith(("norm", "proj"))]
+        body = [p for n, p in encoder.named_parameters() if not n.startswith(("norm", "proj"))]
+        audio_losses = train_route(listening, "audio", train_clips,
+                                   [{"params": body, "lr": ENCODER_LR}, {"params": head, "lr": PROJECTION_LR},
+                                    {"params": list(audio_soft.parameters()), "lr": SOFT_LR}],
+                                   audio_soft, encoder, args, rng, "training the audio encoder")
+        text_losses = train_route(listening, "transcript", train_clips,
+                                  [{"params": list(text_soft.parameters()), "lr": SOFT_LR}],
+                                  text_soft, None, args, rng, "training the transcript route's soft prompt")
 
-        routes = {"audio latents (trained encoder)": listening.answer("audio", test_items, encoder=encoder),
-                  "transcript (exact text + trained soft prompt)": listening.answer("transcript", test_items, soft=soft),
-                  "untrained encoder": listening.answer("audio", test_items, encoder=untrained),
-                  "no audio": listening.answer("audio", test_items)}
+        routes = {"audio latents (trained encoder)": listening.answer("audio", test_items, audio_soft, encoder),
+                  "transcript (exact text + trained soft prompt)": listening.answer("transcript", test_items,
+                                                                                     text_soft),
+                  "untrained encoder": listening.answer("audio", test_items, audio_soft, untrained),
+                  "no audio": listening.answer("audio", test_items, audio_soft, audio=False)}
         table = {name: scores(test_items, answers, facts) for name, answers in routes.items()}
         table["chance (most frequent answer)"] = chance(train_items, test_items, facts)
         shown = [(i, q, a, g) for (i, q, a), g in zip(test_items, routes["audio latents (trained encoder)"])]
@@ -493,8 +505,7 @@ def main():
         bar = common.progress(args.sound_steps, "training <sos>/<eos> and the sound decoder")
         for _ in range(args.sound_steps):
             optimizer.zero_grad()
-            ce, mse = speaking.train_step(rng.sample(train_requests, args.batch // 2 + 2),
-                                          rng.sample(train_text, args.batch // 2 - 2))
+            ce, mse = speaking.train_step(rng.sample(train_requests, SOUND_BATCH[0]), rng.sample(train_text, SOUND_BATCH[1]))
             optimizer.step()
             sound_losses.append(ce + mse)
             bar.set_postfix(ce=f"{ce:.3f}", mse=f"{mse:.3f}")
