@@ -9,16 +9,19 @@ words. Here the same frozen backbone gets the sound itself:
 
 Sound in. An AudioEncoder (log-mel frames -> strided convolutions -> 6 latents per second ->
 projection to D), trained from scratch through the frozen backbone with the Gradient API, turns a
-2.5 s clip into latents; the backbone reads "Audio:" [latents] "Question: ... Answer:" and answers
-in text. Questions: what was said; was the voice high or low; fast or slow; which of four named
-voices spoke; what sound there was besides speech; how many beeps; did speech and sound overlap.
-Evaluated on held-out voices and sentences (and eight words never said in training) against
+2.5 s clip into latents; the backbone reads [soft prompt] "Audio:" [latents], then "Question: ...
+Answer:" and answers in text. Questions: what was said; was the voice high or low; fast or slow;
+which of four named voices spoke; what sound there was besides speech; how many beeps; did speech
+and sound overlap. Training asks every clip all seven, in a random order in one sequence (a clip
+without speech answers "none", "nobody", "nothing"; so which questions are asked says nothing about
+the clip); evaluation asks each meaningful question alone. Evaluated on held-out voices and
+sentences (and eight words never said in training) against
 
     transcript      the pipeline it argues against, at its best: the exact synthesised text (what a
-                    perfect recogniser would give) in the prompt instead of the latents, with a soft
-                    prompt trained on the same questions for the same steps, batch and learning rate
-    untrained       the same encoder before training
-    no audio        the question alone
+                    perfect recogniser would give) in the prompt instead of the latents, after a soft
+                    prompt of its own trained on the same clips, questions, steps and learning rate
+    untrained       the same encoder before training (with the trained soft prompt)
+    no audio        the trained soft prompt and the question alone
     chance          the most frequent training answer
 
 Sound out. Two extension tokens <sos>/<eos> and a LinearDecoder: asked to answer with a sound ("two
