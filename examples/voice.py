@@ -144,14 +144,15 @@ class Listening:
         return float(r.loss)
 
     @torch.no_grad()
-    def answer(self, route, items, soft, encoder=None, audio=True, chunk=48):
+    def answer(self, route, items, soft, encoder=None, chunk=48):
         """Per item, asked alone: the closed-set answer whose first token scores highest, or for
-        "said" the greedy reply (up to <|im_end|>, at most 8 tokens). audio=False: no latents."""
+        "said" the greedy reply (up to <|im_end|>, at most 8 tokens). "audio" without an encoder:
+        no latents."""
         out = [None] * len(items)
         soft_rows = soft(1)[0]
         for start in range(0, len(items), chunk):
             part = items[start:start + chunk]
-            latents = self.latents([i for i, _, _ in part], encoder if audio else None)
+            latents = self.latents([i for i, _, _ in part], encoder)
             rows = [self.context(route, i, soft_rows, lat) + [self.ask(q)] for (i, q, _), lat in zip(part, latents)]
             batch = build_batch(self.backbone, rows, padding="left")
             hidden = self.backbone.forward(batch.latents, positions=batch.positions, mask=batch.mask).hidden[:, -1]
@@ -208,7 +209,10 @@ def train_route(listening, route, clips, groups, soft, encoder, args, rng, label
     bar = common.progress(args.steps, label)
     for _ in range(args.steps):
         # --fast: the same sequences every step, to see the loss fall
-        batch, order = (clips[:args.batch], random.Random(args.seed)) if args.fast else (rng.sample(clips, args.batch), rng)
+        if args.fast:
+            batch, order = clips[:args.batch], random.Random(args.seed)
+        else:
+            batch, order = rng.sample(clips, args.batch), rng
         optimizer.zero_grad()
         losses.append(listening.train_step(route, batch, order, soft, encoder))
         optimizer.step()
@@ -440,7 +444,8 @@ def plot_routes(path, table, title):
 
 def main():
     args = common.arguments("voice", __doc__.splitlines()[0], steps=60, fast_steps=10,
-                            batch=(8, 3, "clips per step, each asked every question"), sound_steps=(80, 6, "training steps of <sos>/<eos>"))
+                            batch=(8, 3, "clips per step, each asked every question"),
+                            sound_steps=(80, 6, "training steps of <sos>/<eos>"))
     started = time.perf_counter()
     rng = random.Random(args.seed)
     data = voice_data.load(common.REPO / ".cache" / "voice", args.seed, args.fast)
@@ -485,7 +490,7 @@ def main():
                   "transcript (exact text + trained soft prompt)": listening.answer("transcript", test_items,
                                                                                      text_soft),
                   "untrained encoder": listening.answer("audio", test_items, audio_soft, untrained),
-                  "no audio": listening.answer("audio", test_items, audio_soft, audio=False)}
+                  "no audio": listening.answer("audio", test_items, audio_soft)}
         table = {name: scores(test_items, answers, facts) for name, answers in routes.items()}
         table["chance (most frequent answer)"] = chance(train_items, test_items, facts)
         shown = [(i, q, a, g) for (i, q, a), g in zip(test_items, routes["audio latents (trained encoder)"])]
@@ -508,7 +513,8 @@ def main():
         bar = common.progress(args.sound_steps, "training <sos>/<eos> and the sound decoder")
         for _ in range(args.sound_steps):
             optimizer.zero_grad()
-            ce, mse = speaking.train_step(rng.sample(train_requests, SOUND_BATCH[0]), rng.sample(train_text, SOUND_BATCH[1]))
+            ce, mse = speaking.train_step(rng.sample(train_requests, SOUND_BATCH[0]),
+                                          rng.sample(train_text, SOUND_BATCH[1]))
             optimizer.step()
             sound_losses.append(ce + mse)
             bar.set_postfix(ce=f"{ce:.3f}", mse=f"{mse:.3f}")
