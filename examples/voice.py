@@ -226,7 +226,7 @@ def train_route(listening, route, clips, groups, soft, encoder, args, rng, label
 HIGH_HZ, LOW_HZ, GAP = 1500.0, 400.0, 0.12
 PITCH_WORDS = {"high": ["high", "high-pitched", "shrill"], "low": ["low", "deep", "low-pitched"]}
 COUNT_TEXT = {1: "a short", 2: "two short", 3: "three short"}
-SOUND_BATCH = (7, 3)  # requests and text questions (answered as before) per step
+SOUND_BATCH = (7, 3)  # per step: sound requests, and text questions still to be answered in words
 TRAIN_TEMPLATES = ["Answer with a sound: {}.", "Make the sound of {}.", "Please play {}.", "Respond with {} as audio."]
 TEST_TEMPLATES = ["Imitate {}.", "Reply with the sound of {}."]
 TEXT_QUESTIONS = ["What is the capital of {}?".format(c) for c in ["France", "Spain", "Italy", "Japan", "Peru",
@@ -472,8 +472,8 @@ def main():
         audio_soft, text_soft = GistLatents(SOFT_PROMPT, D), GistLatents(SOFT_PROMPT, D)
         train_clips = list(range(len(train_facts)))
 
-        # The same soft prompt, steps, batches and questions for both routes; the audio route also
-        # trains the encoder. Adam moves every weight by about its learning rate, so the encoder's
+        # Each route a soft prompt of the same size, the same steps, batches and questions; the audio
+        # route also trains the encoder. Adam moves every weight by about its learning rate, so the encoder's
         # projection (small weights, read directly by the backbone) takes a smaller one than its
         # convolutions and the soft prompt.
         head = [p for n, p in encoder.named_parameters() if n.startswith(("norm", "proj"))]
