@@ -190,7 +190,8 @@ def load(folder, seed=0, fast=False):
         with safe_open(path, "pt") as stored:
             meta = stored.metadata() or {}
             if json.loads(meta.get("key", "null")) == key:
-                return {name: (stored.get_tensor(name), json.loads(meta[name + "_facts"])) for name in ("train", "test")}
+                return {name: (stored.get_tensor(name), json.loads(meta[name + "_facts"]))
+                        for name in ("train", "test")}
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         raise SystemExit("examples/voice.py needs espeak-ng and sox (make setup installs them)")
     data = make(seed, fast=fast)
