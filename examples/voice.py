@@ -229,8 +229,8 @@ def train_route(listening, route, clips, groups, soft, encoder, args, rng, label
 HIGH_HZ, LOW_HZ, GAP = 1500.0, 400.0, 0.12
 PITCH_WORDS = {"high": ["high", "high-pitched", "shrill"], "low": ["low", "deep", "low-pitched"]}
 COUNT_TEXT = {1: "a short", 2: "two short", 3: "three short"}
-SOUND_BATCH = (7, 3)
-ROWS_LR, DECODER_LR = 5e-3, 3e-4  # per step: sound requests, and text questions still to be answered in words
+SOUND_BATCH = (7, 3)  # per step: sound requests, and text questions still to be answered in words
+ROWS_LR, DECODER_LR = 5e-3, 3e-4  # Adam: the extension rows; the decoder while they train (then solved)
 TRAIN_TEMPLATES = ["Answer with a sound: {}.", "Make the sound of {}.", "Please play {}.", "Respond with {} as audio.",
                    "Give me {} as a sound.", "Produce {}.", "Sound out {}.", "Let me hear {}.", "Can you make {}?",
                    "Emit {}.", "I want to hear {}.", "Generate the sound of {}.", "Play me {}, please.",
