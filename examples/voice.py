@@ -536,8 +536,6 @@ def main():
         rng.shuffle(questions)
         train_text, test_text = questions[6:], questions[:6]
         train_text = list(zip(train_text, speaking.base_answers(train_text)))
-        # The rows learn to emit <sos> and, through the decoder's error, to gather the description into
-        # the <sos> position's hidden state; the linear decoder is then solved on those states.
         optimizer = torch.optim.Adam(speaking.parameter_groups(ROWS_LR, DECODER_LR))
         sound_losses = []
         bar = common.progress(args.sound_steps, "training <sos>/<eos> and the sound decoder")
