@@ -85,3 +85,19 @@ def test_voice_fast_mode_trains_every_route_and_reports(run):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert isinstance(aios.adapters.load_encoder(out / "audio_encoder"), aios.adapters.AudioEncoder)
     assert isinstance(aios.adapters.load_decoder(out / "sound_out"), aios.adapters.LinearDecoder)
+
+
+def test_voice_standardizes_the_encoder_norm_from_clips_alone(monkeypatch):
+    import torch
+    from aios.adapters import AudioEncoder
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    import voice
+
+    torch.manual_seed(0)
+    encoder, waves = AudioEncoder(8, channels=16, layers=2), torch.randn(5, 8000)
+    voice.standardize_norm(encoder, waves, chunk=2)
+    normed = []
+    encoder.norm.register_forward_hook(lambda _, __, output: normed.append(output.flatten(0, -2)))
+    encoder.encode(waves)
+    assert normed[0].mean(0).abs().max() < 1e-4 and (normed[0].std(0) - 1).abs().max() < 1e-3
