@@ -1,6 +1,6 @@
 """Sound in and sound out through latents, against speech recognition -> LLM -> text-to-speech.
 
-    python examples/voice.py [--fast] [--steps N] [--batch N] [--serve] [--out DIR]
+    python examples/voice.py [--fast] [--steps N] [--batch N] [--said-steps N] [--serve] [--out DIR]
 
 The argument of the essay behind aios, measured on the frozen default model. A voice assistant
 built as speech recognition -> language model -> text-to-speech hands the model a transcript, so
@@ -15,9 +15,9 @@ to standardise its output over the training clips, and the norm and projection a
 there through the frozen backbone with the Gradient API. Questions: what was said; was the voice
 high or low; fast or slow; which of four named voices spoke; what sound there was besides speech;
 how many beeps; did speech and sound overlap. Training asks every clip the last six (what a
-transcript cannot carry), in a random order in one sequence (a clip without speech answers "none",
-"nobody"; so which questions are asked says nothing about the clip); "what was said" is only
-evaluated. Evaluation asks each meaningful question alone, on held-out voices and sentences (and
+transcript cannot carry), and in its last --said-steps all seven, in a random order in one sequence
+(a clip without speech answers "none", "nobody", "nothing"; so which questions are asked says
+nothing about the clip). Evaluation asks each meaningful question alone, on held-out voices and sentences (and
 eight words never said in training), against
 
     transcript      the pipeline it argues against, at its best: the exact synthesised text (what a
@@ -25,7 +25,7 @@ eight words never said in training), against
                     prompt of its own trained on the same clips, questions, steps and learning rate
     untrained       the same encoder before training (with the trained soft prompt)
     no audio        the trained soft prompt and the question alone
-    chance          the most frequent training answer
+    chance          the best constant answer to each question
 
 Sound out. Two extension tokens <sos>/<eos> and a LinearDecoder: asked to answer with a sound ("two
 short high beeps", "a falling tone"), the model emits <sos>; routed generation hands that position's
@@ -33,10 +33,10 @@ hidden state to the decoder inside the decode loop, which outputs four sound par
 end pitch, number of pulses, pulse length); the example renders them as a WAV file. The four
 extension rows and the decoder are the only trained parameters: the rows with the Gradient API (to
 emit <sos>, and through the decoder's error to gather the request into that position), then the
-linear decoder solved by least squares on the hidden states at <sos>. Requests come in 14 phrasings
-in training and 2 others held out. A rendered sound matches its request when the same log-mel
-features show the requested number of pulses, pitch and direction. Against
-the text route (the model describes the sound in words; a fixed rule turns the words into the same
+linear decoder solved by ridge regression on the hidden states at <sos> (the ridge chosen by leaving
+training phrasings out). Requests come in 14 phrasings in training and 2 others held out. A rendered
+sound matches its request when the same log-mel features show the requested number of pulses,
+pitch and direction. Against the text route (the model describes the sound in words; a fixed rule turns the words into the same
 parameters) and the untrained rows and decoder.
 
 Writes metrics.json, loss.png (three curves), routes.png (accuracy per question and route),
@@ -48,6 +48,7 @@ import random
 import re
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -69,9 +70,10 @@ QUESTIONS = {  # name -> (question, closed answer set or None for free text); ev
 }
 NAMES = {v: k for k, v in voice_data.NAMED_VOICES.items()}
 SOFT_PROMPT = 4  # trainable vectors that start both routes' prompts
-# Training asks every clip these, the six things a transcript cannot carry. "What was said" is only
-# evaluated: asked in training (at full weight or 0.2) it drowned the other six within 100 steps.
-TRAINED = [q for q in QUESTIONS if q != "said"]
+# Training asks every clip the six things a transcript cannot carry, and only in its last --said-steps
+# "what was said" too: asked from the start (at full weight or 0.2) it drowned the other six within
+# 100 steps, and never asked, the transcript route's soft prompt forgets to copy the transcript.
+UNSAID = [q for q in QUESTIONS if q != "said"]
 SOFT_LR, PROJECTION_LR = 1e-2, 1e-3
 
 
@@ -130,15 +132,16 @@ class Listening:
     def latents(self, clips, encoder):
         return encoder.encode(self.waves[clips]) if encoder is not None else [None] * len(clips)
 
-    def train_step(self, route, clips, rng, soft, encoder=None):
-        """One Gradient API step: per clip one sequence that asks every TRAINED question in a random order,
+    def train_step(self, route, clips, rng, soft, encoder=None, said=True):
+        """One Gradient API step: per clip one sequence that asks every question (said=False: all but
+        "said") in a random order,
         each answer (" answer<|im_end|>") scored; gradients land in the soft prompt's and the
         encoder's parameters. Returns the loss."""
         soft_rows, latents = soft(1)[0], self.latents(clips, encoder)
         rows, spans = [], []
         for i, lat in zip(clips, latents):
             row, scored = self.context(route, i, soft_rows, lat), []
-            asked = [(q, a) for q, a in questions_of(self.facts[i], every=True) if q in TRAINED]
+            asked = [(q, a) for q, a in questions_of(self.facts[i], every=True) if said or q in UNSAID]
             for q, a in rng.sample(asked, len(asked)):
                 ids = self.encode(" " + a) + [self.end]
                 row.append(self.ask(q))
@@ -198,17 +201,16 @@ def scores(items, answers, facts):
     return {k: sum(v) / len(v) for k, v in sorted(by.items())}
 
 
-def chance(train_items, test_items, facts):
-    """The most frequent training answer of each closed question, as an answer to every test item."""
-    common_answer = {}
+def chance(test_items):
+    """Per closed question, the accuracy of the best constant answer on the test items: the most any
+    route can score without telling the clips apart (the most frequent training answer scores less
+    where the held-out clips lean the other way)."""
+    out = {}
     for q in QUESTIONS:
-        counts = {}
-        for _, qq, a in train_items:
-            if qq == q:
-                counts[a] = counts.get(a, 0) + 1
-        common_answer[q] = max(counts, key=counts.get) if counts else ""
-    picked = [(i, q, a) for i, q, a in test_items if q != "said"]
-    return scores(picked, [common_answer[q] for _, q, _ in picked], facts)
+        truths = [a for _, qq, a in test_items if qq == q and q != "said"]
+        if truths:
+            out[q] = max(truths.count(a) for a in set(truths)) / len(truths)
+    return dict(sorted(out.items()))
 
 
 @torch.no_grad()
@@ -231,18 +233,20 @@ def standardize_norm(encoder, waves, chunk=100):
 
 def train_route(listening, route, clips, groups, soft, encoder, args, rng, label):
     """Adam over `groups` (parameter groups with their learning rates) for args.steps steps of
-    args.batch clips, each asked every TRAINED question. Returns the per-step losses."""
+    args.batch clips, each asked every question ("said" only in the last args.said_steps). Returns
+    the per-step losses."""
     optimizer = torch.optim.Adam(groups)
     losses = []
     bar = common.progress(args.steps, label)
-    for _ in range(args.steps):
+    for step in range(args.steps):
         # --fast: the same sequences every step, to see the loss fall
         if args.fast:
             batch, order = clips[:args.batch], random.Random(args.seed)
         else:
             batch, order = rng.sample(clips, args.batch), rng
         optimizer.zero_grad()
-        losses.append(listening.train_step(route, batch, order, soft, encoder))
+        said = step >= args.steps - args.said_steps
+        losses.append(listening.train_step(route, batch, order, soft, encoder, said))
         optimizer.step()
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.update()
@@ -283,13 +287,21 @@ def sound_requests():
     return out
 
 
+class Request(NamedTuple):
+    text: str
+    params: list  # [4], as sound_requests
+    facts: dict  # what matches() checks
+    phrasing: int  # index of its template
+
+
 def request_texts(rng, templates, count):
-    """(prompt text, target parameters, facts) drawn from the request space."""
+    """Requests drawn from the request space, each in one of `templates`."""
     space, out = sound_requests(), []
     for _ in range(count):
         describe, pitch, params, facts = rng.choice(space)
         words = describe(rng.choice(PITCH_WORDS[pitch])) if pitch else describe(None)
-        out.append((rng.choice(templates).format(words), params, facts))
+        phrasing = rng.randrange(len(templates))
+        out.append(Request(templates[phrasing].format(words), params, facts, phrasing))
     return out
 
 
@@ -390,16 +402,16 @@ class Speaking:
             return self.backbone.classify(hidden).argmax(-1).tolist()
 
     def train_step(self, requests, others):
-        """requests: (text, params, facts); others: (text, base first answer token). Cross-entropy
+        """requests: Requests; others: (text, base first answer token). Cross-entropy
         on <sos> (requests) or the base answer (others), <|im_end|> after <eos>, and the squared
         error of the decoder's parameters at the <sos> position; one forward and one vjp."""
         rows, scored, params, where = [], [], [], []
-        for text, p, _ in requests:
-            ids = self.prompt(text)
+        for request in requests:
+            ids = self.prompt(request.text)
             rows.append(ids + [self.sos, self.eos, self.end])
             scored.append([(len(ids) - 1, self.sos), (len(ids) + 1, self.end)])
             where.append(len(ids))
-            params.append(p)
+            params.append(request.params)
         for text, answer in others:
             ids = self.prompt(text)
             rows.append(ids + [answer])
@@ -427,24 +439,38 @@ class Speaking:
                 {"params": list(self.decoder.parameters()), "lr": decoder_lr}]
 
     @torch.no_grad()
-    def fit_decoder(self, requests, ridge=1e-4):
-        """The decoder's least-squares solution on the hidden states at <sos> of `requests` (text,
-        params, facts), the rows as trained. Hidden states of the frozen model have a few dimensions
-        far larger than the rest, so a gradient step on the linear head either crawls or overshoots;
-        for a fixed input the best head is a solve. ridge: relative to the mean diagonal of H^T H.
-        Returns the mean squared error of the solved decoder on `requests`."""
-        batch = build_batch(self.backbone, [[self.prompt(t) + [self.sos]] for t, _, _ in requests], padding="left",
+    def fit_decoder(self, requests, ridges=(1e-4, 1e-3, 1e-2, 1e-1), folds=7):
+        """The decoder's ridge regression on the hidden states at <sos> of `requests`, the rows as
+        trained. Hidden states of the frozen model have a few dimensions far larger than the rest, so
+        a gradient step on the linear head either crawls or overshoots; for a fixed input the best
+        head is a solve. The ridge (relative to the mean diagonal of X^T X) is the one of `ridges`
+        whose solutions, rendered, match the most requests in phrasings they did not see (`folds`
+        folds of the phrasings, each left out in turn; the squared error shrinks towards the mean
+        and would choose the largest). Returns (ridge, mean squared error on `requests`)."""
+        batch = build_batch(self.backbone, [[self.prompt(r.text) + [self.sos]] for r in requests], padding="left",
                             extension=self.ext)
         hidden = self.backbone.forward(batch.latents, positions=batch.positions, mask=batch.mask, extension=self.ext,
                                        ids=batch.ids).hidden[:, -1]
         x = torch.cat([hidden, torch.ones(len(hidden), 1)], 1)
-        gram = x.T @ x
-        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram))
-        targets = torch.tensor([p for _, p, _ in requests])
-        solved = torch.linalg.solve(gram, x.T @ targets)
+        targets = torch.tensor([r.params for r in requests])
+
+        def solve(rows, ridge):
+            gram = x[rows].T @ x[rows]
+            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram))
+            return torch.linalg.solve(gram, x[rows].T @ targets[rows])
+
+        fold = torch.tensor([r.phrasing % folds for r in requests])
+        matched = dict.fromkeys(ridges, 0)
+        for ridge in ridges:
+            for k in fold.unique().tolist():
+                predicted = x[fold == k] @ solve(fold != k, ridge)
+                held_out = [r for r, f in zip(requests, fold.tolist()) if f == k]
+                matched[ridge] += sum(matches(r.facts, analyse(render(p))) for r, p in zip(held_out, predicted))
+        ridge = max(ridges, key=matched.get)
+        solved = solve(torch.ones(len(requests), dtype=torch.bool), ridge)
         self.decoder.head.weight.copy_(solved[:-1].T)
         self.decoder.head.bias.copy_(solved[-1])
-        return float(F.mse_loss(self.decoder(hidden), targets))
+        return ridge, float(F.mse_loss(self.decoder(hidden), targets))
 
     @torch.no_grad()
     def sounds(self, texts):
@@ -496,8 +522,9 @@ def plot_routes(path, table, title):
 
 
 def main():
-    args = common.arguments("voice", __doc__.splitlines()[0], steps=300, fast_steps=10,
-                            batch=(8, 3, "clips per step, each asked the six TRAINED questions"),
+    args = common.arguments("voice", __doc__.splitlines()[0], steps=400, fast_steps=10,
+                            batch=(8, 3, "clips per step, each asked every question"),
+                            said_steps=(100, 10, "final steps that also ask what was said"),
                             sound_steps=(160, 6, "training steps of <sos>/<eos>"))
     started = time.perf_counter()
     rng = random.Random(args.seed)
@@ -512,7 +539,6 @@ def main():
         waves = torch.cat([train_waves, test_waves])
         facts = train_facts + test_facts
         listening = Listening(backbone, (waves, facts))
-        train_items = listening.items(range(len(train_facts)))
         test_items = listening.items(range(len(train_facts), len(facts)))
 
         torch.manual_seed(args.seed)
@@ -547,7 +573,7 @@ def main():
                   "untrained encoder": listening.answer("audio", test_items, audio_soft, untrained),
                   "no audio": listening.answer("audio", test_items, audio_soft)}
         table = {name: scores(test_items, answers, facts) for name, answers in routes.items()}
-        table["chance (most frequent answer)"] = chance(train_items, test_items, facts)
+        table["chance (best constant answer)"] = chance(test_items)
         shown = [(i, q, a, g) for (i, q, a), g in zip(test_items, routes["audio latents (trained encoder)"])]
         print("\nheld-out examples (audio latents):", file=sys.stderr)
         for i, q, a, g in shown[:8]:
@@ -575,21 +601,21 @@ def main():
             bar.set_postfix(ce=f"{ce:.3f}", mse=f"{mse:.3f}")
             bar.update()
         bar.close()
-        fit_error = speaking.fit_decoder(train_requests)
+        ridge, fit_error = speaking.fit_decoder(train_requests)
 
-        texts = [t for t, _, _ in test_requests]
+        texts = [r.text for r in test_requests]
         sounds = {"sound route (trained <sos>/<eos> + decoder)": speaking.sounds(texts),
                   "untrained rows and decoder": fresh.sounds(texts)}
         described = text_route_params(backbone, texts)
         sounds["text route (description in words + fixed rule)"] = [torch.tensor(p) for _, p in described]
-        sounds["targets rendered (the analysis itself)"] = [torch.tensor(p) for _, p, _ in test_requests]
+        sounds["targets rendered (the analysis itself)"] = [torch.tensor(r.params) for r in test_requests]
         folder = args.out / "sounds"
         folder.mkdir(exist_ok=True)
         sound_scores = {}
         for name, params in sounds.items():
-            ok = [p is not None and matches(f, analyse(render(p))) for p, (_, _, f) in zip(params, test_requests)]
+            ok = [p is not None and matches(r.facts, analyse(render(p))) for p, r in zip(params, test_requests)]
             sound_scores[name] = sum(ok) / len(ok)
-        for k, (text, _, _) in enumerate(test_requests[:6]):
+        for k, text in enumerate(texts[:6]):
             p = sounds["sound route (trained <sos>/<eos> + decoder)"][k]
             if p is not None:
                 voice_data.write_wav(folder / f"request-{k}.wav", render(p).numpy())
@@ -614,6 +640,7 @@ def main():
         metrics[f"sound out | {name}"] = round(v, 4)
     metrics["sound out | <sos> on text questions (false routes)"] = false_sos
     metrics["sound out | decoder's least-squares error on its training requests"] = round(fit_error, 5)
+    metrics["sound out | decoder's ridge (chosen leaving phrasings out)"] = ridge
     metrics["transcript route loss_last"] = text_losses[-1]
     metrics["sound route loss_last"] = sound_losses[-1]
     common.report(args, "voice: sound in and out through latents (SmolLM2-135M)", metrics, audio_losses, started,

@@ -77,9 +77,10 @@ def test_voice_fast_mode_trains_every_route_and_reports(run):
     # Each requested sound, rendered from its own parameters, is recognised by the analysis that
     # scores the routes: the measure can tell every request apart.
     assert metrics["sound out | targets rendered (the analysis itself)"] == 1.0
-    # The decoder solved on the hidden states at <sos> reproduces its training requests' parameters
-    # (their variance is about 0.5).
-    assert metrics["sound out | decoder's least-squares error on its training requests"] < 0.05
+    # The decoder solved on the hidden states at <sos> explains most of its training requests'
+    # parameters (their variance is about 0.5; the largest ridge it may choose leaves about 0.2).
+    assert metrics["sound out | decoder's least-squares error on its training requests"] < 0.25
+    assert metrics["sound out | decoder's ridge (chosen leaving phrasings out)"] in (1e-4, 1e-3, 1e-2, 1e-1)
     assert "sound out | sound route (trained <sos>/<eos> + decoder)" in stdout
     for png in ["loss.png", "routes.png"]:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
