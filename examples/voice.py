@@ -17,8 +17,8 @@ high or low; fast or slow; which of four named voices spoke; what sound there wa
 how many beeps; did speech and sound overlap. Training asks every clip the last six (what a
 transcript cannot carry), and in its last --said-steps all seven, in a random order in one sequence
 (a clip without speech answers "none", "nobody", "nothing"; so which questions are asked says
-nothing about the clip). Evaluation asks each meaningful question alone, on held-out voices and sentences (and
-eight words never said in training), against
+nothing about the clip). Evaluation asks each meaningful question alone, on held-out voices and
+sentences (and eight words never said in training), against
 
     transcript      the pipeline it argues against, at its best: the exact synthesised text (what a
                     perfect recogniser would give) in the prompt instead of the latents, after a soft
@@ -36,8 +36,8 @@ emit <sos>, and through the decoder's error to gather the request into that posi
 linear decoder solved by ridge regression on the hidden states at <sos> (the ridge chosen by leaving
 training phrasings out). Requests come in 14 phrasings in training and 2 others held out. A rendered
 sound matches its request when the same log-mel features show the requested number of pulses,
-pitch and direction. Against the text route (the model describes the sound in words; a fixed rule turns the words into the same
-parameters) and the untrained rows and decoder.
+pitch and direction. Against the text route (the model describes the sound in words; a fixed rule
+turns the words into the same parameters) and the untrained rows and decoder.
 
 Writes metrics.json, loss.png (three curves), routes.png (accuracy per question and route),
 sounds/*.wav, and the trained encoder, extension and decoder (loadable from C++ and Python).
@@ -134,9 +134,8 @@ class Listening:
 
     def train_step(self, route, clips, rng, soft, encoder=None, said=True):
         """One Gradient API step: per clip one sequence that asks every question (said=False: all but
-        "said") in a random order,
-        each answer (" answer<|im_end|>") scored; gradients land in the soft prompt's and the
-        encoder's parameters. Returns the loss."""
+        "said") in a random order, each answer (" answer<|im_end|>") scored; gradients land in the
+        soft prompt's and the encoder's parameters. Returns the loss."""
         soft_rows, latents = soft(1)[0], self.latents(clips, encoder)
         rows, spans = [], []
         for i, lat in zip(clips, latents):
@@ -402,9 +401,9 @@ class Speaking:
             return self.backbone.classify(hidden).argmax(-1).tolist()
 
     def train_step(self, requests, others):
-        """requests: Requests; others: (text, base first answer token). Cross-entropy
-        on <sos> (requests) or the base answer (others), <|im_end|> after <eos>, and the squared
-        error of the decoder's parameters at the <sos> position; one forward and one vjp."""
+        """requests: Requests; others: (text, base first answer token). Cross-entropy on <sos>
+        (requests) or the base answer (others), <|im_end|> after <eos>, and the squared error of the
+        decoder's parameters at the <sos> position; one forward and one vjp."""
         rows, scored, params, where = [], [], [], []
         for request in requests:
             ids = self.prompt(request.text)
