@@ -70,10 +70,6 @@ QUESTIONS = {  # name -> (question, closed answer set or None for free text); ev
 }
 NAMES = {v: k for k, v in voice_data.NAMED_VOICES.items()}
 SOFT_PROMPT = 4  # trainable vectors that start both routes' prompts
-# Training asks every clip the six things a transcript cannot carry, and only in its last --said-steps
-# "what was said" too: asked from the start (at full weight or 0.2) it drowned the other six within
-# 100 steps, and never asked, the transcript route's soft prompt forgets to copy the transcript.
-UNSAID = [q for q in QUESTIONS if q != "said"]
 SOFT_LR, PROJECTION_LR = 1e-2, 1e-3
 
 
@@ -140,7 +136,7 @@ class Listening:
         rows, spans = [], []
         for i, lat in zip(clips, latents):
             row, scored = self.context(route, i, soft_rows, lat), []
-            asked = [(q, a) for q, a in questions_of(self.facts[i], every=True) if said or q in UNSAID]
+            asked = [(q, a) for q, a in questions_of(self.facts[i], every=True) if said or q != "said"]
             for q, a in rng.sample(asked, len(asked)):
                 ids = self.encode(" " + a) + [self.end]
                 row.append(self.ask(q))
@@ -244,6 +240,8 @@ def train_route(listening, route, clips, groups, soft, encoder, args, rng, label
         else:
             batch, order = rng.sample(clips, args.batch), rng
         optimizer.zero_grad()
+        # "What was said" only at the end: asked from the start (at full weight or 0.2) it drowned the
+        # other six within 100 steps; never asked, the transcript route's soft prompt stops copying.
         said = step >= args.steps - args.said_steps
         losses.append(listening.train_step(route, batch, order, soft, encoder, said))
         optimizer.step()
@@ -459,12 +457,10 @@ class Speaking:
             return torch.linalg.solve(gram, x[rows].T @ targets[rows])
 
         fold = torch.tensor([r.phrasing % folds for r in requests])
-        matched = dict.fromkeys(ridges, 0)
-        for ridge in ridges:
-            for k in fold.unique().tolist():
-                predicted = x[fold == k] @ solve(fold != k, ridge)
-                held_out = [r for r, f in zip(requests, fold.tolist()) if f == k]
-                matched[ridge] += sum(matches(r.facts, analyse(render(p))) for r, p in zip(held_out, predicted))
+        splits = [(fold == k, [r for r in requests if r.phrasing % folds == k]) for k in fold.unique().tolist()]
+        matched = {ridge: sum(matches(r.facts, analyse(render(p)))
+                              for out, held_out in splits for r, p in zip(held_out, x[out] @ solve(~out, ridge)))
+                   for ridge in ridges}
         ridge = max(ridges, key=matched.get)
         solved = solve(torch.ones(len(requests), dtype=torch.bool), ridge)
         self.decoder.head.weight.copy_(solved[:-1].T)
