@@ -37,8 +37,8 @@ linear decoder solved by ridge regression on the hidden states at <sos> (the rid
 training phrasings out). Requests come in 14 phrasings in training; evaluation asks each of the 26
 descriptions (10 sounds, in several pitch words) once in each of 2 other phrasings. A rendered sound
 matches its request when the same log-mel features show the requested number of pulses, pitch and
-direction. Against the text route (the model describes the sound in words; a fixed rule
-turns the words into the same parameters) and the untrained rows and decoder.
+direction. Against the text route (the model describes the sound in words; a fixed rule turns the
+words into the same parameters) and the untrained rows and decoder.
 
 Writes metrics.json, loss.png (three curves), routes.png (accuracy per question and route),
 sounds/*.wav, and the trained encoder, extension and decoder (loadable from C++ and Python).
